@@ -1,0 +1,194 @@
+//! The server's documents.
+//!
+//! The hub borrows a [`Registry`] per call (`&mut impl Registry`); it never
+//! owns it behind a lock. [`MemoryRegistry`] keeps documents in memory; a
+//! durable registry (SQLite) implements the same trait and uses the storage
+//! hooks ([`Registry::update_applied`], [`Registry::flush`],
+//! [`Registry::snapshot_taken`]) to persist.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+use crate::document::{Document, DocumentError};
+
+/// Whether opening an unknown document creates it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenPolicy {
+    /// Unknown documents are created empty on open.
+    #[default]
+    Create,
+    /// Unknown documents are refused with [`RegistryError::NotFound`].
+    MustExist,
+}
+
+/// Errors of a registry operation.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// No such document, and the policy does not create it.
+    #[error("document {0:?} not found")]
+    NotFound(String),
+    /// The document name is not acceptable (empty, too long...).
+    #[error("invalid document name: {0}")]
+    InvalidName(String),
+    /// The storage layer failed; nothing was acknowledged as durable.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The stored document could not be loaded.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
+/// The server side's set of documents.
+pub trait Registry {
+    /// The document type (use `Box<dyn Document>` to mix CRDTs).
+    type Doc: Document;
+
+    /// Opens (loading or, per the policy, creating) a document.
+    fn open(&mut self, name: &str) -> Result<&mut Self::Doc, RegistryError>;
+
+    /// A document already open in memory.
+    fn get(&mut self, name: &str) -> Option<&mut Self::Doc>;
+
+    /// Names of the documents open in memory, sorted.
+    fn list(&self) -> Vec<String>;
+
+    /// Drops a document from memory (a durable registry keeps it stored).
+    /// Returns whether it was unloaded; a registry without storage keeps
+    /// the document and returns `false`.
+    fn unload(&mut self, name: &str) -> bool;
+
+    /// Deletes a document everywhere. Returns whether it existed.
+    fn remove(&mut self, name: &str) -> bool;
+
+    /// Storage hook: `update` was applied to document `name`. A durable
+    /// registry appends it to its log (made durable by the next
+    /// [`Registry::flush`]).
+    fn update_applied(&mut self, name: &str, update: &[u8]) -> Result<(), RegistryError> {
+        let _ = (name, update);
+        Ok(())
+    }
+
+    /// Storage hook: a snapshot of `name` was taken (history pruning); a
+    /// durable registry may replace its log with it.
+    fn snapshot_taken(&mut self, name: &str, snapshot: &[u8]) -> Result<(), RegistryError> {
+        let _ = (name, snapshot);
+        Ok(())
+    }
+
+    /// Makes every update reported so far durable (one group commit).
+    /// Returns `true` when the registry is durable and the commit succeeded;
+    /// the hub then acknowledges those updates as `durable`.
+    fn flush(&mut self) -> Result<bool, RegistryError> {
+        Ok(false)
+    }
+}
+
+/// Creates a new, empty document for a name.
+pub type DocFactory<D> = Box<dyn FnMut(&str) -> D + Send>;
+
+/// Documents in memory, for any [`Document`] type.
+///
+/// ```
+/// use crdt_socket_sync::registry::{MemoryRegistry, OpenPolicy, Registry, RegistryError};
+/// # use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
+/// # #[derive(Default)] struct Empty;
+/// # impl Document for Empty {
+/// #     fn version(&self) -> Vec<u8> { vec![] }
+/// #     fn delta_since(&self, _: &[u8]) -> Result<Vec<u8>, DocumentError> { Ok(vec![]) }
+/// #     fn apply(&mut self, _: &[u8]) -> ApplyOutcome { ApplyOutcome::Duplicate }
+/// #     fn snapshot(&self) -> Vec<u8> { vec![] }
+/// #     fn load_snapshot(&mut self, _: &[u8]) -> Result<(), DocumentError> { Ok(()) }
+/// #     fn take_local_update(&mut self) -> Option<Vec<u8>> { None }
+/// # }
+///
+/// let mut reg = MemoryRegistry::new(|_name: &str| Empty);
+/// reg.open("notes").unwrap();
+/// assert_eq!(reg.list(), vec!["notes".to_string()]);
+///
+/// reg.set_policy(OpenPolicy::MustExist);
+/// assert!(matches!(reg.open("other"), Err(RegistryError::NotFound(_))));
+/// ```
+pub struct MemoryRegistry<D> {
+    docs: BTreeMap<String, D>,
+    factory: DocFactory<D>,
+    policy: OpenPolicy,
+    max_name_len: usize,
+}
+
+impl<D: Document> MemoryRegistry<D> {
+    /// A registry creating documents with `factory` and policy
+    /// [`OpenPolicy::Create`].
+    pub fn new(factory: impl FnMut(&str) -> D + Send + 'static) -> Self {
+        MemoryRegistry {
+            docs: BTreeMap::new(),
+            factory: Box::new(factory),
+            policy: OpenPolicy::Create,
+            max_name_len: 512,
+        }
+    }
+
+    /// Changes the create-on-open policy.
+    pub fn set_policy(&mut self, policy: OpenPolicy) {
+        self.policy = policy;
+    }
+
+    /// Adds (or replaces) a document under `name`.
+    pub fn insert(&mut self, name: impl Into<String>, doc: D) {
+        self.docs.insert(name.into(), doc);
+    }
+
+    /// Number of documents in memory.
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Whether no document is in memory.
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+}
+
+impl<D: Document> Registry for MemoryRegistry<D> {
+    type Doc = D;
+
+    fn open(&mut self, name: &str) -> Result<&mut D, RegistryError> {
+        if name.is_empty() || name.len() > self.max_name_len {
+            return Err(RegistryError::InvalidName(format!(
+                "length must be 1..={}",
+                self.max_name_len
+            )));
+        }
+        if !self.docs.contains_key(name) {
+            if self.policy == OpenPolicy::MustExist {
+                return Err(RegistryError::NotFound(name.to_string()));
+            }
+            let doc = (self.factory)(name);
+            self.docs.insert(name.to_string(), doc);
+        }
+        self.docs
+            .get_mut(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))
+    }
+
+    fn get(&mut self, name: &str) -> Option<&mut D> {
+        self.docs.get_mut(name)
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.docs.keys().cloned().collect()
+    }
+
+    fn unload(&mut self, name: &str) -> bool {
+        // Memory is the only storage: unloading would lose the document, so
+        // it stays loaded.
+        let _ = name;
+        false
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        self.docs.remove(name).is_some()
+    }
+}

@@ -1,0 +1,383 @@
+//! Encoding messages into frames and decoding them back.
+//!
+//! - [`Encoder`] appends one frame holding one or more messages to a
+//!   caller-provided buffer.
+//! - [`MessageDecoder`] decodes one frame per call, for message transports
+//!   (one WebSocket message = one frame).
+//! - [`StreamDecoder`] decodes frames from a byte stream (TCP, pipes) however
+//!   the stream is split, holding at most one partial frame.
+
+use postcard::ser_flavors::Flavor;
+
+use super::compress::{Inflater, deflate};
+use super::frame::{CRC_LEN, FLAG_DEFLATE, Header, checksum};
+use super::{Compression, EncodeError, FrameError, Message, PeerLimits};
+use crate::Limits;
+
+/// Default body size from which a frame is deflated (when negotiated).
+pub const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
+
+/// Writes frames.
+///
+/// ```
+/// use crdt_socket_sync::wire::{Encoder, Message, MessageDecoder};
+/// use crdt_socket_sync::Limits;
+///
+/// let mut encoder = Encoder::new(&Limits::default());
+/// let mut frame = Vec::new();
+/// encoder.encode(&[Message::Ping { t: 42 }], &mut frame).unwrap();
+///
+/// let mut decoder = MessageDecoder::new(Limits::default());
+/// let mut out = Vec::new();
+/// decoder.decode(&frame, &mut out).unwrap();
+/// assert_eq!(out, vec![Message::Ping { t: 42 }]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    max_frame_len: u32,
+    max_messages: u32,
+    compression: Compression,
+    compress_threshold: usize,
+    scratch: Vec<u8>,
+}
+
+impl Encoder {
+    /// An encoder producing frames within `limits`, uncompressed.
+    pub fn new(limits: &Limits) -> Self {
+        Encoder {
+            max_frame_len: limits.max_frame_len,
+            max_messages: limits.max_messages_per_frame,
+            compression: Compression::None,
+            compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Uses `compression` for bodies of at least `threshold` bytes. Only call
+    /// this with what the handshake negotiated.
+    pub fn set_compression(&mut self, compression: Compression, threshold: usize) {
+        self.compression = compression;
+        self.compress_threshold = threshold;
+    }
+
+    /// Lowers the frame size to what the peer announced it accepts.
+    pub fn apply_peer_limits(&mut self, peer: PeerLimits) {
+        self.max_frame_len = self.max_frame_len.min(peer.max_frame_len);
+    }
+
+    /// The largest frame this encoder will produce.
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_frame_len
+    }
+
+    /// Bytes one frame holding `messages` would need before compression:
+    /// `(body_len, frame_len)`.
+    pub fn measure(&self, messages: &[Message]) -> Result<(usize, usize), EncodeError> {
+        let mut body = 0usize;
+        for m in messages {
+            body += postcard::experimental::serialized_size(m).map_err(EncodeError::Encode)?;
+        }
+        let frame = Header::encoded_len(0, clamp_u32(body), 0) + body + CRC_LEN;
+        Ok((body, frame))
+    }
+
+    /// Appends one frame holding `messages` (in order) to `out` and returns
+    /// the frame's length. On error `out` is left as it was.
+    pub fn encode(&mut self, messages: &[Message], out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+        if messages.is_empty() {
+            return Err(EncodeError::Empty);
+        }
+        if messages.len() > self.max_messages as usize {
+            return Err(EncodeError::TooManyMessages {
+                limit: self.max_messages,
+            });
+        }
+        let (body_len, frame_len) = self.measure(messages)?;
+        let start = out.len();
+        if self.compression == Compression::Deflate && body_len >= self.compress_threshold {
+            self.scratch.clear();
+            self.scratch.reserve(body_len);
+            for m in messages {
+                serialize_into(m, &mut self.scratch)?;
+            }
+            let packed = deflate(&self.scratch);
+            if packed.len() < body_len {
+                let header = Header {
+                    flags: FLAG_DEFLATE,
+                    body_len: clamp_u32(packed.len()),
+                    raw_len: clamp_u32(body_len),
+                    header_len: Header::encoded_len(
+                        FLAG_DEFLATE,
+                        clamp_u32(packed.len()),
+                        clamp_u32(body_len),
+                    ),
+                };
+                self.check_len(header.frame_len())?;
+                out.reserve(header.frame_len());
+                header.write(out);
+                out.extend_from_slice(&packed);
+                return Ok(finish(out, start));
+            }
+        }
+        self.check_len(frame_len)?;
+        out.reserve(frame_len);
+        let header = Header {
+            flags: 0,
+            body_len: clamp_u32(body_len),
+            raw_len: clamp_u32(body_len),
+            header_len: 0,
+        };
+        header.write(out);
+        for m in messages {
+            if let Err(e) = serialize_into(m, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        Ok(finish(out, start))
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), EncodeError> {
+        if len as u64 > u64::from(self.max_frame_len) {
+            return Err(EncodeError::TooLarge {
+                len: len as u64,
+                limit: self.max_frame_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Appends the CRC of `out[start..]` and returns the frame length.
+fn finish(out: &mut Vec<u8>, start: usize) -> usize {
+    let crc = checksum(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.len() - start
+}
+
+/// A postcard flavor appending to an existing `Vec` with bulk copies.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Flavor for Append<'_> {
+    type Output = ();
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+fn serialize_into(m: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    postcard::serialize_with_flavor(m, Append(out)).map_err(EncodeError::Encode)
+}
+
+/// The shared part of both decoders: verify, inflate and decode one complete
+/// frame whose header was already parsed.
+#[derive(Debug, Default)]
+struct FrameReader {
+    inflater: Inflater,
+    inflated: Vec<u8>,
+}
+
+impl FrameReader {
+    fn read(
+        &mut self,
+        frame: &[u8],
+        header: &Header,
+        limits: &Limits,
+        out: &mut Vec<Message>,
+    ) -> Result<(), FrameError> {
+        debug_assert_eq!(frame.len(), header.frame_len());
+        let (covered, crc) = frame.split_at(frame.len() - CRC_LEN);
+        let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        let actual = checksum(covered);
+        if expected != actual {
+            return Err(FrameError::ChecksumMismatch { expected, actual });
+        }
+        let mut body = &covered[header.header_len..];
+        if header.is_deflated() {
+            // The declared size was checked against the limit in Header::parse.
+            self.inflated.clear();
+            self.inflated.resize(header.raw_len as usize, 0);
+            self.inflater.inflate_exact(body, &mut self.inflated)?;
+            body = &self.inflated;
+        }
+        let before = out.len();
+        let mut count = 0u32;
+        while !body.is_empty() {
+            if count == limits.max_messages_per_frame {
+                out.truncate(before);
+                return Err(FrameError::TooManyMessages {
+                    limit: limits.max_messages_per_frame,
+                });
+            }
+            match postcard::take_from_bytes::<Message>(body) {
+                Ok((m, rest)) => {
+                    out.push(m);
+                    body = rest;
+                    count += 1;
+                }
+                Err(e) => {
+                    out.truncate(before);
+                    return Err(FrameError::Decode(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes one frame per call: for transports that preserve message
+/// boundaries, such as WebSocket.
+#[derive(Debug)]
+pub struct MessageDecoder {
+    limits: Limits,
+    reader: FrameReader,
+}
+
+impl MessageDecoder {
+    /// A decoder refusing anything outside `limits`.
+    pub fn new(limits: Limits) -> Self {
+        MessageDecoder {
+            limits,
+            reader: FrameReader::default(),
+        }
+    }
+
+    /// Decodes `frame`, which must be exactly one frame, appending its
+    /// messages to `out`. On error nothing is appended.
+    pub fn decode(&mut self, frame: &[u8], out: &mut Vec<Message>) -> Result<(), FrameError> {
+        let header = match Header::parse(frame, &self.limits)? {
+            Some(h) => h,
+            None => return Err(FrameError::Truncated { needed: 1 }),
+        };
+        let len = header.frame_len();
+        if frame.len() < len {
+            return Err(FrameError::Truncated {
+                needed: len - frame.len(),
+            });
+        }
+        if frame.len() > len {
+            return Err(FrameError::TrailingBytes(frame.len() - len));
+        }
+        self.reader.read(frame, &header, &self.limits, out)
+    }
+}
+
+/// Decodes frames from a byte stream, however it is split.
+///
+/// It consumes input only up to the end of the current frame and buffers at
+/// most one partial frame, whose size was checked against the limits before
+/// any memory was reserved for it. Errors are fatal to the stream: after one,
+/// drop the connection (the decoder resets its buffer).
+///
+/// ```
+/// use crdt_socket_sync::wire::{Encoder, Message, StreamDecoder};
+/// use crdt_socket_sync::Limits;
+///
+/// let mut stream = Vec::new();
+/// let mut encoder = Encoder::new(&Limits::default());
+/// encoder.encode(&[Message::Ping { t: 1 }], &mut stream).unwrap();
+/// encoder.encode(&[Message::Pong { echo: 1 }], &mut stream).unwrap();
+///
+/// let mut decoder = StreamDecoder::new(Limits::default());
+/// let mut out = Vec::new();
+/// for chunk in stream.chunks(3) {
+///     let mut input = chunk;
+///     while decoder.decode(&mut input, &mut out).unwrap() {}
+/// }
+/// assert_eq!(out, vec![Message::Ping { t: 1 }, Message::Pong { echo: 1 }]);
+/// ```
+#[derive(Debug)]
+pub struct StreamDecoder {
+    limits: Limits,
+    reader: FrameReader,
+    partial: Vec<u8>,
+    header: Option<Header>,
+}
+
+impl StreamDecoder {
+    /// A decoder refusing anything outside `limits`.
+    pub fn new(limits: Limits) -> Self {
+        StreamDecoder {
+            limits,
+            reader: FrameReader::default(),
+            partial: Vec::new(),
+            header: None,
+        }
+    }
+
+    /// Bytes of an incomplete frame currently buffered.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Consumes bytes from `input` until one frame is complete, decodes it
+    /// into `out` and returns `true`; returns `false` once `input` is used up
+    /// without completing a frame. Call it in a loop until it returns
+    /// `false`.
+    pub fn decode(&mut self, input: &mut &[u8], out: &mut Vec<Message>) -> Result<bool, FrameError> {
+        let result = self.decode_inner(input, out);
+        if result.is_err() {
+            self.partial = Vec::new();
+            self.header = None;
+        }
+        result
+    }
+
+    fn decode_inner(&mut self, input: &mut &[u8], out: &mut Vec<Message>) -> Result<bool, FrameError> {
+        // Fast path: a whole frame at the front of the input, nothing buffered.
+        if self.partial.is_empty()
+            && let Some(header) = Header::parse(input, &self.limits)?
+        {
+            let len = header.frame_len();
+            if input.len() >= len {
+                let (frame, rest) = input.split_at(len);
+                *input = rest;
+                self.reader.read(frame, &header, &self.limits, out)?;
+                return Ok(true);
+            }
+        }
+        // Slow path: gather the header byte by byte, then the rest of the frame.
+        while self.header.is_none() {
+            let Some((&byte, rest)) = input.split_first() else {
+                return Ok(false);
+            };
+            self.partial.push(byte);
+            *input = rest;
+            if let Some(header) = Header::parse(&self.partial, &self.limits)? {
+                self.partial.reserve_exact(header.frame_len() - self.partial.len());
+                self.header = Some(header);
+            }
+        }
+        let Some(header) = self.header else {
+            return Ok(false);
+        };
+        let want = header.frame_len() - self.partial.len();
+        let take = want.min(input.len());
+        self.partial.extend_from_slice(&input[..take]);
+        *input = &input[take..];
+        if take < want {
+            return Ok(false);
+        }
+        self.header = None;
+        let frame = core::mem::take(&mut self.partial);
+        let result = self.reader.read(&frame, &header, &self.limits, out);
+        // Keep the allocation for the next partial frame unless it was large.
+        if frame.capacity() <= 64 * 1024 {
+            self.partial = frame;
+            self.partial.clear();
+        }
+        result.map(|()| true)
+    }
+}

@@ -1,0 +1,23 @@
+//! The wire: messages, frames and their codec.
+//!
+//! This layer knows nothing about sessions; it turns [`Message`]s into
+//! checksummed frames and back, refusing anything outside the configured
+//! [`Limits`](crate::Limits). See the README's protocol section for the byte
+//! layout and the measured overhead.
+
+pub mod compress;
+mod codec;
+mod error;
+pub mod frame;
+mod message;
+
+pub use codec::{DEFAULT_COMPRESS_THRESHOLD, Encoder, MessageDecoder, StreamDecoder};
+pub use error::{EncodeError, FrameError};
+pub use message::{
+    Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message,
+    PeerLimits, RejectCode, Resume, Route, SessionId, SyncKind,
+};
+
+/// Protocol versions this crate speaks (of the message layer, negotiated in
+/// the handshake; the frame format has its own version in every frame).
+pub const PROTOCOL_VERSIONS: &[u16] = &[1];

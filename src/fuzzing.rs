@@ -13,6 +13,7 @@ fn fuzz_limits() -> Limits {
         max_frame_len: 64 * 1024,
         max_decompressed_len: 256 * 1024,
         max_messages_per_frame: 64,
+        ..Limits::default()
     }
 }
 

@@ -34,10 +34,31 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
+mod close;
 pub mod document;
 pub mod fuzzing;
+mod inbound;
 mod limits;
+mod outbound;
 pub mod registry;
+pub mod rng;
+pub mod server;
 pub mod wire;
 
+pub use close::CloseCause;
+pub use inbound::{Framing, InboundError};
 pub use limits::Limits;
+
+/// One output of a session, for callers that prefer a single `poll_output`
+/// loop to the separate `poll_transmit` / `poll_event` / `poll_timeout`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output<T, E> {
+    /// Bytes to send.
+    Transmit(T),
+    /// Something happened.
+    Event(E),
+    /// Nothing else to do until this instant (or new input).
+    Timeout(std::time::Instant),
+}

@@ -23,6 +23,28 @@ pub struct Limits {
     pub max_decompressed_len: u32,
     /// Most messages batched in one frame. Default 1024.
     pub max_messages_per_frame: u32,
+    /// Largest single message once reassembled from
+    /// [`Fragment`](crate::wire::Message::Fragment)s. Default 64 MiB.
+    pub max_message_len: u64,
+    /// Largest initial-sync transfer (delta or snapshot) a client accepts.
+    /// Default 1 GiB.
+    pub max_transfer_len: u64,
+    /// Bytes a session may hold queued for sending before it refuses more
+    /// (client: `Backpressure`; server: the subscriber is treated as slow).
+    /// Default 8 MiB.
+    pub max_outbound_bytes: usize,
+    /// Messages a session may hold queued for sending. Default 65,536.
+    pub max_outbound_messages: usize,
+    /// Bytes of unacknowledged local updates a client keeps per document
+    /// before `flush_local` returns `Backpressure`. Default 64 MiB.
+    pub max_outbox_bytes: usize,
+    /// Unacknowledged local updates a client keeps per document. Default
+    /// 100,000.
+    pub max_outbox_updates: usize,
+    /// Documents one connection may have open. Default 1,024.
+    pub max_docs_per_connection: usize,
+    /// Longest document name, in bytes. Default 512.
+    pub max_name_len: usize,
 }
 
 impl Default for Limits {
@@ -31,6 +53,14 @@ impl Default for Limits {
             max_frame_len: 1 << 20,
             max_decompressed_len: 4 << 20,
             max_messages_per_frame: 1024,
+            max_message_len: 64 << 20,
+            max_transfer_len: 1 << 30,
+            max_outbound_bytes: 8 << 20,
+            max_outbound_messages: 65_536,
+            max_outbox_bytes: 64 << 20,
+            max_outbox_updates: 100_000,
+            max_docs_per_connection: 1024,
+            max_name_len: 512,
         }
     }
 }

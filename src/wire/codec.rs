@@ -181,6 +181,19 @@ fn serialize_into(m: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     postcard::serialize_with_flavor(m, Append(out)).map_err(EncodeError::Encode)
 }
 
+/// Appends the body encoding (postcard) of one message to `out`, without a
+/// frame around it. Frames are concatenations of such bodies.
+///
+/// ```
+/// use crdt_socket_sync::wire::{encode_message, Message};
+/// let mut body = Vec::new();
+/// encode_message(&Message::Ping { t: 5 }, &mut body).unwrap();
+/// assert_eq!(postcard::from_bytes::<Message>(&body).unwrap(), Message::Ping { t: 5 });
+/// ```
+pub fn encode_message(m: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    serialize_into(m, out)
+}
+
 /// The shared part of both decoders: verify, inflate and decode one complete
 /// frame whose header was already parsed.
 #[derive(Debug, Default)]

@@ -530,6 +530,16 @@ pub enum Message {
         /// Human-readable detail.
         message: String,
     },
+    /// S→C: an [`Message::Open`] was refused (not found, forbidden...).
+    /// Every `Open` is answered by exactly one `Opened` or `OpenRefused`.
+    OpenRefused {
+        /// The name from the `Open`.
+        name: String,
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
     /// Both: a piece of one message too large for a single frame. Pieces of
     /// one `id` concatenate (in offset order) to the postcard encoding of
     /// one [`Message`] of `total` bytes.
@@ -583,6 +593,7 @@ impl Message {
             Message::RelayStateRequest { .. } => "RelayStateRequest",
             Message::Error { .. } => "Error",
             Message::Close { .. } => "Close",
+            Message::OpenRefused { .. } => "OpenRefused",
             Message::Fragment { .. } => "Fragment",
         }
     }

@@ -11,7 +11,9 @@ mod error;
 pub mod frame;
 mod message;
 
-pub use codec::{DEFAULT_COMPRESS_THRESHOLD, Encoder, MessageDecoder, StreamDecoder};
+pub use codec::{
+    DEFAULT_COMPRESS_THRESHOLD, Encoder, MessageDecoder, StreamDecoder, encode_message,
+};
 pub use error::{EncodeError, FrameError};
 pub use message::{
     Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message,

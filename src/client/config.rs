@@ -1,0 +1,57 @@
+//! Client configuration.
+
+use std::time::Duration;
+
+use crate::Limits;
+use crate::inbound::Framing;
+use crate::wire::DEFAULT_COMPRESS_THRESHOLD;
+
+/// Configuration of a [`ClientSession`](super::ClientSession).
+///
+/// ```
+/// use crdt_socket_sync::client::ClientConfig;
+/// let config = ClientConfig { peer: "alice-laptop".into(), token: b"secret".to_vec(), ..ClientConfig::default() };
+/// assert!(config.offer_deflate);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// This client's peer id (e.g. its CRDT actor id); informational for the
+    /// server, which authenticates the token.
+    pub peer: String,
+    /// Opaque credentials for the server's authorizer.
+    pub token: Vec<u8>,
+    /// Size limits for frames, messages, queues and the outbox.
+    pub limits: Limits,
+    /// How the transport delimits frames.
+    pub framing: Framing,
+    /// Offer deflate compression in the handshake.
+    pub offer_deflate: bool,
+    /// Frame bodies from this size are compressed, when negotiated.
+    pub compress_threshold: usize,
+    /// The connection is closed if the server has not answered `Hello` by
+    /// then.
+    pub handshake_timeout: Duration,
+    /// How often to ping; `None` uses the heartbeat the server announces.
+    pub ping_interval: Option<Duration>,
+    /// The connection is declared dead after this long without any input.
+    pub dead_after: Duration,
+    /// Seed for the session's randomness (reconnect jitter).
+    pub seed: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            peer: String::new(),
+            token: Vec::new(),
+            limits: Limits::default(),
+            framing: Framing::Message,
+            offer_deflate: true,
+            compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: None,
+            dead_after: Duration::from_secs(6),
+            seed: 0,
+        }
+    }
+}

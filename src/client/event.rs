@@ -1,0 +1,120 @@
+//! What a client session tells the application.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::close::CloseCause;
+use crate::document::ApplyOutcome;
+use crate::registry::RegistryError;
+use crate::wire::{Access, Compression, ErrorCode, SessionId};
+
+/// The connection status of a client session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// No transport yet.
+    Idle,
+    /// Transport up, handshake in progress.
+    Connecting,
+    /// Handshake done; documents sync.
+    Connected,
+    /// The connection ended; `connect` may be called with a new transport.
+    Disconnected,
+    /// Closed for good by [`ClientSession::close`](super::ClientSession::close).
+    Closed,
+}
+
+/// Events from a client session, in the order they happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The status changed.
+    Status(Status),
+    /// The handshake succeeded.
+    Connected {
+        /// The session id the server assigned.
+        session: SessionId,
+        /// The negotiated protocol version.
+        version: u16,
+        /// The negotiated compression.
+        compression: Compression,
+    },
+    /// The server opened a document for this session (or changed its access).
+    DocumentOpened {
+        /// The document.
+        name: Arc<str>,
+        /// What this session may do.
+        access: Access,
+    },
+    /// Initial sync of a document finished: both sides exchanged what the
+    /// other lacked.
+    Synced {
+        /// The document.
+        name: Arc<str>,
+    },
+    /// An update from another client was applied (or is held waiting for
+    /// dependencies, see `outcome`).
+    RemoteUpdate {
+        /// The document.
+        name: Arc<str>,
+        /// What the document did with it.
+        outcome: ApplyOutcome,
+    },
+    /// The server acknowledged local updates (cumulative sequence numbers).
+    Acknowledged {
+        /// The document.
+        name: Arc<str>,
+        /// Updates up to this sequence number are applied on the server.
+        applied: u64,
+        /// Updates up to this sequence number are on durable storage.
+        durable: u64,
+    },
+    /// A document-scoped problem; the connection goes on.
+    DocumentError {
+        /// The document, when known.
+        name: Option<Arc<str>>,
+        /// The local update concerned, if any.
+        seq: Option<u64>,
+        /// What went wrong.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The connection ended (exactly once per connection).
+    Closed {
+        /// Why.
+        cause: CloseCause,
+    },
+}
+
+/// A local command could not be carried out.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// The document was never opened on this session.
+    #[error("document {0:?} is not open")]
+    UnknownDocument(String),
+    /// The server granted read-only access.
+    #[error("document {0:?} is read-only")]
+    ReadOnly(String),
+    /// The outbox or send queue is full; retry after acknowledgements.
+    #[error("backpressure on {name:?}: {queued} bytes queued, limit {limit}")]
+    Backpressure {
+        /// The document.
+        name: String,
+        /// Bytes currently queued.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A configured limit forbids it (name length, documents per connection).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// The session was closed for good.
+    #[error("session closed")]
+    Closed,
+    /// The local registry refused.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}

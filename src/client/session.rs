@@ -1,0 +1,995 @@
+//! The client session state machine.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::close::CloseCause;
+use crate::document::{ApplyOutcome, Document};
+use crate::inbound::Inbound;
+use crate::outbound::{Outbound, Priority};
+use crate::registry::Registry;
+use crate::wire::{
+    Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
+    SessionId, SyncKind,
+};
+
+use super::{ClientConfig, ClientEvent, CommandError, Status};
+
+/// Where one document is in its sync with the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DocStatus {
+    /// Waiting for a connection to send `Open`.
+    Waiting,
+    /// `Open` sent, no answer yet.
+    Opening,
+    /// Receiving what it lacks from the server.
+    Syncing,
+    /// In sync; live updates flow.
+    Synced,
+    /// The server refused to open it (see the `DocumentError` event).
+    Refused,
+}
+
+/// Counters of a client session.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ClientStats {
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Smoothed round-trip time from ping/pong.
+    pub rtt: Option<Duration>,
+    /// Remote updates applied.
+    pub remote_updates: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Handshaking { deadline: Option<Instant> },
+    Connected,
+    Disconnected,
+    Closed,
+}
+
+struct TransferBuf {
+    id: u64,
+    kind: SyncKind,
+    total: u64,
+    data: Vec<u8>,
+}
+
+struct ClientDoc {
+    name: Arc<str>,
+    status: DocStatus,
+    handle: Option<DocId>,
+    access: Access,
+    /// Local updates not yet acknowledged, with their sequence numbers.
+    outbox: VecDeque<(u64, Vec<u8>)>,
+    outbox_bytes: usize,
+    next_seq: u64,
+    transfer: Option<TransferBuf>,
+    /// Broadcasts received while syncing, applied after the transfer.
+    held: Vec<Vec<u8>>,
+    held_bytes: usize,
+    held_overflow: bool,
+    status_requested: bool,
+}
+
+impl ClientDoc {
+    fn new(name: Arc<str>) -> Self {
+        ClientDoc {
+            name,
+            status: DocStatus::Waiting,
+            handle: None,
+            access: Access::ReadWrite,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            next_seq: 1,
+            transfer: None,
+            held: Vec::new(),
+            held_bytes: 0,
+            held_overflow: false,
+            status_requested: false,
+        }
+    }
+
+    fn reset_connection(&mut self) {
+        if self.status != DocStatus::Refused {
+            self.status = DocStatus::Waiting;
+        }
+        self.handle = None;
+        self.transfer = None;
+        self.held.clear();
+        self.held_bytes = 0;
+        self.held_overflow = false;
+        self.status_requested = false;
+    }
+}
+
+/// One client connection carrying many documents, surviving transport loss.
+///
+/// Documents live in a [`Registry`] the application owns and lends to the
+/// calls that need them. See the crate docs for the driving contract.
+///
+/// ```
+/// use std::time::Instant;
+/// use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession, Status};
+///
+/// let now = Instant::now();
+/// let mut client = ClientSession::new(ClientConfig { peer: "me".into(), ..Default::default() }, now);
+/// client.connect(now); // the transport is up: the Hello is queued
+/// let hello = client.poll_transmit().unwrap();
+/// assert!(!hello.is_empty());
+/// assert_eq!(client.poll_event(), Some(ClientEvent::Status(Status::Connecting)));
+/// ```
+pub struct ClientSession {
+    config: ClientConfig,
+    phase: Phase,
+    inbound: Inbound,
+    outbound: Outbound,
+    events: VecDeque<ClientEvent>,
+    docs: BTreeMap<Arc<str>, ClientDoc>,
+    handles: BTreeMap<DocId, Arc<str>>,
+    epoch: Instant,
+    now: Instant,
+    last_rx: Instant,
+    next_ping: Option<Instant>,
+    ping_interval: Duration,
+    session: Option<SessionId>,
+    stats: ClientStats,
+    scratch: Vec<Message>,
+}
+
+impl ClientSession {
+    /// A session with no transport yet.
+    pub fn new(config: ClientConfig, now: Instant) -> Self {
+        let inbound = Inbound::new(config.framing, &config.limits);
+        let outbound = Outbound::new(&config.limits);
+        ClientSession {
+            phase: Phase::Idle,
+            inbound,
+            outbound,
+            events: VecDeque::new(),
+            docs: BTreeMap::new(),
+            handles: BTreeMap::new(),
+            epoch: now,
+            now,
+            last_rx: now,
+            next_ping: None,
+            ping_interval: config.ping_interval.unwrap_or(Duration::from_secs(2)),
+            session: None,
+            stats: ClientStats::default(),
+            scratch: Vec::new(),
+            config,
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        match self.phase {
+            Phase::Idle => Status::Idle,
+            Phase::Handshaking { .. } => Status::Connecting,
+            Phase::Connected => Status::Connected,
+            Phase::Disconnected => Status::Disconnected,
+            Phase::Closed => Status::Closed,
+        }
+    }
+
+    /// The session id of the current connection.
+    pub fn session_id(&self) -> Option<SessionId> {
+        self.session
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    /// The sync status of a document.
+    pub fn doc_status(&self, name: &str) -> Option<DocStatus> {
+        self.docs.get(name).map(|d| d.status)
+    }
+
+    /// Local updates of `name` not yet acknowledged by the server.
+    pub fn unacknowledged(&self, name: &str) -> usize {
+        self.docs.get(name).map_or(0, |d| d.outbox.len())
+    }
+
+    /// Bytes queued for sending.
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.bytes()
+    }
+
+    /// Whether the session can take more input: `false` while its send
+    /// queue is over half its limit (stop reading until a drain).
+    pub fn wants_input(&self) -> bool {
+        self.outbound.bytes() <= self.config.limits.max_outbound_bytes / 2
+    }
+
+    fn set_status(&mut self, phase: Phase) {
+        let before = self.status();
+        self.phase = phase;
+        let after = self.status();
+        if before != after {
+            self.events.push_back(ClientEvent::Status(after));
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    fn send(&mut self, msg: &Message) {
+        let _ = self.outbound.push(msg, Priority::Control);
+    }
+
+    // ---- commands ----
+
+    /// A new transport is up: starts the handshake. Any previous
+    /// connection's unsent frames are dropped; unacknowledged updates stay
+    /// in the outbox and reach the server after the documents re-sync.
+    pub fn connect(&mut self, now: Instant) {
+        self.tick(now);
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
+            self.lose_connection(CloseCause::TransportLost);
+        }
+        self.inbound = Inbound::new(self.config.framing, &self.config.limits);
+        self.outbound.reset(&self.config.limits);
+        self.last_rx = self.now;
+        self.next_ping = None;
+        let compression = if self.config.offer_deflate {
+            vec![Compression::Deflate, Compression::None]
+        } else {
+            vec![Compression::None]
+        };
+        self.send(&Message::Hello {
+            versions: PROTOCOL_VERSIONS.to_vec(),
+            peer: self.config.peer.clone(),
+            token: Bytes(self.config.token.clone()),
+            compression,
+            limits: self.config.limits.peer_limits(),
+        });
+        let deadline = self.now.checked_add(self.config.handshake_timeout);
+        self.set_status(Phase::Handshaking { deadline });
+    }
+
+    /// The transport went away without a `Close`.
+    pub fn transport_lost(&mut self, now: Instant) {
+        self.tick(now);
+        if matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
+            self.lose_connection(CloseCause::TransportLost);
+        }
+    }
+
+    /// Closes the connection for good, queueing a `Close` for the server.
+    pub fn close(&mut self, now: Instant) {
+        self.tick(now);
+        match self.phase {
+            Phase::Closed => {}
+            Phase::Handshaking { .. } | Phase::Connected => {
+                self.send(&Message::Close {
+                    reason: CloseReason::Normal,
+                    message: String::new(),
+                });
+                self.end_connection(CloseCause::Local(CloseReason::Normal));
+                self.set_status(Phase::Closed);
+            }
+            _ => self.set_status(Phase::Closed),
+        }
+    }
+
+    /// Starts syncing document `name` from `registry` (opened there if
+    /// needed). Works offline: the document opens on the next connection.
+    pub fn open<R: Registry>(&mut self, registry: &mut R, name: &str, now: Instant) -> Result<(), CommandError> {
+        self.tick(now);
+        if self.phase == Phase::Closed {
+            return Err(CommandError::Closed);
+        }
+        if name.is_empty() || name.len() > self.config.limits.max_name_len {
+            return Err(CommandError::LimitExceeded(format!(
+                "document name must be 1..={} bytes",
+                self.config.limits.max_name_len
+            )));
+        }
+        if self.docs.contains_key(name) {
+            return Ok(());
+        }
+        if self.docs.len() >= self.config.limits.max_docs_per_connection {
+            return Err(CommandError::LimitExceeded(format!(
+                "at most {} documents",
+                self.config.limits.max_docs_per_connection
+            )));
+        }
+        let version = registry.open(name)?.version();
+        let name: Arc<str> = name.into();
+        let mut doc = ClientDoc::new(Arc::clone(&name));
+        if self.phase == Phase::Connected {
+            doc.status = DocStatus::Opening;
+            self.send(&Message::Open {
+                name: name.to_string(),
+                version: Bytes(version),
+                resume: None,
+            });
+        }
+        self.docs.insert(name, doc);
+        Ok(())
+    }
+
+    /// Stops syncing `name` (the connection stays open).
+    pub fn close_doc(&mut self, name: &str) -> Result<(), CommandError> {
+        let doc = self
+            .docs
+            .remove(name)
+            .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?;
+        if let Some(handle) = doc.handle {
+            self.handles.remove(&handle);
+            if self.phase == Phase::Connected {
+                self.send(&Message::CloseDoc { doc: handle });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the local edits made to `name` with the native CRDT API since
+    /// the last call ([`Document::take_local_update`]). Returns the update's
+    /// sequence number, or `None` when there was nothing to send. Offline,
+    /// the update waits in the outbox.
+    pub fn flush_local<R: Registry>(&mut self, registry: &mut R, name: &str, now: Instant) -> Result<Option<u64>, CommandError> {
+        self.tick(now);
+        self.check_writable(name)?;
+        let Some(d) = registry.get(name) else {
+            return Err(CommandError::UnknownDocument(name.to_string()));
+        };
+        match d.take_local_update() {
+            Some(update) => self.queue_update(name, update).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends an update the application encoded itself.
+    pub fn send_update(&mut self, name: &str, update: Vec<u8>, now: Instant) -> Result<u64, CommandError> {
+        self.tick(now);
+        self.check_writable(name)?;
+        self.queue_update(name, update)
+    }
+
+    fn check_writable(&self, name: &str) -> Result<(), CommandError> {
+        if self.phase == Phase::Closed {
+            return Err(CommandError::Closed);
+        }
+        let doc = self
+            .docs
+            .get(name)
+            .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?;
+        if doc.access != Access::ReadWrite {
+            return Err(CommandError::ReadOnly(name.to_string()));
+        }
+        let limits = &self.config.limits;
+        if doc.outbox_bytes >= limits.max_outbox_bytes || doc.outbox.len() >= limits.max_outbox_updates {
+            return Err(CommandError::Backpressure {
+                name: name.to_string(),
+                queued: doc.outbox_bytes,
+                limit: limits.max_outbox_bytes,
+            });
+        }
+        if doc.status == DocStatus::Synced && !self.outbound.has_room(0) {
+            return Err(CommandError::Backpressure {
+                name: name.to_string(),
+                queued: self.outbound.bytes(),
+                limit: limits.max_outbound_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts `update` in the outbox and, when the document is synced, on the
+    /// wire.
+    fn queue_update(&mut self, name: &str, update: Vec<u8>) -> Result<u64, CommandError> {
+        let connected = self.phase == Phase::Connected;
+        let Some(doc) = self.docs.get_mut(name) else {
+            return Err(CommandError::UnknownDocument(name.to_string()));
+        };
+        let seq = doc.next_seq;
+        doc.next_seq += 1;
+        if connected
+            && doc.status == DocStatus::Synced
+            && let Some(handle) = doc.handle
+        {
+            let msg = Message::Update {
+                doc: handle,
+                seq,
+                data: Bytes(update.clone()),
+            };
+            // Room was checked; control priority keeps the update from being
+            // lost between the check and the push.
+            let _ = self.outbound.push(&msg, Priority::Control);
+        }
+        doc.outbox_bytes += update.len();
+        doc.outbox.push_back((seq, update));
+        Ok(seq)
+    }
+
+    /// Asks the server for everything `name` lacks (e.g. after suspecting
+    /// divergence).
+    pub fn request_sync<R: Registry>(&mut self, registry: &mut R, name: &str) -> Result<(), CommandError> {
+        let doc = self
+            .docs
+            .get(name)
+            .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?;
+        let (Some(handle), Phase::Connected) = (doc.handle, self.phase) else {
+            return Ok(()); // A sync happens anyway on (re)connect.
+        };
+        let version = registry
+            .get(name)
+            .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?
+            .version();
+        self.send(&Message::StatusRequest {
+            doc: handle,
+            version: Bytes(version),
+        });
+        Ok(())
+    }
+
+    /// Sends a new auth token; the server re-authorizes every open document
+    /// without reconnecting.
+    pub fn refresh_token(&mut self, token: Vec<u8>) {
+        self.config.token = token.clone();
+        if self.phase == Phase::Connected {
+            self.send(&Message::RefreshToken { token: Bytes(token) });
+        }
+    }
+
+    // ---- input ----
+
+    /// Bytes received from the transport.
+    pub fn handle_input<R: Registry>(&mut self, now: Instant, bytes: &[u8], registry: &mut R) {
+        self.tick(now);
+        if !matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
+            return;
+        }
+        self.stats.bytes_in += bytes.len() as u64;
+        self.last_rx = self.now;
+        let mut msgs = std::mem::take(&mut self.scratch);
+        msgs.clear();
+        let fed = self.inbound.feed(bytes, &mut msgs);
+        for msg in msgs.drain(..) {
+            if !matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
+                break;
+            }
+            self.on_message(msg, registry);
+        }
+        self.scratch = msgs;
+        if let Err(e) = fed {
+            self.fail(CloseReason::ProtocolError, CloseCause::Inbound(e));
+        }
+    }
+
+    fn fail(&mut self, reason: CloseReason, cause: CloseCause) {
+        if !matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
+            return;
+        }
+        self.send(&Message::Close {
+            reason,
+            message: cause.to_string(),
+        });
+        self.lose_connection(cause);
+    }
+
+    /// Ends the current connection: reports `Closed` once and resets every
+    /// document to wait for the next connection.
+    fn lose_connection(&mut self, cause: CloseCause) {
+        self.end_connection(cause);
+        self.set_status(Phase::Disconnected);
+    }
+
+    fn end_connection(&mut self, cause: CloseCause) {
+        self.events.push_back(ClientEvent::Closed { cause });
+        self.handles.clear();
+        self.session = None;
+        self.next_ping = None;
+        for doc in self.docs.values_mut() {
+            doc.reset_connection();
+        }
+    }
+
+    fn on_message<R: Registry>(&mut self, msg: Message, registry: &mut R) {
+        if let Phase::Handshaking { .. } = self.phase {
+            return match msg {
+                Message::Welcome {
+                    version,
+                    session,
+                    compression,
+                    limits,
+                    heartbeat_ms,
+                } => self.on_welcome(version, session, compression, limits, heartbeat_ms, registry),
+                Message::Reject { code, message } => {
+                    self.lose_connection(CloseCause::Rejected { code, message });
+                }
+                Message::Close { reason, message } => {
+                    self.lose_connection(CloseCause::Peer { reason, message });
+                }
+                other => self.fail(
+                    CloseReason::ProtocolError,
+                    CloseCause::Protocol(format!("{} before Welcome", other.name())),
+                ),
+            };
+        }
+        match msg {
+            Message::Broadcast { doc, data } => self.on_broadcast(doc, data.0, registry),
+            Message::Ack { doc, applied, durable } => self.on_ack(doc, applied, durable),
+            Message::Ping { t } => self.send(&Message::Pong { echo: t }),
+            Message::Pong { echo } => self.on_pong(echo),
+            Message::Opened { name, doc, access } => self.on_opened(&name, doc, access),
+            Message::OpenRefused { name, code, message } => {
+                let name = self.docs.get_mut(name.as_str()).map(|d| {
+                    d.status = DocStatus::Refused;
+                    Arc::clone(&d.name)
+                });
+                self.events.push_back(ClientEvent::DocumentError {
+                    name,
+                    seq: None,
+                    code,
+                    message,
+                });
+            }
+            Message::SyncChunk {
+                doc,
+                transfer,
+                kind,
+                offset,
+                total,
+                data,
+            } => self.on_chunk(doc, transfer, kind, offset, total, data.0),
+            Message::SyncDone { doc, version } => self.on_sync_done(doc, &version, registry),
+            Message::OutOfSync { doc, version } => self.send_missing(doc, &version, registry),
+            Message::CloseDoc { doc } => {
+                if let Some(name) = self.handles.remove(&doc)
+                    && let Some(d) = self.docs.get_mut(&name)
+                {
+                    d.handle = None;
+                    d.status = DocStatus::Refused;
+                }
+            }
+            Message::Error {
+                doc,
+                seq,
+                code,
+                message,
+            } => self.on_error(doc, seq, code, message),
+            Message::Close { reason, message } => {
+                self.lose_connection(CloseCause::Peer { reason, message });
+            }
+            other => self.fail(
+                CloseReason::ProtocolError,
+                CloseCause::Protocol(format!("{} is not a server message here", other.name())),
+            ),
+        }
+    }
+
+    fn on_welcome<R: Registry>(
+        &mut self,
+        version: u16,
+        session: SessionId,
+        compression: Compression,
+        limits: crate::wire::PeerLimits,
+        heartbeat_ms: u32,
+        registry: &mut R,
+    ) {
+        if !PROTOCOL_VERSIONS.contains(&version)
+            || (compression == Compression::Deflate && !self.config.offer_deflate)
+        {
+            return self.fail(
+                CloseReason::ProtocolError,
+                CloseCause::Protocol("server chose a version or compression we did not offer".into()),
+            );
+        }
+        self.outbound
+            .negotiate(limits, compression, self.config.compress_threshold);
+        self.session = Some(session);
+        self.ping_interval = self
+            .config
+            .ping_interval
+            .unwrap_or(Duration::from_millis(u64::from(heartbeat_ms.max(100))));
+        self.next_ping = self.now.checked_add(self.ping_interval);
+        self.set_status(Phase::Connected);
+        self.events.push_back(ClientEvent::Connected {
+            session,
+            version,
+            compression,
+        });
+        let names: Vec<Arc<str>> = self.docs.keys().cloned().collect();
+        for name in names {
+            let Some(d) = registry.get(&name) else {
+                continue;
+            };
+            let version = d.version();
+            if let Some(doc) = self.docs.get_mut(&name) {
+                if doc.status == DocStatus::Refused {
+                    continue;
+                }
+                doc.status = DocStatus::Opening;
+            }
+            self.send(&Message::Open {
+                name: name.to_string(),
+                version: Bytes(version),
+                resume: None,
+            });
+        }
+    }
+
+    fn on_opened(&mut self, name: &str, handle: DocId, access: Access) {
+        let Some(doc) = self.docs.get_mut(name) else {
+            // Opened for a document closed meanwhile: tell the server.
+            self.send(&Message::CloseDoc { doc: handle });
+            return;
+        };
+        doc.handle = Some(handle);
+        doc.access = access;
+        if doc.status == DocStatus::Opening {
+            doc.status = DocStatus::Syncing;
+        }
+        if access != Access::ReadWrite {
+            doc.outbox.clear();
+            doc.outbox_bytes = 0;
+        }
+        let name = Arc::clone(&doc.name);
+        self.handles.insert(handle, Arc::clone(&name));
+        self.events
+            .push_back(ClientEvent::DocumentOpened { name, access });
+    }
+
+    fn doc_by_handle(&mut self, handle: DocId) -> Option<&mut ClientDoc> {
+        let name = self.handles.get(&handle)?;
+        self.docs.get_mut(name)
+    }
+
+    fn on_chunk(&mut self, handle: DocId, id: u64, kind: SyncKind, offset: u64, total: u64, data: Vec<u8>) {
+        let max = self.config.limits.max_transfer_len;
+        let Some(doc) = self.doc_by_handle(handle) else {
+            return self.fail(
+                CloseReason::ProtocolError,
+                CloseCause::Protocol("sync chunk for an unknown document".into()),
+            );
+        };
+        if total > max {
+            let name = Arc::clone(&doc.name);
+            return self.fail(
+                CloseReason::LimitExceeded,
+                CloseCause::Protocol(format!("transfer for {name:?} of {total} bytes exceeds {max}")),
+            );
+        }
+        if offset == 0 {
+            doc.transfer = Some(TransferBuf {
+                id,
+                kind,
+                total,
+                data: Vec::new(),
+            });
+        }
+        let ok = match &mut doc.transfer {
+            Some(t) if t.id == id && t.total == total && t.data.len() as u64 == offset => {
+                if offset + data.len() as u64 > total {
+                    false
+                } else {
+                    t.data.extend_from_slice(&data);
+                    true
+                }
+            }
+            _ => false,
+        };
+        if !ok {
+            self.fail(
+                CloseReason::ProtocolError,
+                CloseCause::Protocol("sync chunk out of order".into()),
+            );
+        }
+    }
+
+    fn on_sync_done<R: Registry>(&mut self, handle: DocId, server_version: &[u8], registry: &mut R) {
+        let Some(doc) = self.doc_by_handle(handle) else {
+            return self.fail(
+                CloseReason::ProtocolError,
+                CloseCause::Protocol("sync done for an unknown document".into()),
+            );
+        };
+        let name = Arc::clone(&doc.name);
+        let transfer = doc.transfer.take();
+        let held = std::mem::take(&mut doc.held);
+        let overflow = std::mem::replace(&mut doc.held_overflow, false);
+        doc.held_bytes = 0;
+        doc.status_requested = false;
+        let Some(d) = registry.get(&name) else {
+            return;
+        };
+        if let Some(t) = transfer {
+            if t.data.len() as u64 != t.total {
+                return self.fail(
+                    CloseReason::ProtocolError,
+                    CloseCause::Protocol("sync done before the transfer completed".into()),
+                );
+            }
+            let result = match t.kind {
+                SyncKind::Snapshot => d.load_snapshot(&t.data).err(),
+                _ => match d.apply(&t.data) {
+                    ApplyOutcome::Invalid(e) => Some(e),
+                    _ => None,
+                },
+            };
+            if let Some(e) = result {
+                self.events.push_back(ClientEvent::DocumentError {
+                    name: Some(Arc::clone(&name)),
+                    seq: None,
+                    code: ErrorCode::InvalidUpdate,
+                    message: format!("initial sync payload refused: {e}"),
+                });
+            }
+        }
+        if !held.is_empty() {
+            let slices: Vec<&[u8]> = held.iter().map(|h| h.as_slice()).collect();
+            let mut outcomes = Vec::with_capacity(slices.len());
+            d.apply_batch(&slices, &mut outcomes);
+            self.stats.remote_updates += outcomes.len() as u64;
+        }
+        let first = self
+            .docs
+            .get(&name)
+            .is_some_and(|doc| doc.status != DocStatus::Synced);
+        if let Some(doc) = self.docs.get_mut(&name) {
+            doc.status = DocStatus::Synced;
+        }
+        // Send what the server lacks, then our version.
+        self.send_missing(handle, server_version, registry);
+        let Some(d) = registry.get(&name) else {
+            return;
+        };
+        let version = d.version();
+        self.send(&Message::SyncDone {
+            doc: handle,
+            version: Bytes(version.clone()),
+        });
+        if overflow {
+            self.send(&Message::StatusRequest {
+                doc: handle,
+                version: Bytes(version),
+            });
+        }
+        if first {
+            self.events.push_back(ClientEvent::Synced { name });
+        }
+    }
+
+    /// Sends what the server (at `server_version`) lacks as one new outbox
+    /// update. It covers every older unacknowledged update, so those are not
+    /// resent; the cumulative ack of the new one clears them all.
+    fn send_missing<R: Registry>(&mut self, handle: DocId, server_version: &[u8], registry: &mut R) {
+        let Some(doc) = self.doc_by_handle(handle) else {
+            return;
+        };
+        if doc.access != Access::ReadWrite {
+            return;
+        }
+        let name = Arc::clone(&doc.name);
+        let Some(d) = registry.get(&name) else {
+            return;
+        };
+        let delta = match d.delta_since(server_version) {
+            Ok(delta) => delta,
+            Err(_) => d.snapshot(),
+        };
+        let Some(doc) = self.docs.get_mut(&name) else {
+            return;
+        };
+        let seq = doc.next_seq;
+        doc.next_seq += 1;
+        doc.outbox_bytes += delta.len();
+        doc.outbox.push_back((seq, delta.clone()));
+        self.send(&Message::Update {
+            doc: handle,
+            seq,
+            data: Bytes(delta),
+        });
+    }
+
+    fn on_broadcast<R: Registry>(&mut self, handle: DocId, data: Vec<u8>, registry: &mut R) {
+        let max_held = self.config.limits.max_transfer_len as usize;
+        let Some(doc) = self.doc_by_handle(handle) else {
+            // A broadcast racing our CloseDoc; harmless.
+            return;
+        };
+        if doc.status != DocStatus::Synced {
+            if doc.held_bytes + data.len() > max_held {
+                doc.held_overflow = true;
+            } else {
+                doc.held_bytes += data.len();
+                doc.held.push(data);
+            }
+            return;
+        }
+        let name = Arc::clone(&doc.name);
+        let Some(d) = registry.get(&name) else {
+            return;
+        };
+        let outcome = d.apply(&data);
+        self.stats.remote_updates += 1;
+        if matches!(outcome, ApplyOutcome::Pending { .. }) {
+            let version = d.version();
+            if let Some(doc) = self.docs.get_mut(&name)
+                && !doc.status_requested
+            {
+                doc.status_requested = true;
+                self.send(&Message::StatusRequest {
+                    doc: handle,
+                    version: Bytes(version),
+                });
+            }
+        }
+        if let ApplyOutcome::Invalid(e) = &outcome {
+            self.events.push_back(ClientEvent::DocumentError {
+                name: Some(Arc::clone(&name)),
+                seq: None,
+                code: ErrorCode::InvalidUpdate,
+                message: format!("remote update refused: {e}"),
+            });
+            return;
+        }
+        self.events
+            .push_back(ClientEvent::RemoteUpdate { name, outcome });
+    }
+
+    fn on_ack(&mut self, handle: DocId, applied: u64, durable: u64) {
+        let Some(doc) = self.doc_by_handle(handle) else {
+            return;
+        };
+        while let Some((seq, update)) = doc.outbox.front() {
+            if *seq > applied {
+                break;
+            }
+            doc.outbox_bytes -= update.len();
+            doc.outbox.pop_front();
+        }
+        let name = Arc::clone(&doc.name);
+        self.events.push_back(ClientEvent::Acknowledged {
+            name,
+            applied,
+            durable,
+        });
+    }
+
+    fn on_pong(&mut self, echo: u64) {
+        let sent = self.epoch + Duration::from_micros(echo);
+        if let Some(sample) = self.now.checked_duration_since(sent) {
+            self.stats.rtt = Some(match self.stats.rtt {
+                None => sample,
+                Some(srtt) => (srtt * 7 + sample) / 8,
+            });
+        }
+    }
+
+    fn on_error(&mut self, handle: Option<DocId>, seq: Option<u64>, code: ErrorCode, message: String) {
+        let name = handle.and_then(|h| self.handles.get(&h).cloned());
+        if let Some(name) = &name
+            && let Some(doc) = self.docs.get_mut(name)
+        {
+            match (code, seq) {
+                // The server will never take this update: drop it.
+                (ErrorCode::InvalidUpdate, Some(seq)) => {
+                    if let Some(i) = doc.outbox.iter().position(|(s, _)| *s == seq) {
+                        if let Some((_, u)) = doc.outbox.remove(i) {
+                            doc.outbox_bytes -= u.len();
+                        }
+                    }
+                }
+                (ErrorCode::ReadOnly, _) => {
+                    doc.access = Access::ReadOnly;
+                    doc.outbox.clear();
+                    doc.outbox_bytes = 0;
+                }
+                _ => {}
+            }
+        }
+        self.events.push_back(ClientEvent::DocumentError {
+            name,
+            seq,
+            code,
+            message,
+        });
+    }
+
+    // ---- time ----
+
+    /// Fires expired deadlines: handshake timeout, pings, dead-connection
+    /// detection. Calling it early does nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        match self.phase {
+            Phase::Handshaking {
+                deadline: Some(deadline),
+            } if self.now >= deadline => {
+                self.fail(
+                    CloseReason::HandshakeTimeout,
+                    CloseCause::Local(CloseReason::HandshakeTimeout),
+                );
+            }
+            Phase::Connected => {
+                if self
+                    .last_rx
+                    .checked_add(self.config.dead_after)
+                    .is_some_and(|t| self.now >= t)
+                {
+                    return self.fail(
+                        CloseReason::DeadConnection,
+                        CloseCause::Local(CloseReason::DeadConnection),
+                    );
+                }
+                if self.next_ping.is_some_and(|t| self.now >= t) {
+                    let t = u64::try_from(self.now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
+                    self.send(&Message::Ping { t });
+                    self.next_ping = self.now.checked_add(self.ping_interval);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When [`ClientSession::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Handshaking { deadline } => deadline,
+            Phase::Connected => {
+                let dead = self.last_rx.checked_add(self.config.dead_after);
+                match (dead, self.next_ping) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    // ---- output ----
+
+    /// The next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let frame = self.outbound.poll_frame()?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += frame.len() as u64;
+        Some(frame)
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Everything in one call: a transmit, else an event, else the next
+    /// timeout (`None`: nothing to do until input or a command).
+    pub fn poll_output(&mut self) -> Option<crate::Output<Vec<u8>, ClientEvent>> {
+        if let Some(t) = self.poll_transmit() {
+            return Some(crate::Output::Transmit(t));
+        }
+        if let Some(e) = self.poll_event() {
+            return Some(crate::Output::Event(e));
+        }
+        self.poll_timeout().map(crate::Output::Timeout)
+    }
+}
+
+impl core::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("status", &self.status())
+            .field("docs", &self.docs.len())
+            .field("queued_bytes", &self.outbound.bytes())
+            .finish()
+    }
+}

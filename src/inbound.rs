@@ -1,0 +1,164 @@
+//! Turning received bytes into messages: framing for the transport kind, and
+//! reassembly of fragmented messages (bounded by [`Limits::max_message_len`]).
+
+use thiserror::Error;
+
+use crate::Limits;
+use crate::wire::{FrameError, Message, MessageDecoder, StreamDecoder};
+
+/// How the transport delimits frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Framing {
+    /// Each `handle_input` call carries exactly one frame (WebSocket
+    /// binary messages, QUIC datagrams...).
+    #[default]
+    Message,
+    /// Input is a byte stream split anywhere (TCP, pipes).
+    Stream,
+}
+
+/// Received bytes that cannot be turned into messages. Fatal to the session.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InboundError {
+    /// The frame layer refused the bytes.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A fragment does not continue the message being reassembled.
+    #[error("fragment out of order: {0}")]
+    BadFragment(&'static str),
+    /// A reassembled message would exceed `max_message_len`.
+    #[error("fragmented message of {len} bytes exceeds the limit of {limit}")]
+    MessageTooLarge {
+        /// Declared size.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A reassembled message does not decode.
+    #[error("reassembled message does not decode: {0}")]
+    Decode(postcard::Error),
+}
+
+struct Partial {
+    id: u32,
+    total: u64,
+    data: Vec<u8>,
+}
+
+enum Decoder {
+    Message(MessageDecoder),
+    Stream(StreamDecoder),
+}
+
+/// A session's receive side.
+pub(crate) struct Inbound {
+    decoder: Decoder,
+    partial: Option<Partial>,
+    max_message_len: u64,
+    decoded: Vec<Message>,
+}
+
+impl Inbound {
+    pub(crate) fn new(framing: Framing, limits: &Limits) -> Self {
+        let decoder = match framing {
+            Framing::Message => Decoder::Message(MessageDecoder::new(*limits)),
+            Framing::Stream => Decoder::Stream(StreamDecoder::new(*limits)),
+        };
+        Inbound {
+            decoder,
+            partial: None,
+            max_message_len: limits.max_message_len,
+            decoded: Vec::new(),
+        }
+    }
+
+    /// Bytes held for incomplete frames and fragmented messages.
+    pub(crate) fn buffered(&self) -> usize {
+        let frame = match &self.decoder {
+            Decoder::Message(_) => 0,
+            Decoder::Stream(d) => d.buffered(),
+        };
+        frame + self.partial.as_ref().map_or(0, |p| p.data.len())
+    }
+
+    /// Decodes `bytes`, appending complete messages to `out`.
+    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Message>) -> Result<(), InboundError> {
+        self.decoded.clear();
+        match &mut self.decoder {
+            Decoder::Message(d) => d.decode(bytes, &mut self.decoded)?,
+            Decoder::Stream(d) => {
+                let mut input = bytes;
+                while d.decode(&mut input, &mut self.decoded)? {}
+            }
+        }
+        for msg in self.decoded.drain(..) {
+            match msg {
+                Message::Fragment {
+                    id,
+                    offset,
+                    total,
+                    data,
+                } => {
+                    if let Some(m) = reassemble(&mut self.partial, self.max_message_len, id, offset, total, data.0)? {
+                        out.push(m);
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reassemble(
+    slot: &mut Option<Partial>,
+    limit: u64,
+    id: u32,
+    offset: u64,
+    total: u64,
+    data: Vec<u8>,
+) -> Result<Option<Message>, InboundError> {
+    if total > limit {
+        return Err(InboundError::MessageTooLarge { len: total, limit });
+    }
+    let partial = match slot {
+        Some(p) => {
+            if p.id != id || p.total != total {
+                return Err(InboundError::BadFragment("interleaved fragmented messages"));
+            }
+            p
+        }
+        None => {
+            if offset != 0 {
+                return Err(InboundError::BadFragment("first fragment not at offset 0"));
+            }
+            // `total` was checked against the limit above; grow as data comes
+            // rather than trusting it for one large reservation.
+            slot.insert(Partial {
+                id,
+                total,
+                data: Vec::new(),
+            })
+        }
+    };
+    if offset != partial.data.len() as u64 {
+        return Err(InboundError::BadFragment("gap or overlap"));
+    }
+    if offset + data.len() as u64 > total {
+        return Err(InboundError::BadFragment("fragment past declared total"));
+    }
+    partial.data.extend_from_slice(&data);
+    if (partial.data.len() as u64) < total {
+        return Ok(None);
+    }
+    let Some(done) = slot.take() else {
+        return Ok(None);
+    };
+    match postcard::from_bytes::<Message>(&done.data) {
+        Ok(Message::Fragment { .. }) => Err(InboundError::BadFragment("nested fragment")),
+        Ok(m) => Ok(Some(m)),
+        Err(e) => Err(InboundError::Decode(e)),
+    }
+}

@@ -1,0 +1,352 @@
+//! The bounded queue of messages a session sends, and their framing.
+//!
+//! Messages are encoded when they are queued, so a message fanned out to many
+//! sessions is encoded once and its bytes shared ([`Outbound::push_shared`]).
+//! Frames are built when the caller drains: consecutive messages are batched
+//! into one frame up to the peer's frame and message-count limits, so small
+//! updates do not each pay a header. A message too large for one frame is
+//! split into [`Message::Fragment`]s.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::Limits;
+use crate::wire::compress::deflate;
+use crate::wire::frame::{CRC_LEN, FLAG_DEFLATE, Header, MAX_HEADER_LEN, checksum};
+use crate::wire::{Bytes, Compression, EncodeError, Message, PeerLimits};
+
+/// Bytes of envelope a `Fragment` adds around its data, at most.
+const FRAGMENT_OVERHEAD: usize = 32;
+
+/// Whether a message counts against the queue's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Priority {
+    /// Updates and other bulk: refused when the queue is full.
+    Data,
+    /// Small protocol messages (acks, pongs, errors, close): always queued.
+    Control,
+}
+
+/// The queue refused a message because it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QueueFull;
+
+enum Body {
+    Own(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Body {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Own(v) => v,
+            Body::Shared(a) => a,
+        }
+    }
+}
+
+struct Item {
+    body: Body,
+    msgs: u32,
+}
+
+/// A session's outgoing messages, encoded, waiting to be framed.
+pub(crate) struct Outbound {
+    items: VecDeque<Item>,
+    bytes: usize,
+    msgs: usize,
+    max_bytes: usize,
+    max_msgs: usize,
+    max_frame_len: u32,
+    max_msgs_per_frame: u32,
+    compression: Compression,
+    threshold: usize,
+    next_fragment: u32,
+    scratch: Vec<u8>,
+}
+
+impl Outbound {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Outbound {
+            items: VecDeque::new(),
+            bytes: 0,
+            msgs: 0,
+            max_bytes: limits.max_outbound_bytes,
+            max_msgs: limits.max_outbound_messages,
+            max_frame_len: limits.max_frame_len,
+            max_msgs_per_frame: limits.max_messages_per_frame,
+            compression: Compression::None,
+            threshold: usize::MAX,
+            next_fragment: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Applies what the handshake negotiated.
+    pub(crate) fn negotiate(&mut self, peer: PeerLimits, compression: Compression, threshold: usize) {
+        self.max_frame_len = self.max_frame_len.min(peer.max_frame_len);
+        self.compression = compression;
+        self.threshold = threshold;
+    }
+
+    /// Drops everything queued (a new transport starts empty).
+    pub(crate) fn reset(&mut self, limits: &Limits) {
+        *self = Outbound::new(limits);
+    }
+
+    /// Queued bytes (encoded message bodies).
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queued messages.
+    pub(crate) fn len(&self) -> usize {
+        self.msgs
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Whether `extra` more bytes of data would still fit.
+    pub(crate) fn has_room(&self, extra: usize) -> bool {
+        self.bytes.saturating_add(extra) <= self.max_bytes && self.msgs < self.max_msgs
+    }
+
+    fn max_body(&self) -> usize {
+        (self.max_frame_len as usize).saturating_sub(MAX_HEADER_LEN + CRC_LEN)
+    }
+
+    /// Largest payload for a message that must fit one frame (sync chunks).
+    pub(crate) fn max_chunk(&self) -> usize {
+        self.max_body().saturating_sub(FRAGMENT_OVERHEAD).max(1)
+    }
+
+    /// Encodes and queues `msg`.
+    pub(crate) fn push(&mut self, msg: &Message, priority: Priority) -> Result<(), QueueFull> {
+        let size = postcard::experimental::serialized_size(msg).unwrap_or(usize::MAX);
+        if priority == Priority::Data && !self.has_room(size) {
+            return Err(QueueFull);
+        }
+        if size > self.max_body() {
+            let mut encoded = Vec::with_capacity(size);
+            encode_into(msg, &mut encoded);
+            self.push_fragments(&encoded);
+            return Ok(());
+        }
+        let max_body = self.max_body();
+        let max_per_frame = self.max_msgs_per_frame;
+        // Append to the last own item when it still fits one frame: fewer
+        // allocations for runs of small messages.
+        if let Some(Item {
+            body: Body::Own(tail),
+            msgs,
+        }) = self.items.back_mut()
+            && tail.len() + size <= max_body
+            && *msgs < max_per_frame
+        {
+            encode_into(msg, tail);
+            *msgs += 1;
+        } else {
+            let mut v = Vec::with_capacity(size.max(64));
+            encode_into(msg, &mut v);
+            self.items.push_back(Item {
+                body: Body::Own(v),
+                msgs: 1,
+            });
+        }
+        self.bytes += size;
+        self.msgs += 1;
+        Ok(())
+    }
+
+    /// Queues one already-encoded message shared with other sessions.
+    pub(crate) fn push_shared(&mut self, encoded: &Arc<[u8]>) -> Result<(), QueueFull> {
+        if !self.has_room(encoded.len()) {
+            return Err(QueueFull);
+        }
+        if encoded.len() > self.max_body() {
+            self.push_fragments(encoded);
+            return Ok(());
+        }
+        self.bytes += encoded.len();
+        self.msgs += 1;
+        self.items.push_back(Item {
+            body: Body::Shared(Arc::clone(encoded)),
+            msgs: 1,
+        });
+        Ok(())
+    }
+
+    fn push_fragments(&mut self, encoded: &[u8]) {
+        let id = self.next_fragment;
+        self.next_fragment = self.next_fragment.wrapping_add(1);
+        let chunk = self.max_chunk();
+        let total = encoded.len() as u64;
+        for (i, piece) in encoded.chunks(chunk).enumerate() {
+            let frag = Message::Fragment {
+                id,
+                offset: (i * chunk) as u64,
+                total,
+                data: Bytes(piece.to_vec()),
+            };
+            let mut v = Vec::with_capacity(piece.len() + FRAGMENT_OVERHEAD);
+            encode_into(&frag, &mut v);
+            self.bytes += v.len();
+            self.msgs += 1;
+            self.items.push_back(Item {
+                body: Body::Own(v),
+                msgs: 1,
+            });
+        }
+    }
+
+    /// Builds the next frame from the front of the queue.
+    pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
+        let first = self.items.front()?;
+        let max_body = self.max_body();
+        let mut count = 1;
+        let mut body_len = first.body.bytes().len();
+        let mut msgs = first.msgs;
+        for item in self.items.iter().skip(1) {
+            let len = item.body.bytes().len();
+            if body_len + len > max_body || msgs + item.msgs > self.max_msgs_per_frame {
+                break;
+            }
+            body_len += len;
+            msgs += item.msgs;
+            count += 1;
+        }
+        let items: Vec<Item> = self.items.drain(..count).collect();
+        self.bytes -= body_len;
+        self.msgs -= msgs as usize;
+
+        if self.compression == Compression::Deflate && body_len >= self.threshold {
+            self.scratch.clear();
+            for item in &items {
+                self.scratch.extend_from_slice(item.body.bytes());
+            }
+            let packed = deflate(&self.scratch);
+            if packed.len() < body_len {
+                let header = Header {
+                    flags: FLAG_DEFLATE,
+                    body_len: packed.len() as u32,
+                    raw_len: body_len as u32,
+                    header_len: 0,
+                };
+                let mut out = Vec::with_capacity(MAX_HEADER_LEN + packed.len() + CRC_LEN);
+                header.write(&mut out);
+                out.extend_from_slice(&packed);
+                return Some(seal(out));
+            }
+        }
+        let header = Header {
+            flags: 0,
+            body_len: body_len as u32,
+            raw_len: body_len as u32,
+            header_len: 0,
+        };
+        let mut out = Vec::with_capacity(MAX_HEADER_LEN + body_len + CRC_LEN);
+        header.write(&mut out);
+        for item in &items {
+            out.extend_from_slice(item.body.bytes());
+        }
+        Some(seal(out))
+    }
+}
+
+fn seal(mut frame: Vec<u8>) -> Vec<u8> {
+    let crc = checksum(&frame);
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame
+}
+
+/// Encodes `msg` (postcard) at the end of `out`.
+pub(crate) fn encode_into(msg: &Message, out: &mut Vec<u8>) {
+    // Serializing our own well-formed messages into a Vec cannot fail.
+    let r: Result<(), EncodeError> = crate::wire::encode_message(msg, out);
+    debug_assert!(r.is_ok());
+}
+
+/// Encodes one message into shared bytes for fan-out.
+pub(crate) fn encode_shared(msg: &Message) -> Arc<[u8]> {
+    let mut v = Vec::new();
+    encode_into(msg, &mut v);
+    v.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{DocId, MessageDecoder};
+
+    fn decode(frame: &[u8]) -> Vec<Message> {
+        let mut out = Vec::new();
+        MessageDecoder::new(Limits::default())
+            .decode(frame, &mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn batches_small_messages_into_one_frame() {
+        let mut q = Outbound::new(&Limits::default());
+        for t in 0..10 {
+            q.push(&Message::Ping { t }, Priority::Data).unwrap();
+        }
+        let shared = encode_shared(&Message::Pong { echo: 9 });
+        q.push_shared(&shared).unwrap();
+        let frame = q.poll_frame().unwrap();
+        assert!(q.poll_frame().is_none());
+        assert_eq!(q.bytes(), 0);
+        let msgs = decode(&frame);
+        assert_eq!(msgs.len(), 11);
+        assert_eq!(msgs[10], Message::Pong { echo: 9 });
+    }
+
+    #[test]
+    fn bounded_in_bytes_but_control_always_fits() {
+        let limits = Limits {
+            max_outbound_bytes: 100,
+            ..Limits::default()
+        };
+        let mut q = Outbound::new(&limits);
+        let big = Message::Broadcast {
+            doc: DocId(0),
+            data: Bytes(vec![0; 90]),
+        };
+        q.push(&big, Priority::Data).unwrap();
+        assert_eq!(q.push(&big, Priority::Data), Err(QueueFull));
+        q.push(&Message::Ping { t: 0 }, Priority::Control).unwrap();
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn oversized_message_is_fragmented_into_frames_within_the_limit() {
+        let limits = Limits {
+            max_frame_len: 1024,
+            ..Limits::default()
+        };
+        let mut q = Outbound::new(&limits);
+        let big = Message::Broadcast {
+            doc: DocId(0),
+            data: Bytes((0..5000u32).map(|i| i as u8).collect()),
+        };
+        q.push(&big, Priority::Data).unwrap();
+        let mut reassembled = Vec::new();
+        while let Some(frame) = q.poll_frame() {
+            assert!(frame.len() <= 1024);
+            for m in decode(&frame) {
+                match m {
+                    Message::Fragment { offset, data, .. } => {
+                        assert_eq!(offset as usize, reassembled.len());
+                        reassembled.extend_from_slice(&data);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        let back: Message = postcard::from_bytes(&reassembled).unwrap();
+        assert_eq!(back, big);
+    }
+}

@@ -1,0 +1,50 @@
+//! Server configuration.
+
+use std::time::Duration;
+
+use crate::Limits;
+use crate::inbound::Framing;
+use crate::wire::{Compression, DEFAULT_COMPRESS_THRESHOLD};
+
+/// Configuration of a [`Hub`](super::Hub) and its sessions.
+///
+/// ```
+/// use crdt_socket_sync::server::ServerConfig;
+/// use std::time::Duration;
+/// let config = ServerConfig { idle_timeout: Duration::from_secs(30), ..ServerConfig::default() };
+/// assert_eq!(config.handshake_timeout, Duration::from_secs(5));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Size limits for frames, messages and queues.
+    pub limits: Limits,
+    /// How the transport delimits frames.
+    pub framing: Framing,
+    /// Compression the server accepts (used when the client offers it).
+    pub compression: Compression,
+    /// Frame bodies from this size are compressed, when negotiated.
+    pub compress_threshold: usize,
+    /// A connection that has not completed the handshake by then is closed.
+    pub handshake_timeout: Duration,
+    /// The ping interval announced to clients.
+    pub heartbeat: Duration,
+    /// A session that sent nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Seed for session and transfer ids.
+    pub seed: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            limits: Limits::default(),
+            framing: Framing::Message,
+            compression: Compression::Deflate,
+            compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
+            handshake_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+            seed: 0,
+        }
+    }
+}

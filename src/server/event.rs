@@ -1,0 +1,101 @@
+//! What the hub tells the application.
+
+use std::sync::Arc;
+
+use crate::close::CloseCause;
+use crate::wire::{Access, ErrorCode, RejectCode, SessionId};
+
+use super::Identity;
+
+/// A connection's id within one [`Hub`](super::Hub).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Events from the hub, in the order they happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A transport was accepted.
+    ClientConnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The handshake succeeded.
+    HandshakeCompleted {
+        /// The connection.
+        conn: ConnId,
+        /// The session id sent to the client.
+        session: SessionId,
+        /// The authenticated identity.
+        identity: Identity,
+    },
+    /// A document was opened by a session.
+    DocumentOpened {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        name: Arc<str>,
+        /// What the session may do.
+        access: Access,
+    },
+    /// A full snapshot was sent because no delta was computable.
+    SnapshotSent {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        name: Arc<str>,
+        /// Snapshot size.
+        bytes: usize,
+    },
+    /// Initial sync of a document with this session completed.
+    DocumentSynced {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        name: Arc<str>,
+    },
+    /// Updates from a session were applied (one event per batch).
+    UpdatesApplied {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        name: Arc<str>,
+        /// Highest client sequence number in the batch.
+        last_seq: u64,
+        /// Updates integrated.
+        applied: u32,
+        /// Updates that were already known.
+        duplicates: u32,
+        /// Updates held waiting for missing dependencies.
+        pending: u32,
+    },
+    /// An update (or a document operation) was refused; the session goes on.
+    DocumentError {
+        /// The connection.
+        conn: ConnId,
+        /// The document, when known.
+        name: Option<Arc<str>>,
+        /// The client sequence number concerned, if any.
+        seq: Option<u64>,
+        /// The error code also sent to the client.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+    /// The handshake was refused.
+    HandshakeRejected {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        code: RejectCode,
+        /// Detail.
+        message: String,
+    },
+    /// The session ended (exactly once per connection).
+    ClientDisconnected {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        cause: CloseCause,
+    },
+}

@@ -1,0 +1,950 @@
+//! The hub: many server sessions, the document directory and fan-out.
+//!
+//! Like quinn-proto's `Endpoint`, the hub owns every [`ServerSession`] and
+//! routes between them; it borrows the [`Registry`] for each call that may
+//! touch documents. It performs no I/O and reads no clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::close::CloseCause;
+use crate::document::{ApplyOutcome, Document};
+use crate::outbound::encode_shared;
+use crate::registry::{Registry, RegistryError};
+use crate::rng::Rng;
+use crate::wire::{
+    Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
+    RejectCode, Resume, SessionId, SyncKind,
+};
+
+use super::session::{Phase, ServerSession, Subscription, Transfer};
+use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
+
+/// Smallest frame limit a client may announce.
+const MIN_PEER_FRAME: u32 = 1024;
+
+struct DocEntry {
+    name: Arc<str>,
+    subscribers: BTreeSet<ConnId>,
+}
+
+/// Many server sessions sharing documents (CRDT-aware mode).
+///
+/// Drive it as the crate docs describe: after every call that mutates it,
+/// drain [`Hub::poll_transmit`], then [`Hub::poll_event`], then read
+/// [`Hub::poll_timeout`].
+///
+/// ```
+/// use std::time::Instant;
+/// use crdt_socket_sync::server::{AllowAll, Hub, ServerConfig, ServerEvent};
+///
+/// let now = Instant::now();
+/// let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+/// let conn = hub.accept(now);
+/// assert!(matches!(hub.poll_event(), Some(ServerEvent::ClientConnected { .. })));
+/// // Without a Hello the handshake deadline closes the connection.
+/// let deadline = hub.poll_timeout().unwrap();
+/// # let mut reg = crdt_socket_sync::registry::MemoryRegistry::new(|_: &str| -> Box<dyn crdt_socket_sync::document::Document> { unreachable!() });
+/// hub.handle_timeout(deadline, &mut reg);
+/// assert!(hub.poll_transmit().is_some()); // the Close frame
+/// assert!(matches!(hub.poll_event(), Some(ServerEvent::ClientDisconnected { .. })));
+/// # let _ = conn;
+/// ```
+pub struct Hub<A> {
+    config: ServerConfig,
+    auth: A,
+    rng: Rng,
+    sessions: BTreeMap<ConnId, ServerSession>,
+    docs: Vec<DocEntry>,
+    by_name: BTreeMap<Arc<str>, DocId>,
+    events: VecDeque<ServerEvent>,
+    ready: BTreeSet<ConnId>,
+    next_conn: u64,
+    now: Option<Instant>,
+    acks_due: BTreeSet<(ConnId, DocId)>,
+    scratch: Vec<Message>,
+    outcomes: Vec<ApplyOutcome>,
+}
+
+impl<A: Authorizer> Hub<A> {
+    /// A hub with no connections.
+    pub fn new(config: ServerConfig, authorizer: A) -> Self {
+        let rng = Rng::new(config.seed);
+        Hub {
+            config,
+            auth: authorizer,
+            rng,
+            sessions: BTreeMap::new(),
+            docs: Vec::new(),
+            by_name: BTreeMap::new(),
+            events: VecDeque::new(),
+            ready: BTreeSet::new(),
+            next_conn: 0,
+            now: None,
+            acks_due: BTreeSet::new(),
+            scratch: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// The authorizer (e.g. to change its rules).
+    pub fn authorizer_mut(&mut self) -> &mut A {
+        &mut self.auth
+    }
+
+    /// A session, for inspection.
+    pub fn session(&self, conn: ConnId) -> Option<&ServerSession> {
+        self.sessions.get(&conn)
+    }
+
+    /// Connections currently held (including closed ones not yet removed).
+    pub fn connections(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Sessions subscribed to document `name`.
+    pub fn subscribers(&self, name: &str) -> usize {
+        self.by_name
+            .get(name)
+            .map_or(0, |id| self.docs[id.0 as usize].subscribers.len())
+    }
+
+    /// The name behind a document handle.
+    pub fn doc_name(&self, doc: DocId) -> Option<&Arc<str>> {
+        self.docs.get(doc.0 as usize).map(|d| &d.name)
+    }
+
+    fn clock(&mut self, now: Instant) -> Instant {
+        let now = match self.now {
+            Some(prev) if prev > now => prev,
+            _ => now,
+        };
+        self.now = Some(now);
+        now
+    }
+
+    /// Registers a new transport; the client must send `Hello` before the
+    /// handshake timeout.
+    pub fn accept(&mut self, now: Instant) -> ConnId {
+        let now = self.clock(now);
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.sessions
+            .insert(conn, ServerSession::new(conn, &self.config, now));
+        self.events.push_back(ServerEvent::ClientConnected { conn });
+        conn
+    }
+
+    /// Whether `conn` can take more input: `false` while its outbound queue
+    /// is over half its limit (stop reading its socket until a drain), or
+    /// once it is closed.
+    pub fn wants_input(&self, conn: ConnId) -> bool {
+        self.sessions.get(&conn).is_some_and(|s| {
+            !s.is_closed() && s.outbound.bytes() <= self.config.limits.max_outbound_bytes / 2
+        })
+    }
+
+    /// Whether `conn` is closed (its remaining transmits still drain).
+    pub fn is_closed(&self, conn: ConnId) -> bool {
+        self.sessions.get(&conn).is_none_or(|s| s.is_closed())
+    }
+
+    /// Bytes received from `conn`.
+    pub fn handle_input<R>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R)
+    where
+        R: Registry,
+    {
+        let now = self.clock(now);
+        let mut msgs = std::mem::take(&mut self.scratch);
+        msgs.clear();
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            self.scratch = msgs;
+            return;
+        };
+        if session.is_closed() {
+            self.scratch = msgs;
+            return;
+        }
+        session.tick(now);
+        let fed = session.feed(bytes, &mut msgs);
+        // Messages decoded before a bad frame are still processed: they were
+        // valid and checksummed.
+        self.dispatch(conn, &mut msgs, registry);
+        if let Err(e) = fed {
+            self.fail(conn, CloseReason::ProtocolError, CloseCause::Inbound(e));
+        }
+        self.finish_acks(registry);
+        self.scratch = msgs;
+    }
+
+    /// Fires expired deadlines (handshake and idle timeouts). Calling it
+    /// early or twice does nothing.
+    pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
+        let now = self.clock(now);
+        let _ = registry;
+        let mut closed = Vec::new();
+        for (conn, s) in self.sessions.iter_mut() {
+            s.tick(now);
+            if let Some(cause) = s.on_timeout(&self.config) {
+                closed.push((*conn, cause));
+            }
+        }
+        for (conn, cause) in closed {
+            self.after_close(conn, cause);
+        }
+    }
+
+    /// The earliest deadline of any session, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|s| s.next_timeout(&self.config))
+            .min()
+    }
+
+    /// The next frame to send, with its connection.
+    pub fn poll_transmit(&mut self) -> Option<(ConnId, Vec<u8>)> {
+        loop {
+            let conn = *self.ready.first()?;
+            if let Some(frame) = self.poll_transmit_for(conn) {
+                return Some((conn, frame));
+            }
+        }
+    }
+
+    /// The next frame to send on `conn` (for adapters with a task per
+    /// connection).
+    pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            self.ready.remove(&conn);
+            return None;
+        };
+        let frame = s.poll_frame();
+        if !s.has_output() {
+            self.ready.remove(&conn);
+        }
+        frame
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Everything in one call: a transmit, else an event, else the next
+    /// timeout (`None`: nothing to do until input).
+    pub fn poll_output(&mut self) -> Option<crate::Output<(ConnId, Vec<u8>), ServerEvent>> {
+        if let Some(t) = self.poll_transmit() {
+            return Some(crate::Output::Transmit(t));
+        }
+        if let Some(e) = self.poll_event() {
+            return Some(crate::Output::Event(e));
+        }
+        self.poll_timeout().map(crate::Output::Timeout)
+    }
+
+    /// Closes `conn` with `reason`, queueing a `Close` frame for it.
+    pub fn close(&mut self, conn: ConnId, now: Instant, reason: CloseReason) {
+        self.clock(now);
+        self.fail(conn, reason, CloseCause::Local(reason));
+    }
+
+    /// Closes every session with [`CloseReason::ServerShutdown`].
+    pub fn shutdown(&mut self, now: Instant) {
+        self.clock(now);
+        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        for conn in conns {
+            self.fail(
+                conn,
+                CloseReason::ServerShutdown,
+                CloseCause::Local(CloseReason::ServerShutdown),
+            );
+        }
+    }
+
+    /// The transport of `conn` is gone: forget the session. Reports
+    /// `ClientDisconnected` unless the session had already closed.
+    pub fn connection_lost(&mut self, conn: ConnId, now: Instant) {
+        self.clock(now);
+        if let Some(s) = self.sessions.get_mut(&conn)
+            && s.phase != Phase::Closed
+        {
+            s.phase = Phase::Closed;
+            self.after_close(conn, CloseCause::TransportLost);
+        }
+        self.sessions.remove(&conn);
+        self.ready.remove(&conn);
+    }
+
+    // ---- internals ----
+
+    fn mark_ready(&mut self, conn: ConnId) {
+        if self.sessions.get(&conn).is_some_and(|s| s.has_output()) {
+            self.ready.insert(conn);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, msg: &Message) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.send(msg);
+            self.ready.insert(conn);
+        }
+    }
+
+    /// Closes `conn` (queueing `Close` with `reason`) and reports `cause`.
+    fn fail(&mut self, conn: ConnId, reason: CloseReason, cause: CloseCause) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let message = cause.to_string();
+        if s.close(reason, &message) {
+            self.after_close(conn, cause);
+        }
+    }
+
+    fn after_close(&mut self, conn: ConnId, cause: CloseCause) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            for doc in std::mem::take(&mut s.docs).into_keys() {
+                if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
+                    entry.subscribers.remove(&conn);
+                }
+            }
+        }
+        self.mark_ready(conn);
+        self.events
+            .push_back(ServerEvent::ClientDisconnected { conn, cause });
+    }
+
+    fn doc_error(&mut self, conn: ConnId, doc: Option<DocId>, seq: Option<u64>, code: ErrorCode, message: String) {
+        self.send(
+            conn,
+            &Message::Error {
+                doc,
+                seq,
+                code,
+                message: message.clone(),
+            },
+        );
+        let name = doc.and_then(|d| self.doc_name(d).cloned());
+        self.events.push_back(ServerEvent::DocumentError {
+            conn,
+            name,
+            seq,
+            code,
+            message,
+        });
+    }
+
+    fn dispatch<R: Registry>(&mut self, conn: ConnId, msgs: &mut Vec<Message>, registry: &mut R) {
+        let mut batch: Vec<(u64, Bytes)> = Vec::new();
+        let mut batch_doc = DocId(0);
+        for msg in msgs.drain(..) {
+            if self.is_closed(conn) {
+                break;
+            }
+            let handshaken = matches!(self.sessions.get(&conn).map(|s| s.phase), Some(Phase::Active));
+            if !handshaken {
+                if !batch.is_empty() {
+                    break;
+                }
+                match msg {
+                    Message::Hello {
+                        versions,
+                        peer,
+                        token,
+                        compression,
+                        limits,
+                    } => self.on_hello(conn, &versions, peer, &token, &compression, limits),
+                    Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
+                    other => self.fail(
+                        conn,
+                        CloseReason::ProtocolError,
+                        CloseCause::Protocol(format!("{} before the handshake", other.name())),
+                    ),
+                }
+                continue;
+            }
+            // Consecutive updates for one document are applied in one batch.
+            match msg {
+                Message::Update { doc, seq, data } => {
+                    if !batch.is_empty() && batch_doc != doc {
+                        self.apply_updates(conn, batch_doc, std::mem::take(&mut batch), registry);
+                    }
+                    batch_doc = doc;
+                    batch.push((seq, data));
+                    continue;
+                }
+                Message::UpdateBatch {
+                    doc,
+                    first_seq,
+                    data,
+                } => {
+                    if !batch.is_empty() && batch_doc != doc {
+                        self.apply_updates(conn, batch_doc, std::mem::take(&mut batch), registry);
+                    }
+                    batch_doc = doc;
+                    for (i, d) in data.into_iter().enumerate() {
+                        batch.push((first_seq.saturating_add(i as u64), d));
+                    }
+                    continue;
+                }
+                other => {
+                    if !batch.is_empty() {
+                        self.apply_updates(conn, batch_doc, std::mem::take(&mut batch), registry);
+                    }
+                    self.on_message(conn, other, registry);
+                }
+            }
+        }
+        if !batch.is_empty() && !self.is_closed(conn) {
+            self.apply_updates(conn, batch_doc, batch, registry);
+        }
+    }
+
+    fn on_peer_close(&mut self, conn: ConnId, reason: CloseReason, message: String) {
+        if let Some(s) = self.sessions.get_mut(&conn)
+            && s.phase != Phase::Closed
+        {
+            s.phase = Phase::Closed;
+            s.transfers.clear();
+            self.after_close(conn, CloseCause::Peer { reason, message });
+        }
+    }
+
+    fn reject(&mut self, conn: ConnId, code: RejectCode, message: String) {
+        self.send(
+            conn,
+            &Message::Reject {
+                code,
+                message: message.clone(),
+            },
+        );
+        self.events.push_back(ServerEvent::HandshakeRejected {
+            conn,
+            code,
+            message: message.clone(),
+        });
+        self.fail(conn, CloseReason::Rejected, CloseCause::Rejected { code, message });
+    }
+
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        versions: &[u16],
+        peer: String,
+        token: &Bytes,
+        offered: &[Compression],
+        limits: crate::wire::PeerLimits,
+    ) {
+        let Some(version) = PROTOCOL_VERSIONS
+            .iter()
+            .rev()
+            .find(|v| versions.contains(v))
+            .copied()
+        else {
+            let msg = format!("client speaks {versions:?}, server speaks {PROTOCOL_VERSIONS:?}");
+            return self.reject(conn, RejectCode::UnsupportedVersion, msg);
+        };
+        if peer.len() > self.config.limits.max_name_len {
+            return self.reject(conn, RejectCode::BadHello, "peer id too long".into());
+        }
+        if limits.max_frame_len < MIN_PEER_FRAME {
+            let msg = format!("max_frame_len below {MIN_PEER_FRAME}");
+            return self.reject(conn, RejectCode::BadHello, msg);
+        }
+        let identity = match self.auth.authenticate(&peer, token) {
+            Ok(id) => id,
+            Err(why) => return self.reject(conn, RejectCode::Unauthorized, why),
+        };
+        let compression = if self.config.compression == Compression::Deflate
+            && offered.contains(&Compression::Deflate)
+        {
+            Compression::Deflate
+        } else {
+            Compression::None
+        };
+        let session = SessionId(self.rng.next_u64());
+        let heartbeat_ms = u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX);
+        let server_limits = self.config.limits.peer_limits();
+        let threshold = self.config.compress_threshold;
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        s.phase = Phase::Active;
+        s.session = session;
+        s.identity = Some(identity.clone());
+        s.peer = peer;
+        s.send(&Message::Welcome {
+            version,
+            session,
+            compression,
+            limits: server_limits,
+            heartbeat_ms,
+        });
+        // The client offered the compression it accepts, so even the frame
+        // carrying the Welcome may use it.
+        s.outbound.negotiate(limits, compression, threshold);
+        self.ready.insert(conn);
+        self.events.push_back(ServerEvent::HandshakeCompleted {
+            conn,
+            session,
+            identity,
+        });
+    }
+
+    fn on_message<R: Registry>(&mut self, conn: ConnId, msg: Message, registry: &mut R) {
+        match msg {
+            Message::Open {
+                name,
+                version,
+                resume,
+            } => self.on_open(conn, name, &version, resume, registry),
+            Message::SyncDone { doc, version } => {
+                let Some(sub) = self.sub_mut(conn, doc) else {
+                    return self.unknown_doc(conn, doc);
+                };
+                let first = !sub.synced;
+                sub.synced = true;
+                sub.client_version = Some(version.0);
+                if first && let Some(name) = self.doc_name(doc).cloned() {
+                    self.events
+                        .push_back(ServerEvent::DocumentSynced { conn, name });
+                }
+            }
+            Message::StatusRequest { doc, version } => {
+                if self.sub_mut(conn, doc).is_none() {
+                    return self.unknown_doc(conn, doc);
+                }
+                self.start_sync(conn, doc, &version, registry);
+            }
+            Message::CloseDoc { doc } => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.docs.remove(&doc);
+                    s.transfers.retain(|t| t.doc != doc);
+                }
+                if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
+                    entry.subscribers.remove(&conn);
+                }
+            }
+            Message::RefreshToken { token } => self.on_refresh(conn, &token),
+            Message::Ping { t } => self.send(conn, &Message::Pong { echo: t }),
+            Message::Pong { .. } => {}
+            Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
+            Message::Error { code, message, .. } => {
+                // A client-side error report; nothing to undo here.
+                self.events.push_back(ServerEvent::DocumentError {
+                    conn,
+                    name: None,
+                    seq: None,
+                    code,
+                    message,
+                });
+            }
+            Message::AwarenessSet { doc, .. } => self.doc_error(
+                conn,
+                Some(doc),
+                None,
+                ErrorCode::UnexpectedMessage,
+                "presence is not enabled on this server".into(),
+            ),
+            Message::App { .. }
+            | Message::RelayJoin { .. }
+            | Message::RelayPush { .. }
+            | Message::RelaySnapshot { .. }
+            | Message::RelayStateRequest { .. } => {
+                let what = msg.name();
+                self.doc_error(
+                    conn,
+                    None,
+                    None,
+                    ErrorCode::UnexpectedMessage,
+                    format!("{what} is not supported by this server"),
+                )
+            }
+            other => self.fail(
+                conn,
+                CloseReason::ProtocolError,
+                CloseCause::Protocol(format!("{} is not a client message", other.name())),
+            ),
+        }
+    }
+
+    fn sub_mut(&mut self, conn: ConnId, doc: DocId) -> Option<&mut Subscription> {
+        self.sessions.get_mut(&conn)?.docs.get_mut(&doc)
+    }
+
+    fn unknown_doc(&mut self, conn: ConnId, doc: DocId) {
+        self.doc_error(
+            conn,
+            Some(doc),
+            None,
+            ErrorCode::UnknownDocument,
+            format!("document handle {} is not open", doc.0),
+        );
+    }
+
+    fn doc_id(&mut self, name: &str) -> DocId {
+        if let Some(id) = self.by_name.get(name) {
+            return *id;
+        }
+        let id = DocId(self.docs.len() as u32);
+        let name: Arc<str> = name.into();
+        self.docs.push(DocEntry {
+            name: Arc::clone(&name),
+            subscribers: BTreeSet::new(),
+        });
+        self.by_name.insert(name, id);
+        id
+    }
+
+    fn on_open<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        name: String,
+        version: &Bytes,
+        _resume: Option<Resume>,
+        registry: &mut R,
+    ) {
+        let limits = self.config.limits;
+        if name.is_empty() || name.len() > limits.max_name_len {
+            let msg = format!("document name must be 1..={} bytes", limits.max_name_len);
+            return self.refuse_open(conn, name, ErrorCode::LimitExceeded, msg);
+        }
+        let Some(s) = self.sessions.get(&conn) else {
+            return;
+        };
+        let existing = self.by_name.get(name.as_str()).copied();
+        let already = existing.is_some_and(|id| s.docs.contains_key(&id));
+        if !already && s.docs.len() >= limits.max_docs_per_connection {
+            let msg = format!("at most {} documents per connection", limits.max_docs_per_connection);
+            return self.refuse_open(conn, name, ErrorCode::LimitExceeded, msg);
+        }
+        let Some(identity) = s.identity.clone() else {
+            return;
+        };
+        let Some(access) = self.auth.authorize(&identity, &name) else {
+            let msg = format!("{} may not open {name:?}", identity.0);
+            return self.refuse_open(conn, name, ErrorCode::Forbidden, msg);
+        };
+        if let Err(e) = registry.open(&name) {
+            let code = match e {
+                RegistryError::NotFound(_) => ErrorCode::DocumentNotFound,
+                RegistryError::InvalidName(_) => ErrorCode::LimitExceeded,
+                RegistryError::Storage(_) => ErrorCode::Storage,
+                _ => ErrorCode::Internal,
+            };
+            let msg = e.to_string();
+            return self.refuse_open(conn, name, code, msg);
+        }
+        let doc = self.doc_id(&name);
+        self.docs[doc.0 as usize].subscribers.insert(conn);
+        let name = Arc::clone(&self.docs[doc.0 as usize].name);
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.docs.insert(
+                doc,
+                Subscription {
+                    access,
+                    last_seq: 0,
+                    durable_seq: 0,
+                    synced: false,
+                    client_version: None,
+                    out_of_sync_sent: false,
+                },
+            );
+        }
+        self.send(
+            conn,
+            &Message::Opened {
+                name: name.to_string(),
+                doc,
+                access,
+            },
+        );
+        self.events.push_back(ServerEvent::DocumentOpened {
+            conn,
+            name,
+            access,
+        });
+        self.start_sync(conn, doc, version, registry);
+    }
+
+    fn refuse_open(&mut self, conn: ConnId, name: String, code: ErrorCode, message: String) {
+        self.send(
+            conn,
+            &Message::OpenRefused {
+                name: name.clone(),
+                code,
+                message: message.clone(),
+            },
+        );
+        self.events.push_back(ServerEvent::DocumentError {
+            conn,
+            name: Some(name.into()),
+            seq: None,
+            code,
+            message,
+        });
+    }
+
+    /// Queues what the client at `version` lacks: a delta, or a snapshot when
+    /// no delta is computable, then `SyncDone` with the server's version.
+    fn start_sync<R: Registry>(&mut self, conn: ConnId, doc: DocId, version: &[u8], registry: &mut R) {
+        let Some(name) = self.doc_name(doc).cloned() else {
+            return;
+        };
+        let Some(d) = registry.get(&name) else {
+            return self.doc_error(conn, Some(doc), None, ErrorCode::Internal, "document not loaded".into());
+        };
+        let (kind, payload) = match d.delta_since(version) {
+            Ok(delta) => (SyncKind::Delta, delta),
+            Err(_) => (SyncKind::Snapshot, d.snapshot()),
+        };
+        let server_version = d.version();
+        let id = self.rng.next_u64();
+        let bytes = payload.len();
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        s.transfers.retain(|t| t.doc != doc);
+        s.transfers.push_back(Transfer {
+            doc,
+            id,
+            kind,
+            payload: Arc::new(payload),
+            offset: 0,
+            version: server_version,
+        });
+        s.pump_transfers();
+        self.ready.insert(conn);
+        if kind == SyncKind::Snapshot {
+            self.events
+                .push_back(ServerEvent::SnapshotSent { conn, name, bytes });
+        }
+    }
+
+    fn on_refresh(&mut self, conn: ConnId, token: &[u8]) {
+        let Some(s) = self.sessions.get(&conn) else {
+            return;
+        };
+        let identity = match self.auth.authenticate(&s.peer, token) {
+            Ok(id) => id,
+            Err(why) => {
+                return self.doc_error(conn, None, None, ErrorCode::Forbidden, why);
+            }
+        };
+        let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (*d, sub.access)).collect();
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.identity = Some(identity.clone());
+        }
+        for (doc, old) in docs {
+            let Some(name) = self.doc_name(doc).cloned() else {
+                continue;
+            };
+            match self.auth.authorize(&identity, &name) {
+                Some(access) if access == old => {}
+                Some(access) => {
+                    if let Some(sub) = self.sub_mut(conn, doc) {
+                        sub.access = access;
+                    }
+                    self.send(
+                        conn,
+                        &Message::Opened {
+                            name: name.to_string(),
+                            doc,
+                            access,
+                        },
+                    );
+                }
+                None => {
+                    if let Some(s) = self.sessions.get_mut(&conn) {
+                        s.docs.remove(&doc);
+                    }
+                    self.docs[doc.0 as usize].subscribers.remove(&conn);
+                    self.doc_error(
+                        conn,
+                        Some(doc),
+                        None,
+                        ErrorCode::Forbidden,
+                        "access revoked by the new token".into(),
+                    );
+                    self.send(conn, &Message::CloseDoc { doc });
+                }
+            }
+        }
+    }
+
+    /// Applies a batch of updates from `conn` to `doc`, fans the accepted
+    /// ones out and schedules the acknowledgement.
+    fn apply_updates<R: Registry>(&mut self, conn: ConnId, doc: DocId, updates: Vec<(u64, Bytes)>, registry: &mut R) {
+        let first_seq = updates.first().map(|u| u.0);
+        let Some(sub) = self.sub_mut(conn, doc) else {
+            return self.unknown_doc(conn, doc);
+        };
+        if sub.access != Access::ReadWrite {
+            let n = updates.len();
+            return self.doc_error(
+                conn,
+                Some(doc),
+                first_seq,
+                ErrorCode::ReadOnly,
+                format!("{n} update(s) refused: read-only access"),
+            );
+        }
+        let last_seq = updates.iter().map(|u| u.0).max().unwrap_or(0);
+        sub.last_seq = sub.last_seq.max(last_seq);
+        let Some(name) = self.doc_name(doc).cloned() else {
+            return;
+        };
+        let Some(d) = registry.get(&name) else {
+            return self.doc_error(conn, Some(doc), first_seq, ErrorCode::Internal, "document not loaded".into());
+        };
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        outcomes.clear();
+        {
+            let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| b.as_ref()).collect();
+            d.apply_batch(&slices, &mut outcomes);
+        }
+        let server_version = if outcomes.iter().any(|o| matches!(o, ApplyOutcome::Pending { .. })) {
+            Some(d.version())
+        } else {
+            None
+        };
+        let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
+        let mut rejected = Vec::new();
+        let mut storage_error = None;
+        let mut accepted = Vec::with_capacity(updates.len());
+        for ((seq, data), outcome) in updates.into_iter().zip(outcomes.drain(..)) {
+            match outcome {
+                ApplyOutcome::Applied | ApplyOutcome::Pending { .. } => {
+                    if matches!(outcome, ApplyOutcome::Applied) {
+                        applied += 1;
+                    } else {
+                        pending += 1;
+                    }
+                    if let Err(e) = registry.update_applied(&name, &data) {
+                        storage_error = Some((seq, e));
+                    }
+                    accepted.push(data);
+                }
+                ApplyOutcome::Duplicate => duplicates += 1,
+                ApplyOutcome::Invalid(e) => rejected.push((seq, e)),
+            }
+        }
+        self.outcomes = outcomes;
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.stats.updates_applied += u64::from(applied);
+            s.stats.duplicates += u64::from(duplicates);
+        }
+        for (seq, e) in rejected {
+            self.doc_error(conn, Some(doc), Some(seq), ErrorCode::InvalidUpdate, e.to_string());
+        }
+        if let Some((seq, e)) = storage_error {
+            self.doc_error(conn, Some(doc), Some(seq), ErrorCode::Storage, e.to_string());
+        }
+        // Missing dependencies: ask the client for what we lack, once until
+        // something applies cleanly again.
+        if let Some(sub) = self.sub_mut(conn, doc) {
+            if let Some(version) = server_version {
+                if !sub.out_of_sync_sent {
+                    sub.out_of_sync_sent = true;
+                    self.send(
+                        conn,
+                        &Message::OutOfSync {
+                            doc,
+                            version: Bytes(version),
+                        },
+                    );
+                }
+            } else if applied > 0 {
+                sub.out_of_sync_sent = false;
+            }
+        }
+        self.acks_due.insert((conn, doc));
+        self.events.push_back(ServerEvent::UpdatesApplied {
+            conn,
+            name,
+            last_seq,
+            applied,
+            duplicates,
+            pending,
+        });
+        for data in accepted {
+            self.fan_out(conn, doc, data);
+        }
+    }
+
+    /// Sends `data` to every other subscriber of `doc`, encoded once.
+    fn fan_out(&mut self, from: ConnId, doc: DocId, data: Bytes) {
+        let entry = &self.docs[doc.0 as usize];
+        if entry.subscribers.len() <= 1 {
+            return;
+        }
+        let encoded = encode_shared(&Message::Broadcast { doc, data });
+        let mut slow = Vec::new();
+        for conn in entry.subscribers.iter().copied().filter(|c| *c != from) {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            if s.send_shared(&encoded).is_err() {
+                slow.push(conn);
+            } else {
+                self.ready.insert(conn);
+            }
+        }
+        for conn in slow {
+            self.fail(
+                conn,
+                CloseReason::SlowConsumer,
+                CloseCause::Local(CloseReason::SlowConsumer),
+            );
+        }
+    }
+
+    /// Commits storage once for everything applied in this call, then sends
+    /// one cumulative `Ack` per (session, document).
+    fn finish_acks<R: Registry>(&mut self, registry: &mut R) {
+        if self.acks_due.is_empty() {
+            return;
+        }
+        let durable = match registry.flush() {
+            Ok(d) => d,
+            Err(e) => {
+                let due: Vec<_> = self.acks_due.iter().copied().collect();
+                for (conn, doc) in due {
+                    self.doc_error(conn, Some(doc), None, ErrorCode::Storage, e.to_string());
+                }
+                false
+            }
+        };
+        let due = std::mem::take(&mut self.acks_due);
+        for (conn, doc) in due {
+            let Some(sub) = self.sub_mut(conn, doc) else {
+                continue;
+            };
+            if durable {
+                sub.durable_seq = sub.last_seq;
+            }
+            let ack = Message::Ack {
+                doc,
+                applied: sub.last_seq,
+                durable: sub.durable_seq,
+            };
+            self.send(conn, &ack);
+        }
+    }
+}
+
+impl<A> core::fmt::Debug for Hub<A> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Hub")
+            .field("sessions", &self.sessions.len())
+            .field("docs", &self.docs.len())
+            .finish()
+    }
+}

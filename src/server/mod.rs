@@ -1,0 +1,14 @@
+//! The server side: the [`Hub`] owning every [`ServerSession`], its
+//! configuration, events and authorization.
+
+mod auth;
+mod config;
+mod event;
+mod hub;
+mod session;
+
+pub use auth::{AllowAll, Authorizer, Identity, StaticTokens};
+pub use config::ServerConfig;
+pub use event::{ConnId, ServerEvent};
+pub use hub::Hub;
+pub use session::{Phase, ServerSession, SessionStats};

@@ -1,0 +1,283 @@
+//! The server side of one connection: framing, handshake state, liveness
+//! deadlines, the bounded outbound queue and the per-document subscriptions.
+//! Document work (apply, fan-out) is the [`Hub`](super::Hub)'s.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::close::CloseCause;
+use crate::inbound::{Inbound, InboundError};
+use crate::outbound::{Outbound, Priority, QueueFull};
+use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
+
+use super::{ConnId, Identity, ServerConfig};
+
+/// Where a session is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Waiting for `Hello` until the deadline.
+    Handshake {
+        /// When the connection is closed if no `Hello` arrived (`None`: the
+        /// timeout is too large to represent, so never).
+        deadline: Option<Instant>,
+    },
+    /// Handshake done.
+    Active,
+    /// Closed; only the remaining transmits (a `Close` frame) are left.
+    Closed,
+}
+
+/// Counters of one session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Frames sent.
+    pub frames_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Updates from this session that changed a document.
+    pub updates_applied: u64,
+    /// Updates from this session that were already known.
+    pub duplicates: u64,
+}
+
+/// A session's subscription to one document.
+#[derive(Clone, Debug)]
+pub(crate) struct Subscription {
+    pub(crate) access: Access,
+    /// Highest client sequence number received.
+    pub(crate) last_seq: u64,
+    /// Highest sequence number reported durable.
+    pub(crate) durable_seq: u64,
+    /// The client completed its half of the initial sync.
+    pub(crate) synced: bool,
+    /// The version the client reported at the end of its sync.
+    pub(crate) client_version: Option<Vec<u8>>,
+    /// An `OutOfSync` was sent and not yet answered by an applied update.
+    pub(crate) out_of_sync_sent: bool,
+}
+
+/// A sync payload being sent in chunks as the outbound queue drains.
+pub(crate) struct Transfer {
+    pub(crate) doc: DocId,
+    pub(crate) id: u64,
+    pub(crate) kind: SyncKind,
+    pub(crate) payload: Arc<Vec<u8>>,
+    pub(crate) offset: usize,
+    pub(crate) version: Vec<u8>,
+}
+
+/// The server side of one connection.
+pub struct ServerSession {
+    pub(crate) conn: ConnId,
+    pub(crate) phase: Phase,
+    pub(crate) session: SessionId,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) peer: String,
+    pub(crate) inbound: Inbound,
+    pub(crate) outbound: Outbound,
+    pub(crate) docs: BTreeMap<DocId, Subscription>,
+    pub(crate) transfers: VecDeque<Transfer>,
+    pub(crate) last_rx: Instant,
+    pub(crate) now: Instant,
+    pub(crate) stats: SessionStats,
+}
+
+impl ServerSession {
+    pub(crate) fn new(conn: ConnId, config: &ServerConfig, now: Instant) -> Self {
+        ServerSession {
+            conn,
+            phase: Phase::Handshake {
+                deadline: now.checked_add(config.handshake_timeout),
+            },
+            session: SessionId(0),
+            identity: None,
+            peer: String::new(),
+            inbound: Inbound::new(config.framing, &config.limits),
+            outbound: Outbound::new(&config.limits),
+            docs: BTreeMap::new(),
+            transfers: VecDeque::new(),
+            last_rx: now,
+            now,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// The connection id.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The session id sent to the client (zero before the handshake).
+    pub fn session_id(&self) -> SessionId {
+        self.session
+    }
+
+    /// The authenticated identity, once the handshake succeeded.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    /// Where the session is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Bytes queued for sending (encoded, not yet framed).
+    pub fn queued_bytes(&self) -> usize {
+        self.outbound.bytes()
+    }
+
+    /// Messages queued for sending.
+    pub fn queued_messages(&self) -> usize {
+        self.outbound.len()
+    }
+
+    /// Bytes of received input held for incomplete frames or fragments.
+    pub fn buffered_input(&self) -> usize {
+        self.inbound.buffered()
+    }
+
+    /// Documents this session has open.
+    pub fn open_documents(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Advances the session clock; `now` never goes backwards.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Message>) -> Result<(), InboundError> {
+        self.stats.bytes_in += bytes.len() as u64;
+        self.last_rx = self.now;
+        self.inbound.feed(bytes, out)
+    }
+
+    pub(crate) fn send(&mut self, msg: &Message) {
+        // Control messages are small and always queued.
+        let _ = self.outbound.push(msg, Priority::Control);
+    }
+
+    pub(crate) fn send_shared(&mut self, encoded: &Arc<[u8]>) -> Result<(), QueueFull> {
+        self.outbound.push_shared(encoded)
+    }
+
+    /// Queues `Close` and moves to [`Phase::Closed`]. Returns `false` when
+    /// already closed (so the caller reports the close only once).
+    pub(crate) fn close(&mut self, reason: CloseReason, message: &str) -> bool {
+        if self.phase == Phase::Closed {
+            return false;
+        }
+        self.send(&Message::Close {
+            reason,
+            message: message.to_string(),
+        });
+        self.phase = Phase::Closed;
+        self.transfers.clear();
+        true
+    }
+
+    /// When this session next needs `handle_timeout`.
+    pub(crate) fn next_timeout(&self, config: &ServerConfig) -> Option<Instant> {
+        match self.phase {
+            Phase::Handshake { deadline } => deadline,
+            Phase::Active => self.last_rx.checked_add(config.idle_timeout),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Fires expired deadlines; returns the cause when the session closed.
+    pub(crate) fn on_timeout(&mut self, config: &ServerConfig) -> Option<CloseCause> {
+        match self.phase {
+            Phase::Handshake {
+                deadline: Some(deadline),
+            } if self.now >= deadline => {
+                self.close(CloseReason::HandshakeTimeout, "no hello in time");
+                Some(CloseCause::Local(CloseReason::HandshakeTimeout))
+            }
+            Phase::Active
+                if self
+                    .last_rx
+                    .checked_add(config.idle_timeout)
+                    .is_some_and(|t| self.now >= t) =>
+            {
+                self.close(CloseReason::IdleTimeout, "no traffic");
+                Some(CloseCause::Local(CloseReason::IdleTimeout))
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves chunks of pending transfers into the outbound queue while it
+    /// has room; finishes each transfer with `SyncDone`.
+    pub(crate) fn pump_transfers(&mut self) {
+        let chunk = self.outbound.max_chunk();
+        while let Some(t) = self.transfers.front_mut() {
+            while t.offset < t.payload.len() {
+                let end = (t.offset + chunk).min(t.payload.len());
+                if !self.outbound.has_room(end - t.offset) {
+                    return;
+                }
+                let msg = Message::SyncChunk {
+                    doc: t.doc,
+                    transfer: t.id,
+                    kind: t.kind,
+                    offset: t.offset as u64,
+                    total: t.payload.len() as u64,
+                    data: Bytes(t.payload[t.offset..end].to_vec()),
+                };
+                if self.outbound.push(&msg, Priority::Data).is_err() {
+                    return;
+                }
+                t.offset = end;
+            }
+            let done = Message::SyncDone {
+                doc: t.doc,
+                version: Bytes(std::mem::take(&mut t.version)),
+            };
+            self.transfers.pop_front();
+            self.send(&done);
+        }
+    }
+
+    pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
+        let frame = self.outbound.poll_frame()?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += frame.len() as u64;
+        if !self.transfers.is_empty() {
+            self.pump_transfers();
+        }
+        Some(frame)
+    }
+
+    pub(crate) fn has_output(&self) -> bool {
+        !self.outbound.is_empty()
+    }
+}
+
+impl core::fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerSession")
+            .field("conn", &self.conn)
+            .field("phase", &self.phase)
+            .field("session", &self.session)
+            .field("docs", &self.docs.len())
+            .field("queued_bytes", &self.outbound.bytes())
+            .finish()
+    }
+}

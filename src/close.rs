@@ -38,7 +38,9 @@ impl core::fmt::Display for CloseCause {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             CloseCause::Local(r) => write!(f, "closed locally ({r:?})"),
-            CloseCause::Peer { reason, message } => write!(f, "closed by peer ({reason:?}: {message})"),
+            CloseCause::Peer { reason, message } => {
+                write!(f, "closed by peer ({reason:?}: {message})")
+            }
             CloseCause::Rejected { code, message } => write!(f, "rejected ({code:?}: {message})"),
             CloseCause::Inbound(e) => write!(f, "bad input: {e}"),
             CloseCause::Protocol(m) => write!(f, "protocol violation: {m}"),

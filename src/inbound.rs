@@ -84,7 +84,11 @@ impl Inbound {
     }
 
     /// Decodes `bytes`, appending complete messages to `out`.
-    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Message>) -> Result<(), InboundError> {
+    pub(crate) fn feed(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<(), InboundError> {
         self.decoded.clear();
         match &mut self.decoder {
             Decoder::Message(d) => d.decode(bytes, &mut self.decoded)?,
@@ -101,7 +105,14 @@ impl Inbound {
                     total,
                     data,
                 } => {
-                    if let Some(m) = reassemble(&mut self.partial, self.max_message_len, id, offset, total, data.0)? {
+                    if let Some(m) = reassemble(
+                        &mut self.partial,
+                        self.max_message_len,
+                        id,
+                        offset,
+                        total,
+                        data.0,
+                    )? {
                         out.push(m);
                     }
                 }

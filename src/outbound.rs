@@ -83,7 +83,12 @@ impl Outbound {
     }
 
     /// Applies what the handshake negotiated.
-    pub(crate) fn negotiate(&mut self, peer: PeerLimits, compression: Compression, threshold: usize) {
+    pub(crate) fn negotiate(
+        &mut self,
+        peer: PeerLimits,
+        compression: Compression,
+        threshold: usize,
+    ) {
         self.max_frame_len = self.max_frame_len.min(peer.max_frame_len);
         self.compression = compression;
         self.threshold = threshold;

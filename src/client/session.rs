@@ -290,7 +290,12 @@ impl ClientSession {
 
     /// Starts syncing document `name` from `registry` (opened there if
     /// needed). Works offline: the document opens on the next connection.
-    pub fn open<R: Registry>(&mut self, registry: &mut R, name: &str, now: Instant) -> Result<(), CommandError> {
+    pub fn open<R: Registry>(
+        &mut self,
+        registry: &mut R,
+        name: &str,
+        now: Instant,
+    ) -> Result<(), CommandError> {
         self.tick(now);
         if self.phase == Phase::Closed {
             return Err(CommandError::Closed);
@@ -344,7 +349,12 @@ impl ClientSession {
     /// the last call ([`Document::take_local_update`]). Returns the update's
     /// sequence number, or `None` when there was nothing to send. Offline,
     /// the update waits in the outbox.
-    pub fn flush_local<R: Registry>(&mut self, registry: &mut R, name: &str, now: Instant) -> Result<Option<u64>, CommandError> {
+    pub fn flush_local<R: Registry>(
+        &mut self,
+        registry: &mut R,
+        name: &str,
+        now: Instant,
+    ) -> Result<Option<u64>, CommandError> {
         self.tick(now);
         self.check_writable(name)?;
         let Some(d) = registry.get(name) else {
@@ -357,7 +367,12 @@ impl ClientSession {
     }
 
     /// Sends an update the application encoded itself.
-    pub fn send_update(&mut self, name: &str, update: Vec<u8>, now: Instant) -> Result<u64, CommandError> {
+    pub fn send_update(
+        &mut self,
+        name: &str,
+        update: Vec<u8>,
+        now: Instant,
+    ) -> Result<u64, CommandError> {
         self.tick(now);
         self.check_writable(name)?;
         self.queue_update(name, update)
@@ -375,7 +390,9 @@ impl ClientSession {
             return Err(CommandError::ReadOnly(name.to_string()));
         }
         let limits = &self.config.limits;
-        if doc.outbox_bytes >= limits.max_outbox_bytes || doc.outbox.len() >= limits.max_outbox_updates {
+        if doc.outbox_bytes >= limits.max_outbox_bytes
+            || doc.outbox.len() >= limits.max_outbox_updates
+        {
             return Err(CommandError::Backpressure {
                 name: name.to_string(),
                 queued: doc.outbox_bytes,
@@ -421,7 +438,11 @@ impl ClientSession {
 
     /// Asks the server for everything `name` lacks (e.g. after suspecting
     /// divergence).
-    pub fn request_sync<R: Registry>(&mut self, registry: &mut R, name: &str) -> Result<(), CommandError> {
+    pub fn request_sync<R: Registry>(
+        &mut self,
+        registry: &mut R,
+        name: &str,
+    ) -> Result<(), CommandError> {
         let doc = self
             .docs
             .get(name)
@@ -445,7 +466,9 @@ impl ClientSession {
     pub fn refresh_token(&mut self, token: Vec<u8>) {
         self.config.token = token.clone();
         if self.phase == Phase::Connected {
-            self.send(&Message::RefreshToken { token: Bytes(token) });
+            self.send(&Message::RefreshToken {
+                token: Bytes(token),
+            });
         }
     }
 
@@ -511,7 +534,14 @@ impl ClientSession {
                     compression,
                     limits,
                     heartbeat_ms,
-                } => self.on_welcome(version, session, compression, limits, heartbeat_ms, registry),
+                } => self.on_welcome(
+                    version,
+                    session,
+                    compression,
+                    limits,
+                    heartbeat_ms,
+                    registry,
+                ),
                 Message::Reject { code, message } => {
                     self.lose_connection(CloseCause::Rejected { code, message });
                 }
@@ -526,11 +556,19 @@ impl ClientSession {
         }
         match msg {
             Message::Broadcast { doc, data } => self.on_broadcast(doc, data.0, registry),
-            Message::Ack { doc, applied, durable } => self.on_ack(doc, applied, durable),
+            Message::Ack {
+                doc,
+                applied,
+                durable,
+            } => self.on_ack(doc, applied, durable),
             Message::Ping { t } => self.send(&Message::Pong { echo: t }),
             Message::Pong { echo } => self.on_pong(echo),
             Message::Opened { name, doc, access } => self.on_opened(&name, doc, access),
-            Message::OpenRefused { name, code, message } => {
+            Message::OpenRefused {
+                name,
+                code,
+                message,
+            } => {
                 let name = self.docs.get_mut(name.as_str()).map(|d| {
                     d.status = DocStatus::Refused;
                     Arc::clone(&d.name)
@@ -590,7 +628,9 @@ impl ClientSession {
         {
             return self.fail(
                 CloseReason::ProtocolError,
-                CloseCause::Protocol("server chose a version or compression we did not offer".into()),
+                CloseCause::Protocol(
+                    "server chose a version or compression we did not offer".into(),
+                ),
             );
         }
         self.outbound
@@ -653,7 +693,15 @@ impl ClientSession {
         self.docs.get_mut(name)
     }
 
-    fn on_chunk(&mut self, handle: DocId, id: u64, kind: SyncKind, offset: u64, total: u64, data: Vec<u8>) {
+    fn on_chunk(
+        &mut self,
+        handle: DocId,
+        id: u64,
+        kind: SyncKind,
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+    ) {
         let max = self.config.limits.max_transfer_len;
         let Some(doc) = self.doc_by_handle(handle) else {
             return self.fail(
@@ -665,7 +713,9 @@ impl ClientSession {
             let name = Arc::clone(&doc.name);
             return self.fail(
                 CloseReason::LimitExceeded,
-                CloseCause::Protocol(format!("transfer for {name:?} of {total} bytes exceeds {max}")),
+                CloseCause::Protocol(format!(
+                    "transfer for {name:?} of {total} bytes exceeds {max}"
+                )),
             );
         }
         if offset == 0 {
@@ -695,7 +745,12 @@ impl ClientSession {
         }
     }
 
-    fn on_sync_done<R: Registry>(&mut self, handle: DocId, server_version: &[u8], registry: &mut R) {
+    fn on_sync_done<R: Registry>(
+        &mut self,
+        handle: DocId,
+        server_version: &[u8],
+        registry: &mut R,
+    ) {
         let Some(doc) = self.doc_by_handle(handle) else {
             return self.fail(
                 CloseReason::ProtocolError,
@@ -771,7 +826,12 @@ impl ClientSession {
     /// Sends what the server (at `server_version`) lacks as one new outbox
     /// update. It covers every older unacknowledged update, so those are not
     /// resent; the cumulative ack of the new one clears them all.
-    fn send_missing<R: Registry>(&mut self, handle: DocId, server_version: &[u8], registry: &mut R) {
+    fn send_missing<R: Registry>(
+        &mut self,
+        handle: DocId,
+        server_version: &[u8],
+        registry: &mut R,
+    ) {
         let Some(doc) = self.doc_by_handle(handle) else {
             return;
         };
@@ -875,7 +935,13 @@ impl ClientSession {
         }
     }
 
-    fn on_error(&mut self, handle: Option<DocId>, seq: Option<u64>, code: ErrorCode, message: String) {
+    fn on_error(
+        &mut self,
+        handle: Option<DocId>,
+        seq: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    ) {
         let name = handle.and_then(|h| self.handles.get(&h).cloned());
         if let Some(name) = &name
             && let Some(doc) = self.docs.get_mut(name)
@@ -932,7 +998,8 @@ impl ClientSession {
                     );
                 }
                 if self.next_ping.is_some_and(|t| self.now >= t) {
-                    let t = u64::try_from(self.now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
+                    let t = u64::try_from(self.now.duration_since(self.epoch).as_micros())
+                        .unwrap_or(u64::MAX);
                     self.send(&Message::Ping { t });
                     self.next_ping = self.now.checked_add(self.ping_interval);
                 }

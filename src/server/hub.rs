@@ -321,7 +321,14 @@ impl<A: Authorizer> Hub<A> {
             .push_back(ServerEvent::ClientDisconnected { conn, cause });
     }
 
-    fn doc_error(&mut self, conn: ConnId, doc: Option<DocId>, seq: Option<u64>, code: ErrorCode, message: String) {
+    fn doc_error(
+        &mut self,
+        conn: ConnId,
+        doc: Option<DocId>,
+        seq: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    ) {
         self.send(
             conn,
             &Message::Error {
@@ -348,7 +355,10 @@ impl<A: Authorizer> Hub<A> {
             if self.is_closed(conn) {
                 break;
             }
-            let handshaken = matches!(self.sessions.get(&conn).map(|s| s.phase), Some(Phase::Active));
+            let handshaken = matches!(
+                self.sessions.get(&conn).map(|s| s.phase),
+                Some(Phase::Active)
+            );
             if !handshaken {
                 if !batch.is_empty() {
                     break;
@@ -430,7 +440,11 @@ impl<A: Authorizer> Hub<A> {
             code,
             message: message.clone(),
         });
-        self.fail(conn, CloseReason::Rejected, CloseCause::Rejected { code, message });
+        self.fail(
+            conn,
+            CloseReason::Rejected,
+            CloseCause::Rejected { code, message },
+        );
     }
 
     fn on_hello(
@@ -622,7 +636,10 @@ impl<A: Authorizer> Hub<A> {
         let existing = self.by_name.get(name.as_str()).copied();
         let already = existing.is_some_and(|id| s.docs.contains_key(&id));
         if !already && s.docs.len() >= limits.max_docs_per_connection {
-            let msg = format!("at most {} documents per connection", limits.max_docs_per_connection);
+            let msg = format!(
+                "at most {} documents per connection",
+                limits.max_docs_per_connection
+            );
             return self.refuse_open(conn, name, ErrorCode::LimitExceeded, msg);
         }
         let Some(identity) = s.identity.clone() else {
@@ -666,11 +683,8 @@ impl<A: Authorizer> Hub<A> {
                 access,
             },
         );
-        self.events.push_back(ServerEvent::DocumentOpened {
-            conn,
-            name,
-            access,
-        });
+        self.events
+            .push_back(ServerEvent::DocumentOpened { conn, name, access });
         self.start_sync(conn, doc, version, registry);
     }
 
@@ -694,12 +708,24 @@ impl<A: Authorizer> Hub<A> {
 
     /// Queues what the client at `version` lacks: a delta, or a snapshot when
     /// no delta is computable, then `SyncDone` with the server's version.
-    fn start_sync<R: Registry>(&mut self, conn: ConnId, doc: DocId, version: &[u8], registry: &mut R) {
+    fn start_sync<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        version: &[u8],
+        registry: &mut R,
+    ) {
         let Some(name) = self.doc_name(doc).cloned() else {
             return;
         };
         let Some(d) = registry.get(&name) else {
-            return self.doc_error(conn, Some(doc), None, ErrorCode::Internal, "document not loaded".into());
+            return self.doc_error(
+                conn,
+                Some(doc),
+                None,
+                ErrorCode::Internal,
+                "document not loaded".into(),
+            );
         };
         let (kind, payload) = match d.delta_since(version) {
             Ok(delta) => (SyncKind::Delta, delta),
@@ -781,7 +807,13 @@ impl<A: Authorizer> Hub<A> {
 
     /// Applies a batch of updates from `conn` to `doc`, fans the accepted
     /// ones out and schedules the acknowledgement.
-    fn apply_updates<R: Registry>(&mut self, conn: ConnId, doc: DocId, updates: Vec<(u64, Bytes)>, registry: &mut R) {
+    fn apply_updates<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        updates: Vec<(u64, Bytes)>,
+        registry: &mut R,
+    ) {
         let first_seq = updates.first().map(|u| u.0);
         let Some(sub) = self.sub_mut(conn, doc) else {
             return self.unknown_doc(conn, doc);
@@ -802,7 +834,13 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         let Some(d) = registry.get(&name) else {
-            return self.doc_error(conn, Some(doc), first_seq, ErrorCode::Internal, "document not loaded".into());
+            return self.doc_error(
+                conn,
+                Some(doc),
+                first_seq,
+                ErrorCode::Internal,
+                "document not loaded".into(),
+            );
         };
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
@@ -810,7 +848,10 @@ impl<A: Authorizer> Hub<A> {
             let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| b.as_ref()).collect();
             d.apply_batch(&slices, &mut outcomes);
         }
-        let server_version = if outcomes.iter().any(|o| matches!(o, ApplyOutcome::Pending { .. })) {
+        let server_version = if outcomes
+            .iter()
+            .any(|o| matches!(o, ApplyOutcome::Pending { .. }))
+        {
             Some(d.version())
         } else {
             None
@@ -842,10 +883,22 @@ impl<A: Authorizer> Hub<A> {
             s.stats.duplicates += u64::from(duplicates);
         }
         for (seq, e) in rejected {
-            self.doc_error(conn, Some(doc), Some(seq), ErrorCode::InvalidUpdate, e.to_string());
+            self.doc_error(
+                conn,
+                Some(doc),
+                Some(seq),
+                ErrorCode::InvalidUpdate,
+                e.to_string(),
+            );
         }
         if let Some((seq, e)) = storage_error {
-            self.doc_error(conn, Some(doc), Some(seq), ErrorCode::Storage, e.to_string());
+            self.doc_error(
+                conn,
+                Some(doc),
+                Some(seq),
+                ErrorCode::Storage,
+                e.to_string(),
+            );
         }
         // Missing dependencies: ask the client for what we lack, once until
         // something applies cleanly again.

@@ -162,7 +162,11 @@ impl ServerSession {
         }
     }
 
-    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<Message>) -> Result<(), InboundError> {
+    pub(crate) fn feed(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<(), InboundError> {
         self.stats.bytes_in += bytes.len() as u64;
         self.last_rx = self.now;
         self.inbound.feed(bytes, out)

@@ -5,8 +5,8 @@
 //! [`Limits`](crate::Limits). See the README's protocol section for the byte
 //! layout and the measured overhead.
 
-pub mod compress;
 mod codec;
+pub mod compress;
 mod error;
 pub mod frame;
 mod message;
@@ -16,8 +16,8 @@ pub use codec::{
 };
 pub use error::{EncodeError, FrameError};
 pub use message::{
-    Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message,
-    PeerLimits, RejectCode, Resume, Route, SessionId, SyncKind,
+    Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PeerLimits,
+    RejectCode, Resume, Route, SessionId, SyncKind,
 };
 
 /// Protocol versions this crate speaks (of the message layer, negotiated in

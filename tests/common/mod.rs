@@ -1,0 +1,469 @@
+//! Shared test helpers: a tiny deterministic CRDT with causal dependencies,
+//! an in-memory network between one hub and several clients, and short
+//! transcript strings for golden tests.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession};
+use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
+use crdt_socket_sync::registry::MemoryRegistry;
+use crdt_socket_sync::server::{Authorizer, ConnId, Hub, ServerConfig, ServerEvent};
+use crdt_socket_sync::wire::{Message, MessageDecoder};
+use crdt_socket_sync::{Limits, Output};
+
+/// An op log: each op is `(client, counter, payload)`, and op `n` of a client
+/// depends on op `n - 1` of the same client. Versions are per-client
+/// contiguous counters, so deltas, duplicates and missing dependencies all
+/// behave like a real CRDT's.
+#[derive(Clone, Debug, Default)]
+pub struct OpLog {
+    pub client: u32,
+    /// Behave like a CRDT that pruned its history: no deltas, snapshots only.
+    pub no_deltas: bool,
+    ops: BTreeMap<(u32, u32), Vec<u8>>,
+    clock: BTreeMap<u32, u32>,
+    pending: BTreeMap<(u32, u32), Vec<u8>>,
+    pending_bytes: usize,
+    sent: u32,
+}
+
+const MAGIC: u8 = 0xA5;
+
+impl OpLog {
+    pub fn new(client: u32) -> Self {
+        OpLog {
+            client,
+            ..Default::default()
+        }
+    }
+
+    /// A local edit.
+    pub fn edit(&mut self, payload: &[u8]) {
+        let c = self.clock.get(&self.client).copied().unwrap_or(0) + 1;
+        self.clock.insert(self.client, c);
+        self.ops.insert((self.client, c), payload.to_vec());
+    }
+
+    /// The state as text: every payload in op-id order.
+    pub fn text(&self) -> String {
+        self.ops
+            .values()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    }
+
+    pub fn op_count(&self) -> usize {
+        self.ops.len()
+    }
+
+    fn encode_ops<'a>(ops: impl Iterator<Item = (&'a (u32, u32), &'a Vec<u8>)>) -> Vec<u8> {
+        let mut out = vec![MAGIC];
+        for ((client, counter), payload) in ops {
+            out.extend_from_slice(&client.to_le_bytes());
+            out.extend_from_slice(&counter.to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    fn decode_ops(bytes: &[u8]) -> Result<Vec<((u32, u32), Vec<u8>)>, DocumentError> {
+        let bad = || DocumentError::Invalid("not an op log update".into());
+        let (&magic, mut rest) = bytes.split_first().ok_or_else(bad)?;
+        if magic != MAGIC {
+            return Err(bad());
+        }
+        let mut ops = Vec::new();
+        while !rest.is_empty() {
+            if rest.len() < 10 {
+                return Err(bad());
+            }
+            let client = u32::from_le_bytes(rest[0..4].try_into().unwrap());
+            let counter = u32::from_le_bytes(rest[4..8].try_into().unwrap());
+            let len = u16::from_le_bytes(rest[8..10].try_into().unwrap()) as usize;
+            if counter == 0 || rest.len() < 10 + len {
+                return Err(bad());
+            }
+            ops.push(((client, counter), rest[10..10 + len].to_vec()));
+            rest = &rest[10 + len..];
+        }
+        Ok(ops)
+    }
+
+    fn decode_version(bytes: &[u8]) -> Result<BTreeMap<u32, u32>, DocumentError> {
+        if bytes.len() % 8 != 0 {
+            return Err(DocumentError::Invalid("bad version".into()));
+        }
+        Ok(bytes
+            .chunks(8)
+            .map(|c| {
+                (
+                    u32::from_le_bytes(c[0..4].try_into().unwrap()),
+                    u32::from_le_bytes(c[4..8].try_into().unwrap()),
+                )
+            })
+            .collect())
+    }
+
+    fn integrate_pending(&mut self) {
+        loop {
+            let ready: Vec<(u32, u32)> = self
+                .pending
+                .keys()
+                .filter(|(cl, co)| self.clock.get(cl).copied().unwrap_or(0) + 1 == *co)
+                .copied()
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            for id in ready {
+                let p = self.pending.remove(&id).unwrap();
+                self.pending_bytes -= p.len() + 10;
+                self.clock.insert(id.0, id.1);
+                self.ops.insert(id, p);
+            }
+        }
+    }
+}
+
+impl Document for OpLog {
+    fn version(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (c, n) in &self.clock {
+            out.extend_from_slice(&c.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    fn delta_since(&self, version: &[u8]) -> Result<Vec<u8>, DocumentError> {
+        let v = Self::decode_version(version)?;
+        if self.no_deltas {
+            return Err(DocumentError::DeltaUnavailable);
+        }
+        Ok(Self::encode_ops(
+            self.ops
+                .iter()
+                .filter(|((c, n), _)| *n > v.get(c).copied().unwrap_or(0)),
+        ))
+    }
+
+    fn apply(&mut self, update: &[u8]) -> ApplyOutcome {
+        let ops = match Self::decode_ops(update) {
+            Ok(ops) => ops,
+            Err(e) => return ApplyOutcome::Invalid(e),
+        };
+        let mut new = false;
+        for (id, p) in ops {
+            if self.ops.contains_key(&id) || self.pending.contains_key(&id) {
+                continue;
+            }
+            new = true;
+            self.pending_bytes += p.len() + 10;
+            self.pending.insert(id, p);
+        }
+        self.integrate_pending();
+        if !self.pending.is_empty() {
+            ApplyOutcome::Pending {
+                held_bytes: self.pending_bytes,
+            }
+        } else if new {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Duplicate
+        }
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        Self::encode_ops(self.ops.iter())
+    }
+
+    fn load_snapshot(&mut self, snapshot: &[u8]) -> Result<(), DocumentError> {
+        match self.apply(snapshot) {
+            ApplyOutcome::Invalid(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn take_local_update(&mut self) -> Option<Vec<u8>> {
+        let now = self.clock.get(&self.client).copied().unwrap_or(0);
+        if now == self.sent {
+            return None;
+        }
+        let me = self.client;
+        let from = self.sent;
+        self.sent = now;
+        Some(Self::encode_ops(
+            self.ops
+                .range((me, from + 1)..=(me, now))
+                .map(|(k, v)| (k, v)),
+        ))
+    }
+}
+
+pub type Reg = MemoryRegistry<OpLog>;
+
+pub fn server_registry() -> Reg {
+    MemoryRegistry::new(|_| OpLog::new(0))
+}
+
+/// A client registry whose documents edit as `client`.
+pub fn client_registry(client: u32) -> Reg {
+    MemoryRegistry::new(move |_| OpLog::new(client))
+}
+
+/// A short, stable description of a message for transcripts.
+pub fn describe(m: &Message) -> String {
+    match m {
+        Message::Hello { versions, peer, .. } => format!("Hello{versions:?} {peer}"),
+        Message::Welcome {
+            version,
+            compression,
+            ..
+        } => format!("Welcome v{version} {compression:?}"),
+        Message::Reject { code, .. } => format!("Reject {code:?}"),
+        Message::Open { name, .. } => format!("Open {name}"),
+        Message::Opened { name, doc, access } => format!("Opened {name}#{} {access:?}", doc.0),
+        Message::OpenRefused { name, code, .. } => format!("OpenRefused {name} {code:?}"),
+        Message::SyncChunk {
+            doc, kind, total, ..
+        } => format!("SyncChunk #{} {kind:?} {total}B", doc.0),
+        Message::SyncDone { doc, .. } => format!("SyncDone #{}", doc.0),
+        Message::Update { doc, seq, data } => format!("Update #{} s{seq} {}B", doc.0, data.len()),
+        Message::UpdateBatch {
+            doc,
+            first_seq,
+            data,
+            ..
+        } => format!("UpdateBatch #{} s{first_seq} x{}", doc.0, data.len()),
+        Message::Broadcast { doc, data } => format!("Broadcast #{} {}B", doc.0, data.len()),
+        Message::Ack {
+            doc,
+            applied,
+            durable,
+        } => format!("Ack #{} {applied}/{durable}", doc.0),
+        Message::Error { doc, seq, code, .. } => {
+            format!("Error {:?} {seq:?} {code:?}", doc.map(|d| d.0))
+        }
+        Message::Close { reason, .. } => format!("Close {reason:?}"),
+        Message::CloseDoc { doc } => format!("CloseDoc #{}", doc.0),
+        other => other.name().to_string(),
+    }
+}
+
+/// Decodes one frame into descriptions.
+pub fn frame_text(frame: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    MessageDecoder::new(Limits {
+        max_frame_len: u32::MAX,
+        ..Limits::default()
+    })
+    .decode(frame, &mut out)
+    .expect("frames we produce decode");
+    out.iter().map(describe).collect()
+}
+
+/// One hub and several clients over in-memory message pipes, with a virtual
+/// clock. Every frame crossing the network is recorded as a transcript line.
+pub struct Net<A> {
+    pub now: Instant,
+    pub hub: Hub<A>,
+    pub server_reg: Reg,
+    pub clients: Vec<Client>,
+    pub transcript: Vec<String>,
+    pub server_events: Vec<ServerEvent>,
+    pub record: bool,
+}
+
+pub struct Client {
+    pub session: ClientSession,
+    pub reg: Reg,
+    pub conn: Option<ConnId>,
+    pub events: Vec<ClientEvent>,
+    /// Frames from the server not yet delivered (a stalled reader).
+    pub inbox: VecDeque<Vec<u8>>,
+    pub stalled: bool,
+}
+
+impl<A: Authorizer> Net<A> {
+    pub fn new(config: ServerConfig, auth: A) -> Self {
+        Net {
+            now: Instant::now(),
+            hub: Hub::new(config, auth),
+            server_reg: server_registry(),
+            clients: Vec::new(),
+            transcript: Vec::new(),
+            server_events: Vec::new(),
+            record: true,
+        }
+    }
+
+    /// Adds a client (not connected yet). Its documents edit as client id
+    /// `index + 1`.
+    pub fn add_client(&mut self, config: ClientConfig) -> usize {
+        let i = self.clients.len();
+        self.clients.push(Client {
+            session: ClientSession::new(config, self.now),
+            reg: client_registry(i as u32 + 1),
+            conn: None,
+            events: Vec::new(),
+            inbox: VecDeque::new(),
+            stalled: false,
+        });
+        i
+    }
+
+    /// Opens a transport for client `i` and starts its handshake.
+    pub fn connect(&mut self, i: usize) {
+        let conn = self.hub.accept(self.now);
+        let c = &mut self.clients[i];
+        c.conn = Some(conn);
+        c.session.connect(self.now);
+        self.run();
+    }
+
+    /// Cuts client `i`'s transport without a Close on either side.
+    pub fn cut(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if let Some(conn) = c.conn.take() {
+            c.session.transport_lost(self.now);
+            c.inbox.clear();
+            self.hub.connection_lost(conn, self.now);
+        }
+        self.run();
+    }
+
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for c in &mut self.clients {
+            c.session.handle_timeout(self.now);
+        }
+        self.hub.handle_timeout(self.now, &mut self.server_reg);
+        self.run();
+    }
+
+    /// Moves frames until nothing is left to move.
+    pub fn run(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for i in 0..self.clients.len() {
+                while let Some(frame) = self.clients[i].session.poll_transmit() {
+                    moved = true;
+                    if self.record {
+                        for line in frame_text(&frame) {
+                            self.transcript.push(format!("c{i}> {line}"));
+                        }
+                    }
+                    if let Some(conn) = self.clients[i].conn {
+                        self.hub
+                            .handle_input(conn, self.now, &frame, &mut self.server_reg);
+                    }
+                }
+                while let Some(e) = self.clients[i].session.poll_event() {
+                    self.clients[i].events.push(e);
+                }
+            }
+            while let Some((conn, frame)) = self.hub.poll_transmit() {
+                moved = true;
+                let Some(i) = self.clients.iter().position(|c| c.conn == Some(conn)) else {
+                    continue;
+                };
+                if self.record {
+                    for line in frame_text(&frame) {
+                        self.transcript.push(format!("s>{i} {line}"));
+                    }
+                }
+                self.clients[i].inbox.push_back(frame);
+            }
+            while let Some(e) = self.hub.poll_event() {
+                self.server_events.push(e);
+            }
+            for c in &mut self.clients {
+                if c.stalled {
+                    continue;
+                }
+                while let Some(frame) = c.inbox.pop_front() {
+                    moved = true;
+                    c.session.handle_input(self.now, &frame, &mut c.reg);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("network did not quiesce");
+    }
+
+    pub fn take_transcript(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.transcript)
+    }
+
+    pub fn take_server_events(&mut self) -> Vec<ServerEvent> {
+        std::mem::take(&mut self.server_events)
+    }
+
+    pub fn take_events(&mut self, i: usize) -> Vec<ClientEvent> {
+        std::mem::take(&mut self.clients[i].events)
+    }
+
+    /// Client `i` edits `doc` locally and flushes the edit to its session.
+    pub fn edit(&mut self, i: usize, doc: &str, text: &str) -> Option<u64> {
+        let c = &mut self.clients[i];
+        c.reg.open(doc).unwrap().edit(text.as_bytes());
+        let seq = c.session.flush_local(&mut c.reg, doc, self.now).unwrap();
+        self.run();
+        seq
+    }
+
+    pub fn open(&mut self, i: usize, doc: &str) {
+        let c = &mut self.clients[i];
+        c.session.open(&mut c.reg, doc, self.now).unwrap();
+        self.run();
+    }
+
+    pub fn text(&mut self, i: usize, doc: &str) -> String {
+        self.clients[i]
+            .reg
+            .get(doc)
+            .map(|d| d.text())
+            .unwrap_or_default()
+    }
+
+    pub fn server_text(&mut self, doc: &str) -> String {
+        self.server_reg
+            .get(doc)
+            .map(|d| d.text())
+            .unwrap_or_default()
+    }
+}
+
+pub fn client_config(peer: &str) -> ClientConfig {
+    ClientConfig {
+        peer: peer.into(),
+        token: peer.as_bytes().to_vec(),
+        offer_deflate: false,
+        ..ClientConfig::default()
+    }
+}
+
+/// Drives `output` loops the way an adapter would, to check `poll_output`.
+pub fn drain_client(c: &mut ClientSession) -> (Vec<Vec<u8>>, Vec<ClientEvent>, Option<Instant>) {
+    let (mut tx, mut ev) = (Vec::new(), Vec::new());
+    loop {
+        match c.poll_output() {
+            Some(Output::Transmit(t)) => tx.push(t),
+            Some(Output::Event(e)) => ev.push(e),
+            Some(Output::Timeout(t)) => return (tx, ev, Some(t)),
+            None => return (tx, ev, None),
+            Some(_) => unreachable!(),
+        }
+    }
+}
+
+use crdt_socket_sync::registry::Registry as _;

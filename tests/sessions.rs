@@ -1,0 +1,559 @@
+//! Golden transcripts of the main flows between ClientSession and Hub, and
+//! behaviour tests of the sessions.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crdt_socket_sync::CloseCause;
+use crdt_socket_sync::client::{ClientConfig, ClientEvent, CommandError, DocStatus, Status};
+use crdt_socket_sync::registry::Registry;
+use crdt_socket_sync::server::{AllowAll, ServerConfig, ServerEvent, StaticTokens};
+use crdt_socket_sync::wire::{Access, CloseReason, ErrorCode, RejectCode};
+
+fn net() -> Net<AllowAll> {
+    Net::new(ServerConfig::default(), AllowAll)
+}
+
+#[test]
+fn golden_handshake() {
+    let mut n = net();
+    n.add_client(client_config("alice"));
+    n.connect(0);
+    assert_eq!(
+        n.take_transcript(),
+        ["c0> Hello[1] alice", "s>0 Welcome v1 None"]
+    );
+    assert_eq!(n.clients[0].session.status(), Status::Connected);
+    let ev = n.take_events(0);
+    assert_eq!(ev[0], ClientEvent::Status(Status::Connecting));
+    assert_eq!(ev[1], ClientEvent::Status(Status::Connected));
+    assert!(matches!(ev[2], ClientEvent::Connected { version: 1, .. }));
+    let sev = n.take_server_events();
+    assert!(matches!(sev[0], ServerEvent::ClientConnected { .. }));
+    assert!(
+        matches!(&sev[1], ServerEvent::HandshakeCompleted { identity, .. } if identity.0 == "alice")
+    );
+}
+
+#[test]
+fn golden_deflate_negotiated_when_both_offer_it() {
+    let mut n = net();
+    n.add_client(ClientConfig {
+        offer_deflate: true,
+        ..client_config("alice")
+    });
+    n.connect(0);
+    assert_eq!(
+        n.take_transcript(),
+        ["c0> Hello[1] alice", "s>0 Welcome v1 Deflate"]
+    );
+    // A large update is compressed on the wire and still arrives intact.
+    n.open(0, "doc");
+    let big = "x".repeat(20_000);
+    n.edit(0, "doc", &big);
+    assert_eq!(n.server_text("doc"), big);
+    let sent = n.clients[0].session.stats().bytes_out;
+    assert!(sent < 5_000, "compressed traffic: {sent} bytes");
+}
+
+#[test]
+fn golden_reject_unsupported_version() {
+    use crdt_socket_sync::wire::{Bytes, Encoder, Message, PeerLimits};
+    let mut n = net();
+    let conn = n.hub.accept(n.now);
+    let mut frame = Vec::new();
+    Encoder::new(&Default::default())
+        .encode(
+            &[Message::Hello {
+                versions: vec![99],
+                peer: "old".into(),
+                token: Bytes::default(),
+                compression: vec![],
+                limits: PeerLimits {
+                    max_frame_len: 1 << 20,
+                    max_decompressed_len: 1 << 20,
+                },
+            }],
+            &mut frame,
+        )
+        .unwrap();
+    n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
+    let mut out = Vec::new();
+    while let Some((_, f)) = n.hub.poll_transmit() {
+        out.extend(frame_text(&f));
+    }
+    assert_eq!(out, ["Reject UnsupportedVersion", "Close Rejected"]);
+    let ev: Vec<_> = std::iter::from_fn(|| n.hub.poll_event()).collect();
+    assert!(matches!(
+        ev[1],
+        ServerEvent::HandshakeRejected {
+            code: RejectCode::UnsupportedVersion,
+            ..
+        }
+    ));
+    assert!(matches!(ev[2], ServerEvent::ClientDisconnected { .. }));
+    assert_eq!(ev.len(), 3);
+}
+
+#[test]
+fn golden_reject_bad_token() {
+    let auth = StaticTokens::default().with("good", "alice", Access::ReadWrite);
+    let mut n = Net::new(ServerConfig::default(), auth);
+    n.add_client(ClientConfig {
+        token: b"bad".to_vec(),
+        ..client_config("mallory")
+    });
+    n.connect(0);
+    assert_eq!(
+        n.take_transcript(),
+        [
+            "c0> Hello[1] mallory",
+            "s>0 Reject Unauthorized",
+            "s>0 Close Rejected"
+        ]
+    );
+    let ev = n.take_events(0);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        ClientEvent::Closed {
+            cause: CloseCause::Rejected {
+                code: RejectCode::Unauthorized,
+                ..
+            }
+        }
+    )));
+    assert_eq!(n.clients[0].session.status(), Status::Disconnected);
+}
+
+#[test]
+fn golden_open_and_initial_sync_both_ways() {
+    let mut n = net();
+    n.add_client(client_config("alice"));
+    // The server has content the client lacks...
+    n.server_reg.open("notes").unwrap().edit(b"server ");
+    // ...and the client has offline edits the server lacks.
+    n.clients[0].reg.open("notes").unwrap().edit(b"client");
+    n.open(0, "notes");
+    n.connect(0);
+    assert_eq!(
+        n.take_transcript(),
+        [
+            "c0> Hello[1] alice",
+            "s>0 Welcome v1 None",
+            "c0> Open notes",
+            "s>0 Opened notes#0 ReadWrite",
+            "s>0 SyncChunk #0 Delta 18B",
+            "s>0 SyncDone #0",
+            "c0> Update #0 s1 17B",
+            "c0> SyncDone #0",
+            "s>0 Ack #0 1/0",
+        ]
+    );
+    assert_eq!(n.text(0, "notes"), "server client");
+    assert_eq!(n.server_text("notes"), "server client");
+    assert!(
+        n.take_events(0)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Synced { name } if &**name == "notes"))
+    );
+    assert!(
+        n.take_server_events()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::DocumentSynced { .. }))
+    );
+}
+
+#[test]
+fn golden_live_update_ack_and_fan_out_to_two_others() {
+    let mut n = net();
+    for p in ["a", "b", "c"] {
+        let i = n.add_client(client_config(p));
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    n.take_transcript();
+    let seq = n.edit(0, "doc", "hello");
+    // The first local update after the sync delta.
+    assert_eq!(seq, Some(2));
+    assert_eq!(
+        n.take_transcript(),
+        [
+            "c0> Update #0 s2 16B",
+            "s>0 Ack #0 2/0",
+            "s>1 Broadcast #0 16B",
+            "s>2 Broadcast #0 16B",
+        ]
+    );
+    for i in 0..3 {
+        assert_eq!(n.text(i, "doc"), "hello");
+    }
+    assert_eq!(n.clients[0].session.unacknowledged("doc"), 0);
+    assert!(
+        n.take_events(1)
+            .iter()
+            .any(|e| matches!(e, ClientEvent::RemoteUpdate { .. }))
+    );
+}
+
+#[test]
+fn golden_read_only_refusal() {
+    let auth = StaticTokens::default()
+        .with("w", "writer", Access::ReadWrite)
+        .with("r", "reader", Access::ReadOnly);
+    let mut n = Net::new(ServerConfig::default(), auth);
+    n.add_client(ClientConfig {
+        token: b"w".to_vec(),
+        ..client_config("w")
+    });
+    n.add_client(ClientConfig {
+        token: b"r".to_vec(),
+        ..client_config("r")
+    });
+    for i in 0..2 {
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    n.take_transcript();
+    // The client refuses locally...
+    n.clients[1].reg.open("doc").unwrap().edit(b"nope");
+    let c = &mut n.clients[1];
+    assert_eq!(
+        c.session.flush_local(&mut c.reg, "doc", n.now),
+        Err(CommandError::ReadOnly("doc".into()))
+    );
+    // ...and the server refuses a client that sends anyway.
+    use crdt_socket_sync::wire::{Bytes, DocId, Encoder, Message};
+    let mut frame = Vec::new();
+    Encoder::new(&Default::default())
+        .encode(
+            &[Message::Update {
+                doc: DocId(0),
+                seq: 7,
+                data: Bytes(vec![0xA5]),
+            }],
+            &mut frame,
+        )
+        .unwrap();
+    let conn = n.clients[1].conn.unwrap();
+    n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
+    n.run();
+    assert_eq!(n.take_transcript(), ["s>1 Error Some(0) Some(7) ReadOnly"]);
+    // The reader still receives the writer's updates; its refused edit
+    // stays local.
+    n.edit(0, "doc", "hi");
+    assert_eq!(n.server_text("doc"), "hi");
+    assert_eq!(n.text(0, "doc"), "hi");
+    assert_eq!(n.text(1, "doc"), "hinope");
+}
+
+#[test]
+fn golden_graceful_close() {
+    let mut n = net();
+    n.add_client(client_config("a"));
+    n.open(0, "doc");
+    n.connect(0);
+    n.take_transcript();
+    n.take_server_events();
+    n.clients[0].session.close(n.now);
+    n.run();
+    assert_eq!(n.take_transcript(), ["c0> Close Normal"]);
+    let ev = n.take_events(0);
+    assert!(matches!(
+        ev.iter()
+            .filter(|e| matches!(e, ClientEvent::Closed { .. }))
+            .count(),
+        1
+    ));
+    assert_eq!(n.clients[0].session.status(), Status::Closed);
+    let sev = n.take_server_events();
+    assert!(matches!(
+        &sev[..],
+        [ServerEvent::ClientDisconnected {
+            cause: CloseCause::Peer {
+                reason: CloseReason::Normal,
+                ..
+            },
+            ..
+        }]
+    ));
+    assert_eq!(n.hub.subscribers("doc"), 0);
+}
+
+#[test]
+fn snapshot_is_sent_when_no_delta_is_computable() {
+    let mut n = net();
+    n.add_client(client_config("a"));
+    // The server's document cannot compute deltas (pruned history).
+    n.clients[0].reg.open("doc").unwrap().edit(b"mine");
+    let server_doc = n.server_reg.open("doc").unwrap();
+    server_doc.edit(b"theirs");
+    server_doc.no_deltas = true;
+    n.open(0, "doc");
+    n.connect(0);
+    let t = n.take_transcript();
+    assert!(
+        t.contains(&"s>0 SyncChunk #0 Snapshot 17B".to_string()),
+        "{t:?}"
+    );
+    assert!(
+        n.take_server_events()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::SnapshotSent { .. }))
+    );
+    assert_eq!(n.text(0, "doc"), n.server_text("doc"));
+}
+
+#[test]
+fn large_initial_sync_is_chunked_within_frame_limits() {
+    let config = ServerConfig {
+        limits: crdt_socket_sync::Limits {
+            max_frame_len: 4096,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut n = Net::new(config, AllowAll);
+    n.record = false;
+    n.add_client(client_config("a"));
+    for i in 0..2000 {
+        n.server_reg
+            .open("big")
+            .unwrap()
+            .edit(format!("line {i}\n").as_bytes());
+    }
+    n.open(0, "big");
+    n.connect(0);
+    assert_eq!(n.text(0, "big"), n.server_text("big"));
+    assert!(
+        n.hub
+            .session(n.clients[0].conn.unwrap())
+            .unwrap()
+            .stats()
+            .frames_out
+            > 5
+    );
+}
+
+#[test]
+fn offline_edits_reach_the_server_after_reconnect() {
+    let mut n = net();
+    n.add_client(client_config("a"));
+    n.add_client(client_config("b"));
+    for i in 0..2 {
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    n.cut(0);
+    assert_eq!(n.clients[0].session.status(), Status::Disconnected);
+    n.edit(0, "doc", "offline1 ");
+    n.edit(0, "doc", "offline2");
+    assert_eq!(n.clients[0].session.unacknowledged("doc"), 2);
+    n.edit(1, "doc", "meanwhile ");
+    n.connect(0);
+    assert_eq!(n.clients[0].session.unacknowledged("doc"), 0);
+    assert_eq!(n.text(0, "doc"), n.text(1, "doc"));
+    assert_eq!(n.text(0, "doc"), n.server_text("doc"));
+    assert_eq!(n.server_reg.get("doc").unwrap().op_count(), 3);
+}
+
+#[test]
+fn several_documents_over_one_connection_converge() {
+    let mut n = net();
+    for p in ["a", "b", "c"] {
+        let i = n.add_client(client_config(p));
+        for d in ["d1", "d2", "d3"] {
+            n.open(i, d);
+        }
+        n.connect(i);
+    }
+    for round in 0..5 {
+        for i in 0..3 {
+            for d in ["d1", "d2", "d3"] {
+                let c = &mut n.clients[i];
+                c.reg
+                    .open(d)
+                    .unwrap()
+                    .edit(format!("{i}{d}{round};").as_bytes());
+                c.session.flush_local(&mut c.reg, d, n.now).unwrap();
+            }
+        }
+        n.run();
+    }
+    for d in ["d1", "d2", "d3"] {
+        let server = n.server_text(d);
+        assert_eq!(n.server_reg.get(d).unwrap().op_count(), 15);
+        for i in 0..3 {
+            assert_eq!(n.text(i, d), server);
+        }
+    }
+}
+
+#[test]
+fn ping_measures_rtt_and_silence_is_a_dead_connection() {
+    let mut n = net();
+    n.add_client(ClientConfig {
+        ping_interval: Some(Duration::from_secs(1)),
+        dead_after: Duration::from_secs(3),
+        ..client_config("a")
+    });
+    n.connect(0);
+    n.take_transcript();
+    n.advance(Duration::from_secs(1));
+    assert_eq!(n.take_transcript(), ["c0> Ping", "s>0 Pong"]);
+    assert!(n.clients[0].session.stats().rtt.is_some());
+    // The server stops answering: stall the client's reader.
+    n.clients[0].stalled = true;
+    for _ in 0..3 {
+        n.advance(Duration::from_secs(1));
+    }
+    let ev = n.take_events(0);
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        ClientEvent::Closed {
+            cause: CloseCause::Local(CloseReason::DeadConnection)
+        }
+    )));
+}
+
+#[test]
+fn handshake_and_idle_deadlines_close_sessions() {
+    let mut n = Net::new(
+        ServerConfig {
+            idle_timeout: Duration::from_secs(5),
+            ..ServerConfig::default()
+        },
+        AllowAll,
+    );
+    // A transport that never says Hello.
+    let silent = n.hub.accept(n.now);
+    n.add_client(ClientConfig {
+        ping_interval: Some(Duration::from_secs(60)),
+        dead_after: Duration::from_secs(600),
+        ..client_config("a")
+    });
+    n.connect(0);
+    n.take_server_events();
+    n.advance(Duration::from_secs(5));
+    let ev = n.take_server_events();
+    assert!(ev.iter().any(|e| matches!(e, ServerEvent::ClientDisconnected { conn, cause: CloseCause::Local(CloseReason::HandshakeTimeout) } if *conn == silent)));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        ServerEvent::ClientDisconnected {
+            cause: CloseCause::Local(CloseReason::IdleTimeout),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn handle_timeout_early_does_nothing_and_poll_timeout_advances() {
+    let mut n = net();
+    n.add_client(client_config("a"));
+    n.connect(0);
+    n.take_transcript();
+    let c = &mut n.clients[0].session;
+    let (tx, _, next) = drain_client(c);
+    assert!(tx.is_empty());
+    let next = next.unwrap();
+    assert!(next > n.now);
+    c.handle_timeout(n.now);
+    assert!(c.poll_transmit().is_none());
+    assert_eq!(c.poll_timeout(), Some(next));
+}
+
+#[test]
+fn refused_open_is_reported_and_other_documents_work() {
+    let mut n = net();
+    n.server_reg
+        .set_policy(crdt_socket_sync::registry::OpenPolicy::MustExist);
+    n.server_reg.open("exists").ok();
+    n.server_reg.insert("exists", OpLog::new(0));
+    n.add_client(client_config("a"));
+    n.open(0, "missing");
+    n.open(0, "exists");
+    n.connect(0);
+    let t = n.take_transcript();
+    assert!(
+        t.contains(&"s>0 OpenRefused missing DocumentNotFound".to_string()),
+        "{t:?}"
+    );
+    assert_eq!(
+        n.clients[0].session.doc_status("missing"),
+        Some(DocStatus::Refused)
+    );
+    assert_eq!(
+        n.clients[0].session.doc_status("exists"),
+        Some(DocStatus::Synced)
+    );
+    assert!(n.take_events(0).iter().any(|e| matches!(
+        e,
+        ClientEvent::DocumentError {
+            code: ErrorCode::DocumentNotFound,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn client_outbox_is_bounded() {
+    let mut n = net();
+    n.add_client(ClientConfig {
+        limits: crdt_socket_sync::Limits {
+            max_outbox_updates: 3,
+            ..Default::default()
+        },
+        ..client_config("a")
+    });
+    n.open(0, "doc");
+    // Offline: updates accumulate in the outbox until the limit.
+    for _ in 0..3 {
+        n.edit(0, "doc", "x");
+    }
+    let c = &mut n.clients[0];
+    c.reg.open("doc").unwrap().edit(b"y");
+    assert!(matches!(
+        c.session.flush_local(&mut c.reg, "doc", n.now),
+        Err(CommandError::Backpressure { .. })
+    ));
+    // The edit was not taken from the document: it goes out with the sync.
+    n.connect(0);
+    assert_eq!(n.server_text("doc"), "xxxy");
+}
+
+#[test]
+fn refresh_token_changes_access_without_reconnecting() {
+    let auth = StaticTokens::default().with("r", "reader", Access::ReadOnly);
+    let mut n = Net::new(ServerConfig::default(), auth);
+    n.add_client(ClientConfig {
+        token: b"r".to_vec(),
+        ..client_config("a")
+    });
+    n.open(0, "doc");
+    n.connect(0);
+    assert_eq!(
+        n.take_events(0)
+            .iter()
+            .filter_map(|e| match e {
+                ClientEvent::DocumentOpened { access, .. } => Some(*access),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        [Access::ReadOnly]
+    );
+    // StaticTokens gives one access per identity; switch the rule and
+    // present the new token.
+    *n.hub.authorizer_mut() = StaticTokens::default().with("w", "reader", Access::ReadWrite);
+    n.clients[0].session.refresh_token(b"w".to_vec());
+    n.run();
+    assert!(n.take_events(0).iter().any(|e| matches!(
+        e,
+        ClientEvent::DocumentOpened {
+            access: Access::ReadWrite,
+            ..
+        }
+    )));
+    n.edit(0, "doc", "now writable");
+    assert_eq!(n.server_text("doc"), "now writable");
+}

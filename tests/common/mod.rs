@@ -405,6 +405,9 @@ impl<A: Authorizer> Net<A> {
     }
 
     pub fn take_server_events(&mut self) -> Vec<ServerEvent> {
+        while let Some(e) = self.hub.poll_event() {
+            self.server_events.push(e);
+        }
         std::mem::take(&mut self.server_events)
     }
 

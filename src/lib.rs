@@ -3,27 +3,111 @@
 //! A sans-IO protocol that keeps CRDT documents in sync between many clients
 //! and a server, in real time and across disconnects.
 //!
-//! This release contains the wire layer: the [`wire::Message`] enum covering
-//! the whole protocol, and a frame codec (postcard bodies, a CRC32 over every
-//! frame, optional bounded deflate, batching of several messages per frame)
-//! with a byte-stream decoder and a one-message decoder. Every length a peer
-//! declares is checked against [`Limits`] before anything is allocated.
+//! - [`client::ClientSession`]: one connection from a client, carrying many
+//!   documents, outliving its transports (offline edits wait in an outbox
+//!   until the server acknowledges them).
+//! - [`server::Hub`]: the server's sessions ([`server::ServerSession`]),
+//!   the document directory and the fan-out between them.
+//! - [`document::Document`] and [`registry::Registry`]: the CRDT and the set
+//!   of documents, behind traits, borrowed per call. Adapters for yrs, loro
+//!   and automerge are cargo features.
+//! - [`wire`]: the messages and the frame codec (postcard bodies, a CRC32
+//!   over every frame, bounded deflate, batching).
+//!
+//! The core performs no I/O and reads no clock: time enters as `now:
+//! Instant`, randomness comes from a seed in the config, and every queue is
+//! bounded by [`Limits`].
+//!
+//! ## The driving contract
+//!
+//! 1. After every mutation (`handle_input`, `handle_timeout`, a command such
+//!    as `open` or `flush_local`): drain `poll_transmit` until `None` and
+//!    send the frames, then drain `poll_event` until `None`, then read
+//!    `poll_timeout()` and arm your timer for it. (`poll_output` does all
+//!    three in one loop.)
+//! 2. `handle_timeout(now)` may be called early or spuriously; it then does
+//!    nothing.
+//! 3. `now` never goes backwards for a session: the core clamps it, and never
+//!    panics on `Instant` arithmetic.
+//! 4. When `wants_input()` is `false`, the session's send queue is over its
+//!    high-water mark: stop reading the socket until you drained transmits.
+//! 5. A connection's `Closed` event (client) or `ClientDisconnected` event
+//!    (server) arrives exactly once; drain the remaining transmits (a
+//!    `Close` frame), then close the transport. A client session can then
+//!    `connect` again with a new transport; on the server call
+//!    [`server::Hub::connection_lost`] once the socket is gone.
+//!
+//! ## A complete loop
+//!
+//! One hub and one client in memory, with a tiny grow-only-set CRDT standing
+//! in for yrs/loro/automerge:
 //!
 //! ```
-//! use crdt_socket_sync::wire::{Bytes, DocId, Encoder, Message, StreamDecoder};
-//! use crdt_socket_sync::Limits;
+//! use std::time::{Duration, Instant};
+//! use crdt_socket_sync::client::{ClientConfig, ClientSession, ClientEvent};
+//! use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
+//! use crdt_socket_sync::registry::{MemoryRegistry, Registry};
+//! use crdt_socket_sync::server::{AllowAll, Hub, ServerConfig};
 //!
-//! let limits = Limits::default();
-//! let update = Message::Update { doc: DocId(0), seq: 1, data: Bytes::from(vec![0u8; 15]) };
-//! let mut wire = Vec::new();
-//! Encoder::new(&limits).encode(std::slice::from_ref(&update), &mut wire).unwrap();
-//! assert!(wire.len() <= 15 + 12); // header, envelope and CRC add at most 12 bytes
+//! /// A grow-only set of bytes, enough CRDT for the example.
+//! #[derive(Default)]
+//! struct GSet { items: std::collections::BTreeSet<u8>, unsent: Vec<u8> }
+//! impl GSet { fn add(&mut self, b: u8) { self.items.insert(b); self.unsent.push(b); } }
+//! impl Document for GSet {
+//!     fn version(&self) -> Vec<u8> { self.items.iter().copied().collect() }
+//!     fn delta_since(&self, v: &[u8]) -> Result<Vec<u8>, DocumentError> {
+//!         Ok(self.items.iter().copied().filter(|b| !v.contains(b)).collect())
+//!     }
+//!     fn apply(&mut self, u: &[u8]) -> ApplyOutcome {
+//!         let n = self.items.len();
+//!         self.items.extend(u.iter().copied());
+//!         if self.items.len() > n { ApplyOutcome::Applied } else { ApplyOutcome::Duplicate }
+//!     }
+//!     fn snapshot(&self) -> Vec<u8> { self.version() }
+//!     fn load_snapshot(&mut self, s: &[u8]) -> Result<(), DocumentError> { self.apply(s); Ok(()) }
+//!     fn take_local_update(&mut self) -> Option<Vec<u8>> {
+//!         (!self.unsent.is_empty()).then(|| std::mem::take(&mut self.unsent))
+//!     }
+//! }
 //!
-//! let mut decoder = StreamDecoder::new(limits);
-//! let mut messages = Vec::new();
-//! let mut input = &wire[..];
-//! assert!(decoder.decode(&mut input, &mut messages).unwrap());
-//! assert_eq!(messages, vec![update]);
+//! let mut now = Instant::now();
+//! let mut server_docs = MemoryRegistry::new(|_: &str| GSet::default());
+//! let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+//!
+//! let mut client_docs = MemoryRegistry::new(|_: &str| GSet::default());
+//! let mut client = ClientSession::new(ClientConfig { peer: "alice".into(), ..Default::default() }, now);
+//!
+//! // The transport is up (in real code: a WebSocket or TCP connection).
+//! let conn = hub.accept(now);
+//! client.connect(now);
+//! client.open(&mut client_docs, "notes", now).unwrap();
+//! client_docs.open("notes").unwrap().add(42); // edit with the CRDT's own API
+//! client.flush_local(&mut client_docs, "notes", now).unwrap();
+//!
+//! let mut synced = false;
+//! for _ in 0..20 {
+//!     // 1. drain transmits, delivering them to the other side
+//!     while let Some(frame) = client.poll_transmit() {
+//!         hub.handle_input(conn, now, &frame, &mut server_docs);
+//!     }
+//!     while let Some((_conn, frame)) = hub.poll_transmit() {
+//!         client.handle_input(now, &frame, &mut client_docs);
+//!     }
+//!     // 2. drain events
+//!     while let Some(event) = client.poll_event() {
+//!         if matches!(event, ClientEvent::Synced { .. }) { synced = true; }
+//!     }
+//!     while hub.poll_event().is_some() {}
+//!     // 3. sleep until the next deadline (here: jump the virtual clock)
+//!     if let Some(deadline) = client.poll_timeout() {
+//!         now = now.max(deadline.min(now + Duration::from_millis(100)));
+//!         client.handle_timeout(now);
+//!         hub.handle_timeout(now, &mut server_docs);
+//!     }
+//! }
+//! assert!(synced);
+//! assert!(server_docs.get("notes").unwrap().items.contains(&42));
+//! assert_eq!(client.unacknowledged("notes"), 0);
 //! ```
 //!
 //! ## Cargo features

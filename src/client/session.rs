@@ -949,10 +949,10 @@ impl ClientSession {
             match (code, seq) {
                 // The server will never take this update: drop it.
                 (ErrorCode::InvalidUpdate, Some(seq)) => {
-                    if let Some(i) = doc.outbox.iter().position(|(s, _)| *s == seq) {
-                        if let Some((_, u)) = doc.outbox.remove(i) {
-                            doc.outbox_bytes -= u.len();
-                        }
+                    if let Some(i) = doc.outbox.iter().position(|(s, _)| *s == seq)
+                        && let Some((_, u)) = doc.outbox.remove(i)
+                    {
+                        doc.outbox_bytes -= u.len();
                     }
                 }
                 (ErrorCode::ReadOnly, _) => {

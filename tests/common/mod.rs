@@ -31,6 +31,8 @@ pub struct OpLog {
 
 const MAGIC: u8 = 0xA5;
 
+type Op = ((u32, u32), Vec<u8>);
+
 impl OpLog {
     pub fn new(client: u32) -> Self {
         OpLog {
@@ -69,7 +71,7 @@ impl OpLog {
         out
     }
 
-    fn decode_ops(bytes: &[u8]) -> Result<Vec<((u32, u32), Vec<u8>)>, DocumentError> {
+    fn decode_ops(bytes: &[u8]) -> Result<Vec<Op>, DocumentError> {
         let bad = || DocumentError::Invalid("not an op log update".into());
         let (&magic, mut rest) = bytes.split_first().ok_or_else(bad)?;
         if magic != MAGIC {
@@ -93,7 +95,7 @@ impl OpLog {
     }
 
     fn decode_version(bytes: &[u8]) -> Result<BTreeMap<u32, u32>, DocumentError> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return Err(DocumentError::Invalid("bad version".into()));
         }
         Ok(bytes
@@ -201,8 +203,7 @@ impl Document for OpLog {
         self.sent = now;
         Some(Self::encode_ops(
             self.ops
-                .range((me, from + 1)..=(me, now))
-                .map(|(k, v)| (k, v)),
+                .range((me, from + 1)..=(me, now)),
         ))
     }
 }

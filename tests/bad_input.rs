@@ -29,7 +29,9 @@ fn setup<A: crdt_socket_sync::server::Authorizer>(auth: A) -> (Net<A>, ConnId) {
 
 fn frame(msgs: &[Message]) -> Vec<u8> {
     let mut out = Vec::new();
-    Encoder::new(&Limits::default()).encode(msgs, &mut out).unwrap();
+    Encoder::new(&Limits::default())
+        .encode(msgs, &mut out)
+        .unwrap();
     out
 }
 
@@ -47,7 +49,11 @@ fn hello(peer: &str, token: &[u8]) -> Message {
 }
 
 /// Sends `bytes` on the raw connection; returns what the hub sent back to it.
-fn send_raw<A: crdt_socket_sync::server::Authorizer>(n: &mut Net<A>, raw: ConnId, bytes: &[u8]) -> Vec<String> {
+fn send_raw<A: crdt_socket_sync::server::Authorizer>(
+    n: &mut Net<A>,
+    raw: ConnId,
+    bytes: &[u8],
+) -> Vec<String> {
     n.hub.handle_input(raw, n.now, bytes, &mut n.server_reg);
     let mut out = Vec::new();
     while let Some(f) = n.hub.poll_transmit_for(raw) {
@@ -67,7 +73,10 @@ fn others_still_work<A: crdt_socket_sync::server::Authorizer>(n: &mut Net<A>) {
     assert_eq!(n.text(1, "doc"), after);
 }
 
-fn disconnect_cause<A: crdt_socket_sync::server::Authorizer>(n: &mut Net<A>, raw: ConnId) -> CloseCause {
+fn disconnect_cause<A: crdt_socket_sync::server::Authorizer>(
+    n: &mut Net<A>,
+    raw: ConnId,
+) -> CloseCause {
     let ev = n.take_server_events();
     let causes: Vec<_> = ev
         .into_iter()
@@ -130,7 +139,10 @@ fn message_before_handshake() {
         resume: None,
     }]);
     assert_eq!(send_raw(&mut n, raw, &f), ["Close ProtocolError"]);
-    assert!(matches!(disconnect_cause(&mut n, raw), CloseCause::Protocol(_)));
+    assert!(matches!(
+        disconnect_cause(&mut n, raw),
+        CloseCause::Protocol(_)
+    ));
     // Nothing was opened for it.
     assert_eq!(n.hub.subscribers("doc"), 2);
     others_still_work(&mut n);
@@ -146,7 +158,10 @@ fn server_only_message_from_a_client_is_fatal() {
         data: Bytes(vec![1]),
     }]);
     assert_eq!(send_raw(&mut n, raw, &f), ["Close ProtocolError"]);
-    assert!(matches!(disconnect_cause(&mut n, raw), CloseCause::Protocol(_)));
+    assert!(matches!(
+        disconnect_cause(&mut n, raw),
+        CloseCause::Protocol(_)
+    ));
     others_still_work(&mut n);
 }
 
@@ -161,7 +176,10 @@ fn unknown_document_with_must_exist_policy() {
         version: Bytes::default(),
         resume: None,
     }]);
-    assert_eq!(send_raw(&mut n, raw, &f), ["OpenRefused nope DocumentNotFound"]);
+    assert_eq!(
+        send_raw(&mut n, raw, &f),
+        ["OpenRefused nope DocumentNotFound"]
+    );
     let ev = n.take_server_events();
     assert!(matches!(
         &ev[..],
@@ -190,7 +208,10 @@ fn unknown_document_handle() {
         seq: 1,
         data: Bytes(vec![0xA5]),
     }]);
-    assert_eq!(send_raw(&mut n, raw, &f), ["Error Some(42) None UnknownDocument"]);
+    assert_eq!(
+        send_raw(&mut n, raw, &f),
+        ["Error Some(42) None UnknownDocument"]
+    );
     others_still_work(&mut n);
 }
 
@@ -220,7 +241,10 @@ fn write_to_read_only_document() {
         seq: 1,
         data: Bytes(update),
     }]);
-    assert_eq!(send_raw(&mut n, raw, &f), ["Error Some(0) Some(1) ReadOnly"]);
+    assert_eq!(
+        send_raw(&mut n, raw, &f),
+        ["Error Some(0) Some(1) ReadOnly"]
+    );
     assert_eq!(n.server_text("doc"), before);
     assert!(n.take_server_events().iter().any(|e| matches!(
         e,
@@ -237,10 +261,16 @@ fn invalid_crdt_payload() {
     let (mut n, _raw) = setup(AllowAll);
     n.record = true;
     let c = &mut n.clients[0];
-    let seq = c.session.send_update("doc", b"not an update".to_vec(), n.now).unwrap();
+    let seq = c
+        .session
+        .send_update("doc", b"not an update".to_vec(), n.now)
+        .unwrap();
     n.run();
     let t = n.take_transcript();
-    assert!(t.contains(&format!("s>0 Error Some(0) Some({seq}) InvalidUpdate")), "{t:?}");
+    assert!(
+        t.contains(&format!("s>0 Error Some(0) Some({seq}) InvalidUpdate")),
+        "{t:?}"
+    );
     // No fan-out of the bad bytes, and the sender drops it from its outbox.
     assert!(!t.iter().any(|l| l.contains("Broadcast")));
     assert_eq!(n.clients[0].session.unacknowledged("doc"), 0);
@@ -297,9 +327,19 @@ fn client_survives_garbage_from_the_server() {
     let out = c.session.poll_transmit().map(|f| frame_text(&f));
     assert_eq!(out, Some(vec!["Close ProtocolError".to_string()]));
     let ev = n.take_events(0);
-    let ev: Vec<_> = ev.into_iter().chain(std::iter::from_fn(|| n.clients[0].session.poll_event())).collect();
+    let ev: Vec<_> = ev
+        .into_iter()
+        .chain(std::iter::from_fn(|| n.clients[0].session.poll_event()))
+        .collect();
     assert_eq!(
-        ev.iter().filter(|e| matches!(e, ClientEvent::Closed { cause: CloseCause::Inbound(_) })).count(),
+        ev.iter()
+            .filter(|e| matches!(
+                e,
+                ClientEvent::Closed {
+                    cause: CloseCause::Inbound(_)
+                }
+            ))
+            .count(),
         1
     );
     let _ = CloseReason::ProtocolError;

@@ -346,7 +346,7 @@ fn offline_edits_reach_the_server_after_reconnect() {
         n.connect(i);
     }
     n.cut(0);
-    assert_eq!(n.clients[0].session.status(), Status::Disconnected);
+    assert_eq!(n.clients[0].session.status(), Status::Reconnecting);
     n.edit(0, "doc", "offline1 ");
     n.edit(0, "doc", "offline2");
     assert_eq!(n.clients[0].session.unacknowledged("doc"), 2);
@@ -556,4 +556,65 @@ fn refresh_token_changes_access_without_reconnecting() {
     )));
     n.edit(0, "doc", "now writable");
     assert_eq!(n.server_text("doc"), "now writable");
+}
+
+#[test]
+fn golden_reconnect_with_backoff_from_a_fixed_seed() {
+    use crdt_socket_sync::client::Backoff;
+    let mut n = net();
+    n.add_client(ClientConfig {
+        seed: 42,
+        reconnect: Some(Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            max_attempts: Some(5),
+            reset_after: Duration::from_secs(10),
+        }),
+        ..client_config("a")
+    });
+    n.open(0, "doc");
+    n.connect(0);
+    n.take_events(0);
+    n.cut(0);
+    // The application's dials keep failing: record each delay.
+    let mut delays = Vec::new();
+    let mut gave_up = false;
+    for _ in 0..10 {
+        let c = &mut n.clients[0].session;
+        let Some(at) = c.poll_timeout() else { break };
+        delays.push((at - n.now).as_millis());
+        n.now = at;
+        c.handle_timeout(at);
+        let ev: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        assert!(
+            ev.iter().any(|e| matches!(e, ClientEvent::Dial { .. })),
+            "{ev:?}"
+        );
+        c.dial_failed(n.now);
+        if std::iter::from_fn(|| c.poll_event())
+            .any(|e| matches!(e, ClientEvent::GaveUp { attempts: 5 }))
+        {
+            gave_up = true;
+            break;
+        }
+    }
+    // Exponential caps 100, 200, 400, 800, 1600 ms with full jitter above min.
+    assert_eq!(delays, [100, 115, 183, 340, 157]);
+    assert!(gave_up);
+    assert_eq!(n.clients[0].session.status(), Status::Disconnected);
+    // An explicit connect still works after giving up.
+    n.connect(0);
+    assert_eq!(n.clients[0].session.status(), Status::Connected);
+}
+
+#[test]
+fn disconnect_cancels_pending_reconnects() {
+    let mut n = net();
+    n.add_client(client_config("a"));
+    n.connect(0);
+    n.cut(0);
+    assert!(n.clients[0].session.poll_timeout().is_some());
+    n.clients[0].session.disconnect(n.now);
+    assert_eq!(n.clients[0].session.status(), Status::Disconnected);
+    assert_eq!(n.clients[0].session.poll_timeout(), None);
 }

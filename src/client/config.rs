@@ -6,6 +6,8 @@ use crate::Limits;
 use crate::inbound::Framing;
 use crate::wire::DEFAULT_COMPRESS_THRESHOLD;
 
+use super::Backoff;
+
 /// Configuration of a [`ClientSession`](super::ClientSession).
 ///
 /// ```
@@ -35,6 +37,9 @@ pub struct ClientConfig {
     pub ping_interval: Option<Duration>,
     /// The connection is declared dead after this long without any input.
     pub dead_after: Duration,
+    /// Reconnect policy after a lost connection; `None` disables automatic
+    /// reconnection.
+    pub reconnect: Option<Backoff>,
     /// Seed for the session's randomness (reconnect jitter).
     pub seed: u64,
 }
@@ -51,6 +56,7 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(5),
             ping_interval: None,
             dead_after: Duration::from_secs(6),
+            reconnect: Some(Backoff::default()),
             seed: 0,
         }
     }

@@ -19,6 +19,9 @@ pub enum Status {
     Connecting,
     /// Handshake done; documents sync.
     Connected,
+    /// The connection was lost; waiting for the backoff delay or for the
+    /// transport the application is dialing.
+    Reconnecting,
     /// The connection ended; `connect` may be called with a new transport.
     Disconnected,
     /// Closed for good by [`ClientSession::close`](super::ClientSession::close).
@@ -85,6 +88,18 @@ pub enum ClientEvent {
     Closed {
         /// Why.
         cause: CloseCause,
+    },
+    /// The backoff delay elapsed: open a new transport now, then call
+    /// [`ClientSession::connect`](super::ClientSession::connect) (or
+    /// [`ClientSession::dial_failed`](super::ClientSession::dial_failed)).
+    Dial {
+        /// Reconnect attempt number, from 1.
+        attempt: u32,
+    },
+    /// The reconnect policy gave up after this many attempts.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
     },
 }
 

@@ -1,10 +1,12 @@
 //! The client side: [`ClientSession`], one connection to a server carrying
 //! many documents, which outlives its transports.
 
+mod backoff;
 mod config;
 mod event;
 mod session;
 
+pub use backoff::Backoff;
 pub use config::ClientConfig;
 pub use event::{ClientEvent, CommandError, Status};
 pub use session::{ClientSession, ClientStats, DocStatus};

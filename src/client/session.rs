@@ -9,9 +9,10 @@ use crate::document::{ApplyOutcome, Document};
 use crate::inbound::Inbound;
 use crate::outbound::{Outbound, Priority};
 use crate::registry::Registry;
+use crate::rng::Rng;
 use crate::wire::{
     Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
-    SessionId, SyncKind,
+    RejectCode, SessionId, SyncKind,
 };
 
 use super::{ClientConfig, ClientEvent, CommandError, Status};
@@ -50,9 +51,16 @@ pub struct ClientStats {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
-    Handshaking { deadline: Option<Instant> },
+    Handshaking {
+        deadline: Option<Instant>,
+    },
     Connected,
-    Disconnected,
+    /// No connection. `reconnect_at`: when to ask for a dial; `dialing`: a
+    /// `Dial` event was emitted and the application is opening a transport.
+    Disconnected {
+        reconnect_at: Option<Instant>,
+        dialing: bool,
+    },
     Closed,
 }
 
@@ -143,6 +151,10 @@ pub struct ClientSession {
     session: Option<SessionId>,
     stats: ClientStats,
     scratch: Vec<Message>,
+    rng: Rng,
+    /// Failed or short-lived connection attempts in a row.
+    attempts: u32,
+    connected_at: Option<Instant>,
 }
 
 impl ClientSession {
@@ -165,6 +177,9 @@ impl ClientSession {
             session: None,
             stats: ClientStats::default(),
             scratch: Vec::new(),
+            rng: Rng::new(config.seed),
+            attempts: 0,
+            connected_at: None,
             config,
         }
     }
@@ -175,7 +190,11 @@ impl ClientSession {
             Phase::Idle => Status::Idle,
             Phase::Handshaking { .. } => Status::Connecting,
             Phase::Connected => Status::Connected,
-            Phase::Disconnected => Status::Disconnected,
+            Phase::Disconnected {
+                reconnect_at: None,
+                dialing: false,
+            } => Status::Disconnected,
+            Phase::Disconnected { .. } => Status::Reconnecting,
             Phase::Closed => Status::Closed,
         }
     }
@@ -511,12 +530,95 @@ impl ClientSession {
     /// Ends the current connection: reports `Closed` once and resets every
     /// document to wait for the next connection.
     fn lose_connection(&mut self, cause: CloseCause) {
+        let stable = match (self.connected_at, &self.config.reconnect) {
+            (Some(at), Some(policy)) => at
+                .checked_add(policy.reset_after)
+                .is_some_and(|t| self.now >= t),
+            _ => false,
+        };
+        if stable {
+            self.attempts = 0;
+        }
+        // Retrying cannot fix a refused token or version; only an
+        // unavailable server is worth retrying.
+        let retry = !matches!(
+            cause,
+            CloseCause::Rejected { code, .. } if code != RejectCode::Unavailable
+        );
         self.end_connection(cause);
-        self.set_status(Phase::Disconnected);
+        if retry {
+            self.schedule_reconnect();
+        } else {
+            self.set_status(Phase::Disconnected {
+                reconnect_at: None,
+                dialing: false,
+            });
+        }
+    }
+
+    /// Picks the next dial time from the backoff policy (or gives up).
+    fn schedule_reconnect(&mut self) {
+        let Some(policy) = self.config.reconnect else {
+            return self.set_status(Phase::Disconnected {
+                reconnect_at: None,
+                dialing: false,
+            });
+        };
+        self.attempts = self.attempts.saturating_add(1);
+        match policy.delay(self.attempts, &mut self.rng) {
+            Some(delay) => {
+                let at = self.now.checked_add(delay);
+                self.set_status(Phase::Disconnected {
+                    reconnect_at: at,
+                    dialing: false,
+                });
+            }
+            None => {
+                self.events.push_back(ClientEvent::GaveUp {
+                    attempts: self.attempts - 1,
+                });
+                self.set_status(Phase::Disconnected {
+                    reconnect_at: None,
+                    dialing: false,
+                });
+            }
+        }
+    }
+
+    /// The transport the application tried to open after a `Dial` event
+    /// could not be established: schedules the next attempt.
+    pub fn dial_failed(&mut self, now: Instant) {
+        self.tick(now);
+        if let Phase::Disconnected { dialing: true, .. } = self.phase {
+            self.schedule_reconnect();
+        }
+    }
+
+    /// Ends the connection (queueing `Close` for the server) and cancels
+    /// automatic reconnection; [`ClientSession::connect`] starts again.
+    /// Unlike [`ClientSession::close`], the session stays usable.
+    pub fn disconnect(&mut self, now: Instant) {
+        self.tick(now);
+        match self.phase {
+            Phase::Handshaking { .. } | Phase::Connected => {
+                self.send(&Message::Close {
+                    reason: CloseReason::Normal,
+                    message: String::new(),
+                });
+                self.end_connection(CloseCause::Local(CloseReason::Normal));
+            }
+            Phase::Closed => return,
+            _ => {}
+        }
+        self.set_status(Phase::Disconnected {
+            reconnect_at: None,
+            dialing: false,
+        });
     }
 
     fn end_connection(&mut self, cause: CloseCause) {
         self.events.push_back(ClientEvent::Closed { cause });
+        self.connected_at = None;
         self.handles.clear();
         self.session = None;
         self.next_ping = None;
@@ -641,6 +743,7 @@ impl ClientSession {
             .ping_interval
             .unwrap_or(Duration::from_millis(u64::from(heartbeat_ms.max(100))));
         self.next_ping = self.now.checked_add(self.ping_interval);
+        self.connected_at = Some(self.now);
         self.set_status(Phase::Connected);
         self.events.push_back(ClientEvent::Connected {
             session,
@@ -986,6 +1089,18 @@ impl ClientSession {
                     CloseCause::Local(CloseReason::HandshakeTimeout),
                 );
             }
+            Phase::Disconnected {
+                reconnect_at: Some(at),
+                ..
+            } if self.now >= at => {
+                self.phase = Phase::Disconnected {
+                    reconnect_at: None,
+                    dialing: true,
+                };
+                self.events.push_back(ClientEvent::Dial {
+                    attempt: self.attempts,
+                });
+            }
             Phase::Connected => {
                 if self
                     .last_rx
@@ -1019,6 +1134,7 @@ impl ClientSession {
                     (a, b) => a.or(b),
                 }
             }
+            Phase::Disconnected { reconnect_at, .. } => reconnect_at,
             _ => None,
         }
     }

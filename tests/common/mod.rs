@@ -201,10 +201,7 @@ impl Document for OpLog {
         let me = self.client;
         let from = self.sent;
         self.sent = now;
-        Some(Self::encode_ops(
-            self.ops
-                .range((me, from + 1)..=(me, now)),
-        ))
+        Some(Self::encode_ops(self.ops.range((me, from + 1)..=(me, now))))
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Limits {
     pub max_docs_per_connection: usize,
     /// Longest document name, in bytes. Default 512.
     pub max_name_len: usize,
+    /// Bytes of recent multi-chunk sync payloads a server keeps so cut-off
+    /// clients can resume them. Default 64 MiB.
+    pub max_transfer_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             max_outbox_updates: 100_000,
             max_docs_per_connection: 1024,
             max_name_len: 512,
+            max_transfer_cache_bytes: 64 << 20,
         }
     }
 }

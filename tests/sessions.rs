@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use crdt_socket_sync::CloseCause;
 use crdt_socket_sync::client::{ClientConfig, ClientEvent, CommandError, DocStatus, Status};
+use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::Registry;
 use crdt_socket_sync::server::{AllowAll, ServerConfig, ServerEvent, StaticTokens};
 use crdt_socket_sync::wire::{Access, CloseReason, ErrorCode, RejectCode};
@@ -617,4 +618,55 @@ fn disconnect_cancels_pending_reconnects() {
     n.clients[0].session.disconnect(n.now);
     assert_eq!(n.clients[0].session.status(), Status::Disconnected);
     assert_eq!(n.clients[0].session.poll_timeout(), None);
+}
+
+#[test]
+fn chunked_sync_resumes_after_a_cut() {
+    let mut n = net();
+    n.record = false;
+    n.add_client(ClientConfig {
+        limits: crdt_socket_sync::Limits {
+            max_frame_len: 4096,
+            ..Default::default()
+        },
+        ..client_config("a")
+    });
+    for i in 0..4000 {
+        n.server_reg
+            .open("big")
+            .unwrap()
+            .edit(format!("line {i}\n").as_bytes());
+    }
+    let full = n.server_reg.get("big").unwrap().snapshot().len();
+    n.connect(0);
+    n.clients[0].stalled = true;
+    n.open(0, "big");
+    // Half the transfer arrives, then the connection is cut.
+    let first = n.deliver(0, 10);
+    assert!(first > 10 * 3000, "ten nearly full frames: {first}");
+    assert_eq!(
+        n.clients[0].session.doc_status("big"),
+        Some(DocStatus::Syncing)
+    );
+    n.cut(0);
+    n.clients[0].stalled = false;
+    n.server_reg
+        .open("big")
+        .unwrap()
+        .edit(b"changed meanwhile\n");
+    n.take_server_events();
+    n.connect(0);
+    let resumed = n.take_server_events().into_iter().find_map(|e| match e {
+        ServerEvent::TransferResumed { offset, .. } => Some(offset),
+        _ => None,
+    });
+    assert!(resumed.is_some_and(|o| o > 30_000), "{resumed:?}");
+    let conn = n.clients[0].conn.unwrap();
+    let second = n.hub.session(conn).unwrap().stats().bytes_out;
+    assert!(
+        (first as u64 + second) < full as u64 + full as u64 / 4,
+        "resumed, not restarted: {first} + {second} vs {full}"
+    );
+    assert_eq!(n.text(0, "big"), n.server_text("big"));
+    assert!(n.text(0, "big").ends_with("changed meanwhile\n"));
 }

@@ -12,7 +12,7 @@ use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::wire::{
     Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
-    RejectCode, SessionId, SyncKind,
+    RejectCode, Resume, SessionId, SyncKind,
 };
 
 use super::{ClientConfig, ClientEvent, CommandError, Status};
@@ -111,7 +111,7 @@ impl ClientDoc {
             self.status = DocStatus::Waiting;
         }
         self.handle = None;
-        self.transfer = None;
+        // A partial transfer is kept: the next Open asks to resume it.
         self.held.clear();
         self.held_bytes = 0;
         self.held_overflow = false;
@@ -756,16 +756,25 @@ impl ClientSession {
                 continue;
             };
             let version = d.version();
+            let mut resume = None;
             if let Some(doc) = self.docs.get_mut(&name) {
                 if doc.status == DocStatus::Refused {
                     continue;
                 }
                 doc.status = DocStatus::Opening;
+                resume = doc
+                    .transfer
+                    .as_ref()
+                    .filter(|t| !t.data.is_empty())
+                    .map(|t| Resume {
+                        transfer: t.id,
+                        offset: t.data.len() as u64,
+                    });
             }
             self.send(&Message::Open {
                 name: name.to_string(),
                 version: Bytes(version),
-                resume: None,
+                resume,
             });
         }
     }

@@ -47,6 +47,16 @@ pub enum ServerEvent {
         /// Snapshot size.
         bytes: usize,
     },
+    /// A client resumed an interrupted sync transfer instead of starting
+    /// over.
+    TransferResumed {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        name: Arc<str>,
+        /// Bytes the client already had.
+        offset: u64,
+    },
     /// Initial sync of a document with this session completed.
     DocumentSynced {
         /// The connection.

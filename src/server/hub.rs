@@ -19,6 +19,7 @@ use crate::wire::{
 };
 
 use super::session::{Phase, ServerSession, Subscription, Transfer};
+use super::transfer_cache::{CachedTransfer, TransferCache};
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
 
 /// Smallest frame limit a client may announce.
@@ -63,6 +64,7 @@ pub struct Hub<A> {
     next_conn: u64,
     now: Option<Instant>,
     acks_due: BTreeSet<(ConnId, DocId)>,
+    transfers: TransferCache,
     scratch: Vec<Message>,
     outcomes: Vec<ApplyOutcome>,
 }
@@ -71,6 +73,7 @@ impl<A: Authorizer> Hub<A> {
     /// A hub with no connections.
     pub fn new(config: ServerConfig, authorizer: A) -> Self {
         let rng = Rng::new(config.seed);
+        let max_cache = config.limits.max_transfer_cache_bytes;
         Hub {
             config,
             auth: authorizer,
@@ -83,6 +86,7 @@ impl<A: Authorizer> Hub<A> {
             next_conn: 0,
             now: None,
             acks_due: BTreeSet::new(),
+            transfers: TransferCache::new(max_cache),
             scratch: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -113,6 +117,11 @@ impl<A: Authorizer> Hub<A> {
         self.by_name
             .get(name)
             .map_or(0, |id| self.docs[id.0 as usize].subscribers.len())
+    }
+
+    /// Bytes held by the cache of resumable sync transfers.
+    pub fn transfer_cache_bytes(&self) -> usize {
+        self.transfers.bytes()
     }
 
     /// The name behind a document handle.
@@ -622,7 +631,7 @@ impl<A: Authorizer> Hub<A> {
         conn: ConnId,
         name: String,
         version: &Bytes,
-        _resume: Option<Resume>,
+        resume: Option<Resume>,
         registry: &mut R,
     ) {
         let limits = self.config.limits;
@@ -685,6 +694,32 @@ impl<A: Authorizer> Hub<A> {
         );
         self.events
             .push_back(ServerEvent::DocumentOpened { conn, name, access });
+        // Resume an interrupted transfer from the client's last complete
+        // chunk, then catch up with what changed since it was computed.
+        if let Some(r) = resume
+            && let Some(cached) = self.transfers.get(r.transfer)
+            && cached.doc == doc
+            && r.offset <= cached.payload.len() as u64
+        {
+            let cached = cached.clone();
+            if let Some(s) = self.sessions.get_mut(&conn) {
+                s.transfers.retain(|t| t.doc != doc);
+                s.transfers.push_back(Transfer {
+                    doc,
+                    id: r.transfer,
+                    kind: cached.kind,
+                    payload: cached.payload,
+                    offset: r.offset as usize,
+                    version: cached.version.clone(),
+                });
+            }
+            self.events.push_back(ServerEvent::TransferResumed {
+                conn,
+                name: Arc::clone(&self.docs[doc.0 as usize].name),
+                offset: r.offset,
+            });
+            return self.queue_sync(conn, doc, &cached.version, registry);
+        }
         self.start_sync(conn, doc, version, registry);
     }
 
@@ -706,9 +741,25 @@ impl<A: Authorizer> Hub<A> {
         });
     }
 
+    /// Replaces any transfer in progress for `doc` with a new sync from
+    /// `version`.
+    fn start_sync<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        version: &[u8],
+        registry: &mut R,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.transfers.retain(|t| t.doc != doc);
+        }
+        self.queue_sync(conn, doc, version, registry);
+    }
+
     /// Queues what the client at `version` lacks: a delta, or a snapshot when
     /// no delta is computable, then `SyncDone` with the server's version.
-    fn start_sync<R: Registry>(
+    /// Multi-chunk payloads are cached for resumption.
+    fn queue_sync<R: Registry>(
         &mut self,
         conn: ConnId,
         doc: DocId,
@@ -734,15 +785,26 @@ impl<A: Authorizer> Hub<A> {
         let server_version = d.version();
         let id = self.rng.next_u64();
         let bytes = payload.len();
+        let payload = Arc::new(payload);
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        s.transfers.retain(|t| t.doc != doc);
+        if payload.len() > s.outbound.max_chunk() {
+            self.transfers.insert(
+                id,
+                CachedTransfer {
+                    doc,
+                    kind,
+                    payload: Arc::clone(&payload),
+                    version: server_version.clone(),
+                },
+            );
+        }
         s.transfers.push_back(Transfer {
             doc,
             id,
             kind,
-            payload: Arc::new(payload),
+            payload,
             offset: 0,
             version: server_version,
         });

@@ -367,17 +367,24 @@ impl<A: Authorizer> Net<A> {
                     self.clients[i].events.push(e);
                 }
             }
-            while let Some((conn, frame)) = self.hub.poll_transmit() {
-                moved = true;
-                let Some(i) = self.clients.iter().position(|c| c.conn == Some(conn)) else {
+            // A stalled client's frames stay in the hub, as they would when
+            // its socket buffer is full and the adapter stops writing.
+            for i in 0..self.clients.len() {
+                let Some(conn) = self.clients[i].conn else {
                     continue;
                 };
-                if self.record {
-                    for line in frame_text(&frame) {
-                        self.transcript.push(format!("s>{i} {line}"));
-                    }
+                if self.clients[i].stalled {
+                    continue;
                 }
-                self.clients[i].inbox.push_back(frame);
+                while let Some(frame) = self.hub.poll_transmit_for(conn) {
+                    moved = true;
+                    if self.record {
+                        for line in frame_text(&frame) {
+                            self.transcript.push(format!("s>{i} {line}"));
+                        }
+                    }
+                    self.clients[i].inbox.push_back(frame);
+                }
             }
             while let Some(e) = self.hub.poll_event() {
                 self.server_events.push(e);
@@ -396,6 +403,21 @@ impl<A: Authorizer> Net<A> {
             }
         }
         panic!("network did not quiesce");
+    }
+
+    /// Delivers up to `n` frames from the hub to stalled client `i`.
+    pub fn deliver(&mut self, i: usize, n: usize) -> usize {
+        let conn = self.clients[i].conn.unwrap();
+        let mut bytes = 0;
+        for _ in 0..n {
+            let Some(frame) = self.hub.poll_transmit_for(conn) else {
+                break;
+            };
+            bytes += frame.len();
+            let c = &mut self.clients[i];
+            c.session.handle_input(self.now, &frame, &mut c.reg);
+        }
+        bytes
     }
 
     pub fn take_transcript(&mut self) -> Vec<String> {

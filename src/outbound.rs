@@ -122,9 +122,13 @@ impl Outbound {
         (self.max_frame_len as usize).saturating_sub(MAX_HEADER_LEN + CRC_LEN)
     }
 
-    /// Largest payload for a message that must fit one frame (sync chunks).
+    /// Largest payload for a message that must fit one frame (sync chunks),
+    /// and small enough that a drained queue always has room for one.
     pub(crate) fn max_chunk(&self) -> usize {
-        self.max_body().saturating_sub(FRAGMENT_OVERHEAD).max(1)
+        self.max_body()
+            .saturating_sub(FRAGMENT_OVERHEAD)
+            .min(self.max_bytes / 4)
+            .max(1)
     }
 
     /// Encodes and queues `msg`.

@@ -670,3 +670,63 @@ fn chunked_sync_resumes_after_a_cut() {
     assert_eq!(n.text(0, "big"), n.server_text("big"));
     assert!(n.text(0, "big").ends_with("changed meanwhile\n"));
 }
+
+#[test]
+fn slow_reader_is_bounded_then_caught_up_with_one_coalesced_transfer() {
+    let limit = 64 * 1024;
+    let config = ServerConfig {
+        limits: crdt_socket_sync::Limits {
+            max_outbound_bytes: limit,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut n = Net::new(config, AllowAll);
+    n.record = false;
+    for p in ["writer", "reader"] {
+        let i = n.add_client(client_config(p));
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    n.clients[1].stalled = true;
+    let reader = n.clients[1].conn.unwrap();
+    let mut peak = 0;
+    for k in 0..10_000 {
+        n.edit(0, "doc", &format!("update {k:05} "));
+        let queued = n.hub.session(reader).unwrap().queued_bytes();
+        peak = peak.max(queued);
+        assert!(
+            queued <= limit,
+            "queue {queued} over the limit at update {k}"
+        );
+    }
+    assert!(peak > limit / 4, "the reader did fall behind: {peak}");
+    let ev = n.take_server_events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, ServerEvent::SubscriberLagging { .. }))
+            .count(),
+        1
+    );
+    // The reader reads again: it drains, gets one catch-up, and converges.
+    n.clients[1].stalled = false;
+    n.run();
+    let ev = n.take_server_events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, ServerEvent::CatchUpQueued { .. }))
+            .count(),
+        1
+    );
+    let (reader, server) = (n.text(1, "doc"), n.server_text("doc"));
+    assert!(
+        reader == server,
+        "reader {} bytes, server {}",
+        reader.len(),
+        server.len()
+    );
+    assert_eq!(n.server_reg.get("doc").unwrap().op_count(), 10_000);
+    // Live updates flow individually again.
+    n.edit(0, "doc", "after");
+    assert!(n.text(1, "doc") == n.server_text("doc"));
+}

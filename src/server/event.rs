@@ -92,6 +92,24 @@ pub enum ServerEvent {
         /// Detail.
         message: String,
     },
+    /// A subscriber's send queue passed its high-water mark: it stops
+    /// receiving individual updates and will get one coalesced catch-up once
+    /// it drains.
+    SubscriberLagging {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        name: Arc<str>,
+        /// Bytes queued for it at that moment.
+        queued: usize,
+    },
+    /// A lagging subscriber drained its queue; its catch-up was queued.
+    CatchUpQueued {
+        /// The connection.
+        conn: ConnId,
+        /// The document.
+        name: Arc<str>,
+    },
     /// The handshake was refused.
     HandshakeRejected {
         /// The connection.

@@ -196,7 +196,7 @@ impl<A: Authorizer> Hub<A> {
     /// early or twice does nothing.
     pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
         let now = self.clock(now);
-        let _ = registry;
+        self.run_catch_ups(registry);
         let mut closed = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
             s.tick(now);
@@ -209,8 +209,17 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
-    /// The earliest deadline of any session, if any.
+    /// The earliest deadline of any session, if any. It is "now" while a
+    /// lagging subscriber's queue has drained and its catch-up is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let Some(now) = self.now
+            && self
+                .sessions
+                .values()
+                .any(|s| s.phase == Phase::Active && self.catch_up_due(s))
+        {
+            return Some(now);
+        }
         self.sessions
             .values()
             .filter_map(|s| s.next_timeout(&self.config))
@@ -681,6 +690,7 @@ impl<A: Authorizer> Hub<A> {
                     synced: false,
                     client_version: None,
                     out_of_sync_sent: false,
+                    lagging: None,
                 },
             );
         }
@@ -904,6 +914,20 @@ impl<A: Authorizer> Hub<A> {
                 "document not loaded".into(),
             );
         };
+        // A subscriber about to pass its high-water mark switches to a
+        // catch-up from the version before this batch.
+        let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
+        let high = self.high_water();
+        let pre_version = self.docs[doc.0 as usize]
+            .subscribers
+            .iter()
+            .filter(|c| **c != conn)
+            .filter_map(|c| self.sessions.get(c))
+            .any(|s| {
+                s.outbound.bytes() + incoming > high
+                    && s.docs.get(&doc).is_some_and(|sub| sub.lagging.is_none())
+            })
+            .then(|| d.version());
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
         {
@@ -990,22 +1014,43 @@ impl<A: Authorizer> Hub<A> {
             pending,
         });
         for data in accepted {
-            self.fan_out(conn, doc, data);
+            self.fan_out(conn, doc, data, pre_version.as_deref());
         }
     }
 
     /// Sends `data` to every other subscriber of `doc`, encoded once.
-    fn fan_out(&mut self, from: ConnId, doc: DocId, data: Bytes) {
+    /// Subscribers over their high-water mark stop receiving individual
+    /// updates and are marked for a catch-up from `pre_version`.
+    fn fan_out(&mut self, from: ConnId, doc: DocId, data: Bytes, pre_version: Option<&[u8]>) {
         let entry = &self.docs[doc.0 as usize];
         if entry.subscribers.len() <= 1 {
             return;
         }
+        let high = self.high_water();
         let encoded = encode_shared(&Message::Broadcast { doc, data });
         let mut slow = Vec::new();
         for conn in entry.subscribers.iter().copied().filter(|c| *c != from) {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
+            let queued = s.outbound.bytes();
+            let Some(sub) = s.docs.get_mut(&doc) else {
+                continue;
+            };
+            if sub.lagging.is_some() {
+                continue;
+            }
+            if queued + encoded.len() > high
+                && let Some(v) = pre_version
+            {
+                sub.lagging = Some(v.to_vec());
+                self.events.push_back(ServerEvent::SubscriberLagging {
+                    conn,
+                    name: Arc::clone(&entry.name),
+                    queued,
+                });
+                continue;
+            }
             if s.send_shared(&encoded).is_err() {
                 slow.push(conn);
             } else {
@@ -1018,6 +1063,44 @@ impl<A: Authorizer> Hub<A> {
                 CloseReason::SlowConsumer,
                 CloseCause::Local(CloseReason::SlowConsumer),
             );
+        }
+    }
+
+    /// Queue size above which a subscriber stops receiving individual
+    /// updates (and `wants_input` turns false).
+    fn high_water(&self) -> usize {
+        self.config.limits.max_outbound_bytes / 2
+    }
+
+    /// Queue size below which a lagging subscriber gets its catch-up.
+    fn low_water(&self) -> usize {
+        self.config.limits.max_outbound_bytes / 4
+    }
+
+    fn catch_up_due(&self, s: &ServerSession) -> bool {
+        s.outbound.bytes() <= self.low_water() && s.docs.values().any(|sub| sub.lagging.is_some())
+    }
+
+    /// Sends one coalesced catch-up to every lagging subscriber whose queue
+    /// drained.
+    fn run_catch_ups<R: Registry>(&mut self, registry: &mut R) {
+        let due: Vec<(ConnId, DocId, Vec<u8>)> = self
+            .sessions
+            .iter_mut()
+            .filter(|(_, s)| s.phase == Phase::Active)
+            .filter(|(_, s)| s.outbound.bytes() <= self.config.limits.max_outbound_bytes / 4)
+            .flat_map(|(conn, s)| {
+                s.docs
+                    .iter_mut()
+                    .filter_map(move |(doc, sub)| sub.lagging.take().map(|v| (*conn, *doc, v)))
+            })
+            .collect();
+        for (conn, doc, since) in due {
+            if let Some(name) = self.doc_name(doc).cloned() {
+                self.events
+                    .push_back(ServerEvent::CatchUpQueued { conn, name });
+            }
+            self.start_sync(conn, doc, &since, registry);
         }
     }
 

@@ -58,6 +58,10 @@ pub(crate) struct Subscription {
     pub(crate) client_version: Option<Vec<u8>>,
     /// An `OutOfSync` was sent and not yet answered by an applied update.
     pub(crate) out_of_sync_sent: bool,
+    /// The subscriber fell behind: broadcasts are no longer queued for it,
+    /// and once its queue drains it gets one catch-up from this server
+    /// version.
+    pub(crate) lagging: Option<Vec<u8>>,
 }
 
 /// A sync payload being sent in chunks as the outbound queue drains.

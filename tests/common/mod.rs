@@ -110,21 +110,16 @@ impl OpLog {
     }
 
     fn integrate_pending(&mut self) {
-        loop {
-            let ready: Vec<(u32, u32)> = self
-                .pending
-                .keys()
-                .filter(|(cl, co)| self.clock.get(cl).copied().unwrap_or(0) + 1 == *co)
-                .copied()
-                .collect();
-            if ready.is_empty() {
-                return;
-            }
-            for id in ready {
-                let p = self.pending.remove(&id).unwrap();
+        let clients: Vec<u32> = self.pending.keys().map(|(c, _)| *c).collect();
+        for c in clients {
+            loop {
+                let next = self.clock.get(&c).copied().unwrap_or(0) + 1;
+                let Some(p) = self.pending.remove(&(c, next)) else {
+                    break;
+                };
                 self.pending_bytes -= p.len() + 10;
-                self.clock.insert(id.0, id.1);
-                self.ops.insert(id, p);
+                self.clock.insert(c, next);
+                self.ops.insert((c, next), p);
             }
         }
     }
@@ -398,11 +393,27 @@ impl<A: Authorizer> Net<A> {
                     c.session.handle_input(self.now, &frame, &mut c.reg);
                 }
             }
+            // Deadlines that are already due (e.g. a drained subscriber's
+            // catch-up) fire now, as an adapter's timer would.
+            if self.hub.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.hub.handle_timeout(self.now, &mut self.server_reg);
+                moved |=
+                    self.hub.poll_timeout().is_none_or(|t| t > self.now) || self.hub_has_output();
+            }
             if !moved {
                 return;
             }
         }
         panic!("network did not quiesce");
+    }
+
+    fn hub_has_output(&self) -> bool {
+        self.clients.iter().any(|c| {
+            !c.stalled
+                && c.conn
+                    .and_then(|conn| self.hub.session(conn))
+                    .is_some_and(|s| s.queued_messages() > 0)
+        })
     }
 
     /// Delivers up to `n` frames from the hub to stalled client `i`.

@@ -282,6 +282,8 @@ pub struct Client {
     /// Frames from the server not yet delivered (a stalled reader).
     pub inbox: VecDeque<Vec<u8>>,
     pub stalled: bool,
+    /// The network is down for this client: its dials fail.
+    pub offline: bool,
 }
 
 impl<A: Authorizer> Net<A> {
@@ -308,12 +310,16 @@ impl<A: Authorizer> Net<A> {
             events: Vec::new(),
             inbox: VecDeque::new(),
             stalled: false,
+            offline: false,
         });
         i
     }
 
     /// Opens a transport for client `i` and starts its handshake.
     pub fn connect(&mut self, i: usize) {
+        if self.clients[i].conn.is_some() {
+            self.cut(i);
+        }
         let conn = self.hub.accept(self.now);
         let c = &mut self.clients[i];
         c.conn = Some(conn);
@@ -332,12 +338,32 @@ impl<A: Authorizer> Net<A> {
         self.run();
     }
 
+    /// Moves the clock and fires timers. Clients asking to dial get a new
+    /// transport, unless they are offline (then the dial fails).
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
         for c in &mut self.clients {
             c.session.handle_timeout(self.now);
         }
         self.hub.handle_timeout(self.now, &mut self.server_reg);
+        self.run();
+        for i in 0..self.clients.len() {
+            let dial = self.clients[i]
+                .events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Dial { .. }));
+            if !dial {
+                continue;
+            }
+            self.clients[i]
+                .events
+                .retain(|e| !matches!(e, ClientEvent::Dial { .. }));
+            if self.clients[i].offline {
+                self.clients[i].session.dial_failed(self.now);
+            } else {
+                self.connect(i);
+            }
+        }
         self.run();
     }
 

@@ -730,3 +730,49 @@ fn slow_reader_is_bounded_then_caught_up_with_one_coalesced_transfer() {
     n.edit(0, "doc", "after");
     assert!(n.text(1, "doc") == n.server_text("doc"));
 }
+
+#[test]
+fn golden_out_of_sync_recovery() {
+    let mut n = net();
+    n.add_client(client_config("a"));
+    n.add_client(client_config("b"));
+    for i in 0..2 {
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    n.take_transcript();
+    // Client a has two local ops but only the second reaches the server.
+    n.clients[0].reg.open("doc").unwrap().edit(b"1");
+    n.clients[0].reg.open("doc").unwrap().edit(b"2");
+    let mut second = vec![0xA5];
+    second.extend_from_slice(&1u32.to_le_bytes());
+    second.extend_from_slice(&2u32.to_le_bytes());
+    second.extend_from_slice(&1u16.to_le_bytes());
+    second.push(b'2');
+    n.clients[0].session.send_update("doc", second, n.now).unwrap();
+    n.run();
+    assert_eq!(
+        n.take_transcript(),
+        [
+            // The server holds the op pending and asks for what it lacks.
+            "c0> Update #0 s2 12B",
+            "s>0 OutOfSync",
+            "s>0 Ack #0 2/0",
+            "s>1 Broadcast #0 12B",
+            // a answers with everything the server lacks; b, also missing
+            // the dependency, asks for a catch-up.
+            "c0> Update #0 s3 23B",
+            "c1> StatusRequest",
+            "s>0 Ack #0 3/0",
+            "s>1 Broadcast #0 23B",
+            "s>1 SyncChunk #0 Delta 23B",
+            "s>1 SyncDone #0",
+            "c1> Update #0 s2 1B",
+            "c1> SyncDone #0",
+            "s>1 Ack #0 2/0",
+        ]
+    );
+    assert_eq!(n.server_text("doc"), "12");
+    assert_eq!(n.text(0, "doc"), "12");
+    assert_eq!(n.text(1, "doc"), "12");
+}

@@ -749,7 +749,10 @@ fn golden_out_of_sync_recovery() {
     second.extend_from_slice(&2u32.to_le_bytes());
     second.extend_from_slice(&1u16.to_le_bytes());
     second.push(b'2');
-    n.clients[0].session.send_update("doc", second, n.now).unwrap();
+    n.clients[0]
+        .session
+        .send_update("doc", second, n.now)
+        .unwrap();
     n.run();
     assert_eq!(
         n.take_transcript(),
@@ -775,4 +778,77 @@ fn golden_out_of_sync_recovery() {
     assert_eq!(n.server_text("doc"), "12");
     assert_eq!(n.text(0, "doc"), "12");
     assert_eq!(n.text(1, "doc"), "12");
+}
+
+#[test]
+fn golden_pruning_once_every_subscriber_confirmed() {
+    let mut n = Net::new(
+        ServerConfig {
+            prune_interval: Some(Duration::from_secs(5)),
+            ..ServerConfig::default()
+        },
+        AllowAll,
+    );
+    for p in ["a", "b"] {
+        let i = n.add_client(ClientConfig {
+            ping_interval: Some(Duration::from_secs(1)),
+            ..client_config(p)
+        });
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    n.edit(0, "doc", "one ");
+    n.edit(1, "doc", "two ");
+    n.take_transcript();
+    // A ping round trip later both clients report their versions...
+    n.advance(Duration::from_secs(1));
+    let t = n.take_transcript();
+    assert_eq!(
+        t.iter().filter(|l| l.ends_with("SyncDone #0")).count(),
+        2,
+        "{t:?}"
+    );
+    // ...and the next prune pass prunes to their common version.
+    n.advance(Duration::from_secs(4));
+    let pruned: Vec<_> = n
+        .take_server_events()
+        .into_iter()
+        .filter(|e| matches!(e, ServerEvent::HistoryPruned { .. }))
+        .collect();
+    assert_eq!(pruned.len(), 1);
+    // A late joiner is served from the snapshot; a client still at or above
+    // the pruned version would get a delta.
+    let c = n.add_client(client_config("late"));
+    n.open(c, "doc");
+    n.connect(c);
+    let t = n.take_transcript();
+    assert!(
+        t.iter().any(|l| l.contains("SyncChunk #0 Snapshot")),
+        "{t:?}"
+    );
+    assert_eq!(n.text(c, "doc"), n.server_text("doc"));
+    n.cut(0);
+    n.connect(0);
+    let t = n.take_transcript();
+    assert!(
+        t.iter().any(|l| l.contains("s>0 SyncChunk #0 Delta")),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn no_pruning_unless_configured() {
+    let mut n = net();
+    n.add_client(client_config("a"));
+    n.open(0, "doc");
+    n.connect(0);
+    n.edit(0, "doc", "x");
+    for _ in 0..10 {
+        n.advance(Duration::from_secs(2));
+    }
+    assert!(
+        !n.take_server_events()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::HistoryPruned { .. }))
+    );
 }

@@ -86,6 +86,8 @@ struct ClientDoc {
     held_bytes: usize,
     held_overflow: bool,
     status_requested: bool,
+    /// The version changed since it was last reported to the server.
+    version_dirty: bool,
 }
 
 impl ClientDoc {
@@ -103,6 +105,7 @@ impl ClientDoc {
             held_bytes: 0,
             held_overflow: false,
             status_requested: false,
+            version_dirty: false,
         }
     }
 
@@ -452,6 +455,7 @@ impl ClientSession {
         }
         doc.outbox_bytes += update.len();
         doc.outbox.push_back((seq, update));
+        doc.version_dirty = true;
         Ok(seq)
     }
 
@@ -664,7 +668,10 @@ impl ClientSession {
                 durable,
             } => self.on_ack(doc, applied, durable),
             Message::Ping { t } => self.send(&Message::Pong { echo: t }),
-            Message::Pong { echo } => self.on_pong(echo),
+            Message::Pong { echo } => {
+                self.on_pong(echo);
+                self.report_versions(registry);
+            }
             Message::Opened { name, doc, access } => self.on_opened(&name, doc, access),
             Message::OpenRefused {
                 name,
@@ -993,6 +1000,9 @@ impl ClientSession {
         };
         let outcome = d.apply(&data);
         self.stats.remote_updates += 1;
+        if let Some(doc) = self.docs.get_mut(&name) {
+            doc.version_dirty = true;
+        }
         if matches!(outcome, ApplyOutcome::Pending { .. }) {
             let version = d.version();
             if let Some(doc) = self.docs.get_mut(&name)
@@ -1035,6 +1045,30 @@ impl ClientSession {
             applied,
             durable,
         });
+    }
+
+    /// Tells the server the version of every synced document that changed
+    /// since the last report (once per ping round trip), so it knows what
+    /// this client holds (history pruning).
+    fn report_versions<R: Registry>(&mut self, registry: &mut R) {
+        let dirty: Vec<(DocId, Arc<str>)> = self
+            .docs
+            .values_mut()
+            .filter(|d| d.version_dirty && d.status == DocStatus::Synced)
+            .filter_map(|d| {
+                d.version_dirty = false;
+                d.handle.map(|h| (h, Arc::clone(&d.name)))
+            })
+            .collect();
+        for (handle, name) in dirty {
+            if let Some(d) = registry.get(&name) {
+                let version = Bytes(d.version());
+                self.send(&Message::SyncDone {
+                    doc: handle,
+                    version,
+                });
+            }
+        }
     }
 
     fn on_pong(&mut self, echo: u64) {

@@ -30,6 +30,11 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// A session that sent nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// How often to prune history (where the document supports it) down
+    /// to the version every subscriber confirmed. `None` (the default)
+    /// never prunes, so clients that are offline but will come back can
+    /// always be served a delta.
+    pub prune_interval: Option<Duration>,
     /// Seed for session and transfer ids.
     pub seed: u64,
 }
@@ -44,6 +49,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            prune_interval: None,
             seed: 0,
         }
     }

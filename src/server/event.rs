@@ -110,6 +110,21 @@ pub enum ServerEvent {
         /// The document.
         name: Arc<str>,
     },
+    /// History of a document was pruned down to the version all its
+    /// subscribers confirmed; a snapshot was handed to the registry.
+    HistoryPruned {
+        /// The document.
+        name: Arc<str>,
+        /// Size of the snapshot taken.
+        snapshot_bytes: usize,
+    },
+    /// The registry's storage failed outside any one session's request.
+    StorageError {
+        /// The document, when known.
+        name: Option<Arc<str>>,
+        /// Detail.
+        message: String,
+    },
     /// The handshake was refused.
     HandshakeRejected {
         /// The connection.

@@ -65,6 +65,7 @@ pub struct Hub<A> {
     now: Option<Instant>,
     acks_due: BTreeSet<(ConnId, DocId)>,
     transfers: TransferCache,
+    next_prune: Option<Instant>,
     scratch: Vec<Message>,
     outcomes: Vec<ApplyOutcome>,
 }
@@ -87,6 +88,7 @@ impl<A: Authorizer> Hub<A> {
             now: None,
             acks_due: BTreeSet::new(),
             transfers: TransferCache::new(max_cache),
+            next_prune: None,
             scratch: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -134,6 +136,11 @@ impl<A: Authorizer> Hub<A> {
             Some(prev) if prev > now => prev,
             _ => now,
         };
+        if self.now.is_none()
+            && let Some(every) = self.config.prune_interval
+        {
+            self.next_prune = now.checked_add(every);
+        }
         self.now = Some(now);
         now
     }
@@ -197,6 +204,13 @@ impl<A: Authorizer> Hub<A> {
     pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
         let now = self.clock(now);
         self.run_catch_ups(registry);
+        if self.next_prune.is_some_and(|t| now >= t) {
+            self.next_prune = self
+                .config
+                .prune_interval
+                .and_then(|every| now.checked_add(every));
+            self.prune(registry);
+        }
         let mut closed = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
             s.tick(now);
@@ -223,6 +237,7 @@ impl<A: Authorizer> Hub<A> {
         self.sessions
             .values()
             .filter_map(|s| s.next_timeout(&self.config))
+            .chain(self.next_prune)
             .min()
     }
 
@@ -1101,6 +1116,56 @@ impl<A: Authorizer> Hub<A> {
                     .push_back(ServerEvent::CatchUpQueued { conn, name });
             }
             self.start_sync(conn, doc, &since, registry);
+        }
+    }
+
+    /// Prunes every document down to the version all its subscribers
+    /// confirmed (documents whose CRDT supports it), handing the registry a
+    /// snapshot. Documents with a subscriber that has not confirmed any
+    /// version are left alone.
+    fn prune<R: Registry>(&mut self, registry: &mut R) {
+        for entry in &self.docs {
+            if entry.subscribers.is_empty() {
+                continue;
+            }
+            let doc = self.by_name[&entry.name];
+            let versions: Option<Vec<&[u8]>> = entry
+                .subscribers
+                .iter()
+                .map(|c| {
+                    self.sessions
+                        .get(c)?
+                        .docs
+                        .get(&doc)?
+                        .client_version
+                        .as_deref()
+                })
+                .collect();
+            let Some(versions) = versions else {
+                continue;
+            };
+            let Some(d) = registry.get(&entry.name) else {
+                continue;
+            };
+            let Some(common) = d.common_version(&versions) else {
+                continue;
+            };
+            if d.prune_to(&common) != Ok(true) {
+                continue;
+            }
+            let snapshot = d.snapshot();
+            let snapshot_bytes = snapshot.len();
+            if let Err(e) = registry.snapshot_taken(&entry.name, &snapshot) {
+                self.events.push_back(ServerEvent::StorageError {
+                    name: Some(Arc::clone(&entry.name)),
+                    message: e.to_string(),
+                });
+                continue;
+            }
+            self.events.push_back(ServerEvent::HistoryPruned {
+                name: Arc::clone(&entry.name),
+                snapshot_bytes,
+            });
         }
     }
 

@@ -22,6 +22,9 @@ pub struct OpLog {
     pub client: u32,
     /// Behave like a CRDT that pruned its history: no deltas, snapshots only.
     pub no_deltas: bool,
+    /// History below this version was pruned: peers not at or above it get
+    /// a snapshot.
+    pub pruned: BTreeMap<u32, u32>,
     ops: BTreeMap<(u32, u32), Vec<u8>>,
     clock: BTreeMap<u32, u32>,
     pending: BTreeMap<(u32, u32), Vec<u8>>,
@@ -137,7 +140,12 @@ impl Document for OpLog {
 
     fn delta_since(&self, version: &[u8]) -> Result<Vec<u8>, DocumentError> {
         let v = Self::decode_version(version)?;
-        if self.no_deltas {
+        if self.no_deltas
+            || self
+                .pruned
+                .iter()
+                .any(|(c, n)| v.get(c).copied().unwrap_or(0) < *n)
+        {
             return Err(DocumentError::DeltaUnavailable);
         }
         Ok(Self::encode_ops(
@@ -175,6 +183,37 @@ impl Document for OpLog {
 
     fn pending_bytes(&self) -> usize {
         self.pending_bytes
+    }
+
+    fn common_version(&self, versions: &[&[u8]]) -> Option<Vec<u8>> {
+        let decoded: Vec<BTreeMap<u32, u32>> = versions
+            .iter()
+            .map(|v| Self::decode_version(v).ok())
+            .collect::<Option<_>>()?;
+        let mut common = decoded.first()?.clone();
+        for v in &decoded[1..] {
+            for (c, n) in common.iter_mut() {
+                *n = (*n).min(v.get(c).copied().unwrap_or(0));
+            }
+        }
+        let mut out = Vec::new();
+        for (c, n) in common.iter().filter(|(_, n)| **n > 0) {
+            out.extend_from_slice(&c.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        Some(out)
+    }
+
+    fn prune_to(&mut self, version: &[u8]) -> Result<bool, DocumentError> {
+        let v = Self::decode_version(version)?;
+        let changed = v
+            .iter()
+            .any(|(c, n)| self.pruned.get(c).copied().unwrap_or(0) < *n);
+        for (c, n) in v {
+            let p = self.pruned.entry(c).or_default();
+            *p = (*p).max(n);
+        }
+        Ok(changed)
     }
 
     fn snapshot(&self) -> Vec<u8> {

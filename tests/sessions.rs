@@ -409,6 +409,12 @@ fn ping_measures_rtt_and_silence_is_a_dead_connection() {
     for _ in 0..3 {
         n.advance(Duration::from_secs(1));
     }
+    assert_eq!(
+        n.take_transcript(),
+        // The pongs stay queued in the hub: the client reads nothing.
+        ["c0> Ping", "c0> Ping", "c0> Close DeadConnection"]
+    );
+    assert_eq!(n.clients[0].session.status(), Status::Reconnecting);
     let ev = n.take_events(0);
     assert!(ev.iter().any(|e| matches!(
         e,
@@ -850,5 +856,111 @@ fn no_pruning_unless_configured() {
         !n.take_server_events()
             .iter()
             .any(|e| matches!(e, ServerEvent::HistoryPruned { .. }))
+    );
+}
+
+#[test]
+fn a_persisting_gap_is_re_requested_after_the_deadline_only() {
+    let mut n = net();
+    n.add_client(ClientConfig {
+        ping_interval: Some(Duration::from_secs(60)),
+        dead_after: Duration::from_secs(600),
+        ..client_config("a")
+    });
+    n.open(0, "doc");
+    n.connect(0);
+    // Ops of an unknown client 9 whose first op never arrives anywhere.
+    let orphan = |counter: u32| {
+        let mut u = vec![0xA5];
+        u.extend_from_slice(&9u32.to_le_bytes());
+        u.extend_from_slice(&counter.to_le_bytes());
+        u.extend_from_slice(&1u16.to_le_bytes());
+        u.push(b'?');
+        u
+    };
+    let mut out_of_sync = |n: &mut Net<AllowAll>, counter| {
+        n.take_transcript();
+        n.clients[0]
+            .session
+            .send_update("doc", orphan(counter), n.now)
+            .unwrap();
+        n.run();
+        n.take_transcript()
+            .iter()
+            .filter(|l| l.contains("OutOfSync"))
+            .count()
+    };
+    assert_eq!(out_of_sync(&mut n, 2), 1);
+    assert_eq!(
+        out_of_sync(&mut n, 3),
+        0,
+        "no storm while the request is fresh"
+    );
+    n.advance(Duration::from_secs(5));
+    assert_eq!(
+        out_of_sync(&mut n, 4),
+        1,
+        "re-requested once the gap persisted"
+    );
+    assert_eq!(n.server_reg.get("doc").unwrap().pending_bytes(), 33);
+}
+
+#[test]
+fn three_clients_converge_after_one_is_cut_mid_sync_of_a_large_document_and_edits_offline() {
+    let mut n = net();
+    n.record = false;
+    let payload = "x".repeat(30);
+    for i in 0..100_000 {
+        n.server_reg
+            .open("big")
+            .unwrap()
+            .edit(format!("{payload}{i:06}").as_bytes());
+    }
+    let size = n.server_reg.get("big").unwrap().snapshot().len();
+    assert!(size > 4_000_000, "multi-megabyte document: {size}");
+    for p in ["a", "b"] {
+        let i = n.add_client(client_config(p));
+        n.open(i, "big");
+        n.connect(i);
+    }
+    let c = n.add_client(ClientConfig {
+        limits: crdt_socket_sync::Limits {
+            max_frame_len: 64 * 1024,
+            ..Default::default()
+        },
+        ..client_config("c")
+    });
+    n.connect(c);
+    n.clients[c].stalled = true;
+    n.open(c, "big");
+    let got = n.deliver(c, 20);
+    assert!(got > 1_000_000 && got < size, "mid-sync: {got} of {size}");
+    // Everyone edits; c's edits wait in its outbox.
+    n.edit(0, "big", "a1;");
+    n.edit(1, "big", "b1;");
+    n.edit(c, "big", "c1;");
+    n.cut(c);
+    n.clients[c].stalled = false;
+    n.edit(c, "big", "c2;");
+    n.edit(0, "big", "a2;");
+    assert!(n.clients[c].session.unacknowledged("big") >= 2);
+    n.connect(c);
+    n.edit(1, "big", "b2;");
+    let server = n.server_text("big");
+    for i in 0..3 {
+        let text = n.text(i, "big");
+        assert!(
+            text == server,
+            "client {i}: {} vs {} bytes",
+            text.len(),
+            server.len()
+        );
+        assert_eq!(n.clients[i].session.unacknowledged("big"), 0, "client {i}");
+    }
+    assert_eq!(n.server_reg.get("big").unwrap().op_count(), 100_006);
+    assert!(
+        n.take_server_events()
+            .iter()
+            .any(|e| matches!(e, ServerEvent::TransferResumed { .. }))
     );
 }

@@ -37,6 +37,9 @@ pub struct ClientConfig {
     pub ping_interval: Option<Duration>,
     /// The connection is declared dead after this long without any input.
     pub dead_after: Duration,
+    /// A remote update still missing dependencies this long after the last
+    /// catch-up request triggers another one.
+    pub resync_after: Duration,
     /// Reconnect policy after a lost connection; `None` disables automatic
     /// reconnection.
     pub reconnect: Option<Backoff>,
@@ -56,6 +59,7 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(5),
             ping_interval: None,
             dead_after: Duration::from_secs(6),
+            resync_after: Duration::from_secs(5),
             reconnect: Some(Backoff::default()),
             seed: 0,
         }

@@ -85,7 +85,8 @@ struct ClientDoc {
     held: Vec<Vec<u8>>,
     held_bytes: usize,
     held_overflow: bool,
-    status_requested: bool,
+    /// When a `StatusRequest` for missing dependencies was last sent.
+    status_requested: Option<Instant>,
     /// The version changed since it was last reported to the server.
     version_dirty: bool,
 }
@@ -104,7 +105,7 @@ impl ClientDoc {
             held: Vec::new(),
             held_bytes: 0,
             held_overflow: false,
-            status_requested: false,
+            status_requested: None,
             version_dirty: false,
         }
     }
@@ -118,7 +119,7 @@ impl ClientDoc {
         self.held.clear();
         self.held_bytes = 0;
         self.held_overflow = false;
-        self.status_requested = false;
+        self.status_requested = None;
     }
 }
 
@@ -881,7 +882,7 @@ impl ClientSession {
         let held = std::mem::take(&mut doc.held);
         let overflow = std::mem::replace(&mut doc.held_overflow, false);
         doc.held_bytes = 0;
-        doc.status_requested = false;
+        doc.status_requested = None;
         let Some(d) = registry.get(&name) else {
             return;
         };
@@ -1006,9 +1007,12 @@ impl ClientSession {
         if matches!(outcome, ApplyOutcome::Pending { .. }) {
             let version = d.version();
             if let Some(doc) = self.docs.get_mut(&name)
-                && !doc.status_requested
+                && doc.status_requested.is_none_or(|at| {
+                    at.checked_add(self.config.resync_after)
+                        .is_some_and(|t| self.now >= t)
+                })
             {
-                doc.status_requested = true;
+                doc.status_requested = Some(self.now);
                 self.send(&Message::StatusRequest {
                     doc: handle,
                     version: Bytes(version),

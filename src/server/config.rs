@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// A session that sent nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// Updates still missing dependencies this long after the last
+    /// `OutOfSync` trigger another one.
+    pub resync_after: Duration,
     /// How often to prune history (where the document supports it) down
     /// to the version every subscriber confirmed. `None` (the default)
     /// never prunes, so clients that are offline but will come back can
@@ -49,6 +52,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            resync_after: Duration::from_secs(5),
             prune_interval: None,
             seed: 0,
         }

@@ -704,7 +704,7 @@ impl<A: Authorizer> Hub<A> {
                     durable_seq: 0,
                     synced: false,
                     client_version: None,
-                    out_of_sync_sent: false,
+                    out_of_sync_sent: None,
                     lagging: None,
                 },
             );
@@ -1001,12 +1001,19 @@ impl<A: Authorizer> Hub<A> {
                 e.to_string(),
             );
         }
-        // Missing dependencies: ask the client for what we lack, once until
-        // something applies cleanly again.
+        // Missing dependencies: ask the client for what we lack, again only
+        // if the gap persists past `resync_after`.
+        let resync_after = self.config.resync_after;
+        let now = self.now;
         if let Some(sub) = self.sub_mut(conn, doc) {
             if let Some(version) = server_version {
-                if !sub.out_of_sync_sent {
-                    sub.out_of_sync_sent = true;
+                let resend = sub.out_of_sync_sent.is_none_or(|at| {
+                    at.checked_add(resync_after)
+                        .zip(now)
+                        .is_some_and(|(t, now)| now >= t)
+                });
+                if resend {
+                    sub.out_of_sync_sent = now;
                     self.send(
                         conn,
                         &Message::OutOfSync {
@@ -1016,7 +1023,7 @@ impl<A: Authorizer> Hub<A> {
                     );
                 }
             } else if applied > 0 {
-                sub.out_of_sync_sent = false;
+                sub.out_of_sync_sent = None;
             }
         }
         self.acks_due.insert((conn, doc));

@@ -56,8 +56,9 @@ pub(crate) struct Subscription {
     pub(crate) synced: bool,
     /// The version the client reported at the end of its sync.
     pub(crate) client_version: Option<Vec<u8>>,
-    /// An `OutOfSync` was sent and not yet answered by an applied update.
-    pub(crate) out_of_sync_sent: bool,
+    /// When an `OutOfSync` was sent that no cleanly applied update answered
+    /// yet.
+    pub(crate) out_of_sync_sent: Option<Instant>,
     /// The subscriber fell behind: broadcasts are no longer queued for it,
     /// and once its queue drains it gets one catch-up from this server
     /// version.

@@ -226,13 +226,12 @@ impl Outbound {
             msgs += item.msgs;
             count += 1;
         }
-        let items: Vec<Item> = self.items.drain(..count).collect();
         self.bytes -= body_len;
         self.msgs -= msgs as usize;
 
         if self.compression == Compression::Deflate && body_len >= self.threshold {
             self.scratch.clear();
-            for item in &items {
+            for item in self.items.drain(..count) {
                 self.scratch.extend_from_slice(item.body.bytes());
             }
             let packed = deflate(&self.scratch);
@@ -248,20 +247,38 @@ impl Outbound {
                 out.extend_from_slice(&packed);
                 return Some(seal(out));
             }
+            // Not worth it: send the bytes already gathered, uncompressed.
+            return Some(plain_frame(&self.scratch));
         }
-        let header = Header {
-            flags: 0,
-            body_len: body_len as u32,
-            raw_len: body_len as u32,
-            header_len: 0,
-        };
-        let mut out = Vec::with_capacity(MAX_HEADER_LEN + body_len + CRC_LEN);
-        header.write(&mut out);
-        for item in &items {
+        // Copy the bodies straight from the queue into the frame: no
+        // intermediate collection of the drained items.
+        let mut out = frame_start(body_len);
+        for item in self.items.drain(..count) {
             out.extend_from_slice(item.body.bytes());
         }
         Some(seal(out))
     }
+}
+
+/// A frame buffer holding the header of an uncompressed body of `body_len`
+/// bytes, with room for the body and the checksum.
+fn frame_start(body_len: usize) -> Vec<u8> {
+    let header = Header {
+        flags: 0,
+        body_len: body_len as u32,
+        raw_len: body_len as u32,
+        header_len: 0,
+    };
+    let mut out = Vec::with_capacity(MAX_HEADER_LEN + body_len + CRC_LEN);
+    header.write(&mut out);
+    out
+}
+
+/// An uncompressed frame carrying `body`.
+fn plain_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = frame_start(body.len());
+    out.extend_from_slice(body);
+    seal(out)
 }
 
 fn seal(mut frame: Vec<u8>) -> Vec<u8> {
@@ -311,6 +328,37 @@ mod tests {
         let msgs = decode(&frame);
         assert_eq!(msgs.len(), 11);
         assert_eq!(msgs[10], Message::Pong { echo: 9 });
+    }
+
+    #[test]
+    fn deflate_falls_back_to_plain_when_it_does_not_pay() {
+        let mut q = Outbound::new(&Limits::default());
+        q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
+        // Pseudo-random bytes do not compress; several items share the frame.
+        let mut x = 0x9E37_79B9_u32;
+        let mut noise = || {
+            (0..300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        let msgs: Vec<Message> = (0..3)
+            .map(|i| Message::Broadcast {
+                doc: DocId(i),
+                data: Bytes(noise()),
+            })
+            .collect();
+        q.push(&msgs[0], Priority::Data).unwrap();
+        q.push_shared(&encode_shared(&msgs[1])).unwrap();
+        q.push(&msgs[2], Priority::Data).unwrap();
+        let frame = q.poll_frame().unwrap();
+        assert!(q.poll_frame().is_none());
+        assert_eq!(frame[0] & FLAG_DEFLATE, 0, "sent uncompressed");
+        assert_eq!(decode(&frame), msgs);
     }
 
     #[test]

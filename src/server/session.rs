@@ -262,6 +262,9 @@ impl ServerSession {
             self.transfers.pop_front();
             self.send(&done);
         }
+        // Transfers are rare (initial sync, recovery): an idle session keeps
+        // no buffer for them.
+        self.transfers = VecDeque::new();
     }
 
     pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {

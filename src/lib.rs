@@ -118,6 +118,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod awareness;
 pub mod client;
 mod close;
 pub mod document;

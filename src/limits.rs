@@ -45,6 +45,17 @@ pub struct Limits {
     pub max_docs_per_connection: usize,
     /// Longest document name, in bytes. Default 512.
     pub max_name_len: usize,
+    /// Presence states per document. Default 256.
+    pub max_presence_states: usize,
+    /// Bytes of one presence state. Default 4 KiB.
+    pub max_presence_len: usize,
+    /// Presence updates per second per session (bursts up to the same
+    /// number). Default 30.
+    pub presence_rate: u32,
+    /// Bytes of one application message. Default 64 KiB.
+    pub max_app_message_len: usize,
+    /// Application messages per second per session. Default 100.
+    pub app_rate: u32,
     /// Bytes of recent multi-chunk sync payloads a server keeps so cut-off
     /// clients can resume them. Default 64 MiB.
     pub max_transfer_cache_bytes: usize,
@@ -64,6 +75,11 @@ impl Default for Limits {
             max_outbox_updates: 100_000,
             max_docs_per_connection: 1024,
             max_name_len: 512,
+            max_presence_states: 256,
+            max_presence_len: 4096,
+            presence_rate: 30,
+            max_app_message_len: 64 << 10,
+            app_rate: 100,
             max_transfer_cache_bytes: 64 << 20,
         }
     }

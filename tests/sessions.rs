@@ -878,7 +878,7 @@ fn a_persisting_gap_is_re_requested_after_the_deadline_only() {
         u.push(b'?');
         u
     };
-    let mut out_of_sync = |n: &mut Net<AllowAll>, counter| {
+    let out_of_sync = |n: &mut Net<AllowAll>, counter| {
         n.take_transcript();
         n.clients[0]
             .session

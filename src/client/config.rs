@@ -37,6 +37,12 @@ pub struct ClientConfig {
     pub ping_interval: Option<Duration>,
     /// The connection is declared dead after this long without any input.
     pub dead_after: Duration,
+    /// Presence changes are sent at most this often; the latest change is
+    /// always sent (trailing edge). Default 50 ms.
+    pub presence_throttle: Duration,
+    /// The local presence state is re-sent this often so the server does
+    /// not expire it. Default 10 s.
+    pub presence_renew: Duration,
     /// A remote update still missing dependencies this long after the last
     /// catch-up request triggers another one.
     pub resync_after: Duration,
@@ -59,6 +65,8 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(5),
             ping_interval: None,
             dead_after: Duration::from_secs(6),
+            presence_throttle: Duration::from_millis(50),
+            presence_renew: Duration::from_secs(10),
             resync_after: Duration::from_secs(5),
             reconnect: Some(Backoff::default()),
             seed: 0,

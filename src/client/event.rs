@@ -7,7 +7,7 @@ use thiserror::Error;
 use crate::close::CloseCause;
 use crate::document::ApplyOutcome;
 use crate::registry::RegistryError;
-use crate::wire::{Access, Compression, ErrorCode, SessionId};
+use crate::wire::{Access, Bytes, Compression, ErrorCode, SessionId};
 
 /// The connection status of a client session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +89,29 @@ pub enum ClientEvent {
         /// Why.
         cause: CloseCause,
     },
+    /// Another session's presence in a document changed (`state: None`: it
+    /// left or cleared it).
+    PresenceChanged {
+        /// The document.
+        name: Arc<str>,
+        /// The other session.
+        session: SessionId,
+        /// Its authenticated identity.
+        identity: String,
+        /// Its new state.
+        state: Option<Bytes>,
+    },
+    /// An application message arrived.
+    AppMessage {
+        /// Application-defined kind.
+        kind: u32,
+        /// The sending session (`None`: the server).
+        from: Option<SessionId>,
+        /// The document it was broadcast through, if any.
+        doc: Option<Arc<str>>,
+        /// Payload.
+        data: Vec<u8>,
+    },
     /// The backoff delay elapsed: open a new transport now, then call
     /// [`ClientSession::connect`](super::ClientSession::connect) (or
     /// [`ClientSession::dial_failed`](super::ClientSession::dial_failed)).
@@ -129,7 +152,22 @@ pub enum CommandError {
     /// The session was closed for good.
     #[error("session closed")]
     Closed,
+    /// The command needs a live connection.
+    #[error("not connected")]
+    NotConnected,
     /// The local registry refused.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+/// Where a client sends an application message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AppTarget {
+    /// The server's application hook.
+    Server,
+    /// One other session.
+    Session(SessionId),
+    /// Every other subscriber of an open document.
+    Document(String),
 }

@@ -4,9 +4,11 @@
 mod backoff;
 mod config;
 mod event;
+mod presence;
 mod session;
 
 pub use backoff::Backoff;
 pub use config::ClientConfig;
-pub use event::{ClientEvent, CommandError, Status};
+pub use event::{AppTarget, ClientEvent, CommandError, Status};
+pub use presence::Peer;
 pub use session::{ClientSession, ClientStats, DocStatus};

@@ -11,11 +11,12 @@ use crate::outbound::{Outbound, Priority};
 use crate::registry::Registry;
 use crate::rng::Rng;
 use crate::wire::{
-    Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
-    RejectCode, Resume, SessionId, SyncKind,
+    Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message,
+    PROTOCOL_VERSIONS, RejectCode, Resume, Route, SessionId, SyncKind,
 };
 
-use super::{ClientConfig, ClientEvent, CommandError, Status};
+use super::presence::{Peer, Presence};
+use super::{AppTarget, ClientConfig, ClientEvent, CommandError, Status};
 
 /// Where one document is in its sync with the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +90,7 @@ struct ClientDoc {
     status_requested: Option<Instant>,
     /// The version changed since it was last reported to the server.
     version_dirty: bool,
+    presence: Presence,
 }
 
 impl ClientDoc {
@@ -107,6 +109,7 @@ impl ClientDoc {
             held_overflow: false,
             status_requested: None,
             version_dirty: false,
+            presence: Presence::default(),
         }
     }
 
@@ -629,6 +632,18 @@ impl ClientSession {
         self.next_ping = None;
         for doc in self.docs.values_mut() {
             doc.reset_connection();
+            // Our state is re-published on the next connection.
+            doc.presence.last_sent = None;
+            doc.presence.dirty = doc.presence.local.is_some();
+            let name = Arc::clone(&doc.name);
+            for (session, (_, peer)) in std::mem::take(&mut doc.presence.peers) {
+                self.events.push_back(ClientEvent::PresenceChanged {
+                    name: Arc::clone(&name),
+                    session,
+                    identity: peer.identity,
+                    state: None,
+                });
+            }
         }
     }
 
@@ -716,6 +731,24 @@ impl ClientSession {
             } => self.on_error(doc, seq, code, message),
             Message::Close { reason, message } => {
                 self.lose_connection(CloseCause::Peer { reason, message });
+            }
+            Message::Awareness { doc, entries } => self.on_awareness(doc, entries),
+            Message::App {
+                kind,
+                route,
+                from,
+                data,
+            } => {
+                let doc = match route {
+                    Route::Document(h) => self.handles.get(&h).cloned(),
+                    _ => None,
+                };
+                self.events.push_back(ClientEvent::AppMessage {
+                    kind,
+                    from,
+                    doc,
+                    data: data.0,
+                });
             }
             other => self.fail(
                 CloseReason::ProtocolError,
@@ -806,6 +839,7 @@ impl ClientSession {
         self.handles.insert(handle, Arc::clone(&name));
         self.events
             .push_back(ClientEvent::DocumentOpened { name, access });
+        self.flush_presence();
     }
 
     fn doc_by_handle(&mut self, handle: DocId) -> Option<&mut ClientDoc> {
@@ -1121,6 +1155,155 @@ impl ClientSession {
         });
     }
 
+    // ---- presence and application messages ----
+
+    /// Sets (or, with `None`, clears) this client's presence state in
+    /// document `name`: a cursor, a selection, a user name... It reaches the
+    /// other subscribers at most every `presence_throttle` (the latest state
+    /// always goes out), is renewed before the server expires it, and is
+    /// re-published after a reconnect. It is never persisted.
+    pub fn set_presence(
+        &mut self,
+        name: &str,
+        state: Option<Vec<u8>>,
+        now: Instant,
+    ) -> Result<(), CommandError> {
+        self.tick(now);
+        let limit = self.config.limits.max_presence_len;
+        if let Some(s) = &state
+            && s.len() > limit
+        {
+            return Err(CommandError::LimitExceeded(format!(
+                "presence state of {} bytes exceeds {limit}",
+                s.len()
+            )));
+        }
+        let doc = self
+            .docs
+            .get_mut(name)
+            .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?;
+        doc.presence.set(state.map(Bytes));
+        self.flush_presence();
+        Ok(())
+    }
+
+    /// Everyone else's presence in document `name`, by session.
+    pub fn presence(&self, name: &str) -> Vec<(SessionId, Peer)> {
+        self.docs.get(name).map_or_else(Vec::new, |d| {
+            d.presence
+                .peers
+                .iter()
+                .map(|(s, (_, p))| (*s, p.clone()))
+                .collect()
+        })
+    }
+
+    /// Sends an application message (needs a live connection).
+    pub fn send_app(
+        &mut self,
+        target: AppTarget,
+        kind: u32,
+        data: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        if self.phase != Phase::Connected {
+            return Err(CommandError::NotConnected);
+        }
+        let limit = self.config.limits.max_app_message_len;
+        if data.len() > limit {
+            return Err(CommandError::LimitExceeded(format!(
+                "application message of {} bytes exceeds {limit}",
+                data.len()
+            )));
+        }
+        let route = match target {
+            AppTarget::Server => Route::Server,
+            AppTarget::Session(s) => Route::Session(s),
+            AppTarget::Document(name) => {
+                let handle = self
+                    .docs
+                    .get(name.as_str())
+                    .and_then(|d| d.handle)
+                    .ok_or(CommandError::UnknownDocument(name))?;
+                Route::Document(handle)
+            }
+        };
+        let msg = Message::App {
+            kind,
+            route,
+            from: None,
+            data: Bytes(data),
+        };
+        self.outbound
+            .push(&msg, Priority::Data)
+            .map_err(|_| CommandError::Backpressure {
+                name: String::new(),
+                queued: self.outbound.bytes(),
+                limit: self.config.limits.max_outbound_bytes,
+            })
+    }
+
+    /// Sends every due presence change or renewal.
+    fn flush_presence(&mut self) {
+        if self.phase != Phase::Connected {
+            return;
+        }
+        let (now, throttle, renew) = (
+            self.now,
+            self.config.presence_throttle,
+            self.config.presence_renew,
+        );
+        let mut out = Vec::new();
+        for doc in self.docs.values_mut() {
+            let Some(handle) = doc.handle else {
+                continue;
+            };
+            let p = &mut doc.presence;
+            if p.next_send(now, throttle, renew).is_some_and(|t| t <= now) {
+                if !p.dirty && p.local.is_none() {
+                    continue;
+                }
+                out.push(Message::AwarenessSet {
+                    doc: handle,
+                    clock: p.clock,
+                    state: p.local.clone(),
+                });
+                p.dirty = false;
+                p.last_sent = Some(now);
+            }
+        }
+        for m in out {
+            self.send(&m);
+        }
+    }
+
+    fn next_presence_send(&self) -> Option<Instant> {
+        if self.phase != Phase::Connected {
+            return None;
+        }
+        let (throttle, renew) = (self.config.presence_throttle, self.config.presence_renew);
+        self.docs
+            .values()
+            .filter(|d| d.handle.is_some())
+            .filter_map(|d| d.presence.next_send(self.now, throttle, renew))
+            .min()
+    }
+
+    fn on_awareness(&mut self, handle: DocId, entries: Vec<AwarenessEntry>) {
+        let own = self.session;
+        let Some(doc) = self.doc_by_handle(handle) else {
+            return;
+        };
+        let name = Arc::clone(&doc.name);
+        for e in doc.presence.apply(own, entries) {
+            self.events.push_back(ClientEvent::PresenceChanged {
+                name: Arc::clone(&name),
+                session: e.session,
+                identity: e.identity,
+                state: e.state,
+            });
+        }
+    }
+
     // ---- time ----
 
     /// Fires expired deadlines: handshake timeout, pings, dead-connection
@@ -1159,6 +1342,7 @@ impl ClientSession {
                         CloseCause::Local(CloseReason::DeadConnection),
                     );
                 }
+                self.flush_presence();
                 if self.next_ping.is_some_and(|t| self.now >= t) {
                     let t = u64::try_from(self.now.duration_since(self.epoch).as_micros())
                         .unwrap_or(u64::MAX);
@@ -1174,13 +1358,14 @@ impl ClientSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Handshaking { deadline } => deadline,
-            Phase::Connected => {
-                let dead = self.last_rx.checked_add(self.config.dead_after);
-                match (dead, self.next_ping) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            }
+            Phase::Connected => [
+                self.last_rx.checked_add(self.config.dead_after),
+                self.next_ping,
+                self.next_presence_send(),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             Phase::Disconnected { reconnect_at, .. } => reconnect_at,
             _ => None,
         }

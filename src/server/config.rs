@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// Updates still missing dependencies this long after the last
     /// `OutOfSync` trigger another one.
     pub resync_after: Duration,
+    /// A presence state not renewed for this long is removed. Default 30 s
+    /// (clients renew every 10 s by default).
+    pub presence_ttl: Duration,
     /// How often to prune history (where the document supports it) down
     /// to the version every subscriber confirmed. `None` (the default)
     /// never prunes, so clients that are offline but will come back can
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             heartbeat: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             resync_after: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(30),
             prune_interval: None,
             seed: 0,
         }

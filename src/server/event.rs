@@ -125,6 +125,22 @@ pub enum ServerEvent {
         /// Detail.
         message: String,
     },
+    /// An application message addressed to the server.
+    AppMessage {
+        /// The sending connection.
+        conn: ConnId,
+        /// Application-defined kind.
+        kind: u32,
+        /// Payload (after the hook).
+        data: Vec<u8>,
+    },
+    /// The application hook dropped a message.
+    AppMessageDropped {
+        /// The sending connection.
+        conn: ConnId,
+        /// Its kind.
+        kind: u32,
+    },
     /// The handshake was refused.
     HandshakeRejected {
         /// The connection.

@@ -11,5 +11,5 @@ mod transfer_cache;
 pub use auth::{AllowAll, Authorizer, Identity, StaticTokens};
 pub use config::ServerConfig;
 pub use event::{ConnId, ServerEvent};
-pub use hub::Hub;
+pub use hub::{AppHook, AppMessage, AppVerdict, Hub};
 pub use session::{Phase, ServerSession, SessionStats};

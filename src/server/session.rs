@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::awareness::RateLimit;
 use crate::close::CloseCause;
 use crate::inbound::{Inbound, InboundError};
 use crate::outbound::{Outbound, Priority, QueueFull};
@@ -89,6 +90,8 @@ pub struct ServerSession {
     pub(crate) last_rx: Instant,
     pub(crate) now: Instant,
     pub(crate) stats: SessionStats,
+    pub(crate) presence_rate: RateLimit,
+    pub(crate) app_rate: RateLimit,
 }
 
 impl ServerSession {
@@ -108,6 +111,8 @@ impl ServerSession {
             last_rx: now,
             now,
             stats: SessionStats::default(),
+            presence_rate: RateLimit::new(config.limits.presence_rate, now),
+            app_rate: RateLimit::new(config.limits.app_rate, now),
         }
     }
 

@@ -192,6 +192,9 @@ pub enum ErrorCode {
     OutOfSync,
     /// A message referred to a document handle that is not open.
     UnknownDocument,
+    /// An application message was addressed to a session that is not
+    /// connected.
+    UnknownSession,
     /// A message arrived that is not valid in the current state.
     UnexpectedMessage,
     /// A bounded buffer is full.
@@ -441,8 +444,10 @@ pub enum Message {
     App {
         /// Application-defined kind.
         kind: u32,
-        /// Destination (C→S) or origin (S→C).
+        /// Where it goes (C→S), or how it was addressed (S→C).
         route: Route,
+        /// S→C: the sending session (`None`: the server itself). Ignored C→S.
+        from: Option<SessionId>,
         /// Payload.
         data: Bytes,
     },

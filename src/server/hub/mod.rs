@@ -20,7 +20,11 @@ use crate::wire::{
 
 use super::session::{Phase, ServerSession, Subscription, Transfer};
 use super::transfer_cache::{CachedTransfer, TransferCache};
+use crate::awareness::PresenceTable;
+
+mod presence;
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
+pub use presence::{AppHook, AppMessage, AppVerdict};
 
 /// Smallest frame limit a client may announce.
 const MIN_PEER_FRAME: u32 = 1024;
@@ -68,6 +72,9 @@ pub struct Hub<A> {
     acks_due: BTreeSet<(ConnId, DocId)>,
     transfers: TransferCache,
     next_prune: Option<Instant>,
+    presence: PresenceTable,
+    app_hook: Option<AppHook>,
+    by_session: BTreeMap<SessionId, ConnId>,
     scratch: Vec<Message>,
     outcomes: Vec<ApplyOutcome>,
 }
@@ -76,6 +83,11 @@ impl<A: Authorizer> Hub<A> {
     /// A hub with no connections.
     pub fn new(config: ServerConfig, authorizer: A) -> Self {
         let rng = Rng::new(config.seed);
+        let presence = PresenceTable::new(
+            config.limits.max_presence_states,
+            config.limits.max_presence_len,
+            config.presence_ttl,
+        );
         let max_cache = config.limits.max_transfer_cache_bytes;
         Hub {
             config,
@@ -91,6 +103,9 @@ impl<A: Authorizer> Hub<A> {
             acks_due: BTreeSet::new(),
             transfers: TransferCache::new(max_cache),
             next_prune: None,
+            presence,
+            app_hook: None,
+            by_session: BTreeMap::new(),
             scratch: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -206,6 +221,7 @@ impl<A: Authorizer> Hub<A> {
     pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
         let now = self.clock(now);
         self.run_catch_ups(registry);
+        self.expire_presence(now);
         if self.next_prune.is_some_and(|t| now >= t) {
             self.next_prune = self
                 .config
@@ -240,6 +256,7 @@ impl<A: Authorizer> Hub<A> {
             .values()
             .filter_map(|s| s.next_timeout(&self.config))
             .chain(self.next_prune)
+            .chain(self.presence.next_expiry())
             .min()
     }
 
@@ -344,11 +361,18 @@ impl<A: Authorizer> Hub<A> {
     }
 
     fn after_close(&mut self, conn: ConnId, cause: CloseCause) {
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            for doc in std::mem::take(&mut s.docs).into_keys() {
-                if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
-                    entry.subscribers.remove(&conn);
-                }
+        let docs: Vec<DocId> = self
+            .sessions
+            .get(&conn)
+            .map(|s| s.docs.keys().copied().collect())
+            .unwrap_or_default();
+        for doc in docs {
+            self.unsubscribe(conn, doc);
+        }
+        if let Some(s) = self.sessions.get(&conn) {
+            let session = s.session;
+            if self.by_session.get(&session) == Some(&conn) {
+                self.by_session.remove(&session);
             }
         }
         self.mark_ready(conn);
@@ -527,6 +551,10 @@ impl<A: Authorizer> Hub<A> {
         };
         s.phase = Phase::Active;
         s.session = session;
+        self.by_session.insert(session, conn);
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
         s.identity = Some(identity.clone());
         s.peer = peer;
         s.send(&Message::Welcome {
@@ -572,15 +600,7 @@ impl<A: Authorizer> Hub<A> {
                 }
                 self.start_sync(conn, doc, &version, registry);
             }
-            Message::CloseDoc { doc } => {
-                if let Some(s) = self.sessions.get_mut(&conn) {
-                    s.docs.remove(&doc);
-                    s.transfers.retain(|t| t.doc != doc);
-                }
-                if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
-                    entry.subscribers.remove(&conn);
-                }
-            }
+            Message::CloseDoc { doc } => self.unsubscribe(conn, doc),
             Message::RefreshToken { token } => self.on_refresh(conn, &token),
             Message::Ping { t } => self.send(conn, &Message::Pong { echo: t }),
             Message::Pong { .. } => {}
@@ -595,15 +615,13 @@ impl<A: Authorizer> Hub<A> {
                     message,
                 });
             }
-            Message::AwarenessSet { doc, .. } => self.doc_error(
-                conn,
-                Some(doc),
-                None,
-                ErrorCode::UnexpectedMessage,
-                "presence is not enabled on this server".into(),
-            ),
-            Message::App { .. }
-            | Message::RelayJoin { .. }
+            Message::AwarenessSet { doc, clock, state } => {
+                self.on_presence(conn, doc, clock, state)
+            }
+            Message::App {
+                kind, route, data, ..
+            } => self.on_app(conn, kind, route, data),
+            Message::RelayJoin { .. }
             | Message::RelayPush { .. }
             | Message::RelaySnapshot { .. }
             | Message::RelayStateRequest { .. } => {
@@ -721,6 +739,7 @@ impl<A: Authorizer> Hub<A> {
         );
         self.events
             .push_back(ServerEvent::DocumentOpened { conn, name, access });
+        self.send_presence_snapshot(conn, doc);
         // Resume an interrupted transfer from the client's last complete
         // chunk, then catch up with what changed since it was computed.
         if let Some(r) = resume
@@ -877,10 +896,7 @@ impl<A: Authorizer> Hub<A> {
                     );
                 }
                 None => {
-                    if let Some(s) = self.sessions.get_mut(&conn) {
-                        s.docs.remove(&doc);
-                    }
-                    self.docs[doc.0 as usize].subscribers.remove(&conn);
+                    self.unsubscribe(conn, doc);
                     self.doc_error(
                         conn,
                         Some(doc),
@@ -1125,6 +1141,7 @@ impl<A: Authorizer> Hub<A> {
                     .push_back(ServerEvent::CatchUpQueued { conn, name });
             }
             self.start_sync(conn, doc, &since, registry);
+            self.send_presence_snapshot(conn, doc);
         }
     }
 

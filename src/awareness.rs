@@ -1,0 +1,351 @@
+//! Presence (awareness): who is in a document and their ephemeral state
+//! (cursor, selection, user colour...).
+//!
+//! [`PresenceTable`] is the server's record, independent of how documents are
+//! stored, so CRDT-aware and relay modes share it. States are stamped with
+//! the identity the server authenticated, expire unless renewed, vanish when
+//! their session leaves, and are never persisted. [`RateLimit`] bounds how
+//! often a session may publish.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::wire::{AwarenessEntry, Bytes, DocId, SessionId};
+
+/// A presence update was refused.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// The state is larger than the limit.
+    #[error("presence state of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Size of the state.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The document already has the maximum number of states.
+    #[error("document already has {limit} presence states")]
+    TooManyStates {
+        /// The limit.
+        limit: usize,
+    },
+    /// The session publishes faster than allowed.
+    #[error("presence updates faster than {per_second} per second")]
+    RateLimited {
+        /// The allowed rate.
+        per_second: u32,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    identity: String,
+    clock: u32,
+    state: Bytes,
+    expires: Option<Instant>,
+}
+
+/// The server's presence states, per document and session.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use crdt_socket_sync::awareness::PresenceTable;
+/// use crdt_socket_sync::wire::{Bytes, DocId, SessionId};
+///
+/// let now = Instant::now();
+/// let mut table = PresenceTable::new(16, 1024, Duration::from_secs(30));
+/// let delta = table
+///     .set(DocId(0), SessionId(7), "alice", 1, Some(Bytes::from(vec![1])), now)
+///     .unwrap()
+///     .unwrap();
+/// assert_eq!(delta.identity, "alice");
+/// assert_eq!(table.states(DocId(0)).len(), 1);
+/// // Without renewal the state expires.
+/// let gone = table.expire(now + Duration::from_secs(31));
+/// assert_eq!(gone.len(), 1);
+/// assert!(gone[0].1.state.is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct PresenceTable {
+    docs: BTreeMap<DocId, BTreeMap<SessionId, Entry>>,
+    max_states: usize,
+    max_state_len: usize,
+    ttl: Duration,
+}
+
+impl PresenceTable {
+    /// A table allowing `max_states` states per document of at most
+    /// `max_state_len` bytes each, expiring `ttl` after their last renewal.
+    pub fn new(max_states: usize, max_state_len: usize, ttl: Duration) -> Self {
+        PresenceTable {
+            docs: BTreeMap::new(),
+            max_states,
+            max_state_len,
+            ttl,
+        }
+    }
+
+    /// Records `session`'s state for `doc` (`None` clears it). Returns the
+    /// delta to broadcast, or `None` when nothing changed (an older clock, or
+    /// clearing a state that does not exist). A renewal with the same clock
+    /// and state only extends the expiry and returns `None`.
+    pub fn set(
+        &mut self,
+        doc: DocId,
+        session: SessionId,
+        identity: &str,
+        clock: u32,
+        state: Option<Bytes>,
+        now: Instant,
+    ) -> Result<Option<AwarenessEntry>, PresenceError> {
+        let states = self.docs.entry(doc).or_default();
+        let Some(state) = state else {
+            let removed = states.remove(&session);
+            if states.is_empty() {
+                self.docs.remove(&doc);
+            }
+            return Ok(removed.map(|e| leave(session, e)));
+        };
+        if state.len() > self.max_state_len {
+            return Err(PresenceError::TooLarge {
+                len: state.len(),
+                limit: self.max_state_len,
+            });
+        }
+        let expires = now.checked_add(self.ttl);
+        if let Some(e) = states.get_mut(&session) {
+            if clock < e.clock {
+                return Ok(None);
+            }
+            e.expires = expires;
+            if clock == e.clock && e.state == state {
+                return Ok(None);
+            }
+            e.clock = clock;
+            e.state = state.clone();
+        } else {
+            if states.len() >= self.max_states {
+                return Err(PresenceError::TooManyStates {
+                    limit: self.max_states,
+                });
+            }
+            states.insert(
+                session,
+                Entry {
+                    identity: identity.to_string(),
+                    clock,
+                    state: state.clone(),
+                    expires,
+                },
+            );
+        }
+        Ok(Some(AwarenessEntry {
+            session,
+            identity: identity.to_string(),
+            clock,
+            state: Some(state),
+        }))
+    }
+
+    /// Removes every state of `session` (it disconnected); returns the leave
+    /// deltas per document.
+    pub fn remove_session(&mut self, session: SessionId) -> Vec<(DocId, AwarenessEntry)> {
+        let mut out = Vec::new();
+        self.docs.retain(|doc, states| {
+            if let Some(e) = states.remove(&session) {
+                out.push((*doc, leave(session, e)));
+            }
+            !states.is_empty()
+        });
+        out
+    }
+
+    /// Removes `session`'s state in `doc` (it closed the document).
+    pub fn remove(&mut self, doc: DocId, session: SessionId) -> Option<AwarenessEntry> {
+        let states = self.docs.get_mut(&doc)?;
+        let e = states.remove(&session)?;
+        if states.is_empty() {
+            self.docs.remove(&doc);
+        }
+        Some(leave(session, e))
+    }
+
+    /// Every current state of `doc`, for a session joining it.
+    pub fn states(&self, doc: DocId) -> Vec<AwarenessEntry> {
+        self.docs.get(&doc).map_or_else(Vec::new, |states| {
+            states
+                .iter()
+                .map(|(s, e)| AwarenessEntry {
+                    session: *s,
+                    identity: e.identity.clone(),
+                    clock: e.clock,
+                    state: Some(e.state.clone()),
+                })
+                .collect()
+        })
+    }
+
+    /// Removes states not renewed in time; returns their leave deltas.
+    pub fn expire(&mut self, now: Instant) -> Vec<(DocId, AwarenessEntry)> {
+        let mut out = Vec::new();
+        self.docs.retain(|doc, states| {
+            let expired: Vec<SessionId> = states
+                .iter()
+                .filter(|(_, e)| e.expires.is_some_and(|t| now >= t))
+                .map(|(s, _)| *s)
+                .collect();
+            for s in expired {
+                if let Some(e) = states.remove(&s) {
+                    out.push((*doc, leave(s, e)));
+                }
+            }
+            !states.is_empty()
+        });
+        out
+    }
+
+    /// When the next state expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.docs
+            .values()
+            .flat_map(|states| states.values())
+            .filter_map(|e| e.expires)
+            .min()
+    }
+}
+
+fn leave(session: SessionId, e: Entry) -> AwarenessEntry {
+    AwarenessEntry {
+        session,
+        identity: e.identity,
+        clock: e.clock.wrapping_add(1),
+        state: None,
+    }
+}
+
+/// A token bucket: at most `per_second` events per second, with bursts of
+/// up to `per_second`. Time comes from the caller.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use crdt_socket_sync::awareness::RateLimit;
+/// let now = Instant::now();
+/// let mut limit = RateLimit::new(2, now);
+/// assert!(limit.allow(now) && limit.allow(now));
+/// assert!(!limit.allow(now));
+/// assert!(limit.allow(now + Duration::from_millis(500)));
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    per_second: u32,
+    /// Tokens in millionths.
+    tokens: u64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(per_second: u32, now: Instant) -> Self {
+        RateLimit {
+            per_second,
+            tokens: u64::from(per_second) * 1_000_000,
+            last: now,
+        }
+    }
+
+    /// The configured rate.
+    pub fn per_second(&self) -> u32 {
+        self.per_second
+    }
+
+    /// Takes one token if available.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let cap = u64::from(self.per_second) * 1_000_000;
+        if let Some(elapsed) = now.checked_duration_since(self.last) {
+            let refill = elapsed
+                .as_micros()
+                .saturating_mul(u128::from(self.per_second));
+            self.tokens = cap.min(
+                self.tokens
+                    .saturating_add(u64::try_from(refill).unwrap_or(u64::MAX)),
+            );
+            self.last = now;
+        }
+        if self.tokens >= 1_000_000 {
+            self.tokens -= 1_000_000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(v: u8) -> Option<Bytes> {
+        Some(Bytes(vec![v]))
+    }
+
+    #[test]
+    fn newer_clock_wins_and_renewal_is_silent() {
+        let now = Instant::now();
+        let mut t = PresenceTable::new(8, 16, Duration::from_secs(10));
+        let d = DocId(1);
+        let s = SessionId(1);
+        assert!(t.set(d, s, "a", 2, b(1), now).unwrap().is_some());
+        assert!(
+            t.set(d, s, "a", 1, b(9), now).unwrap().is_none(),
+            "stale clock"
+        );
+        assert!(t.set(d, s, "a", 2, b(1), now).unwrap().is_none(), "renewal");
+        assert!(t.set(d, s, "a", 3, b(2), now).unwrap().is_some());
+        // The renewal pushed the expiry.
+        assert!(t.expire(now + Duration::from_secs(9)).is_empty());
+        assert_eq!(t.expire(now + Duration::from_secs(10)).len(), 1);
+        assert_eq!(t.next_expiry(), None);
+    }
+
+    #[test]
+    fn limits_are_typed_errors() {
+        let now = Instant::now();
+        let mut t = PresenceTable::new(1, 2, Duration::from_secs(10));
+        assert_eq!(
+            t.set(DocId(0), SessionId(1), "a", 1, Some(Bytes(vec![0; 3])), now),
+            Err(PresenceError::TooLarge { len: 3, limit: 2 })
+        );
+        t.set(DocId(0), SessionId(1), "a", 1, b(1), now).unwrap();
+        assert_eq!(
+            t.set(DocId(0), SessionId(2), "b", 1, b(1), now),
+            Err(PresenceError::TooManyStates { limit: 1 })
+        );
+    }
+
+    #[test]
+    fn leaving_removes_every_state_of_a_session() {
+        let now = Instant::now();
+        let mut t = PresenceTable::new(8, 16, Duration::from_secs(10));
+        t.set(DocId(0), SessionId(1), "a", 1, b(1), now).unwrap();
+        t.set(DocId(1), SessionId(1), "a", 1, b(1), now).unwrap();
+        t.set(DocId(1), SessionId(2), "b", 1, b(1), now).unwrap();
+        let gone = t.remove_session(SessionId(1));
+        assert_eq!(gone.len(), 2);
+        assert!(gone.iter().all(|(_, e)| e.state.is_none()));
+        assert_eq!(t.states(DocId(1)).len(), 1);
+        assert!(t.states(DocId(0)).is_empty());
+    }
+
+    #[test]
+    fn rate_limit_refills_over_time() {
+        let now = Instant::now();
+        let mut r = RateLimit::new(10, now);
+        let allowed = (0..20).filter(|_| r.allow(now)).count();
+        assert_eq!(allowed, 10);
+        assert!(r.allow(now + Duration::from_millis(100)));
+        assert!(!r.allow(now + Duration::from_millis(100)));
+    }
+}

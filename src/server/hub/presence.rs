@@ -1,0 +1,299 @@
+//! Presence and application messages on the hub: both ride the same
+//! sessions as document traffic, are bounded in size and rate per session,
+//! and never touch the registry.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::awareness::PresenceError;
+use crate::outbound::encode_shared;
+use crate::wire::{AwarenessEntry, Bytes, DocId, ErrorCode, Message, Route, SessionId};
+
+use super::{Authorizer, ConnId, Hub, ServerEvent};
+
+/// An application message as the server's hook sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppMessage<'a> {
+    /// The sending connection.
+    pub conn: ConnId,
+    /// The sending session.
+    pub from: SessionId,
+    /// The sender's authenticated identity.
+    pub identity: &'a str,
+    /// Application-defined kind.
+    pub kind: u32,
+    /// Where the client addressed it.
+    pub route: Route,
+    /// The payload.
+    pub data: &'a [u8],
+}
+
+/// What the hook decides for an application message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AppVerdict {
+    /// Deliver as sent.
+    Forward,
+    /// Deliver this payload instead.
+    Replace(Vec<u8>),
+    /// Do not deliver.
+    Drop,
+}
+
+/// The server-side hook that accepts, transforms or drops each
+/// application message (see [`Hub::set_app_hook`]).
+pub type AppHook = Box<dyn FnMut(&AppMessage<'_>) -> AppVerdict + Send>;
+
+impl<A: Authorizer> Hub<A> {
+    /// Installs the hook consulted for every application message before it is
+    /// delivered (or reported, for [`Route::Server`]). Without a hook every
+    /// message is forwarded.
+    ///
+    /// ```
+    /// use crdt_socket_sync::server::{AllowAll, AppVerdict, Hub, ServerConfig};
+    /// let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+    /// // Drop kind 13, upper-case kind 1, forward the rest.
+    /// hub.set_app_hook(Box::new(|m| match m.kind {
+    ///     13 => AppVerdict::Drop,
+    ///     1 => AppVerdict::Replace(m.data.to_ascii_uppercase()),
+    ///     _ => AppVerdict::Forward,
+    /// }));
+    /// ```
+    pub fn set_app_hook(&mut self, hook: AppHook) {
+        self.app_hook = Some(hook);
+    }
+
+    /// Sends an application message from the server to one connection.
+    pub fn send_app(&mut self, conn: ConnId, kind: u32, data: Vec<u8>) {
+        let Some(session) = self.sessions.get(&conn).map(|s| s.session) else {
+            return;
+        };
+        self.send(
+            conn,
+            &Message::App {
+                kind,
+                route: Route::Session(session),
+                from: None,
+                data: Bytes(data),
+            },
+        );
+    }
+
+    /// Sends an application message from the server to every subscriber of
+    /// document `name`.
+    pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) {
+        let Some(doc) = self.by_name.get(name).copied() else {
+            return;
+        };
+        let encoded = encode_shared(&Message::App {
+            kind,
+            route: Route::Document(doc),
+            from: None,
+            data: Bytes(data),
+        });
+        self.share(doc, None, &encoded);
+    }
+
+    /// Current presence states of document `name`.
+    pub fn presence(&self, name: &str) -> Vec<AwarenessEntry> {
+        self.by_name
+            .get(name)
+            .map_or_else(Vec::new, |doc| self.presence.states(*doc))
+    }
+
+    /// Queues pre-encoded bytes for every subscriber of `doc` but `except`.
+    /// Presence and app traffic is ephemeral: a subscriber whose queue is
+    /// full or lagging misses it (it gets a fresh presence snapshot with its
+    /// catch-up).
+    fn share(&mut self, doc: DocId, except: Option<ConnId>, encoded: &Arc<[u8]>) {
+        let Some(entry) = self.docs.get(doc.0 as usize) else {
+            return;
+        };
+        for conn in entry.subscribers.iter().copied() {
+            if Some(conn) == except {
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            if s.docs.get(&doc).is_some_and(|sub| sub.lagging.is_some()) {
+                continue;
+            }
+            if s.send_shared(encoded).is_ok() {
+                self.ready.insert(conn);
+            }
+        }
+    }
+
+    fn share_presence(&mut self, doc: DocId, except: Option<ConnId>, entries: Vec<AwarenessEntry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let encoded = encode_shared(&Message::Awareness { doc, entries });
+        self.share(doc, except, &encoded);
+    }
+
+    /// Sends `conn` every presence state of `doc` (on join and catch-up).
+    pub(super) fn send_presence_snapshot(&mut self, conn: ConnId, doc: DocId) {
+        let entries = self.presence.states(doc);
+        if !entries.is_empty() {
+            self.send(conn, &Message::Awareness { doc, entries });
+        }
+    }
+
+    /// Removes `conn`'s subscription to `doc`, with its presence state.
+    pub(super) fn unsubscribe(&mut self, conn: ConnId, doc: DocId) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        s.docs.remove(&doc);
+        s.transfers.retain(|t| t.doc != doc);
+        let session = s.session;
+        if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
+            entry.subscribers.remove(&conn);
+        }
+        if let Some(leave) = self.presence.remove(doc, session) {
+            self.share_presence(doc, Some(conn), vec![leave]);
+        }
+    }
+
+    pub(super) fn expire_presence(&mut self, now: Instant) {
+        for (doc, leave) in self.presence.expire(now) {
+            self.share_presence(doc, None, vec![leave]);
+        }
+    }
+
+    pub(super) fn on_presence(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        clock: u32,
+        state: Option<Bytes>,
+    ) {
+        let Some(now) = self.now else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if !s.docs.contains_key(&doc) {
+            return self.unknown_doc(conn, doc);
+        }
+        if !s.presence_rate.allow(now) {
+            let e = PresenceError::RateLimited {
+                per_second: s.presence_rate.per_second(),
+            };
+            return self.doc_error(
+                conn,
+                Some(doc),
+                None,
+                ErrorCode::LimitExceeded,
+                e.to_string(),
+            );
+        }
+        let session = s.session;
+        let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+        match self
+            .presence
+            .set(doc, session, &identity, clock, state, now)
+        {
+            Ok(Some(delta)) => self.share_presence(doc, Some(conn), vec![delta]),
+            Ok(None) => {}
+            Err(e) => self.doc_error(
+                conn,
+                Some(doc),
+                None,
+                ErrorCode::LimitExceeded,
+                e.to_string(),
+            ),
+        }
+    }
+
+    pub(super) fn on_app(&mut self, conn: ConnId, kind: u32, route: Route, data: Bytes) {
+        let Some(now) = self.now else {
+            return;
+        };
+        let limit = self.config.limits.max_app_message_len;
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let doc = match route {
+            Route::Document(doc) => Some(doc),
+            _ => None,
+        };
+        if data.len() > limit {
+            let msg = format!(
+                "application message of {} bytes exceeds {limit}",
+                data.len()
+            );
+            return self.doc_error(conn, doc, None, ErrorCode::LimitExceeded, msg);
+        }
+        if !s.app_rate.allow(now) {
+            let msg = format!(
+                "more than {} application messages per second",
+                s.app_rate.per_second()
+            );
+            return self.doc_error(conn, doc, None, ErrorCode::LimitExceeded, msg);
+        }
+        if let Some(doc) = doc
+            && !s.docs.contains_key(&doc)
+        {
+            return self.unknown_doc(conn, doc);
+        }
+        let from = s.session;
+        let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+        let verdict = match &mut self.app_hook {
+            Some(hook) => hook(&AppMessage {
+                conn,
+                from,
+                identity: &identity,
+                kind,
+                route,
+                data: &data,
+            }),
+            None => AppVerdict::Forward,
+        };
+        let data = match verdict {
+            AppVerdict::Forward => data,
+            AppVerdict::Replace(d) => Bytes(d),
+            AppVerdict::Drop => {
+                self.events
+                    .push_back(ServerEvent::AppMessageDropped { conn, kind });
+                return;
+            }
+        };
+        match route {
+            Route::Server => {
+                self.events.push_back(ServerEvent::AppMessage {
+                    conn,
+                    kind,
+                    data: data.0,
+                });
+            }
+            Route::Session(target) => {
+                let Some(to) = self.by_session.get(&target).copied() else {
+                    let msg = format!("session {:#x} is not connected", target.0);
+                    return self.doc_error(conn, None, None, ErrorCode::UnknownSession, msg);
+                };
+                self.send(
+                    to,
+                    &Message::App {
+                        kind,
+                        route,
+                        from: Some(from),
+                        data,
+                    },
+                );
+            }
+            Route::Document(doc) => {
+                let encoded = encode_shared(&Message::App {
+                    kind,
+                    route,
+                    from: Some(from),
+                    data,
+                });
+                self.share(doc, Some(conn), &encoded);
+            }
+        }
+    }
+}

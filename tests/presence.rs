@@ -12,6 +12,10 @@ use crdt_socket_sync::rng::Rng;
 use crdt_socket_sync::server::{AllowAll, AppVerdict, ServerConfig, ServerEvent, StaticTokens};
 use crdt_socket_sync::wire::{Access, Bytes, DocId, Encoder, ErrorCode, Message, SessionId};
 
+/// An application message as a client received it: kind, sender, document
+/// and payload.
+type Received = (u32, Option<SessionId>, Option<String>, Vec<u8>);
+
 fn net_with(n_clients: usize) -> Net<AllowAll> {
     let mut n = Net::new(ServerConfig::default(), AllowAll);
     n.record = false;
@@ -241,9 +245,7 @@ fn app_messages_to_one_to_all_to_the_server_and_dropped_by_the_hook() {
     for i in 0..3 {
         n.take_events(i);
     }
-    let app = |n: &mut Net<AllowAll>,
-               i: usize|
-     -> Vec<(u32, Option<SessionId>, Option<String>, Vec<u8>)> {
+    let app = |n: &mut Net<AllowAll>, i: usize| -> Vec<Received> {
         n.take_events(i)
             .into_iter()
             .filter_map(|e| match e {

@@ -129,6 +129,7 @@ mod outbound;
 pub mod registry;
 pub mod rng;
 pub mod server;
+pub mod testing;
 pub mod wire;
 
 pub use close::CloseCause;

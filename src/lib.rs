@@ -115,6 +115,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `arbitrary` | `arbitrary::Arbitrary` for the wire types (fuzzing) |
+//! | `sim` | [`sim`]: the deterministic network simulator used by tests, fuzzing and benches |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -129,6 +130,8 @@ mod outbound;
 pub mod registry;
 pub mod rng;
 pub mod server;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod testing;
 pub mod wire;
 

@@ -31,9 +31,17 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `arbitrary` | `arbitrary::Arbitrary` for the wire types (fuzzing) |
+//! | `yrs` | `adapters::yrs::YrsDocument`, a [`document::Document`] over a yrs `Doc` |
+//! | `loro` | `adapters::loro::LoroDocument`, over a `loro::LoroDoc` |
+//! | `automerge` | `adapters::automerge::AutomergeDocument`, over an `automerge::Automerge` (Rust ≥ 1.90) |
+//! | `conformance` | `conformance`, the suite every `Document` implementation must pass |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "yrs", feature = "loro", feature = "automerge"))]
+pub mod adapters;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod document;
 pub mod fuzzing;
 mod limits;

@@ -54,7 +54,7 @@ fn loro_sequential() {
 
 #[test]
 fn loro_concurrent() {
-    conformance::run_all(LoroDocument::new, &script("friendsforever", 6_000));
+    conformance::run_all(LoroDocument::new, &script("friendsforever", 4_000));
 }
 
 #[test]

@@ -331,7 +331,10 @@ pub fn replay<D: TextEditor>(factory: &mut impl FnMut(u64) -> D, script: &EditSc
             .collect();
         if !batch.is_empty() {
             let outcomes = apply_all(&mut replicas[a], &batch, batch.len());
-            assert_integrated(&format!("replay: delivery before transaction {t}"), &outcomes);
+            assert_integrated(
+                &format!("replay: delivery before transaction {t}"),
+                &outcomes,
+            );
         }
         let r = &mut replicas[a];
         for p in &txn.patches {
@@ -401,7 +404,13 @@ struct Checkpoints {
 fn checkpoints<D: TextEditor>(factory: &mut impl FnMut(u64) -> D, r: &Replay<D>) -> Checkpoints {
     let all = r.all_updates();
     let mut d = factory(HELPER_IDS + 1);
-    let cuts = [0, all.len() / 4, all.len() / 2, all.len() * 9 / 10, all.len()];
+    let cuts = [
+        0,
+        all.len() / 4,
+        all.len() / 2,
+        all.len() * 9 / 10,
+        all.len(),
+    ];
     let mut points = Vec::new();
     let mut done = 0;
     for &cut in &cuts {
@@ -471,7 +480,9 @@ pub fn check_idempotence<D: TextEditor>(factory: &mut impl FnMut(u64) -> D, r: &
     let outcomes = apply_all(&mut d, &sample, 64);
     assert_integrated("idempotence: re-applying a batch", &outcomes);
     let empty = factory(HELPER_IDS + 31).version();
-    let delta = r.replicas[0].delta_since(&empty).expect("idempotence: full delta");
+    let delta = r.replicas[0]
+        .delta_since(&empty)
+        .expect("idempotence: full delta");
     for _ in 0..2 {
         let o = d.apply(&delta);
         assert!(
@@ -508,10 +519,20 @@ pub fn check_snapshot<D: TextEditor>(factory: &mut impl FnMut(u64) -> D, r: &Rep
     d.insert(0, "<d>");
     let len = e.text().chars().count();
     e.insert(len, "<e>");
-    let ud = d.take_local_update().expect("snapshot: local edit after load");
-    let ue = e.take_local_update().expect("snapshot: local edit after load");
-    assert!(matches!(e.apply(&ud), ApplyOutcome::Applied), "snapshot: d → e");
-    assert!(matches!(d.apply(&ue), ApplyOutcome::Applied), "snapshot: e → d");
+    let ud = d
+        .take_local_update()
+        .expect("snapshot: local edit after load");
+    let ue = e
+        .take_local_update()
+        .expect("snapshot: local edit after load");
+    assert!(
+        matches!(e.apply(&ud), ApplyOutcome::Applied),
+        "snapshot: d → e"
+    );
+    assert!(
+        matches!(d.apply(&ue), ApplyOutcome::Applied),
+        "snapshot: e → d"
+    );
     assert_eq!(d.text(), e.text(), "snapshot: diverged after edits");
     assert_eq!(d.version(), e.version(), "snapshot: versions diverged");
 }
@@ -609,7 +630,9 @@ pub fn check_local_excludes_remote<D: TextEditor>(
         return;
     }
     b.insert(len / 2, "local");
-    let u = b.take_local_update().expect("local: an edit gives an update");
+    let u = b
+        .take_local_update()
+        .expect("local: an edit gives an update");
     assert!(b.take_local_update().is_none(), "local: taken twice");
     let mut f = fresh(factory, HELPER_IDS + 61, r.genesis.as_deref());
     let o = f.apply(&u);
@@ -619,7 +642,8 @@ pub fn check_local_excludes_remote<D: TextEditor>(
     );
     assert!(f.text().chars().count() < len, "local: remote text leaked");
     let mut a = factory(HELPER_IDS + 62);
-    a.load_snapshot(&r.replicas[0].snapshot()).expect("local: load");
+    a.load_snapshot(&r.replicas[0].snapshot())
+        .expect("local: load");
     assert!(matches!(a.apply(&u), ApplyOutcome::Applied), "local: apply");
     assert_eq!(a.text(), b.text(), "local: diverged");
     assert_eq!(a.version(), b.version(), "local: versions diverged");
@@ -723,7 +747,11 @@ pub fn check_permutations<D: TextEditor>(factory: &mut impl FnMut(u64) -> D, r: 
                 "permutations: round {round}, update {i} gave {o:?}"
             );
         }
-        assert_eq!(d.pending_bytes(), 0, "permutations: round {round} holds bytes");
+        assert_eq!(
+            d.pending_bytes(),
+            0,
+            "permutations: round {round} holds bytes"
+        );
         let state = (d.text(), d.version());
         match &reference {
             None => reference = Some(state),
@@ -765,7 +793,11 @@ pub fn check_foreign_versions<D: TextEditor>(factory: &mut impl FnMut(u64) -> D,
                 !matches!(m.apply(&own), ApplyOutcome::Invalid(_)),
                 "foreign: merge"
             );
-            assert_eq!(e.text(), m.text(), "foreign: delta for an unknown version was wrong");
+            assert_eq!(
+                e.text(),
+                m.text(),
+                "foreign: delta for an unknown version was wrong"
+            );
             assert_eq!(e.version(), m.version(), "foreign: versions differ");
         }
     }
@@ -798,17 +830,29 @@ pub fn check_pruning<D: TextEditor>(factory: &mut impl FnMut(u64) -> D, r: &Repl
     let (_, v_mid, s_mid, t_mid) = &cps.points[2];
     let source = &r.replicas[0];
     if let Some(common) = source.common_version(&[v_mid, v_old]) {
-        assert!(&common == v_old, "pruning: common version of v and an older v");
+        assert!(
+            &common == v_old,
+            "pruning: common version of v and an older v"
+        );
     }
     let mut p = factory(HELPER_IDS + 110);
     p.load_snapshot(&source.snapshot()).expect("pruning: load");
-    let pruned = p.prune_to(v_mid).expect("pruning: prune_to a known version");
+    let pruned = p
+        .prune_to(v_mid)
+        .expect("pruning: prune_to a known version");
     assert_same("pruning: after prune", &p, &r.text, &r.version);
     let mut peer = factory(HELPER_IDS + 111);
     peer.load_snapshot(s_mid).expect("pruning: load");
-    let delta = p.delta_since(v_mid).expect("pruning: delta since the prune version");
+    let delta = p
+        .delta_since(v_mid)
+        .expect("pruning: delta since the prune version");
     assert!(!matches!(peer.apply(&delta), ApplyOutcome::Invalid(_)));
-    assert_same("pruning: delta since the prune version", &peer, &r.text, &r.version);
+    assert_same(
+        "pruning: delta since the prune version",
+        &peer,
+        &r.text,
+        &r.version,
+    );
     let _ = t_mid;
     if pruned && v_old != v_mid {
         let mut old = factory(HELPER_IDS + 112);
@@ -819,16 +863,25 @@ pub fn check_pruning<D: TextEditor>(factory: &mut impl FnMut(u64) -> D, r: &Repl
             Err(e) => panic!("pruning: delta since a pruned version gave {e}"),
             Ok(delta) => {
                 assert!(!matches!(old.apply(&delta), ApplyOutcome::Invalid(_)));
-                assert_same("pruning: delta since a pruned version", &old, &r.text, &r.version);
+                assert_same(
+                    "pruning: delta since a pruned version",
+                    &old,
+                    &r.text,
+                    &r.version,
+                );
             }
         }
         // The pruned document's snapshot still loads, and it keeps syncing.
         let mut s = factory(HELPER_IDS + 113);
-        s.load_snapshot(&p.snapshot()).expect("pruning: pruned snapshot");
+        s.load_snapshot(&p.snapshot())
+            .expect("pruning: pruned snapshot");
         assert_eq!(s.text(), r.text, "pruning: pruned snapshot text");
         p.insert(0, "after-prune");
         let u = p.take_local_update().expect("pruning: edit after prune");
-        assert!(matches!(s.apply(&u), ApplyOutcome::Applied), "pruning: edit");
+        assert!(
+            matches!(s.apply(&u), ApplyOutcome::Applied),
+            "pruning: edit"
+        );
         assert_eq!(s.text(), p.text(), "pruning: diverged");
     }
 }

@@ -24,8 +24,7 @@
 use std::collections::BTreeMap;
 
 use automerge::{
-    ActorId, Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc,
-    VerificationMode,
+    ActorId, Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc, VerificationMode,
 };
 
 use crate::document::{ApplyOutcome, Document, DocumentError};
@@ -207,11 +206,7 @@ fn decode_heads(version: &[u8]) -> Result<Vec<ChangeHash>, DocumentError> {
 impl Document for AutomergeDocument {
     fn version(&self) -> Vec<u8> {
         // `get_heads` is sorted.
-        self.doc
-            .get_heads()
-            .iter()
-            .flat_map(|h| h.0)
-            .collect()
+        self.doc.get_heads().iter().flat_map(|h| h.0).collect()
     }
 
     fn delta_since(&self, version: &[u8]) -> Result<Vec<u8>, DocumentError> {

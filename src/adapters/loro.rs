@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::ops::Deref;
 
-use loro::{ExportMode, Frontiers, IdSpan, LoroDoc, PeerID, VersionVector};
+use loro::{ExportMode, Frontiers, LoroDoc, PeerID, VersionVector};
 
 use crate::document::{ApplyOutcome, Document, DocumentError};
 
@@ -84,10 +84,6 @@ impl LoroDocument {
         self.peer
     }
 
-    fn own_counter(&self) -> i32 {
-        self.doc.oplog_vv().get(&self.peer).copied().unwrap_or(0)
-    }
-
     /// Recomputes the exact size of what loro holds pending.
     fn refresh_held(&mut self) {
         self.held = match self.doc.export_pending_updates() {
@@ -100,11 +96,14 @@ impl LoroDocument {
     /// arrive from elsewhere (say, our earlier state echoed back by a server)
     /// out of the next local update when nothing local is unsent.
     fn import(&mut self, bytes: &[u8]) -> Result<loro::ImportStatus, loro::LoroError> {
-        self.doc.commit();
-        let before = self.own_counter();
+        // `import` commits the open local transaction first.
         let status = self.doc.import(bytes)?;
-        if before == self.sent && status.success.get(&self.peer).is_some() {
-            self.sent = self.own_counter();
+        // Imported operations of our own peer start where our log ended: at
+        // `sent` exactly when nothing local is unsent.
+        if let Some(&(start, end)) = status.success.get(&self.peer)
+            && start == self.sent
+        {
+            self.sent = end;
         }
         Ok(status)
     }
@@ -221,15 +220,15 @@ impl Document for LoroDocument {
 
     fn take_local_update(&mut self) -> Option<Vec<u8>> {
         self.doc.commit();
-        let now = self.own_counter();
+        let mut vv = self.doc.oplog_vv();
+        let now = vv.get(&self.peer).copied().unwrap_or(0);
         if now <= self.sent {
             return None;
         }
-        let span = [IdSpan::new(self.peer, self.sent, now)];
-        let bytes = self
-            .doc
-            .export(ExportMode::updates_in_range(&span[..]))
-            .ok()?;
+        // Everything we have except our own unsent operations: the export
+        // is exactly those (remote operations carry other peer ids).
+        vv.insert(self.peer, self.sent);
+        let bytes = self.doc.export(ExportMode::updates(&vv)).ok()?;
         self.sent = now;
         Some(bytes)
     }
@@ -309,7 +308,9 @@ mod tests {
 
     #[test]
     fn version_encoding_is_canonical_and_loro_compatible() {
-        let vv: VersionVector = [(9u64, 3i32), (1, 7), (u64::MAX - 1, 1)].into_iter().collect();
+        let vv: VersionVector = [(9u64, 3i32), (1, 7), (u64::MAX - 1, 1)]
+            .into_iter()
+            .collect();
         let bytes = encode_vv(&vv);
         assert_eq!(VersionVector::decode(&bytes).unwrap(), vv);
         let again: VersionVector = [(u64::MAX - 1, 1i32), (1, 7), (9, 3)].into_iter().collect();

@@ -33,8 +33,9 @@ use super::{read_uvar, write_uvar};
 use crate::document::{ApplyOutcome, Document, DocumentError};
 
 /// Origin of the transactions in which the adapter applies remote updates;
-/// local-update capture skips them.
-const REMOTE_ORIGIN: &str = "crdt-socket-sync/remote";
+/// local-update capture skips them. At most 8 bytes, so yrs stores it
+/// inline (no allocation per applied update).
+const REMOTE_ORIGIN: &str = "cssync/r";
 /// Key of the adapter's after-transaction observer.
 const OBSERVER_KEY: &str = "crdt-socket-sync/local-updates";
 /// yrs client ids are 53-bit (JavaScript safe integers).
@@ -167,7 +168,9 @@ fn decode_update(bytes: &[u8]) -> Result<Update, DocumentError> {
     match result {
         Ok(Ok(update)) => Ok(update),
         Ok(Err(e)) => Err(DocumentError::Invalid(format!("yrs update: {e}"))),
-        Err(_) => Err(DocumentError::Invalid("yrs update: decoder panicked".into())),
+        Err(_) => Err(DocumentError::Invalid(
+            "yrs update: decoder panicked".into(),
+        )),
     }
 }
 
@@ -259,8 +262,8 @@ impl Document for YrsDocument {
         }
         // Slow path, only while something is pending: did this update add
         // to what is held?
-        let contributes = !had_pending
-            || decode_update(update).is_ok_and(|u| exceeds(&u, &txn.state_vector()));
+        let contributes =
+            !had_pending || decode_update(update).is_ok_and(|u| exceeds(&u, &txn.state_vector()));
         drop(txn);
         if contributes {
             self.held = self.held.saturating_add(update.len());
@@ -294,12 +297,8 @@ impl Document for YrsDocument {
     }
 
     fn take_local_update(&mut self) -> Option<Vec<u8>> {
-        let mut updates = std::mem::take(
-            &mut *self
-                .local
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        let mut updates =
+            std::mem::take(&mut *self.local.lock().unwrap_or_else(PoisonError::into_inner));
         match updates.len() {
             0 => None,
             1 => updates.pop(),

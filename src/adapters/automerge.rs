@@ -189,7 +189,7 @@ fn parse_changes(mut bytes: &[u8]) -> Result<Vec<Change>, DocumentError> {
 }
 
 fn decode_heads(version: &[u8]) -> Result<Vec<ChangeHash>, DocumentError> {
-    if version.len() % HASH_LEN != 0 {
+    if !version.len().is_multiple_of(HASH_LEN) {
         return Err(DocumentError::Invalid(
             "automerge heads: length is not a multiple of 32".into(),
         ));

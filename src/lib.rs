@@ -116,12 +116,20 @@
 //! |---|---|
 //! | `arbitrary` | `arbitrary::Arbitrary` for the wire types (fuzzing) |
 //! | `sim` | [`sim`]: the deterministic network simulator used by tests, fuzzing and benches |
+//! | `yrs` | `adapters::yrs::YrsDocument`, a [`document::Document`] over a yrs `Doc` |
+//! | `loro` | `adapters::loro::LoroDocument`, over a `loro::LoroDoc` |
+//! | `automerge` | `adapters::automerge::AutomergeDocument`, over an `automerge::Automerge` (Rust ≥ 1.90) |
+//! | `conformance` | `conformance`, the suite every `Document` implementation must pass |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(any(feature = "yrs", feature = "loro", feature = "automerge"))]
+pub mod adapters;
 pub mod awareness;
 pub mod client;
 mod close;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod document;
 pub mod fuzzing;
 mod inbound;

@@ -3,6 +3,8 @@
 //! transcript strings for golden tests.
 #![allow(dead_code)]
 
+pub mod trace;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

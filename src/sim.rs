@@ -370,6 +370,16 @@ impl<D: SimDoc> Sim<D> {
         self.stats.connects += 1;
     }
 
+    /// Forgets client `i`'s transport on both ends, with what was in flight.
+    fn drop_transport(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        c.up = Pipe::default();
+        c.down = Pipe::default();
+        if let Some(conn) = c.conn.take() {
+            self.hub.connection_lost(conn, self.now);
+        }
+    }
+
     fn cut(&mut self, i: usize) {
         let c = &mut self.clients[i];
         if let Some(conn) = c.conn.take() {
@@ -422,14 +432,14 @@ impl<D: SimDoc> Sim<D> {
         for c in &self.clients {
             let candidates = [
                 c.session.poll_timeout(),
-                c.up.chunks.front().map(|x| x.0),
+                c.conn.and(c.up.chunks.front().map(|x| x.0)),
                 (!c.stalled).then(|| c.down.chunks.front().map(|x| x.0)).flatten(),
             ];
             for t in candidates.into_iter().flatten() {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
             }
         }
-        next.map(|t| t.max(self.now + Duration::from_micros(1)).min(t.max(self.now)))
+        next
     }
 
     /// Fires due timers and checks that none of them leaves a busy loop.
@@ -582,9 +592,7 @@ impl<D: SimDoc> Sim<D> {
                     } => {
                         // The client gave up on its transport: the network
                         // side of it goes away too.
-                        if let Some(conn) = self.clients[i].conn.take() {
-                            self.hub.connection_lost(conn, self.now);
-                        }
+                        self.drop_transport(i);
                     }
                     _ => {}
                 }
@@ -594,9 +602,7 @@ impl<D: SimDoc> Sim<D> {
                 if self.clients[i].offline {
                     self.clients[i].session.dial_failed(self.now);
                 } else {
-                    if let Some(conn) = self.clients[i].conn.take() {
-                        self.hub.connection_lost(conn, self.now);
-                    }
+                    self.drop_transport(i);
                     self.connect(i);
                 }
             }
@@ -721,5 +727,30 @@ pub fn config_for_seed(seed: u64) -> SimConfig {
         },
         seed,
         ..SimConfig::default()
+    }
+}
+
+#[cfg(feature = "yrs")]
+impl SimDoc for crate::adapters::yrs::YrsDocument {
+    fn replica(client: u32) -> Self {
+        Self::new(u64::from(client) + 1)
+    }
+    fn random_edit(&mut self, rng: &mut Rng, tag: u64) {
+        use yrs::{Text, Transact};
+        let text = self.get_or_insert_text("body");
+        let mut txn = self.transact_mut();
+        let len = text.len(&txn);
+        if len > 0 && rng.below_or_equal(3) == 0 {
+            let pos = rng.below_or_equal(u64::from(len - 1)) as u32;
+            text.remove_range(&mut txn, pos, 1);
+        } else {
+            let pos = rng.below_or_equal(u64::from(len)) as u32;
+            text.insert(&mut txn, pos, &format!("{}", tag % 10));
+        }
+    }
+    fn digest(&self) -> Vec<u8> {
+        use yrs::{GetString, Transact};
+        let text = self.get_or_insert_text("body");
+        text.get_string(&self.transact()).into_bytes()
     }
 }

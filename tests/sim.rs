@@ -9,16 +9,17 @@
 
 use std::time::Instant;
 
-use crdt_socket_sync::sim::{SimConfig, config_for_seed, run_random};
+use crdt_socket_sync::sim::{SimConfig, SimStats, config_for_seed, run_random};
 use crdt_socket_sync::testing::OpLog;
 
 fn steps_for(seed: u64) -> usize {
     20 + (seed % 7) as usize * 20
 }
 
-fn run(seed: u64) {
-    if let Err(f) = run_random::<OpLog>(config_for_seed(seed), steps_for(seed)) {
-        panic!("{f}");
+fn run(seed: u64) -> SimStats {
+    match run_random::<OpLog>(config_for_seed(seed), steps_for(seed)) {
+        Ok(stats) => stats,
+        Err(f) => panic!("{f}"),
     }
 }
 
@@ -33,20 +34,30 @@ fn many_random_scenarios() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let start = Instant::now();
+    let mut total = SimStats::default();
     for seed in first..first + count {
-        run(seed);
+        let s = run(seed);
+        total.steps += s.steps;
+        total.edits += s.edits;
+        total.backpressured += s.backpressured;
+        total.cuts += s.cuts;
+        total.restarts += s.restarts;
+        total.connects += s.connects;
+        total.bytes += s.bytes;
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{count} scenarios in {secs:.1} s: {:.0} scenarios/s",
+        "{count} scenarios in {secs:.1} s: {:.0} scenarios/s; {total:?}",
         count as f64 / secs
     );
+    // The scenarios really exercise faults.
+    assert!(total.cuts > count / 2 && total.restarts > count / 20);
 }
 
 #[test]
 fn replay() {
     if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|v| v.parse().ok()) {
-        run(seed);
+        println!("{:?}", run(seed));
     }
 }
 
@@ -63,4 +74,20 @@ fn a_plain_scenario_converges() {
     )
     .unwrap();
     assert!(stats.edits > 50);
+}
+
+/// The same scenarios with real yrs documents (fewer: yrs is heavier).
+#[cfg(feature = "yrs")]
+#[test]
+fn random_scenarios_with_yrs_documents() {
+    use crdt_socket_sync::adapters::yrs::YrsDocument;
+    let count: u64 = std::env::var("SIM_YRS_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    for seed in 0..count {
+        if let Err(f) = run_random::<YrsDocument>(config_for_seed(seed), steps_for(seed)) {
+            panic!("yrs {f}");
+        }
+    }
 }

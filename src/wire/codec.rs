@@ -83,7 +83,11 @@ impl Encoder {
 
     /// Appends one frame holding `messages` (in order) to `out` and returns
     /// the frame's length. On error `out` is left as it was.
-    pub fn encode(&mut self, messages: &[Message], out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    pub fn encode(
+        &mut self,
+        messages: &[Message],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, EncodeError> {
         if messages.is_empty() {
             return Err(EncodeError::Empty);
         }
@@ -326,7 +330,11 @@ impl StreamDecoder {
     /// into `out` and returns `true`; returns `false` once `input` is used up
     /// without completing a frame. Call it in a loop until it returns
     /// `false`.
-    pub fn decode(&mut self, input: &mut &[u8], out: &mut Vec<Message>) -> Result<bool, FrameError> {
+    pub fn decode(
+        &mut self,
+        input: &mut &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<bool, FrameError> {
         let result = self.decode_inner(input, out);
         if result.is_err() {
             self.partial = Vec::new();
@@ -335,7 +343,11 @@ impl StreamDecoder {
         result
     }
 
-    fn decode_inner(&mut self, input: &mut &[u8], out: &mut Vec<Message>) -> Result<bool, FrameError> {
+    fn decode_inner(
+        &mut self,
+        input: &mut &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<bool, FrameError> {
         // Fast path: a whole frame at the front of the input, nothing buffered.
         if self.partial.is_empty()
             && let Some(header) = Header::parse(input, &self.limits)?
@@ -356,7 +368,8 @@ impl StreamDecoder {
             self.partial.push(byte);
             *input = rest;
             if let Some(header) = Header::parse(&self.partial, &self.limits)? {
-                self.partial.reserve_exact(header.frame_len() - self.partial.len());
+                self.partial
+                    .reserve_exact(header.frame_len() - self.partial.len());
                 self.header = Some(header);
             }
         }

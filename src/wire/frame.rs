@@ -104,7 +104,8 @@ impl Header {
                 limit: limits.max_frame_len,
             });
         }
-        if body_len == 0 {
+        // A deflated body that inflates to nothing is as empty as no body.
+        if body_len == 0 || raw_len == 0 {
             return Err(FrameError::Empty);
         }
         Ok(Some(header))
@@ -179,7 +180,18 @@ mod tests {
 
     #[test]
     fn varint_round_trip_and_len() {
-        for v in [0, 1, 127, 128, 16383, 16384, 1 << 21, (1 << 28) - 1, 1 << 28, u32::MAX] {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16383,
+            16384,
+            1 << 21,
+            (1 << 28) - 1,
+            1 << 28,
+            u32::MAX,
+        ] {
             let mut out = Vec::new();
             write_varint(v, &mut out);
             assert_eq!(out.len(), varint_len(v), "{v}");

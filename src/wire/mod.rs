@@ -5,8 +5,8 @@
 //! [`Limits`](crate::Limits). See the README's protocol section for the byte
 //! layout and the measured overhead.
 
-pub mod compress;
 mod codec;
+pub mod compress;
 mod error;
 pub mod frame;
 mod message;
@@ -14,8 +14,8 @@ mod message;
 pub use codec::{DEFAULT_COMPRESS_THRESHOLD, Encoder, MessageDecoder, StreamDecoder};
 pub use error::{EncodeError, FrameError};
 pub use message::{
-    Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message,
-    PeerLimits, RejectCode, Resume, Route, SessionId, SyncKind,
+    Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PeerLimits,
+    RejectCode, Resume, Route, SessionId, SyncKind,
 };
 
 /// Protocol versions this crate speaks (of the message layer, negotiated in

@@ -633,6 +633,34 @@ proptest! {
         }
     }
 
+    /// Whatever an encoder built for limits `L` produces, a decoder with
+    /// `L` accepts; otherwise the encoder says the frame is too large.
+    #[test]
+    fn encoder_output_fits_the_decoders_limits(
+        messages in batch(),
+        mode in mode(),
+        max_frame_len in 16..4096u32,
+        max_decompressed_len in 1..8192u32,
+    ) {
+        let limits = Limits { max_frame_len, max_decompressed_len, ..Limits::default() };
+        let mut frame = Vec::new();
+        match encoder(&limits, mode).encode(&messages, &mut frame) {
+            Ok(_) => {
+                prop_assert_eq!(&decode_one(limits, &frame).unwrap(), &messages);
+                prop_assert_eq!(&decode_stream(limits, [&frame[..]]).unwrap().0, &messages);
+            }
+            Err(EncodeError::TooLarge { .. }) => prop_assert!(frame.is_empty()),
+            Err(e) => prop_assert!(false, "{}", e),
+        }
+        // The same through a peer's announced limits.
+        let mut encoder = encoder(&Limits::default(), mode);
+        encoder.apply_peer_limits(limits.peer_limits());
+        let mut frame = Vec::new();
+        if encoder.encode(&messages, &mut frame).is_ok() {
+            prop_assert_eq!(&decode_one(limits, &frame).unwrap(), &messages);
+        }
+    }
+
     #[test]
     fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..256)) {
         crdt_socket_sync::fuzzing::frame_decode(&data);
@@ -689,6 +717,39 @@ fn deflate_with_zero_threshold_compresses_compressible_frames() {
     // Below the threshold it stays plain.
     let frame = encode(std::slice::from_ref(&m), Mode::Deflate(1000));
     assert_eq!(frame[0], FRAME_VERSION << 4);
+}
+
+/// Regression: the encoder deflated bodies larger than the peer's
+/// `max_decompressed_len`, producing frames the peer refuses.
+#[test]
+fn encoder_does_not_deflate_past_the_peers_decompressed_limit() {
+    let m = Message::Broadcast {
+        doc: DocId(1),
+        data: Bytes(vec![0; 5000]),
+    };
+    let peer = Limits {
+        max_decompressed_len: 1000,
+        ..Limits::default()
+    };
+    let mut encoder = encoder(&Limits::default(), Mode::Deflate(0));
+    encoder.apply_peer_limits(peer.peer_limits());
+    let mut frame = Vec::new();
+    encoder
+        .encode(std::slice::from_ref(&m), &mut frame)
+        .unwrap();
+    assert_eq!(frame[0] & FLAG_DEFLATE, 0, "sent plain");
+    assert_eq!(decode_one(peer, &frame).unwrap(), vec![m.clone()]);
+    // Within the peer's limit it is still deflated.
+    let small = Message::Broadcast {
+        doc: DocId(1),
+        data: Bytes(vec![0; 900]),
+    };
+    let mut frame = Vec::new();
+    encoder
+        .encode(std::slice::from_ref(&small), &mut frame)
+        .unwrap();
+    assert_eq!(frame[0] & FLAG_DEFLATE, FLAG_DEFLATE);
+    assert_eq!(decode_one(peer, &frame).unwrap(), vec![small]);
 }
 
 // ---------------------------------------------------------------------------

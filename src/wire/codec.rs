@@ -35,6 +35,7 @@ pub const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Encoder {
     max_frame_len: u32,
+    max_decompressed_len: u32,
     max_messages: u32,
     compression: Compression,
     compress_threshold: usize,
@@ -46,6 +47,7 @@ impl Encoder {
     pub fn new(limits: &Limits) -> Self {
         Encoder {
             max_frame_len: limits.max_frame_len,
+            max_decompressed_len: limits.max_decompressed_len,
             max_messages: limits.max_messages_per_frame,
             compression: Compression::None,
             compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
@@ -60,9 +62,11 @@ impl Encoder {
         self.compress_threshold = threshold;
     }
 
-    /// Lowers the frame size to what the peer announced it accepts.
+    /// Lowers the frame size, and the body size that may be deflated, to
+    /// what the peer announced it accepts.
     pub fn apply_peer_limits(&mut self, peer: PeerLimits) {
         self.max_frame_len = self.max_frame_len.min(peer.max_frame_len);
+        self.max_decompressed_len = self.max_decompressed_len.min(peer.max_decompressed_len);
     }
 
     /// The largest frame this encoder will produce.
@@ -98,7 +102,11 @@ impl Encoder {
         }
         let (body_len, frame_len) = self.measure(messages)?;
         let start = out.len();
-        if self.compression == Compression::Deflate && body_len >= self.compress_threshold {
+        // A body larger than the peer inflates is sent plain (if it fits).
+        if self.compression == Compression::Deflate
+            && body_len >= self.compress_threshold
+            && body_len <= self.max_decompressed_len as usize
+        {
             self.scratch.clear();
             self.scratch.reserve(body_len);
             for m in messages {

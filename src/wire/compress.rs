@@ -28,16 +28,9 @@ pub fn deflate(input: &[u8]) -> Vec<u8> {
 }
 
 /// Reusable inflate state (about 11 KiB, allocated once per decoder).
+#[derive(Default)]
 pub struct Inflater {
     state: Box<DecompressorOxide>,
-}
-
-impl Default for Inflater {
-    fn default() -> Self {
-        Inflater {
-            state: Box::default(),
-        }
-    }
 }
 
 impl core::fmt::Debug for Inflater {

@@ -216,37 +216,58 @@ impl FrameReader {
         if expected != actual {
             return Err(FrameError::ChecksumMismatch { expected, actual });
         }
-        let mut body = &covered[header.header_len..];
-        if header.is_deflated() {
-            // The declared size was checked against the limit in Header::parse.
-            self.inflated.clear();
-            self.inflated.resize(header.raw_len as usize, 0);
-            self.inflater.inflate_exact(body, &mut self.inflated)?;
-            body = &self.inflated;
+        let body = &covered[header.header_len..];
+        if !header.is_deflated() {
+            return decode_messages(body, limits, out);
         }
-        let before = out.len();
-        let mut count = 0u32;
-        while !body.is_empty() {
-            if count == limits.max_messages_per_frame {
-                out.truncate(before);
-                return Err(FrameError::TooManyMessages {
-                    limit: limits.max_messages_per_frame,
-                });
-            }
-            match postcard::take_from_bytes::<Message>(body) {
-                Ok((m, rest)) => {
-                    out.push(m);
-                    body = rest;
-                    count += 1;
-                }
-                Err(e) => {
-                    out.truncate(before);
-                    return Err(FrameError::Decode(e));
-                }
-            }
+        // The declared size was checked against the limit in Header::parse.
+        self.inflated.clear();
+        self.inflated.resize(header.raw_len as usize, 0);
+        let result = self
+            .inflater
+            .inflate_exact(body, &mut self.inflated)
+            .and_then(|()| decode_messages(&self.inflated, limits, out));
+        // Keep a small buffer for the next frame, but do not hold on to a
+        // large one for the rest of the connection.
+        if self.inflated.capacity() > KEEP_BUFFER_CAPACITY {
+            self.inflated = Vec::new();
         }
-        Ok(())
+        result
     }
+}
+
+/// Largest buffer a decoder keeps between frames.
+const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// Decodes the messages of a verified, inflated frame body. On error nothing
+/// is appended to `out`.
+fn decode_messages(
+    mut body: &[u8],
+    limits: &Limits,
+    out: &mut Vec<Message>,
+) -> Result<(), FrameError> {
+    let before = out.len();
+    let mut count = 0u32;
+    while !body.is_empty() {
+        if count == limits.max_messages_per_frame {
+            out.truncate(before);
+            return Err(FrameError::TooManyMessages {
+                limit: limits.max_messages_per_frame,
+            });
+        }
+        match postcard::take_from_bytes::<Message>(body) {
+            Ok((m, rest)) => {
+                out.push(m);
+                body = rest;
+                count += 1;
+            }
+            Err(e) => {
+                out.truncate(before);
+                return Err(FrameError::Decode(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes one frame per call: for transports that preserve message
@@ -395,7 +416,7 @@ impl StreamDecoder {
         let frame = core::mem::take(&mut self.partial);
         let result = self.reader.read(&frame, &header, &self.limits, out);
         // Keep the allocation for the next partial frame unless it was large.
-        if frame.capacity() <= 64 * 1024 {
+        if frame.capacity() <= KEEP_BUFFER_CAPACITY {
             self.partial = frame;
             self.partial.clear();
         }

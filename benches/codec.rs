@@ -157,9 +157,9 @@ fn criterion_benches(c: &mut Criterion, all: &mut [(&'static str, Ops)]) {
     }
 }
 
-/// Per-call medians (ns) of `a` and `b`, timed in alternating samples of
-/// about 2 ms each so drift affects both alike.
-fn paired_median_ns(a: &mut dyn FnMut(), b: &mut dyn FnMut(), samples: usize) -> (f64, f64) {
+/// Per-call times (ns) of `a` and `b`: (median, minimum) of each, timed in
+/// alternating samples of about 1 ms so drift and load affect both alike.
+fn paired_ns(a: &mut dyn FnMut(), b: &mut dyn FnMut(), samples: usize) -> [(f64, f64); 2] {
     // Calibrate the iteration count on `a`.
     let mut iters = 1u64;
     loop {
@@ -167,7 +167,7 @@ fn paired_median_ns(a: &mut dyn FnMut(), b: &mut dyn FnMut(), samples: usize) ->
         for _ in 0..iters {
             a();
         }
-        if start.elapsed() >= Duration::from_millis(2) || iters >= 1 << 30 {
+        if start.elapsed() >= Duration::from_millis(1) || iters >= 1 << 30 {
             break;
         }
         iters *= 2;
@@ -184,37 +184,38 @@ fn paired_median_ns(a: &mut dyn FnMut(), b: &mut dyn FnMut(), samples: usize) ->
         ta.push(time(a));
         tb.push(time(b));
     }
-    (median(&mut ta), median(&mut tb))
+    [stats(&mut ta), stats(&mut tb)]
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn stats(v: &mut [f64]) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    (v[v.len() / 2], v[0])
 }
 
 fn summary(all: &mut [(&'static str, Ops)]) {
     println!();
-    println!("codec vs bare postcard + crc32 (median per call, this run):");
+    println!("codec vs bare postcard + crc32, per call, this run (median; ratio of minima too):");
     println!(
-        "{:<15} {:<7} {:>12} {:>12} {:>7}",
-        "case", "op", "ours", "baseline", "ratio"
+        "{:<15} {:<7} {:>12} {:>12} {:>7} {:>9}",
+        "case", "op", "ours", "baseline", "ratio", "min ratio"
     );
     let mut snapshot_decode = None;
     for (name, ops) in all.iter_mut() {
-        let (oe, be) = paired_median_ns(&mut ops.ours_encode, &mut ops.base_encode, 101);
-        let (od, bd) = paired_median_ns(&mut ops.ours_decode, &mut ops.base_decode, 101);
-        for (op, ours, base) in [("encode", oe, be), ("decode", od, bd)] {
+        let encode = paired_ns(&mut ops.ours_encode, &mut ops.base_encode, 201);
+        let decode = paired_ns(&mut ops.ours_decode, &mut ops.base_decode, 201);
+        for (op, [ours, base]) in [("encode", encode), ("decode", decode)] {
             println!(
-                "{:<15} {:<7} {:>12} {:>12} {:>6.2}x",
+                "{:<15} {:<7} {:>12} {:>12} {:>6.2}x {:>8.2}x",
                 name,
                 op,
-                fmt_ns(ours),
-                fmt_ns(base),
-                ours / base
+                fmt_ns(ours.0),
+                fmt_ns(base.0),
+                ours.0 / base.0,
+                ours.1 / base.1
             );
         }
         if *name == "snapshot_1MiB" {
-            snapshot_decode = Some((ops.frame_len, od));
+            snapshot_decode = Some((ops.frame_len, decode[0].0));
         }
     }
     if let Some((len, ns)) = snapshot_decode {
@@ -246,9 +247,11 @@ fn main() {
         .configure_from_args();
     criterion_benches(&mut criterion, &mut all);
     criterion.final_summary();
-    // `cargo test --benches` runs each benchmark once; skip the timing then.
+    // `cargo test --benches` runs each benchmark once, and `--profile-time`
+    // runs one for a profiler; skip the timing then.
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
+    let skip = ["--test", "--profile-time"];
+    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| skip.contains(&a.as_str())) {
         summary(&mut all);
     }
 }

@@ -1220,6 +1220,10 @@ fn batched_update_overhead_is_at_most_5_bytes_each() {
         if first_seq < 1 << 21 {
             assert!(overhead <= 29, "first_seq {first_seq}: {overhead} bytes");
         }
+        if first_seq == 1 {
+            // 3 header + 4 CRC + 4 envelope + 16 length prefixes.
+            assert_eq!(overhead, 27);
+        }
     }
 }
 

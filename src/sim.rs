@@ -433,7 +433,9 @@ impl<D: SimDoc> Sim<D> {
             let candidates = [
                 c.session.poll_timeout(),
                 c.conn.and(c.up.chunks.front().map(|x| x.0)),
-                (!c.stalled).then(|| c.down.chunks.front().map(|x| x.0)).flatten(),
+                (!c.stalled)
+                    .then(|| c.down.chunks.front().map(|x| x.0))
+                    .flatten(),
             ];
             for t in candidates.into_iter().flatten() {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
@@ -465,7 +467,10 @@ impl<D: SimDoc> Sim<D> {
     }
 
     fn latency(&mut self) -> Duration {
-        let (lo, hi) = (self.config.min_latency, self.config.max_latency.max(self.config.min_latency));
+        let (lo, hi) = (
+            self.config.min_latency,
+            self.config.max_latency.max(self.config.min_latency),
+        );
         let span = u64::try_from((hi - lo).as_micros()).unwrap_or(u64::MAX);
         lo + Duration::from_micros(self.rng.below_or_equal(span))
     }
@@ -473,7 +478,10 @@ impl<D: SimDoc> Sim<D> {
     /// Splits `bytes` into random pieces queued on `pipe` in order.
     fn send_on(&mut self, client: usize, up: bool, bytes: Vec<u8>) {
         self.stats.bytes += bytes.len() as u64;
-        let pieces = 1 + self.rng.below_or_equal(self.config.max_split.max(1) as u64 - 1) as usize;
+        let pieces = 1 + self
+            .rng
+            .below_or_equal(self.config.max_split.max(1) as u64 - 1)
+            as usize;
         let mut cuts: Vec<usize> = (1..pieces)
             .map(|_| self.rng.below_or_equal(bytes.len() as u64) as usize)
             .collect();
@@ -506,7 +514,9 @@ impl<D: SimDoc> Sim<D> {
                 while let Some(frame) = self.clients[i].session.poll_transmit() {
                     moved = true;
                     if frame.len() > max_frame {
-                        return Err(self.fail(format!("client {i} sent a {} byte frame", frame.len())));
+                        return Err(
+                            self.fail(format!("client {i} sent a {} byte frame", frame.len()))
+                        );
                     }
                     if self.clients[i].conn.is_some() {
                         self.send_on(i, true, frame);
@@ -576,7 +586,9 @@ impl<D: SimDoc> Sim<D> {
                 match e {
                     ClientEvent::Dial { .. } => dial = true,
                     ClientEvent::DocumentError { code, message, .. } => {
-                        return Err(self.fail(format!("client {i} document error {code:?}: {message}")));
+                        return Err(
+                            self.fail(format!("client {i} document error {code:?}: {message}"))
+                        );
                     }
                     ClientEvent::Closed {
                         cause: CloseCause::Inbound(e),
@@ -585,7 +597,10 @@ impl<D: SimDoc> Sim<D> {
                         cause: CloseCause::Protocol(m),
                     } => return Err(self.fail(format!("client {i} saw a protocol violation: {m}"))),
                     ClientEvent::Closed {
-                        cause: CloseCause::Local(CloseReason::DeadConnection | CloseReason::HandshakeTimeout),
+                        cause:
+                            CloseCause::Local(
+                                CloseReason::DeadConnection | CloseReason::HandshakeTimeout,
+                            ),
                     }
                     | ClientEvent::Closed {
                         cause: CloseCause::Peer { .. },
@@ -614,12 +629,18 @@ impl<D: SimDoc> Sim<D> {
         let limit = self.config.limits.max_outbound_bytes + SLACK;
         for (i, c) in self.clients.iter().enumerate() {
             if c.session.queued_bytes() > limit {
-                return Err(self.fail(format!("client {i} queue at {} bytes", c.session.queued_bytes())));
+                return Err(self.fail(format!(
+                    "client {i} queue at {} bytes",
+                    c.session.queued_bytes()
+                )));
             }
             if let Some(s) = c.conn.and_then(|conn| self.hub.session(conn))
                 && s.queued_bytes() > limit
             {
-                return Err(self.fail(format!("hub queue for client {i} at {} bytes", s.queued_bytes())));
+                return Err(self.fail(format!(
+                    "hub queue for client {i} at {} bytes",
+                    s.queued_bytes()
+                )));
             }
         }
         Ok(())
@@ -668,22 +689,28 @@ impl<D: SimDoc> Sim<D> {
             for c in &mut self.clients {
                 if let Some(d) = c.docs.get(&name) {
                     let snap = d.snapshot();
-                    reference
-                        .load_snapshot(&snap)
-                        .map_err(|e| SimFailure {
-                            seed: self.config.seed,
-                            step: self.stats.steps,
-                            message: format!("reference merge: {e}"),
-                        })?;
+                    reference.load_snapshot(&snap).map_err(|e| SimFailure {
+                        seed: self.config.seed,
+                        step: self.stats.steps,
+                        message: format!("reference merge: {e}"),
+                    })?;
                 }
             }
             let want = reference.digest();
-            let server = self.server.get(&name).map(|d| d.digest()).unwrap_or_default();
+            let server = self
+                .server
+                .get(&name)
+                .map(|d| d.digest())
+                .unwrap_or_default();
             if server != want {
                 return Err(self.fail(format!("server diverged on {name}")));
             }
             for i in 0..self.clients.len() {
-                let got = self.clients[i].docs.get(&name).map(|d| d.digest()).unwrap_or_default();
+                let got = self.clients[i]
+                    .docs
+                    .get(&name)
+                    .map(|d| d.digest())
+                    .unwrap_or_default();
                 if got != want {
                     return Err(self.fail(format!("client {i} diverged on {name}")));
                 }

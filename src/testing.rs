@@ -252,4 +252,3 @@ impl Document for OpLog {
         Some(Self::encode_ops(self.ops.range((me, from + 1)..=(me, now))))
     }
 }
-

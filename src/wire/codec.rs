@@ -35,6 +35,7 @@ pub const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Encoder {
     max_frame_len: u32,
+    max_decompressed_len: u32,
     max_messages: u32,
     compression: Compression,
     compress_threshold: usize,
@@ -46,6 +47,7 @@ impl Encoder {
     pub fn new(limits: &Limits) -> Self {
         Encoder {
             max_frame_len: limits.max_frame_len,
+            max_decompressed_len: limits.max_decompressed_len,
             max_messages: limits.max_messages_per_frame,
             compression: Compression::None,
             compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
@@ -60,9 +62,11 @@ impl Encoder {
         self.compress_threshold = threshold;
     }
 
-    /// Lowers the frame size to what the peer announced it accepts.
+    /// Lowers the frame size, and the body size that may be deflated, to
+    /// what the peer announced it accepts.
     pub fn apply_peer_limits(&mut self, peer: PeerLimits) {
         self.max_frame_len = self.max_frame_len.min(peer.max_frame_len);
+        self.max_decompressed_len = self.max_decompressed_len.min(peer.max_decompressed_len);
     }
 
     /// The largest frame this encoder will produce.
@@ -98,7 +102,11 @@ impl Encoder {
         }
         let (body_len, frame_len) = self.measure(messages)?;
         let start = out.len();
-        if self.compression == Compression::Deflate && body_len >= self.compress_threshold {
+        // A body larger than the peer inflates is sent plain (if it fits).
+        if self.compression == Compression::Deflate
+            && body_len >= self.compress_threshold
+            && body_len <= self.max_decompressed_len as usize
+        {
             self.scratch.clear();
             self.scratch.reserve(body_len);
             for m in messages {
@@ -221,37 +229,58 @@ impl FrameReader {
         if expected != actual {
             return Err(FrameError::ChecksumMismatch { expected, actual });
         }
-        let mut body = &covered[header.header_len..];
-        if header.is_deflated() {
-            // The declared size was checked against the limit in Header::parse.
-            self.inflated.clear();
-            self.inflated.resize(header.raw_len as usize, 0);
-            self.inflater.inflate_exact(body, &mut self.inflated)?;
-            body = &self.inflated;
+        let body = &covered[header.header_len..];
+        if !header.is_deflated() {
+            return decode_messages(body, limits, out);
         }
-        let before = out.len();
-        let mut count = 0u32;
-        while !body.is_empty() {
-            if count == limits.max_messages_per_frame {
-                out.truncate(before);
-                return Err(FrameError::TooManyMessages {
-                    limit: limits.max_messages_per_frame,
-                });
-            }
-            match postcard::take_from_bytes::<Message>(body) {
-                Ok((m, rest)) => {
-                    out.push(m);
-                    body = rest;
-                    count += 1;
-                }
-                Err(e) => {
-                    out.truncate(before);
-                    return Err(FrameError::Decode(e));
-                }
-            }
+        // The declared size was checked against the limit in Header::parse.
+        self.inflated.clear();
+        self.inflated.resize(header.raw_len as usize, 0);
+        let result = self
+            .inflater
+            .inflate_exact(body, &mut self.inflated)
+            .and_then(|()| decode_messages(&self.inflated, limits, out));
+        // Keep a small buffer for the next frame, but do not hold on to a
+        // large one for the rest of the connection.
+        if self.inflated.capacity() > KEEP_BUFFER_CAPACITY {
+            self.inflated = Vec::new();
         }
-        Ok(())
+        result
     }
+}
+
+/// Largest buffer a decoder keeps between frames.
+const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// Decodes the messages of a verified, inflated frame body. On error nothing
+/// is appended to `out`.
+fn decode_messages(
+    mut body: &[u8],
+    limits: &Limits,
+    out: &mut Vec<Message>,
+) -> Result<(), FrameError> {
+    let before = out.len();
+    let mut count = 0u32;
+    while !body.is_empty() {
+        if count == limits.max_messages_per_frame {
+            out.truncate(before);
+            return Err(FrameError::TooManyMessages {
+                limit: limits.max_messages_per_frame,
+            });
+        }
+        match postcard::take_from_bytes::<Message>(body) {
+            Ok((m, rest)) => {
+                out.push(m);
+                body = rest;
+                count += 1;
+            }
+            Err(e) => {
+                out.truncate(before);
+                return Err(FrameError::Decode(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes one frame per call: for transports that preserve message
@@ -400,7 +429,7 @@ impl StreamDecoder {
         let frame = core::mem::take(&mut self.partial);
         let result = self.reader.read(&frame, &header, &self.limits, out);
         // Keep the allocation for the next partial frame unless it was large.
-        if frame.capacity() <= 64 * 1024 {
+        if frame.capacity() <= KEEP_BUFFER_CAPACITY {
             self.partial = frame;
             self.partial.clear();
         }

@@ -9,9 +9,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession};
-pub use crdt_socket_sync::testing::OpLog;
 use crdt_socket_sync::registry::MemoryRegistry;
 use crdt_socket_sync::server::{Authorizer, ConnId, Hub, ServerConfig, ServerEvent};
+pub use crdt_socket_sync::testing::OpLog;
 use crdt_socket_sync::wire::{Message, MessageDecoder};
 use crdt_socket_sync::{Limits, Output};
 

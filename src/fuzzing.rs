@@ -100,3 +100,223 @@ pub fn message_round_trip(messages: Vec<crate::wire::Message>, deflate: bool) {
         .expect("encoded frame decodes");
     assert_eq!(out, messages);
 }
+
+/// Drives a client session to `Connected` with one synced document, then
+/// feeds `data` as a byte stream split at points taken from the data itself.
+/// The session must never panic, must end each connection at most once, and
+/// must never spin (after `handle_timeout(now)`, output is queued or the next
+/// deadline is later).
+///
+/// ```
+/// crdt_socket_sync::fuzzing::client_session(b"\x10\x05garbage");
+/// ```
+pub fn client_session(data: &[u8]) {
+    use crate::client::{ClientConfig, ClientEvent, ClientSession};
+    use crate::inbound::Framing;
+    use crate::registry::MemoryRegistry;
+    use crate::testing::OpLog;
+    use std::time::{Duration, Instant};
+
+    let now = Instant::now();
+    let mut docs = MemoryRegistry::new(|_| OpLog::new(1));
+    let mut client = ClientSession::new(
+        ClientConfig {
+            peer: "fuzz".into(),
+            framing: Framing::Stream,
+            limits: fuzz_limits(),
+            ..ClientConfig::default()
+        },
+        now,
+    );
+    let _ = client.open(&mut docs, "doc", now);
+    client.connect(now);
+    // A genuine server answer first, so the fuzzer's bytes reach the
+    // connected state.
+    let mut hub = crate::server::Hub::new(
+        crate::server::ServerConfig {
+            framing: Framing::Stream,
+            ..Default::default()
+        },
+        crate::server::AllowAll,
+    );
+    let mut server_docs = MemoryRegistry::new(|_| OpLog::new(0));
+    let conn = hub.accept(now);
+    while let Some(f) = client.poll_transmit() {
+        hub.handle_input(conn, now, &f, &mut server_docs);
+    }
+    while let Some(f) = hub.poll_transmit_for(conn) {
+        client.handle_input(now, &f, &mut docs);
+    }
+    while client.poll_transmit().is_some() {}
+    let mut t = now;
+    let mut closed = 0;
+    for (i, piece) in data.chunks(17).enumerate() {
+        t += Duration::from_millis(u64::from(piece[0] % 8) * 100);
+        client.handle_input(t, piece, &mut docs);
+        if i % 3 == 0 {
+            client.handle_timeout(t);
+            let spins = client.poll_timeout().is_some_and(|d| d <= t);
+            assert!(!spins || client.queued_bytes() > 0, "client would spin");
+        }
+        while client.poll_transmit().is_some() {}
+        while let Some(e) = client.poll_event() {
+            if matches!(e, ClientEvent::Closed { .. }) {
+                closed += 1;
+            }
+        }
+        assert!(closed <= 1, "one Closed per connection");
+    }
+}
+
+/// Feeds `data` to a hub connection as a byte stream, next to a healthy
+/// client on another connection, which must still sync an edit afterwards.
+///
+/// ```
+/// crdt_socket_sync::fuzzing::server_session(b"\x10\x05garbage");
+/// ```
+pub fn server_session(data: &[u8]) {
+    let mut h = Harness::new();
+    let raw = h.hub.accept(h.now);
+    for piece in data.chunks(23) {
+        h.hub.handle_input(raw, h.now, piece, &mut h.server_docs);
+        while h.hub.poll_transmit_for(raw).is_some() {}
+    }
+    h.check_healthy();
+}
+
+/// Structure-aware: a valid `Hello`, then arbitrary messages in valid frames.
+#[cfg(feature = "arbitrary")]
+pub fn server_messages(messages: Vec<crate::wire::Message>) {
+    use crate::wire::{Bytes, Message};
+    let mut h = Harness::new();
+    let raw = h.hub.accept(h.now);
+    let hello = Message::Hello {
+        versions: crate::wire::PROTOCOL_VERSIONS.to_vec(),
+        peer: "fuzz".into(),
+        token: Bytes::default(),
+        compression: vec![crate::wire::Compression::Deflate],
+        limits: fuzz_limits().peer_limits(),
+    };
+    let mut encoder = Encoder::new(&fuzz_limits());
+    for batch in std::iter::once(vec![hello]).chain(messages.chunks(4).map(|c| c.to_vec())) {
+        let mut frame = Vec::new();
+        if encoder.encode(&batch, &mut frame).is_err() {
+            continue;
+        }
+        let mut input = &frame[..];
+        while !input.is_empty() {
+            let (piece, rest) = input.split_at(input.len().min(29));
+            h.hub.handle_input(raw, h.now, piece, &mut h.server_docs);
+            input = rest;
+        }
+        while h.hub.poll_transmit_for(raw).is_some() {}
+    }
+    h.check_healthy();
+}
+
+/// A hub with one healthy client, for the server targets.
+struct Harness {
+    now: std::time::Instant,
+    hub: crate::server::Hub<crate::server::AllowAll>,
+    server_docs: crate::registry::MemoryRegistry<crate::testing::OpLog>,
+    client: crate::client::ClientSession,
+    docs: crate::registry::MemoryRegistry<crate::testing::OpLog>,
+    conn: crate::server::ConnId,
+}
+
+impl Harness {
+    fn new() -> Self {
+        use crate::inbound::Framing;
+        use crate::registry::MemoryRegistry;
+        use crate::testing::OpLog;
+        let now = std::time::Instant::now();
+        let mut hub = crate::server::Hub::new(
+            crate::server::ServerConfig {
+                framing: Framing::Stream,
+                limits: fuzz_limits(),
+                ..Default::default()
+            },
+            crate::server::AllowAll,
+        );
+        let conn = hub.accept(now);
+        let mut client = crate::client::ClientSession::new(
+            crate::client::ClientConfig {
+                peer: "good".into(),
+                framing: Framing::Stream,
+                ..Default::default()
+            },
+            now,
+        );
+        let mut docs = MemoryRegistry::new(|_| OpLog::new(1));
+        let _ = client.open(&mut docs, "doc", now);
+        client.connect(now);
+        let mut h = Harness {
+            now,
+            hub,
+            server_docs: MemoryRegistry::new(|_| OpLog::new(0)),
+            client,
+            docs,
+            conn,
+        };
+        h.pump();
+        h
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..64 {
+            let mut moved = false;
+            while let Some(f) = self.client.poll_transmit() {
+                moved = true;
+                self.hub
+                    .handle_input(self.conn, self.now, &f, &mut self.server_docs);
+            }
+            while let Some(f) = self.hub.poll_transmit_for(self.conn) {
+                moved = true;
+                self.client.handle_input(self.now, &f, &mut self.docs);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// The healthy client's edit still reaches the server.
+    fn check_healthy(&mut self) {
+        use crate::registry::Registry;
+        if let Some(d) = self.docs.get("doc") {
+            d.edit(b"still alive");
+        }
+        let _ = self.client.flush_local(&mut self.docs, "doc", self.now);
+        self.pump();
+        let text = self
+            .server_docs
+            .get("doc")
+            .map(|d| d.text())
+            .unwrap_or_default();
+        assert!(
+            text.contains("still alive"),
+            "the healthy session stopped working"
+        );
+        while self.hub.poll_event().is_some() {}
+    }
+}
+
+/// An arbitrary scenario through the simulator: it must converge.
+#[cfg(all(feature = "sim", feature = "arbitrary"))]
+pub fn sim(seed: u64, clients: u8, ops: Vec<crate::sim::SimOp>) {
+    use crate::sim::{Sim, SimConfig};
+    let mut sim: Sim<crate::testing::OpLog> = Sim::new(SimConfig {
+        clients: 1 + usize::from(clients % 8),
+        docs: 2,
+        seed,
+        ..SimConfig::default()
+    });
+    for op in ops.into_iter().take(200) {
+        if let Err(f) = sim.apply(op) {
+            panic!("{f}");
+        }
+    }
+    if let Err(f) = sim.heal().and_then(|()| sim.check_converged()) {
+        panic!("{f}");
+    }
+}

@@ -1,0 +1,180 @@
+//! The server's apply path for yrs keystrokes, next to raw yrs.
+//!
+//! The first keystrokes of the automerge-paper trace are made on a yrs
+//! document and their updates framed as a client would send them (one
+//! `Update` per frame). Timed, per keystroke, in the same run:
+//!
+//! * **hub**: `Hub::handle_input` of the frame (decode, CRC check, apply
+//!   through the yrs adapter, ack) plus draining every transmit (the ack to
+//!   the sender and the broadcast to one other subscriber) and the events;
+//! * **raw yrs**: `Update::decode_v1` + `apply_update` of the same bytes on a
+//!   plain `yrs::Doc`.
+//!
+//! Prints the medians of several interleaved rounds and the ratio
+//! (target ≤ 1.2×). `cargo bench --bench apply_path`.
+
+#[path = "../tests/common/trace.rs"]
+mod trace;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use crdt_socket_sync::adapters::yrs::YrsDocument;
+use crdt_socket_sync::client::{ClientConfig, ClientSession};
+use crdt_socket_sync::document::Document;
+use crdt_socket_sync::registry::MemoryRegistry;
+use crdt_socket_sync::server::{AllowAll, ConnId, Hub, ServerConfig};
+use crdt_socket_sync::wire::{Bytes, DocId, Encoder, Message};
+use crdt_socket_sync::Limits;
+
+const KEYS: usize = 20_000;
+const ROUNDS: usize = 7;
+
+/// The yrs updates of the first `n` keystrokes of automerge-paper.
+fn updates(n: usize) -> Vec<Vec<u8>> {
+    use yrs::{Text, Transact};
+    let t = trace::load("automerge-paper");
+    let mut doc = YrsDocument::new(7);
+    let text = doc.get_or_insert_text("body");
+    let mut out = Vec::with_capacity(n);
+    for txn in t.txns.iter().take(n) {
+        let p = &txn.patches[0];
+        {
+            let mut tx = doc.transact_mut();
+            if p.del > 0 {
+                text.remove_range(&mut tx, p.pos as u32, p.del as u32);
+            } else {
+                text.insert(&mut tx, p.pos as u32, &p.ins);
+            }
+        }
+        out.push(doc.take_local_update().expect("an edit"));
+    }
+    out
+}
+
+fn raw_yrs(updates: &[Vec<u8>]) -> Duration {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, Transact, Update};
+    let doc = Doc::with_client_id(1);
+    let start = Instant::now();
+    for u in updates {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(u).expect("valid"))
+            .expect("applies");
+    }
+    let d = start.elapsed();
+    black_box(&doc);
+    d
+}
+
+type Reg = MemoryRegistry<YrsDocument>;
+
+/// A hub with a sender and one other subscriber of "doc", both synced
+/// (the subscriber as a real client session).
+fn setup() -> (Hub<AllowAll>, Reg, ConnId, ConnId, ClientSession, Reg) {
+    let now = Instant::now();
+    let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+    let mut reg: Reg = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+    let mut conns = Vec::new();
+    let mut sessions = Vec::new();
+    for i in 0..2u64 {
+        let conn = hub.accept(now);
+        let mut s = ClientSession::new(ClientConfig { peer: format!("c{i}"), ..Default::default() }, now);
+        let mut docs: Reg = MemoryRegistry::new(move |_: &str| YrsDocument::new(10 + i));
+        s.connect(now);
+        s.open(&mut docs, "doc", now).expect("open");
+        for _ in 0..10 {
+            while let Some(f) = s.poll_transmit() {
+                hub.handle_input(conn, now, &f, &mut reg);
+            }
+            while let Some(f) = hub.poll_transmit_for(conn) {
+                s.handle_input(now, &f, &mut docs);
+            }
+        }
+        conns.push(conn);
+        sessions.push((s, docs));
+    }
+    while hub.poll_event().is_some() {}
+    let (sub, sub_docs) = sessions.pop().expect("two");
+    (hub, reg, conns[0], conns[1], sub, sub_docs)
+}
+
+fn hub_path(frames: &[Vec<u8>]) -> Duration {
+    let (mut hub, mut reg, sender, _sub, _s, _d) = setup();
+    let now = Instant::now();
+    let start = Instant::now();
+    let mut out = 0usize;
+    for f in frames {
+        hub.handle_input(sender, now, f, &mut reg);
+        while let Some((_, frame)) = hub.poll_transmit() {
+            out += frame.len();
+        }
+        while hub.poll_event().is_some() {}
+    }
+    let d = start.elapsed();
+    black_box(out);
+    d
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = if quick { 500 } else { KEYS };
+    let updates = updates(n);
+    let mut encoder = Encoder::new(&Limits::default());
+    let frames: Vec<Vec<u8>> = updates
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let mut f = Vec::new();
+            encoder
+                .encode(
+                    &[Message::Update {
+                        doc: DocId(0),
+                        seq: i as u64 + 2,
+                        data: Bytes(u.clone()),
+                    }],
+                    &mut f,
+                )
+                .expect("encodes");
+            f
+        })
+        .collect();
+    // Sanity: the hub path really applies every update.
+    {
+        let (mut hub, mut reg, sender, sub, mut s, mut docs) = setup();
+        let now = Instant::now();
+        for f in &frames {
+            hub.handle_input(sender, now, f, &mut reg);
+            while let Some(frame) = hub.poll_transmit_for(sub) {
+                s.handle_input(now, &frame, &mut docs);
+            }
+            while hub.poll_transmit().is_some() {}
+        }
+        use crdt_socket_sync::registry::Registry;
+        let server = reg.get("doc").expect("doc").version();
+        assert_eq!(docs.get("doc").expect("doc").version(), server, "subscriber in sync");
+    }
+    let rounds = if quick { 1 } else { ROUNDS };
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        raw.push(raw_yrs(&updates).as_nanos() as f64 / n as f64);
+        ours.push(hub_path(&frames).as_nanos() as f64 / n as f64);
+    }
+    let (o, r) = (median(ours), median(raw));
+    let bytes: usize = updates.iter().map(Vec::len).sum();
+    let frame_bytes: usize = frames.iter().map(Vec::len).sum();
+    println!("apply path, {n} automerge-paper keystrokes (yrs), median of {rounds} rounds:");
+    println!("  raw yrs decode+apply      {r:8.0} ns/update");
+    println!("  hub input+apply+ack+fan-out {o:6.0} ns/update");
+    println!("  ratio hub/raw              {:.2}x (target <= 1.20x)", o / r);
+    println!(
+        "  update {:.1} B, client frame {:.1} B",
+        bytes as f64 / n as f64,
+        frame_bytes as f64 / n as f64
+    );
+}

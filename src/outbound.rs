@@ -63,6 +63,7 @@ pub(crate) struct Outbound {
     threshold: usize,
     next_fragment: u32,
     scratch: Vec<u8>,
+    spare: Option<Vec<u8>>,
 }
 
 impl Outbound {
@@ -79,6 +80,7 @@ impl Outbound {
             threshold: usize::MAX,
             next_fragment: 0,
             scratch: Vec::new(),
+            spare: None,
         }
     }
 
@@ -157,7 +159,7 @@ impl Outbound {
             encode_into(msg, tail);
             *msgs += 1;
         } else {
-            let mut v = Vec::with_capacity(size.max(64));
+            let mut v = self.new_buffer(size);
             encode_into(msg, &mut v);
             self.items.push_back(Item {
                 body: Body::Own(v),
@@ -255,10 +257,32 @@ impl Outbound {
         let mut out = frame_start(body_len);
         for item in self.items.drain(..count) {
             out.extend_from_slice(item.body.bytes());
+            // Keep one small buffer for the next message: steady traffic
+            // then encodes without allocating.
+            if let Body::Own(mut v) = item.body
+                && self.spare.is_none()
+                && v.capacity() <= SPARE_MAX
+            {
+                v.clear();
+                self.spare = Some(v);
+            }
         }
         Some(seal(out))
     }
+
+    fn new_buffer(&mut self, size: usize) -> Vec<u8> {
+        match self.spare.take() {
+            Some(mut v) => {
+                v.reserve(size);
+                v
+            }
+            None => Vec::with_capacity(size.max(64)),
+        }
+    }
 }
+
+/// Largest buffer kept for reuse.
+const SPARE_MAX: usize = 4096;
 
 /// A frame buffer holding the header of an uncompressed body of `body_len`
 /// bytes, with room for the body and the checksum.

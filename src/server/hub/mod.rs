@@ -69,7 +69,11 @@ pub struct Hub<A> {
     ready: BTreeSet<ConnId>,
     next_conn: u64,
     now: Option<Instant>,
-    acks_due: BTreeSet<(ConnId, DocId)>,
+    /// (session, document) pairs whose cumulative ack is due after this
+    /// input; a few at a time, so a `Vec`.
+    acks_due: Vec<(ConnId, DocId)>,
+    /// Reused buffer for the updates of one batch.
+    batch: Vec<(u64, Bytes)>,
     transfers: TransferCache,
     next_prune: Option<Instant>,
     presence: PresenceTable,
@@ -100,7 +104,8 @@ impl<A: Authorizer> Hub<A> {
             ready: BTreeSet::new(),
             next_conn: 0,
             now: None,
-            acks_due: BTreeSet::new(),
+            acks_due: Vec::new(),
+            batch: Vec::new(),
             transfers: TransferCache::new(max_cache),
             next_prune: None,
             presence,
@@ -408,7 +413,8 @@ impl<A: Authorizer> Hub<A> {
     }
 
     fn dispatch<R: Registry>(&mut self, conn: ConnId, msgs: &mut Vec<Message>, registry: &mut R) {
-        let mut batch: Vec<(u64, Bytes)> = Vec::new();
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
         let mut batch_doc = DocId(0);
         for msg in msgs.drain(..) {
             if self.is_closed(conn) {
@@ -443,7 +449,7 @@ impl<A: Authorizer> Hub<A> {
             match msg {
                 Message::Update { doc, seq, data } => {
                     if !batch.is_empty() && batch_doc != doc {
-                        self.apply_updates(conn, batch_doc, std::mem::take(&mut batch), registry);
+                        self.apply_updates(conn, batch_doc, &mut batch, registry);
                     }
                     batch_doc = doc;
                     batch.push((seq, data));
@@ -455,7 +461,7 @@ impl<A: Authorizer> Hub<A> {
                     data,
                 } => {
                     if !batch.is_empty() && batch_doc != doc {
-                        self.apply_updates(conn, batch_doc, std::mem::take(&mut batch), registry);
+                        self.apply_updates(conn, batch_doc, &mut batch, registry);
                     }
                     batch_doc = doc;
                     for (i, d) in data.into_iter().enumerate() {
@@ -465,15 +471,16 @@ impl<A: Authorizer> Hub<A> {
                 }
                 other => {
                     if !batch.is_empty() {
-                        self.apply_updates(conn, batch_doc, std::mem::take(&mut batch), registry);
+                        self.apply_updates(conn, batch_doc, &mut batch, registry);
                     }
                     self.on_message(conn, other, registry);
                 }
             }
         }
         if !batch.is_empty() && !self.is_closed(conn) {
-            self.apply_updates(conn, batch_doc, batch, registry);
+            self.apply_updates(conn, batch_doc, &mut batch, registry);
         }
+        self.batch = batch;
     }
 
     fn on_peer_close(&mut self, conn: ConnId, reason: CloseReason, message: String) {
@@ -916,7 +923,18 @@ impl<A: Authorizer> Hub<A> {
         &mut self,
         conn: ConnId,
         doc: DocId,
-        updates: Vec<(u64, Bytes)>,
+        updates: &mut Vec<(u64, Bytes)>,
+        registry: &mut R,
+    ) {
+        self.apply_batch(conn, doc, updates, registry);
+        updates.clear();
+    }
+
+    fn apply_batch<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        updates: &mut Vec<(u64, Bytes)>,
         registry: &mut R,
     ) {
         let first_seq = updates.first().map(|u| u.0);
@@ -963,7 +981,9 @@ impl<A: Authorizer> Hub<A> {
             .then(|| d.version());
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
-        {
+        if let [(_, one)] = updates.as_slice() {
+            outcomes.push(d.apply(one));
+        } else {
             let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| b.as_ref()).collect();
             d.apply_batch(&slices, &mut outcomes);
         }
@@ -978,8 +998,7 @@ impl<A: Authorizer> Hub<A> {
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
         let mut rejected = Vec::new();
         let mut storage_error = None;
-        let mut accepted = Vec::with_capacity(updates.len());
-        for ((seq, data), outcome) in updates.into_iter().zip(outcomes.drain(..)) {
+        for ((seq, data), outcome) in updates.drain(..).zip(outcomes.drain(..)) {
             match outcome {
                 ApplyOutcome::Applied | ApplyOutcome::Pending { .. } => {
                     if matches!(outcome, ApplyOutcome::Applied) {
@@ -990,7 +1009,7 @@ impl<A: Authorizer> Hub<A> {
                     if let Err(e) = registry.update_applied(&name, &data) {
                         storage_error = Some((seq, e));
                     }
-                    accepted.push(data);
+                    self.fan_out(conn, doc, data, pre_version.as_deref());
                 }
                 ApplyOutcome::Duplicate => duplicates += 1,
                 ApplyOutcome::Invalid(e) => rejected.push((seq, e)),
@@ -1044,7 +1063,9 @@ impl<A: Authorizer> Hub<A> {
                 sub.out_of_sync_sent = None;
             }
         }
-        self.acks_due.insert((conn, doc));
+        if !self.acks_due.contains(&(conn, doc)) {
+            self.acks_due.push((conn, doc));
+        }
         self.events.push_back(ServerEvent::UpdatesApplied {
             conn,
             name,
@@ -1053,9 +1074,6 @@ impl<A: Authorizer> Hub<A> {
             duplicates,
             pending,
         });
-        for data in accepted {
-            self.fan_out(conn, doc, data, pre_version.as_deref());
-        }
     }
 
     /// Sends `data` to every other subscriber of `doc`, encoded once.
@@ -1063,11 +1081,15 @@ impl<A: Authorizer> Hub<A> {
     /// updates and are marked for a catch-up from `pre_version`.
     fn fan_out(&mut self, from: ConnId, doc: DocId, data: Bytes, pre_version: Option<&[u8]>) {
         let entry = &self.docs[doc.0 as usize];
-        if entry.subscribers.len() <= 1 {
+        let recipients = entry.subscribers.len() - usize::from(entry.subscribers.contains(&from));
+        if recipients == 0 {
             return;
         }
         let high = self.high_water();
-        let encoded = encode_shared(&Message::Broadcast { doc, data });
+        let msg = Message::Broadcast { doc, data };
+        // Encoded once for many recipients; a single recipient gets it
+        // encoded straight into its queue.
+        let shared = (recipients > 1).then(|| encode_shared(&msg));
         let mut slow = Vec::new();
         for conn in entry.subscribers.iter().copied().filter(|c| *c != from) {
             let Some(s) = self.sessions.get_mut(&conn) else {
@@ -1080,7 +1102,8 @@ impl<A: Authorizer> Hub<A> {
             if sub.lagging.is_some() {
                 continue;
             }
-            if queued + encoded.len() > high
+            let len = shared.as_ref().map_or(msg_len(&msg), |e| e.len());
+            if queued + len > high
                 && let Some(v) = pre_version
             {
                 sub.lagging = Some(v.to_vec());
@@ -1091,7 +1114,11 @@ impl<A: Authorizer> Hub<A> {
                 });
                 continue;
             }
-            if s.send_shared(&encoded).is_err() {
+            let sent = match &shared {
+                Some(encoded) => s.send_shared(encoded),
+                None => s.outbound.push(&msg, crate::outbound::Priority::Data),
+            };
+            if sent.is_err() {
                 slow.push(conn);
             } else {
                 self.ready.insert(conn);
@@ -1204,15 +1231,15 @@ impl<A: Authorizer> Hub<A> {
         let durable = match registry.flush() {
             Ok(d) => d,
             Err(e) => {
-                let due: Vec<_> = self.acks_due.iter().copied().collect();
+                let due = self.acks_due.clone();
                 for (conn, doc) in due {
                     self.doc_error(conn, Some(doc), None, ErrorCode::Storage, e.to_string());
                 }
                 false
             }
         };
-        let due = std::mem::take(&mut self.acks_due);
-        for (conn, doc) in due {
+        let mut due = std::mem::take(&mut self.acks_due);
+        for (conn, doc) in due.drain(..) {
             let Some(sub) = self.sub_mut(conn, doc) else {
                 continue;
             };
@@ -1226,6 +1253,15 @@ impl<A: Authorizer> Hub<A> {
             };
             self.send(conn, &ack);
         }
+        self.acks_due = due;
+    }
+}
+
+/// Encoded size of a broadcast (payload plus a few bytes of envelope).
+fn msg_len(msg: &Message) -> usize {
+    match msg {
+        Message::Broadcast { data, .. } => data.len() + 8,
+        _ => 64,
     }
 }
 

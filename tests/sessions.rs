@@ -964,3 +964,72 @@ fn three_clients_converge_after_one_is_cut_mid_sync_of_a_large_document_and_edit
             .any(|e| matches!(e, ServerEvent::TransferResumed { .. }))
     );
 }
+
+#[test]
+fn deferred_input_acknowledges_on_flush_with_one_commit() {
+    use crdt_socket_sync::wire::{Bytes, DocId, Encoder, Message};
+    /// Counts commits and claims durability.
+    struct Durable(Reg, usize);
+    impl Registry for Durable {
+        type Doc = OpLog;
+        fn open(
+            &mut self,
+            name: &str,
+        ) -> Result<&mut OpLog, crdt_socket_sync::registry::RegistryError> {
+            self.0.open(name)
+        }
+        fn get(&mut self, name: &str) -> Option<&mut OpLog> {
+            self.0.get(name)
+        }
+        fn list(&self) -> Vec<String> {
+            self.0.list()
+        }
+        fn unload(&mut self, name: &str) -> bool {
+            self.0.unload(name)
+        }
+        fn remove(&mut self, name: &str) -> bool {
+            self.0.remove(name)
+        }
+        fn flush(&mut self) -> Result<bool, crdt_socket_sync::registry::RegistryError> {
+            self.1 += 1;
+            Ok(true)
+        }
+    }
+    let mut n = net();
+    n.add_client(client_config("a"));
+    n.open(0, "doc");
+    n.connect(0);
+    let conn = n.clients[0].conn.unwrap();
+    let mut reg = Durable(std::mem::replace(&mut n.server_reg, server_registry()), 0);
+    let mut encoder = Encoder::new(&Default::default());
+    for seq in 2..12u64 {
+        let mut op = vec![0xA5];
+        op.extend_from_slice(&1u32.to_le_bytes());
+        op.extend_from_slice(&((seq - 1) as u32).to_le_bytes());
+        op.extend_from_slice(&1u16.to_le_bytes());
+        op.push(b'x');
+        let mut frame = Vec::new();
+        encoder
+            .encode(
+                &[Message::Update {
+                    doc: DocId(0),
+                    seq,
+                    data: Bytes(op),
+                }],
+                &mut frame,
+            )
+            .unwrap();
+        n.hub.handle_input_deferred(conn, n.now, &frame, &mut reg);
+    }
+    assert!(
+        n.hub.poll_transmit_for(conn).is_none(),
+        "no ack before the flush"
+    );
+    n.hub.flush(&mut reg);
+    assert_eq!(reg.1, 1, "one commit for ten inputs");
+    let acks: Vec<String> = std::iter::from_fn(|| n.hub.poll_transmit_for(conn))
+        .flat_map(|f| frame_text(&f))
+        .collect();
+    assert_eq!(acks, ["Ack #0 11/11"]);
+    assert_eq!(reg.0.get("doc").unwrap().op_count(), 10);
+}

@@ -27,10 +27,11 @@ pub fn deflate(input: &[u8]) -> Vec<u8> {
     miniz_oxide::deflate::compress_to_vec(input, DEFLATE_LEVEL)
 }
 
-/// Reusable inflate state (about 11 KiB, allocated once per decoder).
+/// Reusable inflate state. Its ~10 KiB are allocated on the first
+/// compressed frame, so idle and uncompressed connections don't pay them.
 #[derive(Default)]
 pub struct Inflater {
-    state: Box<DecompressorOxide>,
+    state: Option<Box<DecompressorOxide>>,
 }
 
 impl core::fmt::Debug for Inflater {
@@ -44,9 +45,10 @@ impl Inflater {
     /// exactly full: fewer or more output bytes, unread input, or a
     /// malformed stream are errors.
     pub fn inflate_exact(&mut self, input: &[u8], out: &mut [u8]) -> Result<(), FrameError> {
-        self.state.init();
+        let state = self.state.get_or_insert_with(Box::default);
+        state.init();
         let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF;
-        let (status, read, written) = decompress(&mut self.state, input, out, 0, flags);
+        let (status, read, written) = decompress(state, input, out, 0, flags);
         match status {
             TINFLStatus::Done if written == out.len() && read == input.len() => Ok(()),
             TINFLStatus::Done if read != input.len() => {

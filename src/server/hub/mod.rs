@@ -193,9 +193,28 @@ impl<A: Authorizer> Hub<A> {
         self.sessions.get(&conn).is_none_or(|s| s.is_closed())
     }
 
-    /// Bytes received from `conn`.
+    /// Bytes received from `conn`. Updates it carries are applied, fanned
+    /// out and acknowledged; a durable registry commits them first
+    /// ([`Registry::flush`]) so the ack can say `durable`.
     pub fn handle_input<R>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R)
     where
+        R: Registry,
+    {
+        self.handle_input_deferred(conn, now, bytes, registry);
+        self.flush(registry);
+    }
+
+    /// Like [`Hub::handle_input`] but leaves the acknowledgements (and the
+    /// registry commit before them) to the next [`Hub::flush`]. An adapter
+    /// that drains several inputs at once and then flushes gets one storage
+    /// commit for all of them (group commit).
+    pub fn handle_input_deferred<R>(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        bytes: &[u8],
+        registry: &mut R,
+    ) where
         R: Registry,
     {
         let now = self.clock(now);
@@ -217,8 +236,14 @@ impl<A: Authorizer> Hub<A> {
         if let Err(e) = fed {
             self.fail(conn, CloseReason::ProtocolError, CloseCause::Inbound(e));
         }
-        self.finish_acks(registry);
         self.scratch = msgs;
+    }
+
+    /// Commits what the registry holds uncommitted ([`Registry::flush`]) and
+    /// queues one cumulative `Ack` per (session, document) that received
+    /// updates since the last flush.
+    pub fn flush<R: Registry>(&mut self, registry: &mut R) {
+        self.finish_acks(registry);
     }
 
     /// Fires expired deadlines (handshake and idle timeouts). Calling it

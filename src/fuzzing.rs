@@ -111,55 +111,27 @@ pub fn message_round_trip(messages: Vec<crate::wire::Message>, deflate: bool) {
 /// crdt_socket_sync::fuzzing::client_session(b"\x10\x05garbage");
 /// ```
 pub fn client_session(data: &[u8]) {
-    use crate::client::{ClientConfig, ClientEvent, ClientSession};
-    use crate::inbound::Framing;
-    use crate::registry::MemoryRegistry;
-    use crate::testing::OpLog;
-    use std::time::{Duration, Instant};
+    use crate::client::ClientEvent;
+    use std::time::Duration;
 
-    let now = Instant::now();
-    let mut docs = MemoryRegistry::new(|_| OpLog::new(1));
-    let mut client = ClientSession::new(
-        ClientConfig {
-            peer: "fuzz".into(),
-            framing: Framing::Stream,
-            limits: fuzz_limits(),
-            ..ClientConfig::default()
-        },
-        now,
-    );
-    let _ = client.open(&mut docs, "doc", now);
-    client.connect(now);
-    // A genuine server answer first, so the fuzzer's bytes reach the
+    // A genuine handshake and sync first, so the fuzzer's bytes reach the
     // connected state.
-    let mut hub = crate::server::Hub::new(
-        crate::server::ServerConfig {
-            framing: Framing::Stream,
-            ..Default::default()
-        },
-        crate::server::AllowAll,
-    );
-    let mut server_docs = MemoryRegistry::new(|_| OpLog::new(0));
-    let conn = hub.accept(now);
-    while let Some(f) = client.poll_transmit() {
-        hub.handle_input(conn, now, &f, &mut server_docs);
+    let mut h = Harness::new();
+    while let Some(e) = h.client.poll_event() {
+        debug_assert!(!matches!(e, ClientEvent::Closed { .. }));
     }
-    while let Some(f) = hub.poll_transmit_for(conn) {
-        client.handle_input(now, &f, &mut docs);
-    }
-    while client.poll_transmit().is_some() {}
-    let mut t = now;
+    let mut t = h.now;
     let mut closed = 0;
     for (i, piece) in data.chunks(17).enumerate() {
         t += Duration::from_millis(u64::from(piece[0] % 8) * 100);
-        client.handle_input(t, piece, &mut docs);
+        h.client.handle_input(t, piece, &mut h.docs);
         if i % 3 == 0 {
-            client.handle_timeout(t);
-            let spins = client.poll_timeout().is_some_and(|d| d <= t);
-            assert!(!spins || client.queued_bytes() > 0, "client would spin");
+            h.client.handle_timeout(t);
+            let spins = h.client.poll_timeout().is_some_and(|d| d <= t);
+            assert!(!spins || h.client.queued_bytes() > 0, "client would spin");
         }
-        while client.poll_transmit().is_some() {}
-        while let Some(e) = client.poll_event() {
+        while h.client.poll_transmit().is_some() {}
+        while let Some(e) = h.client.poll_event() {
             if matches!(e, ClientEvent::Closed { .. }) {
                 closed += 1;
             }

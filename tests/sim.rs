@@ -3,8 +3,9 @@
 //! 1–5 documents. Every scenario must converge with every outbox
 //! acknowledged, no busy loop, no oversized frame or queue, and no error.
 //!
-//! - `SIM_SEEDS=N` runs N scenarios (CI: a fixed range) and prints
-//!   scenarios/s, for long campaigns outside CI.
+//! - `SIM_SEEDS=N` runs N scenarios (CI: 2,000) and prints scenarios/s;
+//!   `SIM_SECONDS=S` runs for S seconds instead (long campaigns outside CI);
+//!   `SIM_FIRST_SEED` moves the range.
 //! - `SIM_SEED=S` replays one scenario (printed on failure).
 
 use std::time::Instant;
@@ -33,9 +34,24 @@ fn many_random_scenarios() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // `SIM_SECONDS=S`: run seeds from `first` on until S seconds passed.
+    let budget = std::env::var("SIM_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_secs);
+    let count = if budget.is_some() {
+        u64::MAX - first
+    } else {
+        count
+    };
     let start = Instant::now();
     let mut total = SimStats::default();
+    let mut done = 0u64;
     for seed in first..first + count {
+        if budget.is_some_and(|b| start.elapsed() >= b) {
+            break;
+        }
+        done += 1;
         let s = run(seed);
         total.steps += s.steps;
         total.edits += s.edits;
@@ -47,11 +63,12 @@ fn many_random_scenarios() {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{count} scenarios in {secs:.1} s: {:.0} scenarios/s; {total:?}",
-        count as f64 / secs
+        "{done} scenarios (seeds {first}..{}) in {secs:.1} s: {:.0} scenarios/s; {total:?}",
+        first + done,
+        done as f64 / secs
     );
     // The scenarios really exercise faults.
-    assert!(total.cuts > count / 2 && total.restarts > count / 20);
+    assert!(total.cuts > done / 2 && total.restarts > done / 20);
 }
 
 #[test]

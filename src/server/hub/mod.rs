@@ -819,6 +819,26 @@ impl<A: Authorizer> Hub<A> {
         });
     }
 
+    /// The registry's document behind handle `doc`, with its name; reports
+    /// an internal error to `conn` when the registry lost it.
+    fn loaded<'r, R: Registry>(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        seq: Option<u64>,
+        registry: &'r mut R,
+    ) -> Option<(Arc<str>, &'r mut R::Doc)> {
+        let name = self.doc_name(doc).cloned()?;
+        match registry.get(&name) {
+            Some(d) => Some((name, d)),
+            None => {
+                let msg = "document not loaded".to_string();
+                self.doc_error(conn, Some(doc), seq, ErrorCode::Internal, msg);
+                None
+            }
+        }
+    }
+
     /// Replaces any transfer in progress for `doc` with a new sync from
     /// `version`.
     fn start_sync<R: Registry>(
@@ -844,17 +864,8 @@ impl<A: Authorizer> Hub<A> {
         version: &[u8],
         registry: &mut R,
     ) {
-        let Some(name) = self.doc_name(doc).cloned() else {
+        let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
-        };
-        let Some(d) = registry.get(&name) else {
-            return self.doc_error(
-                conn,
-                Some(doc),
-                None,
-                ErrorCode::Internal,
-                "document not loaded".into(),
-            );
         };
         let (kind, payload) = match d.delta_since(version) {
             Ok(delta) => (SyncKind::Delta, delta),
@@ -978,17 +989,8 @@ impl<A: Authorizer> Hub<A> {
         }
         let last_seq = updates.iter().map(|u| u.0).max().unwrap_or(0);
         sub.last_seq = sub.last_seq.max(last_seq);
-        let Some(name) = self.doc_name(doc).cloned() else {
+        let Some((name, d)) = self.loaded(conn, doc, first_seq, registry) else {
             return;
-        };
-        let Some(d) = registry.get(&name) else {
-            return self.doc_error(
-                conn,
-                Some(doc),
-                first_seq,
-                ErrorCode::Internal,
-                "document not loaded".into(),
-            );
         };
         // A subscriber about to pass its high-water mark switches to a
         // catch-up from the version before this batch.

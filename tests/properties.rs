@@ -118,3 +118,157 @@ proptest! {
         prop_assert_eq!(total, edits, "every edit reached the server");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The simulator under proptest: shrinkable schedules over 1–20 clients and
+// 1–5 documents, with OpLog documents and with yrs documents edited by the
+// real automerge-paper trace.
+// ---------------------------------------------------------------------------
+
+#[cfg(feature = "sim")]
+mod simulated {
+    use crdt_socket_sync::sim::{Sim, SimConfig, SimDoc, SimOp};
+    use crdt_socket_sync::testing::OpLog;
+    use proptest::prelude::*;
+
+    pub fn sim_op() -> impl Strategy<Value = SimOp> {
+        prop_oneof![
+            8 => (any::<u8>(), any::<u8>()).prop_map(|(client, doc)| SimOp::Edit { client, doc }),
+            2 => (any::<u8>(), any::<u8>(), 0u8..30).prop_map(|(client, doc, count)| SimOp::Burst { client, doc, count }),
+            2 => any::<u8>().prop_map(|client| SimOp::Cut { client }),
+            1 => (any::<u8>(), any::<bool>()).prop_map(|(client, on)| SimOp::Stall { client, on }),
+            1 => (any::<u8>(), any::<bool>()).prop_map(|(client, on)| SimOp::Offline { client, on }),
+            1 => Just(SimOp::Restart),
+            3 => (0u16..5000).prop_map(|ms| SimOp::Advance { ms }),
+        ]
+    }
+
+    pub fn check<D: SimDoc>(
+        clients: usize,
+        docs: usize,
+        seed: u64,
+        ops: Vec<SimOp>,
+    ) -> Result<(), TestCaseError> {
+        let mut sim: Sim<D> = Sim::new(SimConfig {
+            clients,
+            docs,
+            seed,
+            ..SimConfig::default()
+        });
+        for op in ops {
+            sim.apply(op)
+                .map_err(|f| TestCaseError::fail(f.to_string()))?;
+        }
+        sim.heal().map_err(|f| TestCaseError::fail(f.to_string()))?;
+        sim.check_converged()
+            .map_err(|f| TestCaseError::fail(f.to_string()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn simulated_schedules_converge(
+            clients in 1usize..=20,
+            docs in 1usize..=5,
+            seed: u64,
+            ops in prop::collection::vec(sim_op(), 1..80),
+        ) {
+            check::<OpLog>(clients, docs, seed, ops)?;
+        }
+    }
+
+    /// yrs documents whose local edits replay the automerge-paper trace
+    /// (positions clamped to each replica's current length).
+    #[cfg(feature = "yrs")]
+    mod traced {
+        use super::*;
+        use crdt_socket_sync::adapters::yrs::YrsDocument;
+        use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
+        use crdt_socket_sync::rng::Rng;
+        use std::sync::OnceLock;
+
+        use crate::common::trace;
+
+        fn patches() -> &'static [(usize, usize, String)] {
+            static P: OnceLock<Vec<(usize, usize, String)>> = OnceLock::new();
+            P.get_or_init(|| {
+                trace::load("automerge-paper")
+                    .txns
+                    .into_iter()
+                    .take(20_000)
+                    .flat_map(|t| t.patches)
+                    .map(|p| (p.pos, p.del, p.ins))
+                    .collect()
+            })
+        }
+
+        pub struct Traced(YrsDocument);
+
+        impl Document for Traced {
+            fn version(&self) -> Vec<u8> {
+                self.0.version()
+            }
+            fn delta_since(&self, v: &[u8]) -> Result<Vec<u8>, DocumentError> {
+                self.0.delta_since(v)
+            }
+            fn apply(&mut self, u: &[u8]) -> ApplyOutcome {
+                self.0.apply(u)
+            }
+            fn apply_batch(&mut self, u: &[&[u8]], out: &mut Vec<ApplyOutcome>) {
+                self.0.apply_batch(u, out)
+            }
+            fn pending_bytes(&self) -> usize {
+                self.0.pending_bytes()
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                self.0.snapshot()
+            }
+            fn load_snapshot(&mut self, s: &[u8]) -> Result<(), DocumentError> {
+                self.0.load_snapshot(s)
+            }
+            fn take_local_update(&mut self) -> Option<Vec<u8>> {
+                self.0.take_local_update()
+            }
+        }
+
+        impl SimDoc for Traced {
+            fn replica(client: u32) -> Self {
+                Traced(YrsDocument::replica(client))
+            }
+            fn random_edit(&mut self, _rng: &mut Rng, tag: u64) {
+                use yrs::{Text, Transact};
+                let all = patches();
+                let (pos, del, ins) = &all[tag as usize % all.len()];
+                let text = self.0.get_or_insert_text("body");
+                let mut txn = self.0.transact_mut();
+                let len = text.len(&txn) as usize;
+                let pos = (*pos).min(len) as u32;
+                let del = (*del).min(len - pos as usize) as u32;
+                if del > 0 {
+                    text.remove_range(&mut txn, pos, del);
+                }
+                if !ins.is_empty() {
+                    text.insert(&mut txn, pos, ins);
+                }
+            }
+            fn digest(&self) -> Vec<u8> {
+                self.0.digest()
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+            #[test]
+            fn trace_edits_on_yrs_converge(
+                clients in 1usize..=8,
+                docs in 1usize..=3,
+                seed: u64,
+                ops in prop::collection::vec(sim_op(), 1..60),
+            ) {
+                check::<Traced>(clients, docs, seed, ops)?;
+            }
+        }
+    }
+}

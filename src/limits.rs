@@ -45,6 +45,11 @@ pub struct Limits {
     pub max_docs_per_connection: usize,
     /// Longest document name, in bytes. Default 512.
     pub max_name_len: usize,
+    /// Bytes of updates a server document may hold waiting for missing
+    /// dependencies: a session whose updates push it past this is closed
+    /// with `LimitExceeded` (its client re-syncs when it reconnects).
+    /// Default 16 MiB.
+    pub max_pending_bytes: usize,
     /// Presence states per document. Default 256.
     pub max_presence_states: usize,
     /// Bytes of one presence state. Default 4 KiB.
@@ -75,6 +80,7 @@ impl Default for Limits {
             max_outbox_updates: 100_000,
             max_docs_per_connection: 1024,
             max_name_len: 512,
+            max_pending_bytes: 16 << 20,
             max_presence_states: 256,
             max_presence_len: 4096,
             presence_rate: 30,

@@ -174,24 +174,25 @@ impl Document for OpLog {
             Ok(ops) => ops,
             Err(e) => return ApplyOutcome::Invalid(e),
         };
-        let mut new = false;
+        let mut added = Vec::new();
         for (id, p) in ops {
             if self.ops.contains_key(&id) || self.pending.contains_key(&id) {
                 continue;
             }
-            new = true;
+            added.push(id);
             self.pending_bytes += p.len() + 10;
             self.pending.insert(id, p);
         }
         self.integrate_pending();
-        if !self.pending.is_empty() {
+        if added.is_empty() {
+            ApplyOutcome::Duplicate
+        } else if added.iter().any(|id| self.pending.contains_key(id)) {
+            // Some of this update's ops still wait for their dependencies.
             ApplyOutcome::Pending {
                 held_bytes: self.pending_bytes,
             }
-        } else if new {
-            ApplyOutcome::Applied
         } else {
-            ApplyOutcome::Duplicate
+            ApplyOutcome::Applied
         }
     }
 

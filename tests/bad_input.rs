@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use crdt_socket_sync::client::ClientEvent;
+use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::{OpenPolicy, Registry};
 use crdt_socket_sync::server::{AllowAll, ConnId, ServerConfig, ServerEvent, StaticTokens};
 use crdt_socket_sync::wire::{
@@ -374,4 +375,70 @@ fn registry_must_exist_helper_is_consistent() {
     let mut reg = server_registry();
     reg.set_policy(OpenPolicy::MustExist);
     assert!(reg.open("x").is_err());
+}
+
+#[test]
+fn updates_waiting_for_missing_dependencies_are_bounded() {
+    let config = ServerConfig {
+        limits: Limits {
+            max_pending_bytes: 1000,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut n = Net::new(config, AllowAll);
+    n.record = false;
+    for p in ["good1", "good2"] {
+        let i = n.add_client(client_config(p));
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    let raw = n.hub.accept(n.now);
+    send_raw(&mut n, raw, &frame(&[hello("x", b"")]));
+    send_raw(
+        &mut n,
+        raw,
+        &frame(&[Message::Open {
+            name: "doc".into(),
+            version: Bytes::default(),
+            resume: None,
+        }]),
+    );
+    n.take_server_events();
+    // Ops 2.. of an unknown client 77 whose op 1 never comes.
+    let mut sent = 0;
+    for counter in 2..200u32 {
+        let mut op = vec![0xA5];
+        op.extend_from_slice(&77u32.to_le_bytes());
+        op.extend_from_slice(&counter.to_le_bytes());
+        op.extend_from_slice(&20u16.to_le_bytes());
+        op.extend_from_slice(&[b'z'; 20]);
+        let out = send_raw(
+            &mut n,
+            raw,
+            &frame(&[Message::Update {
+                doc: DocId(0),
+                seq: u64::from(counter),
+                data: Bytes(op),
+            }]),
+        );
+        sent += 1;
+        if out.iter().any(|l| l == "Close LimitExceeded") {
+            break;
+        }
+    }
+    assert!(
+        n.hub.is_closed(raw),
+        "the session was closed after {sent} updates"
+    );
+    let held = n.server_reg.get("doc").unwrap().pending_bytes();
+    assert!(held <= 1000 + 30, "pending stays bounded: {held}");
+    assert!(matches!(
+        n.take_server_events().iter().find_map(|e| match e {
+            ServerEvent::ClientDisconnected { conn, cause } if *conn == raw => Some(cause.clone()),
+            _ => None,
+        }),
+        Some(CloseCause::Local(CloseReason::LimitExceeded))
+    ));
+    others_still_work(&mut n);
 }

@@ -916,7 +916,17 @@ impl ClientSession {
         let held = std::mem::take(&mut doc.held);
         let overflow = std::mem::replace(&mut doc.held_overflow, false);
         doc.held_bytes = 0;
-        doc.status_requested = None;
+        let Some(d) = registry.get(&name) else {
+            return;
+        };
+        // A gap the sync closed may be re-requested at once; one it did not
+        // close (the server lacks the dependency too) only after
+        // `resync_after`, so two clients cannot keep each other re-syncing.
+        if d.pending_bytes() == 0
+            && let Some(doc) = self.docs.get_mut(&name)
+        {
+            doc.status_requested = None;
+        }
         let Some(d) = registry.get(&name) else {
             return;
         };

@@ -245,7 +245,8 @@ impl<A: Authorizer> Net<A> {
                 return;
             }
         }
-        panic!("network did not quiesce");
+        let tail = &self.transcript[self.transcript.len().saturating_sub(30)..];
+        panic!("network did not quiesce; last lines: {tail:#?}");
     }
 
     fn hub_has_output(&self) -> bool {

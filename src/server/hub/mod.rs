@@ -988,10 +988,16 @@ impl<A: Authorizer> Hub<A> {
             );
         }
         let last_seq = updates.iter().map(|u| u.0).max().unwrap_or(0);
-        sub.last_seq = sub.last_seq.max(last_seq);
         let Some((name, d)) = self.loaded(conn, doc, first_seq, registry) else {
             return;
         };
+        if let Some(sub) = self
+            .sessions
+            .get_mut(&conn)
+            .and_then(|s| s.docs.get_mut(&doc))
+        {
+            sub.last_seq = sub.last_seq.max(last_seq);
+        }
         // A subscriber about to pass its high-water mark switches to a
         // catch-up from the version before this batch.
         let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
@@ -1006,6 +1012,7 @@ impl<A: Authorizer> Hub<A> {
                     && s.docs.get(&doc).is_some_and(|sub| sub.lagging.is_none())
             })
             .then(|| d.version());
+        let held_before = d.pending_bytes();
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
         if let [(_, one)] = updates.as_slice() {
@@ -1022,6 +1029,11 @@ impl<A: Authorizer> Hub<A> {
         } else {
             None
         };
+        // Updates waiting for missing dependencies are bounded: a session
+        // whose updates grow the held bytes past the limit is closed (its
+        // client re-syncs on reconnect); others go on.
+        let held = d.pending_bytes();
+        let over_pending = held > held_before && held > self.config.limits.max_pending_bytes;
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
         let mut rejected = Vec::new();
         let mut storage_error = None;
@@ -1101,6 +1113,13 @@ impl<A: Authorizer> Hub<A> {
             duplicates,
             pending,
         });
+        if over_pending {
+            self.fail(
+                conn,
+                CloseReason::LimitExceeded,
+                CloseCause::Local(CloseReason::LimitExceeded),
+            );
+        }
     }
 
     /// Sends `data` to every other subscriber of `doc`, encoded once.

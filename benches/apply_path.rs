@@ -134,6 +134,65 @@ fn hub_path(frames: &[Vec<u8>]) -> Duration {
     d
 }
 
+/// A document that accepts everything and does nothing.
+struct Noop;
+
+impl Document for Noop {
+    fn version(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn delta_since(&self, _: &[u8]) -> Result<Vec<u8>, crdt_socket_sync::document::DocumentError> {
+        Ok(Vec::new())
+    }
+    fn apply(&mut self, _: &[u8]) -> crdt_socket_sync::document::ApplyOutcome {
+        crdt_socket_sync::document::ApplyOutcome::Applied
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn load_snapshot(&mut self, _: &[u8]) -> Result<(), crdt_socket_sync::document::DocumentError> {
+        Ok(())
+    }
+    fn take_local_update(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+fn noop_path(frames: &[Vec<u8>], rounds: usize) -> Duration {
+    let now = Instant::now();
+    let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+    let mut reg = MemoryRegistry::new(|_: &str| Noop);
+    let mut conns = Vec::new();
+    for i in 0..2 {
+        let conn = hub.accept(now);
+        let mut s = ClientSession::new(ClientConfig { peer: format!("c{i}"), ..Default::default() }, now);
+        let mut docs = MemoryRegistry::new(|_: &str| Noop);
+        s.connect(now);
+        s.open(&mut docs, "doc", now).expect("open");
+        for _ in 0..10 {
+            while let Some(f) = s.poll_transmit() {
+                hub.handle_input(conn, now, &f, &mut reg);
+            }
+            while let Some(f) = hub.poll_transmit_for(conn) {
+                s.handle_input(now, &f, &mut docs);
+            }
+        }
+        conns.push(conn);
+    }
+    while hub.poll_event().is_some() {}
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for f in frames {
+            hub.handle_input(conns[0], now, f, &mut reg);
+            while let Some((_, frame)) = hub.poll_transmit() {
+                black_box(frame);
+            }
+            while hub.poll_event().is_some() {}
+        }
+    }
+    start.elapsed()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -181,6 +240,13 @@ fn main() {
             server,
             "subscriber in sync"
         );
+    }
+    // `APPLY_PATH_PROFILE=noop`: the hub path around a document that does
+    // nothing, to profile the session overhead alone.
+    if std::env::var("APPLY_PATH_PROFILE").as_deref() == Ok("noop") {
+        let t = noop_path(&frames, 20);
+        println!("hub overhead with a no-op document: {:.0} ns/update", t.as_nanos() as f64 / (20 * n) as f64);
+        return;
     }
     // `APPLY_PATH_PROFILE=1`: only the hub path, for a profiler.
     if std::env::var_os("APPLY_PATH_PROFILE").is_some() {

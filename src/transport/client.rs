@@ -394,6 +394,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         dial: None,
         timer: None,
         done: Vec::new(),
+        last_close: None,
     };
     Ok(Parts {
         client: WebSocketClient {
@@ -437,6 +438,8 @@ struct Driver<RT: Runtime, R> {
     timer: Option<(Instant, BoxFuture<()>)>,
     /// Callers waiting for the end of a `disconnect`.
     done: Vec<oneshot::Sender<()>>,
+    /// The server's WebSocket close code and reason, if it sent one.
+    last_close: Option<(u16, String)>,
 }
 
 impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
@@ -495,6 +498,7 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                     break;
                 }
                 Step::Dialed(Ok(())) => {
+                    self.last_close = None;
                     tracing::info!(target: "crdt_socket_sync::transport::client", url = %self.url, "transport up");
                     self.session.connect(now);
                 }
@@ -525,6 +529,7 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                     }
                     WsMessage::Close(frame) => {
                         tracing::debug!(target: "crdt_socket_sync::transport::client", ?frame, "server closed the WebSocket");
+                        self.last_close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
                         self.socket = None;
                         self.session.transport_lost(now);
                     }
@@ -647,6 +652,10 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                                 code: *code,
                                 message: message.clone(),
                             },
+                            CloseCause::TransportLost if self.last_close.is_some() => {
+                                let (code, reason) = self.last_close.take().unwrap_or_default();
+                                ClientError::ServerClosed { code, reason }
+                            }
                             other => ClientError::Closed(other.clone()),
                         };
                         let _ = first.send(Err(err));

@@ -574,9 +574,11 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 self.hub.shutdown(now);
                 stopping = Some(now + self.options.shutdown_grace);
             }
-            self.pump();
+            // The driving contract: transmits, then events (which tell the
+            // close reasons), then the WebSocket closes.
+            self.pump(false);
             self.forward_events();
-            self.pump();
+            self.pump(true);
             if let Some(until) = stopping
                 && (self.conns.is_empty() || now >= until)
             {
@@ -706,7 +708,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
     /// Moves frames from the hub into each connection's channel, sends the
     /// WebSocket close after a closed session's last frame, and pauses or
     /// resumes reading.
-    fn pump(&mut self) {
+    fn pump(&mut self, send_close: bool) {
         for (conn, c) in self.conns.iter_mut() {
             if let Some(s) = self.hub.session(*conn) {
                 let q = s.queued_bytes();
@@ -736,7 +738,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                     }
                 }
             }
-            if !c.blocked && !c.close_sent && self.hub.is_closed(*conn) {
+            if send_close && !c.blocked && !c.close_sent && self.hub.is_closed(*conn) {
                 let (code, reason) = c
                     .close
                     .clone()

@@ -112,6 +112,15 @@ pub enum ClientError {
     /// The connection closed before the handshake completed.
     #[error("connection closed: {0}")]
     Closed(CloseCause),
+    /// The server closed the WebSocket before the handshake completed (for
+    /// example code 1013 at its connection limit).
+    #[error("the server closed the WebSocket ({code}): {reason}")]
+    ServerClosed {
+        /// The WebSocket close code.
+        code: u16,
+        /// The close reason text.
+        reason: String,
+    },
     /// A local command failed (unknown document, read-only, backpressure).
     #[error(transparent)]
     Command(#[from] CommandError),

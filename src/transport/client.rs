@@ -86,6 +86,7 @@ enum Command<R> {
     Run(Job<R>),
     Disconnect(oneshot::Sender<()>),
     Reconnect,
+    Cut,
     Close(oneshot::Sender<()>),
 }
 
@@ -339,6 +340,16 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
             .map_err(|_| ClientError::Stopped)
     }
 
+    /// Drops the transport abruptly, without a `Close`, as a network failure
+    /// would; the client then reconnects by itself with its backoff. For
+    /// tests and demos of offline editing.
+    pub async fn cut_transport(&self) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::Cut)
+            .await
+            .map_err(|_| ClientError::Stopped)
+    }
+
     /// Closes the session for good and ends the client task.
     pub async fn close(&self) -> Result<(), ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -487,6 +498,12 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                 Step::Command(Some(Command::Reconnect)) => {
                     if self.socket.is_none() && self.dial.is_none() {
                         self.start_dial();
+                    }
+                }
+                Step::Command(Some(Command::Cut)) => {
+                    if self.socket.take().is_some() {
+                        tracing::info!(target: "crdt_socket_sync::transport::client", "transport cut");
+                        self.session.transport_lost(now);
                     }
                 }
                 Step::Command(Some(Command::Close(tx))) => {

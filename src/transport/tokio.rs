@@ -291,21 +291,20 @@ impl Runtime for Tokio {
                 .max_message_size(Some(max_message))
                 .max_frame_size(Some(max_message));
             #[cfg(feature = "tls")]
-            let connector = if url.starts_with("wss://") {
-                Some(tokio_tungstenite::Connector::Rustls(super::rustls_config()?))
-            } else {
-                None
+            let (ws, _resp) = {
+                let connector = if url.starts_with("wss://") {
+                    Some(tokio_tungstenite::Connector::Rustls(super::rustls_config()?))
+                } else {
+                    None
+                };
+                tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+                    .await
+                    .map_err(|e| e.to_string())?
             };
             #[cfg(not(feature = "tls"))]
-            let connector = None;
-            let (ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
-                url,
-                Some(config),
-                true,
-                connector,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let (ws, _resp) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(ws)
         })
     }

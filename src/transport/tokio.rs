@@ -193,12 +193,15 @@ fn ws_config(handle: &HubHandle) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
+// The callback's signature is tungstenite's `Callback`.
+#[allow(clippy::result_large_err)]
 async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
     let admission = handle.try_admit();
     let mut refused: Option<RefuseReason> = None;
-    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let path = req.uri().path();
         if !handle.path_ok(path) {
+            refused = Some(RefuseReason::Path(path.to_string()));
             return Err(error_response(
                 StatusCode::NOT_FOUND,
                 "no sync endpoint here",
@@ -206,24 +209,10 @@ async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
         }
         let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
         if !handle.origin_ok(origin) {
+            refused = Some(RefuseReason::Origin(origin.unwrap_or_default().to_string()));
             return Err(error_response(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         Ok(resp)
-    };
-    // Record why a check failed, outside the callback's borrow.
-    let path_check = |req: &Request| -> Option<RefuseReason> {
-        if !handle.path_ok(req.uri().path()) {
-            return Some(RefuseReason::Path(req.uri().path().to_string()));
-        }
-        let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
-        if !handle.origin_ok(origin) {
-            return Some(RefuseReason::Origin(origin.unwrap_or_default().to_string()));
-        }
-        None
-    };
-    let callback = |req: &Request, resp: Response| {
-        refused = path_check(req);
-        check(req, resp)
     };
     let timeout = handle.options().hub.handshake_timeout;
     let upgrade = tokio::time::timeout(

@@ -272,7 +272,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         text.lines().count()
     );
     println!(
-        "updates: {} sent ({} online, {offline_updates} offline), server: {applied} live updates applied, {duplicates} duplicate, {pending} held for dependencies (the rest travelled inside sync transfers); {remote} remote updates applied by clients, {acks} acknowledgements, {reconnects} reconnect dial(s)",
+        "updates: {} sent ({} online, {offline_updates} offline), server: {applied} applied, {duplicates} duplicate, {pending} held for dependencies (from its UpdatesApplied events); {remote} remote updates applied by clients, {acks} acknowledgements, {reconnects} reconnect dial(s)",
         updates + offline_updates,
         updates
     );

@@ -165,7 +165,13 @@ fn noop_path(frames: &[Vec<u8>], rounds: usize) -> Duration {
     let mut conns = Vec::new();
     for i in 0..2 {
         let conn = hub.accept(now);
-        let mut s = ClientSession::new(ClientConfig { peer: format!("c{i}"), ..Default::default() }, now);
+        let mut s = ClientSession::new(
+            ClientConfig {
+                peer: format!("c{i}"),
+                ..Default::default()
+            },
+            now,
+        );
         let mut docs = MemoryRegistry::new(|_: &str| Noop);
         s.connect(now);
         s.open(&mut docs, "doc", now).expect("open");
@@ -245,7 +251,10 @@ fn main() {
     // nothing, to profile the session overhead alone.
     if std::env::var("APPLY_PATH_PROFILE").as_deref() == Ok("noop") {
         let t = noop_path(&frames, 20);
-        println!("hub overhead with a no-op document: {:.0} ns/update", t.as_nanos() as f64 / (20 * n) as f64);
+        println!(
+            "hub overhead with a no-op document: {:.0} ns/update",
+            t.as_nanos() as f64 / (20 * n) as f64
+        );
         return;
     }
     // `APPLY_PATH_PROFILE=1`: only the hub path, for a profiler.

@@ -250,10 +250,11 @@ fn main() {
     // `APPLY_PATH_PROFILE=noop`: the hub path around a document that does
     // nothing, to profile the session overhead alone.
     if std::env::var("APPLY_PATH_PROFILE").as_deref() == Ok("noop") {
-        let t = noop_path(&frames, 20);
+        let rounds = if quick { 2000 } else { 20 };
+        let t = noop_path(&frames, rounds);
         println!(
             "hub overhead with a no-op document: {:.0} ns/update",
-            t.as_nanos() as f64 / (20 * n) as f64
+            t.as_nanos() as f64 / (rounds * n) as f64
         );
         return;
     }

@@ -250,7 +250,10 @@ fn main() {
     // `APPLY_PATH_PROFILE=noop`: the hub path around a document that does
     // nothing, to profile the session overhead alone.
     if std::env::var("APPLY_PATH_PROFILE").as_deref() == Ok("noop") {
-        let rounds = if quick { 2000 } else { 20 };
+        let rounds = std::env::var("NOOP_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 2000 } else { 20 });
         let t = noop_path(&frames, rounds);
         println!(
             "hub overhead with a no-op document: {:.0} ns/update",

@@ -6,6 +6,7 @@ mod config;
 mod event;
 mod hub;
 mod session;
+mod sessions;
 mod transfer_cache;
 
 pub use auth::{AllowAll, Authorizer, Identity, StaticTokens};

@@ -19,6 +19,7 @@ use crate::wire::{
 };
 
 use super::session::{Phase, ServerSession, Subscription, Transfer};
+use super::sessions::Sessions;
 use super::transfer_cache::{CachedTransfer, TransferCache};
 use crate::awareness::PresenceTable;
 
@@ -62,7 +63,7 @@ pub struct Hub<A> {
     rng: Rng,
     /// Boxed: B-tree nodes hold 11 slots and are often half full, so
     /// inline sessions (~560 bytes) would waste about as much as they use.
-    sessions: BTreeMap<ConnId, Box<ServerSession>>,
+    sessions: Sessions,
     docs: Vec<DocEntry>,
     by_name: BTreeMap<Arc<str>, DocId>,
     events: VecDeque<ServerEvent>,
@@ -97,7 +98,7 @@ impl<A: Authorizer> Hub<A> {
             config,
             auth: authorizer,
             rng,
-            sessions: BTreeMap::new(),
+            sessions: Sessions::default(),
             docs: Vec::new(),
             by_name: BTreeMap::new(),
             events: VecDeque::new(),
@@ -128,7 +129,7 @@ impl<A: Authorizer> Hub<A> {
 
     /// A session, for inspection.
     pub fn session(&self, conn: ConnId) -> Option<&ServerSession> {
-        self.sessions.get(&conn).map(|s| &**s)
+        self.sessions.get(&conn)
     }
 
     /// Connections currently held (including closed ones not yet removed).
@@ -261,6 +262,7 @@ impl<A: Authorizer> Hub<A> {
         }
         let mut closed = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
+            let conn = &conn;
             s.tick(now);
             if let Some(cause) = s.on_timeout(&self.config) {
                 closed.push((*conn, cause));
@@ -340,7 +342,7 @@ impl<A: Authorizer> Hub<A> {
     /// Closes every session with [`CloseReason::ServerShutdown`].
     pub fn shutdown(&mut self, now: Instant) {
         self.clock(now);
-        let conns: Vec<ConnId> = self.sessions.keys().copied().collect();
+        let conns: Vec<ConnId> = self.sessions.keys().collect();
         for conn in conns {
             self.fail(
                 conn,
@@ -1205,7 +1207,7 @@ impl<A: Authorizer> Hub<A> {
             .flat_map(|(conn, s)| {
                 s.docs
                     .iter_mut()
-                    .filter_map(move |(doc, sub)| sub.lagging.take().map(|v| (*conn, *doc, v)))
+                    .filter_map(move |(doc, sub)| sub.lagging.take().map(|v| (conn, *doc, v)))
             })
             .collect();
         for (conn, doc, since) in due {

@@ -140,6 +140,7 @@ pub mod rng;
 pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod store;
 pub mod testing;
 pub mod wire;
 

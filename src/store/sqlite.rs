@@ -128,8 +128,15 @@ fn connect(path: &Path, config: &SqliteConfig, schema: &str) -> Result<Connectio
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
+    // A read-only connection cannot hold the write lock; it shares the
+    // file like any reader.
+    let locking = if config.read_only {
+        "NORMAL"
+    } else {
+        "EXCLUSIVE"
+    };
     conn.execute_batch(&format!(
-        "PRAGMA locking_mode = EXCLUSIVE; PRAGMA synchronous = {sync};"
+        "PRAGMA locking_mode = {locking}; PRAGMA synchronous = {sync};"
     ))
     .map_err(|e| storage(path, e))?;
     let version: i64 = conn

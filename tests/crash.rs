@@ -9,8 +9,8 @@
 //! - `CSS_CRASH_SERVER`: the server binary. It must accept
 //!   `--data FILE --addr HOST:PORT` and print `listening <addr>` once ready.
 //!   Default: the `durable_tcp_server` example next to this test binary
-//!   (built with `cargo build --example durable_tcp_server --features
-//!   sqlite` when missing).
+//!   (the test runs `cargo build --example durable_tcp_server --features
+//!   sqlite` first, a no-op when it is up to date).
 //! - `CSS_CRASH_KILLS`: number of kills (default 20; a long run uses more).
 //! - `CSS_CRASH_SEED`: seed of the kill schedule (printed on every run).
 
@@ -178,7 +178,7 @@ fn client_thread(i: usize, shared: Arc<Shared>) {
 }
 
 /// The server binary: `CSS_CRASH_SERVER`, or the example next to this test
-/// (built on demand).
+/// (built, or checked up to date, by cargo).
 fn server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CSS_CRASH_SERVER") {
         return PathBuf::from(p);
@@ -186,7 +186,9 @@ fn server_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let bin = profile_dir.join("examples").join("durable_tcp_server");
-    if !bin.exists() {
+    // Always ask cargo (a no-op when up to date): a stale binary would test
+    // old code.
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args([

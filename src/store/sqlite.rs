@@ -97,7 +97,8 @@ pub struct SqliteStats {
     pub commits: u64,
     /// Flushes that failed (the staged writes were kept for a retry).
     pub failed_commits: u64,
-    /// Updates (registry) or blobs (relay) written to the log.
+    /// Updates (registry) or blobs (relay) written to the log. (The registry
+    /// writes one log row per document per commit, holding all its updates.)
     pub appended: u64,
     /// Snapshots written (compactions, pruning, uploads).
     pub snapshots: u64,
@@ -212,6 +213,7 @@ enum DocOp {
         id: i64,
         name: String,
     },
+    /// Framed updates of one document; `seq` is the last one's.
     Append {
         doc: i64,
         seq: i64,
@@ -246,8 +248,11 @@ struct Loaded<D> {
     next_seq: i64,
     /// Log entries since the last snapshot (committed or staged).
     log_len: u64,
-    /// Ops staged for this document since the last commit.
+    /// Ops and updates staged for this document since the last commit.
     staged: usize,
+    /// Updates reported since the last commit, framed (`u32` length, bytes):
+    /// written as one log row per document per commit.
+    buf: Vec<u8>,
     /// An update was applied but could not be staged: the next flush writes
     /// a snapshot (which holds it) and this document may not be unloaded.
     needs_snapshot: bool,
@@ -314,6 +319,8 @@ pub struct SqliteRegistry<D> {
     removed: BTreeSet<String>,
     /// An update could not be staged since the last flush: that flush fails.
     unstaged: Option<String>,
+    /// Updates staged since the last commit.
+    staged_updates: u64,
     next_id: i64,
     stats: SqliteStats,
 }
@@ -356,6 +363,7 @@ impl<D: Document> SqliteRegistry<D> {
             dirty: BTreeSet::new(),
             removed: BTreeSet::new(),
             unstaged: None,
+            staged_updates: 0,
             next_id: max.unwrap_or(0) + 1,
             stats: SqliteStats::default(),
         })
@@ -485,6 +493,8 @@ impl<D: Document> SqliteRegistry<D> {
     }
 
     fn stage(&mut self, name: &str, op: DocOp) {
+        // Updates reported before this op are written before it.
+        self.materialize(name);
         self.staged_bytes += op.bytes();
         self.staged.push(op);
         if let Some(l) = self.docs.get_mut(name) {
@@ -493,6 +503,21 @@ impl<D: Document> SqliteRegistry<D> {
         if !self.dirty.contains(name) {
             self.dirty.insert(name.to_string());
         }
+    }
+
+    /// Turns the updates buffered for `name` into one staged log row.
+    fn materialize(&mut self, name: &str) {
+        let Some(l) = self.docs.get_mut(name) else {
+            return;
+        };
+        if l.buf.is_empty() {
+            return;
+        }
+        self.staged.push(DocOp::Append {
+            doc: l.id,
+            seq: l.next_seq - 1,
+            data: std::mem::take(&mut l.buf),
+        });
     }
 
     /// Loads `name` from the file: snapshot, then its log replayed.
@@ -533,18 +558,24 @@ impl<D: Document> SqliteRegistry<D> {
             })?;
         }
         let mut outcomes = Vec::new();
-        for chunk in log.chunks(256) {
-            let slices: Vec<&[u8]> = chunk.iter().map(|(_, d)| d.as_slice()).collect();
+        let mut replayed = 0u64;
+        for (seq, row) in &log {
+            let updates = unframe(row).ok_or_else(|| {
+                RegistryError::Storage(storage(
+                    &self.path,
+                    format!("document {name:?}: log row {seq} is malformed"),
+                ))
+            })?;
             outcomes.clear();
-            doc.apply_batch(&slices, &mut outcomes);
-            if let Some(((seq, _), ApplyOutcome::Invalid(e))) = chunk
+            doc.apply_batch(&updates, &mut outcomes);
+            replayed += updates.len() as u64;
+            if let Some(ApplyOutcome::Invalid(e)) = outcomes
                 .iter()
-                .zip(&outcomes)
-                .find(|(_, o)| matches!(o, ApplyOutcome::Invalid(_)))
+                .find(|o| matches!(o, ApplyOutcome::Invalid(_)))
             {
                 return Err(RegistryError::Storage(storage(
                     &self.path,
-                    format!("document {name:?}: stored update {seq} does not apply: {e}"),
+                    format!("document {name:?}: an update in log row {seq} does not apply: {e}"),
                 )));
             }
         }
@@ -555,13 +586,14 @@ impl<D: Document> SqliteRegistry<D> {
                 .query_row([id], |r| r.get(0))
         })?;
         self.stats.loads += 1;
-        self.stats.replayed += log.len() as u64;
+        self.stats.replayed += replayed;
         Ok(Some(Loaded {
             id,
             doc,
             next_seq: last.unwrap_or(0).max(snapshot_seq) + 1,
-            log_len: log.len() as u64,
+            log_len: replayed,
             staged: 0,
+            buf: Vec::new(),
             needs_snapshot: false,
             uses: 0,
             idle_mark: None,
@@ -605,6 +637,10 @@ impl<D: Document> SqliteRegistry<D> {
         for name in long {
             self.compact(&name);
         }
+        let dirty: Vec<String> = self.dirty.iter().cloned().collect();
+        for name in dirty {
+            self.materialize(&name);
+        }
         if self.staged.is_empty() {
             return Ok(());
         }
@@ -614,11 +650,10 @@ impl<D: Document> SqliteRegistry<D> {
             return Err(RegistryError::Storage(storage(&self.path, e)));
         }
         self.stats.commits += 1;
+        self.stats.appended += std::mem::take(&mut self.staged_updates);
         for op in self.staged.drain(..) {
-            match op {
-                DocOp::Append { .. } => self.stats.appended += 1,
-                DocOp::Snapshot { .. } => self.stats.snapshots += 1,
-                _ => {}
+            if let DocOp::Snapshot { .. } = op {
+                self.stats.snapshots += 1;
             }
         }
         self.staged_bytes = 0;
@@ -630,6 +665,19 @@ impl<D: Document> SqliteRegistry<D> {
         self.removed.clear();
         Ok(())
     }
+}
+
+/// Splits a log row into its framed updates (`None`: malformed).
+fn unframe(mut row: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !row.is_empty() {
+        let (len, rest) = row.split_at_checked(4)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let (update, rest) = rest.split_at_checked(len)?;
+        out.push(update);
+        row = rest;
+    }
+    Some(out)
 }
 
 fn write_doc_ops(conn: &mut Connection, ops: &[DocOp]) -> rusqlite::Result<()> {
@@ -705,6 +753,7 @@ impl<D: Document> Registry for SqliteRegistry<D> {
                             next_seq: 1,
                             log_len: 0,
                             staged: 0,
+                            buf: Vec::new(),
                             needs_snapshot: false,
                             uses: 0,
                             idle_mark: None,
@@ -795,15 +844,20 @@ impl<D: Document> Registry for SqliteRegistry<D> {
             self.unstaged = Some(why.clone());
             return Err(RegistryError::Storage(storage(&self.path, why)));
         }
-        let seq = l.next_seq;
+        let Ok(len) = u32::try_from(update.len()) else {
+            l.needs_snapshot = true;
+            return Err(RegistryError::Storage("update larger than 4 GiB".into()));
+        };
         l.next_seq += 1;
         l.log_len += 1;
-        let op = DocOp::Append {
-            doc: l.id,
-            seq,
-            data: update.to_vec(),
-        };
-        self.stage(name, op);
+        l.staged += 1;
+        l.buf.extend_from_slice(&len.to_le_bytes());
+        l.buf.extend_from_slice(update);
+        self.staged_bytes += update.len() + 4;
+        self.staged_updates += 1;
+        if !self.dirty.contains(name) {
+            self.dirty.insert(name.to_string());
+        }
         Ok(())
     }
 

@@ -181,7 +181,12 @@ fn main() {
     } else {
         (1, Duration::from_millis(20))
     };
-    let windows: &[usize] = if full { &[1, 8, 32] } else { &[4] };
+    // `CSS_BENCH_WINDOWS=1,8` picks the windows.
+    let windows: Vec<usize> = match std::env::var("CSS_BENCH_WINDOWS") {
+        Ok(v) => v.split(',').filter_map(|w| w.trim().parse().ok()).collect(),
+        Err(_) if full => vec![1, 8, 32],
+        Err(_) => vec![4],
+    };
     println!(
         "durable update throughput, {WRITERS} writers, one document each, hub time only \
          ({samples} samples, median)"
@@ -190,7 +195,7 @@ fn main() {
         "{:>7} {:>10} {:>14} {:>14} {:>8} {:>14} {:>8}",
         "window", "batch", "memory upd/s", "FULL upd/s", "ratio", "NORMAL upd/s", "ratio"
     );
-    for &window in windows {
+    for &window in &windows {
         let (mut mem, mut full_sync, mut normal) = (Vec::new(), Vec::new(), Vec::new());
         let mut commits = 0;
         let mut rounds_updates = 0;

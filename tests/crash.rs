@@ -283,7 +283,9 @@ fn durable_acks_survive_kill_9() {
         addr: Mutex::new(Some(addr)),
         writing: AtomicBool::new(true),
         stop: AtomicBool::new(false),
-        reports: (0..CLIENTS).map(|_| Mutex::new(Report::default())).collect(),
+        reports: (0..CLIENTS)
+            .map(|_| Mutex::new(Report::default()))
+            .collect(),
     });
     let threads: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -337,7 +339,8 @@ fn durable_acks_survive_kill_9() {
         let r = reports(&shared);
         r.iter()
             .all(|r| r.connected && r.unacked == 0 && r.durable_edits == r.edits)
-            && r.windows(2).all(|w| clock(&w[0].version) == clock(&w[1].version))
+            && r.windows(2)
+                .all(|w| clock(&w[0].version) == clock(&w[1].version))
             && r.iter()
                 .enumerate()
                 .all(|(i, x)| ops_of(&x.version, i as u32 + 1) == x.edits)
@@ -352,7 +355,11 @@ fn durable_acks_survive_kill_9() {
     server.wait().unwrap();
     assert!(converged, "clients converge after the last restart");
     let stored = stored_version(&data);
-    assert_eq!(clock(&stored), clock(&last[0].version), "the file holds everything");
+    assert_eq!(
+        clock(&stored),
+        clock(&last[0].version),
+        "the file holds everything"
+    );
     let edits: u32 = last.iter().map(|r| r.edits).sum();
     let reconnects: u32 = last.iter().map(|r| r.reconnects).sum();
     eprintln!(

@@ -584,3 +584,51 @@ fn an_update_that_could_not_be_staged_is_healed_by_a_snapshot() {
     let mut reg = open_reg(&path);
     assert_eq!(reg.open(DOC).unwrap().op_count(), 1);
 }
+
+#[test]
+fn journal_folds_and_reopens_across_removals_and_snapshots() {
+    let dir = temp_dir("journal");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        compact_after: 50,
+        ..SqliteConfig::default()
+    };
+    let mut authors: Vec<OpLog> = (0..5).map(|i| OpLog::new(i + 1)).collect();
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    // Crash (drop) at several points of the fold cycle.
+    for (round, commits) in [37usize, 64, 100, 3, 130].into_iter().enumerate() {
+        let mut reg = open_reg_with(&path, config.clone());
+        for (name, ops) in &expected {
+            assert_eq!(
+                reg.open(name).unwrap().op_count(),
+                *ops,
+                "round {round} {name}"
+            );
+        }
+        for c in 0..commits {
+            for (i, a) in authors.iter_mut().enumerate() {
+                if (c + i) % 3 == 0 {
+                    continue;
+                }
+                let name = format!("d{i}");
+                a.edit(format!("r{round}c{c};").as_bytes());
+                let u = a.take_local_update().unwrap();
+                reg.open(&name).unwrap().apply(&u);
+                reg.update_applied(&name, &u).unwrap();
+                *expected.entry(name).or_default() += 1;
+            }
+            assert_eq!(reg.flush(), Ok(true));
+        }
+        if round == 2 {
+            // A removed document's journal entries never come back, even
+            // under a reused name.
+            assert!(reg.remove("d4"));
+            expected.remove("d4");
+            authors[4] = OpLog::new(50);
+        }
+    }
+    let mut reg = open_reg_with(&path, config);
+    for (name, ops) in &expected {
+        assert_eq!(reg.open(name).unwrap().op_count(), *ops, "{name}");
+    }
+}

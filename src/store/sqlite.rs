@@ -205,7 +205,17 @@ const REGISTRY_SCHEMA: &str = "
         seq INTEGER NOT NULL,
         data BLOB NOT NULL,
         PRIMARY KEY (doc, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS journal (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
     );";
+
+/// The journal is folded into per-document log rows once it holds this many
+/// commits...
+const FOLD_ROWS: u64 = 64;
+/// ...or this many bytes.
+const FOLD_BYTES: usize = 8 << 20;
 
 /// A write waiting for the next commit.
 enum DocOp {
@@ -321,6 +331,12 @@ pub struct SqliteRegistry<D> {
     unstaged: Option<String>,
     /// Updates staged since the last commit.
     staged_updates: u64,
+    /// Committed journal entries not yet folded into `updates`, per
+    /// document id: `(last seq, framed updates)`. Mirrors the `journal`
+    /// table.
+    journal: BTreeMap<i64, Vec<(i64, Vec<u8>)>>,
+    journal_rows: u64,
+    journal_bytes: usize,
     next_id: i64,
     stats: SqliteStats,
 }
@@ -350,6 +366,8 @@ impl<D: Document> SqliteRegistry<D> {
         let max: Option<i64> = conn
             .query_row("SELECT max(id) FROM docs", [], |r| r.get(0))
             .map_err(|e| RegistryError::Storage(storage(&path, e)))?;
+        let (journal, journal_rows, journal_bytes, max_journal_id) =
+            read_journal(&conn).map_err(|e| RegistryError::Storage(storage(&path, e)))?;
         Ok(SqliteRegistry {
             conn,
             path,
@@ -364,7 +382,11 @@ impl<D: Document> SqliteRegistry<D> {
             removed: BTreeSet::new(),
             unstaged: None,
             staged_updates: 0,
-            next_id: max.unwrap_or(0) + 1,
+            journal,
+            journal_rows,
+            journal_bytes,
+            // Ids are never reused while a journal row may name them.
+            next_id: max.unwrap_or(0).max(max_journal_id) + 1,
             stats: SqliteStats::default(),
         })
     }
@@ -557,6 +579,15 @@ impl<D: Document> SqliteRegistry<D> {
                 ))
             })?;
         }
+        let mut log = log;
+        if let Some(entries) = self.journal.get(&id) {
+            log.extend(
+                entries
+                    .iter()
+                    .filter(|(seq, _)| *seq > snapshot_seq)
+                    .cloned(),
+            );
+        }
         let mut outcomes = Vec::new();
         let mut replayed = 0u64;
         for (seq, row) in &log {
@@ -585,6 +616,7 @@ impl<D: Document> SqliteRegistry<D> {
             c.prepare_cached("SELECT max(seq) FROM updates WHERE doc = ?1")?
                 .query_row([id], |r| r.get(0))
         })?;
+        let last = last.max(log.last().map(|(seq, _)| *seq));
         self.stats.loads += 1;
         self.stats.replayed += replayed;
         Ok(Some(Loaded {
@@ -644,12 +676,47 @@ impl<D: Document> SqliteRegistry<D> {
         if self.staged.is_empty() {
             return Ok(());
         }
-        let result = write_doc_ops(&mut self.conn, &self.staged);
-        if let Err(e) = result {
-            self.stats.failed_commits += 1;
-            return Err(RegistryError::Storage(storage(&self.path, e)));
-        }
+        let fold = self.journal_rows + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
+        let result = write_doc_ops(&mut self.conn, &self.staged, fold.then_some(&self.journal));
+        let new_entries = match result {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.stats.failed_commits += 1;
+                return Err(RegistryError::Storage(storage(&self.path, e)));
+            }
+        };
         self.stats.commits += 1;
+        if fold {
+            self.journal.clear();
+            self.journal_rows = 0;
+            self.journal_bytes = 0;
+        } else if !new_entries.is_empty() {
+            self.journal_rows += 1;
+            for (doc, seq, data) in new_entries {
+                self.journal_bytes += data.len() + 20;
+                self.journal.entry(doc).or_default().push((seq, data));
+            }
+        }
+        // Entries a snapshot covers or of removed documents are gone from
+        // the log; the journal copy is dropped too.
+        for op in &self.staged {
+            match op {
+                DocOp::Snapshot {
+                    doc,
+                    up_to,
+                    truncate: true,
+                    ..
+                } => {
+                    if let Some(entries) = self.journal.get_mut(doc) {
+                        entries.retain(|(seq, _)| seq > up_to);
+                    }
+                }
+                DocOp::Remove { id } => {
+                    self.journal.remove(id);
+                }
+                _ => {}
+            }
+        }
         self.stats.appended += std::mem::take(&mut self.staged_updates);
         for op in self.staged.drain(..) {
             if let DocOp::Snapshot { .. } = op {
@@ -680,11 +747,109 @@ fn unframe(mut row: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
-fn write_doc_ops(conn: &mut Connection, ops: &[DocOp]) -> rusqlite::Result<()> {
+/// A journal row: entries of `doc` (i64), `seq` (i64), length (u32),
+/// framed updates.
+fn encode_journal<'a>(entries: impl Iterator<Item = (i64, i64, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (doc, seq, data) in entries {
+        out.extend_from_slice(&doc.to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+fn decode_journal(mut row: &[u8], out: &mut Vec<(i64, i64, Vec<u8>)>) -> Option<()> {
+    while !row.is_empty() {
+        let (head, rest) = row.split_at_checked(20)?;
+        let doc = i64::from_le_bytes(head[0..8].try_into().ok()?);
+        let seq = i64::from_le_bytes(head[8..16].try_into().ok()?);
+        let len = u32::from_le_bytes(head[16..20].try_into().ok()?) as usize;
+        let (data, rest) = rest.split_at_checked(len)?;
+        out.push((doc, seq, data.to_vec()));
+        row = rest;
+    }
+    Some(())
+}
+
+type Journal = BTreeMap<i64, Vec<(i64, Vec<u8>)>>;
+
+/// Reads the unfolded journal: entries per live document above its
+/// snapshot, row count, bytes, and the highest document id it names.
+fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String> {
+    let mut rows = 0u64;
+    let mut entries = Vec::new();
+    {
+        let mut st = conn
+            .prepare("SELECT id, data FROM journal ORDER BY id")
+            .map_err(|e| e.to_string())?;
+        let mut q = st.query([]).map_err(|e| e.to_string())?;
+        while let Some(r) = q.next().map_err(|e| e.to_string())? {
+            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
+            let data: Vec<u8> = r.get(1).map_err(|e| e.to_string())?;
+            decode_journal(&data, &mut entries)
+                .ok_or_else(|| format!("journal row {id} is malformed"))?;
+            rows += 1;
+        }
+    }
+    let mut floors = BTreeMap::new();
+    {
+        let mut st = conn
+            .prepare("SELECT id, snapshot_seq FROM docs")
+            .map_err(|e| e.to_string())?;
+        let mut q = st.query([]).map_err(|e| e.to_string())?;
+        while let Some(r) = q.next().map_err(|e| e.to_string())? {
+            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
+            let floor: i64 = r.get(1).map_err(|e| e.to_string())?;
+            floors.insert(id, floor);
+        }
+    }
+    let max_id = entries.iter().map(|e| e.0).max().unwrap_or(0);
+    let mut journal = Journal::new();
+    let mut bytes = 0;
+    for (doc, seq, data) in entries {
+        if floors.get(&doc).is_some_and(|floor| seq > *floor) {
+            bytes += data.len() + 20;
+            journal.entry(doc).or_default().push((seq, data));
+        }
+    }
+    Ok((journal, rows, bytes, max_id))
+}
+
+/// Writes `ops` in one transaction. The updates of the commit go into one
+/// journal row (one sequential write, however many documents they touch),
+/// or, when `fold` holds the journal, the journal and these updates are
+/// folded into one `updates` row per document and the journal emptied.
+/// Returns the commit's entries `(doc, seq, framed updates)`.
+fn write_doc_ops(
+    conn: &mut Connection,
+    ops: &[DocOp],
+    fold: Option<&Journal>,
+) -> rusqlite::Result<Vec<(i64, i64, Vec<u8>)>> {
+    // Entries a truncating snapshot or a removal in this same batch covers
+    // need not be written.
+    let mut floor: BTreeMap<i64, i64> = BTreeMap::new();
+    for op in ops {
+        match op {
+            DocOp::Snapshot {
+                doc,
+                up_to,
+                truncate: true,
+                ..
+            } => {
+                let f = floor.entry(*doc).or_insert(*up_to);
+                *f = (*f).max(*up_to);
+            }
+            DocOp::Remove { id } => {
+                floor.insert(*id, i64::MAX);
+            }
+            _ => {}
+        }
+    }
+    let mut entries: Vec<(i64, i64, Vec<u8>)> = Vec::new();
     let tx = conn.transaction()?;
     {
-        let mut append =
-            tx.prepare_cached("INSERT INTO updates (doc, seq, data) VALUES (?1, ?2, ?3)")?;
         for op in ops {
             match op {
                 DocOp::Create { id, name } => {
@@ -692,7 +857,9 @@ fn write_doc_ops(conn: &mut Connection, ops: &[DocOp]) -> rusqlite::Result<()> {
                         .execute(params![id, name])?;
                 }
                 DocOp::Append { doc, seq, data } => {
-                    append.execute(params![doc, seq, data])?;
+                    if floor.get(doc).is_none_or(|f| seq > f) {
+                        entries.push((*doc, *seq, data.clone()));
+                    }
                 }
                 DocOp::Snapshot {
                     doc,
@@ -722,8 +889,40 @@ fn write_doc_ops(conn: &mut Connection, ops: &[DocOp]) -> rusqlite::Result<()> {
                 }
             }
         }
+        match fold {
+            None if !entries.is_empty() => {
+                let row = encode_journal(entries.iter().map(|(d, s, b)| (*d, *s, b.as_slice())));
+                tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
+                    .execute([row])?;
+            }
+            None => {}
+            Some(journal) => {
+                // One row per document: its journal entries, then this
+                // commit's, concatenated (framed updates concatenate).
+                let mut rows: BTreeMap<i64, (i64, Vec<u8>)> = BTreeMap::new();
+                let old = journal
+                    .iter()
+                    .flat_map(|(doc, es)| es.iter().map(move |(s, d)| (*doc, *s, d)));
+                let new = entries.iter().map(|(doc, s, d)| (*doc, *s, d));
+                for (doc, seq, data) in old.chain(new) {
+                    if floor.get(&doc).is_some_and(|f| seq <= *f) {
+                        continue;
+                    }
+                    let row = rows.entry(doc).or_default();
+                    row.0 = row.0.max(seq);
+                    row.1.extend_from_slice(data);
+                }
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO updates (doc, seq, data) VALUES (?1, ?2, ?3)")?;
+                for (doc, (seq, data)) in rows {
+                    insert.execute(params![doc, seq, data])?;
+                }
+                tx.execute("DELETE FROM journal", [])?;
+            }
+        }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(entries)
 }
 
 impl<D: Document> Registry for SqliteRegistry<D> {

@@ -60,10 +60,12 @@ pub enum Synchronous {
 pub struct SqliteConfig {
     /// How commits reach the disk. Default [`Synchronous::Full`].
     pub synchronous: Synchronous,
-    /// A document whose log holds this many updates since its snapshot is
-    /// compacted (snapshot written, log truncated) at the next flush.
-    /// Default 1000. Documents holding updates with missing dependencies
-    /// are compacted only once those arrive.
+    /// A document whose log holds this many updates since its snapshot,
+    /// and at least as many bytes as that snapshot, is compacted (snapshot
+    /// written, log truncated) at the next flush; the byte rule keeps the
+    /// cost of snapshots proportional to the updates written. Default 1000.
+    /// Documents holding updates with missing dependencies are compacted
+    /// only once those arrive.
     pub compact_after: u64,
     /// Bytes that may wait staged (because flushes keep failing) before
     /// new writes are refused with a `Storage` error. Default 64 MiB.
@@ -258,6 +260,11 @@ struct Loaded<D> {
     next_seq: i64,
     /// Log entries since the last snapshot (committed or staged).
     log_len: u64,
+    /// Bytes of those entries.
+    log_bytes: usize,
+    /// Size of the last snapshot written (compaction waits until the log
+    /// is at least as large, so snapshots cost at most as much as updates).
+    snapshot_len: usize,
     /// Ops and updates staged for this document since the last commit.
     staged: usize,
     /// Updates reported since the last commit, framed (`u32` length, bytes):
@@ -441,14 +448,17 @@ impl<D: Document> SqliteRegistry<D> {
             return false;
         };
         let truncate = l.doc.pending_bytes() == 0;
+        let data = l.doc.snapshot();
+        l.snapshot_len = data.len();
         let op = DocOp::Snapshot {
             doc: l.id,
             up_to: l.next_seq - 1,
-            data: l.doc.snapshot(),
+            data,
             truncate,
         };
         if truncate {
             l.log_len = 0;
+            l.log_bytes = 0;
         }
         self.stage(name, op);
         true
@@ -571,6 +581,7 @@ impl<D: Document> SqliteRegistry<D> {
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         let mut doc = (self.factory)(name);
+        let snapshot_len = snapshot.as_ref().map_or(0, Vec::len);
         if let Some(s) = snapshot {
             doc.load_snapshot(&s).map_err(|e| {
                 RegistryError::Storage(storage(
@@ -624,6 +635,8 @@ impl<D: Document> SqliteRegistry<D> {
             doc,
             next_seq: last.unwrap_or(0).max(snapshot_seq) + 1,
             log_len: replayed,
+            log_bytes: log.iter().map(|(_, row)| row.len()).sum(),
+            snapshot_len,
             staged: 0,
             buf: Vec::new(),
             needs_snapshot: false,
@@ -661,7 +674,9 @@ impl<D: Document> SqliteRegistry<D> {
             .iter()
             .filter(|n| {
                 self.docs.get(n.as_str()).is_some_and(|l| {
-                    l.log_len >= self.config.compact_after && l.doc.pending_bytes() == 0
+                    l.log_len >= self.config.compact_after
+                        && l.log_bytes >= l.snapshot_len
+                        && l.doc.pending_bytes() == 0
                 })
             })
             .cloned()
@@ -951,6 +966,8 @@ impl<D: Document> Registry for SqliteRegistry<D> {
                             doc: (self.factory)(name),
                             next_seq: 1,
                             log_len: 0,
+                            log_bytes: 0,
+                            snapshot_len: 0,
                             staged: 0,
                             buf: Vec::new(),
                             needs_snapshot: false,
@@ -1049,6 +1066,7 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         };
         l.next_seq += 1;
         l.log_len += 1;
+        l.log_bytes += update.len() + 4;
         l.staged += 1;
         l.buf.extend_from_slice(&len.to_le_bytes());
         l.buf.extend_from_slice(update);
@@ -1067,7 +1085,9 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         let truncate = l.doc.pending_bytes() == 0;
         if truncate {
             l.log_len = 0;
+            l.log_bytes = 0;
         }
+        l.snapshot_len = snapshot.len();
         let op = DocOp::Snapshot {
             doc: l.id,
             up_to: l.next_seq - 1,

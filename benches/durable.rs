@@ -184,7 +184,7 @@ fn main() {
     // `CSS_BENCH_WINDOWS=1,8` picks the windows.
     let windows: Vec<usize> = match std::env::var("CSS_BENCH_WINDOWS") {
         Ok(v) => v.split(',').filter_map(|w| w.trim().parse().ok()).collect(),
-        Err(_) if full => vec![1, 8, 32],
+        Err(_) if full => vec![1, 8, 32, 128],
         Err(_) => vec![4],
     };
     println!(

@@ -11,6 +11,8 @@
 //! - [`document::Document`] and [`registry::Registry`]: the CRDT and the set
 //!   of documents, behind traits, borrowed per call. Adapters for yrs, loro
 //!   and automerge are cargo features.
+//! - [`store`]: storage behind the server: the [`store::RelayStore`] trait
+//!   for relay mode and, with the `sqlite` feature, durable SQLite stores.
 //! - [`wire`]: the messages and the frame codec (postcard bodies, a CRC32
 //!   over every frame, bounded deflate, batching).
 //!
@@ -120,6 +122,7 @@
 //! | `loro` | `adapters::loro::LoroDocument`, over a `loro::LoroDoc` |
 //! | `automerge` | `adapters::automerge::AutomergeDocument`, over an `automerge::Automerge` (Rust ≥ 1.90) |
 //! | `conformance` | `conformance`, the suite every `Document` implementation must pass |
+//! | `sqlite` | `store::SqliteRegistry` and `store::SqliteRelayStore`: durable storage in an embedded SQLite file (bundled; Rust ≥ 1.89) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -92,6 +92,21 @@ impl Default for SqliteConfig {
 }
 
 /// Counters of a [`SqliteRegistry`] or [`SqliteRelayStore`].
+///
+/// ```
+/// use crdt_socket_sync::store::{RelayStore, SqliteRelayStore};
+/// let path = std::env::temp_dir().join(format!("css-stats-{}.sqlite", std::process::id()));
+/// # let _ = std::fs::remove_file(&path);
+/// let mut store = SqliteRelayStore::open(&path).unwrap();
+/// for blob in [b"a", b"b", b"c"] {
+///     store.append("room", blob).unwrap();
+/// }
+/// store.flush().unwrap();
+/// let stats = store.stats();
+/// assert_eq!((stats.commits, stats.appended), (1, 3)); // group commit
+/// # drop(store);
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SqliteStats {

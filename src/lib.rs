@@ -11,6 +11,8 @@
 //! - [`document::Document`] and [`registry::Registry`]: the CRDT and the set
 //!   of documents, behind traits, borrowed per call. Adapters for yrs, loro
 //!   and automerge are cargo features.
+//! - [`store`]: storage behind the server: the [`store::RelayStore`] trait
+//!   for relay mode and, with the `sqlite` feature, durable SQLite stores.
 //! - [`wire`]: the messages and the frame codec (postcard bodies, a CRC32
 //!   over every frame, bounded deflate, batching).
 //!
@@ -124,6 +126,7 @@
 //! | `tls` (alias `rustls`) | `wss://` in the clients through rustls and the webpki roots (no OpenSSL) |
 //! | `smol` | `transport::smol`: the WebSocket client on smol (async-tungstenite) |
 //! | `axum` | `transport::axum`: mount the sync endpoint on an axum route (implies `tokio`) |
+//! | `sqlite` | `store::SqliteRegistry` and `store::SqliteRelayStore`: durable storage in an embedded SQLite file (bundled; Rust ≥ 1.89) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -144,6 +147,7 @@ pub mod rng;
 pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod store;
 pub mod testing;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub mod transport;

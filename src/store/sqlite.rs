@@ -1,0 +1,1666 @@
+//! Durable storage in one embedded SQLite file (feature `sqlite`).
+//!
+//! Both stores follow the same plan:
+//!
+//! - Writes are **staged in memory** (visible to reads at once) and written
+//!   in **one transaction per flush** (group commit). A flush that fails
+//!   rolls back and keeps everything staged, so the next flush retries it:
+//!   the durable acknowledgement that finally covers an update is only sent
+//!   after that update reached the disk.
+//! - The file is in **WAL mode** with `synchronous=FULL` by default: a
+//!   commit returns after the WAL is fsynced, so a committed update survives
+//!   a process crash (`kill -9`) *and* a power loss. [`Synchronous::Normal`]
+//!   skips the per-commit fsync: still safe against process crashes (the
+//!   WAL is in the OS page cache), but a power loss may drop the last
+//!   commits.
+//! - The connection uses `locking_mode=EXCLUSIVE`: one process owns the
+//!   file (a second server on the same file gets a typed error instead of
+//!   corrupting the in-memory sequence counters), and the WAL needs no
+//!   shared-memory file.
+//! - Every SQLite failure (a file that is not a database, a read-only
+//!   directory, a full disk, a quota) becomes a typed `Storage` error;
+//!   nothing here panics on stored data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::document::{ApplyOutcome, Document};
+use crate::registry::{DocFactory, OpenPolicy, Registry, RegistryError};
+
+use super::{RelayEntry, RelaySnapshot, RelayStore, RelayStoreError, check_room};
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How SQLite syncs commits to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `synchronous=FULL`: every commit fsyncs the WAL. A durable ack
+    /// survives process crashes and power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: commits are not fsynced (the WAL is synced at
+    /// checkpoints). A durable ack survives a process crash (`kill -9`), not
+    /// a power loss or kernel panic.
+    Normal,
+}
+
+/// Settings of [`SqliteRegistry`] and [`SqliteRelayStore`].
+///
+/// ```
+/// use crdt_socket_sync::store::{SqliteConfig, Synchronous};
+/// let config = SqliteConfig { compact_after: 500, ..SqliteConfig::default() };
+/// assert_eq!(config.synchronous, Synchronous::Full);
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    /// How commits reach the disk. Default [`Synchronous::Full`].
+    pub synchronous: Synchronous,
+    /// A document whose log holds this many updates since its snapshot,
+    /// and at least as many bytes as that snapshot, is compacted (snapshot
+    /// written, log truncated) at the next flush; the byte rule keeps the
+    /// cost of snapshots proportional to the updates written. Default 1000.
+    /// Documents holding updates with missing dependencies are compacted
+    /// only once those arrive.
+    pub compact_after: u64,
+    /// Bytes that may wait staged (because flushes keep failing) before
+    /// new writes are refused with a `Storage` error. Default 64 MiB.
+    pub max_staged_bytes: usize,
+    /// Upper bound on the file size (SQLite `max_page_count`); writes past
+    /// it fail like a full disk. Default `None` (no bound).
+    pub max_size_bytes: Option<u64>,
+    /// Open the file read-only (a read-only volume, a backup): documents
+    /// load; nothing is ever made durable, so every flush that has
+    /// something to write fails. Default `false`.
+    pub read_only: bool,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            synchronous: Synchronous::Full,
+            compact_after: 1000,
+            max_staged_bytes: 64 << 20,
+            max_size_bytes: None,
+            read_only: false,
+        }
+    }
+}
+
+/// Counters of a [`SqliteRegistry`] or [`SqliteRelayStore`].
+///
+/// ```
+/// use crdt_socket_sync::store::{RelayStore, SqliteRelayStore};
+/// let path = std::env::temp_dir().join(format!("css-stats-{}.sqlite", std::process::id()));
+/// # let _ = std::fs::remove_file(&path);
+/// let mut store = SqliteRelayStore::open(&path).unwrap();
+/// for blob in [b"a", b"b", b"c"] {
+///     store.append("room", blob).unwrap();
+/// }
+/// store.flush().unwrap();
+/// let stats = store.stats();
+/// assert_eq!((stats.commits, stats.appended), (1, 3)); // group commit
+/// # drop(store);
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Flushes that failed (the staged writes were kept for a retry).
+    pub failed_commits: u64,
+    /// Updates (registry) or blobs (relay) written to the log. (The registry
+    /// writes one log row per document per commit, holding all its updates.)
+    pub appended: u64,
+    /// Snapshots written (compactions, pruning, uploads).
+    pub snapshots: u64,
+    /// Documents or rooms loaded from the file.
+    pub loads: u64,
+    /// Log entries replayed while loading documents.
+    pub replayed: u64,
+}
+
+fn storage(path: &Path, e: impl std::fmt::Display) -> String {
+    format!("{}: {e}", path.display())
+}
+
+/// Opens the file with the durability settings and creates the schema.
+fn connect(path: &Path, config: &SqliteConfig, schema: &str) -> Result<Connection, String> {
+    let flags = if config.read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| storage(path, e))?;
+    // Another process holding the file is an error, not a long wait.
+    conn.busy_timeout(Duration::from_millis(200))
+        .map_err(|e| storage(path, e))?;
+    let sync = match config.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    // A read-only connection cannot hold the write lock; it shares the
+    // file like any reader.
+    let locking = if config.read_only {
+        "NORMAL"
+    } else {
+        "EXCLUSIVE"
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA locking_mode = {locking}; PRAGMA synchronous = {sync};"
+    ))
+    .map_err(|e| storage(path, e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| storage(path, e))?;
+    if version > SCHEMA_VERSION {
+        return Err(storage(
+            path,
+            format!("schema version {version} is newer than this build's {SCHEMA_VERSION}"),
+        ));
+    }
+    if config.read_only {
+        // Reading takes the (exclusive) lock and proves the file is a
+        // database with our schema.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|e| storage(path, e))?;
+        return Ok(conn);
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| storage(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(storage(path, format!("cannot enable WAL (mode {mode})")));
+    }
+    if let Some(max) = config.max_size_bytes {
+        let page: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| storage(path, e))?;
+        let pages = (max / page.max(512) as u64).max(1);
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(|e| storage(path, e))?;
+    }
+    // `BEGIN IMMEDIATE` takes the write lock now (kept: exclusive mode), so
+    // a second process on the same file fails here.
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {schema} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(|e| storage(path, e))?;
+    Ok(conn)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// The registry
+// ---------------------------------------------------------------------------
+
+const REGISTRY_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS docs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        snapshot BLOB,
+        snapshot_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS updates (
+        doc INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (doc, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS journal (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL
+    );";
+
+/// The journal is folded into per-document log rows once it holds this many
+/// commits...
+const FOLD_ROWS: u64 = 64;
+/// ...or this many bytes.
+const FOLD_BYTES: usize = 8 << 20;
+
+/// A write waiting for the next commit.
+enum DocOp {
+    Create {
+        id: i64,
+        name: String,
+    },
+    /// Framed updates of one document; `seq` is the last one's.
+    Append {
+        doc: i64,
+        seq: i64,
+        data: Vec<u8>,
+    },
+    /// `truncate`: drop log entries up to `up_to` (the snapshot holds them).
+    Snapshot {
+        doc: i64,
+        up_to: i64,
+        data: Vec<u8>,
+        truncate: bool,
+    },
+    Remove {
+        id: i64,
+    },
+}
+
+impl DocOp {
+    fn bytes(&self) -> usize {
+        match self {
+            DocOp::Append { data, .. } | DocOp::Snapshot { data, .. } => data.len() + 32,
+            DocOp::Create { name, .. } => name.len() + 32,
+            DocOp::Remove { .. } => 16,
+        }
+    }
+}
+
+struct Loaded<D> {
+    id: i64,
+    doc: D,
+    /// Sequence number of the next log entry.
+    next_seq: i64,
+    /// Log entries since the last snapshot (committed or staged).
+    log_len: u64,
+    /// Bytes of those entries.
+    log_bytes: usize,
+    /// Size of the last snapshot written (compaction waits until the log
+    /// is at least as large, so snapshots cost at most as much as updates).
+    snapshot_len: usize,
+    /// Ops and updates staged for this document since the last commit.
+    staged: usize,
+    /// Updates reported since the last commit, framed (`u32` length, bytes):
+    /// written as one log row per document per commit.
+    buf: Vec<u8>,
+    /// An update was applied but could not be staged: the next flush writes
+    /// a snapshot (which holds it) and this document may not be unloaded.
+    needs_snapshot: bool,
+    /// Bumped on every access; `unload_idle` watches it.
+    uses: u64,
+    /// `(uses, when)` when `unload_idle` last saw the counter change.
+    idle_mark: Option<(u64, Instant)>,
+}
+
+/// A durable [`Registry`] in one SQLite file, for any [`Document`] type.
+///
+/// Each document has an append-only log of the updates applied to it and
+/// its latest snapshot. Documents are loaded lazily on first
+/// [`Registry::open`] (snapshot, then the log replayed with
+/// [`Document::apply_batch`]); [`Registry::update_applied`] stages an update
+/// and [`Registry::flush`] commits everything staged in one transaction,
+/// returning `Ok(true)` once it is on disk, so the hub's `durable`
+/// acknowledgements never cover an update that is not. Logs longer than
+/// [`SqliteConfig::compact_after`] are compacted into a snapshot at the next
+/// flush.
+///
+/// ```
+/// use crdt_socket_sync::document::Document;
+/// use crdt_socket_sync::registry::Registry;
+/// use crdt_socket_sync::store::SqliteRegistry;
+/// use crdt_socket_sync::testing::OpLog;
+///
+/// let dir = std::env::temp_dir().join(format!("css-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("docs.sqlite");
+/// # let _ = std::fs::remove_file(&path);
+///
+/// // An update from a client, as the hub would apply and report it.
+/// let mut author = OpLog::new(7);
+/// author.edit(b"hello");
+/// let update = author.take_local_update().unwrap();
+///
+/// let mut reg = SqliteRegistry::open(&path, |_: &str| OpLog::new(0)).unwrap();
+/// reg.open("notes").unwrap().apply(&update);
+/// reg.update_applied("notes", &update).unwrap();
+/// assert_eq!(reg.flush(), Ok(true)); // on disk: ack it as durable
+/// drop(reg);
+///
+/// // After a restart the document is loaded from the file on first open.
+/// let mut reg = SqliteRegistry::open(&path, |_: &str| OpLog::new(0)).unwrap();
+/// assert!(reg.list().is_empty());
+/// assert_eq!(reg.open("notes").unwrap().text(), "hello");
+/// # drop(reg);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+pub struct SqliteRegistry<D> {
+    conn: Connection,
+    path: PathBuf,
+    config: SqliteConfig,
+    factory: DocFactory<D>,
+    policy: OpenPolicy,
+    max_name_len: usize,
+    docs: BTreeMap<String, Loaded<D>>,
+    staged: Vec<DocOp>,
+    staged_bytes: usize,
+    /// Documents with ops staged since the last commit.
+    dirty: BTreeSet<String>,
+    /// Names removed while their `Remove` is still staged: not loadable.
+    removed: BTreeSet<String>,
+    /// An update could not be staged since the last flush: that flush fails.
+    unstaged: Option<String>,
+    /// Updates staged since the last commit.
+    staged_updates: u64,
+    /// Committed journal entries not yet folded into `updates`, per
+    /// document id: `(last seq, framed updates)`. Mirrors the `journal`
+    /// table.
+    journal: BTreeMap<i64, Vec<(i64, Vec<u8>)>>,
+    journal_rows: u64,
+    journal_bytes: usize,
+    next_id: i64,
+    stats: SqliteStats,
+}
+
+impl<D: Document> SqliteRegistry<D> {
+    /// Opens (creating if needed) the database at `path` with the default
+    /// [`SqliteConfig`]; new documents are made by `factory`.
+    pub fn open(
+        path: impl AsRef<Path>,
+        factory: impl FnMut(&str) -> D + Send + 'static,
+    ) -> Result<Self, RegistryError> {
+        Self::open_with(path, SqliteConfig::default(), factory)
+    }
+
+    /// Opens the database at `path` with `config`.
+    ///
+    /// Fails with [`RegistryError::Storage`] when the file cannot be opened
+    /// or created (missing or read-only directory), is not a database, was
+    /// written by a newer schema, or is held by another process.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        config: SqliteConfig,
+        factory: impl FnMut(&str) -> D + Send + 'static,
+    ) -> Result<Self, RegistryError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = connect(&path, &config, REGISTRY_SCHEMA).map_err(RegistryError::Storage)?;
+        let max: Option<i64> = conn
+            .query_row("SELECT max(id) FROM docs", [], |r| r.get(0))
+            .map_err(|e| RegistryError::Storage(storage(&path, e)))?;
+        let (journal, journal_rows, journal_bytes, max_journal_id) =
+            read_journal(&conn).map_err(|e| RegistryError::Storage(storage(&path, e)))?;
+        Ok(SqliteRegistry {
+            conn,
+            path,
+            config,
+            factory: Box::new(factory),
+            policy: OpenPolicy::Create,
+            max_name_len: 512,
+            docs: BTreeMap::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
+            dirty: BTreeSet::new(),
+            removed: BTreeSet::new(),
+            unstaged: None,
+            staged_updates: 0,
+            journal,
+            journal_rows,
+            journal_bytes,
+            // Ids are never reused while a journal row may name them.
+            next_id: max.unwrap_or(0).max(max_journal_id) + 1,
+            stats: SqliteStats::default(),
+        })
+    }
+
+    /// Changes the create-on-open policy (default [`OpenPolicy::Create`]).
+    pub fn set_policy(&mut self, policy: OpenPolicy) {
+        self.policy = policy;
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SqliteConfig {
+        &self.config
+    }
+
+    /// Counters: commits, appended updates, snapshots, loads.
+    pub fn stats(&self) -> SqliteStats {
+        self.stats
+    }
+
+    /// Bytes staged and not yet committed.
+    pub fn staged_bytes(&self) -> usize {
+        self.staged_bytes
+    }
+
+    /// Names of every stored document (loaded or not), sorted. Documents
+    /// created since the last commit are included.
+    pub fn stored(&mut self) -> Result<Vec<String>, RegistryError> {
+        let mut names: BTreeSet<String> = self
+            .query(|c| {
+                let mut st = c.prepare_cached("SELECT name FROM docs")?;
+                let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<String>>>()
+            })?
+            .into_iter()
+            .collect();
+        for r in &self.removed {
+            names.remove(r);
+        }
+        names.extend(self.docs.keys().cloned());
+        Ok(names.into_iter().collect())
+    }
+
+    /// Compacts document `name` now (at the next flush): its snapshot
+    /// replaces its log. Returns whether it is loaded.
+    pub fn compact(&mut self, name: &str) -> bool {
+        let Some(l) = self.docs.get_mut(name) else {
+            return false;
+        };
+        let truncate = l.doc.pending_bytes() == 0;
+        let data = l.doc.snapshot();
+        l.snapshot_len = data.len();
+        let op = DocOp::Snapshot {
+            doc: l.id,
+            up_to: l.next_seq - 1,
+            data,
+            truncate,
+        };
+        if truncate {
+            l.log_len = 0;
+            l.log_bytes = 0;
+        }
+        self.stage(name, op);
+        true
+    }
+
+    /// Unloads documents nobody used for `idle_for`, except those for which
+    /// `in_use` returns `true` (pass `|name| hub.subscribers(name) > 0`: the
+    /// hub expects the documents its sessions opened to stay loaded) and
+    /// those with writes not yet committed. Returns the unloaded names.
+    ///
+    /// The registry reads no clock: a document counts as idle from the first
+    /// call that saw it unused, so call this periodically.
+    ///
+    /// ```
+    /// # use crdt_socket_sync::registry::Registry;
+    /// # use crdt_socket_sync::store::SqliteRegistry;
+    /// # use crdt_socket_sync::testing::OpLog;
+    /// use std::time::{Duration, Instant};
+    /// # let path = std::env::temp_dir().join(format!("css-idle-{}.sqlite", std::process::id()));
+    /// # let _ = std::fs::remove_file(&path);
+    /// let mut reg = SqliteRegistry::open(&path, |_: &str| OpLog::new(0)).unwrap();
+    /// reg.open("a").unwrap();
+    /// reg.flush().unwrap();
+    /// let t0 = Instant::now();
+    /// let idle = Duration::from_secs(60);
+    /// assert!(reg.unload_idle(t0, idle, |_| false).is_empty()); // starts the clock
+    /// assert_eq!(reg.unload_idle(t0 + idle, idle, |_| false), vec!["a".to_string()]);
+    /// assert!(reg.list().is_empty());
+    /// # drop(reg);
+    /// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+    /// ```
+    pub fn unload_idle(
+        &mut self,
+        now: Instant,
+        idle_for: Duration,
+        in_use: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, l) in &mut self.docs {
+            if in_use(name) || l.staged > 0 || l.needs_snapshot {
+                l.idle_mark = None;
+                continue;
+            }
+            match l.idle_mark {
+                Some((uses, since)) if uses == l.uses => {
+                    if now.saturating_duration_since(since) >= idle_for {
+                        out.push(name.clone());
+                    }
+                }
+                _ => l.idle_mark = Some((l.uses, now)),
+            }
+        }
+        for name in &out {
+            self.docs.remove(name);
+        }
+        out
+    }
+
+    fn query<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, RegistryError> {
+        f(&self.conn).map_err(|e| RegistryError::Storage(storage(&self.path, e)))
+    }
+
+    fn stage(&mut self, name: &str, op: DocOp) {
+        // Updates reported before this op are written before it.
+        self.materialize(name);
+        self.staged_bytes += op.bytes();
+        self.staged.push(op);
+        if let Some(l) = self.docs.get_mut(name) {
+            l.staged += 1;
+        }
+        if !self.dirty.contains(name) {
+            self.dirty.insert(name.to_string());
+        }
+    }
+
+    /// Turns the updates buffered for `name` into one staged log row.
+    fn materialize(&mut self, name: &str) {
+        let Some(l) = self.docs.get_mut(name) else {
+            return;
+        };
+        if l.buf.is_empty() {
+            return;
+        }
+        self.staged.push(DocOp::Append {
+            doc: l.id,
+            seq: l.next_seq - 1,
+            data: std::mem::take(&mut l.buf),
+        });
+    }
+
+    /// Loads `name` from the file: snapshot, then its log replayed.
+    fn load(&mut self, name: &str) -> Result<Option<Loaded<D>>, RegistryError> {
+        if self.removed.contains(name) {
+            return Ok(None);
+        }
+        let row = self.query(|c| {
+            c.prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")?
+                .query_row([name], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()
+        })?;
+        let Some((id, snapshot, snapshot_seq)) = row else {
+            return Ok(None);
+        };
+        let log = self.query(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, data FROM updates WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let rows = st.query_map(params![id, snapshot_seq], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut doc = (self.factory)(name);
+        let snapshot_len = snapshot.as_ref().map_or(0, Vec::len);
+        if let Some(s) = snapshot {
+            doc.load_snapshot(&s).map_err(|e| {
+                RegistryError::Storage(storage(
+                    &self.path,
+                    format!("document {name:?}: stored snapshot does not load: {e}"),
+                ))
+            })?;
+        }
+        let mut log = log;
+        if let Some(entries) = self.journal.get(&id) {
+            log.extend(
+                entries
+                    .iter()
+                    .filter(|(seq, _)| *seq > snapshot_seq)
+                    .cloned(),
+            );
+        }
+        let mut outcomes = Vec::new();
+        let mut replayed = 0u64;
+        for (seq, row) in &log {
+            let updates = unframe(row).ok_or_else(|| {
+                RegistryError::Storage(storage(
+                    &self.path,
+                    format!("document {name:?}: log row {seq} is malformed"),
+                ))
+            })?;
+            outcomes.clear();
+            doc.apply_batch(&updates, &mut outcomes);
+            replayed += updates.len() as u64;
+            if let Some(ApplyOutcome::Invalid(e)) = outcomes
+                .iter()
+                .find(|o| matches!(o, ApplyOutcome::Invalid(_)))
+            {
+                return Err(RegistryError::Storage(storage(
+                    &self.path,
+                    format!("document {name:?}: an update in log row {seq} does not apply: {e}"),
+                )));
+            }
+        }
+        // Sequence numbers continue after the last entry (or the snapshot
+        // when the log was truncated).
+        let last: Option<i64> = self.query(|c| {
+            c.prepare_cached("SELECT max(seq) FROM updates WHERE doc = ?1")?
+                .query_row([id], |r| r.get(0))
+        })?;
+        let last = last.max(log.last().map(|(seq, _)| *seq));
+        self.stats.loads += 1;
+        self.stats.replayed += replayed;
+        Ok(Some(Loaded {
+            id,
+            doc,
+            next_seq: last.unwrap_or(0).max(snapshot_seq) + 1,
+            log_len: replayed,
+            log_bytes: log.iter().map(|(_, row)| row.len()).sum(),
+            snapshot_len,
+            staged: 0,
+            buf: Vec::new(),
+            needs_snapshot: false,
+            uses: 0,
+            idle_mark: None,
+        }))
+    }
+
+    /// Writes every staged op in one transaction. On failure nothing is
+    /// written and everything stays staged.
+    fn commit(&mut self) -> Result<(), RegistryError> {
+        // Documents holding an update that could not be staged: their
+        // snapshot holds it.
+        let healing: Vec<String> = self
+            .docs
+            .iter()
+            .filter(|(_, l)| l.needs_snapshot)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in healing {
+            if let Some(l) = self.docs.get_mut(&name) {
+                l.needs_snapshot = false;
+                let op = DocOp::Snapshot {
+                    doc: l.id,
+                    up_to: l.next_seq - 1,
+                    data: l.doc.snapshot(),
+                    truncate: false,
+                };
+                self.stage(&name, op);
+            }
+        }
+        // Compaction of long logs, in the same transaction.
+        let long: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|n| {
+                self.docs.get(n.as_str()).is_some_and(|l| {
+                    l.log_len >= self.config.compact_after
+                        && l.log_bytes >= l.snapshot_len
+                        && l.doc.pending_bytes() == 0
+                })
+            })
+            .cloned()
+            .collect();
+        for name in long {
+            self.compact(&name);
+        }
+        let dirty: Vec<String> = self.dirty.iter().cloned().collect();
+        for name in dirty {
+            self.materialize(&name);
+        }
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let fold = self.journal_rows + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
+        let result = write_doc_ops(&mut self.conn, &self.staged, fold.then_some(&self.journal));
+        let new_entries = match result {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.stats.failed_commits += 1;
+                return Err(RegistryError::Storage(storage(&self.path, e)));
+            }
+        };
+        self.stats.commits += 1;
+        if fold {
+            self.journal.clear();
+            self.journal_rows = 0;
+            self.journal_bytes = 0;
+        } else if !new_entries.is_empty() {
+            self.journal_rows += 1;
+            for (doc, seq, data) in new_entries {
+                self.journal_bytes += data.len() + 20;
+                self.journal.entry(doc).or_default().push((seq, data));
+            }
+        }
+        // Entries a snapshot covers or of removed documents are gone from
+        // the log; the journal copy is dropped too.
+        for op in &self.staged {
+            match op {
+                DocOp::Snapshot {
+                    doc,
+                    up_to,
+                    truncate: true,
+                    ..
+                } => {
+                    if let Some(entries) = self.journal.get_mut(doc) {
+                        entries.retain(|(seq, _)| seq > up_to);
+                    }
+                }
+                DocOp::Remove { id } => {
+                    self.journal.remove(id);
+                }
+                _ => {}
+            }
+        }
+        self.stats.appended += std::mem::take(&mut self.staged_updates);
+        for op in self.staged.drain(..) {
+            if let DocOp::Snapshot { .. } = op {
+                self.stats.snapshots += 1;
+            }
+        }
+        self.staged_bytes = 0;
+        for name in std::mem::take(&mut self.dirty) {
+            if let Some(l) = self.docs.get_mut(&name) {
+                l.staged = 0;
+            }
+        }
+        self.removed.clear();
+        Ok(())
+    }
+}
+
+/// Splits a log row into its framed updates (`None`: malformed).
+fn unframe(mut row: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !row.is_empty() {
+        let (len, rest) = row.split_at_checked(4)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let (update, rest) = rest.split_at_checked(len)?;
+        out.push(update);
+        row = rest;
+    }
+    Some(out)
+}
+
+/// A journal row: entries of `doc` (i64), `seq` (i64), length (u32),
+/// framed updates.
+fn encode_journal<'a>(entries: impl Iterator<Item = (i64, i64, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (doc, seq, data) in entries {
+        out.extend_from_slice(&doc.to_le_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+fn decode_journal(mut row: &[u8], out: &mut Vec<(i64, i64, Vec<u8>)>) -> Option<()> {
+    while !row.is_empty() {
+        let (head, rest) = row.split_at_checked(20)?;
+        let doc = i64::from_le_bytes(head[0..8].try_into().ok()?);
+        let seq = i64::from_le_bytes(head[8..16].try_into().ok()?);
+        let len = u32::from_le_bytes(head[16..20].try_into().ok()?) as usize;
+        let (data, rest) = rest.split_at_checked(len)?;
+        out.push((doc, seq, data.to_vec()));
+        row = rest;
+    }
+    Some(())
+}
+
+type Journal = BTreeMap<i64, Vec<(i64, Vec<u8>)>>;
+
+/// Reads the unfolded journal: entries per live document above its
+/// snapshot, row count, bytes, and the highest document id it names.
+fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String> {
+    let mut rows = 0u64;
+    let mut entries = Vec::new();
+    {
+        let mut st = conn
+            .prepare("SELECT id, data FROM journal ORDER BY id")
+            .map_err(|e| e.to_string())?;
+        let mut q = st.query([]).map_err(|e| e.to_string())?;
+        while let Some(r) = q.next().map_err(|e| e.to_string())? {
+            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
+            let data: Vec<u8> = r.get(1).map_err(|e| e.to_string())?;
+            decode_journal(&data, &mut entries)
+                .ok_or_else(|| format!("journal row {id} is malformed"))?;
+            rows += 1;
+        }
+    }
+    let mut floors = BTreeMap::new();
+    {
+        let mut st = conn
+            .prepare("SELECT id, snapshot_seq FROM docs")
+            .map_err(|e| e.to_string())?;
+        let mut q = st.query([]).map_err(|e| e.to_string())?;
+        while let Some(r) = q.next().map_err(|e| e.to_string())? {
+            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
+            let floor: i64 = r.get(1).map_err(|e| e.to_string())?;
+            floors.insert(id, floor);
+        }
+    }
+    let max_id = entries.iter().map(|e| e.0).max().unwrap_or(0);
+    let mut journal = Journal::new();
+    let mut bytes = 0;
+    for (doc, seq, data) in entries {
+        if floors.get(&doc).is_some_and(|floor| seq > *floor) {
+            bytes += data.len() + 20;
+            journal.entry(doc).or_default().push((seq, data));
+        }
+    }
+    Ok((journal, rows, bytes, max_id))
+}
+
+/// Writes `ops` in one transaction. The updates of the commit go into one
+/// journal row (one sequential write, however many documents they touch),
+/// or, when `fold` holds the journal, the journal and these updates are
+/// folded into one `updates` row per document and the journal emptied.
+/// Returns the commit's entries `(doc, seq, framed updates)`.
+fn write_doc_ops(
+    conn: &mut Connection,
+    ops: &[DocOp],
+    fold: Option<&Journal>,
+) -> rusqlite::Result<Vec<(i64, i64, Vec<u8>)>> {
+    // Entries a truncating snapshot or a removal in this same batch covers
+    // need not be written.
+    let mut floor: BTreeMap<i64, i64> = BTreeMap::new();
+    for op in ops {
+        match op {
+            DocOp::Snapshot {
+                doc,
+                up_to,
+                truncate: true,
+                ..
+            } => {
+                let f = floor.entry(*doc).or_insert(*up_to);
+                *f = (*f).max(*up_to);
+            }
+            DocOp::Remove { id } => {
+                floor.insert(*id, i64::MAX);
+            }
+            _ => {}
+        }
+    }
+    let mut entries: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+    let tx = conn.transaction()?;
+    {
+        for op in ops {
+            match op {
+                DocOp::Create { id, name } => {
+                    tx.prepare_cached("INSERT INTO docs (id, name) VALUES (?1, ?2)")?
+                        .execute(params![id, name])?;
+                }
+                DocOp::Append { doc, seq, data } => {
+                    if floor.get(doc).is_none_or(|f| seq > f) {
+                        entries.push((*doc, *seq, data.clone()));
+                    }
+                }
+                DocOp::Snapshot {
+                    doc,
+                    up_to,
+                    data,
+                    truncate,
+                } => {
+                    if *truncate {
+                        tx.prepare_cached(
+                            "UPDATE docs SET snapshot = ?2, snapshot_seq = ?3 WHERE id = ?1",
+                        )?
+                        .execute(params![doc, data, up_to])?;
+                        tx.prepare_cached("DELETE FROM updates WHERE doc = ?1 AND seq <= ?2")?
+                            .execute(params![doc, up_to])?;
+                    } else {
+                        // The log stays (it may hold updates the snapshot
+                        // lacks); replaying it over the snapshot is harmless.
+                        tx.prepare_cached("UPDATE docs SET snapshot = ?2 WHERE id = ?1")?
+                            .execute(params![doc, data])?;
+                    }
+                }
+                DocOp::Remove { id } => {
+                    tx.prepare_cached("DELETE FROM updates WHERE doc = ?1")?
+                        .execute([id])?;
+                    tx.prepare_cached("DELETE FROM docs WHERE id = ?1")?
+                        .execute([id])?;
+                }
+            }
+        }
+        match fold {
+            None if !entries.is_empty() => {
+                let row = encode_journal(entries.iter().map(|(d, s, b)| (*d, *s, b.as_slice())));
+                tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
+                    .execute([row])?;
+            }
+            None => {}
+            Some(journal) => {
+                // One row per document: its journal entries, then this
+                // commit's, concatenated (framed updates concatenate).
+                let mut rows: BTreeMap<i64, (i64, Vec<u8>)> = BTreeMap::new();
+                let old = journal
+                    .iter()
+                    .flat_map(|(doc, es)| es.iter().map(move |(s, d)| (*doc, *s, d)));
+                let new = entries.iter().map(|(doc, s, d)| (*doc, *s, d));
+                for (doc, seq, data) in old.chain(new) {
+                    if floor.get(&doc).is_some_and(|f| seq <= *f) {
+                        continue;
+                    }
+                    let row = rows.entry(doc).or_default();
+                    row.0 = row.0.max(seq);
+                    row.1.extend_from_slice(data);
+                }
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO updates (doc, seq, data) VALUES (?1, ?2, ?3)")?;
+                for (doc, (seq, data)) in rows {
+                    insert.execute(params![doc, seq, data])?;
+                }
+                tx.execute("DELETE FROM journal", [])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(entries)
+}
+
+impl<D: Document> Registry for SqliteRegistry<D> {
+    type Doc = D;
+
+    fn open(&mut self, name: &str) -> Result<&mut D, RegistryError> {
+        if name.is_empty() || name.len() > self.max_name_len {
+            return Err(RegistryError::InvalidName(format!(
+                "length must be 1..={}",
+                self.max_name_len
+            )));
+        }
+        if !self.docs.contains_key(name) {
+            let loaded = match self.load(name)? {
+                Some(l) => l,
+                None => {
+                    if self.policy == OpenPolicy::MustExist {
+                        return Err(RegistryError::NotFound(name.to_string()));
+                    }
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.docs.insert(
+                        name.to_string(),
+                        Loaded {
+                            id,
+                            doc: (self.factory)(name),
+                            next_seq: 1,
+                            log_len: 0,
+                            log_bytes: 0,
+                            snapshot_len: 0,
+                            staged: 0,
+                            buf: Vec::new(),
+                            needs_snapshot: false,
+                            uses: 0,
+                            idle_mark: None,
+                        },
+                    );
+                    self.stage(
+                        name,
+                        DocOp::Create {
+                            id,
+                            name: name.to_string(),
+                        },
+                    );
+                    let l = self
+                        .docs
+                        .get_mut(name)
+                        .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+                    return Ok(&mut l.doc);
+                }
+            };
+            self.docs.insert(name.to_string(), loaded);
+        }
+        let l = self
+            .docs
+            .get_mut(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        l.uses += 1;
+        Ok(&mut l.doc)
+    }
+
+    fn get(&mut self, name: &str) -> Option<&mut D> {
+        let l = self.docs.get_mut(name)?;
+        l.uses += 1;
+        Some(&mut l.doc)
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.docs.keys().cloned().collect()
+    }
+
+    /// Drops `name` from memory; it stays stored. Refused (`false`) while it
+    /// has writes not yet committed: flush first.
+    fn unload(&mut self, name: &str) -> bool {
+        match self.docs.get(name) {
+            Some(l) if l.staged == 0 && !l.needs_snapshot => {
+                self.docs.remove(name);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Deletes `name` from memory and from the file (committed at once with
+    /// everything staged; if that commit fails, at the next flush).
+    fn remove(&mut self, name: &str) -> bool {
+        let id = match self.docs.remove(name) {
+            Some(l) => Some(l.id),
+            None if self.removed.contains(name) => None,
+            None => self
+                .query(|c| {
+                    c.prepare_cached("SELECT id FROM docs WHERE name = ?1")?
+                        .query_row([name], |r| r.get::<_, i64>(0))
+                        .optional()
+                })
+                .ok()
+                .flatten(),
+        };
+        let Some(id) = id else {
+            return false;
+        };
+        self.stage(name, DocOp::Remove { id });
+        self.removed.insert(name.to_string());
+        let _ = self.commit();
+        true
+    }
+
+    fn update_applied(&mut self, name: &str, update: &[u8]) -> Result<(), RegistryError> {
+        let Some(l) = self.docs.get_mut(name) else {
+            return Err(RegistryError::NotFound(name.to_string()));
+        };
+        if self.staged_bytes + update.len() > self.config.max_staged_bytes {
+            // Applied in memory but not staged: this flush fails, the next
+            // successful one writes a snapshot holding it.
+            l.needs_snapshot = true;
+            let why = format!(
+                "{} bytes wait for a commit that keeps failing; update not stored",
+                self.staged_bytes
+            );
+            self.unstaged = Some(why.clone());
+            return Err(RegistryError::Storage(storage(&self.path, why)));
+        }
+        let Ok(len) = u32::try_from(update.len()) else {
+            l.needs_snapshot = true;
+            return Err(RegistryError::Storage("update larger than 4 GiB".into()));
+        };
+        l.next_seq += 1;
+        l.log_len += 1;
+        l.log_bytes += update.len() + 4;
+        l.staged += 1;
+        l.buf.extend_from_slice(&len.to_le_bytes());
+        l.buf.extend_from_slice(update);
+        self.staged_bytes += update.len() + 4;
+        self.staged_updates += 1;
+        if !self.dirty.contains(name) {
+            self.dirty.insert(name.to_string());
+        }
+        Ok(())
+    }
+
+    fn snapshot_taken(&mut self, name: &str, snapshot: &[u8]) -> Result<(), RegistryError> {
+        let Some(l) = self.docs.get_mut(name) else {
+            return Err(RegistryError::NotFound(name.to_string()));
+        };
+        let truncate = l.doc.pending_bytes() == 0;
+        if truncate {
+            l.log_len = 0;
+            l.log_bytes = 0;
+        }
+        l.snapshot_len = snapshot.len();
+        let op = DocOp::Snapshot {
+            doc: l.id,
+            up_to: l.next_seq - 1,
+            data: snapshot.to_vec(),
+            truncate,
+        };
+        self.stage(name, op);
+        Ok(())
+    }
+
+    /// Commits everything staged in one transaction. `Ok(true)`: every
+    /// update reported so far is on disk. `Err`: nothing new is durable
+    /// (the staged writes are kept and retried by the next flush).
+    fn flush(&mut self) -> Result<bool, RegistryError> {
+        if self.config.read_only && !self.staged.is_empty() {
+            self.stats.failed_commits += 1;
+            return Err(RegistryError::Storage(storage(
+                &self.path,
+                "opened read-only; updates are not stored",
+            )));
+        }
+        let unstaged = self.unstaged.take();
+        self.commit()?;
+        match unstaged {
+            Some(why) => Err(RegistryError::Storage(storage(&self.path, why))),
+            None => Ok(true),
+        }
+    }
+}
+
+impl<D> std::fmt::Debug for SqliteRegistry<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteRegistry")
+            .field("path", &self.path)
+            .field("loaded", &self.docs.len())
+            .field("staged", &self.staged.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The relay store
+// ---------------------------------------------------------------------------
+
+const RELAY_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS relay_rooms (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        snapshot BLOB,
+        up_to INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE IF NOT EXISTS relay_log (
+        room INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (room, seq)
+    );";
+
+enum RelayOp {
+    Create {
+        id: i64,
+        name: String,
+    },
+    Append {
+        room: i64,
+        seq: u64,
+        data: Vec<u8>,
+    },
+    Snapshot {
+        room: i64,
+        up_to: u64,
+        data: Vec<u8>,
+    },
+    Remove {
+        id: i64,
+    },
+}
+
+impl RelayOp {
+    fn bytes(&self) -> usize {
+        match self {
+            RelayOp::Append { data, .. } | RelayOp::Snapshot { data, .. } => data.len() + 32,
+            RelayOp::Create { name, .. } => name.len() + 32,
+            RelayOp::Remove { .. } => 16,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Room {
+    id: i64,
+    last: u64,
+    up_to: u64,
+    /// Sequence number of the first staged append (`u64::MAX`: none).
+    first_staged: u64,
+}
+
+/// A durable [`RelayStore`] in one SQLite file: per room, a log of blobs
+/// with sequence numbers and the latest snapshot. Writes are staged and
+/// committed by [`RelayStore::flush`] in one transaction (group commit);
+/// reads see staged writes at once. Same durability settings as
+/// [`SqliteRegistry`] (WAL, `synchronous=FULL` by default).
+///
+/// ```
+/// use crdt_socket_sync::store::{RelayStore, SqliteRelayStore};
+/// let path = std::env::temp_dir().join(format!("css-relay-{}.sqlite", std::process::id()));
+/// # let _ = std::fs::remove_file(&path);
+/// let mut store = SqliteRelayStore::open(&path).unwrap();
+/// assert_eq!(store.append("room", b"blob").unwrap(), 1);
+/// assert!(store.flush().unwrap()); // durable: ack blob 1
+/// drop(store);
+/// let mut store = SqliteRelayStore::open(&path).unwrap();
+/// assert_eq!(store.read_after("room", 0, 10).unwrap()[0].data, b"blob");
+/// # drop(store);
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// ```
+pub struct SqliteRelayStore {
+    conn: Connection,
+    path: PathBuf,
+    config: SqliteConfig,
+    rooms: BTreeMap<String, Room>,
+    staged: Vec<RelayOp>,
+    staged_bytes: usize,
+    removed: BTreeSet<String>,
+    next_id: i64,
+    stats: SqliteStats,
+}
+
+impl SqliteRelayStore {
+    /// Opens (creating if needed) the store at `path` with the default
+    /// [`SqliteConfig`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, RelayStoreError> {
+        Self::open_with(path, SqliteConfig::default())
+    }
+
+    /// Opens the store at `path` with `config` (`compact_after` is unused:
+    /// relay snapshots come from clients).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        config: SqliteConfig,
+    ) -> Result<Self, RelayStoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = connect(&path, &config, RELAY_SCHEMA).map_err(RelayStoreError::Storage)?;
+        let max: Option<i64> = conn
+            .query_row("SELECT max(id) FROM relay_rooms", [], |r| r.get(0))
+            .map_err(|e| RelayStoreError::Storage(storage(&path, e)))?;
+        Ok(SqliteRelayStore {
+            conn,
+            path,
+            config,
+            rooms: BTreeMap::new(),
+            staged: Vec::new(),
+            staged_bytes: 0,
+            removed: BTreeSet::new(),
+            next_id: max.unwrap_or(0) + 1,
+            stats: SqliteStats::default(),
+        })
+    }
+
+    /// Counters: commits, appended blobs, snapshots, rooms loaded.
+    pub fn stats(&self) -> SqliteStats {
+        self.stats
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> RelayStoreError {
+        RelayStoreError::Storage(storage(&self.path, e))
+    }
+
+    fn stage(&mut self, op: RelayOp) {
+        self.staged_bytes += op.bytes();
+        self.staged.push(op);
+    }
+
+    /// The room's state, loaded from the file on first use.
+    fn room(&mut self, name: &str) -> Result<Option<Room>, RelayStoreError> {
+        check_room(name)?;
+        if let Some(r) = self.rooms.get(name) {
+            return Ok(Some(*r));
+        }
+        if self.removed.contains(name) {
+            return Ok(None);
+        }
+        let row = self
+            .conn
+            .prepare_cached("SELECT id, up_to FROM relay_rooms WHERE name = ?1")
+            .and_then(|mut st| {
+                st.query_row([name], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some((id, up_to)) = row else {
+            return Ok(None);
+        };
+        let last: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT max(seq) FROM relay_log WHERE room = ?1")
+            .and_then(|mut st| st.query_row([id], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        let up_to = to_u64(up_to);
+        let room = Room {
+            id,
+            last: to_u64(last.unwrap_or(0)).max(up_to),
+            up_to,
+            first_staged: u64::MAX,
+        };
+        self.stats.loads += 1;
+        self.rooms.insert(name.to_string(), room);
+        Ok(Some(room))
+    }
+
+    fn check_backlog(&self, extra: usize) -> Result<(), RelayStoreError> {
+        if self.staged_bytes + extra > self.config.max_staged_bytes {
+            return Err(self.err(format!(
+                "{} bytes wait for a commit that keeps failing",
+                self.staged_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn write_relay_ops(conn: &mut Connection, ops: &[RelayOp]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut append =
+            tx.prepare_cached("INSERT INTO relay_log (room, seq, data) VALUES (?1, ?2, ?3)")?;
+        for op in ops {
+            match op {
+                RelayOp::Create { id, name } => {
+                    tx.prepare_cached("INSERT INTO relay_rooms (id, name) VALUES (?1, ?2)")?
+                        .execute(params![id, name])?;
+                }
+                RelayOp::Append { room, seq, data } => {
+                    append.execute(params![room, to_i64(*seq), data])?;
+                }
+                RelayOp::Snapshot { room, up_to, data } => {
+                    tx.prepare_cached(
+                        "UPDATE relay_rooms SET snapshot = ?2, up_to = ?3 WHERE id = ?1",
+                    )?
+                    .execute(params![room, data, to_i64(*up_to)])?;
+                    tx.prepare_cached("DELETE FROM relay_log WHERE room = ?1 AND seq <= ?2")?
+                        .execute(params![room, to_i64(*up_to)])?;
+                }
+                RelayOp::Remove { id } => {
+                    tx.prepare_cached("DELETE FROM relay_log WHERE room = ?1")?
+                        .execute([id])?;
+                    tx.prepare_cached("DELETE FROM relay_rooms WHERE id = ?1")?
+                        .execute([id])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+impl RelayStore for SqliteRelayStore {
+    fn append(&mut self, room: &str, blob: &[u8]) -> Result<u64, RelayStoreError> {
+        self.check_backlog(blob.len())?;
+        let mut r = match self.room(room)? {
+            Some(r) => r,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.stage(RelayOp::Create {
+                    id,
+                    name: room.to_string(),
+                });
+                Room {
+                    id,
+                    last: 0,
+                    up_to: 0,
+                    first_staged: u64::MAX,
+                }
+            }
+        };
+        r.last += 1;
+        r.first_staged = r.first_staged.min(r.last);
+        self.rooms.insert(room.to_string(), r);
+        self.stage(RelayOp::Append {
+            room: r.id,
+            seq: r.last,
+            data: blob.to_vec(),
+        });
+        Ok(r.last)
+    }
+
+    fn read_after(
+        &mut self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<RelayEntry>, RelayStoreError> {
+        let Some(r) = self.room(room)? else {
+            return Ok(Vec::new());
+        };
+        if after < r.up_to {
+            return Err(RelayStoreError::Compacted {
+                after,
+                up_to: r.up_to,
+            });
+        }
+        let mut out = Vec::new();
+        // Committed entries first (all below the staged ones).
+        if after.saturating_add(1) < r.first_staged {
+            let below = r.first_staged;
+            let rows = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq, data FROM relay_log WHERE room = ?1 AND seq > ?2 AND seq < ?3 \
+                     ORDER BY seq LIMIT ?4",
+                )
+                .and_then(|mut st| {
+                    st.query_map(
+                        params![r.id, to_i64(after), to_i64(below), to_i64(limit as u64)],
+                        |row| {
+                            Ok(RelayEntry {
+                                seq: to_u64(row.get(0)?),
+                                data: row.get(1)?,
+                            })
+                        },
+                    )?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(|e| self.err(e))?;
+            out = rows;
+        }
+        if out.len() < limit && r.first_staged != u64::MAX {
+            for op in &self.staged {
+                if out.len() >= limit {
+                    break;
+                }
+                if let RelayOp::Append { room, seq, data } = op
+                    && *room == r.id
+                    && *seq > after
+                {
+                    out.push(RelayEntry {
+                        seq: *seq,
+                        data: data.clone(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn last_seq(&mut self, room: &str) -> Result<u64, RelayStoreError> {
+        Ok(self.room(room)?.map_or(0, |r| r.last))
+    }
+
+    fn snapshot(&mut self, room: &str) -> Result<Option<RelaySnapshot>, RelayStoreError> {
+        let Some(r) = self.room(room)? else {
+            return Ok(None);
+        };
+        let staged = self.staged.iter().rev().find_map(|op| match op {
+            RelayOp::Snapshot { room, up_to, data } if *room == r.id => Some(RelaySnapshot {
+                up_to: *up_to,
+                data: data.clone(),
+            }),
+            _ => None,
+        });
+        if staged.is_some() {
+            return Ok(staged);
+        }
+        let row = self
+            .conn
+            .prepare_cached("SELECT snapshot, up_to FROM relay_rooms WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([r.id], |row| {
+                    Ok((row.get::<_, Option<Vec<u8>>>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(match row {
+            Some((Some(data), up_to)) => Some(RelaySnapshot {
+                up_to: to_u64(up_to),
+                data,
+            }),
+            _ => None,
+        })
+    }
+
+    fn replace_snapshot(
+        &mut self,
+        room: &str,
+        up_to: u64,
+        data: &[u8],
+    ) -> Result<(), RelayStoreError> {
+        let r = self.room(room)?.unwrap_or(Room {
+            id: 0,
+            last: 0,
+            up_to: 0,
+            first_staged: u64::MAX,
+        });
+        if up_to <= r.up_to {
+            return Err(RelayStoreError::StaleSnapshot {
+                up_to,
+                current: r.up_to,
+            });
+        }
+        if up_to > r.last {
+            return Err(RelayStoreError::SnapshotAhead {
+                up_to,
+                last: r.last,
+            });
+        }
+        self.check_backlog(data.len())?;
+        // Staged appends the snapshot covers need not be written at all.
+        self.staged.retain(
+            |op| !matches!(op, RelayOp::Append { room, seq, .. } if *room == r.id && *seq <= up_to),
+        );
+        self.stage(RelayOp::Snapshot {
+            room: r.id,
+            up_to,
+            data: data.to_vec(),
+        });
+        let first_staged = self
+            .staged
+            .iter()
+            .filter_map(|op| match op {
+                RelayOp::Append { room, seq, .. } if *room == r.id => Some(*seq),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(u64::MAX);
+        self.rooms.insert(
+            room.to_string(),
+            Room {
+                up_to,
+                first_staged,
+                ..r
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_room(&mut self, room: &str) -> Result<bool, RelayStoreError> {
+        let Some(r) = self.room(room)? else {
+            return Ok(false);
+        };
+        self.staged.retain(|op| match op {
+            RelayOp::Append { room, .. } | RelayOp::Snapshot { room, .. } => *room != r.id,
+            _ => true,
+        });
+        self.stage(RelayOp::Remove { id: r.id });
+        self.rooms.remove(room);
+        self.removed.insert(room.to_string());
+        Ok(true)
+    }
+
+    fn flush(&mut self) -> Result<bool, RelayStoreError> {
+        if self.staged.is_empty() {
+            return Ok(true);
+        }
+        if let Err(e) = write_relay_ops(&mut self.conn, &self.staged) {
+            self.stats.failed_commits += 1;
+            return Err(self.err(e));
+        }
+        self.stats.commits += 1;
+        for op in self.staged.drain(..) {
+            match op {
+                RelayOp::Append { .. } => self.stats.appended += 1,
+                RelayOp::Snapshot { .. } => self.stats.snapshots += 1,
+                _ => {}
+            }
+        }
+        self.staged_bytes = 0;
+        self.removed.clear();
+        for r in self.rooms.values_mut() {
+            r.first_staged = u64::MAX;
+        }
+        Ok(true)
+    }
+}
+
+impl std::fmt::Debug for SqliteRelayStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteRelayStore")
+            .field("path", &self.path)
+            .field("rooms", &self.rooms.len())
+            .field("staged", &self.staged.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::relay_store_contract;
+
+    pub(crate) fn temp_path(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "css-sqlite-unit-{}-{tag}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("store.sqlite")
+    }
+
+    #[test]
+    fn sqlite_relay_store_contract() {
+        let path = temp_path("relay");
+        let store = SqliteRelayStore::open(&path).unwrap();
+        relay_store_contract(store, |s| {
+            drop(s);
+            SqliteRelayStore::open(&path).unwrap()
+        });
+    }
+
+    #[test]
+    fn relay_store_refuses_a_second_process_and_garbage() {
+        let path = temp_path("relay-lock");
+        let _first = SqliteRelayStore::open(&path).unwrap();
+        assert!(matches!(
+            SqliteRelayStore::open(&path),
+            Err(RelayStoreError::Storage(_))
+        ));
+        let junk = temp_path("relay-junk");
+        std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+        assert!(matches!(
+            SqliteRelayStore::open(&junk),
+            Err(RelayStoreError::Storage(_))
+        ));
+    }
+
+    #[test]
+    fn relay_store_keeps_staged_blobs_when_the_disk_is_full() {
+        let path = temp_path("relay-full");
+        let config = SqliteConfig {
+            max_size_bytes: Some(64 * 1024),
+            ..SqliteConfig::default()
+        };
+        let mut store = SqliteRelayStore::open_with(&path, config).unwrap();
+        let blob = vec![7u8; 4096];
+        let mut durable = 0;
+        let mut failed = false;
+        for _ in 0..64 {
+            let seq = store.append("r", &blob).unwrap();
+            match store.flush() {
+                Ok(true) => durable = seq,
+                Err(RelayStoreError::Storage(_)) => {
+                    failed = true;
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(failed, "the quota must be hit");
+        // The refused blob is still readable (staged) and keeps its number.
+        assert_eq!(store.last_seq("r").unwrap(), durable + 1);
+        assert_eq!(store.read_after("r", durable, 10).unwrap().len(), 1);
+        assert!(store.stats().failed_commits >= 1);
+        drop(store);
+        let mut again = SqliteRelayStore::open(&path).unwrap();
+        assert_eq!(again.last_seq("r").unwrap(), durable);
+    }
+}

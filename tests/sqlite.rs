@@ -1,0 +1,634 @@
+//! The SQLite registry behind a real hub: durability across restarts, lazy
+//! loading, compaction, group commit, and storage failures (corrupt file,
+//! read-only storage, full disk) that must never produce a `durable` ack for
+//! an update that is not on disk.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::{OpLog, client_config, client_registry};
+use crdt_socket_sync::client::{ClientEvent, ClientSession};
+use crdt_socket_sync::document::Document;
+use crdt_socket_sync::registry::{MemoryRegistry, Registry, RegistryError};
+use crdt_socket_sync::server::{AllowAll, ConnId, Hub, ServerConfig};
+use crdt_socket_sync::store::{SqliteConfig, SqliteRegistry};
+use crdt_socket_sync::wire::ErrorCode;
+
+const DOC: &str = "notes";
+
+/// A fresh directory for one test.
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("css-sqlite-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn open_reg(path: &Path) -> SqliteRegistry<OpLog> {
+    SqliteRegistry::open(path, |_| OpLog::new(0)).unwrap()
+}
+
+fn open_reg_with(path: &Path, config: SqliteConfig) -> SqliteRegistry<OpLog> {
+    SqliteRegistry::open_with(path, config, |_| OpLog::new(0)).unwrap()
+}
+
+/// Per-client op counters of an `OpLog` version.
+fn clock(doc: &OpLog) -> BTreeMap<u32, u32> {
+    doc.version()
+        .chunks(8)
+        .map(|c| {
+            (
+                u32::from_le_bytes(c[0..4].try_into().unwrap()),
+                u32::from_le_bytes(c[4..8].try_into().unwrap()),
+            )
+        })
+        .collect()
+}
+
+struct Peer {
+    session: ClientSession,
+    reg: MemoryRegistry<OpLog>,
+    conn: ConnId,
+    /// Highest `durable` / `applied` the server acknowledged.
+    durable: u64,
+    applied: u64,
+    /// Sequence number of each edit (edit `n` is op `n` of this client).
+    seqs: Vec<u64>,
+    storage_errors: usize,
+}
+
+/// One hub with a durable registry and some clients, over in-memory pipes.
+/// In `deferred` mode, a round delivers every client's frames with
+/// `handle_input_deferred` and then calls `Hub::flush` once (group commit).
+struct Rig {
+    now: Instant,
+    hub: Hub<AllowAll>,
+    reg: SqliteRegistry<OpLog>,
+    peers: Vec<Peer>,
+    deferred: bool,
+}
+
+impl Rig {
+    fn new(reg: SqliteRegistry<OpLog>, clients: usize, deferred: bool) -> Self {
+        let now = Instant::now();
+        let mut rig = Rig {
+            now,
+            hub: Hub::new(ServerConfig::default(), AllowAll),
+            reg,
+            peers: Vec::new(),
+            deferred,
+        };
+        for i in 0..clients {
+            let mut session = ClientSession::new(client_config(&format!("c{i}")), now);
+            let conn = rig.hub.accept(now);
+            session.connect(now);
+            let mut reg = client_registry(i as u32 + 1);
+            session.open(&mut reg, DOC, now).unwrap();
+            rig.peers.push(Peer {
+                session,
+                reg,
+                conn,
+                durable: 0,
+                applied: 0,
+                seqs: Vec::new(),
+                storage_errors: 0,
+            });
+        }
+        rig.run();
+        rig
+    }
+
+    /// Client `i` makes one edit and hands it to its session.
+    fn edit(&mut self, i: usize) {
+        let p = &mut self.peers[i];
+        let n = p.seqs.len();
+        p.reg
+            .open(DOC)
+            .unwrap()
+            .edit(format!("c{i}e{n};").as_bytes());
+        let seq = p
+            .session
+            .flush_local(&mut p.reg, DOC, self.now)
+            .unwrap()
+            .expect("an edit was made");
+        p.seqs.push(seq);
+    }
+
+    /// Moves frames until nothing moves.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let mut delivered = false;
+            for p in &mut self.peers {
+                while let Some(frame) = p.session.poll_transmit() {
+                    moved = true;
+                    delivered = true;
+                    if self.deferred {
+                        self.hub
+                            .handle_input_deferred(p.conn, self.now, &frame, &mut self.reg);
+                    } else {
+                        self.hub
+                            .handle_input(p.conn, self.now, &frame, &mut self.reg);
+                    }
+                }
+            }
+            if self.deferred && delivered {
+                self.hub.flush(&mut self.reg);
+            }
+            while let Some((conn, frame)) = self.hub.poll_transmit() {
+                moved = true;
+                let p = self.peers.iter_mut().find(|p| p.conn == conn).unwrap();
+                p.session.handle_input(self.now, &frame, &mut p.reg);
+            }
+            while self.hub.poll_event().is_some() {}
+            for p in &mut self.peers {
+                while let Some(e) = p.session.poll_event() {
+                    match e {
+                        ClientEvent::Acknowledged {
+                            applied, durable, ..
+                        } => {
+                            if std::env::var_os("DBG").is_some() {
+                                eprintln!(
+                                    "ack {} applied={applied} durable={durable} seqs={:?}",
+                                    p.conn.0, p.seqs
+                                );
+                            }
+                            assert!(durable >= p.durable, "durable acks never go back");
+                            p.durable = durable;
+                            p.applied = p.applied.max(applied);
+                        }
+                        ClientEvent::DocumentError {
+                            code: ErrorCode::Storage,
+                            ..
+                        } => p.storage_errors += 1,
+                        _ => {}
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("network did not quiesce");
+    }
+
+    /// Edits of client `i` acknowledged as durable (a prefix of its edits).
+    fn durable_edits(&self, i: usize) -> u32 {
+        let p = &self.peers[i];
+        p.seqs.iter().take_while(|s| **s <= p.durable).count() as u32
+    }
+}
+
+/// Every edit acknowledged as durable is in `reg`'s copy of the document.
+fn assert_durable_edits_present(
+    reg: &mut SqliteRegistry<OpLog>,
+    durable: &[u32],
+) -> BTreeMap<u32, u32> {
+    let stored = clock(reg.open(DOC).unwrap());
+    for (i, want) in durable.iter().enumerate() {
+        let have = stored.get(&(i as u32 + 1)).copied().unwrap_or(0);
+        assert!(
+            have >= *want,
+            "client {i}: {want} edits acked durable, only {have} stored"
+        );
+    }
+    stored
+}
+
+#[test]
+fn durable_acks_survive_dropping_the_registry_mid_stream() {
+    let dir = temp_dir("reopen");
+    let path = dir.join("docs.sqlite");
+    let mut total_checked = 0u64;
+    for round in 0..5u32 {
+        let mut rig = Rig::new(open_reg(&path), 3, round % 2 == 0);
+        let mut x = 0x9e37_79b9u32.wrapping_mul(round + 1);
+        for step in 0..60 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            rig.edit((x % 3) as usize);
+            if step % 7 != 0 {
+                rig.run();
+            }
+        }
+        // Frames in flight: the last inputs reach the hub without a flush,
+        // then the "process" dies (the registry is dropped uncommitted).
+        for p in &mut rig.peers {
+            while let Some(frame) = p.session.poll_transmit() {
+                rig.hub
+                    .handle_input_deferred(p.conn, rig.now, &frame, &mut rig.reg);
+            }
+        }
+        let durable: Vec<u32> = (0..3).map(|i| rig.durable_edits(i)).collect();
+        // Durable acks are outstanding only for updates after the last flush.
+        assert!(durable.iter().sum::<u32>() > 0);
+        drop(rig);
+        let mut reg = open_reg(&path);
+        assert_durable_edits_present(&mut reg, &durable);
+        total_checked += u64::from(durable.iter().sum::<u32>());
+    }
+    assert!(total_checked >= 100, "checked {total_checked}");
+}
+
+#[test]
+fn documents_load_lazily_on_first_open() {
+    let dir = temp_dir("lazy");
+    let path = dir.join("docs.sqlite");
+    {
+        let mut reg = open_reg(&path);
+        for name in ["a", "b", "c"] {
+            let mut author = OpLog::new(9);
+            author.edit(name.as_bytes());
+            let u = author.take_local_update().unwrap();
+            reg.open(name).unwrap().apply(&u);
+            reg.update_applied(name, &u).unwrap();
+        }
+        assert_eq!(reg.flush(), Ok(true));
+    }
+    let mut reg = open_reg(&path);
+    assert!(
+        reg.list().is_empty(),
+        "nothing is loaded before it is opened"
+    );
+    assert_eq!(reg.stored().unwrap(), vec!["a", "b", "c"]);
+    assert!(reg.get("b").is_none());
+    assert_eq!(reg.open("b").unwrap().text(), "b");
+    assert_eq!(reg.list(), vec!["b".to_string()]);
+    assert_eq!(reg.stats().loads, 1);
+    // Unloading keeps it stored; the next open loads it again.
+    assert!(reg.unload("b"));
+    assert!(reg.list().is_empty());
+    assert_eq!(reg.open("b").unwrap().text(), "b");
+    assert_eq!(reg.stats().loads, 2);
+    // Removing deletes it from the file.
+    assert!(reg.remove("a"));
+    assert!(!reg.remove("a"));
+    drop(reg);
+    let mut reg = open_reg(&path);
+    assert_eq!(reg.stored().unwrap(), vec!["b", "c"]);
+    assert_eq!(reg.open("a").unwrap().text(), "", "a new, empty document");
+}
+
+#[test]
+fn unload_refuses_documents_with_uncommitted_updates() {
+    let dir = temp_dir("unload");
+    let path = dir.join("docs.sqlite");
+    let mut reg = open_reg(&path);
+    let mut author = OpLog::new(3);
+    author.edit(b"x");
+    let u = author.take_local_update().unwrap();
+    reg.open(DOC).unwrap().apply(&u);
+    reg.update_applied(DOC, &u).unwrap();
+    assert!(!reg.unload(DOC), "its update is not committed yet");
+    assert_eq!(reg.flush(), Ok(true));
+    assert!(reg.unload(DOC));
+    assert_eq!(reg.open(DOC).unwrap().text(), "x");
+}
+
+#[test]
+fn compaction_keeps_the_state() {
+    let dir = temp_dir("compact");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        compact_after: 10,
+        ..SqliteConfig::default()
+    };
+    let mut author = OpLog::new(5);
+    let mut expected = String::new();
+    {
+        let mut reg = open_reg_with(&path, config.clone());
+        for i in 0..57 {
+            let payload = format!("{i},");
+            expected.push_str(&payload);
+            author.edit(payload.as_bytes());
+            let u = author.take_local_update().unwrap();
+            reg.open(DOC).unwrap().apply(&u);
+            reg.update_applied(DOC, &u).unwrap();
+            if i % 3 == 0 {
+                assert_eq!(reg.flush(), Ok(true));
+            }
+        }
+        assert_eq!(reg.flush(), Ok(true));
+        assert!(reg.stats().snapshots >= 2, "{:?}", reg.stats());
+    }
+    let mut reg = open_reg_with(&path, config);
+    assert_eq!(reg.open(DOC).unwrap().text(), expected);
+    assert!(
+        reg.stats().replayed < 57,
+        "only the log after the snapshot is replayed: {:?}",
+        reg.stats()
+    );
+    // Sequence numbers continue after the snapshot.
+    author.edit(b"tail");
+    let u = author.take_local_update().unwrap();
+    reg.open(DOC).unwrap().apply(&u);
+    reg.update_applied(DOC, &u).unwrap();
+    assert_eq!(reg.flush(), Ok(true));
+    drop(reg);
+    let mut reg = open_reg(&path);
+    assert_eq!(reg.open(DOC).unwrap().text(), format!("{expected}tail"));
+}
+
+#[test]
+fn group_commit_one_transaction_per_hub_flush() {
+    let dir = temp_dir("group");
+    let path = dir.join("docs.sqlite");
+    let mut rig = Rig::new(open_reg(&path), 20, true);
+    let before = rig.reg.stats();
+    for i in 0..20 {
+        rig.edit(i);
+    }
+    // Deliver every client's update without flushing...
+    for p in &mut rig.peers {
+        while let Some(frame) = p.session.poll_transmit() {
+            rig.hub
+                .handle_input_deferred(p.conn, rig.now, &frame, &mut rig.reg);
+        }
+    }
+    assert_eq!(
+        rig.reg.stats().commits,
+        before.commits,
+        "nothing committed yet"
+    );
+    // ...then one flush: one transaction, and every client acked durable.
+    rig.hub.flush(&mut rig.reg);
+    let after = rig.reg.stats();
+    assert_eq!(after.commits, before.commits + 1);
+    assert_eq!(after.appended, before.appended + 20);
+    rig.run();
+    for i in 0..20 {
+        assert_eq!(rig.durable_edits(i), 1, "client {i}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_typed_error() {
+    let dir = temp_dir("garbage");
+    let path = dir.join("docs.sqlite");
+    std::fs::write(
+        &path,
+        b"this is not an SQLite database, just some text.\n".repeat(200),
+    )
+    .unwrap();
+    match SqliteRegistry::open(&path, |_| OpLog::new(0)) {
+        Err(RegistryError::Storage(msg)) => assert!(msg.contains("docs.sqlite"), "{msg}"),
+        other => panic!("expected a storage error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn corrupted_pages_and_records_are_typed_errors() {
+    let dir = temp_dir("corrupt");
+    let path = dir.join("docs.sqlite");
+    {
+        let mut reg = open_reg(&path);
+        let mut author = OpLog::new(4);
+        for i in 0..200 {
+            author.edit(format!("MARK{i:04}").as_bytes());
+            let u = author.take_local_update().unwrap();
+            reg.open(DOC).unwrap().apply(&u);
+            reg.update_applied(DOC, &u).unwrap();
+        }
+        assert_eq!(reg.flush(), Ok(true));
+    }
+    let clean = std::fs::read(&path).unwrap();
+    // 1. One stored update's bytes changed (its magic byte): the document
+    //    does not load, with a typed error.
+    // (Page splits may leave stale copies in free pages: change them all.)
+    let mut bad_record = clean.clone();
+    let hits: Vec<usize> = bad_record
+        .windows(8)
+        .enumerate()
+        .filter(|(_, w)| *w == b"MARK0100")
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!hits.is_empty(), "the update is in the file");
+    for at in hits {
+        // Layout: magic, client u32, counter u32, len u16, payload.
+        bad_record[at - 10 - 1] ^= 0xff;
+    }
+    std::fs::write(&path, &bad_record).unwrap();
+    let mut reg = open_reg(&path);
+    assert!(matches!(reg.open(DOC), Err(RegistryError::Storage(_))));
+    drop(reg);
+    // 2. Pages overwritten with garbage: a typed error when opening the
+    //    file or loading the document, never a panic.
+    for (offset, len) in [(4096usize, 4096usize), (8192, 8192), (100, 2000)] {
+        let mut bad = clean.clone();
+        let end = (offset + len).min(bad.len());
+        for (i, b) in bad[offset..end].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31) ^ 0x5a;
+        }
+        std::fs::write(&path, &bad).unwrap();
+        match SqliteRegistry::open(&path, |_| OpLog::new(0)) {
+            Err(RegistryError::Storage(_)) => {}
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(mut reg) => match reg.open(DOC) {
+                Err(RegistryError::Storage(_)) => {}
+                Err(other) => panic!("unexpected error {other:?}"),
+                // The damage missed what this document needs.
+                Ok(doc) => assert_eq!(doc.op_count(), 200),
+            },
+        }
+    }
+    // 3. A truncated file.
+    std::fs::write(&path, &clean[..clean.len() / 3]).unwrap();
+    if let Ok(mut reg) = SqliteRegistry::open(&path, |_| OpLog::new(0)) {
+        assert!(matches!(reg.open(DOC), Err(RegistryError::Storage(_))));
+    }
+}
+
+#[test]
+fn a_second_registry_on_the_same_file_is_refused() {
+    let dir = temp_dir("lock");
+    let path = dir.join("docs.sqlite");
+    let _first = open_reg(&path);
+    assert!(matches!(
+        SqliteRegistry::open(&path, |_| OpLog::new(0)),
+        Err(RegistryError::Storage(_))
+    ));
+}
+
+/// Whether this process can still write into a directory it made read-only
+/// (root can).
+fn permissions_enforced(dir: &Path) -> bool {
+    std::fs::File::create(dir.join("probe")).is_err()
+}
+
+#[test]
+fn a_read_only_data_directory_is_a_typed_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("ro-dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let enforced = permissions_enforced(&dir);
+    let result = SqliteRegistry::open(dir.join("docs.sqlite"), |_| OpLog::new(0));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if enforced {
+        assert!(matches!(result, Err(RegistryError::Storage(_))));
+    } else {
+        eprintln!("running as root: directory permissions are not enforced");
+    }
+}
+
+#[test]
+fn read_only_storage_never_acks_durable() {
+    let dir = temp_dir("ro-hub");
+    let path = dir.join("docs.sqlite");
+    {
+        let mut reg = open_reg(&path);
+        let mut author = OpLog::new(99);
+        author.edit(b"before;");
+        let u = author.take_local_update().unwrap();
+        reg.open(DOC).unwrap().apply(&u);
+        reg.update_applied(DOC, &u).unwrap();
+        assert_eq!(reg.flush(), Ok(true));
+    }
+    let config = SqliteConfig {
+        read_only: true,
+        ..SqliteConfig::default()
+    };
+    let mut rig = Rig::new(open_reg_with(&path, config), 2, false);
+    assert_eq!(rig.peers[0].reg.get(DOC).unwrap().text(), "before;");
+    for round in 0..10 {
+        rig.edit(round % 2);
+        rig.run();
+    }
+    for (i, p) in rig.peers.iter().enumerate() {
+        assert_eq!(p.applied, *p.seqs.last().unwrap(), "applied in memory");
+        // (The sync's initial update from the client carried nothing new,
+        // so an ack covering only it may say durable.)
+        assert_eq!(rig.durable_edits(i), 0, "no edit acknowledged as durable");
+        assert!(p.storage_errors > 0, "the client was told");
+    }
+    assert!(rig.reg.stats().failed_commits > 0);
+    drop(rig);
+    let mut reg = open_reg(&path);
+    assert_eq!(reg.open(DOC).unwrap().text(), "before;");
+}
+
+#[test]
+fn a_full_disk_never_acks_unwritten_updates() {
+    let dir = temp_dir("full");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        max_size_bytes: Some(96 * 1024),
+        ..SqliteConfig::default()
+    };
+    let mut rig = Rig::new(open_reg_with(&path, config), 2, true);
+    let mut stalled_at = None;
+    for round in 0..400 {
+        let i = round % 2;
+        let p = &mut rig.peers[i];
+        let n = p.seqs.len();
+        // Large edits fill the quota quickly.
+        let payload = format!("c{i}e{n};{}", "x".repeat(700));
+        p.reg.open(DOC).unwrap().edit(payload.as_bytes());
+        let seq = p
+            .session
+            .flush_local(&mut p.reg, DOC, rig.now)
+            .unwrap()
+            .unwrap();
+        p.seqs.push(seq);
+        rig.run();
+        if stalled_at.is_none() && rig.reg.stats().failed_commits > 0 {
+            stalled_at = Some(round);
+        }
+    }
+    assert!(stalled_at.is_some(), "the quota must be hit");
+    let durable: Vec<u32> = (0..2).map(|i| rig.durable_edits(i)).collect();
+    for (i, p) in rig.peers.iter().enumerate() {
+        assert_eq!(p.applied, *p.seqs.last().unwrap(), "everything applied");
+        assert!(
+            (durable[i] as usize) < p.seqs.len(),
+            "client {i}: not everything can be durable"
+        );
+        assert!(p.storage_errors > 0);
+    }
+    drop(rig);
+    // Reopened without the quota: every durable ack is backed by the file,
+    // and nothing past the quota was written.
+    let mut reg = open_reg(&path);
+    let stored = assert_durable_edits_present(&mut reg, &durable);
+    assert!(stored.values().sum::<u32>() < 400);
+}
+
+#[test]
+fn an_update_that_could_not_be_staged_is_healed_by_a_snapshot() {
+    let dir = temp_dir("heal");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        max_staged_bytes: 300,
+        ..SqliteConfig::default()
+    };
+    let mut reg = open_reg_with(&path, config);
+    reg.open(DOC).unwrap();
+    assert_eq!(reg.flush(), Ok(true));
+    let mut author = OpLog::new(8);
+    author.edit(&[b'y'; 400]);
+    let big = author.take_local_update().unwrap();
+    reg.open(DOC).unwrap().apply(&big);
+    assert!(matches!(
+        reg.update_applied(DOC, &big),
+        Err(RegistryError::Storage(_))
+    ));
+    // The flush covering it does not claim durability (it already writes
+    // a snapshot holding the update); the next one succeeds.
+    assert!(matches!(reg.flush(), Err(RegistryError::Storage(_))));
+    assert_eq!(reg.flush(), Ok(true));
+    assert!(reg.stats().snapshots >= 1);
+    drop(reg);
+    let mut reg = open_reg(&path);
+    assert_eq!(reg.open(DOC).unwrap().op_count(), 1);
+}
+
+#[test]
+fn journal_folds_and_reopens_across_removals_and_snapshots() {
+    let dir = temp_dir("journal");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        compact_after: 50,
+        ..SqliteConfig::default()
+    };
+    let mut authors: Vec<OpLog> = (0..5).map(|i| OpLog::new(i + 1)).collect();
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    // Crash (drop) at several points of the fold cycle.
+    for (round, commits) in [37usize, 64, 100, 3, 130].into_iter().enumerate() {
+        let mut reg = open_reg_with(&path, config.clone());
+        for (name, ops) in &expected {
+            assert_eq!(
+                reg.open(name).unwrap().op_count(),
+                *ops,
+                "round {round} {name}"
+            );
+        }
+        for c in 0..commits {
+            for (i, a) in authors.iter_mut().enumerate() {
+                if (c + i) % 3 == 0 {
+                    continue;
+                }
+                let name = format!("d{i}");
+                a.edit(format!("r{round}c{c};").as_bytes());
+                let u = a.take_local_update().unwrap();
+                reg.open(&name).unwrap().apply(&u);
+                reg.update_applied(&name, &u).unwrap();
+                *expected.entry(name).or_default() += 1;
+            }
+            assert_eq!(reg.flush(), Ok(true));
+        }
+        if round == 2 {
+            // A removed document's journal entries never come back, even
+            // under a reused name.
+            assert!(reg.remove("d4"));
+            expected.remove("d4");
+            authors[4] = OpLog::new(50);
+        }
+    }
+    let mut reg = open_reg_with(&path, config);
+    for (name, ops) in &expected {
+        assert_eq!(reg.open(name).unwrap().op_count(), *ops, "{name}");
+    }
+}

@@ -2,7 +2,7 @@
 //! changes, appends every line you type, and shows who else is there.
 //!
 //! ```text
-//! cargo run --example server --features tokio,yrs,loro,automerge     # terminal 1
+//! cargo run --example server --features tokio,yrs,loro,automerge,sqlite     # terminal 1
 //! cargo run --example client --features tokio,yrs -- --name alice    # terminal 2
 //! cargo run --example client --features tokio,yrs -- --name bob      # terminal 3
 //! ```

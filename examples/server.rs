@@ -1,9 +1,11 @@
-//! A sync server: WebSockets on 127.0.0.1:8080 by default, documents in
-//! memory, one CRDT for every document (yrs by default).
+//! A sync server: WebSockets on 127.0.0.1:8080 by default, documents stored
+//! durably in an embedded SQLite file under `--data-dir` (`./data`), one CRDT
+//! for every document (yrs by default). `--storage memory` keeps them in
+//! memory only.
 //!
 //! ```text
-//! cargo run --example server --features tokio,yrs,loro,automerge -- --help
-//! cargo run --example server --features tokio,yrs,loro,automerge -- --addr 0.0.0.0:9000 --crdt loro
+//! cargo run --example server --features tokio,yrs,loro,automerge,sqlite -- --help
+//! cargo run --example server --features tokio,yrs,loro,automerge,sqlite -- --addr 0.0.0.0:9000 --crdt loro
 //! ```
 //!
 //! Logs clients, documents, updates and errors; `RUST_LOG=debug` shows
@@ -18,6 +20,7 @@ use crdt_socket_sync::adapters::yrs::YrsDocument;
 use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::server::{AllowAll, ServerConfig, ServerEvent, StaticTokens};
+use crdt_socket_sync::store::SqliteRegistry;
 use crdt_socket_sync::transport::tokio::WebSocketServer;
 use crdt_socket_sync::transport::{ServerOptions, TransportEvent};
 use crdt_socket_sync::wire::Access;
@@ -31,6 +34,9 @@ enum Crdt {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Storage {
+    /// An embedded SQLite file per CRDT under `--data-dir`: every update
+    /// acknowledged as durable survives a crash.
+    Sqlite,
     /// Documents in memory (lost when the server stops).
     Memory,
 }
@@ -46,8 +52,11 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Crdt::Yrs)]
     crdt: Crdt,
     /// Where documents live.
-    #[arg(long, value_enum, default_value_t = Storage::Memory)]
+    #[arg(long, value_enum, default_value_t = Storage::Sqlite)]
     storage: Storage,
+    /// Directory of the SQLite files (created if missing).
+    #[arg(long, default_value = "data")]
+    data_dir: std::path::PathBuf,
     /// URL path of the endpoint (any path when not given).
     #[arg(long)]
     path: Option<String>,
@@ -64,14 +73,15 @@ struct Args {
 
 type Doc = Box<dyn Document + Send>;
 
-fn registry(crdt: Crdt) -> MemoryRegistry<Doc> {
-    MemoryRegistry::new(move |_: &str| -> Doc {
+/// A new, empty document of the chosen CRDT.
+fn factory(crdt: Crdt) -> impl FnMut(&str) -> Doc + Send + 'static {
+    move |_: &str| -> Doc {
         match crdt {
             Crdt::Yrs => Box::new(YrsDocument::new(0)),
             Crdt::Loro => Box::new(LoroDocument::new(0)),
             Crdt::Automerge => Box::new(AutomergeDocument::new(0u64)),
         }
-    })
+    }
 }
 
 #[tokio::main]
@@ -84,7 +94,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .init();
 
-    let Storage::Memory = args.storage;
+    match args.storage {
+        Storage::Memory => serve(&args, MemoryRegistry::new(factory(args.crdt))).await,
+        Storage::Sqlite => {
+            std::fs::create_dir_all(&args.data_dir)?;
+            // One file per CRDT: documents of one library never load as another.
+            let file = args
+                .data_dir
+                .join(format!("{:?}.sqlite", args.crdt).to_lowercase());
+            let registry = SqliteRegistry::open(&file, factory(args.crdt))?;
+            println!("documents stored in {}", file.display());
+            serve(&args, registry).await
+        }
+    }
+}
+
+async fn serve<R: Registry + Send + 'static>(
+    args: &Args,
+    reg: R,
+) -> Result<(), Box<dyn std::error::Error>> {
     let options = ServerOptions {
         hub: ServerConfig {
             idle_timeout: Duration::from_secs(30),
@@ -94,7 +122,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_connections: args.max_connections,
         ..ServerOptions::default()
     };
-    let reg = registry(args.crdt);
     let mut server = match &args.token {
         Some(token) => {
             let mut auth = StaticTokens::default().with(token, "writer", Access::ReadWrite);
@@ -138,7 +165,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("stopping...");
     let reg = server.stop().await?;
     println!(
-        "stopped; {} documents in memory: {:?}",
+        "stopped; {} documents loaded: {:?}",
         reg.list().len(),
         reg.list()
     );

@@ -14,13 +14,14 @@ cd "$(dirname "$0")/.."
 SESSION=cssync-demo
 PORT=${PORT:-$((20000 + RANDOM % 20000))}
 URL="ws://127.0.0.1:$PORT"
-FEATURES="tokio,yrs,loro,automerge"
+FEATURES="tokio,yrs,loro,automerge,sqlite"
 
 cargo build --quiet --features "$FEATURES" --example server --example client
 BIN=target/debug/examples
 
 tmux kill-session -t "$SESSION" 2>/dev/null || true
-tmux new-session -d -s "$SESSION" -x 200 -y 50 "$BIN/server --addr 127.0.0.1:$PORT"
+DATA=$(mktemp -d)
+tmux new-session -d -s "$SESSION" -x 200 -y 50 "$BIN/server --addr 127.0.0.1:$PORT --data-dir $DATA"
 SERVER="$SESSION:0.0"; ALICE="$SESSION:0.1"; BOB="$SESSION:0.2"
 
 cleanup() { [ "${KEEP:-0}" = 1 ] || tmux kill-session -t "$SESSION" 2>/dev/null || true; }

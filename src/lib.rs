@@ -123,7 +123,7 @@
 //! | `automerge` | `adapters::automerge::AutomergeDocument`, over an `automerge::Automerge` (Rust ≥ 1.90) |
 //! | `conformance` | `conformance`, the suite every `Document` implementation must pass |
 //! | `tokio` | `transport::tokio`: `WebSocketServer` and a WebSocket client on tokio (tokio-tungstenite), logging with `tracing` |
-//! | `tls` (alias `rustls`) | `wss://` in the clients through rustls and the webpki roots (no OpenSSL) |
+//! | `tls` (alias `rustls`) | `wss://` in the clients through rustls (webpki roots, or `ClientOptions::tls`), TLS termination in the tokio server (`ServerOptions::tls`, tokio-rustls); no OpenSSL |
 //! | `smol` | `transport::smol`: the WebSocket client on smol (async-tungstenite) |
 //! | `axum` | `transport::axum`: mount the sync endpoint on an axum route (implies `tokio`) |
 //! | `sqlite` | `store::SqliteRegistry` and `store::SqliteRelayStore`: durable storage in an embedded SQLite file (bundled; Rust ≥ 1.89) |

@@ -32,9 +32,42 @@ pub(crate) trait Runtime: 'static {
         + Send
         + 'static;
     /// Opens a WebSocket to `url` (TCP, TLS for `wss://`, upgrade).
-    fn dial(url: String, max_message: usize) -> BoxFuture<Result<Self::Socket, String>>;
+    fn dial(url: String, settings: &DialSettings) -> BoxFuture<Result<Self::Socket, DialError>>;
     /// Completes at `at`.
     fn sleep_until(at: Instant) -> BoxFuture<()>;
+}
+
+/// What every dial of one client uses.
+#[derive(Clone, Debug)]
+pub(crate) struct DialSettings {
+    /// Upper bound of a WebSocket message and frame.
+    pub(crate) max_message: usize,
+    /// The rustls configuration for `wss://` (the caller's or the default
+    /// one with the webpki roots); `None` for `ws://` URLs.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// Why a dial failed.
+#[derive(Debug)]
+pub(crate) enum DialError {
+    /// The dial timeout passed.
+    Timeout,
+    /// The TLS handshake failed (e.g. an untrusted certificate).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Tls(String),
+    /// TCP, HTTP or WebSocket upgrade failure.
+    Other(String),
+}
+
+impl core::fmt::Display for DialError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DialError::Timeout => f.write_str("timed out"),
+            DialError::Tls(r) => write!(f, "TLS: {r}"),
+            DialError::Other(r) => f.write_str(r),
+        }
+    }
 }
 
 /// Options of a [`WebSocketClient`].
@@ -66,6 +99,13 @@ pub struct ClientOptions {
     pub event_capacity: usize,
     /// Capacity of the command channel. Default 64.
     pub command_capacity: usize,
+    /// The rustls client configuration used for `wss://` URLs (feature
+    /// `tls`): custom roots (e.g. a private CA or a self-signed test
+    /// certificate), client certificates, ALPN... `None` (the default)
+    /// trusts the Mozilla roots of `webpki-roots` with the `ring` provider.
+    /// Ignored for `ws://` URLs.
+    #[cfg(feature = "tls")]
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +116,8 @@ impl Default for ClientOptions {
             dial_timeout: Duration::from_secs(10),
             event_capacity: 1024,
             command_capacity: 64,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -379,7 +421,21 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
     super::check_url(url)?;
     let mut config = options.session.clone();
     config.framing = crate::Framing::Message;
-    let max_message = super::max_ws_message(&config.limits);
+    let dial = DialSettings {
+        max_message: super::max_ws_message(&config.limits),
+        #[cfg(feature = "tls")]
+        tls: if url.starts_with("wss://") {
+            match &options.tls {
+                Some(tls) => Some(tls.clone()),
+                None => Some(super::rustls_config().map_err(|reason| ClientError::Tls {
+                    url: url.to_string(),
+                    reason,
+                })?),
+            }
+        } else {
+            None
+        },
+    };
     let now = Instant::now();
     let mut session = ClientSession::new(config, now);
     for name in &options.documents {
@@ -392,7 +448,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
     let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let task = Driver::<RT, R> {
         url: url.to_string(),
-        max_message,
+        dial_settings: dial,
         dial_timeout: options.dial_timeout,
         session,
         registry,
@@ -427,14 +483,14 @@ pub(crate) async fn first_connection(
 
 enum Step<R> {
     Command(Option<Command<R>>),
-    Dialed(Result<(), String>),
+    Dialed(Result<(), DialError>),
     Input(Option<Result<WsMessage, tungstenite::Error>>),
     Timer,
 }
 
 struct Driver<RT: Runtime, R> {
     url: String,
-    max_message: usize,
+    dial_settings: DialSettings,
     dial_timeout: Duration,
     session: ClientSession,
     registry: R,
@@ -445,7 +501,7 @@ struct Driver<RT: Runtime, R> {
     /// Where to report the first connection's outcome.
     first: Option<oneshot::Sender<Result<(), ClientError>>>,
     socket: Option<RT::Socket>,
-    dial: Option<BoxFuture<Result<RT::Socket, String>>>,
+    dial: Option<BoxFuture<Result<RT::Socket, DialError>>>,
     timer: Option<(Instant, BoxFuture<()>)>,
     /// Callers waiting for the end of a `disconnect`.
     done: Vec<oneshot::Sender<()>>,
@@ -457,7 +513,7 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
     fn start_dial(&mut self) {
         let url = self.url.clone();
         tracing::debug!(target: "crdt_socket_sync::transport::client", %url, "dialing");
-        let dial = RT::dial(url, self.max_message);
+        let dial = RT::dial(url, &self.dial_settings);
         let timeout = RT::sleep_until(Instant::now() + self.dial_timeout);
         self.dial = Some(Box::pin(async move {
             let mut dial = dial;
@@ -467,7 +523,7 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                     return Poll::Ready(r);
                 }
                 if timeout.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err("timed out".to_string()));
+                    return Poll::Ready(Err(DialError::Timeout));
                 }
                 Poll::Pending
             })
@@ -522,13 +578,11 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                 Step::Dialed(Err(reason)) => {
                     tracing::warn!(target: "crdt_socket_sync::transport::client", url = %self.url, %reason, "dial failed");
                     if let Some(first) = self.first.take() {
-                        let err = if reason == "timed out" {
-                            ClientError::Timeout(self.url.clone())
-                        } else {
-                            ClientError::Dial {
-                                url: self.url.clone(),
-                                reason,
-                            }
+                        let url = self.url.clone();
+                        let err = match reason {
+                            DialError::Timeout => ClientError::Timeout(url),
+                            DialError::Tls(reason) => ClientError::Tls { url, reason },
+                            DialError::Other(reason) => ClientError::Dial { url, reason },
                         };
                         let _ = first.send(Err(err));
                         break;

@@ -59,6 +59,15 @@ pub struct ServerOptions {
     pub max_batch: usize,
     /// How long `stop` waits for close frames to leave. Default 2 s.
     pub shutdown_grace: Duration,
+    /// TLS termination (feature `tls`): when set, the tokio
+    /// [`WebSocketServer`](super::tokio::WebSocketServer) runs a rustls
+    /// handshake on every accepted TCP connection before the WebSocket
+    /// upgrade, so clients dial `wss://`. The TLS handshake counts against
+    /// the hub's `handshake_timeout`. `None` (the default) serves plain
+    /// `ws://`, e.g. behind a TLS-terminating proxy. The axum integration
+    /// ignores it (TLS is the axum server's business there).
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerOptions {
@@ -73,6 +82,8 @@ impl Default for ServerOptions {
             event_capacity: 4096,
             max_batch: 256,
             shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -92,6 +103,10 @@ pub enum RefuseReason {
     Origin(String),
     /// The HTTP/WebSocket upgrade failed or timed out.
     Handshake(String),
+    /// The TLS handshake failed or timed out (server with
+    /// [`ServerOptions::tls`]), e.g. the client does not trust the
+    /// certificate or spoke plain `ws://`.
+    Tls(String),
     /// The server is stopping.
     ShuttingDown,
 }

@@ -57,6 +57,7 @@ use crate::wire::{CloseReason, RejectCode};
 
 mod client;
 pub use client::{ClientEvents, ClientOptions, WebSocketClient};
+pub(crate) use client::{DialError, DialSettings};
 
 #[cfg(feature = "tokio")]
 mod hub_task;
@@ -96,6 +97,17 @@ pub enum ClientError {
         /// The URL.
         url: String,
         /// Why.
+        reason: String,
+    },
+    /// The TLS handshake of a `wss://` connection failed: the server's
+    /// certificate is not trusted by the client's roots
+    /// ([`ClientOptions::tls`]), does not name the URL's host, has expired,
+    /// or the server does not speak TLS.
+    #[error("TLS with {url} failed: {reason}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// The rustls error.
         reason: String,
     },
     /// Dialing or the handshake did not finish in time.
@@ -224,6 +236,24 @@ pub(crate) fn rustls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, St
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(std::sync::Arc::new(config))
+}
+
+/// Sorts a tungstenite dial error: TLS failures (rustls errors, possibly
+/// wrapped in an I/O error by the TLS stream) apart from the rest.
+pub(crate) fn dial_error(e: tungstenite::Error) -> DialError {
+    #[cfg(feature = "tls")]
+    {
+        if let tungstenite::Error::Tls(_) = &e {
+            return DialError::Tls(e.to_string());
+        }
+        if let tungstenite::Error::Io(io) = &e
+            && let Some(inner) = io.get_ref()
+            && inner.downcast_ref::<rustls::Error>().is_some()
+        {
+            return DialError::Tls(inner.to_string());
+        }
+    }
+    DialError::Other(e.to_string())
 }
 
 /// Upper bound for a WebSocket message: a frame at the limit plus slack.

@@ -1,5 +1,6 @@
 //! The WebSocket client on smol (feature `smol`; `wss://` with feature
-//! `tls`), through async-tungstenite. It behaves like the tokio client: the
+//! `tls`, through futures-rustls with [`ClientOptions::tls`] or the webpki
+//! roots), through async-tungstenite. It behaves like the tokio client: the
 //! same [`WebSocketClient`] handle, events, reconnection and backoff.
 //!
 //! ```no_run
@@ -32,6 +33,7 @@ use crate::registry::Registry;
 
 use super::client::{BoxFuture, Runtime, build, first_connection};
 use super::{ClientError, ClientEvents, ClientOptions, WebSocketClient};
+use super::{DialError, DialSettings};
 
 /// The smol runtime for the client task.
 pub(crate) struct Smol;
@@ -39,14 +41,26 @@ pub(crate) struct Smol;
 impl Runtime for Smol {
     type Socket = WebSocketStream<ConnectStream>;
 
-    fn dial(url: String, max_message: usize) -> BoxFuture<Result<Self::Socket, String>> {
+    fn dial(url: String, settings: &DialSettings) -> BoxFuture<Result<Self::Socket, DialError>> {
+        let max_message = settings.max_message;
+        #[cfg(feature = "tls")]
+        let connector = settings.tls.clone().map(futures_rustls::TlsConnector::from);
         Box::pin(async move {
             let config = WebSocketConfig::default()
                 .max_message_size(Some(max_message))
                 .max_frame_size(Some(max_message));
+            #[cfg(feature = "tls")]
+            let (ws, _resp) = async_tungstenite::smol::connect_async_with_tls_connector_and_config(
+                url,
+                connector,
+                Some(config),
+            )
+            .await
+            .map_err(super::dial_error)?;
+            #[cfg(not(feature = "tls"))]
             let (ws, _resp) = async_tungstenite::smol::connect_async_with_config(url, Some(config))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(super::dial_error)?;
             Ok(ws)
         })
     }

@@ -1,6 +1,32 @@
 //! The tokio WebSocket server and client (feature `tokio`; `wss://` with
 //! feature `tls`).
 //!
+//! With `tls`, the server terminates TLS itself when
+//! `ServerOptions::tls` holds a `rustls::ServerConfig` (or leave it `None`
+//! and put the server behind a TLS proxy), and the client trusts the roots
+//! of `ClientOptions::tls` (default: the webpki roots):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "yrs", feature = "tls"))]
+//! # async fn example(
+//! #     server_tls: std::sync::Arc<rustls::ServerConfig>,
+//! #     client_tls: std::sync::Arc<rustls::ClientConfig>,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
+//! use crdt_socket_sync::adapters::yrs::YrsDocument;
+//! use crdt_socket_sync::registry::MemoryRegistry;
+//! use crdt_socket_sync::server::AllowAll;
+//! use crdt_socket_sync::transport::tokio::{connect, WebSocketServer};
+//! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
+//!
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::new(0));
+//! let options = ServerOptions { tls: Some(server_tls), ..ServerOptions::default() };
+//! let server = WebSocketServer::start("127.0.0.1:8443", registry, AllowAll, options).await?;
+//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+//! let options = ClientOptions { tls: Some(client_tls), ..ClientOptions::default() };
+//! let (client, _events) = connect("wss://localhost:8443", docs, options).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! A server and a client in ten lines:
 //!
 //! ```no_run
@@ -44,6 +70,7 @@ use super::hub_task::{HubHandle, HubService, RefuseReason, ServerEvents, ServerO
 use super::{
     CLOSE_TRY_AGAIN_LATER, ClientError, ClientEvents, ClientOptions, ServerError, WebSocketClient,
 };
+use super::{DialError, DialSettings};
 
 const LOG: &str = "crdt_socket_sync::transport::server";
 
@@ -131,10 +158,18 @@ impl<R: Registry + Send + 'static> WebSocketServer<R> {
         self.addr
     }
 
-    /// The `ws://` URL of the endpoint (with the configured path).
+    /// The URL of the endpoint (with the configured path): `wss://` when
+    /// the server terminates TLS ([`ServerOptions::tls`]), `ws://`
+    /// otherwise. The host is the bound IP address; a certificate issued
+    /// for a DNS name needs that name in the URL instead.
     pub fn url(&self) -> String {
-        let path = self.handle().options().path.clone().unwrap_or_default();
-        format!("ws://{}{}", self.addr, path)
+        let options = self.handle().options();
+        let path = options.path.clone().unwrap_or_default();
+        #[cfg(feature = "tls")]
+        let scheme = if options.tls.is_some() { "wss" } else { "ws" };
+        #[cfg(not(feature = "tls"))]
+        let scheme = "ws";
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     /// The server's events (once; `None` afterwards).
@@ -193,9 +228,40 @@ fn ws_config(handle: &HubHandle) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
+async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
+    let deadline = tokio::time::Instant::now() + handle.options().hub.handshake_timeout;
+    #[cfg(feature = "tls")]
+    if let Some(config) = handle.options().tls.clone() {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => serve_stream(tls, addr, handle, deadline).await,
+            Ok(Err(e)) => {
+                tracing::debug!(target: LOG, %addr, error = %e, "TLS handshake failed");
+                handle
+                    .refused(Some(addr), RefuseReason::Tls(e.to_string()))
+                    .await;
+            }
+            Err(_) => {
+                handle
+                    .refused(Some(addr), RefuseReason::Tls("timed out".into()))
+                    .await;
+            }
+        }
+        return;
+    }
+    serve_stream(tcp, addr, handle, deadline).await;
+}
+
 // The callback's signature is tungstenite's `Callback`.
 #[allow(clippy::result_large_err)]
-async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
+async fn serve_stream<S>(
+    stream: S,
+    addr: SocketAddr,
+    handle: HubHandle,
+    deadline: tokio::time::Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let admission = handle.try_admit();
     let mut refused: Option<RefuseReason> = None;
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -214,10 +280,9 @@ async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
         }
         Ok(resp)
     };
-    let timeout = handle.options().hub.handshake_timeout;
-    let upgrade = tokio::time::timeout(
-        timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config(&handle))),
+    let upgrade = tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(&handle))),
     )
     .await;
     let ws = match upgrade {
@@ -274,26 +339,30 @@ pub(crate) struct Tokio;
 impl Runtime for Tokio {
     type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-    fn dial(url: String, max_message: usize) -> BoxFuture<Result<Self::Socket, String>> {
+    fn dial(url: String, settings: &DialSettings) -> BoxFuture<Result<Self::Socket, DialError>> {
+        let max_message = settings.max_message;
+        #[cfg(feature = "tls")]
+        let connector = settings
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
         Box::pin(async move {
             let config = WebSocketConfig::default()
                 .max_message_size(Some(max_message))
                 .max_frame_size(Some(max_message));
             #[cfg(feature = "tls")]
-            let (ws, _resp) = {
-                let connector = if url.starts_with("wss://") {
-                    Some(tokio_tungstenite::Connector::Rustls(super::rustls_config()?))
-                } else {
-                    None
-                };
-                tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
-                    .await
-                    .map_err(|e| e.to_string())?
-            };
+            let (ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
+                url,
+                Some(config),
+                true,
+                connector,
+            )
+            .await
+            .map_err(super::dial_error)?;
             #[cfg(not(feature = "tls"))]
             let (ws, _resp) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(super::dial_error)?;
             Ok(ws)
         })
     }

@@ -120,6 +120,10 @@
 //! | `loro` | `adapters::loro::LoroDocument`, over a `loro::LoroDoc` |
 //! | `automerge` | `adapters::automerge::AutomergeDocument`, over an `automerge::Automerge` (Rust ≥ 1.90) |
 //! | `conformance` | `conformance`, the suite every `Document` implementation must pass |
+//! | `tokio` | `transport::tokio`: `WebSocketServer` and a WebSocket client on tokio (tokio-tungstenite), logging with `tracing` |
+//! | `tls` (alias `rustls`) | `wss://` in the clients through rustls and the webpki roots (no OpenSSL) |
+//! | `smol` | `transport::smol`: the WebSocket client on smol (async-tungstenite) |
+//! | `axum` | `transport::axum`: mount the sync endpoint on an axum route (implies `tokio`) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -141,6 +145,8 @@ pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod testing;
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub mod transport;
 pub mod wire;
 
 pub use close::CloseCause;

@@ -1,0 +1,170 @@
+//! A sync server: WebSockets on 127.0.0.1:8080 by default, documents in
+//! memory, one CRDT for every document (yrs by default).
+//!
+//! ```text
+//! cargo run --example server --features tokio,yrs,loro,automerge -- --help
+//! cargo run --example server --features tokio,yrs,loro,automerge -- --addr 0.0.0.0:9000 --crdt loro
+//! ```
+//!
+//! Logs clients, documents, updates and errors; `RUST_LOG=debug` shows
+//! more. Stop it with Ctrl-C: sessions are closed with a close frame first.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use crdt_socket_sync::adapters::automerge::AutomergeDocument;
+use crdt_socket_sync::adapters::loro::LoroDocument;
+use crdt_socket_sync::adapters::yrs::YrsDocument;
+use crdt_socket_sync::document::Document;
+use crdt_socket_sync::registry::{MemoryRegistry, Registry};
+use crdt_socket_sync::server::{AllowAll, ServerConfig, ServerEvent, StaticTokens};
+use crdt_socket_sync::transport::tokio::WebSocketServer;
+use crdt_socket_sync::transport::{ServerOptions, TransportEvent};
+use crdt_socket_sync::wire::Access;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Crdt {
+    Yrs,
+    Loro,
+    Automerge,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Storage {
+    /// Documents in memory (lost when the server stops).
+    Memory,
+}
+
+/// A crdt-socket-sync server over WebSockets.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// The CRDT every document uses.
+    #[arg(long, value_enum, default_value_t = Crdt::Yrs)]
+    crdt: Crdt,
+    /// Where documents live.
+    #[arg(long, value_enum, default_value_t = Storage::Memory)]
+    storage: Storage,
+    /// URL path of the endpoint (any path when not given).
+    #[arg(long)]
+    path: Option<String>,
+    /// Require this token (read-write); without it anyone may connect.
+    #[arg(long)]
+    token: Option<String>,
+    /// Also accept this token with read-only access.
+    #[arg(long)]
+    read_token: Option<String>,
+    /// Maximum concurrent connections.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+type Doc = Box<dyn Document + Send>;
+
+fn registry(crdt: Crdt) -> MemoryRegistry<Doc> {
+    MemoryRegistry::new(move |_: &str| -> Doc {
+        match crdt {
+            Crdt::Yrs => Box::new(YrsDocument::new(0)),
+            Crdt::Loro => Box::new(LoroDocument::new(0)),
+            Crdt::Automerge => Box::new(AutomergeDocument::new(0u64)),
+        }
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+
+    let Storage::Memory = args.storage;
+    let options = ServerOptions {
+        hub: ServerConfig {
+            idle_timeout: Duration::from_secs(30),
+            ..ServerConfig::default()
+        },
+        path: args.path.clone(),
+        max_connections: args.max_connections,
+        ..ServerOptions::default()
+    };
+    let reg = registry(args.crdt);
+    let mut server = match &args.token {
+        Some(token) => {
+            let mut auth = StaticTokens::default().with(token, "writer", Access::ReadWrite);
+            if let Some(r) = &args.read_token {
+                auth = auth.with(r, "reader", Access::ReadOnly);
+            }
+            Box::pin(WebSocketServer::start(
+                args.addr.clone(),
+                reg,
+                auth,
+                options,
+            ))
+            .await?
+        }
+        None => {
+            Box::pin(WebSocketServer::start(
+                args.addr.clone(),
+                reg,
+                AllowAll,
+                options,
+            ))
+            .await?
+        }
+    };
+    println!(
+        "crdt-socket-sync server: {} ({:?} documents, {:?} storage). Ctrl-C stops it.",
+        server.url(),
+        args.crdt,
+        args.storage
+    );
+    let mut events = server.take_events().expect("events");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            event = events.recv() => match event {
+                Some(e) => report(e),
+                None => break,
+            },
+        }
+    }
+    println!("stopping...");
+    let reg = server.stop().await?;
+    println!(
+        "stopped; {} documents in memory: {:?}",
+        reg.list().len(),
+        reg.list()
+    );
+    Ok(())
+}
+
+/// The events the hub task does not already log at `info`.
+fn report(event: TransportEvent) {
+    match event {
+        TransportEvent::Hub(ServerEvent::UpdatesApplied {
+            conn,
+            name,
+            applied,
+            duplicates,
+            pending,
+            ..
+        }) => tracing::info!(
+            "conn {}: {applied} update(s) applied to {name:?} ({duplicates} duplicate, {pending} pending)",
+            conn.0
+        ),
+        TransportEvent::Hub(ServerEvent::DocumentSynced { conn, name }) => {
+            tracing::info!("conn {}: {name:?} in sync", conn.0)
+        }
+        TransportEvent::Hub(ServerEvent::CatchUpQueued { conn, name }) => {
+            tracing::info!("conn {}: catch-up for {name:?} queued", conn.0)
+        }
+        _ => {}
+    }
+}

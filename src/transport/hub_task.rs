@@ -1,0 +1,828 @@
+//! The hub task (owns the [`Hub`] and the registry) and the per-connection
+//! tasks, shared by the tokio server and the axum integration.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::Framing;
+use crate::registry::Registry;
+use crate::server::{Authorizer, ConnId, Hub, ServerConfig, ServerEvent};
+
+use super::ServerError;
+
+const LOG: &str = "crdt_socket_sync::transport::server";
+
+/// Options of the WebSocket server (and of the axum endpoint).
+///
+/// ```
+/// use crdt_socket_sync::transport::ServerOptions;
+/// let options = ServerOptions {
+///     path: Some("/sync".into()),
+///     allowed_origins: Some(vec!["https://app.example".into()]),
+///     max_connections: 500,
+///     ..ServerOptions::default()
+/// };
+/// assert_eq!(options.hub.framing, crdt_socket_sync::Framing::Message);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The hub's configuration (limits, timeouts, heartbeat, compression).
+    /// Its `framing` is forced to [`Framing::Message`].
+    pub hub: ServerConfig,
+    /// Only WebSocket upgrades on this URL path are accepted (others get
+    /// HTTP 404); `None` accepts any path.
+    pub path: Option<String>,
+    /// When set, upgrades whose `Origin` header is present and not in this
+    /// list get HTTP 403. Requests without `Origin` (non-browser clients)
+    /// are accepted.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Connections served at once; extra ones are upgraded and immediately
+    /// closed with WebSocket code 1013 ("try again later"). Default 10,000.
+    pub max_connections: usize,
+    /// Frames in the channel from the connection tasks to the hub task.
+    /// Default 1024.
+    pub input_capacity: usize,
+    /// Frames in each connection's outgoing channel; beyond it frames stay
+    /// in the hub's bounded queue. Default 32.
+    pub outgoing_capacity: usize,
+    /// Events buffered for the application; when full, events are dropped
+    /// and counted ([`HubStats::dropped_events`]). Default 4096.
+    pub event_capacity: usize,
+    /// Inputs the hub task drains before one [`Hub::flush`] (group commit).
+    /// Default 256.
+    pub max_batch: usize,
+    /// How long `stop` waits for close frames to leave. Default 2 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            hub: ServerConfig::default(),
+            path: None,
+            allowed_origins: None,
+            max_connections: 10_000,
+            input_capacity: 1024,
+            outgoing_capacity: 32,
+            event_capacity: 4096,
+            max_batch: 256,
+            shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+/// Why the server refused a connection before it reached the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The server is at [`ServerOptions::max_connections`].
+    ConnectionLimit {
+        /// The limit.
+        limit: usize,
+    },
+    /// The upgrade asked for another URL path.
+    Path(String),
+    /// The `Origin` header is not allowed.
+    Origin(String),
+    /// The HTTP/WebSocket upgrade failed or timed out.
+    Handshake(String),
+    /// The server is stopping.
+    ShuttingDown,
+}
+
+/// What the server reports: the hub's [`ServerEvent`]s plus transport
+/// events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// A WebSocket was accepted and handed to the hub as `conn`.
+    Accepted {
+        /// The hub's connection id.
+        conn: ConnId,
+        /// The peer's address, when known.
+        addr: Option<SocketAddr>,
+    },
+    /// A connection was refused before reaching the hub.
+    Refused {
+        /// The peer's address, when known.
+        addr: Option<SocketAddr>,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// An event of the hub.
+    Hub(ServerEvent),
+}
+
+/// The server's event stream. Bounded: when the application does not read
+/// it, events are dropped (and counted) instead of stalling the hub.
+#[derive(Debug)]
+pub struct ServerEvents {
+    rx: mpsc::Receiver<TransportEvent>,
+}
+
+impl ServerEvents {
+    /// The next event; `None` once the hub task ended.
+    pub async fn recv(&mut self) -> Option<TransportEvent> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<TransportEvent> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Stream for ServerEvents {
+    type Item = TransportEvent;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<TransportEvent>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Counters of one connection, from the hub task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnStats {
+    /// The connection.
+    pub conn: ConnId,
+    /// Bytes queued in the hub for it (bounded by
+    /// [`Limits::max_outbound_bytes`](crate::Limits::max_outbound_bytes)).
+    pub queued_bytes: usize,
+    /// The highest `queued_bytes` seen so far.
+    pub peak_queued_bytes: usize,
+    /// Messages queued in the hub for it.
+    pub queued_messages: usize,
+    /// Frames waiting in its outgoing channel (bounded by
+    /// [`ServerOptions::outgoing_capacity`]).
+    pub channel_frames: usize,
+    /// Its socket is not being read (the hub does not want its input).
+    pub paused: bool,
+}
+
+/// A snapshot of the hub task's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Connections held by the hub.
+    pub connections: usize,
+    /// Per connection.
+    pub per_connection: Vec<ConnStats>,
+    /// Events dropped because the event channel was full.
+    pub dropped_events: u64,
+    /// Inputs processed.
+    pub inputs: u64,
+    /// Group commits ([`Hub::flush`] calls).
+    pub flushes: u64,
+    /// Documents open in the registry.
+    pub documents: usize,
+}
+
+/// One item for a connection task.
+pub(crate) enum Outgoing {
+    Frame(Vec<u8>),
+    Close { code: u16, reason: String },
+}
+
+/// Flags shared, lock-free, between the hub task and one connection task.
+#[derive(Default)]
+pub(crate) struct ConnShared {
+    /// Stop reading the socket.
+    paused: AtomicBool,
+    /// Wakes a paused reader.
+    resume: Notify,
+    /// The hub found the outgoing channel full: report when it drained.
+    want_writable: AtomicBool,
+}
+
+pub(crate) enum HubInput {
+    Accept {
+        out: mpsc::Sender<Outgoing>,
+        shared: Arc<ConnShared>,
+        addr: Option<SocketAddr>,
+        reply: oneshot::Sender<ConnId>,
+    },
+    Frame(ConnId, Vec<u8>),
+    Writable(ConnId),
+    Lost(ConnId),
+    Refused(Option<SocketAddr>, RefuseReason),
+    Stats(oneshot::Sender<HubStats>),
+    Close(ConnId, crate::wire::CloseReason),
+    Stop,
+}
+
+/// A WebSocket message type the connection task can carry (tungstenite's,
+/// axum's).
+pub(crate) trait WsFrame: Sized + Send + 'static {
+    fn binary(data: Vec<u8>) -> Self;
+    fn close(code: u16, reason: String) -> Self;
+    fn classify(self) -> Incoming;
+}
+
+pub(crate) enum Incoming {
+    Data(Vec<u8>),
+    Close,
+    Other,
+}
+
+impl WsFrame for tungstenite::Message {
+    fn binary(data: Vec<u8>) -> Self {
+        tungstenite::Message::Binary(data.into())
+    }
+    fn close(code: u16, reason: String) -> Self {
+        tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        }))
+    }
+    fn classify(self) -> Incoming {
+        match self {
+            tungstenite::Message::Binary(b) => Incoming::Data(b.into()),
+            // Not our protocol: the core reports it as bad input.
+            tungstenite::Message::Text(t) => Incoming::Data(t.as_bytes().to_vec()),
+            tungstenite::Message::Close(_) => Incoming::Close,
+            _ => Incoming::Other,
+        }
+    }
+}
+
+/// A cloneable handle to a running hub task: hands it sockets, asks for
+/// stats. Used by [`WebSocketServer`](super::tokio::WebSocketServer) and by
+/// the axum endpoint.
+#[derive(Clone)]
+pub struct HubHandle {
+    to_hub: mpsc::Sender<HubInput>,
+    active: Arc<AtomicUsize>,
+    options: Arc<ServerOptions>,
+}
+
+impl core::fmt::Debug for HubHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HubHandle")
+            .field("active", &self.active.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// A slot under the connection limit, released on drop.
+pub(crate) struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl HubHandle {
+    /// The options the hub task runs with.
+    pub fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// WebSocket connections being served right now.
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the hub's state (connections, queued bytes...).
+    pub async fn stats(&self) -> Result<HubStats, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        self.to_hub
+            .send(HubInput::Stats(tx))
+            .await
+            .map_err(|_| ServerError::Stopped)?;
+        rx.await.map_err(|_| ServerError::Stopped)
+    }
+
+    /// Closes one connection with `reason` (a `Close` goes to the client).
+    pub async fn close_connection(
+        &self,
+        conn: ConnId,
+        reason: crate::wire::CloseReason,
+    ) -> Result<(), ServerError> {
+        self.to_hub
+            .send(HubInput::Close(conn, reason))
+            .await
+            .map_err(|_| ServerError::Stopped)
+    }
+
+    pub(crate) fn try_admit(&self) -> Option<Admission> {
+        let limit = self.options.max_connections;
+        let mut n = self.active.load(Ordering::Acquire);
+        loop {
+            if n >= limit {
+                return None;
+            }
+            match self
+                .active
+                .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Admission(Arc::clone(&self.active))),
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    pub(crate) async fn refused(&self, addr: Option<SocketAddr>, reason: RefuseReason) {
+        tracing::info!(target: LOG, ?addr, ?reason, "connection refused");
+        let _ = self.to_hub.send(HubInput::Refused(addr, reason)).await;
+    }
+
+    /// Whether `path` is the configured endpoint path.
+    pub(crate) fn path_ok(&self, path: &str) -> bool {
+        self.options.path.as_deref().is_none_or(|p| p == path)
+    }
+
+    /// Whether an `Origin` header value is allowed.
+    pub(crate) fn origin_ok(&self, origin: Option<&str>) -> bool {
+        match (&self.options.allowed_origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(list), Some(o)) => list.iter().any(|a| a == o),
+        }
+    }
+
+    /// Serves one upgraded WebSocket until it closes. `admission` holds its
+    /// slot under the connection limit.
+    pub(crate) async fn serve<S, M, E>(
+        &self,
+        mut ws: S,
+        addr: Option<SocketAddr>,
+        admission: Admission,
+    ) where
+        S: Stream<Item = Result<M, E>> + Sink<M> + Unpin + Send,
+        M: WsFrame,
+        E: core::fmt::Display,
+    {
+        let _admission = admission;
+        let (out_tx, mut out_rx) = mpsc::channel(self.options.outgoing_capacity.max(1));
+        let shared = Arc::new(ConnShared::default());
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let accepted = self
+            .to_hub
+            .send(HubInput::Accept {
+                out: out_tx,
+                shared: Arc::clone(&shared),
+                addr,
+                reply: reply_tx,
+            })
+            .await;
+        let conn = match (accepted, reply_rx.await) {
+            (Ok(()), Ok(conn)) => conn,
+            _ => {
+                let _ = ws.send(M::close(1001, "server shutting down".into())).await;
+                return;
+            }
+        };
+        loop {
+            let paused = shared.paused.load(Ordering::Acquire);
+            tokio::select! {
+                biased;
+                out = out_rx.recv() => match out {
+                    Some(Outgoing::Frame(frame)) => {
+                        let mut ok = ws.feed(M::binary(frame)).await.is_ok();
+                        // Batch what else is ready into one flush.
+                        let mut closing = None;
+                        for _ in 0..64 {
+                            match out_rx.try_recv() {
+                                Ok(Outgoing::Frame(f)) if ok => ok = ws.feed(M::binary(f)).await.is_ok(),
+                                Ok(Outgoing::Close { code, reason }) => { closing = Some((code, reason)); break; }
+                                _ => break,
+                            }
+                        }
+                        ok = ok && ws.flush().await.is_ok();
+                        if !ok {
+                            break;
+                        }
+                        if shared.want_writable.swap(false, Ordering::AcqRel) {
+                            let _ = self.to_hub.send(HubInput::Writable(conn)).await;
+                        }
+                        if let Some((code, reason)) = closing {
+                            let _ = ws.send(M::close(code, reason)).await;
+                            break;
+                        }
+                    }
+                    Some(Outgoing::Close { code, reason }) => {
+                        tracing::debug!(target: LOG, conn = conn.0, code, %reason, "closing WebSocket");
+                        let _ = ws.send(M::close(code, reason)).await;
+                        break;
+                    }
+                    None => {
+                        let _ = ws.send(M::close(1001, "server stopped".into())).await;
+                        break;
+                    }
+                },
+                _ = shared.resume.notified(), if paused => {}
+                input = ws.next(), if !paused => match input {
+                    Some(Ok(msg)) => match msg.classify() {
+                        Incoming::Data(bytes) => {
+                            if self.to_hub.send(HubInput::Frame(conn, bytes)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Incoming::Close => break,
+                        Incoming::Other => {}
+                    },
+                    Some(Err(e)) => {
+                        tracing::debug!(target: LOG, conn = conn.0, error = %e, "socket error");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        let _ = self.to_hub.send(HubInput::Lost(conn)).await;
+    }
+}
+
+/// A running hub task and the handle to it; owns the task, so
+/// [`HubService::stop`] can hand the registry back.
+pub struct HubService<R> {
+    handle: HubHandle,
+    task: tokio::task::JoinHandle<R>,
+}
+
+impl<R> core::fmt::Debug for HubService<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HubService")
+            .field("handle", &self.handle)
+            .finish()
+    }
+}
+
+impl<R: Registry + Send + 'static> HubService<R> {
+    /// Spawns the hub task (on the current tokio runtime) with `registry`,
+    /// `authorizer` and `options`; returns the service and its events.
+    pub fn spawn<A>(registry: R, authorizer: A, options: ServerOptions) -> (Self, ServerEvents)
+    where
+        A: Authorizer + Send + 'static,
+    {
+        let mut options = options;
+        options.hub.framing = Framing::Message;
+        let (to_hub, rx) = mpsc::channel(options.input_capacity.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(options.event_capacity.max(1));
+        let hub = Hub::new(options.hub.clone(), authorizer);
+        let options = Arc::new(options);
+        let task = HubTask {
+            hub,
+            registry,
+            conns: BTreeMap::new(),
+            events: ev_tx,
+            stats: HubStats::default(),
+            options: Arc::clone(&options),
+            peaks: BTreeMap::new(),
+            closing: false,
+        };
+        let task = tokio::spawn(task.run(rx));
+        let handle = HubHandle {
+            to_hub,
+            active: Arc::new(AtomicUsize::new(0)),
+            options,
+        };
+        (HubService { handle, task }, ServerEvents { rx: ev_rx })
+    }
+
+    /// The handle (cloneable) to give sockets to the hub.
+    pub fn handle(&self) -> &HubHandle {
+        &self.handle
+    }
+
+    /// Stops the hub: every session is closed with `ServerShutdown`, close
+    /// frames are flushed (waiting at most
+    /// [`ServerOptions::shutdown_grace`]), the registry is flushed and
+    /// returned.
+    pub async fn stop(self) -> Result<R, ServerError> {
+        let _ = self.handle.to_hub.send(HubInput::Stop).await;
+        self.task.await.map_err(|_| ServerError::Stopped)
+    }
+}
+
+enum Wake {
+    Input(Option<HubInput>),
+    Timer,
+}
+
+struct ConnState {
+    out: mpsc::Sender<Outgoing>,
+    shared: Arc<ConnShared>,
+    /// The outgoing channel was full; wait for `Writable`.
+    blocked: bool,
+    /// The WebSocket close was handed to the connection task.
+    close_sent: bool,
+    close: Option<(u16, String)>,
+    paused: bool,
+}
+
+struct HubTask<R, A> {
+    hub: Hub<A>,
+    registry: R,
+    conns: BTreeMap<ConnId, ConnState>,
+    events: mpsc::Sender<TransportEvent>,
+    stats: HubStats,
+    options: Arc<ServerOptions>,
+    peaks: BTreeMap<ConnId, usize>,
+    /// `stop` was asked: new connections are refused.
+    closing: bool,
+}
+
+impl<R: Registry, A: Authorizer> HubTask<R, A> {
+    async fn run(mut self, mut rx: mpsc::Receiver<HubInput>) -> R {
+        let mut deadline: Option<Instant> = None;
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut stopping: Option<Instant> = None;
+        let mut deadline_fired = false;
+        loop {
+            let first = tokio::select! {
+                biased;
+                input = rx.recv() => Wake::Input(input),
+                () = &mut sleep, if deadline.is_some() => Wake::Timer,
+            };
+            let now = Instant::now();
+            let mut had_input = false;
+            match first {
+                Wake::Input(None) => break,
+                Wake::Input(Some(input)) => had_input |= self.process(input, now),
+                // The sleep completed: it must be re-armed even if the
+                // deadline stays the same.
+                Wake::Timer => deadline_fired = true,
+            }
+            for _ in 1..self.options.max_batch {
+                match rx.try_recv() {
+                    Ok(input) => had_input |= self.process(input, now),
+                    Err(_) => break,
+                }
+            }
+            if had_input {
+                self.hub.flush(&mut self.registry);
+                self.stats.flushes += 1;
+            }
+            if deadline_fired || deadline.is_some_and(|d| now >= d) {
+                self.hub.handle_timeout(now, &mut self.registry);
+                deadline = None;
+                deadline_fired = false;
+            }
+            if self.closing && stopping.is_none() {
+                tracing::info!(target: LOG, connections = self.conns.len(), "shutting down");
+                self.hub.shutdown(now);
+                stopping = Some(now + self.options.shutdown_grace);
+            }
+            // The driving contract: transmits, then events (which tell the
+            // close reasons), then the WebSocket closes.
+            self.pump(false);
+            self.forward_events();
+            self.pump(true);
+            if let Some(until) = stopping
+                && (self.conns.is_empty() || now >= until)
+            {
+                break;
+            }
+            // Re-arm the timer only when the deadline moved.
+            let mut next = self.hub.poll_timeout();
+            if let Some(until) = stopping {
+                next = Some(next.map_or(until, |n| n.min(until)));
+            }
+            if next != deadline {
+                deadline = next;
+                if let Some(at) = next {
+                    sleep.as_mut().reset(at.into());
+                }
+            }
+        }
+        // Whatever is left: the connection tasks see their channels close
+        // and send a close frame themselves.
+        self.conns.clear();
+        match self.registry.flush() {
+            Ok(_) => {}
+            Err(e) => tracing::error!(target: LOG, error = %e, "registry flush failed at shutdown"),
+        }
+        self.registry
+    }
+
+    /// Handles one input; returns whether it was data for the hub.
+    fn process(&mut self, input: HubInput, now: Instant) -> bool {
+        self.stats.inputs += 1;
+        match input {
+            HubInput::Accept {
+                out,
+                shared,
+                addr,
+                reply,
+            } => {
+                if self.closing {
+                    // Dropping `reply` makes the connection task close the
+                    // socket with 1001.
+                    return false;
+                }
+                let conn = self.hub.accept(now);
+                tracing::info!(target: LOG, conn = conn.0, ?addr, "client connected");
+                self.conns.insert(
+                    conn,
+                    ConnState {
+                        out,
+                        shared,
+                        blocked: false,
+                        close_sent: false,
+                        close: None,
+                        paused: false,
+                    },
+                );
+                let _ = reply.send(conn);
+                self.emit(TransportEvent::Accepted { conn, addr });
+                false
+            }
+            HubInput::Frame(conn, bytes) => {
+                self.hub
+                    .handle_input_deferred(conn, now, &bytes, &mut self.registry);
+                true
+            }
+            HubInput::Writable(conn) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.blocked = false;
+                }
+                false
+            }
+            HubInput::Lost(conn) => {
+                self.hub.connection_lost(conn, now);
+                self.conns.remove(&conn);
+                self.peaks.remove(&conn);
+                false
+            }
+            HubInput::Refused(addr, reason) => {
+                self.emit(TransportEvent::Refused { addr, reason });
+                false
+            }
+            HubInput::Stats(reply) => {
+                let _ = reply.send(self.snapshot());
+                false
+            }
+            HubInput::Close(conn, reason) => {
+                self.hub.close(conn, now, reason);
+                false
+            }
+            HubInput::Stop => {
+                self.closing = true;
+                false
+            }
+        }
+    }
+
+    fn snapshot(&mut self) -> HubStats {
+        let mut stats = self.stats.clone();
+        stats.connections = self.hub.connections();
+        stats.documents = self.registry.list().len();
+        stats.per_connection = self
+            .conns
+            .iter()
+            .map(|(conn, c)| {
+                let (queued_bytes, queued_messages) = self
+                    .hub
+                    .session(*conn)
+                    .map_or((0, 0), |s| (s.queued_bytes(), s.queued_messages()));
+                ConnStats {
+                    conn: *conn,
+                    queued_bytes,
+                    peak_queued_bytes: self.peaks.get(conn).copied().unwrap_or(0),
+                    queued_messages,
+                    channel_frames: c.out.max_capacity() - c.out.capacity(),
+                    paused: c.paused,
+                }
+            })
+            .collect();
+        stats
+    }
+
+    fn emit(&mut self, event: TransportEvent) {
+        if self.events.try_send(event).is_err() {
+            self.stats.dropped_events += 1;
+        }
+    }
+
+    /// Moves frames from the hub into each connection's channel, sends the
+    /// WebSocket close after a closed session's last frame, and pauses or
+    /// resumes reading.
+    fn pump(&mut self, send_close: bool) {
+        for (conn, c) in self.conns.iter_mut() {
+            if let Some(s) = self.hub.session(*conn) {
+                let q = s.queued_bytes();
+                let peak = self.peaks.entry(*conn).or_insert(0);
+                *peak = (*peak).max(q);
+            }
+            if !c.blocked {
+                loop {
+                    if c.out.capacity() == 0 {
+                        c.blocked = true;
+                        c.shared.want_writable.store(true, Ordering::Release);
+                        // The task may have drained meanwhile: re-check.
+                        if c.out.capacity() > 0 {
+                            c.shared.want_writable.store(false, Ordering::Release);
+                            c.blocked = false;
+                            continue;
+                        }
+                        break;
+                    }
+                    let Some(frame) = self.hub.poll_transmit_for(*conn) else {
+                        break;
+                    };
+                    if c.out.try_send(Outgoing::Frame(frame)).is_err() {
+                        // Only this task sends on it, and capacity was
+                        // checked: the receiver is gone.
+                        break;
+                    }
+                }
+            }
+            if send_close && !c.blocked && !c.close_sent && self.hub.is_closed(*conn) {
+                let (code, reason) = c
+                    .close
+                    .clone()
+                    .unwrap_or((1000, "session closed".to_string()));
+                if c.out.try_send(Outgoing::Close { code, reason }).is_ok() {
+                    c.close_sent = true;
+                } else {
+                    c.blocked = true;
+                    c.shared.want_writable.store(true, Ordering::Release);
+                }
+            }
+            let paused = !self.hub.wants_input(*conn);
+            if paused != c.paused {
+                c.paused = paused;
+                c.shared.paused.store(paused, Ordering::Release);
+                if !paused {
+                    c.shared.resume.notify_one();
+                }
+            }
+        }
+    }
+
+    fn forward_events(&mut self) {
+        while let Some(event) = self.hub.poll_event() {
+            log_event(&self.hub, &event);
+            if let ServerEvent::ClientDisconnected { conn, cause } = &event
+                && let Some(c) = self.conns.get_mut(conn)
+            {
+                c.close = Some(super::close_for(cause));
+            }
+            self.emit(TransportEvent::Hub(event));
+        }
+    }
+}
+
+/// Readable `tracing` output for the hub's events.
+fn log_event<A>(_hub: &Hub<A>, event: &ServerEvent) {
+    match event {
+        ServerEvent::HandshakeCompleted {
+            conn,
+            session,
+            identity,
+        } => {
+            tracing::info!(target: LOG, conn = conn.0, session = session.0, identity = %identity.0, "handshake completed")
+        }
+        ServerEvent::HandshakeRejected {
+            conn,
+            code,
+            message,
+        } => tracing::warn!(target: LOG, conn = conn.0, ?code, %message, "handshake rejected"),
+        ServerEvent::DocumentOpened { conn, name, access } => {
+            tracing::info!(target: LOG, conn = conn.0, doc = %name, ?access, "document opened")
+        }
+        ServerEvent::DocumentSynced { conn, name } => {
+            tracing::debug!(target: LOG, conn = conn.0, doc = %name, "document synced")
+        }
+        ServerEvent::UpdatesApplied {
+            conn,
+            name,
+            applied,
+            duplicates,
+            pending,
+            ..
+        } => {
+            tracing::debug!(target: LOG, conn = conn.0, doc = %name, applied, duplicates, pending, "updates applied")
+        }
+        ServerEvent::DocumentError {
+            conn,
+            name,
+            code,
+            message,
+            ..
+        } => {
+            tracing::warn!(target: LOG, conn = conn.0, doc = ?name, ?code, %message, "document error")
+        }
+        ServerEvent::SubscriberLagging { conn, name, queued } => {
+            tracing::warn!(target: LOG, conn = conn.0, doc = %name, queued, "subscriber lagging")
+        }
+        ServerEvent::StorageError { name, message } => {
+            tracing::error!(target: LOG, doc = ?name, %message, "storage error")
+        }
+        ServerEvent::ClientDisconnected { conn, cause } => {
+            tracing::info!(target: LOG, conn = conn.0, %cause, "client disconnected")
+        }
+        other => tracing::trace!(target: LOG, event = ?other, "hub event"),
+    }
+}

@@ -1,0 +1,236 @@
+//! WebSocket adapters around the sans-IO core (features `tokio`, `smol`,
+//! `axum`, `tls`).
+//!
+//! They are thin: every protocol decision stays in [`Hub`](crate::server::Hub)
+//! and [`ClientSession`](crate::client::ClientSession); the adapters move
+//! bytes, read the clock and arm timers. One WebSocket binary message carries
+//! exactly one frame ([`Framing::Message`](crate::Framing::Message)).
+//!
+//! ## Server ([`tokio::WebSocketServer`], feature `tokio`)
+//!
+//! ```text
+//!  accept loop ──spawns──▶ connection task (one per socket, owns it)
+//!                              │  ▲
+//!          HubInput (bounded,  │  │ Outgoing (bounded per connection)
+//!          shared by all)      ▼  │
+//!                           hub task (owns the Hub and the Registry)
+//! ```
+//!
+//! * The **hub task** owns the [`Hub`](crate::server::Hub) and the
+//!   [`Registry`](crate::registry::Registry); no lock is taken in the hot
+//!   path. It drains every input that is ready (up to
+//!   [`ServerOptions::max_batch`]), then calls
+//!   [`Hub::flush`](crate::server::Hub::flush) once (group commit: one
+//!   storage commit and one ack per document for the whole batch), then
+//!   moves each connection's frames into its outgoing channel, then forwards
+//!   events. Its timer is re-armed only when `poll_timeout` changes.
+//! * A **connection task** per socket reads WebSocket messages into the hub
+//!   task's input channel and writes the frames it receives. When the hub
+//!   says a connection does not want input (its queue is over the
+//!   high-water mark) the task stops reading that socket until the hub
+//!   resumes it. When a connection's outgoing channel is full, its frames
+//!   stay in the hub's bounded queue, where the core coalesces them for a
+//!   slow reader; server memory per connection stays bounded.
+//! * [`tokio::WebSocketServer::stop`] closes every session with
+//!   `ServerShutdown` (a protocol `Close`, then a WebSocket close frame),
+//!   flushes the registry and hands it back, so a new server can start with
+//!   it.
+//!
+//! ## Clients ([`WebSocketClient`], features `tokio` or `smol`)
+//!
+//! One task owns the [`ClientSession`](crate::client::ClientSession), the
+//! client's registry and the socket; the [`WebSocketClient`] handle talks to
+//! it over a bounded channel. It dials when the core asks (`Dial` events,
+//! with the core's backoff), so reconnection is automatic, and
+//! [`WebSocketClient::disconnect`] cancels it.
+//!
+//! Logging goes through `tracing` (targets `crdt_socket_sync::transport::*`),
+//! never from the core.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::client::CommandError;
+use crate::close::CloseCause;
+use crate::wire::{CloseReason, RejectCode};
+
+mod client;
+pub use client::{ClientEvents, ClientOptions, WebSocketClient};
+
+#[cfg(feature = "tokio")]
+mod hub_task;
+#[cfg(feature = "tokio")]
+pub use hub_task::{
+    ConnStats, HubHandle, HubService, HubStats, RefuseReason, ServerEvents, ServerOptions,
+    TransportEvent,
+};
+
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+#[cfg(feature = "smol")]
+pub mod smol;
+
+#[cfg(feature = "axum")]
+pub mod axum;
+
+/// Errors of the WebSocket client.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The URL is not a `ws://` or `wss://` URL the client can dial.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `wss://` was requested but the crate was built without `tls`.
+    #[error("wss:// needs the `tls` feature")]
+    TlsUnavailable,
+    /// Opening the TCP/TLS/WebSocket connection failed.
+    #[error("could not connect to {url}: {reason}")]
+    Dial {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// Dialing or the handshake did not finish in time.
+    #[error("timed out connecting to {0}")]
+    Timeout(String),
+    /// The server refused the handshake (bad token, version, capacity).
+    #[error("rejected by the server ({code:?}): {message}")]
+    Rejected {
+        /// Why.
+        code: RejectCode,
+        /// Detail from the server.
+        message: String,
+    },
+    /// The connection closed before the handshake completed.
+    #[error("connection closed: {0}")]
+    Closed(CloseCause),
+    /// The server closed the WebSocket before the handshake completed (for
+    /// example code 1013 at its connection limit).
+    #[error("the server closed the WebSocket ({code}): {reason}")]
+    ServerClosed {
+        /// The WebSocket close code.
+        code: u16,
+        /// The close reason text.
+        reason: String,
+    },
+    /// A local command failed (unknown document, read-only, backpressure).
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The client task has ended (after `close`, or the runtime shut down).
+    #[error("the client task has stopped")]
+    Stopped,
+}
+
+/// Errors of the WebSocket server.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Binding the listening socket failed.
+    #[error("could not bind {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The hub task has ended (or panicked).
+    #[error("the hub task has stopped")]
+    Stopped,
+}
+
+/// The WebSocket close code used for a protocol close reason.
+pub fn close_code(reason: CloseReason) -> u16 {
+    match reason {
+        CloseReason::Normal => 1000,
+        CloseReason::ServerShutdown => 1001,
+        CloseReason::ProtocolError => 1002,
+        CloseReason::LimitExceeded => 1009,
+        CloseReason::Rejected => 1008,
+        CloseReason::SlowConsumer => 1008,
+        CloseReason::HandshakeTimeout | CloseReason::IdleTimeout | CloseReason::DeadConnection => {
+            1001
+        }
+    }
+}
+
+/// WebSocket close code sent to a connection refused at the server's
+/// connection limit ("try again later").
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// The WebSocket close code and reason text for how a session ended.
+pub(crate) fn close_for(cause: &CloseCause) -> (u16, String) {
+    let code = match cause {
+        CloseCause::Local(r) => close_code(*r),
+        CloseCause::Peer { .. } | CloseCause::TransportLost => 1000,
+        CloseCause::Rejected { .. } => 1008,
+        CloseCause::Inbound(_) | CloseCause::Protocol(_) => 1002,
+    };
+    let mut text = cause.to_string();
+    // A close frame's reason is at most 123 bytes.
+    if text.len() > 120 {
+        let mut end = 120;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    (code, text)
+}
+
+/// A `ws://`/`wss://` URL check shared by the clients.
+pub(crate) fn check_url(url: &str) -> Result<(), ClientError> {
+    let bad = |reason: &str| ClientError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if let Some(rest) = url.strip_prefix("wss://") {
+        if !cfg!(feature = "tls") {
+            return Err(ClientError::TlsUnavailable);
+        }
+        if rest.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(())
+    } else if let Some(rest) = url.strip_prefix("ws://") {
+        if rest.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(())
+    } else {
+        Err(bad("expected ws:// or wss://"))
+    }
+}
+
+/// A rustls client configuration with the webpki roots and the `ring`
+/// provider (no global provider state, no OpenSSL).
+#[cfg(feature = "tls")]
+pub(crate) fn rustls_config() -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// Upper bound for a WebSocket message: a frame at the limit plus slack.
+pub(crate) fn max_ws_message(limits: &crate::Limits) -> usize {
+    limits.max_frame_len as usize + 1024
+}
+
+/// How long [`tokio::WebSocketServer::stop`] waits for close frames to
+/// leave by default.
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);

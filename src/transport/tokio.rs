@@ -1,0 +1,369 @@
+//! The tokio WebSocket server and client (feature `tokio`; `wss://` with
+//! feature `tls`).
+//!
+//! A server and a client in ten lines:
+//!
+//! ```no_run
+//! # #[cfg(feature = "yrs")]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use crdt_socket_sync::adapters::yrs::YrsDocument;
+//! use crdt_socket_sync::registry::MemoryRegistry;
+//! use crdt_socket_sync::server::AllowAll;
+//! use crdt_socket_sync::transport::tokio::{connect, WebSocketServer};
+//! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
+//! use yrs::{Text, Transact};
+//!
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::new(0));
+//! let server = WebSocketServer::start("127.0.0.1:8080", registry, AllowAll, ServerOptions::default()).await?;
+//!
+//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+//! let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
+//! let (client, _events) = connect(&format!("ws://{}", server.local_addr()), docs, options).await?;
+//! client.with_doc("notes", |doc| {
+//!     doc.get_or_insert_text("body").push(&mut doc.transact_mut(), "hi");
+//! }).await?;
+//! let _registry = server.stop().await?;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::registry::Registry;
+use crate::server::Authorizer;
+
+use super::client::{BoxFuture, Runtime, build, first_connection};
+use super::hub_task::{HubHandle, HubService, RefuseReason, ServerEvents, ServerOptions};
+use super::{
+    CLOSE_TRY_AGAIN_LATER, ClientError, ClientEvents, ClientOptions, ServerError, WebSocketClient,
+};
+
+const LOG: &str = "crdt_socket_sync::transport::server";
+
+/// A sync server: a TCP listener upgrading to WebSockets, a hub task and a
+/// task per connection (see the [module docs](super)).
+///
+/// ```no_run
+/// # #[cfg(feature = "yrs")]
+/// # async fn example() -> Result<(), crdt_socket_sync::transport::ServerError> {
+/// use crdt_socket_sync::adapters::yrs::YrsDocument;
+/// use crdt_socket_sync::registry::MemoryRegistry;
+/// use crdt_socket_sync::server::StaticTokens;
+/// use crdt_socket_sync::transport::{tokio::WebSocketServer, ServerOptions, TransportEvent};
+/// use crdt_socket_sync::wire::Access;
+///
+/// let auth = StaticTokens::default().with("s3cret", "alice", Access::ReadWrite);
+/// let registry = MemoryRegistry::new(|_: &str| YrsDocument::new(0));
+/// let options = ServerOptions { path: Some("/sync".into()), ..ServerOptions::default() };
+/// let mut server = WebSocketServer::start("127.0.0.1:0", registry, auth, options).await?;
+/// println!("listening on ws://{}/sync", server.local_addr());
+/// let mut events = server.take_events().unwrap();
+/// while let Some(event) = events.recv().await {
+///     if let TransportEvent::Hub(e) = event { println!("{e:?}"); }
+/// #   break;
+/// }
+/// let registry = server.stop().await?; // hand it to the next server
+/// # Ok(()) }
+/// ```
+pub struct WebSocketServer<R> {
+    service: HubService<R>,
+    addr: SocketAddr,
+    events: Option<ServerEvents>,
+    stop_accept: Option<oneshot::Sender<()>>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl<R> core::fmt::Debug for WebSocketServer<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("WebSocketServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl<R: Registry + Send + 'static> WebSocketServer<R> {
+    /// Binds `addr` (port 0 picks a free port, see
+    /// [`WebSocketServer::local_addr`]) and starts serving `registry` with
+    /// `authorizer`.
+    pub async fn start<A>(
+        addr: impl ToSocketAddrs + core::fmt::Debug,
+        registry: R,
+        authorizer: A,
+        options: ServerOptions,
+    ) -> Result<Self, ServerError>
+    where
+        A: Authorizer + Send + 'static,
+    {
+        let shown = format!("{addr:?}");
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: shown.clone(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: shown,
+            source,
+        })?;
+        let (service, events) = HubService::spawn(registry, authorizer, options);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let handle = service.handle().clone();
+        let accept_task = tokio::spawn(accept_loop(listener, handle, stop_rx));
+        tracing::info!(target: LOG, addr = %local, "listening");
+        Ok(WebSocketServer {
+            service,
+            addr: local,
+            events: Some(events),
+            stop_accept: Some(stop_tx),
+            accept_task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `ws://` URL of the endpoint (with the configured path).
+    pub fn url(&self) -> String {
+        let path = self.handle().options().path.clone().unwrap_or_default();
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// The server's events (once; `None` afterwards).
+    pub fn take_events(&mut self) -> Option<ServerEvents> {
+        self.events.take()
+    }
+
+    /// The hub handle (stats, closing a connection).
+    pub fn handle(&self) -> &HubHandle {
+        self.service.handle()
+    }
+
+    /// A snapshot of the hub's state.
+    pub async fn stats(&self) -> Result<super::HubStats, ServerError> {
+        self.service.handle().stats().await
+    }
+
+    /// Graceful stop: stops accepting, closes every session with
+    /// `ServerShutdown` (protocol `Close`, then WebSocket close 1001),
+    /// flushes the registry and returns it.
+    pub async fn stop(mut self) -> Result<R, ServerError> {
+        if let Some(tx) = self.stop_accept.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.accept_task).await;
+        let registry = self.service.stop().await?;
+        tracing::info!(target: LOG, addr = %self.addr, "stopped");
+        Ok(registry)
+    }
+}
+
+async fn accept_loop(listener: TcpListener, handle: HubHandle, mut stop: oneshot::Receiver<()>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, addr)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(serve_tcp(tcp, addr, handle.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(target: LOG, error = %e, "accept failed");
+                // E.g. out of file descriptors: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn ws_config(handle: &HubHandle) -> WebSocketConfig {
+    let max = super::max_ws_message(&handle.options().hub.limits);
+    WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
+    let admission = handle.try_admit();
+    let mut refused: Option<RefuseReason> = None;
+    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let path = req.uri().path();
+        if !handle.path_ok(path) {
+            return Err(error_response(
+                StatusCode::NOT_FOUND,
+                "no sync endpoint here",
+            ));
+        }
+        let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
+        if !handle.origin_ok(origin) {
+            return Err(error_response(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+        Ok(resp)
+    };
+    // Record why a check failed, outside the callback's borrow.
+    let path_check = |req: &Request| -> Option<RefuseReason> {
+        if !handle.path_ok(req.uri().path()) {
+            return Some(RefuseReason::Path(req.uri().path().to_string()));
+        }
+        let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
+        if !handle.origin_ok(origin) {
+            return Some(RefuseReason::Origin(origin.unwrap_or_default().to_string()));
+        }
+        None
+    };
+    let callback = |req: &Request, resp: Response| {
+        refused = path_check(req);
+        check(req, resp)
+    };
+    let timeout = handle.options().hub.handshake_timeout;
+    let upgrade = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(ws_config(&handle))),
+    )
+    .await;
+    let ws = match upgrade {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            let reason = refused.unwrap_or_else(|| RefuseReason::Handshake(e.to_string()));
+            handle.refused(Some(addr), reason).await;
+            return;
+        }
+        Err(_) => {
+            handle
+                .refused(Some(addr), RefuseReason::Handshake("timed out".into()))
+                .await;
+            return;
+        }
+    };
+    match admission {
+        Some(admission) => handle.serve(ws, Some(addr), admission).await,
+        None => {
+            let limit = handle.options().max_connections;
+            refuse_at_limit(ws, limit).await;
+            handle
+                .refused(Some(addr), RefuseReason::ConnectionLimit { limit })
+                .await;
+        }
+    }
+}
+
+async fn refuse_at_limit<S>(mut ws: WebSocketStream<S>, limit: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    let frame = tungstenite::protocol::CloseFrame {
+        code: CLOSE_TRY_AGAIN_LATER.into(),
+        reason: format!("server at its connection limit ({limit})").into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        ws.send(tungstenite::Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+fn error_response(status: StatusCode, text: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(text.to_string()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The tokio runtime for the client task.
+pub(crate) struct Tokio;
+
+impl Runtime for Tokio {
+    type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+    fn dial(url: String, max_message: usize) -> BoxFuture<Result<Self::Socket, String>> {
+        Box::pin(async move {
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(max_message))
+                .max_frame_size(Some(max_message));
+            #[cfg(feature = "tls")]
+            let connector = if url.starts_with("wss://") {
+                Some(tokio_tungstenite::Connector::Rustls(super::rustls_config()?))
+            } else {
+                None
+            };
+            #[cfg(not(feature = "tls"))]
+            let connector = None;
+            let (ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
+                url,
+                Some(config),
+                true,
+                connector,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(ws)
+        })
+    }
+
+    fn sleep_until(at: Instant) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep_until(at.into()))
+    }
+}
+
+/// Connects a client to `url` (`ws://` or, with feature `tls`, `wss://`)
+/// on the current tokio runtime. Resolves once the handshake succeeded, or
+/// with a typed error (dial failure, timeout, rejected token...). From then
+/// on the client reconnects by itself, with the core's backoff, until
+/// [`WebSocketClient::disconnect`] or [`WebSocketClient::close`].
+///
+/// `registry` holds the client's documents; `options.documents` are opened
+/// before connecting.
+///
+/// ```no_run
+/// # #[cfg(feature = "yrs")]
+/// # async fn example() -> Result<(), crdt_socket_sync::transport::ClientError> {
+/// use crdt_socket_sync::adapters::yrs::YrsDocument;
+/// use crdt_socket_sync::client::ClientEvent;
+/// use crdt_socket_sync::registry::MemoryRegistry;
+/// use crdt_socket_sync::transport::{tokio::connect, ClientOptions};
+///
+/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(42));
+/// let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
+/// let (client, mut events) = connect("ws://127.0.0.1:8080", docs, options).await?;
+/// while let Some(event) = events.recv().await {
+///     match event {
+///         ClientEvent::RemoteUpdate { name, .. } => println!("{name} changed"),
+///         ClientEvent::Acknowledged { name, applied, .. } => println!("{name}: {applied} acked"),
+///         ClientEvent::Status(status) => println!("{status:?}"),
+///         _ => {}
+///     }
+/// }
+/// client.disconnect().await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect<R: Registry + Send + 'static>(
+    url: &str,
+    registry: R,
+    options: ClientOptions,
+) -> Result<(WebSocketClient<R>, ClientEvents), ClientError> {
+    let parts = build::<Tokio, R>(url, registry, options)?;
+    tokio::spawn(parts.task);
+    first_connection(parts.first).await?;
+    Ok((parts.client, parts.events))
+}
+
+impl<R: Registry + Send + 'static> WebSocketClient<R> {
+    /// [`connect`] on tokio.
+    pub async fn connect(
+        url: &str,
+        registry: R,
+        options: ClientOptions,
+    ) -> Result<(Self, ClientEvents), ClientError> {
+        connect(url, registry, options).await
+    }
+}

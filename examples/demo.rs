@@ -242,10 +242,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let mut applied = 0u64;
+    let (mut applied, mut duplicates, mut pending) = (0u64, 0u64, 0u64);
     while let Some(e) = server_events.try_recv() {
-        if let TransportEvent::Hub(ServerEvent::UpdatesApplied { applied: n, .. }) = e {
-            applied += u64::from(n);
+        if let TransportEvent::Hub(ServerEvent::UpdatesApplied {
+            applied: a,
+            duplicates: d,
+            pending: p,
+            ..
+        }) = e
+        {
+            applied += u64::from(a);
+            duplicates += u64::from(d);
+            pending += u64::from(p);
         }
     }
     for c in &clients {
@@ -264,7 +272,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         text.lines().count()
     );
     println!(
-        "updates: {} sent ({} online, {offline_updates} offline), {applied} applied by the server, {remote} remote updates applied by clients, {acks} acknowledgements, {reconnects} reconnect dial(s)",
+        "updates: {} sent ({} online, {offline_updates} offline), server: {applied} applied, {duplicates} duplicate, {pending} held for dependencies; {remote} remote updates applied by clients, {acks} acknowledgements, {reconnects} reconnect dial(s)",
         updates + offline_updates,
         updates
     );

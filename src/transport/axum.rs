@@ -1,6 +1,6 @@
 //! Mount the sync endpoint on an axum route (feature `axum`).
 //!
-//! The hub runs in its own task ([`HubService`]); the route upgrades
+//! The hub runs in its own task ([`HubService`](super::HubService)); the route upgrades
 //! requests to WebSockets and hands each socket to it. Origin checks and the
 //! connection limit of [`ServerOptions`](super::ServerOptions) apply; its
 //! `path` does not (the route decides).

@@ -193,12 +193,15 @@ fn ws_config(handle: &HubHandle) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
+// The callback's signature is tungstenite's `Callback`.
+#[allow(clippy::result_large_err)]
 async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
     let admission = handle.try_admit();
     let mut refused: Option<RefuseReason> = None;
-    let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let path = req.uri().path();
         if !handle.path_ok(path) {
+            refused = Some(RefuseReason::Path(path.to_string()));
             return Err(error_response(
                 StatusCode::NOT_FOUND,
                 "no sync endpoint here",
@@ -206,24 +209,10 @@ async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
         }
         let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
         if !handle.origin_ok(origin) {
+            refused = Some(RefuseReason::Origin(origin.unwrap_or_default().to_string()));
             return Err(error_response(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         Ok(resp)
-    };
-    // Record why a check failed, outside the callback's borrow.
-    let path_check = |req: &Request| -> Option<RefuseReason> {
-        if !handle.path_ok(req.uri().path()) {
-            return Some(RefuseReason::Path(req.uri().path().to_string()));
-        }
-        let origin = req.headers().get("origin").and_then(|o| o.to_str().ok());
-        if !handle.origin_ok(origin) {
-            return Some(RefuseReason::Origin(origin.unwrap_or_default().to_string()));
-        }
-        None
-    };
-    let callback = |req: &Request, resp: Response| {
-        refused = path_check(req);
-        check(req, resp)
     };
     let timeout = handle.options().hub.handshake_timeout;
     let upgrade = tokio::time::timeout(
@@ -291,21 +280,20 @@ impl Runtime for Tokio {
                 .max_message_size(Some(max_message))
                 .max_frame_size(Some(max_message));
             #[cfg(feature = "tls")]
-            let connector = if url.starts_with("wss://") {
-                Some(tokio_tungstenite::Connector::Rustls(super::rustls_config()?))
-            } else {
-                None
+            let (ws, _resp) = {
+                let connector = if url.starts_with("wss://") {
+                    Some(tokio_tungstenite::Connector::Rustls(super::rustls_config()?))
+                } else {
+                    None
+                };
+                tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
+                    .await
+                    .map_err(|e| e.to_string())?
             };
             #[cfg(not(feature = "tls"))]
-            let connector = None;
-            let (ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
-                url,
-                Some(config),
-                true,
-                connector,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let (ws, _resp) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(ws)
         })
     }

@@ -95,6 +95,13 @@ struct Spec {
     want_len: Option<u32>,
 }
 
+fn num(a: &Any) -> Option<f64> {
+    match a {
+        Any::Number(n) => n.as_f64(),
+        _ => None,
+    }
+}
+
 async fn next_msg(ws: &mut Option<Ws>) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
     match ws {
         Some(s) => s.next().await,
@@ -112,7 +119,8 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
     }
     let mut session = ClientSession::new(config, Instant::now());
     let arr;
-    let _sub;
+    // Set while this client inserts, so its observer skips its own edits.
+    let local_edit = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let doc = reg.open(&room).expect("open");
         if let Some(p) = &spec.preload {
@@ -120,18 +128,20 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
         }
         arr = doc.get_or_insert_array("log");
         let lat = Arc::clone(&st.lat);
+        let local = Arc::clone(&local_edit);
         let epoch = ctl.epoch;
-        _sub = arr.observe(move |txn, ev| {
+        arr.observe("lat", move |txn, ev: &yrs::types::array::ArrayEvent| {
+            if local.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
             let now = epoch.elapsed().as_secs_f64() * 1000.0;
             let mut l = lat.lock().unwrap();
             for d in ev.delta(txn) {
                 if let Change::Added(items) = d {
                     for it in items {
-                        if let Out::Any(Any::Map(m)) = it
-                            && m.get("c") != Some(&Any::Number(idx as f64))
-                        {
+                        if let Out::Any(Any::Map(m)) = it {
                             l.1 += 1;
-                            if let (Some(Any::Number(ts)), Some(Any::Bool(true))) = (m.get("ts"), m.get("m")) {
+                            if let (Some(ts), Some(Any::Bool(true))) = (m.get("ts").and_then(num), m.get("m")) {
                                 l.0.push(now - ts);
                             }
                         }
@@ -235,17 +245,19 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
                 let seq = ctl.sent.get();
                 ctl.sent.set(seq + 1);
                 let mut m = HashMap::new();
-                m.insert("ts".to_string(), Any::Number(ctl.ms()));
-                m.insert("seq".to_string(), Any::Number(seq as f64));
+                m.insert("ts".to_string(), Any::Number(ctl.ms().into()));
+                m.insert("seq".to_string(), Any::Number((seq as i64).into()));
                 m.insert("m".to_string(), Any::Bool(true));
-                m.insert("c".to_string(), Any::Number(idx as f64));
                 if !ctl.pad.is_empty() {
                     m.insert("pad".to_string(), Any::String(ctl.pad.as_str().into()));
                 }
                 {
                     let doc = reg.open(&room).unwrap();
+                    local_edit.store(true, std::sync::atomic::Ordering::Relaxed);
                     let mut t = doc.transact_mut();
                     arr.push_back(&mut t, Any::Map(Arc::new(m)));
+                    drop(t);
+                    local_edit.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
                 let _ = session.flush_local(&mut reg, &room, Instant::now());
             }
@@ -392,7 +404,7 @@ async fn idle(mut pool: Pool) -> Value {
     tokio::time::sleep(Duration::from_secs(1)).await;
     mark("c0");
     let mut sts = Vec::new();
-    let mut connect = async |pool: &mut Pool, from: u64, to: u64, sts: &mut Vec<Rc<St>>| {
+    let connect = async |pool: &mut Pool, from: u64, to: u64, sts: &mut Vec<Rc<St>>| {
         let mut i = from;
         while i < to {
             let group: Vec<_> = (i..to.min(i + batch)).map(|j| pool.spawn(spec(&format!("doc-{}", j % docs), j))).collect();
@@ -514,7 +526,7 @@ async fn slow_reader(mut pool: Pool) -> Value {
 fn gen_docs(dir: &str, mb: usize) {
     std::fs::create_dir_all(dir).unwrap();
     let t = trace::load("automerge-paper");
-    let mut doc = YrsDocument::new(1);
+    let doc = YrsDocument::new(1);
     let text = doc.get_or_insert_text("text");
     for txn in &t.txns {
         let mut tx = doc.transact_mut();
@@ -529,7 +541,7 @@ fn gen_docs(dir: &str, mb: usize) {
     }
     assert_eq!(text.get_string(&doc.transact()), t.end_content);
     std::fs::write(format!("{dir}/paper.bin"), doc.snapshot()).unwrap();
-    let mut doc = YrsDocument::new(2);
+    let doc = YrsDocument::new(2);
     let text = doc.get_or_insert_text("text");
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let chunk: String = (0..1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();

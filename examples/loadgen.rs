@@ -168,7 +168,7 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
         if need_dial {
             need_dial = false;
             let url = format!("{}/{}", ctl.url, room);
-            match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
+            match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async_with_config(url, None, true)).await {
                 Ok(Ok((s, _))) => {
                     ws = Some(s);
                     session.connect(Instant::now());

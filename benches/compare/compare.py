@@ -27,8 +27,8 @@ MODES = {
         'synth_mb': 2,
     },
     'full': {
-        'A': dict(ROOMS=500, PER_ROOM=3, WRITERS=1, WRITE_MS=100, DURATION_S=30, RESTART=1),
-        'B': dict(ROOMS=1, PER_ROOM=200, WRITERS=200, WRITE_MS=200, DURATION_S=30),
+        'A': dict(ROOMS=500, PER_ROOM=3, WRITERS=1, WRITE_MS=100, DURATION_S=20, RESTART=1),
+        'B': dict(ROOMS=1, PER_ROOM=200, WRITERS=200, WRITE_MS=200, DURATION_S=20),
         'C': dict(CONNS=5000, DOCS=1000, BATCH=250, SETTLE_MS=4000, HOLD_MS=1000),
         'D-paper': dict(DOC='paper.bin', JOINERS=50),
         'D-synth': dict(DOC='synth.bin', JOINERS=50),
@@ -351,12 +351,18 @@ def main():
     ap.add_argument('--mode', choices=MODES, default='quick')
     ap.add_argument('--workloads', default='A,B,C,D-paper,D-synth,E')
     ap.add_argument('--targets', default=','.join(TARGETS))
-    ap.add_argument('--server-bin', required=True)
-    ap.add_argument('--loadgen-bin', required=True)
+    ap.add_argument('--server-bin')
+    ap.add_argument('--loadgen-bin')
     ap.add_argument('--out', required=True)
     ap.add_argument('--command', default='')
     ap.add_argument('--versions', default='')
+    ap.add_argument('--report-only', action='store_true', help='rebuild results.md and plots from results.json')
     a = ap.parse_args()
+    if a.report_only:
+        data = json.load(open(os.path.join(a.out, 'results.json')))
+        print(report(data['results'], a.mode, a.out, data['meta']))
+        plots(data['results'], a.out)
+        return
     cfg = MODES[a.mode]
     os.makedirs(a.out, exist_ok=True)
     logdir = os.path.join(a.out, 'logs'); os.makedirs(logdir, exist_ok=True)
@@ -373,7 +379,7 @@ def main():
         for t in a.targets.split(','):
             print(f'== {w} / {t}', flush=True)
             try:
-                r = derive(run_one(t, w, cfg[w], bins, docdir, max_s=240 if a.mode == 'full' else 90))
+                r = derive(run_one(t, w, cfg[w], bins, docdir, max_s=180 if a.mode == 'full' else 90))
             except Exception as e:  # keep going: a failed run is a row of dashes
                 r = {'target': t, 'workload': w, 'params': cfg[w], 'client': {'error': str(e)}, 'marks': {}, 'series': [], 'derived': {}, 'peak_rss': None}
             print(json.dumps({'client': r['client'], 'derived': r.get('derived')}), flush=True)

@@ -54,4 +54,4 @@ exec "$PY" "$HERE/compare.py" --mode "$MODE" \
   --loadgen-bin "$TARGET_DIR/release/examples/loadgen" \
   --out "$ROOT/benches/results/$MODE" \
   --command "benches/compare/run.sh $([ "$MODE" = quick ] && echo --quick) ${EXTRA[*]:-}" \
-  --versions "$VERSIONS" "${EXTRA[@]}"
+  --versions "$VERSIONS" ${EXTRA[@]+"${EXTRA[@]}"}

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::types::Change;
-use yrs::{Any, Array, GetString, Observable, Out, Text, Transact};
+use yrs::{Any, Array, GetString, Map, Observable, Out, Text, Transact};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -83,6 +83,8 @@ struct St {
     /// Latencies (ms) and count of remote inserts (the observer may run on
     /// any thread in yrs' model, hence the mutex).
     lat: Arc<Mutex<(Vec<f64>, u64)>>,
+    /// (E) remote changes of map "slow" and the last `seq` seen in it.
+    slow: Arc<Mutex<(u64, i64)>>,
 }
 
 struct Spec {
@@ -150,6 +152,26 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
             }
         });
     }
+    let smap = {
+        let doc = reg.open(&room).unwrap();
+        let smap = doc.get_or_insert_map("slow");
+        let slow = Arc::clone(&st.slow);
+        let local = Arc::clone(&local_edit);
+        smap.observe("slow", move |txn, ev: &yrs::types::map::MapEvent| {
+            if local.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            let mut s = slow.lock().unwrap();
+            s.0 += 1;
+            if let Some(yrs::types::EntryChange::Inserted(Out::Any(Any::Map(m))) | yrs::types::EntryChange::Updated(_, Out::Any(Any::Map(m)))) =
+                ev.keys(txn).get("v")
+                && let Some(seq) = m.get("seq").and_then(num)
+            {
+                s.1 = seq as i64;
+            }
+        });
+        smap
+    };
     let text = reg.open(&room).unwrap().get_or_insert_text("text");
     session.open(&mut reg, &room, Instant::now()).expect("open");
     let mut ws: Option<Ws> = None;
@@ -255,7 +277,11 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
                     let doc = reg.open(&room).unwrap();
                     local_edit.store(true, std::sync::atomic::Ordering::Relaxed);
                     let mut t = doc.transact_mut();
-                    arr.push_back(&mut t, Any::Map(Arc::new(m)));
+                    if ctl.pad.is_empty() {
+                        arr.push_back(&mut t, Any::Map(Arc::new(m)));
+                    } else {
+                        smap.insert(&mut t, "v", Any::Map(Arc::new(m)));
+                    }
                     drop(t);
                     local_edit.store(false, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -473,7 +499,8 @@ async fn bigsync(mut pool: Pool) -> Value {
         "join_p50_ms": times.get(times.len() / 2), "join_max_ms": times.last() })
 }
 
-/// (E).
+/// (E): the writer overwrites entry "v" of map "slow" (the document stays
+/// small), the reader stops reading its socket for `PAUSE_S`.
 async fn slow_reader(mut pool: Pool) -> Value {
     let rate = env_n("RATE_HZ", 200.0);
     let duration = env_n("DURATION_S", 20.0);
@@ -505,15 +532,15 @@ async fn slow_reader(mut pool: Pool) -> Value {
     ctl.writing.set(false);
     ctl.bump();
     let sent = ctl.sent.get();
-    let got = || reader.lat.lock().unwrap().1;
+    let got = || *reader.slow.lock().unwrap();
     let end = Instant::now() + Duration::from_secs(30);
-    while got() < sent && Instant::now() < end {
+    while got().1 != sent as i64 - 1 && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let caught = got() >= sent;
+    let caught = got().1 == sent as i64 - 1;
     let catch_up = t_resume.elapsed().as_secs_f64() * 1000.0;
     mark("e_end");
-    let res = json!({ "sent": sent, "reader_got": got(), "caught_up": caught,
+    let res = json!({ "sent": sent, "reader_events": got().0, "caught_up": caught,
         "catch_up_ms_after_resume": if caught { json!(catch_up) } else { Value::Null },
         "reader_reconnected": reader.sync_count.get() > 1, "update_bytes": ctl.pad.len(), "rate_hz": rate, "pause_s": pause });
     pool.shutdown().await;

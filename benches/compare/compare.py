@@ -256,7 +256,7 @@ def report(results, mode, outdir, meta):
                                    ('server_cpu_s', 'd', 's'), ('peak_rss_mib', 'd', 'MiB')]:
                 L.append(row(name, key, src, unit))
         elif wl == 'E':
-            for key, src, unit in [('sent', 'c', 'updates'), ('reader_got', 'c', 'updates'), ('caught_up', 'c', ''), ('catch_up_ms_after_resume', 'c', 'ms'),
+            for key, src, unit in [('sent', 'c', 'updates'), ('reader_events', 'c', 'changes'), ('caught_up', 'c', ''), ('catch_up_ms_after_resume', 'c', 'ms'),
                                    ('reader_reconnected', 'c', ''), ('rss_growth_at_resume_mib', 'd', 'MiB'), ('rss_growth_peak_mib', 'd', 'MiB')]:
                 L.append(row(name, key, src, unit))
     # Ratios against the best incumbent, same run.
@@ -375,6 +375,10 @@ def main():
         subprocess.run([a.loadgen_bin, 'gen-docs', docdir, str(cfg['synth_mb'])], check=True)
     results = []
     path = os.path.join(a.out, 'results.json')
+    if os.path.exists(path) and a.workloads != ap.get_default('workloads'):
+        # A partial run replaces only its own workloads in the committed results.
+        old = json.load(open(path))
+        results = [r for r in old['results'] if r['workload'] not in wls]
     for w in wls:
         for t in a.targets.split(','):
             print(f'== {w} / {t}', flush=True)

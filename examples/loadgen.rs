@@ -271,7 +271,10 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
                 m.insert("seq".to_string(), Any::Number((seq as i64).into()));
                 m.insert("m".to_string(), Any::Bool(true));
                 if !ctl.pad.is_empty() {
-                    m.insert("pad".to_string(), Any::String(ctl.pad.as_str().into()));
+                    // Fresh random base64-alphabet text each time, as the Node
+                    // client: deflate (negotiated by default) must not turn a
+                    // 10 KB update into 50 bytes.
+                    m.insert("pad".to_string(), Any::String(random_text(ctl.pad.len(), seq ^ idx << 40).into()));
                 }
                 {
                     let doc = reg.open(&room).unwrap();
@@ -547,9 +550,23 @@ async fn slow_reader(mut pool: Pool) -> Value {
     res
 }
 
+/// `len` pseudo-random characters from the base64 alphabet (6 bits each).
+fn random_text(len: usize, seed: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x >> 58) as usize] as char
+        })
+        .collect()
+}
+
 /// Writes `paper.bin` (the automerge-paper trace's final yrs state, text
-/// "text") and `synth.bin` (`mb` MB inserted in 1 KiB pieces at pseudo-random
-/// positions) as Yjs v1 updates, readable by Yjs and yrs alike.
+/// "text") and `synth.bin` (`mb` MB of pseudo-random base64-alphabet text
+/// inserted in 1 KiB pieces at pseudo-random positions) as Yjs v1 updates, readable by Yjs and yrs alike.
 fn gen_docs(dir: &str, mb: usize) {
     std::fs::create_dir_all(dir).unwrap();
     let t = trace::load("automerge-paper");
@@ -571,8 +588,8 @@ fn gen_docs(dir: &str, mb: usize) {
     let doc = YrsDocument::new(2);
     let text = doc.get_or_insert_text("text");
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let chunk: String = (0..1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    for _ in 0..(mb * 1024 * 1024 / 1024) {
+    for i in 0..(mb * 1024 * 1024 / 1024) {
+        let chunk = random_text(1024, i as u64 + 1);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;

@@ -7,6 +7,7 @@
 import { WebSocket } from 'ws'
 import * as Y from 'yjs'
 import fs from 'node:fs'
+import crypto from 'node:crypto'
 import readline from 'node:readline'
 process.setMaxListeners(0) // y-websocket adds a process 'exit' listener per provider
 globalThis.WebSocket ??= WebSocket // Node 20 has no global WebSocket
@@ -210,11 +211,12 @@ async function slowReader () {
   reader.doc.getMap('slow').observe(ev => { if (ev.transaction.local) return; got++; last = reader.doc.getMap('slow').get('v')?.seq ?? last })
   await waitAll([writer, reader], c => c.synced, 30000)
   mark('e_start')
-  const payload = 'x'.repeat(UPDATE_BYTES) // the same string each time, as ours
+  // Fresh random base64 text each time, as ours (incompressible to ~75 %).
+  const payload = () => crypto.randomBytes(Math.ceil(UPDATE_BYTES * 3 / 4)).toString('base64').slice(0, UPDATE_BYTES)
   const wmap = writer.doc.getMap('slow')
   let sent = 0
   const t0 = now()
-  const timer = setInterval(() => { wmap.set('v', { ts: now(), seq: sent++, pad: payload }) }, 1000 / RATE_HZ)
+  const timer = setInterval(() => { wmap.set('v', { ts: now(), seq: sent++, pad: payload() }) }, 1000 / RATE_HZ)
   await sleep(PAUSE_AT_S * 1000)
   const sock = reader.socket()
   sock?._socket?.pause(); mark('pause')

@@ -63,7 +63,8 @@ class Server:
     def start(self):
         env = dict(os.environ, PORT=str(self.port), HOST='127.0.0.1', RUST_LOG='warn')
         if self.target == 'ours':
-            cmd = [self.bins['server'], '--addr', f'127.0.0.1:{self.port}', '--max-connections', '100000']
+            # In memory, like the incumbents here.
+            cmd = [self.bins['server'], '--addr', f'127.0.0.1:{self.port}', '--max-connections', '100000', '--storage', 'memory']
         else:
             cmd = ['node', os.path.join(HERE, 'hp-server.mjs' if self.target == 'hocuspocus' else 'ys-server.mjs')]
         self.log = open(os.path.join(self.bins['logdir'], f'server-{self.target}.log'), 'a')

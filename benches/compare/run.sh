@@ -32,7 +32,7 @@ echo "== npm ci (pinned: package-lock.json)"
 (cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== cargo build --release (server, loadgen)"
-(cd "$ROOT" && cargo build --release --quiet --features tokio,yrs,loro,automerge --example server --example loadgen)
+(cd "$ROOT" && cargo build --release --quiet --features tokio,yrs,loro,automerge,sqlite --example server --example loadgen)
 TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 
 PY=python3

@@ -33,13 +33,17 @@ use tokio_tungstenite::tungstenite::Message;
 use yrs::types::Change;
 use yrs::{Any, Array, GetString, Map, Observable, Out, Text, Transact};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn env_s(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_string())
 }
 fn env_n(k: &str, d: f64) -> f64 {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 fn out(v: Value) {
     println!("{v}");
@@ -104,7 +108,9 @@ fn num(a: &Any) -> Option<f64> {
     }
 }
 
-async fn next_msg(ws: &mut Option<Ws>) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+async fn next_msg(
+    ws: &mut Option<Ws>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
     match ws {
         Some(s) => s.next().await,
         None => std::future::pending().await,
@@ -115,7 +121,11 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
     let idx = spec.idx;
     let mut reg = MemoryRegistry::new(move |_: &str| YrsDocument::new(idx + 1));
     let room = spec.room.clone();
-    let mut config = ClientConfig { peer: format!("c{idx}"), seed: idx, ..ClientConfig::default() };
+    let mut config = ClientConfig {
+        peer: format!("c{idx}"),
+        seed: idx,
+        ..ClientConfig::default()
+    };
     if spec.slow {
         config.dead_after = Duration::from_secs(600);
     }
@@ -143,7 +153,9 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
                     for it in items {
                         if let Out::Any(Any::Map(m)) = it {
                             l.1 += 1;
-                            if let (Some(ts), Some(Any::Bool(true))) = (m.get("ts").and_then(num), m.get("m")) {
+                            if let (Some(ts), Some(Any::Bool(true))) =
+                                (m.get("ts").and_then(num), m.get("m"))
+                            {
                                 l.0.push(now - ts);
                             }
                         }
@@ -163,8 +175,10 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
             }
             let mut s = slow.lock().unwrap();
             s.0 += 1;
-            if let Some(yrs::types::EntryChange::Inserted(Out::Any(Any::Map(m))) | yrs::types::EntryChange::Updated(_, Out::Any(Any::Map(m)))) =
-                ev.keys(txn).get("v")
+            if let Some(
+                yrs::types::EntryChange::Inserted(Out::Any(Any::Map(m)))
+                | yrs::types::EntryChange::Updated(_, Out::Any(Any::Map(m))),
+            ) = ev.keys(txn).get("v")
                 && let Some(seq) = m.get("seq").and_then(num)
             {
                 s.1 = seq as i64;
@@ -190,7 +204,12 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
         if need_dial {
             need_dial = false;
             let url = format!("{}/{}", ctl.url, room);
-            match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async_with_config(url, None, true)).await {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio_tungstenite::connect_async_with_config(url, None, true),
+            )
+            .await
+            {
                 Ok(Ok((s, _))) => {
                     ws = Some(s);
                     session.connect(Instant::now());
@@ -202,7 +221,8 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
         let mut wrote = false;
         while let Some(frame) = session.poll_transmit() {
             if let Some(s) = ws.as_mut() {
-                ctl.tx.set(ctl.tx.get() + frame.len() as u64 + hdr(frame.len()) + 4);
+                ctl.tx
+                    .set(ctl.tx.get() + frame.len() as u64 + hdr(frame.len()) + 4);
                 if s.feed(Message::Binary(frame.into())).await.is_err() {
                     ws = None;
                     session.transport_lost(Instant::now());
@@ -211,7 +231,10 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
                 }
             }
         }
-        if wrote && let Some(s) = ws.as_mut() && s.flush().await.is_err() {
+        if wrote
+            && let Some(s) = ws.as_mut()
+            && s.flush().await.is_err()
+        {
             ws = None;
             session.transport_lost(Instant::now());
         }
@@ -309,7 +332,11 @@ struct Pool {
 impl Pool {
     fn spawn(&mut self, spec: Spec) -> Rc<St> {
         let st = Rc::new(St::default());
-        self.handles.push(tokio::task::spawn_local(client(spec, Rc::clone(&self.ctl), Rc::clone(&st))));
+        self.handles.push(tokio::task::spawn_local(client(
+            spec,
+            Rc::clone(&self.ctl),
+            Rc::clone(&st),
+        )));
         st
     }
     async fn shutdown(self) {
@@ -335,13 +362,25 @@ async fn wait_all(sts: &[Rc<St>], pred: impl Fn(&St) -> bool, max: Duration) -> 
 fn quantiles(mut lat: Vec<f64>) -> Value {
     lat.sort_by(|a, b| a.total_cmp(b));
     let q = |x: f64| {
-        if lat.is_empty() { Value::Null } else { json!(lat[((lat.len() as f64 * x) as usize).min(lat.len() - 1)]) }
+        if lat.is_empty() {
+            Value::Null
+        } else {
+            json!(lat[((lat.len() as f64 * x) as usize).min(lat.len() - 1)])
+        }
     };
     json!({ "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0) })
 }
 
 fn spec(room: &str, idx: u64) -> Spec {
-    Spec { room: room.into(), idx, writer: false, write_ms: 1000.0, slow: false, preload: None, want_len: None }
+    Spec {
+        room: room.into(),
+        idx,
+        writer: false,
+        write_ms: 1000.0,
+        slow: false,
+        preload: None,
+        want_len: None,
+    }
 }
 
 async fn wait_stdin(word: &str) {
@@ -404,7 +443,9 @@ async fn live(mut pool: Pool) -> Value {
         "rx_bytes_per_delivered": if recv > 0 { json!(rx as f64 / recv as f64) } else { Value::Null },
         "tx_bytes_per_sent": if sent > 0 { json!(tx as f64 / sent as f64) } else { Value::Null },
     });
-    res.as_object_mut().unwrap().extend(quantiles(lat).as_object().unwrap().clone());
+    res.as_object_mut()
+        .unwrap()
+        .extend(quantiles(lat).as_object().unwrap().clone());
     if restart {
         mark("restart");
         wait_stdin("go").await;
@@ -412,12 +453,21 @@ async fn live(mut pool: Pool) -> Value {
         let before: Vec<u32> = sts.iter().map(|s| s.sync_count.get()).collect();
         let max = Duration::from_secs_f64(env_n("RESYNC_MAX_S", 60.0));
         let end = Instant::now() + max;
-        let done = |sts: &[Rc<St>]| sts.iter().zip(&before).filter(|(s, b)| s.synced.get() && s.sync_count.get() > **b).count();
+        let done = |sts: &[Rc<St>]| {
+            sts.iter()
+                .zip(&before)
+                .filter(|(s, b)| s.synced.get() && s.sync_count.get() > **b)
+                .count()
+        };
         while done(&sts) < sts.len() && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let n = done(&sts);
-        res["resync_ms"] = if n == sts.len() { json!(t1.elapsed().as_secs_f64() * 1000.0) } else { Value::Null };
+        res["resync_ms"] = if n == sts.len() {
+            json!(t1.elapsed().as_secs_f64() * 1000.0)
+        } else {
+            Value::Null
+        };
         res["resynced"] = json!(n);
     }
     pool.shutdown().await;
@@ -436,7 +486,9 @@ async fn idle(mut pool: Pool) -> Value {
     let connect = async |pool: &mut Pool, from: u64, to: u64, sts: &mut Vec<Rc<St>>| {
         let mut i = from;
         while i < to {
-            let group: Vec<_> = (i..to.min(i + batch)).map(|j| pool.spawn(spec(&format!("doc-{}", j % docs), j))).collect();
+            let group: Vec<_> = (i..to.min(i + batch))
+                .map(|j| pool.spawn(spec(&format!("doc-{}", j % docs), j)))
+                .collect();
             wait_all(&group, |s| s.synced.get(), Duration::from_secs(30)).await;
             sts.extend(group);
             i += batch;
@@ -476,7 +528,12 @@ async fn bigsync(mut pool: Pool) -> Value {
         let mut p = spec("big", 10_000 + i);
         p.want_len = Some(want);
         let probe = pool.spawn(p);
-        seeded = wait_all(&[probe], |s| s.joined_ms.get().is_some(), Duration::from_secs(10)).await;
+        seeded = wait_all(
+            &[probe],
+            |s| s.joined_ms.get().is_some(),
+            Duration::from_secs(10),
+        )
+        .await;
         if seeded {
             break;
         }
@@ -491,10 +548,18 @@ async fn bigsync(mut pool: Pool) -> Value {
             pool.spawn(s)
         })
         .collect();
-    let ok = wait_all(&sts, |s| s.joined_ms.get().is_some(), Duration::from_secs_f64(env_n("JOIN_MAX_S", 120.0))).await;
+    let ok = wait_all(
+        &sts,
+        |s| s.joined_ms.get().is_some(),
+        Duration::from_secs_f64(env_n("JOIN_MAX_S", 120.0)),
+    )
+    .await;
     let total = pool.ctl.ms() - t0;
     mark("join_end");
-    let mut times: Vec<f64> = sts.iter().filter_map(|s| s.joined_ms.get().map(|t| t - t0)).collect();
+    let mut times: Vec<f64> = sts
+        .iter()
+        .filter_map(|s| s.joined_ms.get().map(|t| t - t0))
+        .collect();
     times.sort_by(|a, b| a.total_cmp(b));
     pool.shutdown().await;
     json!({ "doc_bytes": update.len(), "text_len": want, "seeded": seeded, "joiners": joiners, "all_joined": ok,
@@ -516,7 +581,12 @@ async fn slow_reader(mut pool: Pool) -> Value {
     let mut r = spec("slow", 1);
     r.slow = true;
     let reader = pool.spawn(r);
-    wait_all(&[Rc::clone(&writer), Rc::clone(&reader)], |s| s.synced.get(), Duration::from_secs(30)).await;
+    wait_all(
+        &[Rc::clone(&writer), Rc::clone(&reader)],
+        |s| s.synced.get(),
+        Duration::from_secs(30),
+    )
+    .await;
     let ctl = Rc::clone(&pool.ctl);
     mark("e_start");
     let t0 = Instant::now();
@@ -598,14 +668,19 @@ fn gen_docs(dir: &str, mb: usize) {
         text.insert(&mut tx, (x % (len as u64 + 1)) as u32, &chunk);
     }
     std::fs::write(format!("{dir}/synth.bin"), doc.snapshot()).unwrap();
-    out(json!({ "paper_bytes": std::fs::metadata(format!("{dir}/paper.bin")).unwrap().len(),
-        "synth_bytes": std::fs::metadata(format!("{dir}/synth.bin")).unwrap().len() }));
+    out(
+        json!({ "paper_bytes": std::fs::metadata(format!("{dir}/paper.bin")).unwrap().len(),
+        "synth_bytes": std::fs::metadata(format!("{dir}/synth.bin")).unwrap().len() }),
+    );
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("gen-docs") {
-        gen_docs(&args[2], args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2));
+        gen_docs(
+            &args[2],
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2),
+        );
         return;
     }
     let max_s = env_n("MAX_S", 600.0);
@@ -614,11 +689,18 @@ fn main() {
         println!("{}", json!({ "error": "MAX_S exceeded" }));
         std::process::exit(2);
     });
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&rt, async {
         let (changed, _) = tokio::sync::watch::channel(0);
-        let pad_bytes = if env_s("WORKLOAD", "A") == "E" { env_n("UPDATE_BYTES", 10000.0) as usize } else { 0 };
+        let pad_bytes = if env_s("WORKLOAD", "A") == "E" {
+            env_n("UPDATE_BYTES", 10000.0) as usize
+        } else {
+            0
+        };
         let ctl = Rc::new(Ctl {
             url: env_s("URL", "ws://127.0.0.1:8080"),
             epoch: Instant::now(),
@@ -631,7 +713,10 @@ fn main() {
             sent: Cell::new(0),
             pad: "x".repeat(pad_bytes),
         });
-        let pool = Pool { ctl, handles: Vec::new() };
+        let pool = Pool {
+            ctl,
+            handles: Vec::new(),
+        };
         match env_s("WORKLOAD", "A").as_str() {
             "A" | "B" => live(pool).await,
             "C" => idle(pool).await,
@@ -641,7 +726,9 @@ fn main() {
         }
     });
     let mut r = json!({ "target": "ours", "workload": env_s("WORKLOAD", "A") });
-    r.as_object_mut().unwrap().extend(result.as_object().unwrap().clone());
+    r.as_object_mut()
+        .unwrap()
+        .extend(result.as_object().unwrap().clone());
     out(json!({ "result": r }));
     let _ = RefCell::new(()); // keep imports tidy across cfgs
     std::process::exit(0);

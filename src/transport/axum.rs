@@ -73,7 +73,11 @@ pub async fn upgrade(handle: HubHandle, ws: WebSocketUpgrade, headers: &HeaderMa
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let max = super::max_ws_message(&handle.options().hub.limits);
-    let ws = ws.max_message_size(max).max_frame_size(max);
+    let ws = ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(super::WS_READ_BUFFER)
+        .write_buffer_size(0);
     ws.on_upgrade(move |socket: WebSocket| async move {
         match handle.try_admit() {
             Some(admission) => handle.serve(socket, None, admission).await,

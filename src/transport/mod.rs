@@ -264,3 +264,9 @@ pub(crate) fn max_ws_message(limits: &crate::Limits) -> usize {
 /// How long [`tokio::WebSocketServer::stop`] waits for close frames to
 /// leave by default.
 pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Read buffer of every WebSocket. tungstenite's default (128 KiB, zeroed
+/// when allocated) dominated both the memory of an idle connection and the
+/// CPU profile (`memset`) under load (`benches/results/profile.md`); frames
+/// are small, and large ones just take more reads.
+pub(crate) const WS_READ_BUFFER: usize = 4096;

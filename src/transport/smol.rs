@@ -48,7 +48,9 @@ impl Runtime for Smol {
         Box::pin(async move {
             let config = WebSocketConfig::default()
                 .max_message_size(Some(max_message))
-                .max_frame_size(Some(max_message));
+                .max_frame_size(Some(max_message))
+                .read_buffer_size(super::WS_READ_BUFFER)
+                .write_buffer_size(0);
             #[cfg(feature = "tls")]
             let (ws, _resp) = async_tungstenite::smol::connect_async_with_tls_connector_and_config(
                 url,

@@ -226,6 +226,8 @@ fn ws_config(handle: &HubHandle) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
+        .read_buffer_size(super::WS_READ_BUFFER)
+        .write_buffer_size(0)
 }
 
 async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
@@ -349,7 +351,9 @@ impl Runtime for Tokio {
         Box::pin(async move {
             let config = WebSocketConfig::default()
                 .max_message_size(Some(max_message))
-                .max_frame_size(Some(max_message));
+                .max_frame_size(Some(max_message))
+                .read_buffer_size(super::WS_READ_BUFFER)
+                .write_buffer_size(0);
             #[cfg(feature = "tls")]
             let (ws, _resp) = tokio_tungstenite::connect_async_tls_with_config(
                 url,

@@ -79,14 +79,22 @@ fn adapter_only(updates: &[Vec<u8>]) -> Duration {
     d
 }
 
-type Reg = MemoryRegistry<YrsDocument>;
-
 /// A hub with a sender and one other subscriber of "doc", both synced
-/// (the subscriber as a real client session).
-fn setup() -> (Hub<AllowAll>, Reg, ConnId, ConnId, ClientSession, Reg) {
+/// (the subscriber as a real client session). `make(id)` creates the
+/// documents: id 1 on the server, 10 and 11 on the clients.
+fn setup<D: Document + 'static>(
+    make: fn(u64) -> D,
+) -> (
+    Hub<AllowAll>,
+    MemoryRegistry<D>,
+    ConnId,
+    ConnId,
+    ClientSession,
+    MemoryRegistry<D>,
+) {
     let now = Instant::now();
     let mut hub = Hub::new(ServerConfig::default(), AllowAll);
-    let mut reg: Reg = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+    let mut reg = MemoryRegistry::new(move |_: &str| make(1));
     let mut conns = Vec::new();
     let mut sessions = Vec::new();
     for i in 0..2u64 {
@@ -98,7 +106,7 @@ fn setup() -> (Hub<AllowAll>, Reg, ConnId, ConnId, ClientSession, Reg) {
             },
             now,
         );
-        let mut docs: Reg = MemoryRegistry::new(move |_: &str| YrsDocument::new(10 + i));
+        let mut docs = MemoryRegistry::new(move |_: &str| make(10 + i));
         s.connect(now);
         s.open(&mut docs, "doc", now).expect("open");
         for _ in 0..10 {
@@ -118,7 +126,7 @@ fn setup() -> (Hub<AllowAll>, Reg, ConnId, ConnId, ClientSession, Reg) {
 }
 
 fn hub_path(frames: &[Vec<u8>]) -> Duration {
-    let (mut hub, mut reg, sender, _sub, _s, _d) = setup();
+    let (mut hub, mut reg, sender, _sub, _s, _d) = setup(YrsDocument::new);
     let now = Instant::now();
     let start = Instant::now();
     let mut out = 0usize;
@@ -160,32 +168,8 @@ impl Document for Noop {
 
 fn noop_path(frames: &[Vec<u8>], rounds: usize) -> Duration {
     let now = Instant::now();
-    let mut hub = Hub::new(ServerConfig::default(), AllowAll);
-    let mut reg = MemoryRegistry::new(|_: &str| Noop);
-    let mut conns = Vec::new();
-    for i in 0..2 {
-        let conn = hub.accept(now);
-        let mut s = ClientSession::new(
-            ClientConfig {
-                peer: format!("c{i}"),
-                ..Default::default()
-            },
-            now,
-        );
-        let mut docs = MemoryRegistry::new(|_: &str| Noop);
-        s.connect(now);
-        s.open(&mut docs, "doc", now).expect("open");
-        for _ in 0..10 {
-            while let Some(f) = s.poll_transmit() {
-                hub.handle_input(conn, now, &f, &mut reg);
-            }
-            while let Some(f) = hub.poll_transmit_for(conn) {
-                s.handle_input(now, &f, &mut docs);
-            }
-        }
-        conns.push(conn);
-    }
-    while hub.poll_event().is_some() {}
+    let (mut hub, mut reg, sender, _sub, _s, _d) = setup(|_| Noop);
+    let conns = [sender];
     let start = Instant::now();
     for _ in 0..rounds {
         for f in frames {
@@ -230,7 +214,7 @@ fn main() {
         .collect();
     // Sanity: the hub path really applies every update.
     {
-        let (mut hub, mut reg, sender, sub, mut s, mut docs) = setup();
+        let (mut hub, mut reg, sender, sub, mut s, mut docs) = setup(YrsDocument::new);
         let now = Instant::now();
         for f in &frames {
             hub.handle_input(sender, now, f, &mut reg);

@@ -1033,3 +1033,29 @@ fn deferred_input_acknowledges_on_flush_with_one_commit() {
     assert_eq!(acks, ["Ack #0 11/11"]);
     assert_eq!(reg.0.get("doc").unwrap().op_count(), 10);
 }
+
+#[test]
+fn only_touched_connections_are_reported() {
+    let mut n = net();
+    for p in ["a", "b", "c"] {
+        let i = n.add_client(client_config(p));
+        n.open(i, if p == "c" { "other" } else { "doc" });
+        n.connect(i);
+    }
+    let mut touched = Vec::new();
+    n.hub.take_touched(&mut touched);
+    touched.clear();
+    n.hub.take_touched(&mut touched);
+    assert!(touched.is_empty(), "nothing changed since the last call");
+    // An edit touches the sender (ack) and the other subscriber (broadcast),
+    // not the idle client on another document.
+    let c = &mut n.clients[0];
+    c.reg.open("doc").unwrap().edit(b"x");
+    c.session.flush_local(&mut c.reg, "doc", n.now).unwrap();
+    let frame = c.session.poll_transmit().unwrap();
+    let conn = c.conn.unwrap();
+    n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
+    n.hub.take_touched(&mut touched);
+    let expected = vec![n.clients[0].conn.unwrap(), n.clients[1].conn.unwrap()];
+    assert_eq!(touched, expected);
+}

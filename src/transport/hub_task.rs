@@ -1,7 +1,7 @@
 //! The hub task (owns the [`Hub`] and the registry) and the per-connection
 //! tasks, shared by the tokio server and the axum integration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -494,6 +494,8 @@ impl<R: Registry + Send + 'static> HubService<R> {
             options: Arc::clone(&options),
             peaks: BTreeMap::new(),
             closing: false,
+            dirty: BTreeSet::new(),
+            visit: Vec::new(),
         };
         let task = tokio::spawn(task.run(rx));
         let handle = HubHandle {
@@ -545,6 +547,11 @@ struct HubTask<R, A> {
     peaks: BTreeMap<ConnId, usize>,
     /// `stop` was asked: new connections are refused.
     closing: bool,
+    /// Connections to visit after this batch: those the hub touched and
+    /// those whose outgoing channel drained. Visiting only these keeps the
+    /// work per batch independent of the number of idle connections.
+    dirty: BTreeSet<ConnId>,
+    visit: Vec<ConnId>,
 }
 
 impl<R: Registry, A: Authorizer> HubTask<R, A> {
@@ -591,9 +598,17 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
             }
             // The driving contract: transmits, then events (which tell the
             // close reasons), then the WebSocket closes.
+            self.hub.take_touched(&mut self.visit);
+            self.dirty.extend(self.visit.drain(..));
+            self.visit.extend(std::mem::take(&mut self.dirty));
+            if stopping.is_some() {
+                // Shutting down: every connection needs its close frame.
+                self.visit = self.conns.keys().copied().collect();
+            }
             self.pump(false);
             self.forward_events();
             self.pump(true);
+            self.visit.clear();
             if let Some(until) = stopping
                 && (self.conns.is_empty() || now >= until)
             {
@@ -661,6 +676,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
             HubInput::Writable(conn) => {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.blocked = false;
+                    self.dirty.insert(conn);
                 }
                 false
             }
@@ -723,8 +739,13 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
     /// Moves frames from the hub into each connection's channel, sends the
     /// WebSocket close after a closed session's last frame, and pauses or
     /// resumes reading.
+    /// Moves the frames (and, with `send_close`, the close) of the
+    /// connections in `self.visit` into their outgoing channels.
     fn pump(&mut self, send_close: bool) {
-        for (conn, c) in self.conns.iter_mut() {
+        for conn in &self.visit {
+            let Some(c) = self.conns.get_mut(conn) else {
+                continue;
+            };
             if let Some(s) = self.hub.session(*conn) {
                 let q = s.queued_bytes();
                 let peak = self.peaks.entry(*conn).or_insert(0);

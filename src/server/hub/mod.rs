@@ -68,6 +68,9 @@ pub struct Hub<A> {
     by_name: BTreeMap<Arc<str>, DocId>,
     events: VecDeque<ServerEvent>,
     ready: BTreeSet<ConnId>,
+    /// Connections whose output, closed state or `wants_input` may have
+    /// changed since the last [`Hub::take_touched`].
+    touched: BTreeSet<ConnId>,
     next_conn: u64,
     now: Option<Instant>,
     /// (session, document) pairs whose cumulative ack is due after this
@@ -103,6 +106,7 @@ impl<A: Authorizer> Hub<A> {
             by_name: BTreeMap::new(),
             events: VecDeque::new(),
             ready: BTreeSet::new(),
+            touched: BTreeSet::new(),
             next_conn: 0,
             now: None,
             acks_due: Vec::new(),
@@ -177,7 +181,16 @@ impl<A: Authorizer> Hub<A> {
         self.sessions
             .insert(conn, Box::new(ServerSession::new(conn, &self.config, now)));
         self.events.push_back(ServerEvent::ClientConnected { conn });
+        self.touched.insert(conn);
         conn
+    }
+
+    /// Moves into `out` the connections whose queued output, closed state or
+    /// [`Hub::wants_input`] may have changed since the last call, so an
+    /// adapter with thousands of connections visits only those after each
+    /// batch of input.
+    pub fn take_touched(&mut self, out: &mut Vec<ConnId>) {
+        out.extend(std::mem::take(&mut self.touched));
     }
 
     /// Whether `conn` can take more input: `false` while its outbound queue
@@ -364,6 +377,7 @@ impl<A: Authorizer> Hub<A> {
         }
         self.sessions.remove(&conn);
         self.ready.remove(&conn);
+        self.touched.remove(&conn);
     }
 
     // ---- internals ----
@@ -371,6 +385,7 @@ impl<A: Authorizer> Hub<A> {
     fn mark_ready(&mut self, conn: ConnId) {
         if self.sessions.get(&conn).is_some_and(|s| s.has_output()) {
             self.ready.insert(conn);
+            self.touched.insert(conn);
         }
     }
 
@@ -378,6 +393,7 @@ impl<A: Authorizer> Hub<A> {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.send(msg);
             self.ready.insert(conn);
+            self.touched.insert(conn);
         }
     }
 
@@ -393,6 +409,7 @@ impl<A: Authorizer> Hub<A> {
     }
 
     fn after_close(&mut self, conn: ConnId, cause: CloseCause) {
+        self.touched.insert(conn);
         let docs: Vec<DocId> = self
             .sessions
             .get(&conn)
@@ -602,6 +619,7 @@ impl<A: Authorizer> Hub<A> {
         // carrying the Welcome may use it.
         s.outbound.negotiate(limits, compression, threshold);
         self.ready.insert(conn);
+        self.touched.insert(conn);
         self.events.push_back(ServerEvent::HandshakeCompleted {
             conn,
             session,
@@ -901,6 +919,7 @@ impl<A: Authorizer> Hub<A> {
         });
         s.pump_transfers();
         self.ready.insert(conn);
+        self.touched.insert(conn);
         if kind == SyncKind::Snapshot {
             self.events
                 .push_back(ServerEvent::SnapshotSent { conn, name, bytes });
@@ -1170,6 +1189,7 @@ impl<A: Authorizer> Hub<A> {
                 slow.push(conn);
             } else {
                 self.ready.insert(conn);
+                self.touched.insert(conn);
             }
         }
         for conn in slow {

@@ -121,6 +121,7 @@ impl<A: Authorizer> Hub<A> {
             }
             if s.send_shared(encoded).is_ok() {
                 self.ready.insert(conn);
+                self.touched.insert(conn);
             }
         }
     }

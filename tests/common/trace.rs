@@ -32,10 +32,15 @@ pub struct Trace {
 
 /// Path of a trace file by name (`"automerge-paper"`, `"friendsforever"`).
 pub fn path(name: &str) -> String {
-    format!(
-        "{}/../shared/traces/{name}.json.gz",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    // `CRDT_TRACES_DIR` points elsewhere when the traces are not in
+    // `../shared/traces` beside the checkout.
+    match std::env::var("CRDT_TRACES_DIR") {
+        Ok(dir) => format!("{dir}/{name}.json.gz"),
+        Err(_) => format!(
+            "{}/../shared/traces/{name}.json.gz",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    }
 }
 
 /// Loads a trace by name.

@@ -16,6 +16,9 @@
 //! Run it with `cargo run --example blocking`; `cargo test --examples` (and
 //! `cargo test --all-targets`) runs the `#[test]` at the bottom.
 
+#[path = "support/nonblocking.rs"]
+mod nonblocking;
+
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,6 +32,7 @@ use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession, Status}
 use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::server::{AllowAll, ConnId, Hub, ServerConfig, ServerEvent};
+use nonblocking::{Conn, flush_nonblocking};
 
 /// The shared document's name.
 const DOC: &str = "notes";
@@ -194,30 +198,6 @@ impl Document for OpSet {
 // ---------------------------------------------------------------------------
 // Server: one thread, one Hub, non-blocking sockets.
 // ---------------------------------------------------------------------------
-
-struct Conn {
-    stream: TcpStream,
-    /// Bytes the kernel did not take yet.
-    unsent: Vec<u8>,
-}
-
-/// Writes as much of `unsent` as the non-blocking socket takes.
-fn flush_nonblocking(conn: &mut Conn) -> io::Result<bool> {
-    let mut progressed = false;
-    while !conn.unsent.is_empty() {
-        match conn.stream.write(&conn.unsent) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.unsent.drain(..n);
-                progressed = true;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(progressed)
-}
 
 /// The hub's outputs after a mutation: transmits, then events; returns the
 /// next deadline.

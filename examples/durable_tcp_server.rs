@@ -21,9 +21,12 @@
 //! It prints `listening <addr>` once the socket is bound and the data file
 //! is open, then serves until killed.
 
+#[path = "support/nonblocking.rs"]
+mod nonblocking;
+
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,33 +35,10 @@ use crdt_socket_sync::Framing;
 use crdt_socket_sync::server::{AllowAll, ConnId, Hub, ServerConfig, ServerEvent};
 use crdt_socket_sync::store::{SqliteConfig, SqliteRegistry};
 use crdt_socket_sync::testing::OpLog;
+use nonblocking::{Conn, flush_nonblocking};
 
 /// Documents nobody subscribes to are unloaded after this long unused.
 const IDLE_UNLOAD: Duration = Duration::from_secs(60);
-
-struct Conn {
-    stream: TcpStream,
-    /// Bytes the kernel did not take yet.
-    unsent: Vec<u8>,
-}
-
-/// Writes as much of `unsent` as the non-blocking socket takes.
-fn flush_nonblocking(conn: &mut Conn) -> io::Result<bool> {
-    let mut progressed = false;
-    while !conn.unsent.is_empty() {
-        match conn.stream.write(&conn.unsent) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                conn.unsent.drain(..n);
-                progressed = true;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(progressed)
-}
 
 /// Moves the hub's frames to the connections and logs notable events.
 fn drain_hub(hub: &mut Hub<AllowAll>, conns: &mut BTreeMap<ConnId, Conn>) -> Option<Instant> {

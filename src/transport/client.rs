@@ -244,16 +244,7 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
         name: &str,
         f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
     ) -> Result<T, ClientError> {
-        let name = name.to_string();
-        self.run(move |session, registry, now| {
-            session.open(registry, &name, now)?;
-            let doc = registry.open(&name).map_err(CommandError::from)?;
-            let out = f(doc);
-            session.flush_local(registry, &name, now)?;
-            Ok::<T, CommandError>(out)
-        })
-        .await?
-        .map_err(ClientError::from)
+        self.on_doc(name, f, true).await
     }
 
     /// Reads document `name` (opened if it was not) without sending
@@ -263,11 +254,26 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
         name: &str,
         f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
     ) -> Result<T, ClientError> {
+        self.on_doc(name, f, false).await
+    }
+
+    /// Runs `f` on document `name` (opened if it was not) on the client
+    /// task, then, with `flush`, sends what it changed.
+    async fn on_doc<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
+        flush: bool,
+    ) -> Result<T, ClientError> {
         let name = name.to_string();
         self.run(move |session, registry, now| {
             session.open(registry, &name, now)?;
             let doc = registry.open(&name).map_err(CommandError::from)?;
-            Ok::<T, CommandError>(f(doc))
+            let out = f(doc);
+            if flush {
+                session.flush_local(registry, &name, now)?;
+            }
+            Ok::<T, CommandError>(out)
         })
         .await?
         .map_err(ClientError::from)

@@ -371,13 +371,6 @@ fn hub_and_client_never_panic_on_random_bytes() {
 }
 
 #[test]
-fn registry_must_exist_helper_is_consistent() {
-    let mut reg = server_registry();
-    reg.set_policy(OpenPolicy::MustExist);
-    assert!(reg.open("x").is_err());
-}
-
-#[test]
 fn updates_waiting_for_missing_dependencies_are_bounded() {
     let config = ServerConfig {
         limits: Limits {

@@ -247,7 +247,11 @@ fn main() {
     }
     // `APPLY_PATH_PROFILE=1`: only the hub path, for a profiler.
     if std::env::var_os("APPLY_PATH_PROFILE").is_some() {
-        for _ in 0..5 {
+        let rounds = std::env::var("PROFILE_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        for _ in 0..rounds {
             black_box(hub_path(&frames));
         }
         return;

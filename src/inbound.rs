@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::Limits;
-use crate::wire::{FrameError, Message, MessageDecoder, StreamDecoder};
+use crate::wire::{DocId, FrameError, Message, MessageDecoder, StreamDecoder};
 
 /// How the transport delimits frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,6 +81,16 @@ impl Inbound {
             Decoder::Stream(d) => d.buffered(),
         };
         frame + self.partial.as_ref().map_or(0, |p| p.data.len())
+    }
+
+    /// `bytes` as one borrowed `Update` when it is a whole frame holding
+    /// just that (message framing only); see
+    /// [`MessageDecoder::single_update`].
+    pub(crate) fn single_update<'a>(&self, bytes: &'a [u8]) -> Option<(DocId, u64, &'a [u8])> {
+        match &self.decoder {
+            Decoder::Message(d) => d.single_update(bytes),
+            Decoder::Stream(_) => None,
+        }
     }
 
     /// Decodes `bytes`, appending complete messages to `out`.

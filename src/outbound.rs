@@ -13,7 +13,8 @@ use std::sync::Arc;
 use crate::Limits;
 use crate::wire::compress::deflate;
 use crate::wire::frame::{CRC_LEN, FLAG_DEFLATE, Header, MAX_HEADER_LEN, checksum};
-use crate::wire::{Bytes, Compression, EncodeError, Message, PeerLimits};
+use crate::wire::hot;
+use crate::wire::{Bytes, Compression, DocId, EncodeError, Message, PeerLimits};
 
 /// Bytes of envelope a `Fragment` adds around its data, at most.
 const FRAGMENT_OVERHEAD: usize = 32;
@@ -135,13 +136,32 @@ impl Outbound {
 
     /// Encodes and queues `msg`.
     pub(crate) fn push(&mut self, msg: &Message, priority: Priority) -> Result<(), QueueFull> {
-        let size = postcard::experimental::serialized_size(msg).unwrap_or(usize::MAX);
+        let size = crate::wire::message_len(msg).unwrap_or(usize::MAX);
+        self.push_with(size, priority, |out| encode_into(msg, out))
+    }
+
+    /// Queues `Message::Broadcast { doc, data }`, encoded from the borrowed
+    /// payload (no message built).
+    pub(crate) fn push_broadcast(&mut self, doc: DocId, data: &[u8]) -> Result<(), QueueFull> {
+        let size = hot::broadcast_len(doc, data);
+        self.push_with(size, Priority::Data, |out| {
+            hot::encode_broadcast(doc, data, out)
+        })
+    }
+
+    /// Queues a message of `size` encoded bytes that `encode` appends.
+    fn push_with(
+        &mut self,
+        size: usize,
+        priority: Priority,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), QueueFull> {
         if priority == Priority::Data && !self.has_room(size) {
             return Err(QueueFull);
         }
         if size > self.max_body() {
             let mut encoded = Vec::with_capacity(size);
-            encode_into(msg, &mut encoded);
+            encode(&mut encoded);
             self.push_fragments(&encoded);
             return Ok(());
         }
@@ -156,11 +176,11 @@ impl Outbound {
             && tail.len() + size <= max_body
             && *msgs < max_per_frame
         {
-            encode_into(msg, tail);
+            encode(tail);
             *msgs += 1;
         } else {
             let mut v = self.new_buffer(size);
-            encode_into(msg, &mut v);
+            encode(&mut v);
             self.items.push_back(Item {
                 body: Body::Own(v),
                 msgs: 1,
@@ -171,7 +191,6 @@ impl Outbound {
         Ok(())
     }
 
-    /// Queues one already-encoded message shared with other sessions.
     pub(crate) fn push_shared(&mut self, encoded: &Arc<[u8]>) -> Result<(), QueueFull> {
         if !self.has_room(encoded.len()) {
             return Err(QueueFull);
@@ -214,6 +233,16 @@ impl Outbound {
 
     /// Builds the next frame from the front of the queue.
     pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
+        // The common case on a live connection: one item, sent plain.
+        if self.items.len() == 1 && self.items[0].body.bytes().len() < self.threshold {
+            let item = self.items.pop_front()?;
+            let body = item.body.bytes();
+            self.bytes -= body.len();
+            self.msgs -= item.msgs as usize;
+            let frame = plain_frame(body);
+            self.recycle(item.body);
+            return Some(frame);
+        }
         let first = self.items.front()?;
         let max_body = self.max_body();
         let mut count = 1;
@@ -255,19 +284,26 @@ impl Outbound {
         // Copy the bodies straight from the queue into the frame: no
         // intermediate collection of the drained items.
         let mut out = frame_start(body_len);
-        for item in self.items.drain(..count) {
+        for _ in 0..count {
+            let Some(item) = self.items.pop_front() else {
+                break;
+            };
             out.extend_from_slice(item.body.bytes());
-            // Keep one small buffer for the next message: steady traffic
-            // then encodes without allocating.
-            if let Body::Own(mut v) = item.body
-                && self.spare.is_none()
-                && v.capacity() <= SPARE_MAX
-            {
-                v.clear();
-                self.spare = Some(v);
-            }
+            self.recycle(item.body);
         }
         Some(seal(out))
+    }
+
+    /// Keeps one small buffer for the next message: steady traffic then
+    /// encodes without allocating.
+    fn recycle(&mut self, body: Body) {
+        if let Body::Own(mut v) = body
+            && self.spare.is_none()
+            && v.capacity() <= SPARE_MAX
+        {
+            v.clear();
+            self.spare = Some(v);
+        }
     }
 
     fn new_buffer(&mut self, size: usize) -> Vec<u8> {
@@ -319,6 +355,13 @@ pub(crate) fn encode_into(msg: &Message, out: &mut Vec<u8>) {
 }
 
 /// Encodes one message into shared bytes for fan-out.
+/// `Message::Broadcast { doc, data }` encoded once for many queues.
+pub(crate) fn encode_broadcast_shared(doc: DocId, data: &[u8]) -> Arc<[u8]> {
+    let mut v = Vec::with_capacity(hot::broadcast_len(doc, data));
+    hot::encode_broadcast(doc, data, &mut v);
+    v.into()
+}
+
 pub(crate) fn encode_shared(msg: &Message) -> Arc<[u8]> {
     let mut v = Vec::new();
     encode_into(msg, &mut v);

@@ -1056,6 +1056,7 @@ fn only_touched_connections_are_reported() {
     let conn = c.conn.unwrap();
     n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
     n.hub.take_touched(&mut touched);
+    touched.sort();
     let expected = vec![n.clients[0].conn.unwrap(), n.clients[1].conn.unwrap()];
     assert_eq!(touched, expected);
 }

@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod event;
 mod hub;
+mod marks;
 mod session;
 mod sessions;
 mod transfer_cache;

@@ -92,6 +92,10 @@ pub struct ServerSession {
     pub(crate) stats: SessionStats,
     pub(crate) presence_rate: RateLimit,
     pub(crate) app_rate: RateLimit,
+    /// Listed in the hub's ready queue ([`super::marks::Marks`]).
+    pub(crate) in_ready: bool,
+    /// Listed in the hub's touched list.
+    pub(crate) in_touched: bool,
 }
 
 impl ServerSession {
@@ -113,6 +117,8 @@ impl ServerSession {
             stats: SessionStats::default(),
             presence_rate: RateLimit::new(config.limits.presence_rate, now),
             app_rate: RateLimit::new(config.limits.app_rate, now),
+            in_ready: false,
+            in_touched: false,
         }
     }
 
@@ -180,6 +186,17 @@ impl ServerSession {
         self.stats.bytes_in += bytes.len() as u64;
         self.last_rx = self.now;
         self.inbound.feed(bytes, out)
+    }
+
+    /// [`Inbound::single_update`], counted like [`ServerSession::feed`].
+    pub(crate) fn feed_single_update<'a>(
+        &mut self,
+        bytes: &'a [u8],
+    ) -> Option<(DocId, u64, &'a [u8])> {
+        let update = self.inbound.single_update(bytes)?;
+        self.stats.bytes_in += bytes.len() as u64;
+        self.last_rx = self.now;
+        Some(update)
     }
 
     pub(crate) fn send(&mut self, msg: &Message) {

@@ -11,7 +11,8 @@ use postcard::ser_flavors::Flavor;
 
 use super::compress::{Inflater, deflate};
 use super::frame::{CRC_LEN, FLAG_DEFLATE, Header, checksum};
-use super::{Compression, EncodeError, FrameError, Message, PeerLimits};
+use super::hot;
+use super::{Compression, DocId, EncodeError, FrameError, Message, PeerLimits};
 use crate::Limits;
 
 /// Default body size from which a frame is deflated (when negotiated).
@@ -79,7 +80,7 @@ impl Encoder {
     pub fn measure(&self, messages: &[Message]) -> Result<(usize, usize), EncodeError> {
         let mut body = 0usize;
         for m in messages {
-            body += postcard::experimental::serialized_size(m).map_err(EncodeError::Encode)?;
+            body += message_len(m)?;
         }
         let frame = Header::encoded_len(0, clamp_u32(body), 0) + body + CRC_LEN;
         Ok((body, frame))
@@ -190,7 +191,18 @@ impl Flavor for Append<'_> {
 }
 
 fn serialize_into(m: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    if hot::encode(m, out) {
+        return Ok(());
+    }
     postcard::serialize_with_flavor(m, Append(out)).map_err(EncodeError::Encode)
+}
+
+/// The encoded size of one message body.
+pub(crate) fn message_len(m: &Message) -> Result<usize, EncodeError> {
+    match hot::encoded_len(m) {
+        Some(n) => Ok(n),
+        None => postcard::experimental::serialized_size(m).map_err(EncodeError::Encode),
+    }
 }
 
 /// Appends the body encoding (postcard) of one message to `out`, without a
@@ -268,6 +280,14 @@ fn decode_messages(
                 limit: limits.max_messages_per_frame,
             });
         }
+        // Live traffic skips serde; anything else (or anything unusual)
+        // goes to postcard.
+        if let Some((m, rest)) = hot::decode(body) {
+            out.push(m);
+            body = rest;
+            count += 1;
+            continue;
+        }
         match postcard::take_from_bytes::<Message>(body) {
             Ok((m, rest)) => {
                 out.push(m);
@@ -317,6 +337,23 @@ impl MessageDecoder {
             return Err(FrameError::TrailingBytes(frame.len() - len));
         }
         self.reader.read(frame, &header, &self.limits, out)
+    }
+
+    /// If `frame` is a valid plain frame carrying exactly one `Update`, its
+    /// `(doc, seq, data)` borrowed from `frame`: the hot path of a server,
+    /// which then needs no allocation to apply and forward it. `None` means
+    /// "decode it with [`MessageDecoder::decode`]" (which also reports any
+    /// error).
+    pub(crate) fn single_update<'a>(&self, frame: &'a [u8]) -> Option<(DocId, u64, &'a [u8])> {
+        let header = Header::parse(frame, &self.limits).ok()??;
+        if header.is_deflated() || header.frame_len() != frame.len() {
+            return None;
+        }
+        let (covered, crc) = frame.split_at(frame.len() - CRC_LEN);
+        if checksum(covered).to_le_bytes() != crc {
+            return None;
+        }
+        hot::single_update(&covered[header.header_len..])
     }
 }
 

@@ -9,11 +9,13 @@ mod codec;
 pub mod compress;
 mod error;
 pub mod frame;
+pub(crate) mod hot;
 mod message;
 
 pub use codec::{
     DEFAULT_COMPRESS_THRESHOLD, Encoder, MessageDecoder, StreamDecoder, encode_message,
 };
+pub(crate) use codec::message_len;
 pub use error::{EncodeError, FrameError};
 pub use message::{
     Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PeerLimits,

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
-use crate::outbound::encode_shared;
+use crate::outbound::encode_broadcast_shared;
 use crate::registry::{Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::{
@@ -19,6 +19,7 @@ use crate::wire::{
 };
 
 use super::session::{Phase, ServerSession, Subscription, Transfer};
+use super::marks::Marks;
 use super::sessions::Sessions;
 use super::transfer_cache::{CachedTransfer, TransferCache};
 use crate::awareness::PresenceTable;
@@ -67,10 +68,9 @@ pub struct Hub<A> {
     docs: Vec<DocEntry>,
     by_name: BTreeMap<Arc<str>, DocId>,
     events: VecDeque<ServerEvent>,
-    ready: BTreeSet<ConnId>,
-    /// Connections whose output, closed state or `wants_input` may have
-    /// changed since the last [`Hub::take_touched`].
-    touched: BTreeSet<ConnId>,
+    /// Connections with output, and those touched since the last
+    /// [`Hub::take_touched`].
+    marks: Marks,
     next_conn: u64,
     now: Option<Instant>,
     /// (session, document) pairs whose cumulative ack is due after this
@@ -105,8 +105,7 @@ impl<A: Authorizer> Hub<A> {
             docs: Vec::new(),
             by_name: BTreeMap::new(),
             events: VecDeque::new(),
-            ready: BTreeSet::new(),
-            touched: BTreeSet::new(),
+            marks: Marks::default(),
             next_conn: 0,
             now: None,
             acks_due: Vec::new(),
@@ -181,16 +180,19 @@ impl<A: Authorizer> Hub<A> {
         self.sessions
             .insert(conn, Box::new(ServerSession::new(conn, &self.config, now)));
         self.events.push_back(ServerEvent::ClientConnected { conn });
-        self.touched.insert(conn);
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            self.marks.touch(s);
+        }
         conn
     }
 
     /// Moves into `out` the connections whose queued output, closed state or
     /// [`Hub::wants_input`] may have changed since the last call, so an
     /// adapter with thousands of connections visits only those after each
-    /// batch of input.
+    /// batch of input. Each connection is listed once, in the order it was
+    /// first touched.
     pub fn take_touched(&mut self, out: &mut Vec<ConnId>) {
-        out.extend(std::mem::take(&mut self.touched));
+        self.marks.take_touched(&mut self.sessions, out);
     }
 
     /// Whether `conn` can take more input: `false` while its outbound queue
@@ -243,6 +245,15 @@ impl<A: Authorizer> Hub<A> {
             return;
         }
         session.tick(now);
+        // The hot path: a frame holding one update, applied and forwarded
+        // straight from `bytes` (no message built, nothing allocated).
+        if session.phase == Phase::Active
+            && let Some((doc, seq, data)) = session.feed_single_update(bytes)
+        {
+            self.scratch = msgs;
+            self.apply_batch(conn, doc, &[(seq, data)], registry);
+            return;
+        }
         let fed = session.feed(bytes, &mut msgs);
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.
@@ -308,8 +319,8 @@ impl<A: Authorizer> Hub<A> {
     /// The next frame to send, with its connection.
     pub fn poll_transmit(&mut self) -> Option<(ConnId, Vec<u8>)> {
         loop {
-            let conn = *self.ready.first()?;
-            if let Some(frame) = self.poll_transmit_for(conn) {
+            let conn = self.marks.first_ready(&mut self.sessions)?;
+            if let Some(frame) = self.sessions.get_mut(&conn)?.poll_frame() {
                 return Some((conn, frame));
             }
         }
@@ -318,15 +329,9 @@ impl<A: Authorizer> Hub<A> {
     /// The next frame to send on `conn` (for adapters with a task per
     /// connection).
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
-        let Some(s) = self.sessions.get_mut(&conn) else {
-            self.ready.remove(&conn);
-            return None;
-        };
-        let frame = s.poll_frame();
-        if !s.has_output() {
-            self.ready.remove(&conn);
-        }
-        frame
+        // An emptied session stays listed as ready until `poll_transmit`
+        // reaches it: unlisting here would cost a search.
+        self.sessions.get_mut(&conn)?.poll_frame()
     }
 
     /// The next event.
@@ -375,25 +380,25 @@ impl<A: Authorizer> Hub<A> {
             s.phase = Phase::Closed;
             self.after_close(conn, CloseCause::TransportLost);
         }
-        self.sessions.remove(&conn);
-        self.ready.remove(&conn);
-        self.touched.remove(&conn);
+        if let Some(s) = self.sessions.remove(&conn) {
+            self.marks.forget(&s);
+        }
     }
 
     // ---- internals ----
 
     fn mark_ready(&mut self, conn: ConnId) {
-        if self.sessions.get(&conn).is_some_and(|s| s.has_output()) {
-            self.ready.insert(conn);
-            self.touched.insert(conn);
+        if let Some(s) = self.sessions.get_mut(&conn)
+            && s.has_output()
+        {
+            self.marks.ready(s);
         }
     }
 
     fn send(&mut self, conn: ConnId, msg: &Message) {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.send(msg);
-            self.ready.insert(conn);
-            self.touched.insert(conn);
+            self.marks.ready(s);
         }
     }
 
@@ -409,7 +414,9 @@ impl<A: Authorizer> Hub<A> {
     }
 
     fn after_close(&mut self, conn: ConnId, cause: CloseCause) {
-        self.touched.insert(conn);
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            self.marks.touch(s);
+        }
         let docs: Vec<DocId> = self
             .sessions
             .get(&conn)
@@ -618,8 +625,7 @@ impl<A: Authorizer> Hub<A> {
         // The client offered the compression it accepts, so even the frame
         // carrying the Welcome may use it.
         s.outbound.negotiate(limits, compression, threshold);
-        self.ready.insert(conn);
-        self.touched.insert(conn);
+        self.marks.ready(s);
         self.events.push_back(ServerEvent::HandshakeCompleted {
             conn,
             session,
@@ -918,8 +924,7 @@ impl<A: Authorizer> Hub<A> {
             version: server_version,
         });
         s.pump_transfers();
-        self.ready.insert(conn);
-        self.touched.insert(conn);
+        self.marks.ready(s);
         if kind == SyncKind::Snapshot {
             self.events
                 .push_back(ServerEvent::SnapshotSent { conn, name, bytes });
@@ -983,7 +988,13 @@ impl<A: Authorizer> Hub<A> {
         updates: &mut Vec<(u64, Bytes)>,
         registry: &mut R,
     ) {
-        self.apply_batch(conn, doc, updates, registry);
+        if let [(seq, data)] = updates.as_slice() {
+            self.apply_batch(conn, doc, &[(*seq, data.as_ref())], registry);
+        } else {
+            let borrowed: Vec<(u64, &[u8])> =
+                updates.iter().map(|(s, d)| (*s, d.as_ref())).collect();
+            self.apply_batch(conn, doc, &borrowed, registry);
+        }
         updates.clear();
     }
 
@@ -991,7 +1002,7 @@ impl<A: Authorizer> Hub<A> {
         &mut self,
         conn: ConnId,
         doc: DocId,
-        updates: &mut Vec<(u64, Bytes)>,
+        updates: &[(u64, &[u8])],
         registry: &mut R,
     ) {
         let first_seq = updates.first().map(|u| u.0);
@@ -1036,10 +1047,10 @@ impl<A: Authorizer> Hub<A> {
         let held_before = d.pending_bytes();
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
-        if let [(_, one)] = updates.as_slice() {
+        if let [(_, one)] = updates {
             outcomes.push(d.apply(one));
         } else {
-            let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| b.as_ref()).collect();
+            let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| *b).collect();
             d.apply_batch(&slices, &mut outcomes);
         }
         let server_version = if outcomes
@@ -1058,7 +1069,7 @@ impl<A: Authorizer> Hub<A> {
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
         let mut rejected = Vec::new();
         let mut storage_error = None;
-        for ((seq, data), outcome) in updates.drain(..).zip(outcomes.drain(..)) {
+        for (&(seq, data), outcome) in updates.iter().zip(outcomes.drain(..)) {
             match outcome {
                 ApplyOutcome::Applied | ApplyOutcome::Pending { .. } => {
                     if matches!(outcome, ApplyOutcome::Applied) {
@@ -1066,7 +1077,7 @@ impl<A: Authorizer> Hub<A> {
                     } else {
                         pending += 1;
                     }
-                    if let Err(e) = registry.update_applied(&name, &data) {
+                    if let Err(e) = registry.update_applied(&name, data) {
                         storage_error = Some((seq, e));
                     }
                     self.fan_out(conn, doc, data, pre_version.as_deref());
@@ -1146,17 +1157,16 @@ impl<A: Authorizer> Hub<A> {
     /// Sends `data` to every other subscriber of `doc`, encoded once.
     /// Subscribers over their high-water mark stop receiving individual
     /// updates and are marked for a catch-up from `pre_version`.
-    fn fan_out(&mut self, from: ConnId, doc: DocId, data: Bytes, pre_version: Option<&[u8]>) {
+    fn fan_out(&mut self, from: ConnId, doc: DocId, data: &[u8], pre_version: Option<&[u8]>) {
         let entry = &self.docs[doc.0 as usize];
         let recipients = entry.subscribers.len() - usize::from(entry.subscribers.contains(&from));
         if recipients == 0 {
             return;
         }
         let high = self.high_water();
-        let msg = Message::Broadcast { doc, data };
         // Encoded once for many recipients; a single recipient gets it
         // encoded straight into its queue.
-        let shared = (recipients > 1).then(|| encode_shared(&msg));
+        let shared = (recipients > 1).then(|| encode_broadcast_shared(doc, data));
         let mut slow = Vec::new();
         for conn in entry.subscribers.iter().copied().filter(|c| *c != from) {
             let Some(s) = self.sessions.get_mut(&conn) else {
@@ -1169,7 +1179,7 @@ impl<A: Authorizer> Hub<A> {
             if sub.lagging.is_some() {
                 continue;
             }
-            let len = shared.as_ref().map_or(msg_len(&msg), |e| e.len());
+            let len = shared.as_ref().map_or(data.len() + 8, |e| e.len());
             if queued + len > high
                 && let Some(v) = pre_version
             {
@@ -1183,13 +1193,12 @@ impl<A: Authorizer> Hub<A> {
             }
             let sent = match &shared {
                 Some(encoded) => s.send_shared(encoded),
-                None => s.outbound.push(&msg, crate::outbound::Priority::Data),
+                None => s.outbound.push_broadcast(doc, data),
             };
             if sent.is_err() {
                 slow.push(conn);
             } else {
-                self.ready.insert(conn);
-                self.touched.insert(conn);
+                self.marks.ready(s);
             }
         }
         for conn in slow {
@@ -1322,14 +1331,6 @@ impl<A: Authorizer> Hub<A> {
             self.send(conn, &ack);
         }
         self.acks_due = due;
-    }
-}
-
-/// Encoded size of a broadcast (payload plus a few bytes of envelope).
-fn msg_len(msg: &Message) -> usize {
-    match msg {
-        Message::Broadcast { data, .. } => data.len() + 8,
-        _ => 64,
     }
 }
 

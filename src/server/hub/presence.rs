@@ -120,8 +120,7 @@ impl<A: Authorizer> Hub<A> {
                 continue;
             }
             if s.send_shared(encoded).is_ok() {
-                self.ready.insert(conn);
-                self.touched.insert(conn);
+                self.marks.ready(s);
             }
         }
     }

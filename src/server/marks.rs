@@ -1,0 +1,81 @@
+//! Which connections need the caller's attention: those with frames to send
+//! (drained by [`Hub::poll_transmit`](super::Hub::poll_transmit)) and those
+//! whose output, closed state or `wants_input` changed since the last
+//! [`Hub::take_touched`](super::Hub::take_touched).
+//!
+//! A fan-out marks every recipient, so marking must be cheap: each session
+//! carries two flags saying whether it is already listed, which makes a mark
+//! one branch and at most one push instead of two B-tree inserts. Order is
+//! first-marked first, which is as deterministic as the id order it
+//! replaces.
+
+use std::collections::VecDeque;
+
+use super::ConnId;
+use super::ServerSession;
+use super::sessions::Sessions;
+
+#[derive(Default)]
+pub(crate) struct Marks {
+    /// Sessions that may have output; `ServerSession::in_ready` says whether
+    /// a session is listed. Entries whose output is gone are dropped when
+    /// they reach the front.
+    ready: VecDeque<ConnId>,
+    /// Sessions touched since the last `take_touched`
+    /// (`ServerSession::in_touched`).
+    touched: Vec<ConnId>,
+}
+
+impl Marks {
+    /// `s` has output (and so is touched).
+    pub(crate) fn ready(&mut self, s: &mut ServerSession) {
+        if !s.in_ready {
+            s.in_ready = true;
+            self.ready.push_back(s.conn);
+        }
+        self.touch(s);
+    }
+
+    /// Something about `s` changed that the caller should look at.
+    pub(crate) fn touch(&mut self, s: &mut ServerSession) {
+        if !s.in_touched {
+            s.in_touched = true;
+            self.touched.push(s.conn);
+        }
+    }
+
+    /// The first listed session that still has output; listed sessions
+    /// without output (or gone) are unlisted on the way.
+    pub(crate) fn first_ready(&mut self, sessions: &mut Sessions) -> Option<ConnId> {
+        loop {
+            let conn = *self.ready.front()?;
+            match sessions.get_mut(&conn) {
+                Some(s) if s.has_output() => return Some(conn),
+                Some(s) => s.in_ready = false,
+                None => {}
+            }
+            self.ready.pop_front();
+        }
+    }
+
+    /// Moves the touched sessions still present into `out`.
+    pub(crate) fn take_touched(&mut self, sessions: &mut Sessions, out: &mut Vec<ConnId>) {
+        for conn in self.touched.drain(..) {
+            if let Some(s) = sessions.get_mut(&conn) {
+                s.in_touched = false;
+                out.push(conn);
+            }
+        }
+    }
+
+    /// `conn`'s session is being removed: unlist it, so a caller that never
+    /// drains one of the lists does not accumulate ids of closed connections.
+    pub(crate) fn forget(&mut self, s: &ServerSession) {
+        if s.in_ready {
+            self.ready.retain(|c| *c != s.conn);
+        }
+        if s.in_touched {
+            self.touched.retain(|c| *c != s.conn);
+        }
+    }
+}

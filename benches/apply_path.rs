@@ -6,7 +6,9 @@
 //!
 //! * **hub**: `Hub::handle_input` of the frame (decode, CRC check, apply
 //!   through the yrs adapter, ack) plus draining every transmit (the ack to
-//!   the sender and the broadcast to one other subscriber) and the events;
+//!   the sender and the broadcast to one other subscriber) and the events.
+//!   The server's documents are `YrsDocument::server` copies, as a server
+//!   registry should make them (no local-edit capture);
 //! * **raw yrs**: `Update::decode_v1` + `apply_update` of the same bytes on a
 //!   plain `yrs::Doc`.
 //!
@@ -68,8 +70,10 @@ fn raw_yrs(updates: &[Vec<u8>]) -> Duration {
     d
 }
 
+/// The adapter as the hub uses it: a server copy, which does not capture
+/// local edits.
 fn adapter_only(updates: &[Vec<u8>]) -> Duration {
-    let mut doc = YrsDocument::new(1);
+    let mut doc = YrsDocument::server(1);
     let start = Instant::now();
     for u in updates {
         black_box(doc.apply(u));
@@ -80,10 +84,11 @@ fn adapter_only(updates: &[Vec<u8>]) -> Duration {
 }
 
 /// A hub with a sender and one other subscriber of "doc", both synced
-/// (the subscriber as a real client session). `make(id)` creates the
-/// documents: id 1 on the server, 10 and 11 on the clients.
+/// (the subscriber as a real client session). `server(1)` creates the
+/// server's document, `client(10)` and `client(11)` the clients'.
 fn setup<D: Document + 'static>(
-    make: fn(u64) -> D,
+    server: fn(u64) -> D,
+    client: fn(u64) -> D,
 ) -> (
     Hub<AllowAll>,
     MemoryRegistry<D>,
@@ -94,7 +99,7 @@ fn setup<D: Document + 'static>(
 ) {
     let now = Instant::now();
     let mut hub = Hub::new(ServerConfig::default(), AllowAll);
-    let mut reg = MemoryRegistry::new(move |_: &str| make(1));
+    let mut reg = MemoryRegistry::new(move |_: &str| server(1));
     let mut conns = Vec::new();
     let mut sessions = Vec::new();
     for i in 0..2u64 {
@@ -106,7 +111,7 @@ fn setup<D: Document + 'static>(
             },
             now,
         );
-        let mut docs = MemoryRegistry::new(move |_: &str| make(10 + i));
+        let mut docs = MemoryRegistry::new(move |_: &str| client(10 + i));
         s.connect(now);
         s.open(&mut docs, "doc", now).expect("open");
         for _ in 0..10 {
@@ -126,7 +131,7 @@ fn setup<D: Document + 'static>(
 }
 
 fn hub_path(frames: &[Vec<u8>]) -> Duration {
-    let (mut hub, mut reg, sender, _sub, _s, _d) = setup(YrsDocument::new);
+    let (mut hub, mut reg, sender, _sub, _s, _d) = setup(YrsDocument::server, YrsDocument::new);
     let now = Instant::now();
     let start = Instant::now();
     let mut out = 0usize;
@@ -168,7 +173,7 @@ impl Document for Noop {
 
 fn noop_path(frames: &[Vec<u8>], rounds: usize) -> Duration {
     let now = Instant::now();
-    let (mut hub, mut reg, sender, _sub, _s, _d) = setup(|_| Noop);
+    let (mut hub, mut reg, sender, _sub, _s, _d) = setup(|_| Noop, |_| Noop);
     let conns = [sender];
     let start = Instant::now();
     for _ in 0..rounds {
@@ -214,7 +219,8 @@ fn main() {
         .collect();
     // Sanity: the hub path really applies every update.
     {
-        let (mut hub, mut reg, sender, sub, mut s, mut docs) = setup(YrsDocument::new);
+        let (mut hub, mut reg, sender, sub, mut s, mut docs) =
+            setup(YrsDocument::server, YrsDocument::new);
         let now = Instant::now();
         for f in &frames {
             hub.handle_input(sender, now, f, &mut reg);

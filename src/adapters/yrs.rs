@@ -58,7 +58,9 @@ const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
 /// open their own and would block.
 pub struct YrsDocument {
     doc: Doc,
-    local: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Local updates captured by the after-transaction observer; `None` for
+    /// a [`YrsDocument::server`] copy, which has no observer.
+    local: Option<Arc<Mutex<Vec<Vec<u8>>>>>,
     held: usize,
 }
 
@@ -70,17 +72,47 @@ impl YrsDocument {
     ///
     /// If `client_id` does not fit in 53 bits (yrs' limit, shared with Yjs).
     pub fn new(client_id: u64) -> Self {
-        assert!(
-            client_id <= MAX_CLIENT_ID,
-            "yrs client ids are 53-bit, got {client_id}"
-        );
-        let client = ClientID::new(client_id);
-        // A deterministic guid: yrs would draw a random one, and it only
-        // names the document for sub-document bookkeeping.
-        let mut options = Options::with_guid_and_client_id(format!("{client_id}").into(), client);
-        options.offset_kind = OffsetKind::Bytes;
-        options.cleanup_formatting = true;
-        Self::with_options(options)
+        Self::with_options(default_options(client_id))
+    }
+
+    /// A new empty document for a server (or any replica changed only
+    /// through [`Document::apply`]): like [`YrsDocument::new`] but without
+    /// capturing local edits, so [`Document::take_local_update`] always
+    /// returns `None`.
+    ///
+    /// The capture is an after-transaction observer, and yrs does extra work
+    /// in every commit while one is registered (about 5–7 % of applying a
+    /// keystroke update on a long document, measured in
+    /// `benches/apply_path.rs`). A [`Hub`](crate::server::Hub) never asks
+    /// its documents for local updates, so server registries should build
+    /// their documents with this.
+    ///
+    /// ```
+    /// use crdt_socket_sync::adapters::yrs::YrsDocument;
+    /// use crdt_socket_sync::document::{ApplyOutcome, Document};
+    /// use yrs::{GetString, Text, Transact};
+    ///
+    /// let mut client = YrsDocument::new(1);
+    /// let text = client.get_or_insert_text("body");
+    /// text.insert(&mut client.transact_mut(), 0, "hi");
+    /// let update = client.take_local_update().unwrap();
+    ///
+    /// let mut server = YrsDocument::server(0);
+    /// assert_eq!(server.apply(&update), ApplyOutcome::Applied);
+    /// let body = server.get_or_insert_text("body");
+    /// assert_eq!(body.get_string(&server.transact()), "hi");
+    /// assert_eq!(server.take_local_update(), None);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `client_id` does not fit in 53 bits.
+    pub fn server(client_id: u64) -> Self {
+        YrsDocument {
+            doc: Doc::with_options(default_options(client_id)),
+            local: None,
+            held: 0,
+        }
     }
 
     /// A new empty document with explicit yrs [`Options`] (offset kind,
@@ -111,7 +143,7 @@ impl YrsDocument {
         .expect("a new document has no open transaction");
         YrsDocument {
             doc,
-            local,
+            local: Some(local),
             held: 0,
         }
     }
@@ -131,6 +163,21 @@ impl YrsDocument {
     }
 }
 
+/// The options of [`YrsDocument::new`] and [`YrsDocument::server`].
+fn default_options(client_id: u64) -> Options {
+    assert!(
+        client_id <= MAX_CLIENT_ID,
+        "yrs client ids are 53-bit, got {client_id}"
+    );
+    let client = ClientID::new(client_id);
+    // A deterministic guid: yrs would draw a random one, and it only names
+    // the document for sub-document bookkeeping.
+    let mut options = Options::with_guid_and_client_id(format!("{client_id}").into(), client);
+    options.offset_kind = OffsetKind::Bytes;
+    options.cleanup_formatting = true;
+    options
+}
+
 impl Deref for YrsDocument {
     type Target = Doc;
     fn deref(&self) -> &Doc {
@@ -141,7 +188,9 @@ impl Deref for YrsDocument {
 impl Drop for YrsDocument {
     fn drop(&mut self) {
         // Clones of the yrs `Doc` may outlive the adapter; stop capturing.
-        let _ = self.doc.unobserve_after_transaction(OBSERVER_KEY);
+        if self.local.is_some() {
+            let _ = self.doc.unobserve_after_transaction(OBSERVER_KEY);
+        }
     }
 }
 
@@ -297,8 +346,13 @@ impl Document for YrsDocument {
     }
 
     fn take_local_update(&mut self) -> Option<Vec<u8>> {
-        let mut updates =
-            std::mem::take(&mut *self.local.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut updates = std::mem::take(
+            &mut *self
+                .local
+                .as_ref()?
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         match updates.len() {
             0 => None,
             1 => updates.pop(),
@@ -404,5 +458,30 @@ mod tests {
         assert_eq!(b.apply(&u), ApplyOutcome::Duplicate);
         assert_eq!(b.take_local_update(), None);
         assert!(matches!(b.apply(b"\xff\xff"), ApplyOutcome::Invalid(_)));
+    }
+
+    #[test]
+    fn server_copy_applies_like_a_tracked_one_and_reports_no_local_updates() {
+        use yrs::{GetString, Text};
+        let a = YrsDocument::new(1);
+        let text = a.get_or_insert_text("t");
+        let mut updates = Vec::new();
+        let mut a = a;
+        for (i, s) in ["abc", "de", "f"].iter().enumerate() {
+            text.insert(&mut a.transact_mut(), i as u32, s);
+            updates.push(a.take_local_update().unwrap());
+        }
+        let mut tracked = YrsDocument::new(2);
+        let mut server = YrsDocument::server(3);
+        for u in updates.iter().rev() {
+            assert_eq!(server.apply(u), tracked.apply(u));
+        }
+        assert_eq!(server.version(), tracked.version());
+        assert_eq!(server.version(), a.version());
+        // Native edits on a server copy are in its state but never reported.
+        let t = server.get_or_insert_text("t");
+        t.insert(&mut server.transact_mut(), 0, "z");
+        assert_eq!(server.take_local_update(), None);
+        assert!(t.get_string(&server.transact()).starts_with('z'));
     }
 }

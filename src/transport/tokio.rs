@@ -18,7 +18,7 @@
 //! use crdt_socket_sync::transport::tokio::{connect, WebSocketServer};
 //! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
 //!
-//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::new(0));
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
 //! let options = ServerOptions { tls: Some(server_tls), ..ServerOptions::default() };
 //! let server = WebSocketServer::start("127.0.0.1:8443", registry, AllowAll, options).await?;
 //! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
@@ -39,7 +39,7 @@
 //! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
 //! use yrs::{Text, Transact};
 //!
-//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::new(0));
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
 //! let server = WebSocketServer::start("127.0.0.1:8080", registry, AllowAll, ServerOptions::default()).await?;
 //!
 //! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
@@ -87,7 +87,7 @@ const LOG: &str = "crdt_socket_sync::transport::server";
 /// use crdt_socket_sync::wire::Access;
 ///
 /// let auth = StaticTokens::default().with("s3cret", "alice", Access::ReadWrite);
-/// let registry = MemoryRegistry::new(|_: &str| YrsDocument::new(0));
+/// let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
 /// let options = ServerOptions { path: Some("/sync".into()), ..ServerOptions::default() };
 /// let mut server = WebSocketServer::start("127.0.0.1:0", registry, auth, options).await?;
 /// println!("listening on ws://{}/sync", server.local_addr());

@@ -18,8 +18,8 @@ use crate::wire::{
     RejectCode, Resume, SessionId, SyncKind,
 };
 
-use super::session::{Phase, ServerSession, Subscription, Transfer};
 use super::marks::Marks;
+use super::session::{Phase, ServerSession, Subscription, Transfer};
 use super::sessions::Sessions;
 use super::transfer_cache::{CachedTransfer, TransferCache};
 use crate::awareness::PresenceTable;

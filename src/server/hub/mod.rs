@@ -4,7 +4,7 @@
 //! routes between them; it borrows the [`Registry`] for each call that may
 //! touch documents. It performs no I/O and reads no clock.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,7 +33,43 @@ const MIN_PEER_FRAME: u32 = 1024;
 
 struct DocEntry {
     name: Arc<str>,
-    subscribers: BTreeSet<ConnId>,
+    subscribers: Subscribers,
+}
+
+/// The connections subscribed to a document, sorted. A vector, not a
+/// B-tree: every update walks it (fan-out), while joins are appends
+/// (connection ids only grow) and leaves are rare.
+#[derive(Default)]
+struct Subscribers(Vec<ConnId>);
+
+impl Subscribers {
+    fn insert(&mut self, conn: ConnId) {
+        if let Err(i) = self.0.binary_search(&conn) {
+            self.0.insert(i, conn);
+        }
+    }
+
+    fn remove(&mut self, conn: &ConnId) {
+        if let Ok(i) = self.0.binary_search(conn) {
+            self.0.remove(i);
+        }
+    }
+
+    fn contains(&self, conn: &ConnId) -> bool {
+        self.0.binary_search(conn).is_ok()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, ConnId> {
+        self.0.iter()
+    }
 }
 
 /// Many server sessions sharing documents (CRDT-aware mode).
@@ -722,7 +758,7 @@ impl<A: Authorizer> Hub<A> {
         let name: Arc<str> = name.into();
         self.docs.push(DocEntry {
             name: Arc::clone(&name),
-            subscribers: BTreeSet::new(),
+            subscribers: Subscribers::default(),
         });
         self.by_name.insert(name, id);
         id

@@ -233,17 +233,32 @@ impl Outbound {
 
     /// Builds the next frame from the front of the queue.
     pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.poll_frame_into(&mut out).then_some(out)
+    }
+
+    /// Appends the next frame to `out` (which may hold earlier frames);
+    /// `false` when the queue is empty. A caller reusing `out` sends without
+    /// allocating.
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
         // The common case on a live connection: one item, sent plain.
         if self.items.len() == 1 && self.items[0].body.bytes().len() < self.threshold {
-            let item = self.items.pop_front()?;
+            let Some(item) = self.items.pop_front() else {
+                return false;
+            };
             let body = item.body.bytes();
             self.bytes -= body.len();
             self.msgs -= item.msgs as usize;
-            let frame = plain_frame(body);
+            frame_start(out, body.len());
+            out.extend_from_slice(body);
+            seal(out, start);
             self.recycle(item.body);
-            return Some(frame);
+            return true;
         }
-        let first = self.items.front()?;
+        let Some(first) = self.items.front() else {
+            return false;
+        };
         let max_body = self.max_body();
         let mut count = 1;
         let mut body_len = first.body.bytes().len();
@@ -273,17 +288,20 @@ impl Outbound {
                     raw_len: body_len as u32,
                     header_len: 0,
                 };
-                let mut out = Vec::with_capacity(MAX_HEADER_LEN + packed.len() + CRC_LEN);
-                header.write(&mut out);
+                out.reserve(MAX_HEADER_LEN + packed.len() + CRC_LEN);
+                header.write(out);
                 out.extend_from_slice(&packed);
-                return Some(seal(out));
+            } else {
+                // Not worth it: send the bytes already gathered, uncompressed.
+                frame_start(out, body_len);
+                out.extend_from_slice(&self.scratch);
             }
-            // Not worth it: send the bytes already gathered, uncompressed.
-            return Some(plain_frame(&self.scratch));
+            seal(out, start);
+            return true;
         }
         // Copy the bodies straight from the queue into the frame: no
         // intermediate collection of the drained items.
-        let mut out = frame_start(body_len);
+        frame_start(out, body_len);
         for _ in 0..count {
             let Some(item) = self.items.pop_front() else {
                 break;
@@ -291,7 +309,8 @@ impl Outbound {
             out.extend_from_slice(item.body.bytes());
             self.recycle(item.body);
         }
-        Some(seal(out))
+        seal(out, start);
+        true
     }
 
     /// Keeps one small buffer for the next message: steady traffic then
@@ -322,32 +341,25 @@ const SPARE_MAX: usize = 4096;
 
 /// A frame buffer holding the header of an uncompressed body of `body_len`
 /// bytes, with room for the body and the checksum.
-fn frame_start(body_len: usize) -> Vec<u8> {
+/// Appends a plain frame header for `body_len` bytes of body, reserving
+/// room for the whole frame.
+fn frame_start(out: &mut Vec<u8>, body_len: usize) {
     let header = Header {
         flags: 0,
         body_len: body_len as u32,
         raw_len: body_len as u32,
         header_len: 0,
     };
-    let mut out = Vec::with_capacity(MAX_HEADER_LEN + body_len + CRC_LEN);
-    header.write(&mut out);
-    out
+    out.reserve(MAX_HEADER_LEN + body_len + CRC_LEN);
+    header.write(out);
 }
 
-/// An uncompressed frame carrying `body`.
-fn plain_frame(body: &[u8]) -> Vec<u8> {
-    let mut out = frame_start(body.len());
-    out.extend_from_slice(body);
-    seal(out)
+/// Appends the CRC of the frame that starts at `out[start]`.
+fn seal(out: &mut Vec<u8>, start: usize) {
+    let crc = checksum(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
 }
 
-fn seal(mut frame: Vec<u8>) -> Vec<u8> {
-    let crc = checksum(&frame);
-    frame.extend_from_slice(&crc.to_le_bytes());
-    frame
-}
-
-/// Encodes `msg` (postcard) at the end of `out`.
 pub(crate) fn encode_into(msg: &Message, out: &mut Vec<u8>) {
     // Serializing our own well-formed messages into a Vec cannot fail.
     let r: Result<(), EncodeError> = crate::wire::encode_message(msg, out);

@@ -290,13 +290,22 @@ impl ServerSession {
     }
 
     pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
-        let frame = self.outbound.poll_frame()?;
+        let mut frame = Vec::new();
+        self.poll_frame_into(&mut frame).then_some(frame)
+    }
+
+    /// Appends the next frame to `out`; `false` when there is none.
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        if !self.outbound.poll_frame_into(out) {
+            return false;
+        }
         self.stats.frames_out += 1;
-        self.stats.bytes_out += frame.len() as u64;
+        self.stats.bytes_out += (out.len() - start) as u64;
         if !self.transfers.is_empty() {
             self.pump_transfers();
         }
-        Some(frame)
+        true
     }
 
     pub(crate) fn has_output(&self) -> bool {

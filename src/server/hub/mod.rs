@@ -362,6 +362,46 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
+    /// Like [`Hub::poll_transmit`], but appends the frame to `buf` (which
+    /// may already hold frames) and returns its connection: a caller that
+    /// reuses `buf` (writes it out, clears it) sends without allocating, as
+    /// quinn's `poll_transmit` does.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use crdt_socket_sync::registry::MemoryRegistry;
+    /// use crdt_socket_sync::server::{AllowAll, Hub, ServerConfig};
+    /// use crdt_socket_sync::testing::OpLog;
+    ///
+    /// let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+    /// let mut registry = MemoryRegistry::new(|_: &str| OpLog::default());
+    /// let now = Instant::now();
+    /// let conn = hub.accept(now);
+    /// hub.handle_input(conn, now, b"not a frame", &mut registry);
+    /// let mut buf = Vec::new();
+    /// // The session failed: its Close frame is waiting.
+    /// assert_eq!(hub.poll_transmit_into(&mut buf), Some(conn));
+    /// assert!(!buf.is_empty());
+    /// buf.clear(); // after writing it to the socket
+    /// assert_eq!(hub.poll_transmit_into(&mut buf), None);
+    /// ```
+    pub fn poll_transmit_into(&mut self, buf: &mut Vec<u8>) -> Option<ConnId> {
+        loop {
+            let conn = self.marks.first_ready(&mut self.sessions)?;
+            if self.sessions.get_mut(&conn)?.poll_frame_into(buf) {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Like [`Hub::poll_transmit_for`], appending the frame to `buf`;
+    /// `false` when `conn` has nothing to send.
+    pub fn poll_transmit_for_into(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> bool {
+        self.sessions
+            .get_mut(&conn)
+            .is_some_and(|s| s.poll_frame_into(buf))
+    }
+
     /// The next frame to send on `conn` (for adapters with a task per
     /// connection).
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {

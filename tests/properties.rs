@@ -272,3 +272,130 @@ mod simulated {
         }
     }
 }
+
+/// The hub applies a frame holding a single `Update` without building a
+/// message (message framing only). Whatever such frames carry — a valid op,
+/// garbage, an unknown handle, any sequence number — the hub must answer
+/// exactly as its general path does (stream framing never takes the
+/// shortcut).
+mod single_update_fast_path {
+    use super::*;
+    use crdt_socket_sync::Framing;
+    use crdt_socket_sync::wire::{Bytes, DocId, Encoder, Message, PeerLimits};
+
+    fn frame(msgs: &[Message]) -> Vec<u8> {
+        let mut out = Vec::new();
+        Encoder::new(&crdt_socket_sync::Limits::default())
+            .encode(msgs, &mut out)
+            .unwrap();
+        out
+    }
+
+    /// An OpLog op (see `testing::OpLog`) or arbitrary bytes.
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (1u32..4, 0u32..6, prop::collection::vec(any::<u8>(), 0..6)).prop_map(
+                |(client, counter, text)| {
+                    let mut op = vec![crdt_socket_sync::testing::MAGIC];
+                    op.extend_from_slice(&(client + 10).to_le_bytes());
+                    op.extend_from_slice(&counter.to_le_bytes());
+                    op.extend_from_slice(&(text.len() as u16).to_le_bytes());
+                    op.extend_from_slice(&text);
+                    op
+                }
+            ),
+            prop::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
+
+    /// Everything the hub sent and reported while handling `inputs` from a
+    /// raw connection that opened "doc", as text.
+    fn run(framing: Framing, inputs: &[(u32, u64, Vec<u8>)]) -> Vec<String> {
+        let mut n = Net::new(
+            ServerConfig {
+                framing,
+                ..ServerConfig::default()
+            },
+            AllowAll,
+        );
+        n.record = false;
+        for p in ["good1", "good2"] {
+            let i = n.add_client(client_config(p));
+            n.open(i, "doc");
+            n.connect(i);
+        }
+        let raw = n.hub.accept(n.now);
+        let hello = Message::Hello {
+            versions: vec![1],
+            peer: "raw".into(),
+            token: Bytes(vec![]),
+            compression: vec![],
+            limits: PeerLimits {
+                max_frame_len: 1 << 20,
+                max_decompressed_len: 1 << 20,
+            },
+        };
+        let open = Message::Open {
+            name: "doc".into(),
+            version: Bytes(vec![]),
+            resume: None,
+        };
+        let mut log = Vec::new();
+        let step = |n: &mut Net<AllowAll>, bytes: &[u8], log: &mut Vec<String>| {
+            n.hub.handle_input(raw, n.now, bytes, &mut n.server_reg);
+            while let Some((conn, f)) = n.hub.poll_transmit() {
+                log.extend(frame_text(&f).into_iter().map(|t| format!("{conn:?} {t}")));
+            }
+            while let Some(e) = n.hub.poll_event() {
+                log.push(format!("{e:?}"));
+            }
+        };
+        step(&mut n, &frame(&[hello, open]), &mut log);
+        log.clear();
+        for (doc, seq, data) in inputs {
+            let f = frame(&[Message::Update {
+                doc: DocId(*doc),
+                seq: *seq,
+                data: Bytes(data.clone()),
+            }]);
+            step(&mut n, &f, &mut log);
+        }
+        log.push(n.server_text("doc"));
+        log
+    }
+
+    #[test]
+    fn a_valid_update_is_applied_acked_and_forwarded() {
+        let op = |counter: u32| {
+            let mut op = vec![crdt_socket_sync::testing::MAGIC];
+            op.extend_from_slice(&10u32.to_le_bytes());
+            op.extend_from_slice(&counter.to_le_bytes());
+            op.extend_from_slice(&1u16.to_le_bytes());
+            op.push(b'q');
+            op
+        };
+        for framing in [Framing::Message, Framing::Stream] {
+            let log = run(framing, &[(0, 1, op(1)), (0, 2, op(2))]);
+            assert_eq!(
+                log.iter().filter(|l| l.contains("Broadcast")).count(),
+                4,
+                "{log:#?}"
+            );
+            assert!(log.iter().any(|l| l.ends_with("Ack #0 2/0")), "{log:?}");
+            assert_eq!(log.last().unwrap(), "qq");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn answers_like_the_general_path(
+            inputs in prop::collection::vec((0u32..3, 0u64..8, payload()), 1..24)
+        ) {
+            let fast = run(Framing::Message, &inputs);
+            let general = run(Framing::Stream, &inputs);
+            prop_assert_eq!(fast, general);
+        }
+    }
+}

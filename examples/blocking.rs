@@ -206,10 +206,14 @@ fn drain_hub(
     conns: &mut BTreeMap<ConnId, Conn>,
     log: &mut Vec<String>,
 ) -> Option<Instant> {
-    while let Some((conn, frame)) = hub.poll_transmit() {
+    // Frames go into one scratch buffer (no allocation per frame), then
+    // onto their connection's unsent bytes.
+    let mut frame = Vec::new();
+    while let Some(conn) = hub.poll_transmit_into(&mut frame) {
         if let Some(c) = conns.get_mut(&conn) {
             c.unsent.extend_from_slice(&frame);
         }
+        frame.clear();
     }
     while let Some(event) = hub.poll_event() {
         match &event {
@@ -359,9 +363,10 @@ fn drain_client(
     stream: &mut TcpStream,
     events: &mut Vec<ClientEvent>,
 ) -> io::Result<Option<Instant>> {
-    while let Some(frame) = session.poll_transmit() {
-        stream.write_all(&frame)?;
-    }
+    // Every pending frame in one buffer, one write.
+    let mut frames = Vec::new();
+    while session.poll_transmit_into(&mut frames) {}
+    stream.write_all(&frames)?;
     events.extend(std::iter::from_fn(|| session.poll_event()));
     Ok(session.poll_timeout())
 }

@@ -42,10 +42,14 @@ const IDLE_UNLOAD: Duration = Duration::from_secs(60);
 
 /// Moves the hub's frames to the connections and logs notable events.
 fn drain_hub(hub: &mut Hub<AllowAll>, conns: &mut BTreeMap<ConnId, Conn>) -> Option<Instant> {
-    while let Some((conn, frame)) = hub.poll_transmit() {
+    // Frames go into one scratch buffer (no allocation per frame), then
+    // onto their connection's unsent bytes.
+    let mut frame = Vec::new();
+    while let Some(conn) = hub.poll_transmit_into(&mut frame) {
         if let Some(c) = conns.get_mut(&conn) {
             c.unsent.extend_from_slice(&frame);
         }
+        frame.clear();
     }
     while let Some(event) = hub.poll_event() {
         match event {

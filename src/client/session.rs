@@ -1391,6 +1391,31 @@ impl ClientSession {
         Some(frame)
     }
 
+    /// Like [`ClientSession::poll_transmit`], but appends the frame to
+    /// `buf` (which may already hold frames); `false` when there is none. A
+    /// caller that reuses `buf` sends without allocating.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use crdt_socket_sync::client::{ClientConfig, ClientSession};
+    ///
+    /// let now = Instant::now();
+    /// let mut session = ClientSession::new(ClientConfig::default(), now);
+    /// session.connect(now);
+    /// let mut buf = Vec::new();
+    /// assert!(session.poll_transmit_into(&mut buf)); // the Hello
+    /// assert!(!session.poll_transmit_into(&mut buf));
+    /// ```
+    pub fn poll_transmit_into(&mut self, buf: &mut Vec<u8>) -> bool {
+        let start = buf.len();
+        if !self.outbound.poll_frame_into(buf) {
+            return false;
+        }
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += (buf.len() - start) as u64;
+        true
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()

@@ -7,6 +7,14 @@
 //!   rolls back and keeps everything staged, so the next flush retries it:
 //!   the durable acknowledgement that finally covers an update is only sent
 //!   after that update reached the disk.
+//! - The registry writes on a **committer thread** of its own, so a server
+//!   need not wait for the disk: [`Registry::commit`] hands the staged writes
+//!   over and returns at once, the thread writes everything handed over
+//!   since its last transaction in one transaction (one fsync for many
+//!   server batches under load) and reports completions through
+//!   [`Registry::poll_commit`] and the commit waker. [`Registry::flush`]
+//!   hands over and waits. Documents with writes still on their way to the
+//!   disk stay loaded, so a document loaded from the file never misses one.
 //! - The file is in **WAL mode** with `synchronous=FULL` by default: a
 //!   commit returns after the WAL is fsynced, so a committed update survives
 //!   a process crash (`kill -9`) *and* a power loss. [`Synchronous::Normal`]
@@ -21,14 +29,19 @@
 //!   directory, a full disk, a quota) becomes a typed `Storage` error;
 //!   nothing here panics on stored data.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::document::{ApplyOutcome, Document};
-use crate::registry::{DocFactory, OpenPolicy, Registry, RegistryError};
+use crate::registry::{
+    Commit, CommitDone, CommitId, CommitWaker, DocFactory, OpenPolicy, Registry, RegistryError,
+};
 
 use super::{RelayEntry, RelaySnapshot, RelayStore, RelayStoreError, check_room};
 
@@ -67,9 +80,15 @@ pub struct SqliteConfig {
     /// Documents holding updates with missing dependencies are compacted
     /// only once those arrive.
     pub compact_after: u64,
-    /// Bytes that may wait staged (because flushes keep failing) before
-    /// new writes are refused with a `Storage` error. Default 64 MiB.
+    /// Bytes that may wait staged or on their way to the disk (because
+    /// commits keep failing) before new writes are refused with a `Storage`
+    /// error. Default 64 MiB.
     pub max_staged_bytes: usize,
+    /// Registry: bytes handed to the committer thread that no transaction
+    /// has picked up yet. Past it, [`Registry::commit`] waits until the
+    /// running transaction ends, so a disk slower than the incoming updates
+    /// slows the server down instead of growing this queue. Default 16 MiB.
+    pub max_commit_queue_bytes: usize,
     /// Upper bound on the file size (SQLite `max_page_count`); writes past
     /// it fail like a full disk. Default `None` (no bound).
     pub max_size_bytes: Option<u64>,
@@ -85,6 +104,7 @@ impl Default for SqliteConfig {
             synchronous: Synchronous::Full,
             compact_after: 1000,
             max_staged_bytes: 64 << 20,
+            max_commit_queue_bytes: 16 << 20,
             max_size_bytes: None,
             read_only: false,
         }
@@ -123,6 +143,9 @@ pub struct SqliteStats {
     pub loads: u64,
     /// Log entries replayed while loading documents.
     pub replayed: u64,
+    /// Registry: times [`Registry::commit`] waited for the committer because
+    /// [`SqliteConfig::max_commit_queue_bytes`] was reached.
+    pub commit_waits: u64,
 }
 
 fn storage(path: &Path, e: impl std::fmt::Display) -> String {
@@ -280,8 +303,11 @@ struct Loaded<D> {
     /// Size of the last snapshot written (compaction waits until the log
     /// is at least as large, so snapshots cost at most as much as updates).
     snapshot_len: usize,
-    /// Ops and updates staged for this document since the last commit.
+    /// Ops and updates staged for this document since the last hand-over.
     staged: usize,
+    /// The newest commit holding writes of this document: until it is on
+    /// disk the document stays loaded (the file does not have them yet).
+    written_in: u64,
     /// Updates reported since the last commit, framed (`u32` length, bytes):
     /// written as one log row per document per commit.
     buf: Vec<u8>,
@@ -294,15 +320,101 @@ struct Loaded<D> {
     idle_mark: Option<(u64, Instant)>,
 }
 
+impl<D> Loaded<D> {
+    fn new(id: i64, doc: D) -> Self {
+        Loaded {
+            id,
+            doc,
+            next_seq: 1,
+            log_len: 0,
+            log_bytes: 0,
+            snapshot_len: 0,
+            staged: 0,
+            written_in: 0,
+            buf: Vec::new(),
+            needs_snapshot: false,
+            uses: 0,
+            idle_mark: None,
+        }
+    }
+}
+
+/// The database connection and the mirror of its journal, shared by the
+/// registry (reads: loading documents) and its committer thread (writes).
+struct Store {
+    conn: Connection,
+    /// Committed journal entries not yet folded into `updates`, per
+    /// document id: `(last seq, framed updates)`. Mirrors the `journal`
+    /// table.
+    journal: Journal,
+    journal_rows: u64,
+    journal_bytes: usize,
+}
+
+/// What the registry and its committer thread share (behind `state`).
+#[derive(Default)]
+struct CommitterState {
+    /// Ops handed over and not yet picked up by a transaction.
+    queue: Vec<DocOp>,
+    queue_bytes: usize,
+    queue_updates: u64,
+    /// The newest commit id in (or emptied from) `queue`.
+    queued_through: u64,
+    /// A transaction is running.
+    busy: bool,
+    /// The newest commit id on disk / failed.
+    durable_through: u64,
+    failed_through: u64,
+    last_error: String,
+    /// Completions for [`Registry::poll_commit`], recorded once
+    /// [`Registry::commit`] was used.
+    completions: VecDeque<CommitDone>,
+    report: bool,
+    waker: Option<CommitWaker>,
+    stop: bool,
+    stats: SqliteStats,
+}
+
+/// Completions kept for a caller that stopped polling; older ones are
+/// dropped first (which only delays or drops acknowledgements).
+const MAX_COMPLETIONS: usize = 1024;
+
+struct Shared {
+    state: Mutex<CommitterState>,
+    /// Signals the committer: work was handed over, or stop.
+    work: Condvar,
+    /// Signals waiters: a transaction ended.
+    done: Condvar,
+    store: Mutex<Store>,
+    /// Bytes handed over and not yet on disk (queued, being written, or
+    /// kept for a retry after a failure).
+    in_flight_bytes: AtomicUsize,
+    /// Copy of `CommitterState::durable_through`, read without the lock.
+    durable_through: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, CommitterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A durable [`Registry`] in one SQLite file, for any [`Document`] type.
 ///
 /// Each document has an append-only log of the updates applied to it and
 /// its latest snapshot. Documents are loaded lazily on first
 /// [`Registry::open`] (snapshot, then the log replayed with
-/// [`Document::apply_batch`]); [`Registry::update_applied`] stages an update
-/// and [`Registry::flush`] commits everything staged in one transaction,
+/// [`Document::apply_batch`]); [`Registry::update_applied`] stages an update.
+/// [`Registry::flush`] commits everything staged in one transaction,
 /// returning `Ok(true)` once it is on disk, so the hub's `durable`
-/// acknowledgements never cover an update that is not. Logs longer than
+/// acknowledgements never cover an update that is not. [`Registry::commit`]
+/// does the same without waiting: a committer thread writes, and
+/// [`Registry::poll_commit`] reports what reached the disk (the hub's
+/// [`commit`](crate::server::Hub::commit) path). Logs longer than
 /// [`SqliteConfig::compact_after`] are compacted into a snapshot at the next
 /// flush.
 ///
@@ -335,8 +447,37 @@ struct Loaded<D> {
 /// # drop(reg);
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// ```
+///
+/// Without waiting for the disk:
+///
+/// ```
+/// use crdt_socket_sync::document::Document;
+/// use crdt_socket_sync::registry::{Commit, Registry};
+/// use crdt_socket_sync::store::SqliteRegistry;
+/// use crdt_socket_sync::testing::OpLog;
+/// # let path = std::env::temp_dir().join(format!("css-commit-{}.sqlite", std::process::id()));
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// let mut reg = SqliteRegistry::open(&path, |_: &str| OpLog::new(0)).unwrap();
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// reg.set_commit_waker(std::sync::Arc::new(move || {
+///     let _ = tx.send(());
+/// }));
+/// let mut author = OpLog::new(7);
+/// author.edit(b"hi");
+/// let update = author.take_local_update().unwrap();
+/// reg.open("notes").unwrap().apply(&update);
+/// reg.update_applied("notes", &update).unwrap();
+/// let Ok(Commit::Pending(id)) = reg.commit() else { panic!() };
+/// // ... the server goes on; the committer thread writes and wakes it:
+/// rx.recv().unwrap();
+/// let done = reg.poll_commit().unwrap();
+/// assert_eq!((done.through, done.result), (id, Ok(())));
+/// # drop(reg);
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// ```
 pub struct SqliteRegistry<D> {
-    conn: Connection,
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
     path: PathBuf,
     config: SqliteConfig,
     factory: DocFactory<D>,
@@ -345,21 +486,19 @@ pub struct SqliteRegistry<D> {
     docs: BTreeMap<String, Loaded<D>>,
     staged: Vec<DocOp>,
     staged_bytes: usize,
-    /// Documents with ops staged since the last commit.
+    /// Documents with ops staged since the last hand-over.
     dirty: BTreeSet<String>,
-    /// Names removed while their `Remove` is still staged: not loadable.
-    removed: BTreeSet<String>,
+    /// Names removed while their `Remove` is not on disk yet, with the
+    /// commit holding it (0: still staged): not loadable.
+    removed: BTreeMap<String, u64>,
     /// An update could not be staged since the last flush: that flush fails.
     unstaged: Option<String>,
-    /// Updates staged since the last commit.
+    /// Updates staged since the last hand-over.
     staged_updates: u64,
-    /// Committed journal entries not yet folded into `updates`, per
-    /// document id: `(last seq, framed updates)`. Mirrors the `journal`
-    /// table.
-    journal: BTreeMap<i64, Vec<(i64, Vec<u8>)>>,
-    journal_rows: u64,
-    journal_bytes: usize,
+    /// The newest commit id handed to the committer.
+    last_commit: u64,
     next_id: i64,
+    /// Loads and replays (the committer counts the rest).
     stats: SqliteStats,
 }
 
@@ -373,7 +512,8 @@ impl<D: Document> SqliteRegistry<D> {
         Self::open_with(path, SqliteConfig::default(), factory)
     }
 
-    /// Opens the database at `path` with `config`.
+    /// Opens the database at `path` with `config`, and starts its committer
+    /// thread.
     ///
     /// Fails with [`RegistryError::Storage`] when the file cannot be opened
     /// or created (missing or read-only directory), is not a database, was
@@ -390,8 +530,30 @@ impl<D: Document> SqliteRegistry<D> {
             .map_err(|e| RegistryError::Storage(storage(&path, e)))?;
         let (journal, journal_rows, journal_bytes, max_journal_id) =
             read_journal(&conn).map_err(|e| RegistryError::Storage(storage(&path, e)))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(CommitterState::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            store: Mutex::new(Store {
+                conn,
+                journal,
+                journal_rows,
+                journal_bytes,
+            }),
+            in_flight_bytes: AtomicUsize::new(0),
+            durable_through: AtomicU64::new(0),
+        });
+        let committer = {
+            let shared = Arc::clone(&shared);
+            let file = path.clone();
+            std::thread::Builder::new()
+                .name("sqlite-committer".into())
+                .spawn(move || run_committer(&shared, &file))
+                .map_err(|e| RegistryError::Storage(storage(&path, e)))?
+        };
         Ok(SqliteRegistry {
-            conn,
+            shared,
+            committer: Some(committer),
             path,
             config,
             factory: Box::new(factory),
@@ -401,12 +563,10 @@ impl<D: Document> SqliteRegistry<D> {
             staged: Vec::new(),
             staged_bytes: 0,
             dirty: BTreeSet::new(),
-            removed: BTreeSet::new(),
+            removed: BTreeMap::new(),
             unstaged: None,
             staged_updates: 0,
-            journal,
-            journal_rows,
-            journal_bytes,
+            last_commit: 0,
             // Ids are never reused while a journal row may name them.
             next_id: max.unwrap_or(0).max(max_journal_id) + 1,
             stats: SqliteStats::default(),
@@ -430,12 +590,19 @@ impl<D: Document> SqliteRegistry<D> {
 
     /// Counters: commits, appended updates, snapshots, loads.
     pub fn stats(&self) -> SqliteStats {
-        self.stats
+        let shared = self.shared.state().stats;
+        SqliteStats {
+            loads: self.stats.loads,
+            replayed: self.stats.replayed,
+            failed_commits: shared.failed_commits + self.stats.failed_commits,
+            ..shared
+        }
     }
 
-    /// Bytes staged and not yet committed.
+    /// Bytes staged and not yet committed (including those handed to the
+    /// committer and not on disk yet).
     pub fn staged_bytes(&self) -> usize {
-        self.staged_bytes
+        self.staged_bytes + self.shared.in_flight_bytes.load(Ordering::Acquire)
     }
 
     /// Names of every stored document (loaded or not), sorted. Documents
@@ -449,7 +616,8 @@ impl<D: Document> SqliteRegistry<D> {
             })?
             .into_iter()
             .collect();
-        for r in &self.removed {
+        self.forget_removed();
+        for r in self.removed.keys() {
             names.remove(r);
         }
         names.extend(self.docs.keys().cloned());
@@ -482,7 +650,7 @@ impl<D: Document> SqliteRegistry<D> {
     /// Unloads documents nobody used for `idle_for`, except those for which
     /// `in_use` returns `true` (pass `|name| hub.subscribers(name) > 0`: the
     /// hub expects the documents its sessions opened to stay loaded) and
-    /// those with writes not yet committed. Returns the unloaded names.
+    /// those with writes not yet on disk. Returns the unloaded names.
     ///
     /// The registry reads no clock: a document counts as idle from the first
     /// call that saw it unused, so call this periodically.
@@ -511,9 +679,10 @@ impl<D: Document> SqliteRegistry<D> {
         idle_for: Duration,
         in_use: impl Fn(&str) -> bool,
     ) -> Vec<String> {
+        let durable = self.shared.durable_through.load(Ordering::Acquire);
         let mut out = Vec::new();
         for (name, l) in &mut self.docs {
-            if in_use(name) || l.staged > 0 || l.needs_snapshot {
+            if in_use(name) || l.staged > 0 || l.needs_snapshot || l.written_in > durable {
                 l.idle_mark = None;
                 continue;
             }
@@ -536,7 +705,8 @@ impl<D: Document> SqliteRegistry<D> {
         &mut self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, RegistryError> {
-        f(&self.conn).map_err(|e| RegistryError::Storage(storage(&self.path, e)))
+        let store = self.shared.store();
+        f(&store.conn).map_err(|e| RegistryError::Storage(storage(&self.path, e)))
     }
 
     fn stage(&mut self, name: &str, op: DocOp) {
@@ -567,14 +737,28 @@ impl<D: Document> SqliteRegistry<D> {
         });
     }
 
+    /// Drops the removals that are on disk.
+    fn forget_removed(&mut self) {
+        let durable = self.shared.durable_through.load(Ordering::Acquire);
+        self.removed.retain(|_, id| *id == 0 || *id > durable);
+    }
+
     /// Loads `name` from the file: snapshot, then its log replayed.
     fn load(&mut self, name: &str) -> Result<Option<Loaded<D>>, RegistryError> {
-        if self.removed.contains(name) {
+        self.forget_removed();
+        if self.removed.contains_key(name) {
             return Ok(None);
         }
-        let row = self.query(|c| {
-            c.prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")?
-                .query_row([name], |r| {
+        // One lock for the whole read: the committer may not fold the
+        // journal in between.
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| RegistryError::Storage(storage(&path, e));
+        let store = self.shared.store();
+        let row = store
+            .conn
+            .prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")
+            .and_then(|mut st| {
+                st.query_row([name], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Option<Vec<u8>>>(1)?,
@@ -582,19 +766,37 @@ impl<D: Document> SqliteRegistry<D> {
                     ))
                 })
                 .optional()
-        })?;
+            })
+            .map_err(err)?;
         let Some((id, snapshot, snapshot_seq)) = row else {
             return Ok(None);
         };
-        let log = self.query(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT seq, data FROM updates WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
-            )?;
-            let rows = st.query_map(params![id, snapshot_seq], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+        let mut log = store
+            .conn
+            .prepare_cached("SELECT seq, data FROM updates WHERE doc = ?1 AND seq > ?2 ORDER BY seq")
+            .and_then(|mut st| {
+                st.query_map(params![id, snapshot_seq], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(err)?;
+        // Sequence numbers continue after the last entry (or the snapshot
+        // when the log was truncated).
+        let last: Option<i64> = store
+            .conn
+            .prepare_cached("SELECT max(seq) FROM updates WHERE doc = ?1")
+            .and_then(|mut st| st.query_row([id], |r| r.get(0)))
+            .map_err(err)?;
+        if let Some(entries) = store.journal.get(&id) {
+            log.extend(
+                entries
+                    .iter()
+                    .filter(|(seq, _)| *seq > snapshot_seq)
+                    .cloned(),
+            );
+        }
+        drop(store);
         let mut doc = (self.factory)(name);
         let snapshot_len = snapshot.as_ref().map_or(0, Vec::len);
         if let Some(s) = snapshot {
@@ -604,15 +806,6 @@ impl<D: Document> SqliteRegistry<D> {
                     format!("document {name:?}: stored snapshot does not load: {e}"),
                 ))
             })?;
-        }
-        let mut log = log;
-        if let Some(entries) = self.journal.get(&id) {
-            log.extend(
-                entries
-                    .iter()
-                    .filter(|(seq, _)| *seq > snapshot_seq)
-                    .cloned(),
-            );
         }
         let mut outcomes = Vec::new();
         let mut replayed = 0u64;
@@ -636,33 +829,22 @@ impl<D: Document> SqliteRegistry<D> {
                 )));
             }
         }
-        // Sequence numbers continue after the last entry (or the snapshot
-        // when the log was truncated).
-        let last: Option<i64> = self.query(|c| {
-            c.prepare_cached("SELECT max(seq) FROM updates WHERE doc = ?1")?
-                .query_row([id], |r| r.get(0))
-        })?;
         let last = last.max(log.last().map(|(seq, _)| *seq));
         self.stats.loads += 1;
         self.stats.replayed += replayed;
         Ok(Some(Loaded {
-            id,
-            doc,
             next_seq: last.unwrap_or(0).max(snapshot_seq) + 1,
             log_len: replayed,
             log_bytes: log.iter().map(|(_, row)| row.len()).sum(),
             snapshot_len,
-            staged: 0,
-            buf: Vec::new(),
-            needs_snapshot: false,
-            uses: 0,
-            idle_mark: None,
+            ..Loaded::new(id, doc)
         }))
     }
 
-    /// Writes every staged op in one transaction. On failure nothing is
-    /// written and everything stays staged.
-    fn commit(&mut self) -> Result<(), RegistryError> {
+    /// Stages what a commit writes besides the reported updates: snapshots
+    /// healing updates that could not be staged, compaction of long logs;
+    /// then turns the buffered updates into log rows.
+    fn prepare(&mut self) {
         // Documents holding an update that could not be staged: their
         // snapshot holds it.
         let healing: Vec<String> = self
@@ -703,19 +885,188 @@ impl<D: Document> SqliteRegistry<D> {
         for name in dirty {
             self.materialize(&name);
         }
+    }
+
+    /// Hands everything staged to the committer thread. Returns the commit
+    /// to wait for, `None` when everything handed over before is on disk
+    /// and nothing is staged. Read-only: fails when something is staged.
+    fn hand_over(&mut self) -> Result<Option<u64>, RegistryError> {
+        self.prepare();
+        if self.config.read_only && !self.staged.is_empty() {
+            self.stats.failed_commits += 1;
+            return Err(RegistryError::Storage(storage(
+                &self.path,
+                "opened read-only; updates are not stored",
+            )));
+        }
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.state();
         if self.staged.is_empty() {
+            if st.durable_through >= self.last_commit {
+                return Ok(None);
+            }
+            if st.failed_through < self.last_commit {
+                // Still on its way.
+                return Ok(Some(self.last_commit));
+            }
+            // The last commit failed: an empty one retries its writes.
+        }
+        // Backpressure: the running transaction picks the queue up when it
+        // ends.
+        if st.queue_bytes > self.config.max_commit_queue_bytes && st.busy {
+            st.stats.commit_waits += 1;
+            while st.queue_bytes > self.config.max_commit_queue_bytes && st.busy && !st.stop {
+                st = shared.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        self.last_commit += 1;
+        let id = self.last_commit;
+        let bytes = std::mem::take(&mut self.staged_bytes);
+        st.queue.append(&mut self.staged);
+        st.queue_bytes += bytes;
+        st.queue_updates += std::mem::take(&mut self.staged_updates);
+        st.queued_through = id;
+        self.shared
+            .in_flight_bytes
+            .fetch_add(bytes, Ordering::AcqRel);
+        drop(st);
+        shared.work.notify_one();
+        for name in std::mem::take(&mut self.dirty) {
+            if let Some(l) = self.docs.get_mut(&name) {
+                l.staged = 0;
+                l.written_in = id;
+            }
+        }
+        for at in self.removed.values_mut() {
+            if *at == 0 {
+                *at = id;
+            }
+        }
+        Ok(Some(id))
+    }
+
+    /// Waits until commit `id` is on disk (or failed).
+    fn wait_for(&self, id: u64) -> Result<(), RegistryError> {
+        let mut st = self.shared.state();
+        loop {
+            if st.durable_through >= id {
+                return Ok(());
+            }
+            if st.failed_through >= id {
+                return Err(RegistryError::Storage(storage(&self.path, &st.last_error)));
+            }
+            if self.committer.as_ref().is_none_or(|c| c.is_finished()) {
+                return Err(RegistryError::Storage(storage(
+                    &self.path,
+                    "the committer thread stopped",
+                )));
+            }
+            st = self
+                .shared
+                .done
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// The committer thread: writes everything handed over since its last
+/// transaction in one transaction, keeps the writes of a failed one for the
+/// next attempt (made when more work or an empty retry commit arrives), and
+/// reports each transaction's outcome.
+fn run_committer(shared: &Shared, path: &Path) {
+    let mut taken_through = 0u64;
+    let mut retained: Vec<DocOp> = Vec::new();
+    let (mut retained_bytes, mut retained_updates) = (0usize, 0u64);
+    loop {
+        let (mut ops, bytes, updates, through) = {
+            let mut st = shared.state();
+            while st.queued_through == taken_through && !st.stop {
+                st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+            if st.queued_through == taken_through {
+                return; // stopping, nothing left
+            }
+            st.busy = true;
+            taken_through = st.queued_through;
+            let ops = std::mem::take(&mut st.queue);
+            let bytes = std::mem::take(&mut st.queue_bytes);
+            let updates = std::mem::take(&mut st.queue_updates);
+            // A `commit` waiting for room in the queue may go on.
+            shared.done.notify_all();
+            (ops, bytes, updates, taken_through)
+        };
+        if !retained.is_empty() {
+            retained.append(&mut ops);
+            ops = std::mem::take(&mut retained);
+        }
+        let bytes = bytes + std::mem::take(&mut retained_bytes);
+        let updates = updates + std::mem::take(&mut retained_updates);
+        let result = shared.store().write(&ops);
+        let waker = {
+            let mut st = shared.state();
+            st.busy = false;
+            let result = match result {
+                Ok(()) => {
+                    st.durable_through = through;
+                    shared.durable_through.store(through, Ordering::Release);
+                    shared.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                    st.stats.commits += 1;
+                    st.stats.appended += updates;
+                    st.stats.snapshots += ops
+                        .iter()
+                        .filter(|op| matches!(op, DocOp::Snapshot { .. }))
+                        .count() as u64;
+                    Ok(())
+                }
+                Err(e) => {
+                    st.failed_through = through;
+                    st.last_error = e.to_string();
+                    st.stats.failed_commits += 1;
+                    retained = ops;
+                    retained_bytes = bytes;
+                    retained_updates = updates;
+                    Err(RegistryError::Storage(storage(path, e)))
+                }
+            };
+            if st.report {
+                report(&mut st.completions, through, result);
+            }
+            shared.done.notify_all();
+            st.waker.clone()
+        };
+        if let Some(wake) = waker {
+            wake();
+        }
+    }
+}
+
+/// Queues a completion, merging it into the previous one of the same kind.
+fn report(out: &mut VecDeque<CommitDone>, through: u64, result: Result<(), RegistryError>) {
+    let through = CommitId(through);
+    match out.back_mut() {
+        Some(last) if last.result.is_ok() == result.is_ok() => {
+            last.through = through;
+            last.result = result;
+        }
+        _ => {
+            if out.len() >= MAX_COMPLETIONS {
+                out.pop_front();
+            }
+            out.push_back(CommitDone { through, result });
+        }
+    }
+}
+
+impl Store {
+    /// Writes `ops` in one transaction and updates the journal mirror.
+    fn write(&mut self, ops: &[DocOp]) -> rusqlite::Result<()> {
+        if ops.is_empty() {
             return Ok(());
         }
         let fold = self.journal_rows + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
-        let result = write_doc_ops(&mut self.conn, &self.staged, fold.then_some(&self.journal));
-        let new_entries = match result {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.stats.failed_commits += 1;
-                return Err(RegistryError::Storage(storage(&self.path, e)));
-            }
-        };
-        self.stats.commits += 1;
+        let new_entries = write_doc_ops(&mut self.conn, ops, fold.then_some(&self.journal))?;
         if fold {
             self.journal.clear();
             self.journal_rows = 0;
@@ -729,7 +1080,7 @@ impl<D: Document> SqliteRegistry<D> {
         }
         // Entries a snapshot covers or of removed documents are gone from
         // the log; the journal copy is dropped too.
-        for op in &self.staged {
+        for op in ops {
             match op {
                 DocOp::Snapshot {
                     doc,
@@ -747,19 +1098,6 @@ impl<D: Document> SqliteRegistry<D> {
                 _ => {}
             }
         }
-        self.stats.appended += std::mem::take(&mut self.staged_updates);
-        for op in self.staged.drain(..) {
-            if let DocOp::Snapshot { .. } = op {
-                self.stats.snapshots += 1;
-            }
-        }
-        self.staged_bytes = 0;
-        for name in std::mem::take(&mut self.dirty) {
-            if let Some(l) = self.docs.get_mut(&name) {
-                l.staged = 0;
-            }
-        }
-        self.removed.clear();
         Ok(())
     }
 }
@@ -974,22 +1312,8 @@ impl<D: Document> Registry for SqliteRegistry<D> {
                     }
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.docs.insert(
-                        name.to_string(),
-                        Loaded {
-                            id,
-                            doc: (self.factory)(name),
-                            next_seq: 1,
-                            log_len: 0,
-                            log_bytes: 0,
-                            snapshot_len: 0,
-                            staged: 0,
-                            buf: Vec::new(),
-                            needs_snapshot: false,
-                            uses: 0,
-                            idle_mark: None,
-                        },
-                    );
+                    let doc = (self.factory)(name);
+                    self.docs.insert(name.to_string(), Loaded::new(id, doc));
                     self.stage(
                         name,
                         DocOp::Create {
@@ -1025,10 +1349,11 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     }
 
     /// Drops `name` from memory; it stays stored. Refused (`false`) while it
-    /// has writes not yet committed: flush first.
+    /// has writes not yet on disk: flush first.
     fn unload(&mut self, name: &str) -> bool {
+        let durable = self.shared.durable_through.load(Ordering::Acquire);
         match self.docs.get(name) {
-            Some(l) if l.staged == 0 && !l.needs_snapshot => {
+            Some(l) if l.staged == 0 && !l.needs_snapshot && l.written_in <= durable => {
                 self.docs.remove(name);
                 true
             }
@@ -1037,11 +1362,13 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     }
 
     /// Deletes `name` from memory and from the file (committed at once with
-    /// everything staged; if that commit fails, at the next flush).
+    /// everything staged, waiting for the disk; if that commit fails, at the
+    /// next one).
     fn remove(&mut self, name: &str) -> bool {
+        self.forget_removed();
         let id = match self.docs.remove(name) {
             Some(l) => Some(l.id),
-            None if self.removed.contains(name) => None,
+            None if self.removed.contains_key(name) => None,
             None => self
                 .query(|c| {
                     c.prepare_cached("SELECT id FROM docs WHERE name = ?1")?
@@ -1055,23 +1382,25 @@ impl<D: Document> Registry for SqliteRegistry<D> {
             return false;
         };
         self.stage(name, DocOp::Remove { id });
-        self.removed.insert(name.to_string());
-        let _ = self.commit();
+        self.removed.insert(name.to_string(), 0);
+        if let Ok(Some(commit)) = self.hand_over() {
+            let _ = self.wait_for(commit);
+        }
         true
     }
 
     fn update_applied(&mut self, name: &str, update: &[u8]) -> Result<(), RegistryError> {
+        let in_flight = self.shared.in_flight_bytes.load(Ordering::Acquire);
         let Some(l) = self.docs.get_mut(name) else {
             return Err(RegistryError::NotFound(name.to_string()));
         };
-        if self.staged_bytes + update.len() > self.config.max_staged_bytes {
+        let waiting = self.staged_bytes + in_flight;
+        if waiting + update.len() > self.config.max_staged_bytes {
             // Applied in memory but not staged: this flush fails, the next
             // successful one writes a snapshot holding it.
             l.needs_snapshot = true;
-            let why = format!(
-                "{} bytes wait for a commit that keeps failing; update not stored",
-                self.staged_bytes
-            );
+            let why =
+                format!("{waiting} bytes wait for a commit that keeps failing; update not stored");
             self.unstaged = Some(why.clone());
             return Err(RegistryError::Storage(storage(&self.path, why)));
         }
@@ -1113,22 +1442,55 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         Ok(())
     }
 
-    /// Commits everything staged in one transaction. `Ok(true)`: every
-    /// update reported so far is on disk. `Err`: nothing new is durable
-    /// (the staged writes are kept and retried by the next flush).
+    /// Commits everything staged in one transaction and waits for it.
+    /// `Ok(true)`: every update reported so far (and everything handed over
+    /// by [`Registry::commit`] before) is on disk. `Err`: nothing new is
+    /// durable (the writes are kept and retried by the next commit).
     fn flush(&mut self) -> Result<bool, RegistryError> {
-        if self.config.read_only && !self.staged.is_empty() {
-            self.stats.failed_commits += 1;
-            return Err(RegistryError::Storage(storage(
-                &self.path,
-                "opened read-only; updates are not stored",
-            )));
-        }
+        let commit = self.hand_over()?;
         let unstaged = self.unstaged.take();
-        self.commit()?;
+        if let Some(id) = commit {
+            self.wait_for(id)?;
+        }
         match unstaged {
             Some(why) => Err(RegistryError::Storage(storage(&self.path, why))),
             None => Ok(true),
+        }
+    }
+
+    /// Hands everything staged to the committer thread and returns at once
+    /// ([`Commit::Pending`]), or [`Commit::Durable`] when nothing is staged
+    /// and everything handed over before is on disk. A commit whose
+    /// predecessor failed retries the failed writes.
+    fn commit(&mut self) -> Result<Commit, RegistryError> {
+        {
+            let mut st = self.shared.state();
+            st.report = true;
+        }
+        let commit = self.hand_over()?;
+        if let Some(why) = self.unstaged.take() {
+            return Err(RegistryError::Storage(storage(&self.path, why)));
+        }
+        Ok(commit.map_or(Commit::Durable, |id| Commit::Pending(CommitId(id))))
+    }
+
+    fn poll_commit(&mut self) -> Option<CommitDone> {
+        self.shared.state().completions.pop_front()
+    }
+
+    fn set_commit_waker(&mut self, waker: CommitWaker) {
+        self.shared.state().waker = Some(waker);
+    }
+}
+
+impl<D> Drop for SqliteRegistry<D> {
+    /// Stops the committer thread after it wrote what was handed over (the
+    /// file is unlocked when this returns).
+    fn drop(&mut self) {
+        self.shared.state().stop = true;
+        self.shared.work.notify_all();
+        if let Some(c) = self.committer.take() {
+            let _ = c.join();
         }
     }
 }
@@ -1139,7 +1501,7 @@ impl<D> std::fmt::Debug for SqliteRegistry<D> {
             .field("path", &self.path)
             .field("loaded", &self.docs.len())
             .field("staged", &self.staged.len())
-            .field("stats", &self.stats)
+            .field("last_commit", &self.last_commit)
             .finish()
     }
 }

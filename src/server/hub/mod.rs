@@ -1367,7 +1367,8 @@ impl<A: Authorizer> Hub<A> {
     /// (waiting for the disk when `wait`), then sends one cumulative `Ack`
     /// per (session, document).
     fn finish_acks<R: Registry>(&mut self, registry: &mut R, wait: bool) {
-        if self.acks_due.is_empty() {
+        // (A waiting flush also settles commits still in flight.)
+        if self.acks_due.is_empty() && (!wait || self.in_flight.is_empty()) {
             return;
         }
         let outcome = if wait {

@@ -135,7 +135,8 @@ pub struct SqliteStats {
     /// Flushes that failed (the staged writes were kept for a retry).
     pub failed_commits: u64,
     /// Updates (registry) or blobs (relay) written to the log. (The registry
-    /// writes one log row per document per commit, holding all its updates.)
+    /// writes each commit's updates as one journal row, folded into one log
+    /// row per document every few dozen commits.)
     pub appended: u64,
     /// Snapshots written (compactions, pruning, uploads).
     pub snapshots: u64,
@@ -257,17 +258,11 @@ const FOLD_ROWS: u64 = 64;
 /// ...or this many bytes.
 const FOLD_BYTES: usize = 8 << 20;
 
-/// A write waiting for the next commit.
+/// A write other than an update, waiting for the next commit.
 enum DocOp {
     Create {
         id: i64,
         name: String,
-    },
-    /// Framed updates of one document; `seq` is the last one's.
-    Append {
-        doc: i64,
-        seq: i64,
-        data: Vec<u8>,
     },
     /// `truncate`: drop log entries up to `up_to` (the snapshot holds them).
     Snapshot {
@@ -284,10 +279,61 @@ enum DocOp {
 impl DocOp {
     fn bytes(&self) -> usize {
         match self {
-            DocOp::Append { data, .. } | DocOp::Snapshot { data, .. } => data.len() + 32,
+            DocOp::Snapshot { data, .. } => data.len() + 32,
             DocOp::Create { name, .. } => name.len() + 32,
             DocOp::Remove { .. } => 16,
         }
+    }
+}
+
+/// Bytes of a journal entry's header: document id, sequence number, length.
+const ENTRY_HEADER: usize = 20;
+
+/// Writes staged or handed over together: the ops, and the reported updates
+/// already encoded as journal entries (document id `i64`, sequence number
+/// `i64`, length `u32`, then the update framed with its `u32` length), so
+/// staging an update is one append and the committer writes them as one
+/// journal row without re-encoding.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<DocOp>,
+    updates: Vec<u8>,
+    /// Updates in `updates`.
+    count: u64,
+    /// Bytes of the ops and updates.
+    bytes: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.updates.is_empty()
+    }
+
+    fn push_update(&mut self, doc: i64, seq: i64, update: &[u8], len: u32) {
+        self.updates.extend_from_slice(&doc.to_le_bytes());
+        self.updates.extend_from_slice(&seq.to_le_bytes());
+        self.updates.extend_from_slice(&(len + 4).to_le_bytes());
+        self.updates.extend_from_slice(&len.to_le_bytes());
+        self.updates.extend_from_slice(update);
+        self.count += 1;
+        self.bytes += update.len() + ENTRY_HEADER + 4;
+    }
+
+    fn push_op(&mut self, op: DocOp) {
+        self.bytes += op.bytes();
+        self.ops.push(op);
+    }
+
+    /// Appends `later` (whose writes come after these).
+    fn append(&mut self, mut later: Batch) {
+        if self.updates.is_empty() {
+            self.updates = later.updates;
+        } else {
+            self.updates.extend_from_slice(&later.updates);
+        }
+        self.ops.append(&mut later.ops);
+        self.count += later.count;
+        self.bytes += later.bytes;
     }
 }
 
@@ -303,14 +349,12 @@ struct Loaded<D> {
     /// Size of the last snapshot written (compaction waits until the log
     /// is at least as large, so snapshots cost at most as much as updates).
     snapshot_len: usize,
-    /// Ops and updates staged for this document since the last hand-over.
-    staged: usize,
-    /// The newest commit holding writes of this document: until it is on
-    /// disk the document stays loaded (the file does not have them yet).
+    /// The commit holding this document's newest write (staged writes: the
+    /// next commit). Until it is on disk the document stays loaded: the
+    /// file does not have those writes yet.
     written_in: u64,
-    /// Updates reported since the last commit, framed (`u32` length, bytes):
-    /// written as one log row per document per commit.
-    buf: Vec<u8>,
+    /// Queued for a compaction check at the next commit.
+    compact_queued: bool,
     /// An update was applied but could not be staged: the next flush writes
     /// a snapshot (which holds it) and this document may not be unloaded.
     needs_snapshot: bool,
@@ -329,9 +373,8 @@ impl<D> Loaded<D> {
             log_len: 0,
             log_bytes: 0,
             snapshot_len: 0,
-            staged: 0,
             written_in: 0,
-            buf: Vec::new(),
+            compact_queued: false,
             needs_snapshot: false,
             uses: 0,
             idle_mark: None,
@@ -339,13 +382,29 @@ impl<D> Loaded<D> {
     }
 }
 
+/// A committed journal entry in memory: framed updates of one document,
+/// a range of a committed journal row (shared, not copied).
+#[derive(Clone)]
+struct Entry {
+    seq: i64,
+    row: Arc<Vec<u8>>,
+    at: std::ops::Range<usize>,
+}
+
+impl Entry {
+    fn data(&self) -> &[u8] {
+        self.row.get(self.at.clone()).unwrap_or_default()
+    }
+}
+
+/// Committed journal entries not yet folded into `updates`, per document
+/// id. Mirrors the `journal` table.
+type Journal = BTreeMap<i64, Vec<Entry>>;
+
 /// The database connection and the mirror of its journal, shared by the
 /// registry (reads: loading documents) and its committer thread (writes).
 struct Store {
     conn: Connection,
-    /// Committed journal entries not yet folded into `updates`, per
-    /// document id: `(last seq, framed updates)`. Mirrors the `journal`
-    /// table.
     journal: Journal,
     journal_rows: u64,
     journal_bytes: usize,
@@ -354,10 +413,8 @@ struct Store {
 /// What the registry and its committer thread share (behind `state`).
 #[derive(Default)]
 struct CommitterState {
-    /// Ops handed over and not yet picked up by a transaction.
-    queue: Vec<DocOp>,
-    queue_bytes: usize,
-    queue_updates: u64,
+    /// Writes handed over and not yet picked up by a transaction.
+    queue: Batch,
     /// The newest commit id in (or emptied from) `queue`.
     queued_through: u64,
     /// A transaction is running.
@@ -383,7 +440,7 @@ struct Shared {
     state: Mutex<CommitterState>,
     /// Signals the committer: work was handed over, or stop.
     work: Condvar,
-    /// Signals waiters: a transaction ended.
+    /// Signals waiters: the queue was picked up, or a transaction ended.
     done: Condvar,
     store: Mutex<Store>,
     /// Bytes handed over and not yet on disk (queued, being written, or
@@ -484,19 +541,21 @@ pub struct SqliteRegistry<D> {
     policy: OpenPolicy,
     max_name_len: usize,
     docs: BTreeMap<String, Loaded<D>>,
-    staged: Vec<DocOp>,
-    staged_bytes: usize,
-    /// Documents with ops staged since the last hand-over.
-    dirty: BTreeSet<String>,
+    /// Writes since the last hand-over.
+    staged: Batch,
+    /// Documents to heal with a snapshot / to check for compaction at the
+    /// next commit.
+    heal_due: Vec<String>,
+    compact_due: Vec<String>,
     /// Names removed while their `Remove` is not on disk yet, with the
-    /// commit holding it (0: still staged): not loadable.
+    /// commit holding it: not loadable.
     removed: BTreeMap<String, u64>,
     /// An update could not be staged since the last flush: that flush fails.
     unstaged: Option<String>,
-    /// Updates staged since the last hand-over.
-    staged_updates: u64,
     /// The newest commit id handed to the committer.
     last_commit: u64,
+    /// [`Registry::commit`] was used: the committer records completions.
+    reporting: bool,
     next_id: i64,
     /// Loads and replays (the committer counts the rest).
     stats: SqliteStats,
@@ -560,13 +619,13 @@ impl<D: Document> SqliteRegistry<D> {
             policy: OpenPolicy::Create,
             max_name_len: 512,
             docs: BTreeMap::new(),
-            staged: Vec::new(),
-            staged_bytes: 0,
-            dirty: BTreeSet::new(),
+            staged: Batch::default(),
+            heal_due: Vec::new(),
+            compact_due: Vec::new(),
             removed: BTreeMap::new(),
             unstaged: None,
-            staged_updates: 0,
             last_commit: 0,
+            reporting: false,
             // Ids are never reused while a journal row may name them.
             next_id: max.unwrap_or(0).max(max_journal_id) + 1,
             stats: SqliteStats::default(),
@@ -599,10 +658,10 @@ impl<D: Document> SqliteRegistry<D> {
         }
     }
 
-    /// Bytes staged and not yet committed (including those handed to the
-    /// committer and not on disk yet).
+    /// Bytes staged and not yet on disk (including those handed to the
+    /// committer).
     pub fn staged_bytes(&self) -> usize {
-        self.staged_bytes + self.shared.in_flight_bytes.load(Ordering::Acquire)
+        self.staged.bytes + self.shared.in_flight_bytes.load(Ordering::Acquire)
     }
 
     /// Names of every stored document (loaded or not), sorted. Documents
@@ -682,7 +741,7 @@ impl<D: Document> SqliteRegistry<D> {
         let durable = self.shared.durable_through.load(Ordering::Acquire);
         let mut out = Vec::new();
         for (name, l) in &mut self.docs {
-            if in_use(name) || l.staged > 0 || l.needs_snapshot || l.written_in > durable {
+            if in_use(name) || !l.unloadable(durable) {
                 l.idle_mark = None;
                 continue;
             }
@@ -710,37 +769,26 @@ impl<D: Document> SqliteRegistry<D> {
     }
 
     fn stage(&mut self, name: &str, op: DocOp) {
-        // Updates reported before this op are written before it.
-        self.materialize(name);
-        self.staged_bytes += op.bytes();
-        self.staged.push(op);
+        self.staged.push_op(op);
         if let Some(l) = self.docs.get_mut(name) {
-            l.staged += 1;
-        }
-        if !self.dirty.contains(name) {
-            self.dirty.insert(name.to_string());
+            l.written_in = self.last_commit + 1;
         }
     }
 
-    /// Turns the updates buffered for `name` into one staged log row.
-    fn materialize(&mut self, name: &str) {
-        let Some(l) = self.docs.get_mut(name) else {
-            return;
-        };
-        if l.buf.is_empty() {
-            return;
+    /// Marks `name` as holding an update that could not be staged.
+    fn needs_snapshot(&mut self, name: &str) {
+        if let Some(l) = self.docs.get_mut(name)
+            && !l.needs_snapshot
+        {
+            l.needs_snapshot = true;
+            self.heal_due.push(name.to_string());
         }
-        self.staged.push(DocOp::Append {
-            doc: l.id,
-            seq: l.next_seq - 1,
-            data: std::mem::take(&mut l.buf),
-        });
     }
 
     /// Drops the removals that are on disk.
     fn forget_removed(&mut self) {
         let durable = self.shared.durable_through.load(Ordering::Acquire);
-        self.removed.retain(|_, id| *id == 0 || *id > durable);
+        self.removed.retain(|_, id| *id > durable);
     }
 
     /// Loads `name` from the file: snapshot, then its log replayed.
@@ -771,7 +819,7 @@ impl<D: Document> SqliteRegistry<D> {
         let Some((id, snapshot, snapshot_seq)) = row else {
             return Ok(None);
         };
-        let mut log = store
+        let rows = store
             .conn
             .prepare_cached("SELECT seq, data FROM updates WHERE doc = ?1 AND seq > ?2 ORDER BY seq")
             .and_then(|mut st| {
@@ -788,14 +836,11 @@ impl<D: Document> SqliteRegistry<D> {
             .prepare_cached("SELECT max(seq) FROM updates WHERE doc = ?1")
             .and_then(|mut st| st.query_row([id], |r| r.get(0)))
             .map_err(err)?;
-        if let Some(entries) = store.journal.get(&id) {
-            log.extend(
-                entries
-                    .iter()
-                    .filter(|(seq, _)| *seq > snapshot_seq)
-                    .cloned(),
-            );
-        }
+        let entries: Vec<Entry> = store
+            .journal
+            .get(&id)
+            .map(|es| es.iter().filter(|e| e.seq > snapshot_seq).cloned().collect())
+            .unwrap_or_default();
         drop(store);
         let mut doc = (self.factory)(name);
         let snapshot_len = snapshot.as_ref().map_or(0, Vec::len);
@@ -807,54 +852,58 @@ impl<D: Document> SqliteRegistry<D> {
                 ))
             })?;
         }
-        let mut outcomes = Vec::new();
-        let mut replayed = 0u64;
+        // The log, in order: folded rows, then the journal's entries.
+        let log: Vec<(i64, &[u8])> = rows
+            .iter()
+            .map(|(seq, data)| (*seq, data.as_slice()))
+            .chain(entries.iter().map(|e| (e.seq, e.data())))
+            .collect();
+        let mut updates: Vec<&[u8]> = Vec::new();
+        let mut row_of: Vec<i64> = Vec::new();
         for (seq, row) in &log {
-            let updates = unframe(row).ok_or_else(|| {
+            let framed = unframe(row).ok_or_else(|| {
                 RegistryError::Storage(storage(
                     &self.path,
                     format!("document {name:?}: log row {seq} is malformed"),
                 ))
             })?;
-            outcomes.clear();
-            doc.apply_batch(&updates, &mut outcomes);
-            replayed += updates.len() as u64;
-            if let Some(ApplyOutcome::Invalid(e)) = outcomes
-                .iter()
-                .find(|o| matches!(o, ApplyOutcome::Invalid(_)))
-            {
-                return Err(RegistryError::Storage(storage(
-                    &self.path,
-                    format!("document {name:?}: an update in log row {seq} does not apply: {e}"),
-                )));
-            }
+            row_of.extend(std::iter::repeat_n(*seq, framed.len()));
+            updates.extend(framed);
         }
+        let mut outcomes = Vec::new();
+        doc.apply_batch(&updates, &mut outcomes);
+        if let Some((i, ApplyOutcome::Invalid(e))) = outcomes
+            .iter()
+            .enumerate()
+            .find(|(_, o)| matches!(o, ApplyOutcome::Invalid(_)))
+        {
+            let seq = row_of.get(i).copied().unwrap_or_default();
+            return Err(RegistryError::Storage(storage(
+                &self.path,
+                format!("document {name:?}: an update in log row {seq} does not apply: {e}"),
+            )));
+        }
+        let replayed = updates.len() as u64;
         let last = last.max(log.last().map(|(seq, _)| *seq));
+        let log_bytes = log.iter().map(|(_, row)| row.len()).sum();
         self.stats.loads += 1;
         self.stats.replayed += replayed;
         Ok(Some(Loaded {
             next_seq: last.unwrap_or(0).max(snapshot_seq) + 1,
             log_len: replayed,
-            log_bytes: log.iter().map(|(_, row)| row.len()).sum(),
+            log_bytes,
             snapshot_len,
             ..Loaded::new(id, doc)
         }))
     }
 
     /// Stages what a commit writes besides the reported updates: snapshots
-    /// healing updates that could not be staged, compaction of long logs;
-    /// then turns the buffered updates into log rows.
+    /// healing updates that could not be staged, compaction of long logs.
     fn prepare(&mut self) {
-        // Documents holding an update that could not be staged: their
-        // snapshot holds it.
-        let healing: Vec<String> = self
-            .docs
-            .iter()
-            .filter(|(_, l)| l.needs_snapshot)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in healing {
-            if let Some(l) = self.docs.get_mut(&name) {
+        for name in std::mem::take(&mut self.heal_due) {
+            if let Some(l) = self.docs.get_mut(&name)
+                && l.needs_snapshot
+            {
                 l.needs_snapshot = false;
                 let op = DocOp::Snapshot {
                     doc: l.id,
@@ -865,25 +914,19 @@ impl<D: Document> SqliteRegistry<D> {
                 self.stage(&name, op);
             }
         }
-        // Compaction of long logs, in the same transaction.
-        let long: Vec<String> = self
-            .dirty
-            .iter()
-            .filter(|n| {
-                self.docs.get(n.as_str()).is_some_and(|l| {
-                    l.log_len >= self.config.compact_after
-                        && l.log_bytes >= l.snapshot_len
-                        && l.doc.pending_bytes() == 0
-                })
-            })
-            .cloned()
-            .collect();
-        for name in long {
-            self.compact(&name);
-        }
-        let dirty: Vec<String> = self.dirty.iter().cloned().collect();
-        for name in dirty {
-            self.materialize(&name);
+        // Compaction of long logs, in the same transaction. Documents
+        // holding updates with missing dependencies wait: their next update
+        // queues them again.
+        for name in std::mem::take(&mut self.compact_due) {
+            let due = self.docs.get_mut(&name).is_some_and(|l| {
+                l.compact_queued = false;
+                l.log_len >= self.config.compact_after
+                    && l.log_bytes >= l.snapshot_len
+                    && l.doc.pending_bytes() == 0
+            });
+            if due {
+                self.compact(&name);
+            }
         }
     }
 
@@ -913,36 +956,36 @@ impl<D: Document> SqliteRegistry<D> {
         }
         // Backpressure: the running transaction picks the queue up when it
         // ends.
-        if st.queue_bytes > self.config.max_commit_queue_bytes && st.busy {
+        let max = self.config.max_commit_queue_bytes;
+        if st.queue.bytes > max && st.busy {
             st.stats.commit_waits += 1;
-            while st.queue_bytes > self.config.max_commit_queue_bytes && st.busy && !st.stop {
+            while st.queue.bytes > max && st.busy && !st.stop {
                 st = shared.done.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         }
         self.last_commit += 1;
-        let id = self.last_commit;
-        let bytes = std::mem::take(&mut self.staged_bytes);
-        st.queue.append(&mut self.staged);
-        st.queue_bytes += bytes;
-        st.queue_updates += std::mem::take(&mut self.staged_updates);
-        st.queued_through = id;
-        self.shared
+        // The next batch will likely be as large: reserve once instead of
+        // growing it update by update.
+        let capacity = self.staged.updates.len();
+        let batch = std::mem::replace(
+            &mut self.staged,
+            Batch {
+                updates: Vec::with_capacity(capacity),
+                ..Batch::default()
+            },
+        );
+        shared
             .in_flight_bytes
-            .fetch_add(bytes, Ordering::AcqRel);
+            .fetch_add(batch.bytes, Ordering::AcqRel);
+        st.queue.append(batch);
+        st.queued_through = self.last_commit;
+        // A busy committer looks at the queue when its transaction ends.
+        let idle = !st.busy;
         drop(st);
-        shared.work.notify_one();
-        for name in std::mem::take(&mut self.dirty) {
-            if let Some(l) = self.docs.get_mut(&name) {
-                l.staged = 0;
-                l.written_in = id;
-            }
+        if idle {
+            shared.work.notify_one();
         }
-        for at in self.removed.values_mut() {
-            if *at == 0 {
-                *at = id;
-            }
-        }
-        Ok(Some(id))
+        Ok(Some(self.last_commit))
     }
 
     /// Waits until commit `id` is on disk (or failed).
@@ -971,16 +1014,22 @@ impl<D: Document> SqliteRegistry<D> {
     }
 }
 
+impl<D> Loaded<D> {
+    /// No write of this document is waiting: the file has it all.
+    fn unloadable(&self, durable_through: u64) -> bool {
+        !self.needs_snapshot && self.written_in <= durable_through
+    }
+}
+
 /// The committer thread: writes everything handed over since its last
 /// transaction in one transaction, keeps the writes of a failed one for the
 /// next attempt (made when more work or an empty retry commit arrives), and
 /// reports each transaction's outcome.
 fn run_committer(shared: &Shared, path: &Path) {
     let mut taken_through = 0u64;
-    let mut retained: Vec<DocOp> = Vec::new();
-    let (mut retained_bytes, mut retained_updates) = (0usize, 0u64);
+    let mut retained = Batch::default();
     loop {
-        let (mut ops, bytes, updates, through) = {
+        let (mut batch, through) = {
             let mut st = shared.state();
             while st.queued_through == taken_through && !st.stop {
                 st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -990,20 +1039,17 @@ fn run_committer(shared: &Shared, path: &Path) {
             }
             st.busy = true;
             taken_through = st.queued_through;
-            let ops = std::mem::take(&mut st.queue);
-            let bytes = std::mem::take(&mut st.queue_bytes);
-            let updates = std::mem::take(&mut st.queue_updates);
+            let batch = std::mem::take(&mut st.queue);
             // A `commit` waiting for room in the queue may go on.
             shared.done.notify_all();
-            (ops, bytes, updates, taken_through)
+            (batch, taken_through)
         };
         if !retained.is_empty() {
-            retained.append(&mut ops);
-            ops = std::mem::take(&mut retained);
+            retained.append(batch);
+            batch = std::mem::take(&mut retained);
         }
-        let bytes = bytes + std::mem::take(&mut retained_bytes);
-        let updates = updates + std::mem::take(&mut retained_updates);
-        let result = shared.store().write(&ops);
+        let updates = Arc::new(std::mem::take(&mut batch.updates));
+        let result = shared.store().write(&batch.ops, &updates);
         let waker = {
             let mut st = shared.state();
             st.busy = false;
@@ -1011,10 +1057,13 @@ fn run_committer(shared: &Shared, path: &Path) {
                 Ok(()) => {
                     st.durable_through = through;
                     shared.durable_through.store(through, Ordering::Release);
-                    shared.in_flight_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                    shared
+                        .in_flight_bytes
+                        .fetch_sub(batch.bytes, Ordering::AcqRel);
                     st.stats.commits += 1;
-                    st.stats.appended += updates;
-                    st.stats.snapshots += ops
+                    st.stats.appended += batch.count;
+                    st.stats.snapshots += batch
+                        .ops
                         .iter()
                         .filter(|op| matches!(op, DocOp::Snapshot { .. }))
                         .count() as u64;
@@ -1024,9 +1073,9 @@ fn run_committer(shared: &Shared, path: &Path) {
                     st.failed_through = through;
                     st.last_error = e.to_string();
                     st.stats.failed_commits += 1;
-                    retained = ops;
-                    retained_bytes = bytes;
-                    retained_updates = updates;
+                    // Unshared: the journal mirror took no entry of it.
+                    batch.updates = Arc::try_unwrap(updates).unwrap_or_else(|a| a.to_vec());
+                    retained = batch;
                     Err(RegistryError::Storage(storage(path, e)))
                 }
             };
@@ -1060,22 +1109,28 @@ fn report(out: &mut VecDeque<CommitDone>, through: u64, result: Result<(), Regis
 }
 
 impl Store {
-    /// Writes `ops` in one transaction and updates the journal mirror.
-    fn write(&mut self, ops: &[DocOp]) -> rusqlite::Result<()> {
-        if ops.is_empty() {
+    /// Writes `ops` and the journal entries in `updates` in one transaction
+    /// and updates the journal mirror.
+    fn write(&mut self, ops: &[DocOp], updates: &Arc<Vec<u8>>) -> rusqlite::Result<()> {
+        if ops.is_empty() && updates.is_empty() {
             return Ok(());
         }
         let fold = self.journal_rows + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
-        let new_entries = write_doc_ops(&mut self.conn, ops, fold.then_some(&self.journal))?;
+        let new_entries = write_doc_ops(
+            &mut self.conn,
+            ops,
+            updates,
+            fold.then_some(&self.journal),
+        )?;
         if fold {
             self.journal.clear();
             self.journal_rows = 0;
             self.journal_bytes = 0;
         } else if !new_entries.is_empty() {
             self.journal_rows += 1;
-            for (doc, seq, data) in new_entries {
-                self.journal_bytes += data.len() + 20;
-                self.journal.entry(doc).or_default().push((seq, data));
+            for (doc, entry) in new_entries {
+                self.journal_bytes += entry.at.len() + ENTRY_HEADER;
+                self.journal.entry(doc).or_default().push(entry);
             }
         }
         // Entries a snapshot covers or of removed documents are gone from
@@ -1089,7 +1144,7 @@ impl Store {
                     ..
                 } => {
                     if let Some(entries) = self.journal.get_mut(doc) {
-                        entries.retain(|(seq, _)| seq > up_to);
+                        entries.retain(|e| e.seq > *up_to);
                     }
                 }
                 DocOp::Remove { id } => {
@@ -1115,52 +1170,27 @@ fn unframe(mut row: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
-/// A journal row: entries of `doc` (i64), `seq` (i64), length (u32),
-/// framed updates.
-fn encode_journal<'a>(entries: impl Iterator<Item = (i64, i64, &'a [u8])>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (doc, seq, data) in entries {
-        out.extend_from_slice(&doc.to_le_bytes());
-        out.extend_from_slice(&seq.to_le_bytes());
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(data);
-    }
-    out
-}
-
-fn decode_journal(mut row: &[u8], out: &mut Vec<(i64, i64, Vec<u8>)>) -> Option<()> {
-    while !row.is_empty() {
-        let (head, rest) = row.split_at_checked(20)?;
+/// Calls `f(doc, seq, range of the data)` for every entry of a journal row
+/// (document id `i64`, sequence number `i64`, length `u32`, framed
+/// updates). `None`: malformed.
+fn decode_journal(row: &[u8], mut f: impl FnMut(i64, i64, std::ops::Range<usize>)) -> Option<()> {
+    let mut at = 0;
+    while at < row.len() {
+        let head = row.get(at..at + ENTRY_HEADER)?;
         let doc = i64::from_le_bytes(head[0..8].try_into().ok()?);
         let seq = i64::from_le_bytes(head[8..16].try_into().ok()?);
         let len = u32::from_le_bytes(head[16..20].try_into().ok()?) as usize;
-        let (data, rest) = rest.split_at_checked(len)?;
-        out.push((doc, seq, data.to_vec()));
-        row = rest;
+        let start = at + ENTRY_HEADER;
+        let end = start.checked_add(len).filter(|e| *e <= row.len())?;
+        f(doc, seq, start..end);
+        at = end;
     }
     Some(())
 }
 
-type Journal = BTreeMap<i64, Vec<(i64, Vec<u8>)>>;
-
 /// Reads the unfolded journal: entries per live document above its
 /// snapshot, row count, bytes, and the highest document id it names.
 fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String> {
-    let mut rows = 0u64;
-    let mut entries = Vec::new();
-    {
-        let mut st = conn
-            .prepare("SELECT id, data FROM journal ORDER BY id")
-            .map_err(|e| e.to_string())?;
-        let mut q = st.query([]).map_err(|e| e.to_string())?;
-        while let Some(r) = q.next().map_err(|e| e.to_string())? {
-            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
-            let data: Vec<u8> = r.get(1).map_err(|e| e.to_string())?;
-            decode_journal(&data, &mut entries)
-                .ok_or_else(|| format!("journal row {id} is malformed"))?;
-            rows += 1;
-        }
-    }
     let mut floors = BTreeMap::new();
     {
         let mut st = conn
@@ -1173,28 +1203,46 @@ fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String>
             floors.insert(id, floor);
         }
     }
-    let max_id = entries.iter().map(|e| e.0).max().unwrap_or(0);
+    let mut rows = 0u64;
     let mut journal = Journal::new();
     let mut bytes = 0;
-    for (doc, seq, data) in entries {
-        if floors.get(&doc).is_some_and(|floor| seq > *floor) {
-            bytes += data.len() + 20;
-            journal.entry(doc).or_default().push((seq, data));
-        }
+    let mut max_id = 0;
+    let mut st = conn
+        .prepare("SELECT id, data FROM journal ORDER BY id")
+        .map_err(|e| e.to_string())?;
+    let mut q = st.query([]).map_err(|e| e.to_string())?;
+    while let Some(r) = q.next().map_err(|e| e.to_string())? {
+        let id: i64 = r.get(0).map_err(|e| e.to_string())?;
+        let row = Arc::new(r.get::<_, Vec<u8>>(1).map_err(|e| e.to_string())?);
+        decode_journal(&row, |doc, seq, at| {
+            max_id = max_id.max(doc);
+            if floors.get(&doc).is_some_and(|floor| seq > *floor) {
+                bytes += at.len() + ENTRY_HEADER;
+                journal.entry(doc).or_default().push(Entry {
+                    seq,
+                    row: Arc::clone(&row),
+                    at,
+                });
+            }
+        })
+        .ok_or_else(|| format!("journal row {id} is malformed"))?;
+        rows += 1;
     }
     Ok((journal, rows, bytes, max_id))
 }
 
-/// Writes `ops` in one transaction. The updates of the commit go into one
-/// journal row (one sequential write, however many documents they touch),
-/// or, when `fold` holds the journal, the journal and these updates are
-/// folded into one `updates` row per document and the journal emptied.
-/// Returns the commit's entries `(doc, seq, framed updates)`.
+/// Writes `ops` and the journal entries in `updates` in one transaction.
+/// The updates go into one journal row (one sequential write, however many
+/// documents they touch), or, when `fold` holds the journal, the journal
+/// and these updates are folded into one `updates` row per document and the
+/// journal emptied. Returns the commit's entries that were kept (those a
+/// truncating snapshot or a removal in the same batch does not cover).
 fn write_doc_ops(
     conn: &mut Connection,
     ops: &[DocOp],
+    updates: &Arc<Vec<u8>>,
     fold: Option<&Journal>,
-) -> rusqlite::Result<Vec<(i64, i64, Vec<u8>)>> {
+) -> rusqlite::Result<Vec<(i64, Entry)>> {
     // Entries a truncating snapshot or a removal in this same batch covers
     // need not be written.
     let mut floor: BTreeMap<i64, i64> = BTreeMap::new();
@@ -1215,7 +1263,16 @@ fn write_doc_ops(
             _ => {}
         }
     }
-    let mut entries: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+    let mut entries: Vec<(i64, Entry)> = Vec::new();
+    let mut all = 0usize;
+    // Staged by this process: never malformed.
+    let _ = decode_journal(updates, |doc, seq, at| {
+        all += 1;
+        if floor.get(&doc).is_none_or(|f| seq > *f) {
+            let row = Arc::clone(updates);
+            entries.push((doc, Entry { seq, row, at }));
+        }
+    });
     let tx = conn.transaction()?;
     {
         for op in ops {
@@ -1223,11 +1280,6 @@ fn write_doc_ops(
                 DocOp::Create { id, name } => {
                     tx.prepare_cached("INSERT INTO docs (id, name) VALUES (?1, ?2)")?
                         .execute(params![id, name])?;
-                }
-                DocOp::Append { doc, seq, data } => {
-                    if floor.get(doc).is_none_or(|f| seq > f) {
-                        entries.push((*doc, *seq, data.clone()));
-                    }
                 }
                 DocOp::Snapshot {
                     doc,
@@ -1258,8 +1310,19 @@ fn write_doc_ops(
             }
         }
         match fold {
+            None if entries.len() == all && all > 0 => {
+                // Nothing covered: the staged bytes are the row.
+                tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
+                    .execute([updates.as_slice()])?;
+            }
             None if !entries.is_empty() => {
-                let row = encode_journal(entries.iter().map(|(d, s, b)| (*d, *s, b.as_slice())));
+                let mut row = Vec::new();
+                for (doc, e) in &entries {
+                    row.extend_from_slice(&doc.to_le_bytes());
+                    row.extend_from_slice(&e.seq.to_le_bytes());
+                    row.extend_from_slice(&(e.at.len() as u32).to_le_bytes());
+                    row.extend_from_slice(e.data());
+                }
                 tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
                     .execute([row])?;
             }
@@ -1270,15 +1333,15 @@ fn write_doc_ops(
                 let mut rows: BTreeMap<i64, (i64, Vec<u8>)> = BTreeMap::new();
                 let old = journal
                     .iter()
-                    .flat_map(|(doc, es)| es.iter().map(move |(s, d)| (*doc, *s, d)));
-                let new = entries.iter().map(|(doc, s, d)| (*doc, *s, d));
-                for (doc, seq, data) in old.chain(new) {
-                    if floor.get(&doc).is_some_and(|f| seq <= *f) {
+                    .flat_map(|(doc, es)| es.iter().map(move |e| (*doc, e)));
+                let new = entries.iter().map(|(doc, e)| (*doc, e));
+                for (doc, e) in old.chain(new) {
+                    if floor.get(&doc).is_some_and(|f| e.seq <= *f) {
                         continue;
                     }
                     let row = rows.entry(doc).or_default();
-                    row.0 = row.0.max(seq);
-                    row.1.extend_from_slice(data);
+                    row.0 = row.0.max(e.seq);
+                    row.1.extend_from_slice(e.data());
                 }
                 let mut insert =
                     tx.prepare_cached("INSERT INTO updates (doc, seq, data) VALUES (?1, ?2, ?3)")?;
@@ -1292,6 +1355,7 @@ fn write_doc_ops(
     tx.commit()?;
     Ok(entries)
 }
+
 
 impl<D: Document> Registry for SqliteRegistry<D> {
     type Doc = D;
@@ -1352,13 +1416,11 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     /// has writes not yet on disk: flush first.
     fn unload(&mut self, name: &str) -> bool {
         let durable = self.shared.durable_through.load(Ordering::Acquire);
-        match self.docs.get(name) {
-            Some(l) if l.staged == 0 && !l.needs_snapshot && l.written_in <= durable => {
-                self.docs.remove(name);
-                true
-            }
-            _ => false,
+        if self.docs.get(name).is_some_and(|l| l.unloadable(durable)) {
+            self.docs.remove(name);
+            return true;
         }
+        false
     }
 
     /// Deletes `name` from memory and from the file (committed at once with
@@ -1382,7 +1444,7 @@ impl<D: Document> Registry for SqliteRegistry<D> {
             return false;
         };
         self.stage(name, DocOp::Remove { id });
-        self.removed.insert(name.to_string(), 0);
+        self.removed.insert(name.to_string(), self.last_commit + 1);
         if let Ok(Some(commit)) = self.hand_over() {
             let _ = self.wait_for(commit);
         }
@@ -1390,34 +1452,38 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     }
 
     fn update_applied(&mut self, name: &str, update: &[u8]) -> Result<(), RegistryError> {
-        let in_flight = self.shared.in_flight_bytes.load(Ordering::Acquire);
+        let waiting = self.staged.bytes + self.shared.in_flight_bytes.load(Ordering::Acquire);
+        let next_commit = self.last_commit + 1;
+        let compact_after = self.config.compact_after;
         let Some(l) = self.docs.get_mut(name) else {
             return Err(RegistryError::NotFound(name.to_string()));
         };
-        let waiting = self.staged_bytes + in_flight;
+        let len = u32::try_from(update.len())
+            .ok()
+            .filter(|len| *len < u32::MAX - 4);
+        let Some(len) = len else {
+            self.needs_snapshot(name);
+            return Err(RegistryError::Storage("update larger than 4 GiB".into()));
+        };
         if waiting + update.len() > self.config.max_staged_bytes {
             // Applied in memory but not staged: this flush fails, the next
             // successful one writes a snapshot holding it.
-            l.needs_snapshot = true;
             let why =
                 format!("{waiting} bytes wait for a commit that keeps failing; update not stored");
+            self.needs_snapshot(name);
             self.unstaged = Some(why.clone());
             return Err(RegistryError::Storage(storage(&self.path, why)));
         }
-        let Ok(len) = u32::try_from(update.len()) else {
-            l.needs_snapshot = true;
-            return Err(RegistryError::Storage("update larger than 4 GiB".into()));
-        };
+        let seq = l.next_seq;
         l.next_seq += 1;
         l.log_len += 1;
         l.log_bytes += update.len() + 4;
-        l.staged += 1;
-        l.buf.extend_from_slice(&len.to_le_bytes());
-        l.buf.extend_from_slice(update);
-        self.staged_bytes += update.len() + 4;
-        self.staged_updates += 1;
-        if !self.dirty.contains(name) {
-            self.dirty.insert(name.to_string());
+        l.written_in = next_commit;
+        let compact = !l.compact_queued && l.log_len >= compact_after && l.log_bytes >= l.snapshot_len;
+        l.compact_queued |= compact;
+        self.staged.push_update(l.id, seq, update, len);
+        if compact {
+            self.compact_due.push(name.to_string());
         }
         Ok(())
     }
@@ -1463,9 +1529,9 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     /// and everything handed over before is on disk. A commit whose
     /// predecessor failed retries the failed writes.
     fn commit(&mut self) -> Result<Commit, RegistryError> {
-        {
-            let mut st = self.shared.state();
-            st.report = true;
+        if !self.reporting {
+            self.reporting = true;
+            self.shared.state().report = true;
         }
         let commit = self.hand_over()?;
         if let Some(why) = self.unstaged.take() {
@@ -1500,7 +1566,7 @@ impl<D> std::fmt::Debug for SqliteRegistry<D> {
         f.debug_struct("SqliteRegistry")
             .field("path", &self.path)
             .field("loaded", &self.docs.len())
-            .field("staged", &self.staged.len())
+            .field("staged_bytes", &self.staged.bytes)
             .field("last_commit", &self.last_commit)
             .finish()
     }

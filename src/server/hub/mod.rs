@@ -96,6 +96,14 @@ pub struct Hub<A> {
 struct InFlight {
     id: CommitId,
     acks: Vec<(ConnId, DocId, u64)>,
+    /// Length of `acks` after its last deduplication.
+    distinct: usize,
+}
+
+/// Keeps one entry per (session, document): the highest sequence number.
+fn dedup_acks(acks: &mut Vec<(ConnId, DocId, u64)>) {
+    acks.sort_unstable_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
+    acks.dedup_by_key(|a| (a.0, a.1));
 }
 
 impl<A: Authorizer> Hub<A> {
@@ -1405,9 +1413,14 @@ impl<A: Authorizer> Hub<A> {
             Vec::new()
         };
         let mut due = std::mem::take(&mut self.acks_due);
+        if !advanced.is_empty() {
+            // Acked below with the others.
+            let mut sorted = due.clone();
+            sorted.sort_unstable();
+            advanced.retain(|a| sorted.binary_search(a).is_err());
+        }
         let mut waiting = Vec::new();
         for (conn, doc) in due.drain(..) {
-            advanced.retain(|a| *a != (conn, doc));
             let Some(sub) = self.sub_mut(conn, doc) else {
                 continue;
             };
@@ -1451,18 +1464,22 @@ impl<A: Authorizer> Hub<A> {
         match self.in_flight.back_mut() {
             Some(last) if last.id == id || full => {
                 last.id = last.id.max(id);
-                for (conn, doc, seq) in acks {
-                    match last
-                        .acks
-                        .iter_mut()
-                        .find(|(c, d, _)| (*c, *d) == (conn, doc))
-                    {
-                        Some(a) => a.2 = a.2.max(seq),
-                        None => last.acks.push((conn, doc, seq)),
-                    }
+                last.acks.extend(acks);
+                // One entry per (session, document) is enough: compact when
+                // the list doubled, so merging stays linear overall.
+                if last.acks.len() > 2 * last.distinct.max(64) {
+                    dedup_acks(&mut last.acks);
+                    last.distinct = last.acks.len();
                 }
             }
-            _ => self.in_flight.push_back(InFlight { id, acks }),
+            _ => {
+                let distinct = acks.len();
+                self.in_flight.push_back(InFlight {
+                    id,
+                    acks,
+                    distinct,
+                });
+            }
         }
     }
 
@@ -1486,12 +1503,12 @@ impl<A: Authorizer> Hub<A> {
                 let seq = seq.min(sub.last_seq);
                 if seq > sub.durable_seq {
                     sub.durable_seq = seq;
-                    if !advanced.contains(&(conn, doc)) {
-                        advanced.push((conn, doc));
-                    }
+                    advanced.push((conn, doc));
                 }
             }
         }
+        advanced.sort_unstable();
+        advanced.dedup();
         advanced
     }
 
@@ -1504,13 +1521,9 @@ impl<A: Authorizer> Hub<A> {
             let Some(failed) = self.in_flight.pop_front() else {
                 break;
             };
-            for (conn, doc, seq) in failed.acks {
-                match errors.iter_mut().find(|(c, d, _)| (*c, *d) == (conn, doc)) {
-                    Some(e) => e.2 = e.2.max(seq),
-                    None => errors.push((conn, doc, seq)),
-                }
-            }
+            errors.extend(failed.acks);
         }
+        dedup_acks(&mut errors);
         let message = e.to_string();
         for (conn, doc, seq) in errors {
             if self.sub_mut(conn, doc).is_some() {

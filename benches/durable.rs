@@ -310,7 +310,14 @@ fn main() {
         for _ in 0..samples {
             // Interleaved, so drift in machine load hits all columns alike.
             let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
-            mem.push(&sample(&mut reg, None, Drive::Commit, window, rounds, |_| 0));
+            mem.push(&sample(
+                &mut reg,
+                None,
+                Drive::Commit,
+                window,
+                rounds,
+                |_| 0,
+            ));
             for (sync, drive, out) in [
                 (Synchronous::Full, Drive::Commit, &mut full_async),
                 (Synchronous::Full, Drive::Flush, &mut full_flush),

@@ -354,7 +354,11 @@ fn commits_in_flight_are_bounded_and_never_acked_early() {
     assert_eq!(rig.durable(0), seqs[0]);
     rig.reg.complete(5, Ok(()));
     rig.poll();
-    assert_eq!(rig.durable(0), seqs[0], "merged acks wait for the newest id");
+    assert_eq!(
+        rig.durable(0),
+        seqs[0],
+        "merged acks wait for the newest id"
+    );
     rig.reg.complete(6, Ok(()));
     rig.poll();
     assert_eq!(rig.durable(0), seqs[5]);

@@ -821,7 +821,9 @@ impl<D: Document> SqliteRegistry<D> {
         };
         let rows = store
             .conn
-            .prepare_cached("SELECT seq, data FROM updates WHERE doc = ?1 AND seq > ?2 ORDER BY seq")
+            .prepare_cached(
+                "SELECT seq, data FROM updates WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
+            )
             .and_then(|mut st| {
                 st.query_map(params![id, snapshot_seq], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -839,7 +841,12 @@ impl<D: Document> SqliteRegistry<D> {
         let entries: Vec<Entry> = store
             .journal
             .get(&id)
-            .map(|es| es.iter().filter(|e| e.seq > snapshot_seq).cloned().collect())
+            .map(|es| {
+                es.iter()
+                    .filter(|e| e.seq > snapshot_seq)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         drop(store);
         let mut doc = (self.factory)(name);
@@ -1116,12 +1123,8 @@ impl Store {
             return Ok(());
         }
         let fold = self.journal_rows + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
-        let new_entries = write_doc_ops(
-            &mut self.conn,
-            ops,
-            updates,
-            fold.then_some(&self.journal),
-        )?;
+        let new_entries =
+            write_doc_ops(&mut self.conn, ops, updates, fold.then_some(&self.journal))?;
         if fold {
             self.journal.clear();
             self.journal_rows = 0;
@@ -1356,7 +1359,6 @@ fn write_doc_ops(
     Ok(entries)
 }
 
-
 impl<D: Document> Registry for SqliteRegistry<D> {
     type Doc = D;
 
@@ -1479,7 +1481,8 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         l.log_len += 1;
         l.log_bytes += update.len() + 4;
         l.written_in = next_commit;
-        let compact = !l.compact_queued && l.log_len >= compact_after && l.log_bytes >= l.snapshot_len;
+        let compact =
+            !l.compact_queued && l.log_len >= compact_after && l.log_bytes >= l.snapshot_len;
         l.compact_queued |= compact;
         self.staged.push_update(l.id, seq, update, len);
         if compact {

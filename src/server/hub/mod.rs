@@ -1474,11 +1474,7 @@ impl<A: Authorizer> Hub<A> {
             }
             _ => {
                 let distinct = acks.len();
-                self.in_flight.push_back(InFlight {
-                    id,
-                    acks,
-                    distinct,
-                });
+                self.in_flight.push_back(InFlight { id, acks, distinct });
             }
         }
     }

@@ -967,7 +967,14 @@ impl<D: Document> SqliteRegistry<D> {
         if st.queue.bytes > max && st.busy {
             st.stats.commit_waits += 1;
             while st.queue.bytes > max && st.busy && !st.stop {
-                st = shared.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+                if self.committer.as_ref().is_none_or(|c| c.is_finished()) {
+                    break;
+                }
+                st = shared
+                    .done
+                    .wait_timeout(st, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
         }
         self.last_commit += 1;

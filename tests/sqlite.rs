@@ -848,3 +848,56 @@ fn a_data_path_that_cannot_be_created_is_a_typed_error() {
         other => panic!("expected a storage error, got {:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn documents_reload_from_the_journal_between_commits() {
+    // Loads read the unfolded journal from memory: interleave commits,
+    // loads, compactions and a removal, and compare with a fresh process.
+    let dir = temp_dir("reload");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        compact_after: 7,
+        ..SqliteConfig::default()
+    };
+    let mut reg = open_reg_with(&path, config.clone());
+    let mut authors: Vec<OpLog> = (0..3).map(|i| OpLog::new(i + 1)).collect();
+    let mut expected = [0usize; 3];
+    for round in 0..40 {
+        for (i, a) in authors.iter_mut().enumerate() {
+            if (round + i) % 4 == 0 {
+                continue;
+            }
+            let name = format!("d{i}");
+            a.edit(format!("r{round};").as_bytes());
+            let u = a.take_local_update().unwrap();
+            reg.open(&name).unwrap().apply(&u);
+            reg.update_applied(&name, &u).unwrap();
+            expected[i] += 1;
+        }
+        assert_eq!(reg.flush(), Ok(true));
+        // Unload one document and load it back from the file and journal.
+        let name = format!("d{}", round % 3);
+        let loaded = reg.list().contains(&name);
+        assert_eq!(reg.unload(&name), loaded, "round {round}");
+        assert_eq!(
+            reg.open(&name).unwrap().op_count(),
+            expected[round % 3],
+            "round {round} {name}"
+        );
+        if round == 25 {
+            assert!(reg.remove("d2"));
+            expected[2] = 0;
+            authors[2] = OpLog::new(30);
+        }
+    }
+    assert!(reg.stats().snapshots > 0, "compactions happened");
+    drop(reg);
+    let mut reg = open_reg_with(&path, config);
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(
+            reg.open(&format!("d{i}")).unwrap().op_count(),
+            *want,
+            "d{i}"
+        );
+    }
+}

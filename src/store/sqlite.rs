@@ -397,17 +397,22 @@ impl Entry {
     }
 }
 
-/// Committed journal entries not yet folded into `updates`, per document
-/// id. Mirrors the `journal` table.
-type Journal = BTreeMap<i64, Vec<Entry>>;
-
 /// The database connection and the mirror of its journal, shared by the
 /// registry (reads: loading documents) and its committer thread (writes).
 struct Store {
     conn: Connection,
-    journal: Journal,
-    journal_rows: u64,
+    /// The committed journal rows not yet folded into `updates` (mirror of
+    /// the `journal` table), so loading a document needs no scan of it.
+    rows: Vec<Arc<Vec<u8>>>,
+    /// Bytes of `rows`.
     journal_bytes: usize,
+    /// Per-document index of `rows[..indexed]`: built when a load needs
+    /// it, so committing costs nothing per update.
+    index: BTreeMap<i64, Vec<Entry>>,
+    indexed: usize,
+    /// Journal entries of a document up to this sequence number are
+    /// covered by its snapshot (`i64::MAX`: the document was removed).
+    floors: BTreeMap<i64, i64>,
 }
 
 /// What the registry and its committer thread share (behind `state`).
@@ -587,7 +592,7 @@ impl<D: Document> SqliteRegistry<D> {
         let max: Option<i64> = conn
             .query_row("SELECT max(id) FROM docs", [], |r| r.get(0))
             .map_err(|e| RegistryError::Storage(storage(&path, e)))?;
-        let (journal, journal_rows, journal_bytes, max_journal_id) =
+        let (rows, floors, max_journal_id) =
             read_journal(&conn).map_err(|e| RegistryError::Storage(storage(&path, e)))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(CommitterState::default()),
@@ -595,9 +600,11 @@ impl<D: Document> SqliteRegistry<D> {
             done: Condvar::new(),
             store: Mutex::new(Store {
                 conn,
-                journal,
-                journal_rows,
-                journal_bytes,
+                journal_bytes: rows.iter().map(|r| r.len()).sum(),
+                rows,
+                index: BTreeMap::new(),
+                indexed: 0,
+                floors,
             }),
             in_flight_bytes: AtomicUsize::new(0),
             durable_through: AtomicU64::new(0),
@@ -801,7 +808,7 @@ impl<D: Document> SqliteRegistry<D> {
         // journal in between.
         let path = self.path.clone();
         let err = |e: rusqlite::Error| RegistryError::Storage(storage(&path, e));
-        let store = self.shared.store();
+        let mut store = self.shared.store();
         let row = store
             .conn
             .prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")
@@ -839,15 +846,11 @@ impl<D: Document> SqliteRegistry<D> {
             .and_then(|mut st| st.query_row([id], |r| r.get(0)))
             .map_err(err)?;
         let entries: Vec<Entry> = store
-            .journal
-            .get(&id)
-            .map(|es| {
-                es.iter()
-                    .filter(|e| e.seq > snapshot_seq)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+            .entries(id)
+            .iter()
+            .filter(|e| e.seq > snapshot_seq)
+            .cloned()
+            .collect();
         drop(store);
         let mut doc = (self.factory)(name);
         let snapshot_len = snapshot.as_ref().map_or(0, Vec::len);
@@ -1129,42 +1132,72 @@ impl Store {
         if ops.is_empty() && updates.is_empty() {
             return Ok(());
         }
-        let fold = self.journal_rows + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
-        let new_entries =
-            write_doc_ops(&mut self.conn, ops, updates, fold.then_some(&self.journal))?;
+        let fold = self.rows.len() as u64 + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
+        let journal = fold.then_some((self.rows.as_slice(), &self.floors));
+        write_doc_ops(&mut self.conn, ops, updates, journal)?;
         if fold {
-            self.journal.clear();
-            self.journal_rows = 0;
+            // Later entries are above every floor (sequence numbers grow,
+            // ids are not reused).
+            self.rows.clear();
             self.journal_bytes = 0;
-        } else if !new_entries.is_empty() {
-            self.journal_rows += 1;
-            for (doc, entry) in new_entries {
-                self.journal_bytes += entry.at.len() + ENTRY_HEADER;
-                self.journal.entry(doc).or_default().push(entry);
-            }
+            self.index.clear();
+            self.indexed = 0;
+            self.floors.clear();
+            return Ok(());
         }
-        // Entries a snapshot covers or of removed documents are gone from
-        // the log; the journal copy is dropped too.
-        for op in ops {
-            match op {
-                DocOp::Snapshot {
-                    doc,
-                    up_to,
-                    truncate: true,
-                    ..
-                } => {
-                    if let Some(entries) = self.journal.get_mut(doc) {
-                        entries.retain(|e| e.seq > *up_to);
-                    }
-                }
-                DocOp::Remove { id } => {
-                    self.journal.remove(id);
-                }
-                _ => {}
+        if !updates.is_empty() {
+            self.rows.push(Arc::clone(updates));
+            self.journal_bytes += updates.len();
+        }
+        for (doc, floor) in floors(ops) {
+            let f = self.floors.entry(doc).or_insert(floor);
+            *f = (*f).max(floor);
+            if let Some(entries) = self.index.get_mut(&doc) {
+                entries.retain(|e| e.seq > floor);
             }
         }
         Ok(())
     }
+
+    /// The journal entries of document `id` (indexing new rows first).
+    fn entries(&mut self, id: i64) -> &[Entry] {
+        for row in &self.rows[self.indexed..] {
+            // Written by this process or checked when read: never malformed.
+            let _ = decode_journal(row, |doc, seq, at| {
+                self.index.entry(doc).or_default().push(Entry {
+                    seq,
+                    row: Arc::clone(row),
+                    at,
+                });
+            });
+        }
+        self.indexed = self.rows.len();
+        self.index.get(&id).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Per document, the journal entries `ops` cover: up to a truncating
+/// snapshot's sequence number, or all of a removed document's.
+fn floors(ops: &[DocOp]) -> BTreeMap<i64, i64> {
+    let mut floor: BTreeMap<i64, i64> = BTreeMap::new();
+    for op in ops {
+        match op {
+            DocOp::Snapshot {
+                doc,
+                up_to,
+                truncate: true,
+                ..
+            } => {
+                let f = floor.entry(*doc).or_insert(*up_to);
+                *f = (*f).max(*up_to);
+            }
+            DocOp::Remove { id } => {
+                floor.insert(*id, i64::MAX);
+            }
+            _ => {}
+        }
+    }
+    floor
 }
 
 /// Splits a log row into its framed updates (`None`: malformed).
@@ -1198,10 +1231,14 @@ fn decode_journal(row: &[u8], mut f: impl FnMut(i64, i64, std::ops::Range<usize>
     Some(())
 }
 
-/// Reads the unfolded journal: entries per live document above its
-/// snapshot, row count, bytes, and the highest document id it names.
-fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String> {
-    let mut floors = BTreeMap::new();
+/// The unfolded journal's rows, floors and highest document id.
+type JournalRead = (Vec<Arc<Vec<u8>>>, BTreeMap<i64, i64>, i64);
+
+/// Reads the unfolded journal: its rows, the floors of the documents they
+/// name (entries at or below are covered by a snapshot; `i64::MAX`: the
+/// document was removed), and the highest document id they name.
+fn read_journal(conn: &Connection) -> Result<JournalRead, String> {
+    let mut stored = BTreeMap::new();
     {
         let mut st = conn
             .prepare("SELECT id, snapshot_seq FROM docs")
@@ -1210,12 +1247,11 @@ fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String>
         while let Some(r) = q.next().map_err(|e| e.to_string())? {
             let id: i64 = r.get(0).map_err(|e| e.to_string())?;
             let floor: i64 = r.get(1).map_err(|e| e.to_string())?;
-            floors.insert(id, floor);
+            stored.insert(id, floor);
         }
     }
-    let mut rows = 0u64;
-    let mut journal = Journal::new();
-    let mut bytes = 0;
+    let mut rows = Vec::new();
+    let mut floors = BTreeMap::new();
     let mut max_id = 0;
     let mut st = conn
         .prepare("SELECT id, data FROM journal ORDER BY id")
@@ -1223,66 +1259,37 @@ fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String>
     let mut q = st.query([]).map_err(|e| e.to_string())?;
     while let Some(r) = q.next().map_err(|e| e.to_string())? {
         let id: i64 = r.get(0).map_err(|e| e.to_string())?;
-        let row = Arc::new(r.get::<_, Vec<u8>>(1).map_err(|e| e.to_string())?);
-        decode_journal(&row, |doc, seq, at| {
+        let row: Vec<u8> = r.get(1).map_err(|e| e.to_string())?;
+        decode_journal(&row, |doc, _, _| {
             max_id = max_id.max(doc);
-            if floors.get(&doc).is_some_and(|floor| seq > *floor) {
-                bytes += at.len() + ENTRY_HEADER;
-                journal.entry(doc).or_default().push(Entry {
-                    seq,
-                    row: Arc::clone(&row),
-                    at,
-                });
+            let floor = stored.get(&doc).copied().unwrap_or(i64::MAX);
+            if floor > 0 {
+                floors.insert(doc, floor);
             }
         })
         .ok_or_else(|| format!("journal row {id} is malformed"))?;
-        rows += 1;
+        rows.push(Arc::new(row));
     }
-    Ok((journal, rows, bytes, max_id))
+    Ok((rows, floors, max_id))
 }
 
 /// Writes `ops` and the journal entries in `updates` in one transaction.
 /// The updates go into one journal row (one sequential write, however many
-/// documents they touch), or, when `fold` holds the journal, the journal
-/// and these updates are folded into one `updates` row per document and the
-/// journal emptied. Returns the commit's entries that were kept (those a
-/// truncating snapshot or a removal in the same batch does not cover).
+/// documents they touch), or, when `fold` holds the journal (its rows and
+/// floors), the journal and these updates are folded into one `updates` row
+/// per document and the journal emptied. Entries a truncating snapshot or a
+/// removal covers are not written.
 fn write_doc_ops(
     conn: &mut Connection,
     ops: &[DocOp],
-    updates: &Arc<Vec<u8>>,
-    fold: Option<&Journal>,
-) -> rusqlite::Result<Vec<(i64, Entry)>> {
-    // Entries a truncating snapshot or a removal in this same batch covers
-    // need not be written.
-    let mut floor: BTreeMap<i64, i64> = BTreeMap::new();
-    for op in ops {
-        match op {
-            DocOp::Snapshot {
-                doc,
-                up_to,
-                truncate: true,
-                ..
-            } => {
-                let f = floor.entry(*doc).or_insert(*up_to);
-                *f = (*f).max(*up_to);
-            }
-            DocOp::Remove { id } => {
-                floor.insert(*id, i64::MAX);
-            }
-            _ => {}
-        }
-    }
-    let mut entries: Vec<(i64, Entry)> = Vec::new();
-    let mut all = 0usize;
-    // Staged by this process: never malformed.
-    let _ = decode_journal(updates, |doc, seq, at| {
-        all += 1;
-        if floor.get(&doc).is_none_or(|f| seq > *f) {
-            let row = Arc::clone(updates);
-            entries.push((doc, Entry { seq, row, at }));
-        }
-    });
+    updates: &[u8],
+    fold: Option<(&[Arc<Vec<u8>>], &BTreeMap<i64, i64>)>,
+) -> rusqlite::Result<()> {
+    let floor = floors(ops);
+    let covered = |doc: i64, seq: i64, journal: Option<&BTreeMap<i64, i64>>| {
+        floor.get(&doc).is_some_and(|f| seq <= *f)
+            || journal.is_some_and(|j| j.get(&doc).is_some_and(|f| seq <= *f))
+    };
     let tx = conn.transaction()?;
     {
         for op in ops {
@@ -1320,38 +1327,37 @@ fn write_doc_ops(
             }
         }
         match fold {
-            None if entries.len() == all && all > 0 => {
+            None if updates.is_empty() => {}
+            None if floor.is_empty() => {
                 // Nothing covered: the staged bytes are the row.
                 tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
-                    .execute([updates.as_slice()])?;
+                    .execute([updates])?;
             }
-            None if !entries.is_empty() => {
-                let mut row = Vec::new();
-                for (doc, e) in &entries {
-                    row.extend_from_slice(&doc.to_le_bytes());
-                    row.extend_from_slice(&e.seq.to_le_bytes());
-                    row.extend_from_slice(&(e.at.len() as u32).to_le_bytes());
-                    row.extend_from_slice(e.data());
+            None => {
+                let mut row = Vec::with_capacity(updates.len());
+                // Staged by this process: never malformed.
+                let _ = decode_journal(updates, |doc, seq, at| {
+                    if !covered(doc, seq, None) {
+                        row.extend_from_slice(&updates[at.start - ENTRY_HEADER..at.end]);
+                    }
+                });
+                if !row.is_empty() {
+                    tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
+                        .execute([row])?;
                 }
-                tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
-                    .execute([row])?;
             }
-            None => {}
-            Some(journal) => {
+            Some((journal, floors)) => {
                 // One row per document: its journal entries, then this
                 // commit's, concatenated (framed updates concatenate).
                 let mut rows: BTreeMap<i64, (i64, Vec<u8>)> = BTreeMap::new();
-                let old = journal
-                    .iter()
-                    .flat_map(|(doc, es)| es.iter().map(move |e| (*doc, e)));
-                let new = entries.iter().map(|(doc, e)| (*doc, e));
-                for (doc, e) in old.chain(new) {
-                    if floor.get(&doc).is_some_and(|f| e.seq <= *f) {
-                        continue;
-                    }
-                    let row = rows.entry(doc).or_default();
-                    row.0 = row.0.max(e.seq);
-                    row.1.extend_from_slice(e.data());
+                for row in journal.iter().map(|r| r.as_slice()).chain([updates]) {
+                    let _ = decode_journal(row, |doc, seq, at| {
+                        if !covered(doc, seq, Some(floors)) {
+                            let out = rows.entry(doc).or_default();
+                            out.0 = out.0.max(seq);
+                            out.1.extend_from_slice(&row[at]);
+                        }
+                    });
                 }
                 let mut insert =
                     tx.prepare_cached("INSERT INTO updates (doc, seq, data) VALUES (?1, ?2, ?3)")?;
@@ -1362,8 +1368,7 @@ fn write_doc_ops(
             }
         }
     }
-    tx.commit()?;
-    Ok(entries)
+    tx.commit()
 }
 
 impl<D: Document> Registry for SqliteRegistry<D> {

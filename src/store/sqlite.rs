@@ -1231,8 +1231,12 @@ fn decode_journal(row: &[u8], mut f: impl FnMut(i64, i64, std::ops::Range<usize>
     Some(())
 }
 
+/// Per document id, the sequence number up to which its journal entries are
+/// covered (by a snapshot; `i64::MAX`: the document was removed).
+type Floors = BTreeMap<i64, i64>;
+
 /// The unfolded journal's rows, floors and highest document id.
-type JournalRead = (Vec<Arc<Vec<u8>>>, BTreeMap<i64, i64>, i64);
+type JournalRead = (Vec<Arc<Vec<u8>>>, Floors, i64);
 
 /// Reads the unfolded journal: its rows, the floors of the documents they
 /// name (entries at or below are covered by a snapshot; `i64::MAX`: the
@@ -1283,10 +1287,10 @@ fn write_doc_ops(
     conn: &mut Connection,
     ops: &[DocOp],
     updates: &[u8],
-    fold: Option<(&[Arc<Vec<u8>>], &BTreeMap<i64, i64>)>,
+    fold: Option<(&[Arc<Vec<u8>>], &Floors)>,
 ) -> rusqlite::Result<()> {
     let floor = floors(ops);
-    let covered = |doc: i64, seq: i64, journal: Option<&BTreeMap<i64, i64>>| {
+    let covered = |doc: i64, seq: i64, journal: Option<&Floors>| {
         floor.get(&doc).is_some_and(|f| seq <= *f)
             || journal.is_some_and(|j| j.get(&doc).is_some_and(|f| seq <= *f))
     };

@@ -273,7 +273,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if full { 7 } else { 1 });
     // Updates per writer per sample.
-    let per_writer: usize = if full { 2000 } else { 8 };
+    let per_writer: usize = if full { 5000 } else { 8 };
     // `CSS_BENCH_WINDOWS=1,8` picks the windows (updates per writer per
     // server round).
     let windows: Vec<usize> = match std::env::var("CSS_BENCH_WINDOWS") {

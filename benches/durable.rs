@@ -1,20 +1,36 @@
 //! Durable update throughput: the hub with a [`SqliteRegistry`] next to the
 //! same hub with a [`MemoryRegistry`], in the same run.
 //!
-//! 100 in-process writers, each with its own document, keep a window of
-//! updates in flight (like clients typing while acks travel). A round is
-//! what a server loop sees under that load: every writer's frames go through
-//! `Hub::handle_input_deferred`, then one `Hub::flush` (for SQLite: one
-//! transaction, one fsync: group commit), then every ack is drained.
-//! Timed: the hub's side only (inputs, flush, draining transmits); the
-//! client sessions run untimed. Every update of a durable run is checked to
-//! be acknowledged `durable`.
+//! 100 writers, each with its own document, send updates concurrently. The
+//! writers' frames are made up front (untimed), in rounds of `window`
+//! updates per writer: a round is what a server loop receives from its 100
+//! clients between two commits. Timed, in wall-clock time: the server side
+//! only, as the hub task runs it: every frame of a round through
+//! `Hub::handle_input_deferred`, one commit, completed commits polled, the
+//! acknowledgements drained; after the last round, until every update is
+//! acknowledged `durable` (SQLite) or applied (memory). The SQLite
+//! committer thread runs concurrently, on the same machine, inside the
+//! timed span. Afterwards every writer's session checks (untimed) that its
+//! last update was acknowledged `durable`.
+//!
+//! Columns:
+//! - `memory`: `MemoryRegistry` (nothing durable), `Hub::commit`.
+//! - `FULL async`: `SqliteRegistry`, `synchronous=FULL` (fsync per
+//!   transaction), `Hub::commit` + `Hub::poll_commits`: the hub never waits
+//!   for the disk; the committer writes everything handed over since its
+//!   last transaction in one transaction.
+//! - `FULL flush`: the same registry driven with `Hub::flush` (commit and
+//!   wait, one fsync per round): the path before asynchronous durability.
+//! - `NORMAL async`: `synchronous=NORMAL` (no fsync per commit).
 //!
 //! `cargo bench --bench durable --features sqlite` prints the medians of
-//! several samples (updates/s) and the durable/memory ratio. Without
+//! several interleaved samples (updates/s), the durable/memory ratios, and
+//! the committer's commits per second and updates per commit. Without
 //! `--bench` (e.g. `cargo test --all-targets`) it runs once, small.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession};
@@ -31,16 +47,27 @@ struct Writer {
     conn: ConnId,
     doc: String,
     last_seq: u64,
-    durable: u64,
+}
+
+/// How the server loop commits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// `Hub::commit`, then `Hub::poll_commits` (and, at the end, waiting for
+    /// the registry's commit waker).
+    Commit,
+    /// `Hub::flush`: commit and wait.
+    Flush,
 }
 
 struct Sample {
     updates: u64,
-    hub_time: Duration,
-    commits: Option<u64>,
+    time: Duration,
+    /// Registry transactions during the timed span.
+    commits: u64,
 }
 
-fn deliver<R: Registry<Doc = OpLog>>(hub: &mut Hub<AllowAll>, reg: &mut R, writers: &mut [Writer]) {
+/// Moves frames both ways until nothing moves (setup, untimed).
+fn settle<R: Registry<Doc = OpLog>>(hub: &mut Hub<AllowAll>, reg: &mut R, writers: &mut [Writer]) {
     for _ in 0..100 {
         let mut moved = false;
         for w in writers.iter_mut() {
@@ -64,12 +91,14 @@ fn deliver<R: Registry<Doc = OpLog>>(hub: &mut Hub<AllowAll>, reg: &mut R, write
     }
 }
 
-/// Runs rounds of `window` updates per writer until the hub spent `budget`.
+/// `rounds` rounds of `window` updates per writer.
 fn sample<R: Registry<Doc = OpLog>>(
     reg: &mut R,
+    woken: Option<&mpsc::Receiver<()>>,
+    drive: Drive,
     window: usize,
-    budget: Duration,
-    durable: bool,
+    rounds: usize,
+    commits: impl Fn(&R) -> u64,
 ) -> Sample {
     let mut hub = Hub::new(ServerConfig::default(), AllowAll);
     let now = Instant::now();
@@ -93,65 +122,95 @@ fn sample<R: Registry<Doc = OpLog>>(
                 conn,
                 doc,
                 last_seq: 0,
-                durable: 0,
             }
         })
         .collect();
-    deliver(&mut hub, reg, &mut writers);
-    let mut hub_time = Duration::ZERO;
-    let mut updates = 0u64;
-    let mut inputs: Vec<(ConnId, Vec<u8>)> = Vec::new();
-    let mut outputs: Vec<(ConnId, Vec<u8>)> = Vec::new();
+    settle(&mut hub, reg, &mut writers);
+    if let Some(w) = woken {
+        while w.try_recv().is_ok() {}
+    }
+    // The writers type (untimed): the frames of every round.
     let mut n = 0u64;
-    while hub_time < budget {
-        // The writers type (untimed).
-        inputs.clear();
-        for w in writers.iter_mut() {
-            for _ in 0..window {
-                n += 1;
-                let doc = w.reg.open(&w.doc).unwrap();
-                doc.edit(format!("key{n:08}").as_bytes());
-                if let Some(seq) = w.session.flush_local(&mut w.reg, &w.doc, now).unwrap() {
-                    w.last_seq = seq;
-                    updates += 1;
+    let mut updates = 0u64;
+    let plan: Vec<Vec<(ConnId, Vec<u8>)>> = (0..rounds)
+        .map(|_| {
+            let mut frames = Vec::new();
+            for w in writers.iter_mut() {
+                for _ in 0..window {
+                    n += 1;
+                    let doc = w.reg.open(&w.doc).unwrap();
+                    doc.edit(format!("key{n:08}").as_bytes());
+                    if let Some(seq) = w.session.flush_local(&mut w.reg, &w.doc, now).unwrap() {
+                        w.last_seq = seq;
+                        updates += 1;
+                    }
+                }
+                while let Some(frame) = w.session.poll_transmit() {
+                    frames.push((w.conn, frame));
                 }
             }
-            while let Some(frame) = w.session.poll_transmit() {
-                inputs.push((w.conn, frame));
-            }
-        }
-        // The server: every input, one flush, every ack (timed).
-        let t = Instant::now();
-        for (conn, frame) in &inputs {
+            frames
+        })
+        .collect();
+    let commits_before = commits(reg);
+    let mut outputs: Vec<(ConnId, Vec<u8>)> = Vec::new();
+    // The server (timed).
+    let t = Instant::now();
+    for frames in &plan {
+        for (conn, frame) in frames {
             hub.handle_input_deferred(*conn, now, frame, reg);
         }
-        hub.flush(reg);
-        outputs.clear();
+        match drive {
+            Drive::Commit => {
+                hub.commit(reg);
+                hub.poll_commits(reg);
+            }
+            Drive::Flush => hub.flush(reg),
+        }
         while let Some(out) = hub.poll_transmit() {
             outputs.push(out);
         }
         while hub.poll_event().is_some() {}
-        hub_time += t.elapsed();
-        // The acks reach the writers (untimed).
-        for (conn, frame) in &outputs {
-            let w = &mut writers[conn.0 as usize];
-            w.session.handle_input(now, frame, &mut w.reg);
-            while let Some(e) = w.session.poll_event() {
-                if let ClientEvent::Acknowledged { durable, .. } = e {
-                    w.durable = w.durable.max(durable);
-                }
+    }
+    while hub.commits_in_flight() > 0 {
+        if let Some(w) = woken {
+            w.recv_timeout(Duration::from_secs(30))
+                .expect("the committer reports");
+        }
+        hub.poll_commits(reg);
+        while let Some(out) = hub.poll_transmit() {
+            outputs.push(out);
+        }
+        while hub.poll_event().is_some() {}
+    }
+    let time = t.elapsed();
+    let commits = commits(reg) - commits_before;
+    // The acks reach the writers (untimed): all durable when stored.
+    let durable = woken.is_some();
+    let mut acked = vec![(0u64, 0u64); WRITERS];
+    for (conn, frame) in &outputs {
+        let w = &mut writers[conn.0 as usize];
+        w.session.handle_input(now, frame, &mut w.reg);
+        while let Some(e) = w.session.poll_event() {
+            if let ClientEvent::Acknowledged {
+                applied, durable, ..
+            } = e
+            {
+                let a = &mut acked[conn.0 as usize];
+                *a = (a.0.max(applied), a.1.max(durable));
             }
         }
     }
-    if durable {
-        for w in &writers {
-            assert_eq!(w.durable, w.last_seq, "every update acknowledged durable");
+    for (w, (applied, dur)) in writers.iter().zip(&acked) {
+        assert_eq!(*applied, w.last_seq, "every update acknowledged");
+        if durable {
+            assert_eq!(*dur, w.last_seq, "every update acknowledged durable");
         }
     }
     Sample {
         updates,
-        hub_time,
-        commits: None,
+        time,
+        commits,
     }
 }
 
@@ -165,8 +224,24 @@ fn temp_db(tag: &str) -> PathBuf {
     path
 }
 
+/// A fresh SQLite registry and the channel its commit waker sends on.
+fn sqlite(sync: Synchronous) -> (SqliteRegistry<OpLog>, mpsc::Receiver<()>) {
+    let config = SqliteConfig {
+        synchronous: sync,
+        ..SqliteConfig::default()
+    };
+    let mut reg = SqliteRegistry::open_with(temp_db("bench"), config, |_: &str| OpLog::new(0))
+        .expect("the bench database opens");
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    reg.set_commit_waker(Arc::new(move || {
+        let _ = tx.lock().map(|t| t.send(()));
+    }));
+    (reg, rx)
+}
+
 fn rate(s: &Sample) -> f64 {
-    s.updates as f64 / s.hub_time.as_secs_f64()
+    s.updates as f64 / s.time.as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -174,61 +249,98 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+#[derive(Default)]
+struct Column {
+    rates: Vec<f64>,
+    commits_per_s: Vec<f64>,
+    per_commit: Vec<f64>,
+}
+
+impl Column {
+    fn push(&mut self, s: &Sample) {
+        self.rates.push(rate(s));
+        self.commits_per_s
+            .push(s.commits as f64 / s.time.as_secs_f64());
+        self.per_commit
+            .push(s.updates as f64 / s.commits.max(1) as f64);
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (samples, budget) = if full {
-        (7, Duration::from_millis(1500))
-    } else {
-        (1, Duration::from_millis(20))
-    };
-    // `CSS_BENCH_WINDOWS=1,8` picks the windows.
+    let samples: usize = std::env::var("CSS_BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 7 } else { 1 });
+    // Updates per writer per sample.
+    let per_writer: usize = if full { 5000 } else { 8 };
+    // `CSS_BENCH_WINDOWS=1,8` picks the windows (updates per writer per
+    // server round).
     let windows: Vec<usize> = match std::env::var("CSS_BENCH_WINDOWS") {
         Ok(v) => v.split(',').filter_map(|w| w.trim().parse().ok()).collect(),
-        Err(_) if full => vec![1, 8, 32, 128],
+        Err(_) if full => vec![1, 8, 32],
         Err(_) => vec![4],
     };
     println!(
-        "durable update throughput, {WRITERS} writers, one document each, hub time only \
-         ({samples} samples, median)"
+        "durable update throughput: {WRITERS} writers, one document each, {per_writer} updates \
+         each per sample; server wall time until every update is acknowledged (durable for \
+         SQLite); median of {samples} interleaved samples"
     );
     println!(
-        "{:>7} {:>10} {:>14} {:>14} {:>8} {:>14} {:>8}",
-        "window", "batch", "memory upd/s", "FULL upd/s", "ratio", "NORMAL upd/s", "ratio"
+        "{:>6} {:>12} {:>12} {:>6} {:>11} {:>8} {:>12} {:>6} {:>12} {:>6}",
+        "window",
+        "memory/s",
+        "FULL async/s",
+        "ratio",
+        "commits/s",
+        "upd/cmt",
+        "FULL flush/s",
+        "ratio",
+        "NORMAL as/s",
+        "ratio"
     );
     for &window in &windows {
-        let (mut mem, mut full_sync, mut normal) = (Vec::new(), Vec::new(), Vec::new());
-        let mut commits = 0;
-        let mut rounds_updates = 0;
+        let rounds = (per_writer / window).max(1);
+        let (mut mem, mut full_async, mut full_flush, mut normal) = (
+            Column::default(),
+            Column::default(),
+            Column::default(),
+            Column::default(),
+        );
         for _ in 0..samples {
-            // Interleaved, so drift in machine load hits all three alike.
+            // Interleaved, so drift in machine load hits all columns alike.
             let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
-            mem.push(rate(&sample(&mut reg, window, budget, false)));
-            for (sync, out) in [
-                (Synchronous::Full, &mut full_sync),
-                (Synchronous::Normal, &mut normal),
+            mem.push(&sample(
+                &mut reg,
+                None,
+                Drive::Commit,
+                window,
+                rounds,
+                |_| 0,
+            ));
+            for (sync, drive, out) in [
+                (Synchronous::Full, Drive::Commit, &mut full_async),
+                (Synchronous::Full, Drive::Flush, &mut full_flush),
+                (Synchronous::Normal, Drive::Commit, &mut normal),
             ] {
-                let config = SqliteConfig {
-                    synchronous: sync,
-                    ..SqliteConfig::default()
-                };
-                let mut reg =
-                    SqliteRegistry::open_with(temp_db("bench"), config, |_: &str| OpLog::new(0))
-                        .unwrap();
-                let mut s = sample(&mut reg, window, budget, true);
-                s.commits = Some(reg.stats().commits);
-                if sync == Synchronous::Full {
-                    commits += s.commits.unwrap_or(0);
-                    rounds_updates += s.updates;
-                }
-                out.push(rate(&s));
+                let (mut reg, woken) = sqlite(sync);
+                let s = sample(&mut reg, Some(&woken), drive, window, rounds, |r| {
+                    r.stats().commits
+                });
+                out.push(&s);
             }
         }
-        let (m, f, n) = (median(mem), median(full_sync), median(normal));
+        let m = median(mem.rates);
+        let fa = median(full_async.rates);
+        let ff = median(full_flush.rates);
+        let na = median(normal.rates);
         println!(
-            "{window:>7} {:>10.0} {m:>14.0} {f:>14.0} {:>7.0}% {n:>14.0} {:>7.0}%",
-            rounds_updates as f64 / commits.max(1) as f64,
-            100.0 * f / m,
-            100.0 * n / m
+            "{window:>6} {m:>12.0} {fa:>12.0} {:>5.0}% {:>11.0} {:>8.1} {ff:>12.0} {:>5.0}% {na:>12.0} {:>5.0}%",
+            100.0 * fa / m,
+            median(full_async.commits_per_s),
+            median(full_async.per_commit),
+            100.0 * ff / m,
+            100.0 * na / m,
         );
     }
     let _ = std::fs::remove_dir_all(

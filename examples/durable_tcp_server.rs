@@ -6,10 +6,13 @@
 //! server:
 //!
 //! * Every pass reads what each socket has with
-//!   [`Hub::handle_input_deferred`], then calls [`Hub::flush`] once: one
-//!   SQLite transaction (one fsync) for every update of the pass, and only
-//!   then the acknowledgements, `durable` when the commit succeeded (group
-//!   commit).
+//!   [`Hub::handle_input_deferred`], then calls [`Hub::commit`] once: the
+//!   pass's updates go to the registry's committer thread and are
+//!   acknowledged `applied` at once. The committer writes everything handed
+//!   over since its last transaction in one transaction (one fsync; group
+//!   commit), and every pass calls [`Hub::poll_commits`], which sends the
+//!   `durable` acknowledgements of what reached the disk. The loop never
+//!   waits for an fsync.
 //! * Documents are [`OpLog`]s (the crate's test CRDT); a real server uses
 //!   the yrs, loro or automerge adapter the same way.
 //! * Documents nobody subscribes to are unloaded after a minute idle.
@@ -154,11 +157,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
-        // ...then one commit for all of it, and the acknowledgements.
+        // ...then one commit for all of it (acknowledged `applied` now)...
         if received {
-            hub.flush(&mut registry);
+            hub.commit(&mut registry);
             progressed = true;
         }
+        // ...and `durable` acknowledgements for what reached the disk.
+        let in_flight = hub.commits_in_flight();
+        hub.poll_commits(&mut registry);
+        progressed |= hub.commits_in_flight() < in_flight;
         for id in lost {
             conns.remove(&id);
             hub.connection_lost(id, now);

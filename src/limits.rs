@@ -64,6 +64,12 @@ pub struct Limits {
     /// Bytes of recent multi-chunk sync payloads a server keeps so cut-off
     /// clients can resume them. Default 64 MiB.
     pub max_transfer_cache_bytes: usize,
+    /// Registry commits a hub tracks while waiting for the disk
+    /// ([`Hub::commit`](crate::server::Hub::commit)): past it, the
+    /// acknowledgements of a new commit join those of the newest tracked
+    /// one (they become durable when the newer commit does, a little later
+    /// but never too early). Default 256.
+    pub max_commits_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -87,6 +93,7 @@ impl Default for Limits {
             max_app_message_len: 64 << 10,
             app_rate: 100,
             max_transfer_cache_bytes: 64 << 20,
+            max_commits_in_flight: 256,
         }
     }
 }

@@ -5,8 +5,24 @@
 //! durable registry (SQLite) implements the same trait and uses the storage
 //! hooks ([`Registry::update_applied`], [`Registry::flush`],
 //! [`Registry::snapshot_taken`]) to persist.
+//!
+//! # Durability without waiting for the disk
+//!
+//! [`Registry::flush`] commits and waits: simple, but a server loop that
+//! calls it after every batch stalls on every fsync. A registry with a
+//! background committer also implements the non-blocking pair:
+//! [`Registry::commit`] hands everything reported so far to the committer
+//! and returns a [`CommitId`]; [`Registry::poll_commit`] later reports which
+//! commits reached the disk (or failed), and the waker set with
+//! [`Registry::set_commit_waker`] tells the server loop when to ask. The
+//! hub's [`commit`](crate::server::Hub::commit) and
+//! [`poll_commits`](crate::server::Hub::poll_commits) drive them: `applied`
+//! acknowledgements go out at once, `durable` ones when the disk caught up.
+//! The default implementations map onto `flush` (every commit completes
+//! before `commit` returns), so registries without a committer need nothing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -40,6 +56,44 @@ pub enum RegistryError {
     #[error(transparent)]
     Document(#[from] DocumentError),
 }
+
+/// Identifies a commit handed to a registry's committer
+/// ([`Registry::commit`]). Ids of one registry increase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitId(pub u64);
+
+/// What [`Registry::commit`] did with the writes reported so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Commit {
+    /// The registry has no durable storage: nothing is ever durable.
+    NotDurable,
+    /// Everything reported so far is already on disk.
+    Durable,
+    /// Handed to the committer; [`Registry::poll_commit`] reports when this
+    /// commit (and every one before it) is on disk, or that it failed.
+    Pending(CommitId),
+}
+
+/// A completed commit, from [`Registry::poll_commit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitDone {
+    /// Every commit up to this one that was not reported before completed.
+    pub through: CommitId,
+    /// `Ok`: every write handed over by the commits up to `through` is on
+    /// disk, including writes of earlier commits that failed and were
+    /// retried. `Err`: those commits are not on disk. A registry may retry
+    /// their writes in a later commit; it reports that one `Ok` only once
+    /// the retried writes are on disk as well (one that cannot retry must
+    /// report its later commits failed too, or heal, e.g. with a snapshot).
+    pub result: Result<(), RegistryError>,
+}
+
+/// Called by a registry's committer, from any thread, after a commit
+/// completed: the server loop should call [`Registry::poll_commit`] (through
+/// [`Hub::poll_commits`](crate::server::Hub::poll_commits)) soon. It must
+/// not block (e.g. notify a task, write to a channel).
+pub type CommitWaker = Arc<dyn Fn() + Send + Sync>;
 
 /// The server side's set of documents.
 pub trait Registry {
@@ -83,6 +137,45 @@ pub trait Registry {
     /// the hub then acknowledges those updates as `durable`.
     fn flush(&mut self) -> Result<bool, RegistryError> {
         Ok(false)
+    }
+
+    /// Hands every write reported so far to the storage's committer without
+    /// waiting for the disk. [`Commit::Pending`] carries the id
+    /// [`Registry::poll_commit`] reports once those writes are on disk.
+    /// `Err`: the writes could not be handed over (or an update could not
+    /// be stored); nothing new is durable.
+    ///
+    /// The default commits synchronously with [`Registry::flush`]:
+    /// [`Commit::Durable`] or [`Commit::NotDurable`], never pending.
+    ///
+    /// ```
+    /// use crdt_socket_sync::registry::{Commit, MemoryRegistry, Registry};
+    /// # use crdt_socket_sync::testing::OpLog;
+    /// let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
+    /// assert_eq!(reg.commit(), Ok(Commit::NotDurable)); // memory only
+    /// assert_eq!(reg.poll_commit(), None);
+    /// ```
+    fn commit(&mut self) -> Result<Commit, RegistryError> {
+        Ok(if self.flush()? {
+            Commit::Durable
+        } else {
+            Commit::NotDurable
+        })
+    }
+
+    /// The next completed commit, oldest first; `None` when no commit
+    /// completed since the last call. A registry that returned
+    /// [`Commit::Pending`] reports every such commit exactly once (several
+    /// may be reported by one [`CommitDone`]). Callers that never use
+    /// [`Registry::commit`] need not call it.
+    fn poll_commit(&mut self) -> Option<CommitDone> {
+        None
+    }
+
+    /// Sets the function the committer calls after each completed commit.
+    /// The default ignores it (commits complete before `commit` returns).
+    fn set_commit_waker(&mut self, waker: CommitWaker) {
+        let _ = waker;
     }
 }
 

@@ -1,13 +1,16 @@
 //! The SQLite registry behind a real hub: durability across restarts, lazy
-//! loading, compaction, group commit, and storage failures (corrupt file,
-//! read-only storage, full disk) that must never produce a `durable` ack for
-//! an update that is not on disk.
+//! loading, compaction, group commit, the asynchronous path (`Hub::commit`
+//! with the committer thread), and storage failures (corrupt file, read-only
+//! storage, full disk) that must never produce a `durable` ack for an update
+//! that is not on disk.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{OpLog, client_config, client_registry};
 use crdt_socket_sync::client::{ClientEvent, ClientSession};
@@ -60,26 +63,60 @@ struct Peer {
     storage_errors: usize,
 }
 
+/// How the rig's server loop commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `Hub::handle_input`: one commit (waiting for the disk) per frame.
+    Immediate,
+    /// A round delivers every client's frames with `handle_input_deferred`
+    /// and then calls `Hub::flush` once (group commit, waiting).
+    Deferred,
+    /// Like `Deferred` with `Hub::commit` (no waiting); `Hub::poll_commits`
+    /// when the registry's commit waker fires.
+    Async,
+}
+
 /// One hub with a durable registry and some clients, over in-memory pipes.
-/// In `deferred` mode, a round delivers every client's frames with
-/// `handle_input_deferred` and then calls `Hub::flush` once (group commit).
 struct Rig {
     now: Instant,
     hub: Hub<AllowAll>,
     reg: SqliteRegistry<OpLog>,
     peers: Vec<Peer>,
-    deferred: bool,
+    mode: Mode,
+    /// Fired by the registry's commit waker (async mode).
+    woken: mpsc::Receiver<()>,
+    /// Hub commits made (async mode).
+    hub_commits: u64,
+    /// Every `(applied, durable)` ack of client 0, in order.
+    acks0: Vec<(u64, u64)>,
 }
 
 impl Rig {
     fn new(reg: SqliteRegistry<OpLog>, clients: usize, deferred: bool) -> Self {
+        let mode = if deferred {
+            Mode::Deferred
+        } else {
+            Mode::Immediate
+        };
+        Self::with_mode(reg, clients, mode)
+    }
+
+    fn with_mode(mut reg: SqliteRegistry<OpLog>, clients: usize, mode: Mode) -> Self {
         let now = Instant::now();
+        let (tx, woken) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        reg.set_commit_waker(Arc::new(move || {
+            let _ = tx.lock().unwrap().send(());
+        }));
         let mut rig = Rig {
             now,
             hub: Hub::new(ServerConfig::default(), AllowAll),
             reg,
             peers: Vec::new(),
-            deferred,
+            mode,
+            woken,
+            hub_commits: 0,
+            acks0: Vec::new(),
         };
         for i in 0..clients {
             let mut session = ClientSession::new(client_config(&format!("c{i}")), now);
@@ -126,17 +163,32 @@ impl Rig {
                 while let Some(frame) = p.session.poll_transmit() {
                     moved = true;
                     delivered = true;
-                    if self.deferred {
-                        self.hub
-                            .handle_input_deferred(p.conn, self.now, &frame, &mut self.reg);
-                    } else {
+                    if self.mode == Mode::Immediate {
                         self.hub
                             .handle_input(p.conn, self.now, &frame, &mut self.reg);
+                    } else {
+                        self.hub
+                            .handle_input_deferred(p.conn, self.now, &frame, &mut self.reg);
                     }
                 }
             }
-            if self.deferred && delivered {
-                self.hub.flush(&mut self.reg);
+            match self.mode {
+                Mode::Deferred if delivered => self.hub.flush(&mut self.reg),
+                Mode::Async => {
+                    if delivered {
+                        self.hub.commit(&mut self.reg);
+                        self.hub_commits += 1;
+                    }
+                    if !delivered && self.hub.commits_in_flight() > 0 {
+                        // Nothing else to do: wait for the disk.
+                        self.woken
+                            .recv_timeout(Duration::from_secs(10))
+                            .expect("the committer reports");
+                        moved = true;
+                    }
+                    self.hub.poll_commits(&mut self.reg);
+                }
+                _ => {}
             }
             while let Some((conn, frame)) = self.hub.poll_transmit() {
                 moved = true;
@@ -157,8 +209,13 @@ impl Rig {
                                 );
                             }
                             assert!(durable >= p.durable, "durable acks never go back");
+                            assert!(applied >= p.applied, "applied acks never go back");
+                            assert!(durable <= applied, "durable never passes applied");
                             p.durable = durable;
-                            p.applied = p.applied.max(applied);
+                            p.applied = applied;
+                            if p.conn.0 == 0 {
+                                self.acks0.push((applied, durable));
+                            }
                         }
                         ClientEvent::DocumentError {
                             code: ErrorCode::Storage,
@@ -203,8 +260,9 @@ fn durable_acks_survive_dropping_the_registry_mid_stream() {
     let dir = temp_dir("reopen");
     let path = dir.join("docs.sqlite");
     let mut total_checked = 0u64;
-    for round in 0..5u32 {
-        let mut rig = Rig::new(open_reg(&path), 3, round % 2 == 0);
+    for round in 0..6u32 {
+        let mode = [Mode::Deferred, Mode::Immediate, Mode::Async][round as usize % 3];
+        let mut rig = Rig::with_mode(open_reg(&path), 3, mode);
         let mut x = 0x9e37_79b9u32.wrapping_mul(round + 1);
         for step in 0..60 {
             x ^= x << 13;
@@ -512,13 +570,24 @@ fn read_only_storage_never_acks_durable() {
 
 #[test]
 fn a_full_disk_never_acks_unwritten_updates() {
-    let dir = temp_dir("full");
+    full_disk(Mode::Deferred);
+}
+
+#[test]
+fn a_full_disk_never_acks_unwritten_updates_without_waiting() {
+    full_disk(Mode::Async);
+}
+
+/// The disk fills up (`max_page_count`, which works as root too): typed
+/// errors, no `durable` ack for anything not written.
+fn full_disk(mode: Mode) {
+    let dir = temp_dir(&format!("full-{mode:?}"));
     let path = dir.join("docs.sqlite");
     let config = SqliteConfig {
         max_size_bytes: Some(96 * 1024),
         ..SqliteConfig::default()
     };
-    let mut rig = Rig::new(open_reg_with(&path, config), 2, true);
+    let mut rig = Rig::with_mode(open_reg_with(&path, config), 2, mode);
     let mut stalled_at = None;
     for round in 0..400 {
         let i = round % 2;
@@ -630,5 +699,205 @@ fn journal_folds_and_reopens_across_removals_and_snapshots() {
     let mut reg = open_reg_with(&path, config);
     for (name, ops) in &expected {
         assert_eq!(reg.open(name).unwrap().op_count(), *ops, "{name}");
+    }
+}
+
+#[test]
+fn without_waiting_applied_is_acked_first_and_durable_once_on_disk() {
+    let dir = temp_dir("async");
+    let path = dir.join("docs.sqlite");
+    let mut rig = Rig::with_mode(open_reg(&path), 2, Mode::Async);
+    for step in 0..40 {
+        rig.edit(step % 2);
+        if step % 5 != 4 {
+            rig.run();
+        }
+    }
+    rig.run();
+    for (i, p) in rig.peers.iter().enumerate() {
+        assert_eq!(p.applied, *p.seqs.last().unwrap());
+        assert_eq!(rig.durable_edits(i) as usize, p.seqs.len(), "client {i}");
+        assert_eq!(p.storage_errors, 0);
+    }
+    // Every edit was acknowledged `applied` in an ack that did not yet say
+    // `durable` (the disk had not answered when the hub acked it).
+    for seq in &rig.peers[0].seqs {
+        let first = rig.acks0.iter().find(|(a, _)| a >= seq).unwrap();
+        assert!(first.1 < *seq, "seq {seq}: first ack {first:?}");
+    }
+    assert!(rig.hub_commits > 0);
+    let stats = rig.reg.stats();
+    assert!(stats.commits <= rig.hub_commits + 2, "{stats:?}");
+    let durable: Vec<u32> = (0..2).map(|i| rig.durable_edits(i)).collect();
+    drop(rig);
+    let mut reg = open_reg(&path);
+    let stored = assert_durable_edits_present(&mut reg, &durable);
+    assert_eq!(stored.values().sum::<u32>(), 40);
+}
+
+/// A commit waker that blocks the committer thread (it calls the waker
+/// after each transaction) until the test opens the gate: commits handed
+/// over meanwhile wait in its queue.
+struct Gate {
+    entered: mpsc::Receiver<()>,
+    open: mpsc::Sender<()>,
+}
+
+fn gate(reg: &mut SqliteRegistry<OpLog>) -> Gate {
+    let (entered_tx, entered) = mpsc::channel();
+    let (open, open_rx) = mpsc::channel::<()>();
+    let (entered_tx, open_rx) = (Mutex::new(entered_tx), Mutex::new(open_rx));
+    reg.set_commit_waker(Arc::new(move || {
+        let _ = entered_tx.lock().unwrap().send(());
+        let _ = open_rx.lock().unwrap().recv();
+    }));
+    Gate { entered, open }
+}
+
+/// One update from a fresh author to document `name`, reported to `reg`.
+fn write(reg: &mut SqliteRegistry<OpLog>, name: &str) {
+    let mut author = OpLog::new(7);
+    author.edit(name.as_bytes());
+    let u = author.take_local_update().unwrap();
+    reg.open(name).unwrap().apply(&u);
+    reg.update_applied(name, &u).unwrap();
+}
+
+#[test]
+fn commits_handed_over_during_a_transaction_share_the_next_one() {
+    use crdt_socket_sync::registry::{Commit, CommitId};
+    let dir = temp_dir("group-async");
+    let path = dir.join("docs.sqlite");
+    let mut reg = open_reg(&path);
+    let g = gate(&mut reg);
+    write(&mut reg, "a");
+    assert_eq!(reg.commit(), Ok(Commit::Pending(CommitId(1))));
+    // The committer wrote commit 1 and is held in the waker.
+    g.entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    let before = reg.stats();
+    assert_eq!(before.commits, 1);
+    for (i, name) in ["b", "c", "d"].into_iter().enumerate() {
+        write(&mut reg, name);
+        assert_eq!(reg.commit(), Ok(Commit::Pending(CommitId(i as u64 + 2))));
+    }
+    // Writes in flight: not on disk, so the document may not be unloaded
+    // (a reload from the file would miss them).
+    assert!(!reg.unload("d"));
+    g.open.send(()).unwrap();
+    // One transaction for the three commits.
+    g.entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    g.open.send(()).unwrap();
+    let after = reg.stats();
+    assert_eq!(after.commits, 2, "{after:?}");
+    assert_eq!(after.appended, 4);
+    let done: Vec<_> = std::iter::from_fn(|| reg.poll_commit()).collect();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].through, CommitId(4));
+    assert_eq!(done[0].result, Ok(()));
+    assert!(reg.unload("d"));
+    assert_eq!(reg.open("d").unwrap().text(), "d", "reloaded from the file");
+    // Nothing new: everything is on disk.
+    assert_eq!(reg.commit(), Ok(Commit::Durable));
+    drop(g);
+    drop(reg);
+    let mut reg = open_reg(&path);
+    assert_eq!(reg.stored().unwrap(), vec!["a", "b", "c", "d"]);
+}
+
+#[test]
+fn a_failed_commit_is_reported_and_retried_by_the_next() {
+    use crdt_socket_sync::registry::Commit;
+    let dir = temp_dir("retry");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        max_size_bytes: Some(64 * 1024),
+        ..SqliteConfig::default()
+    };
+    let mut reg = open_reg_with(&path, config);
+    let mut author = OpLog::new(2);
+    author.edit(&[b'z'; 200 * 1024]);
+    let big = author.take_local_update().unwrap();
+    reg.open(DOC).unwrap().apply(&big);
+    reg.update_applied(DOC, &big).unwrap();
+    let Ok(Commit::Pending(id)) = reg.commit() else {
+        panic!("pending")
+    };
+    let done = loop {
+        if let Some(d) = reg.poll_commit() {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(done.through, id);
+    assert!(matches!(done.result, Err(RegistryError::Storage(_))));
+    assert!(!reg.unload(DOC), "its update is not on disk");
+    // Nothing new staged, the last commit failed: the next one retries.
+    assert!(matches!(reg.commit(), Ok(Commit::Pending(next)) if next > id));
+    assert!(matches!(reg.flush(), Err(RegistryError::Storage(_))));
+    assert!(reg.stats().failed_commits >= 2);
+}
+
+#[test]
+fn a_data_path_that_cannot_be_created_is_a_typed_error() {
+    // Works as root too: no permission can make a regular file a directory.
+    let dir = temp_dir("not-a-dir");
+    let file = dir.join("plain-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    match SqliteRegistry::open(file.join("docs.sqlite"), |_| OpLog::new(0)) {
+        Err(RegistryError::Storage(msg)) => assert!(msg.contains("docs.sqlite"), "{msg}"),
+        other => panic!("expected a storage error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn documents_reload_from_the_journal_between_commits() {
+    // Loads read the unfolded journal from memory: interleave commits,
+    // loads, compactions and a removal, and compare with a fresh process.
+    let dir = temp_dir("reload");
+    let path = dir.join("docs.sqlite");
+    let config = SqliteConfig {
+        compact_after: 7,
+        ..SqliteConfig::default()
+    };
+    let mut reg = open_reg_with(&path, config.clone());
+    let mut authors: Vec<OpLog> = (0..3).map(|i| OpLog::new(i + 1)).collect();
+    let mut expected = [0usize; 3];
+    for round in 0..40 {
+        for (i, a) in authors.iter_mut().enumerate() {
+            if (round + i) % 4 == 0 {
+                continue;
+            }
+            let name = format!("d{i}");
+            a.edit(format!("r{round};").as_bytes());
+            let u = a.take_local_update().unwrap();
+            reg.open(&name).unwrap().apply(&u);
+            reg.update_applied(&name, &u).unwrap();
+            expected[i] += 1;
+        }
+        assert_eq!(reg.flush(), Ok(true));
+        // Unload one document and load it back from the file and journal.
+        let name = format!("d{}", round % 3);
+        let loaded = reg.list().contains(&name);
+        assert_eq!(reg.unload(&name), loaded, "round {round}");
+        assert_eq!(
+            reg.open(&name).unwrap().op_count(),
+            expected[round % 3],
+            "round {round} {name}"
+        );
+        if round == 25 {
+            assert!(reg.remove("d2"));
+            expected[2] = 0;
+            authors[2] = OpLog::new(30);
+        }
+    }
+    assert!(reg.stats().snapshots > 0, "compactions happened");
+    drop(reg);
+    let mut reg = open_reg_with(&path, config);
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(
+            reg.open(&format!("d{i}")).unwrap().op_count(),
+            *want,
+            "d{i}"
+        );
     }
 }

@@ -11,7 +11,12 @@
 //!
 //! Durable stores stage writes in memory and commit them in one transaction
 //! per `flush` (group commit): the server acknowledges an update as
-//! `durable` only after the flush that covers it returned `Ok(true)`.
+//! `durable` only after the flush that covers it returned `Ok(true)`. The
+//! SQLite registry also commits without blocking the server
+//! ([`Registry::commit`](crate::registry::Registry::commit)): a committer
+//! thread writes, and the `durable` acknowledgement goes out once
+//! [`Registry::poll_commit`](crate::registry::Registry::poll_commit)
+//! reports the commit on disk.
 
 use std::collections::BTreeMap;
 

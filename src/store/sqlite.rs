@@ -7,6 +7,14 @@
 //!   rolls back and keeps everything staged, so the next flush retries it:
 //!   the durable acknowledgement that finally covers an update is only sent
 //!   after that update reached the disk.
+//! - The registry writes on a **committer thread** of its own, so a server
+//!   need not wait for the disk: [`Registry::commit`] hands the staged writes
+//!   over and returns at once, the thread writes everything handed over
+//!   since its last transaction in one transaction (one fsync for many
+//!   server batches under load) and reports completions through
+//!   [`Registry::poll_commit`] and the commit waker. [`Registry::flush`]
+//!   hands over and waits. Documents with writes still on their way to the
+//!   disk stay loaded, so a document loaded from the file never misses one.
 //! - The file is in **WAL mode** with `synchronous=FULL` by default: a
 //!   commit returns after the WAL is fsynced, so a committed update survives
 //!   a process crash (`kill -9`) *and* a power loss. [`Synchronous::Normal`]
@@ -21,14 +29,19 @@
 //!   directory, a full disk, a quota) becomes a typed `Storage` error;
 //!   nothing here panics on stored data.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::document::{ApplyOutcome, Document};
-use crate::registry::{DocFactory, OpenPolicy, Registry, RegistryError};
+use crate::registry::{
+    Commit, CommitDone, CommitId, CommitWaker, DocFactory, OpenPolicy, Registry, RegistryError,
+};
 
 use super::{RelayEntry, RelaySnapshot, RelayStore, RelayStoreError, check_room};
 
@@ -67,9 +80,15 @@ pub struct SqliteConfig {
     /// Documents holding updates with missing dependencies are compacted
     /// only once those arrive.
     pub compact_after: u64,
-    /// Bytes that may wait staged (because flushes keep failing) before
-    /// new writes are refused with a `Storage` error. Default 64 MiB.
+    /// Bytes that may wait staged or on their way to the disk (because
+    /// commits keep failing) before new writes are refused with a `Storage`
+    /// error. Default 64 MiB.
     pub max_staged_bytes: usize,
+    /// Registry: bytes handed to the committer thread that no transaction
+    /// has picked up yet. Past it, [`Registry::commit`] waits until the
+    /// running transaction ends, so a disk slower than the incoming updates
+    /// slows the server down instead of growing this queue. Default 16 MiB.
+    pub max_commit_queue_bytes: usize,
     /// Upper bound on the file size (SQLite `max_page_count`); writes past
     /// it fail like a full disk. Default `None` (no bound).
     pub max_size_bytes: Option<u64>,
@@ -85,6 +104,7 @@ impl Default for SqliteConfig {
             synchronous: Synchronous::Full,
             compact_after: 1000,
             max_staged_bytes: 64 << 20,
+            max_commit_queue_bytes: 16 << 20,
             max_size_bytes: None,
             read_only: false,
         }
@@ -115,7 +135,8 @@ pub struct SqliteStats {
     /// Flushes that failed (the staged writes were kept for a retry).
     pub failed_commits: u64,
     /// Updates (registry) or blobs (relay) written to the log. (The registry
-    /// writes one log row per document per commit, holding all its updates.)
+    /// writes each commit's updates as one journal row, folded into one log
+    /// row per document every few dozen commits.)
     pub appended: u64,
     /// Snapshots written (compactions, pruning, uploads).
     pub snapshots: u64,
@@ -123,6 +144,9 @@ pub struct SqliteStats {
     pub loads: u64,
     /// Log entries replayed while loading documents.
     pub replayed: u64,
+    /// Registry: times [`Registry::commit`] waited for the committer because
+    /// [`SqliteConfig::max_commit_queue_bytes`] was reached.
+    pub commit_waits: u64,
 }
 
 fn storage(path: &Path, e: impl std::fmt::Display) -> String {
@@ -234,17 +258,11 @@ const FOLD_ROWS: u64 = 64;
 /// ...or this many bytes.
 const FOLD_BYTES: usize = 8 << 20;
 
-/// A write waiting for the next commit.
+/// A write other than an update, waiting for the next commit.
 enum DocOp {
     Create {
         id: i64,
         name: String,
-    },
-    /// Framed updates of one document; `seq` is the last one's.
-    Append {
-        doc: i64,
-        seq: i64,
-        data: Vec<u8>,
     },
     /// `truncate`: drop log entries up to `up_to` (the snapshot holds them).
     Snapshot {
@@ -261,10 +279,61 @@ enum DocOp {
 impl DocOp {
     fn bytes(&self) -> usize {
         match self {
-            DocOp::Append { data, .. } | DocOp::Snapshot { data, .. } => data.len() + 32,
+            DocOp::Snapshot { data, .. } => data.len() + 32,
             DocOp::Create { name, .. } => name.len() + 32,
             DocOp::Remove { .. } => 16,
         }
+    }
+}
+
+/// Bytes of a journal entry's header: document id, sequence number, length.
+const ENTRY_HEADER: usize = 20;
+
+/// Writes staged or handed over together: the ops, and the reported updates
+/// already encoded as journal entries (document id `i64`, sequence number
+/// `i64`, length `u32`, then the update framed with its `u32` length), so
+/// staging an update is one append and the committer writes them as one
+/// journal row without re-encoding.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<DocOp>,
+    updates: Vec<u8>,
+    /// Updates in `updates`.
+    count: u64,
+    /// Bytes of the ops and updates.
+    bytes: usize,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.updates.is_empty()
+    }
+
+    fn push_update(&mut self, doc: i64, seq: i64, update: &[u8], len: u32) {
+        self.updates.extend_from_slice(&doc.to_le_bytes());
+        self.updates.extend_from_slice(&seq.to_le_bytes());
+        self.updates.extend_from_slice(&(len + 4).to_le_bytes());
+        self.updates.extend_from_slice(&len.to_le_bytes());
+        self.updates.extend_from_slice(update);
+        self.count += 1;
+        self.bytes += update.len() + ENTRY_HEADER + 4;
+    }
+
+    fn push_op(&mut self, op: DocOp) {
+        self.bytes += op.bytes();
+        self.ops.push(op);
+    }
+
+    /// Appends `later` (whose writes come after these).
+    fn append(&mut self, mut later: Batch) {
+        if self.updates.is_empty() {
+            self.updates = later.updates;
+        } else {
+            self.updates.extend_from_slice(&later.updates);
+        }
+        self.ops.append(&mut later.ops);
+        self.count += later.count;
+        self.bytes += later.bytes;
     }
 }
 
@@ -280,11 +349,12 @@ struct Loaded<D> {
     /// Size of the last snapshot written (compaction waits until the log
     /// is at least as large, so snapshots cost at most as much as updates).
     snapshot_len: usize,
-    /// Ops and updates staged for this document since the last commit.
-    staged: usize,
-    /// Updates reported since the last commit, framed (`u32` length, bytes):
-    /// written as one log row per document per commit.
-    buf: Vec<u8>,
+    /// The commit holding this document's newest write (staged writes: the
+    /// next commit). Until it is on disk the document stays loaded: the
+    /// file does not have those writes yet.
+    written_in: u64,
+    /// Queued for a compaction check at the next commit.
+    compact_queued: bool,
     /// An update was applied but could not be staged: the next flush writes
     /// a snapshot (which holds it) and this document may not be unloaded.
     needs_snapshot: bool,
@@ -294,15 +364,119 @@ struct Loaded<D> {
     idle_mark: Option<(u64, Instant)>,
 }
 
+impl<D> Loaded<D> {
+    fn new(id: i64, doc: D) -> Self {
+        Loaded {
+            id,
+            doc,
+            next_seq: 1,
+            log_len: 0,
+            log_bytes: 0,
+            snapshot_len: 0,
+            written_in: 0,
+            compact_queued: false,
+            needs_snapshot: false,
+            uses: 0,
+            idle_mark: None,
+        }
+    }
+}
+
+/// A committed journal entry in memory: framed updates of one document,
+/// a range of a committed journal row (shared, not copied).
+#[derive(Clone)]
+struct Entry {
+    seq: i64,
+    row: Arc<Vec<u8>>,
+    at: std::ops::Range<usize>,
+}
+
+impl Entry {
+    fn data(&self) -> &[u8] {
+        self.row.get(self.at.clone()).unwrap_or_default()
+    }
+}
+
+/// The database connection and the mirror of its journal, shared by the
+/// registry (reads: loading documents) and its committer thread (writes).
+struct Store {
+    conn: Connection,
+    /// The committed journal rows not yet folded into `updates` (mirror of
+    /// the `journal` table), so loading a document needs no scan of it.
+    rows: Vec<Arc<Vec<u8>>>,
+    /// Bytes of `rows`.
+    journal_bytes: usize,
+    /// Per-document index of `rows[..indexed]`: built when a load needs
+    /// it, so committing costs nothing per update.
+    index: BTreeMap<i64, Vec<Entry>>,
+    indexed: usize,
+    /// Journal entries of a document up to this sequence number are
+    /// covered by its snapshot (`i64::MAX`: the document was removed).
+    floors: BTreeMap<i64, i64>,
+}
+
+/// What the registry and its committer thread share (behind `state`).
+#[derive(Default)]
+struct CommitterState {
+    /// Writes handed over and not yet picked up by a transaction.
+    queue: Batch,
+    /// The newest commit id in (or emptied from) `queue`.
+    queued_through: u64,
+    /// A transaction is running.
+    busy: bool,
+    /// The newest commit id on disk / failed.
+    durable_through: u64,
+    failed_through: u64,
+    last_error: String,
+    /// Completions for [`Registry::poll_commit`], recorded once
+    /// [`Registry::commit`] was used.
+    completions: VecDeque<CommitDone>,
+    report: bool,
+    waker: Option<CommitWaker>,
+    stop: bool,
+    stats: SqliteStats,
+}
+
+/// Completions kept for a caller that stopped polling; older ones are
+/// dropped first (which only delays or drops acknowledgements).
+const MAX_COMPLETIONS: usize = 1024;
+
+struct Shared {
+    state: Mutex<CommitterState>,
+    /// Signals the committer: work was handed over, or stop.
+    work: Condvar,
+    /// Signals waiters: the queue was picked up, or a transaction ended.
+    done: Condvar,
+    store: Mutex<Store>,
+    /// Bytes handed over and not yet on disk (queued, being written, or
+    /// kept for a retry after a failure).
+    in_flight_bytes: AtomicUsize,
+    /// Copy of `CommitterState::durable_through`, read without the lock.
+    durable_through: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, CommitterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A durable [`Registry`] in one SQLite file, for any [`Document`] type.
 ///
 /// Each document has an append-only log of the updates applied to it and
 /// its latest snapshot. Documents are loaded lazily on first
 /// [`Registry::open`] (snapshot, then the log replayed with
-/// [`Document::apply_batch`]); [`Registry::update_applied`] stages an update
-/// and [`Registry::flush`] commits everything staged in one transaction,
+/// [`Document::apply_batch`]); [`Registry::update_applied`] stages an update.
+/// [`Registry::flush`] commits everything staged in one transaction,
 /// returning `Ok(true)` once it is on disk, so the hub's `durable`
-/// acknowledgements never cover an update that is not. Logs longer than
+/// acknowledgements never cover an update that is not. [`Registry::commit`]
+/// does the same without waiting: a committer thread writes, and
+/// [`Registry::poll_commit`] reports what reached the disk (the hub's
+/// [`commit`](crate::server::Hub::commit) path). Logs longer than
 /// [`SqliteConfig::compact_after`] are compacted into a snapshot at the next
 /// flush.
 ///
@@ -335,31 +509,60 @@ struct Loaded<D> {
 /// # drop(reg);
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// ```
+///
+/// Without waiting for the disk:
+///
+/// ```
+/// use crdt_socket_sync::document::Document;
+/// use crdt_socket_sync::registry::{Commit, Registry};
+/// use crdt_socket_sync::store::SqliteRegistry;
+/// use crdt_socket_sync::testing::OpLog;
+/// # let path = std::env::temp_dir().join(format!("css-commit-{}.sqlite", std::process::id()));
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// let mut reg = SqliteRegistry::open(&path, |_: &str| OpLog::new(0)).unwrap();
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// reg.set_commit_waker(std::sync::Arc::new(move || {
+///     let _ = tx.send(());
+/// }));
+/// let mut author = OpLog::new(7);
+/// author.edit(b"hi");
+/// let update = author.take_local_update().unwrap();
+/// reg.open("notes").unwrap().apply(&update);
+/// reg.update_applied("notes", &update).unwrap();
+/// let Ok(Commit::Pending(id)) = reg.commit() else { panic!() };
+/// // ... the server goes on; the committer thread writes and wakes it:
+/// rx.recv().unwrap();
+/// let done = reg.poll_commit().unwrap();
+/// assert_eq!((done.through, done.result), (id, Ok(())));
+/// # drop(reg);
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// ```
 pub struct SqliteRegistry<D> {
-    conn: Connection,
+    shared: Arc<Shared>,
+    committer: Option<JoinHandle<()>>,
     path: PathBuf,
     config: SqliteConfig,
     factory: DocFactory<D>,
     policy: OpenPolicy,
     max_name_len: usize,
     docs: BTreeMap<String, Loaded<D>>,
-    staged: Vec<DocOp>,
-    staged_bytes: usize,
-    /// Documents with ops staged since the last commit.
-    dirty: BTreeSet<String>,
-    /// Names removed while their `Remove` is still staged: not loadable.
-    removed: BTreeSet<String>,
+    /// Writes since the last hand-over.
+    staged: Batch,
+    /// Documents to heal with a snapshot / to check for compaction at the
+    /// next commit.
+    heal_due: Vec<String>,
+    compact_due: Vec<String>,
+    /// Names removed while their `Remove` is not on disk yet, with the
+    /// commit holding it: not loadable.
+    removed: BTreeMap<String, u64>,
     /// An update could not be staged since the last flush: that flush fails.
     unstaged: Option<String>,
-    /// Updates staged since the last commit.
-    staged_updates: u64,
-    /// Committed journal entries not yet folded into `updates`, per
-    /// document id: `(last seq, framed updates)`. Mirrors the `journal`
-    /// table.
-    journal: BTreeMap<i64, Vec<(i64, Vec<u8>)>>,
-    journal_rows: u64,
-    journal_bytes: usize,
+    /// The newest commit id handed to the committer.
+    last_commit: u64,
+    /// [`Registry::commit`] was used: the committer records completions.
+    reporting: bool,
     next_id: i64,
+    /// Loads and replays (the committer counts the rest).
     stats: SqliteStats,
 }
 
@@ -373,7 +576,8 @@ impl<D: Document> SqliteRegistry<D> {
         Self::open_with(path, SqliteConfig::default(), factory)
     }
 
-    /// Opens the database at `path` with `config`.
+    /// Opens the database at `path` with `config`, and starts its committer
+    /// thread.
     ///
     /// Fails with [`RegistryError::Storage`] when the file cannot be opened
     /// or created (missing or read-only directory), is not a database, was
@@ -388,25 +592,47 @@ impl<D: Document> SqliteRegistry<D> {
         let max: Option<i64> = conn
             .query_row("SELECT max(id) FROM docs", [], |r| r.get(0))
             .map_err(|e| RegistryError::Storage(storage(&path, e)))?;
-        let (journal, journal_rows, journal_bytes, max_journal_id) =
+        let (rows, floors, max_journal_id) =
             read_journal(&conn).map_err(|e| RegistryError::Storage(storage(&path, e)))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(CommitterState::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            store: Mutex::new(Store {
+                conn,
+                journal_bytes: rows.iter().map(|r| r.len()).sum(),
+                rows,
+                index: BTreeMap::new(),
+                indexed: 0,
+                floors,
+            }),
+            in_flight_bytes: AtomicUsize::new(0),
+            durable_through: AtomicU64::new(0),
+        });
+        let committer = {
+            let shared = Arc::clone(&shared);
+            let file = path.clone();
+            std::thread::Builder::new()
+                .name("sqlite-committer".into())
+                .spawn(move || run_committer(&shared, &file))
+                .map_err(|e| RegistryError::Storage(storage(&path, e)))?
+        };
         Ok(SqliteRegistry {
-            conn,
+            shared,
+            committer: Some(committer),
             path,
             config,
             factory: Box::new(factory),
             policy: OpenPolicy::Create,
             max_name_len: 512,
             docs: BTreeMap::new(),
-            staged: Vec::new(),
-            staged_bytes: 0,
-            dirty: BTreeSet::new(),
-            removed: BTreeSet::new(),
+            staged: Batch::default(),
+            heal_due: Vec::new(),
+            compact_due: Vec::new(),
+            removed: BTreeMap::new(),
             unstaged: None,
-            staged_updates: 0,
-            journal,
-            journal_rows,
-            journal_bytes,
+            last_commit: 0,
+            reporting: false,
             // Ids are never reused while a journal row may name them.
             next_id: max.unwrap_or(0).max(max_journal_id) + 1,
             stats: SqliteStats::default(),
@@ -430,12 +656,19 @@ impl<D: Document> SqliteRegistry<D> {
 
     /// Counters: commits, appended updates, snapshots, loads.
     pub fn stats(&self) -> SqliteStats {
-        self.stats
+        let shared = self.shared.state().stats;
+        SqliteStats {
+            loads: self.stats.loads,
+            replayed: self.stats.replayed,
+            failed_commits: shared.failed_commits + self.stats.failed_commits,
+            ..shared
+        }
     }
 
-    /// Bytes staged and not yet committed.
+    /// Bytes staged and not yet on disk (including those handed to the
+    /// committer).
     pub fn staged_bytes(&self) -> usize {
-        self.staged_bytes
+        self.staged.bytes + self.shared.in_flight_bytes.load(Ordering::Acquire)
     }
 
     /// Names of every stored document (loaded or not), sorted. Documents
@@ -449,7 +682,8 @@ impl<D: Document> SqliteRegistry<D> {
             })?
             .into_iter()
             .collect();
-        for r in &self.removed {
+        self.forget_removed();
+        for r in self.removed.keys() {
             names.remove(r);
         }
         names.extend(self.docs.keys().cloned());
@@ -482,7 +716,7 @@ impl<D: Document> SqliteRegistry<D> {
     /// Unloads documents nobody used for `idle_for`, except those for which
     /// `in_use` returns `true` (pass `|name| hub.subscribers(name) > 0`: the
     /// hub expects the documents its sessions opened to stay loaded) and
-    /// those with writes not yet committed. Returns the unloaded names.
+    /// those with writes not yet on disk. Returns the unloaded names.
     ///
     /// The registry reads no clock: a document counts as idle from the first
     /// call that saw it unused, so call this periodically.
@@ -511,9 +745,10 @@ impl<D: Document> SqliteRegistry<D> {
         idle_for: Duration,
         in_use: impl Fn(&str) -> bool,
     ) -> Vec<String> {
+        let durable = self.shared.durable_through.load(Ordering::Acquire);
         let mut out = Vec::new();
         for (name, l) in &mut self.docs {
-            if in_use(name) || l.staged > 0 || l.needs_snapshot {
+            if in_use(name) || !l.unloadable(durable) {
                 l.idle_mark = None;
                 continue;
             }
@@ -536,45 +771,49 @@ impl<D: Document> SqliteRegistry<D> {
         &mut self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, RegistryError> {
-        f(&self.conn).map_err(|e| RegistryError::Storage(storage(&self.path, e)))
+        let store = self.shared.store();
+        f(&store.conn).map_err(|e| RegistryError::Storage(storage(&self.path, e)))
     }
 
     fn stage(&mut self, name: &str, op: DocOp) {
-        // Updates reported before this op are written before it.
-        self.materialize(name);
-        self.staged_bytes += op.bytes();
-        self.staged.push(op);
+        self.staged.push_op(op);
         if let Some(l) = self.docs.get_mut(name) {
-            l.staged += 1;
-        }
-        if !self.dirty.contains(name) {
-            self.dirty.insert(name.to_string());
+            l.written_in = self.last_commit + 1;
         }
     }
 
-    /// Turns the updates buffered for `name` into one staged log row.
-    fn materialize(&mut self, name: &str) {
-        let Some(l) = self.docs.get_mut(name) else {
-            return;
-        };
-        if l.buf.is_empty() {
-            return;
+    /// Marks `name` as holding an update that could not be staged.
+    fn needs_snapshot(&mut self, name: &str) {
+        if let Some(l) = self.docs.get_mut(name)
+            && !l.needs_snapshot
+        {
+            l.needs_snapshot = true;
+            self.heal_due.push(name.to_string());
         }
-        self.staged.push(DocOp::Append {
-            doc: l.id,
-            seq: l.next_seq - 1,
-            data: std::mem::take(&mut l.buf),
-        });
+    }
+
+    /// Drops the removals that are on disk.
+    fn forget_removed(&mut self) {
+        let durable = self.shared.durable_through.load(Ordering::Acquire);
+        self.removed.retain(|_, id| *id > durable);
     }
 
     /// Loads `name` from the file: snapshot, then its log replayed.
     fn load(&mut self, name: &str) -> Result<Option<Loaded<D>>, RegistryError> {
-        if self.removed.contains(name) {
+        self.forget_removed();
+        if self.removed.contains_key(name) {
             return Ok(None);
         }
-        let row = self.query(|c| {
-            c.prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")?
-                .query_row([name], |r| {
+        // One lock for the whole read: the committer may not fold the
+        // journal in between.
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| RegistryError::Storage(storage(&path, e));
+        let mut store = self.shared.store();
+        let row = store
+            .conn
+            .prepare_cached("SELECT id, snapshot, snapshot_seq FROM docs WHERE name = ?1")
+            .and_then(|mut st| {
+                st.query_row([name], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Option<Vec<u8>>>(1)?,
@@ -582,19 +821,37 @@ impl<D: Document> SqliteRegistry<D> {
                     ))
                 })
                 .optional()
-        })?;
+            })
+            .map_err(err)?;
         let Some((id, snapshot, snapshot_seq)) = row else {
             return Ok(None);
         };
-        let log = self.query(|c| {
-            let mut st = c.prepare_cached(
+        let rows = store
+            .conn
+            .prepare_cached(
                 "SELECT seq, data FROM updates WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
-            )?;
-            let rows = st.query_map(params![id, snapshot_seq], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
+            )
+            .and_then(|mut st| {
+                st.query_map(params![id, snapshot_seq], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(err)?;
+        // Sequence numbers continue after the last entry (or the snapshot
+        // when the log was truncated).
+        let last: Option<i64> = store
+            .conn
+            .prepare_cached("SELECT max(seq) FROM updates WHERE doc = ?1")
+            .and_then(|mut st| st.query_row([id], |r| r.get(0)))
+            .map_err(err)?;
+        let entries: Vec<Entry> = store
+            .entries(id)
+            .iter()
+            .filter(|e| e.seq > snapshot_seq)
+            .cloned()
+            .collect();
+        drop(store);
         let mut doc = (self.factory)(name);
         let snapshot_len = snapshot.as_ref().map_or(0, Vec::len);
         if let Some(s) = snapshot {
@@ -605,74 +862,58 @@ impl<D: Document> SqliteRegistry<D> {
                 ))
             })?;
         }
-        let mut log = log;
-        if let Some(entries) = self.journal.get(&id) {
-            log.extend(
-                entries
-                    .iter()
-                    .filter(|(seq, _)| *seq > snapshot_seq)
-                    .cloned(),
-            );
-        }
-        let mut outcomes = Vec::new();
-        let mut replayed = 0u64;
+        // The log, in order: folded rows, then the journal's entries.
+        let log: Vec<(i64, &[u8])> = rows
+            .iter()
+            .map(|(seq, data)| (*seq, data.as_slice()))
+            .chain(entries.iter().map(|e| (e.seq, e.data())))
+            .collect();
+        let mut updates: Vec<&[u8]> = Vec::new();
+        let mut row_of: Vec<i64> = Vec::new();
         for (seq, row) in &log {
-            let updates = unframe(row).ok_or_else(|| {
+            let framed = unframe(row).ok_or_else(|| {
                 RegistryError::Storage(storage(
                     &self.path,
                     format!("document {name:?}: log row {seq} is malformed"),
                 ))
             })?;
-            outcomes.clear();
-            doc.apply_batch(&updates, &mut outcomes);
-            replayed += updates.len() as u64;
-            if let Some(ApplyOutcome::Invalid(e)) = outcomes
-                .iter()
-                .find(|o| matches!(o, ApplyOutcome::Invalid(_)))
-            {
-                return Err(RegistryError::Storage(storage(
-                    &self.path,
-                    format!("document {name:?}: an update in log row {seq} does not apply: {e}"),
-                )));
-            }
+            row_of.extend(std::iter::repeat_n(*seq, framed.len()));
+            updates.extend(framed);
         }
-        // Sequence numbers continue after the last entry (or the snapshot
-        // when the log was truncated).
-        let last: Option<i64> = self.query(|c| {
-            c.prepare_cached("SELECT max(seq) FROM updates WHERE doc = ?1")?
-                .query_row([id], |r| r.get(0))
-        })?;
+        let mut outcomes = Vec::new();
+        doc.apply_batch(&updates, &mut outcomes);
+        if let Some((i, ApplyOutcome::Invalid(e))) = outcomes
+            .iter()
+            .enumerate()
+            .find(|(_, o)| matches!(o, ApplyOutcome::Invalid(_)))
+        {
+            let seq = row_of.get(i).copied().unwrap_or_default();
+            return Err(RegistryError::Storage(storage(
+                &self.path,
+                format!("document {name:?}: an update in log row {seq} does not apply: {e}"),
+            )));
+        }
+        let replayed = updates.len() as u64;
         let last = last.max(log.last().map(|(seq, _)| *seq));
+        let log_bytes = log.iter().map(|(_, row)| row.len()).sum();
         self.stats.loads += 1;
         self.stats.replayed += replayed;
         Ok(Some(Loaded {
-            id,
-            doc,
             next_seq: last.unwrap_or(0).max(snapshot_seq) + 1,
             log_len: replayed,
-            log_bytes: log.iter().map(|(_, row)| row.len()).sum(),
+            log_bytes,
             snapshot_len,
-            staged: 0,
-            buf: Vec::new(),
-            needs_snapshot: false,
-            uses: 0,
-            idle_mark: None,
+            ..Loaded::new(id, doc)
         }))
     }
 
-    /// Writes every staged op in one transaction. On failure nothing is
-    /// written and everything stays staged.
-    fn commit(&mut self) -> Result<(), RegistryError> {
-        // Documents holding an update that could not be staged: their
-        // snapshot holds it.
-        let healing: Vec<String> = self
-            .docs
-            .iter()
-            .filter(|(_, l)| l.needs_snapshot)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in healing {
-            if let Some(l) = self.docs.get_mut(&name) {
+    /// Stages what a commit writes besides the reported updates: snapshots
+    /// healing updates that could not be staged, compaction of long logs.
+    fn prepare(&mut self) {
+        for name in std::mem::take(&mut self.heal_due) {
+            if let Some(l) = self.docs.get_mut(&name)
+                && l.needs_snapshot
+            {
                 l.needs_snapshot = false;
                 let op = DocOp::Snapshot {
                     doc: l.id,
@@ -683,182 +924,261 @@ impl<D: Document> SqliteRegistry<D> {
                 self.stage(&name, op);
             }
         }
-        // Compaction of long logs, in the same transaction.
-        let long: Vec<String> = self
-            .dirty
-            .iter()
-            .filter(|n| {
-                self.docs.get(n.as_str()).is_some_and(|l| {
-                    l.log_len >= self.config.compact_after
-                        && l.log_bytes >= l.snapshot_len
-                        && l.doc.pending_bytes() == 0
-                })
-            })
-            .cloned()
-            .collect();
-        for name in long {
-            self.compact(&name);
+        // Compaction of long logs, in the same transaction. Documents
+        // holding updates with missing dependencies wait: their next update
+        // queues them again.
+        for name in std::mem::take(&mut self.compact_due) {
+            let due = self.docs.get_mut(&name).is_some_and(|l| {
+                l.compact_queued = false;
+                l.log_len >= self.config.compact_after
+                    && l.log_bytes >= l.snapshot_len
+                    && l.doc.pending_bytes() == 0
+            });
+            if due {
+                self.compact(&name);
+            }
         }
-        let dirty: Vec<String> = self.dirty.iter().cloned().collect();
-        for name in dirty {
-            self.materialize(&name);
+    }
+
+    /// Hands everything staged to the committer thread. Returns the commit
+    /// to wait for, `None` when everything handed over before is on disk
+    /// and nothing is staged. Read-only: fails when something is staged.
+    fn hand_over(&mut self) -> Result<Option<u64>, RegistryError> {
+        self.prepare();
+        if self.config.read_only && !self.staged.is_empty() {
+            self.stats.failed_commits += 1;
+            return Err(RegistryError::Storage(storage(
+                &self.path,
+                "opened read-only; updates are not stored",
+            )));
         }
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.state();
         if self.staged.is_empty() {
+            if st.durable_through >= self.last_commit {
+                return Ok(None);
+            }
+            if st.failed_through < self.last_commit {
+                // Still on its way.
+                return Ok(Some(self.last_commit));
+            }
+            // The last commit failed: an empty one retries its writes.
+        }
+        // Backpressure: the running transaction picks the queue up when it
+        // ends.
+        let max = self.config.max_commit_queue_bytes;
+        if st.queue.bytes > max && st.busy {
+            st.stats.commit_waits += 1;
+            while st.queue.bytes > max && st.busy && !st.stop {
+                if self.committer.as_ref().is_none_or(|c| c.is_finished()) {
+                    break;
+                }
+                st = shared
+                    .done
+                    .wait_timeout(st, Duration::from_millis(100))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        self.last_commit += 1;
+        // The next batch will likely be as large: reserve once instead of
+        // growing it update by update.
+        let capacity = self.staged.updates.len();
+        let batch = std::mem::replace(
+            &mut self.staged,
+            Batch {
+                updates: Vec::with_capacity(capacity),
+                ..Batch::default()
+            },
+        );
+        shared
+            .in_flight_bytes
+            .fetch_add(batch.bytes, Ordering::AcqRel);
+        st.queue.append(batch);
+        st.queued_through = self.last_commit;
+        // A busy committer looks at the queue when its transaction ends.
+        let idle = !st.busy;
+        drop(st);
+        if idle {
+            shared.work.notify_one();
+        }
+        Ok(Some(self.last_commit))
+    }
+
+    /// Waits until commit `id` is on disk (or failed).
+    fn wait_for(&self, id: u64) -> Result<(), RegistryError> {
+        let mut st = self.shared.state();
+        loop {
+            if st.durable_through >= id {
+                return Ok(());
+            }
+            if st.failed_through >= id {
+                return Err(RegistryError::Storage(storage(&self.path, &st.last_error)));
+            }
+            if self.committer.as_ref().is_none_or(|c| c.is_finished()) {
+                return Err(RegistryError::Storage(storage(
+                    &self.path,
+                    "the committer thread stopped",
+                )));
+            }
+            st = self
+                .shared
+                .done
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl<D> Loaded<D> {
+    /// No write of this document is waiting: the file has it all.
+    fn unloadable(&self, durable_through: u64) -> bool {
+        !self.needs_snapshot && self.written_in <= durable_through
+    }
+}
+
+/// The committer thread: writes everything handed over since its last
+/// transaction in one transaction, keeps the writes of a failed one for the
+/// next attempt (made when more work or an empty retry commit arrives), and
+/// reports each transaction's outcome.
+fn run_committer(shared: &Shared, path: &Path) {
+    let mut taken_through = 0u64;
+    let mut retained = Batch::default();
+    loop {
+        let (mut batch, through) = {
+            let mut st = shared.state();
+            while st.queued_through == taken_through && !st.stop {
+                st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+            if st.queued_through == taken_through {
+                return; // stopping, nothing left
+            }
+            st.busy = true;
+            taken_through = st.queued_through;
+            let batch = std::mem::take(&mut st.queue);
+            // A `commit` waiting for room in the queue may go on.
+            shared.done.notify_all();
+            (batch, taken_through)
+        };
+        if !retained.is_empty() {
+            retained.append(batch);
+            batch = std::mem::take(&mut retained);
+        }
+        let updates = Arc::new(std::mem::take(&mut batch.updates));
+        let result = shared.store().write(&batch.ops, &updates);
+        let waker = {
+            let mut st = shared.state();
+            st.busy = false;
+            let result = match result {
+                Ok(()) => {
+                    st.durable_through = through;
+                    shared.durable_through.store(through, Ordering::Release);
+                    shared
+                        .in_flight_bytes
+                        .fetch_sub(batch.bytes, Ordering::AcqRel);
+                    st.stats.commits += 1;
+                    st.stats.appended += batch.count;
+                    st.stats.snapshots += batch
+                        .ops
+                        .iter()
+                        .filter(|op| matches!(op, DocOp::Snapshot { .. }))
+                        .count() as u64;
+                    Ok(())
+                }
+                Err(e) => {
+                    st.failed_through = through;
+                    st.last_error = e.to_string();
+                    st.stats.failed_commits += 1;
+                    // Unshared: the journal mirror took no entry of it.
+                    batch.updates = Arc::try_unwrap(updates).unwrap_or_else(|a| a.to_vec());
+                    retained = batch;
+                    Err(RegistryError::Storage(storage(path, e)))
+                }
+            };
+            if st.report {
+                report(&mut st.completions, through, result);
+            }
+            shared.done.notify_all();
+            st.waker.clone()
+        };
+        if let Some(wake) = waker {
+            wake();
+        }
+    }
+}
+
+/// Queues a completion, merging it into the previous one of the same kind.
+fn report(out: &mut VecDeque<CommitDone>, through: u64, result: Result<(), RegistryError>) {
+    let through = CommitId(through);
+    match out.back_mut() {
+        Some(last) if last.result.is_ok() == result.is_ok() => {
+            last.through = through;
+            last.result = result;
+        }
+        _ => {
+            if out.len() >= MAX_COMPLETIONS {
+                out.pop_front();
+            }
+            out.push_back(CommitDone { through, result });
+        }
+    }
+}
+
+impl Store {
+    /// Writes `ops` and the journal entries in `updates` in one transaction
+    /// and updates the journal mirror.
+    fn write(&mut self, ops: &[DocOp], updates: &Arc<Vec<u8>>) -> rusqlite::Result<()> {
+        if ops.is_empty() && updates.is_empty() {
             return Ok(());
         }
-        let fold = self.journal_rows + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
-        let result = write_doc_ops(&mut self.conn, &self.staged, fold.then_some(&self.journal));
-        let new_entries = match result {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.stats.failed_commits += 1;
-                return Err(RegistryError::Storage(storage(&self.path, e)));
-            }
-        };
-        self.stats.commits += 1;
+        let fold = self.rows.len() as u64 + 1 >= FOLD_ROWS || self.journal_bytes >= FOLD_BYTES;
+        let journal = fold.then_some((self.rows.as_slice(), &self.floors));
+        write_doc_ops(&mut self.conn, ops, updates, journal)?;
         if fold {
-            self.journal.clear();
-            self.journal_rows = 0;
+            // Later entries are above every floor (sequence numbers grow,
+            // ids are not reused).
+            self.rows.clear();
             self.journal_bytes = 0;
-        } else if !new_entries.is_empty() {
-            self.journal_rows += 1;
-            for (doc, seq, data) in new_entries {
-                self.journal_bytes += data.len() + 20;
-                self.journal.entry(doc).or_default().push((seq, data));
+            self.index.clear();
+            self.indexed = 0;
+            self.floors.clear();
+            return Ok(());
+        }
+        if !updates.is_empty() {
+            self.rows.push(Arc::clone(updates));
+            self.journal_bytes += updates.len();
+        }
+        for (doc, floor) in floors(ops) {
+            let f = self.floors.entry(doc).or_insert(floor);
+            *f = (*f).max(floor);
+            if let Some(entries) = self.index.get_mut(&doc) {
+                entries.retain(|e| e.seq > floor);
             }
         }
-        // Entries a snapshot covers or of removed documents are gone from
-        // the log; the journal copy is dropped too.
-        for op in &self.staged {
-            match op {
-                DocOp::Snapshot {
-                    doc,
-                    up_to,
-                    truncate: true,
-                    ..
-                } => {
-                    if let Some(entries) = self.journal.get_mut(doc) {
-                        entries.retain(|(seq, _)| seq > up_to);
-                    }
-                }
-                DocOp::Remove { id } => {
-                    self.journal.remove(id);
-                }
-                _ => {}
-            }
-        }
-        self.stats.appended += std::mem::take(&mut self.staged_updates);
-        for op in self.staged.drain(..) {
-            if let DocOp::Snapshot { .. } = op {
-                self.stats.snapshots += 1;
-            }
-        }
-        self.staged_bytes = 0;
-        for name in std::mem::take(&mut self.dirty) {
-            if let Some(l) = self.docs.get_mut(&name) {
-                l.staged = 0;
-            }
-        }
-        self.removed.clear();
         Ok(())
     }
-}
 
-/// Splits a log row into its framed updates (`None`: malformed).
-fn unframe(mut row: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut out = Vec::new();
-    while !row.is_empty() {
-        let (len, rest) = row.split_at_checked(4)?;
-        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
-        let (update, rest) = rest.split_at_checked(len)?;
-        out.push(update);
-        row = rest;
-    }
-    Some(out)
-}
-
-/// A journal row: entries of `doc` (i64), `seq` (i64), length (u32),
-/// framed updates.
-fn encode_journal<'a>(entries: impl Iterator<Item = (i64, i64, &'a [u8])>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (doc, seq, data) in entries {
-        out.extend_from_slice(&doc.to_le_bytes());
-        out.extend_from_slice(&seq.to_le_bytes());
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(data);
-    }
-    out
-}
-
-fn decode_journal(mut row: &[u8], out: &mut Vec<(i64, i64, Vec<u8>)>) -> Option<()> {
-    while !row.is_empty() {
-        let (head, rest) = row.split_at_checked(20)?;
-        let doc = i64::from_le_bytes(head[0..8].try_into().ok()?);
-        let seq = i64::from_le_bytes(head[8..16].try_into().ok()?);
-        let len = u32::from_le_bytes(head[16..20].try_into().ok()?) as usize;
-        let (data, rest) = rest.split_at_checked(len)?;
-        out.push((doc, seq, data.to_vec()));
-        row = rest;
-    }
-    Some(())
-}
-
-type Journal = BTreeMap<i64, Vec<(i64, Vec<u8>)>>;
-
-/// Reads the unfolded journal: entries per live document above its
-/// snapshot, row count, bytes, and the highest document id it names.
-fn read_journal(conn: &Connection) -> Result<(Journal, u64, usize, i64), String> {
-    let mut rows = 0u64;
-    let mut entries = Vec::new();
-    {
-        let mut st = conn
-            .prepare("SELECT id, data FROM journal ORDER BY id")
-            .map_err(|e| e.to_string())?;
-        let mut q = st.query([]).map_err(|e| e.to_string())?;
-        while let Some(r) = q.next().map_err(|e| e.to_string())? {
-            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
-            let data: Vec<u8> = r.get(1).map_err(|e| e.to_string())?;
-            decode_journal(&data, &mut entries)
-                .ok_or_else(|| format!("journal row {id} is malformed"))?;
-            rows += 1;
+    /// The journal entries of document `id` (indexing new rows first).
+    fn entries(&mut self, id: i64) -> &[Entry] {
+        for row in &self.rows[self.indexed..] {
+            // Written by this process or checked when read: never malformed.
+            let _ = decode_journal(row, |doc, seq, at| {
+                self.index.entry(doc).or_default().push(Entry {
+                    seq,
+                    row: Arc::clone(row),
+                    at,
+                });
+            });
         }
+        self.indexed = self.rows.len();
+        self.index.get(&id).map_or(&[], Vec::as_slice)
     }
-    let mut floors = BTreeMap::new();
-    {
-        let mut st = conn
-            .prepare("SELECT id, snapshot_seq FROM docs")
-            .map_err(|e| e.to_string())?;
-        let mut q = st.query([]).map_err(|e| e.to_string())?;
-        while let Some(r) = q.next().map_err(|e| e.to_string())? {
-            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
-            let floor: i64 = r.get(1).map_err(|e| e.to_string())?;
-            floors.insert(id, floor);
-        }
-    }
-    let max_id = entries.iter().map(|e| e.0).max().unwrap_or(0);
-    let mut journal = Journal::new();
-    let mut bytes = 0;
-    for (doc, seq, data) in entries {
-        if floors.get(&doc).is_some_and(|floor| seq > *floor) {
-            bytes += data.len() + 20;
-            journal.entry(doc).or_default().push((seq, data));
-        }
-    }
-    Ok((journal, rows, bytes, max_id))
 }
 
-/// Writes `ops` in one transaction. The updates of the commit go into one
-/// journal row (one sequential write, however many documents they touch),
-/// or, when `fold` holds the journal, the journal and these updates are
-/// folded into one `updates` row per document and the journal emptied.
-/// Returns the commit's entries `(doc, seq, framed updates)`.
-fn write_doc_ops(
-    conn: &mut Connection,
-    ops: &[DocOp],
-    fold: Option<&Journal>,
-) -> rusqlite::Result<Vec<(i64, i64, Vec<u8>)>> {
-    // Entries a truncating snapshot or a removal in this same batch covers
-    // need not be written.
+/// Per document, the journal entries `ops` cover: up to a truncating
+/// snapshot's sequence number, or all of a removed document's.
+fn floors(ops: &[DocOp]) -> BTreeMap<i64, i64> {
     let mut floor: BTreeMap<i64, i64> = BTreeMap::new();
     for op in ops {
         match op {
@@ -877,7 +1197,103 @@ fn write_doc_ops(
             _ => {}
         }
     }
-    let mut entries: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+    floor
+}
+
+/// Splits a log row into its framed updates (`None`: malformed).
+fn unframe(mut row: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !row.is_empty() {
+        let (len, rest) = row.split_at_checked(4)?;
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        let (update, rest) = rest.split_at_checked(len)?;
+        out.push(update);
+        row = rest;
+    }
+    Some(out)
+}
+
+/// Calls `f(doc, seq, range of the data)` for every entry of a journal row
+/// (document id `i64`, sequence number `i64`, length `u32`, framed
+/// updates). `None`: malformed.
+fn decode_journal(row: &[u8], mut f: impl FnMut(i64, i64, std::ops::Range<usize>)) -> Option<()> {
+    let mut at = 0;
+    while at < row.len() {
+        let head = row.get(at..at + ENTRY_HEADER)?;
+        let doc = i64::from_le_bytes(head[0..8].try_into().ok()?);
+        let seq = i64::from_le_bytes(head[8..16].try_into().ok()?);
+        let len = u32::from_le_bytes(head[16..20].try_into().ok()?) as usize;
+        let start = at + ENTRY_HEADER;
+        let end = start.checked_add(len).filter(|e| *e <= row.len())?;
+        f(doc, seq, start..end);
+        at = end;
+    }
+    Some(())
+}
+
+/// Per document id, the sequence number up to which its journal entries are
+/// covered (by a snapshot; `i64::MAX`: the document was removed).
+type Floors = BTreeMap<i64, i64>;
+
+/// The unfolded journal's rows, floors and highest document id.
+type JournalRead = (Vec<Arc<Vec<u8>>>, Floors, i64);
+
+/// Reads the unfolded journal: its rows, the floors of the documents they
+/// name (entries at or below are covered by a snapshot; `i64::MAX`: the
+/// document was removed), and the highest document id they name.
+fn read_journal(conn: &Connection) -> Result<JournalRead, String> {
+    let mut stored = BTreeMap::new();
+    {
+        let mut st = conn
+            .prepare("SELECT id, snapshot_seq FROM docs")
+            .map_err(|e| e.to_string())?;
+        let mut q = st.query([]).map_err(|e| e.to_string())?;
+        while let Some(r) = q.next().map_err(|e| e.to_string())? {
+            let id: i64 = r.get(0).map_err(|e| e.to_string())?;
+            let floor: i64 = r.get(1).map_err(|e| e.to_string())?;
+            stored.insert(id, floor);
+        }
+    }
+    let mut rows = Vec::new();
+    let mut floors = BTreeMap::new();
+    let mut max_id = 0;
+    let mut st = conn
+        .prepare("SELECT id, data FROM journal ORDER BY id")
+        .map_err(|e| e.to_string())?;
+    let mut q = st.query([]).map_err(|e| e.to_string())?;
+    while let Some(r) = q.next().map_err(|e| e.to_string())? {
+        let id: i64 = r.get(0).map_err(|e| e.to_string())?;
+        let row: Vec<u8> = r.get(1).map_err(|e| e.to_string())?;
+        decode_journal(&row, |doc, _, _| {
+            max_id = max_id.max(doc);
+            let floor = stored.get(&doc).copied().unwrap_or(i64::MAX);
+            if floor > 0 {
+                floors.insert(doc, floor);
+            }
+        })
+        .ok_or_else(|| format!("journal row {id} is malformed"))?;
+        rows.push(Arc::new(row));
+    }
+    Ok((rows, floors, max_id))
+}
+
+/// Writes `ops` and the journal entries in `updates` in one transaction.
+/// The updates go into one journal row (one sequential write, however many
+/// documents they touch), or, when `fold` holds the journal (its rows and
+/// floors), the journal and these updates are folded into one `updates` row
+/// per document and the journal emptied. Entries a truncating snapshot or a
+/// removal covers are not written.
+fn write_doc_ops(
+    conn: &mut Connection,
+    ops: &[DocOp],
+    updates: &[u8],
+    fold: Option<(&[Arc<Vec<u8>>], &Floors)>,
+) -> rusqlite::Result<()> {
+    let floor = floors(ops);
+    let covered = |doc: i64, seq: i64, journal: Option<&Floors>| {
+        floor.get(&doc).is_some_and(|f| seq <= *f)
+            || journal.is_some_and(|j| j.get(&doc).is_some_and(|f| seq <= *f))
+    };
     let tx = conn.transaction()?;
     {
         for op in ops {
@@ -885,11 +1301,6 @@ fn write_doc_ops(
                 DocOp::Create { id, name } => {
                     tx.prepare_cached("INSERT INTO docs (id, name) VALUES (?1, ?2)")?
                         .execute(params![id, name])?;
-                }
-                DocOp::Append { doc, seq, data } => {
-                    if floor.get(doc).is_none_or(|f| seq > f) {
-                        entries.push((*doc, *seq, data.clone()));
-                    }
                 }
                 DocOp::Snapshot {
                     doc,
@@ -920,27 +1331,37 @@ fn write_doc_ops(
             }
         }
         match fold {
-            None if !entries.is_empty() => {
-                let row = encode_journal(entries.iter().map(|(d, s, b)| (*d, *s, b.as_slice())));
+            None if updates.is_empty() => {}
+            None if floor.is_empty() => {
+                // Nothing covered: the staged bytes are the row.
                 tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
-                    .execute([row])?;
+                    .execute([updates])?;
             }
-            None => {}
-            Some(journal) => {
+            None => {
+                let mut row = Vec::with_capacity(updates.len());
+                // Staged by this process: never malformed.
+                let _ = decode_journal(updates, |doc, seq, at| {
+                    if !covered(doc, seq, None) {
+                        row.extend_from_slice(&updates[at.start - ENTRY_HEADER..at.end]);
+                    }
+                });
+                if !row.is_empty() {
+                    tx.prepare_cached("INSERT INTO journal (data) VALUES (?1)")?
+                        .execute([row])?;
+                }
+            }
+            Some((journal, floors)) => {
                 // One row per document: its journal entries, then this
                 // commit's, concatenated (framed updates concatenate).
                 let mut rows: BTreeMap<i64, (i64, Vec<u8>)> = BTreeMap::new();
-                let old = journal
-                    .iter()
-                    .flat_map(|(doc, es)| es.iter().map(move |(s, d)| (*doc, *s, d)));
-                let new = entries.iter().map(|(doc, s, d)| (*doc, *s, d));
-                for (doc, seq, data) in old.chain(new) {
-                    if floor.get(&doc).is_some_and(|f| seq <= *f) {
-                        continue;
-                    }
-                    let row = rows.entry(doc).or_default();
-                    row.0 = row.0.max(seq);
-                    row.1.extend_from_slice(data);
+                for row in journal.iter().map(|r| r.as_slice()).chain([updates]) {
+                    let _ = decode_journal(row, |doc, seq, at| {
+                        if !covered(doc, seq, Some(floors)) {
+                            let out = rows.entry(doc).or_default();
+                            out.0 = out.0.max(seq);
+                            out.1.extend_from_slice(&row[at]);
+                        }
+                    });
                 }
                 let mut insert =
                     tx.prepare_cached("INSERT INTO updates (doc, seq, data) VALUES (?1, ?2, ?3)")?;
@@ -951,8 +1372,7 @@ fn write_doc_ops(
             }
         }
     }
-    tx.commit()?;
-    Ok(entries)
+    tx.commit()
 }
 
 impl<D: Document> Registry for SqliteRegistry<D> {
@@ -974,22 +1394,8 @@ impl<D: Document> Registry for SqliteRegistry<D> {
                     }
                     let id = self.next_id;
                     self.next_id += 1;
-                    self.docs.insert(
-                        name.to_string(),
-                        Loaded {
-                            id,
-                            doc: (self.factory)(name),
-                            next_seq: 1,
-                            log_len: 0,
-                            log_bytes: 0,
-                            snapshot_len: 0,
-                            staged: 0,
-                            buf: Vec::new(),
-                            needs_snapshot: false,
-                            uses: 0,
-                            idle_mark: None,
-                        },
-                    );
+                    let doc = (self.factory)(name);
+                    self.docs.insert(name.to_string(), Loaded::new(id, doc));
                     self.stage(
                         name,
                         DocOp::Create {
@@ -1025,23 +1431,24 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     }
 
     /// Drops `name` from memory; it stays stored. Refused (`false`) while it
-    /// has writes not yet committed: flush first.
+    /// has writes not yet on disk: flush first.
     fn unload(&mut self, name: &str) -> bool {
-        match self.docs.get(name) {
-            Some(l) if l.staged == 0 && !l.needs_snapshot => {
-                self.docs.remove(name);
-                true
-            }
-            _ => false,
+        let durable = self.shared.durable_through.load(Ordering::Acquire);
+        if self.docs.get(name).is_some_and(|l| l.unloadable(durable)) {
+            self.docs.remove(name);
+            return true;
         }
+        false
     }
 
     /// Deletes `name` from memory and from the file (committed at once with
-    /// everything staged; if that commit fails, at the next flush).
+    /// everything staged, waiting for the disk; if that commit fails, at the
+    /// next one).
     fn remove(&mut self, name: &str) -> bool {
+        self.forget_removed();
         let id = match self.docs.remove(name) {
             Some(l) => Some(l.id),
-            None if self.removed.contains(name) => None,
+            None if self.removed.contains_key(name) => None,
             None => self
                 .query(|c| {
                     c.prepare_cached("SELECT id FROM docs WHERE name = ?1")?
@@ -1055,40 +1462,47 @@ impl<D: Document> Registry for SqliteRegistry<D> {
             return false;
         };
         self.stage(name, DocOp::Remove { id });
-        self.removed.insert(name.to_string());
-        let _ = self.commit();
+        self.removed.insert(name.to_string(), self.last_commit + 1);
+        if let Ok(Some(commit)) = self.hand_over() {
+            let _ = self.wait_for(commit);
+        }
         true
     }
 
     fn update_applied(&mut self, name: &str, update: &[u8]) -> Result<(), RegistryError> {
+        let waiting = self.staged.bytes + self.shared.in_flight_bytes.load(Ordering::Acquire);
+        let next_commit = self.last_commit + 1;
+        let compact_after = self.config.compact_after;
         let Some(l) = self.docs.get_mut(name) else {
             return Err(RegistryError::NotFound(name.to_string()));
         };
-        if self.staged_bytes + update.len() > self.config.max_staged_bytes {
+        let len = u32::try_from(update.len())
+            .ok()
+            .filter(|len| *len < u32::MAX - 4);
+        let Some(len) = len else {
+            self.needs_snapshot(name);
+            return Err(RegistryError::Storage("update larger than 4 GiB".into()));
+        };
+        if waiting + update.len() > self.config.max_staged_bytes {
             // Applied in memory but not staged: this flush fails, the next
             // successful one writes a snapshot holding it.
-            l.needs_snapshot = true;
-            let why = format!(
-                "{} bytes wait for a commit that keeps failing; update not stored",
-                self.staged_bytes
-            );
+            let why =
+                format!("{waiting} bytes wait for a commit that keeps failing; update not stored");
+            self.needs_snapshot(name);
             self.unstaged = Some(why.clone());
             return Err(RegistryError::Storage(storage(&self.path, why)));
         }
-        let Ok(len) = u32::try_from(update.len()) else {
-            l.needs_snapshot = true;
-            return Err(RegistryError::Storage("update larger than 4 GiB".into()));
-        };
+        let seq = l.next_seq;
         l.next_seq += 1;
         l.log_len += 1;
         l.log_bytes += update.len() + 4;
-        l.staged += 1;
-        l.buf.extend_from_slice(&len.to_le_bytes());
-        l.buf.extend_from_slice(update);
-        self.staged_bytes += update.len() + 4;
-        self.staged_updates += 1;
-        if !self.dirty.contains(name) {
-            self.dirty.insert(name.to_string());
+        l.written_in = next_commit;
+        let compact =
+            !l.compact_queued && l.log_len >= compact_after && l.log_bytes >= l.snapshot_len;
+        l.compact_queued |= compact;
+        self.staged.push_update(l.id, seq, update, len);
+        if compact {
+            self.compact_due.push(name.to_string());
         }
         Ok(())
     }
@@ -1113,22 +1527,55 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         Ok(())
     }
 
-    /// Commits everything staged in one transaction. `Ok(true)`: every
-    /// update reported so far is on disk. `Err`: nothing new is durable
-    /// (the staged writes are kept and retried by the next flush).
+    /// Commits everything staged in one transaction and waits for it.
+    /// `Ok(true)`: every update reported so far (and everything handed over
+    /// by [`Registry::commit`] before) is on disk. `Err`: nothing new is
+    /// durable (the writes are kept and retried by the next commit).
     fn flush(&mut self) -> Result<bool, RegistryError> {
-        if self.config.read_only && !self.staged.is_empty() {
-            self.stats.failed_commits += 1;
-            return Err(RegistryError::Storage(storage(
-                &self.path,
-                "opened read-only; updates are not stored",
-            )));
-        }
+        let commit = self.hand_over()?;
         let unstaged = self.unstaged.take();
-        self.commit()?;
+        if let Some(id) = commit {
+            self.wait_for(id)?;
+        }
         match unstaged {
             Some(why) => Err(RegistryError::Storage(storage(&self.path, why))),
             None => Ok(true),
+        }
+    }
+
+    /// Hands everything staged to the committer thread and returns at once
+    /// ([`Commit::Pending`]), or [`Commit::Durable`] when nothing is staged
+    /// and everything handed over before is on disk. A commit whose
+    /// predecessor failed retries the failed writes.
+    fn commit(&mut self) -> Result<Commit, RegistryError> {
+        if !self.reporting {
+            self.reporting = true;
+            self.shared.state().report = true;
+        }
+        let commit = self.hand_over()?;
+        if let Some(why) = self.unstaged.take() {
+            return Err(RegistryError::Storage(storage(&self.path, why)));
+        }
+        Ok(commit.map_or(Commit::Durable, |id| Commit::Pending(CommitId(id))))
+    }
+
+    fn poll_commit(&mut self) -> Option<CommitDone> {
+        self.shared.state().completions.pop_front()
+    }
+
+    fn set_commit_waker(&mut self, waker: CommitWaker) {
+        self.shared.state().waker = Some(waker);
+    }
+}
+
+impl<D> Drop for SqliteRegistry<D> {
+    /// Stops the committer thread after it wrote what was handed over (the
+    /// file is unlocked when this returns).
+    fn drop(&mut self) {
+        self.shared.state().stop = true;
+        self.shared.work.notify_all();
+        if let Some(c) = self.committer.take() {
+            let _ = c.join();
         }
     }
 }
@@ -1138,8 +1585,8 @@ impl<D> std::fmt::Debug for SqliteRegistry<D> {
         f.debug_struct("SqliteRegistry")
             .field("path", &self.path)
             .field("loaded", &self.docs.len())
-            .field("staged", &self.staged.len())
-            .field("stats", &self.stats)
+            .field("staged_bytes", &self.staged.bytes)
+            .field("last_commit", &self.last_commit)
             .finish()
     }
 }

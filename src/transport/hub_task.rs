@@ -54,8 +54,10 @@ pub struct ServerOptions {
     /// Events buffered for the application; when full, events are dropped
     /// and counted ([`HubStats::dropped_events`]). Default 4096.
     pub event_capacity: usize,
-    /// Inputs the hub task drains before one [`Hub::flush`] (group commit).
-    /// Default 256.
+    /// Inputs the hub task drains before one [`Hub::commit`] (group commit;
+    /// with a registry that commits in the background, such as the SQLite
+    /// one, the hub task does not wait for the disk: `durable` acks follow
+    /// when the registry's commit waker fires). Default 256.
     pub max_batch: usize,
     /// How long `stop` waits for close frames to leave. Default 2 s.
     pub shutdown_grace: Duration,
@@ -195,7 +197,7 @@ pub struct HubStats {
     pub dropped_events: u64,
     /// Inputs processed.
     pub inputs: u64,
-    /// Group commits ([`Hub::flush`] calls).
+    /// Group commits handed to the registry ([`Hub::commit`] calls).
     pub flushes: u64,
     /// Documents open in the registry.
     pub documents: usize,
@@ -485,6 +487,11 @@ impl<R: Registry + Send + 'static> HubService<R> {
         let (ev_tx, ev_rx) = mpsc::channel(options.event_capacity.max(1));
         let hub = Hub::new(options.hub.clone(), authorizer);
         let options = Arc::new(options);
+        // The registry's committer wakes the task when a commit is on disk.
+        let committed = Arc::new(Notify::new());
+        let mut registry = registry;
+        let waker = Arc::clone(&committed);
+        registry.set_commit_waker(Arc::new(move || waker.notify_one()));
         let task = HubTask {
             hub,
             registry,
@@ -497,7 +504,7 @@ impl<R: Registry + Send + 'static> HubService<R> {
             dirty: BTreeSet::new(),
             visit: Vec::new(),
         };
-        let task = tokio::spawn(task.run(rx));
+        let task = tokio::spawn(task.run(rx, committed));
         let handle = HubHandle {
             to_hub,
             active: Arc::new(AtomicUsize::new(0)),
@@ -524,6 +531,7 @@ impl<R: Registry + Send + 'static> HubService<R> {
 enum Wake {
     Input(Option<HubInput>),
     Timer,
+    Committed,
 }
 
 struct ConnState {
@@ -555,7 +563,7 @@ struct HubTask<R, A> {
 }
 
 impl<R: Registry, A: Authorizer> HubTask<R, A> {
-    async fn run(mut self, mut rx: mpsc::Receiver<HubInput>) -> R {
+    async fn run(mut self, mut rx: mpsc::Receiver<HubInput>, committed: Arc<Notify>) -> R {
         let mut deadline: Option<Instant> = None;
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
@@ -566,6 +574,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 biased;
                 input = rx.recv() => Wake::Input(input),
                 () = &mut sleep, if deadline.is_some() => Wake::Timer,
+                () = committed.notified() => Wake::Committed,
             };
             let now = Instant::now();
             let mut had_input = false;
@@ -575,6 +584,8 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 // The sleep completed: it must be re-armed even if the
                 // deadline stays the same.
                 Wake::Timer => deadline_fired = true,
+                // Polled below.
+                Wake::Committed => {}
             }
             for _ in 1..self.options.max_batch {
                 match rx.try_recv() {
@@ -583,9 +594,10 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 }
             }
             if had_input {
-                self.hub.flush(&mut self.registry);
+                self.hub.commit(&mut self.registry);
                 self.stats.flushes += 1;
             }
+            self.hub.poll_commits(&mut self.registry);
             if deadline_fired || deadline.is_some_and(|d| now >= d) {
                 self.hub.handle_timeout(now, &mut self.registry);
                 deadline = None;
@@ -593,6 +605,8 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
             }
             if self.closing && stopping.is_none() {
                 tracing::info!(target: LOG, connections = self.conns.len(), "shutting down");
+                // The last `durable` acks leave before the close frames.
+                self.hub.flush(&mut self.registry);
                 self.hub.shutdown(now);
                 stopping = Some(now + self.options.shutdown_grace);
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
 use crate::outbound::encode_broadcast_shared;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::{
     Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
@@ -121,6 +121,25 @@ pub struct Hub<A> {
     by_session: BTreeMap<SessionId, ConnId>,
     scratch: Vec<Message>,
     outcomes: Vec<ApplyOutcome>,
+    /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
+    /// acknowledgements wait for the disk, oldest first; at most
+    /// `Limits::max_commits_in_flight`.
+    in_flight: VecDeque<InFlight>,
+}
+
+/// The acknowledgements waiting for one registry commit: per (session,
+/// document), the highest sequence number it covers.
+struct InFlight {
+    id: CommitId,
+    acks: Vec<(ConnId, DocId, u64)>,
+    /// Length of `acks` after its last deduplication.
+    distinct: usize,
+}
+
+/// Keeps one entry per (session, document): the highest sequence number.
+fn dedup_acks(acks: &mut Vec<(ConnId, DocId, u64)>) {
+    acks.sort_unstable_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
+    acks.dedup_by_key(|a| (a.0, a.1));
 }
 
 impl<A: Authorizer> Hub<A> {
@@ -153,6 +172,7 @@ impl<A: Authorizer> Hub<A> {
             by_session: BTreeMap::new(),
             scratch: Vec::new(),
             outcomes: Vec::new(),
+            in_flight: VecDeque::new(),
         }
     }
 
@@ -247,7 +267,8 @@ impl<A: Authorizer> Hub<A> {
 
     /// Bytes received from `conn`. Updates it carries are applied, fanned
     /// out and acknowledged; a durable registry commits them first
-    /// ([`Registry::flush`]) so the ack can say `durable`.
+    /// ([`Registry::flush`], waiting for the disk) so the ack can say
+    /// `durable`.
     pub fn handle_input<R>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R)
     where
         R: Registry,
@@ -257,9 +278,9 @@ impl<A: Authorizer> Hub<A> {
     }
 
     /// Like [`Hub::handle_input`] but leaves the acknowledgements (and the
-    /// registry commit before them) to the next [`Hub::flush`]. An adapter
-    /// that drains several inputs at once and then flushes gets one storage
-    /// commit for all of them (group commit).
+    /// registry commit before them) to the next [`Hub::flush`] or
+    /// [`Hub::commit`]. An adapter that drains several inputs at once and
+    /// then flushes gets one storage commit for all of them (group commit).
     pub fn handle_input_deferred<R>(
         &mut self,
         conn: ConnId,
@@ -300,11 +321,71 @@ impl<A: Authorizer> Hub<A> {
         self.scratch = msgs;
     }
 
-    /// Commits what the registry holds uncommitted ([`Registry::flush`]) and
-    /// queues one cumulative `Ack` per (session, document) that received
-    /// updates since the last flush.
+    /// Commits what the registry holds uncommitted ([`Registry::flush`],
+    /// waiting for the disk) and queues one cumulative `Ack` per (session,
+    /// document) that received updates since the last flush, `durable` when
+    /// the commit succeeded. Acknowledgements still waiting for an earlier
+    /// [`Hub::commit`] are settled too (the flush put them on disk).
     pub fn flush<R: Registry>(&mut self, registry: &mut R) {
-        self.finish_acks(registry);
+        self.finish_acks(registry, true);
+    }
+
+    /// Like [`Hub::flush`] without waiting for the disk: hands the writes to
+    /// the registry's committer ([`Registry::commit`]) and queues the `Ack`s
+    /// with `applied` at once, so clients can go on sending. Each
+    /// (session, document) gets a second `Ack` with `durable` advanced when
+    /// [`Hub::poll_commits`] learns the commit is on disk; a failed commit
+    /// gets its sessions a [`ErrorCode::Storage`] error instead (and a
+    /// [`ServerEvent::StorageError`]), and no `durable` ack covers its
+    /// updates unless a later commit that succeeds wrote them again.
+    ///
+    /// With a registry that commits synchronously (the default
+    /// [`Registry::commit`]), this is [`Hub::flush`].
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use crdt_socket_sync::registry::MemoryRegistry;
+    /// use crdt_socket_sync::server::{AllowAll, Hub, ServerConfig};
+    /// # use crdt_socket_sync::testing::OpLog;
+    /// let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+    /// let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
+    /// let conn = hub.accept(Instant::now());
+    /// # let bytes: &[u8] = &[];
+    /// // The server loop: a batch of inputs, one commit, then the outputs.
+    /// hub.handle_input_deferred(conn, Instant::now(), bytes, &mut reg);
+    /// hub.commit(&mut reg);
+    /// // ...and whenever the registry's commit waker fires (or every loop):
+    /// hub.poll_commits(&mut reg);
+    /// # while hub.poll_transmit().is_some() {}
+    /// ```
+    pub fn commit<R: Registry>(&mut self, registry: &mut R) {
+        self.finish_acks(registry, false);
+    }
+
+    /// Takes the commits the registry completed ([`Registry::poll_commit`])
+    /// and queues what they allow: an `Ack` with `durable` advanced for
+    /// every (session, document) whose updates are now on disk, or an
+    /// [`ErrorCode::Storage`] error (and one [`ServerEvent::StorageError`])
+    /// for those whose commit failed. Cheap when nothing completed: call it
+    /// when the registry's commit waker fires, or once per loop.
+    pub fn poll_commits<R: Registry>(&mut self, registry: &mut R) {
+        while let Some(done) = registry.poll_commit() {
+            match done.result {
+                Ok(()) => {
+                    let advanced = self.settle(Some(done.through));
+                    for (conn, doc) in advanced {
+                        self.send_ack(conn, doc);
+                    }
+                }
+                Err(e) => self.commit_failed(done.through, &e),
+            }
+        }
+    }
+
+    /// Commits whose `durable` acknowledgements are still waiting for the
+    /// registry.
+    pub fn commits_in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Fires expired deadlines (handshake and idle timeouts). Calling it
@@ -1375,23 +1456,55 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
-    /// Commits storage once for everything applied in this call, then sends
-    /// one cumulative `Ack` per (session, document).
-    fn finish_acks<R: Registry>(&mut self, registry: &mut R) {
-        if self.acks_due.is_empty() {
+    /// Commits storage once for everything applied since the last flush
+    /// (waiting for the disk when `wait`), then sends one cumulative `Ack`
+    /// per (session, document).
+    fn finish_acks<R: Registry>(&mut self, registry: &mut R, wait: bool) {
+        // (A waiting flush also settles commits still in flight.)
+        if self.acks_due.is_empty() && (!wait || self.in_flight.is_empty()) {
             return;
         }
-        let durable = match registry.flush() {
-            Ok(d) => d,
+        let outcome = if wait {
+            registry.flush().map(|durable| {
+                if durable {
+                    Commit::Durable
+                } else {
+                    Commit::NotDurable
+                }
+            })
+        } else {
+            registry.commit()
+        };
+        let (durable, pending) = match outcome {
+            Ok(Commit::Durable) => (true, None),
+            Ok(Commit::Pending(id)) => (false, Some(id)),
+            Ok(_) => (false, None),
             Err(e) => {
                 let due = self.acks_due.clone();
                 for (conn, doc) in due {
                     self.doc_error(conn, Some(doc), None, ErrorCode::Storage, e.to_string());
                 }
-                false
+                self.events.push_back(ServerEvent::StorageError {
+                    name: None,
+                    message: e.to_string(),
+                });
+                (false, None)
             }
         };
+        // What earlier commits handed over is on disk too.
+        let mut advanced = if durable {
+            self.settle(None)
+        } else {
+            Vec::new()
+        };
         let mut due = std::mem::take(&mut self.acks_due);
+        if !advanced.is_empty() {
+            // Acked below with the others.
+            let mut sorted = due.clone();
+            sorted.sort_unstable();
+            advanced.retain(|a| sorted.binary_search(a).is_err());
+        }
+        let mut waiting = Vec::new();
         for (conn, doc) in due.drain(..) {
             let Some(sub) = self.sub_mut(conn, doc) else {
                 continue;
@@ -1399,14 +1512,110 @@ impl<A: Authorizer> Hub<A> {
             if durable {
                 sub.durable_seq = sub.last_seq;
             }
-            let ack = Message::Ack {
-                doc,
-                applied: sub.last_seq,
-                durable: sub.durable_seq,
-            };
-            self.send(conn, &ack);
+            if pending.is_some() && sub.last_seq > sub.durable_seq {
+                waiting.push((conn, doc, sub.last_seq));
+            }
+            self.send_ack(conn, doc);
         }
         self.acks_due = due;
+        for (conn, doc) in advanced {
+            self.send_ack(conn, doc);
+        }
+        if let Some(id) = pending
+            && !waiting.is_empty()
+        {
+            self.track(id, waiting);
+        }
+    }
+
+    /// Queues the cumulative `Ack` of (`conn`, `doc`).
+    fn send_ack(&mut self, conn: ConnId, doc: DocId) {
+        let Some(sub) = self.sub_mut(conn, doc) else {
+            return;
+        };
+        let ack = Message::Ack {
+            doc,
+            applied: sub.last_seq,
+            durable: sub.durable_seq,
+        };
+        self.send(conn, &ack);
+    }
+
+    /// Remembers the acknowledgements commit `id` will make durable. Past
+    /// the limit they join the newest tracked commit, whose id becomes `id`
+    /// (later commits complete later: never too early).
+    fn track(&mut self, id: CommitId, acks: Vec<(ConnId, DocId, u64)>) {
+        let full = self.in_flight.len() >= self.config.limits.max_commits_in_flight.max(1);
+        match self.in_flight.back_mut() {
+            Some(last) if last.id == id || full => {
+                last.id = last.id.max(id);
+                last.acks.extend(acks);
+                // One entry per (session, document) is enough: compact when
+                // the list doubled, so merging stays linear overall.
+                if last.acks.len() > 2 * last.distinct.max(64) {
+                    dedup_acks(&mut last.acks);
+                    last.distinct = last.acks.len();
+                }
+            }
+            _ => {
+                let distinct = acks.len();
+                self.in_flight.push_back(InFlight { id, acks, distinct });
+            }
+        }
+    }
+
+    /// Marks the acknowledgements of the tracked commits up to `through`
+    /// (all when `None`) durable; returns the (session, document) pairs
+    /// whose `durable` advanced.
+    fn settle(&mut self, through: Option<CommitId>) -> Vec<(ConnId, DocId)> {
+        let mut advanced = Vec::new();
+        while let Some(front) = self.in_flight.front() {
+            if through.is_some_and(|t| front.id > t) {
+                break;
+            }
+            let Some(done) = self.in_flight.pop_front() else {
+                break;
+            };
+            for (conn, doc, seq) in done.acks {
+                let Some(sub) = self.sub_mut(conn, doc) else {
+                    continue;
+                };
+                // A subscription reopened since counts from its own start.
+                let seq = seq.min(sub.last_seq);
+                if seq > sub.durable_seq {
+                    sub.durable_seq = seq;
+                    advanced.push((conn, doc));
+                }
+            }
+        }
+        advanced.sort_unstable();
+        advanced.dedup();
+        advanced
+    }
+
+    /// The tracked commits up to `through` failed: their sessions get a
+    /// `Storage` error, and their acknowledgements are dropped.
+    fn commit_failed(&mut self, through: CommitId, e: &RegistryError) {
+        // Per (session, document): the highest sequence number lost.
+        let mut errors: Vec<(ConnId, DocId, u64)> = Vec::new();
+        while self.in_flight.front().is_some_and(|f| f.id <= through) {
+            let Some(failed) = self.in_flight.pop_front() else {
+                break;
+            };
+            errors.extend(failed.acks);
+        }
+        dedup_acks(&mut errors);
+        let message = e.to_string();
+        for (conn, doc, seq) in errors {
+            if self.sub_mut(conn, doc).is_some() {
+                let msg = format!("not stored durably: {message}");
+                self.doc_error(conn, Some(doc), Some(seq), ErrorCode::Storage, msg);
+            }
+        }
+        self.events.push_back(ServerEvent::StorageError {
+            name: None,
+            message,
+        });
     }
 }
 

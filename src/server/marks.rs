@@ -58,6 +58,16 @@ impl Marks {
         }
     }
 
+    /// `s`, the session [`Marks::first_ready`] returned, just gave its
+    /// frame: unlist it now if it has nothing more, sparing the next call a
+    /// second look at it.
+    pub(crate) fn sent_from_first(&mut self, s: &mut ServerSession) {
+        if !s.has_output() && self.ready.front() == Some(&s.conn) {
+            s.in_ready = false;
+            self.ready.pop_front();
+        }
+    }
+
     /// Moves the touched sessions still present into `out`.
     pub(crate) fn take_touched(&mut self, sessions: &mut Sessions, out: &mut Vec<ConnId>) {
         for conn in self.touched.drain(..) {

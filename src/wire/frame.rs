@@ -176,7 +176,12 @@ fn varint_len(value: u32) -> usize {
 /// CRC32 (IEEE) of `bytes`.
 #[inline]
 pub fn checksum(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
+    // `crc32fast::hash` detects the CPU's features on every call; a hasher
+    // made once and copied skips that (it shows on small frames).
+    static PROTOTYPE: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    let mut h = PROTOTYPE.get_or_init(crc32fast::Hasher::new).clone();
+    h.update(bytes);
+    h.finalize()
 }
 
 #[cfg(test)]

@@ -116,6 +116,13 @@ pub(crate) fn single_update(body: &[u8]) -> Option<(DocId, u64, &[u8])> {
 /// Reads a canonical varint of at most `max_bits`; `None` for anything else
 /// (truncated, overlong, out of range), which the caller leaves to postcard.
 fn take_varint(input: &mut &[u8], max_bits: u32) -> Option<u64> {
+    // Most values (doc handles, lengths, early sequence numbers) fit one byte.
+    if let Some((&b, rest)) = input.split_first()
+        && b < 0x80
+    {
+        *input = rest;
+        return Some(b.into());
+    }
     let mut v: u64 = 0;
     for (i, &b) in input.iter().enumerate().take(10) {
         let shift = 7 * i as u32;

@@ -437,7 +437,9 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit(&mut self) -> Option<(ConnId, Vec<u8>)> {
         loop {
             let conn = self.marks.first_ready(&mut self.sessions)?;
-            if let Some(frame) = self.sessions.get_mut(&conn)?.poll_frame() {
+            let s = self.sessions.get_mut(&conn)?;
+            if let Some(frame) = s.poll_frame() {
+                self.marks.sent_from_first(s);
                 return Some((conn, frame));
             }
         }
@@ -469,7 +471,9 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_into(&mut self, buf: &mut Vec<u8>) -> Option<ConnId> {
         loop {
             let conn = self.marks.first_ready(&mut self.sessions)?;
-            if self.sessions.get_mut(&conn)?.poll_frame_into(buf) {
+            let s = self.sessions.get_mut(&conn)?;
+            if s.poll_frame_into(buf) {
+                self.marks.sent_from_first(s);
                 return Some(conn);
             }
         }
@@ -1163,7 +1167,13 @@ impl<A: Authorizer> Hub<A> {
         registry: &mut R,
     ) {
         let first_seq = updates.first().map(|u| u.0);
-        let Some(sub) = self.sub_mut(conn, doc) else {
+        // One lookup of the subscription for the checks and the sequence
+        // number (this runs for every update a server receives).
+        let Some(sub) = self
+            .sessions
+            .get_mut(&conn)
+            .and_then(|s| s.docs.get_mut(&doc))
+        else {
             return self.unknown_doc(conn, doc);
         };
         if sub.access != Access::ReadWrite {
@@ -1176,17 +1186,15 @@ impl<A: Authorizer> Hub<A> {
                 format!("{n} update(s) refused: read-only access"),
             );
         }
-        let last_seq = updates.iter().map(|u| u.0).max().unwrap_or(0);
-        let Some((name, d)) = self.loaded(conn, doc, first_seq, registry) else {
-            return;
+        let Some(name) = self.docs.get(doc.0 as usize).map(|e| Arc::clone(&e.name)) else {
+            return self.unknown_doc(conn, doc);
         };
-        if let Some(sub) = self
-            .sessions
-            .get_mut(&conn)
-            .and_then(|s| s.docs.get_mut(&doc))
-        {
-            sub.last_seq = sub.last_seq.max(last_seq);
-        }
+        let Some(d) = registry.get(&name) else {
+            let msg = "document not loaded".to_string();
+            return self.doc_error(conn, Some(doc), first_seq, ErrorCode::Internal, msg);
+        };
+        let last_seq = updates.iter().map(|u| u.0).max().unwrap_or(0);
+        sub.last_seq = sub.last_seq.max(last_seq);
         // A subscriber about to pass its high-water mark switches to a
         // catch-up from the version before this batch.
         let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
@@ -1244,10 +1252,6 @@ impl<A: Authorizer> Hub<A> {
             }
         }
         self.outcomes = outcomes;
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            s.stats.updates_applied += u64::from(applied);
-            s.stats.duplicates += u64::from(duplicates);
-        }
         for (seq, e) in rejected {
             self.doc_error(
                 conn,
@@ -1270,26 +1274,34 @@ impl<A: Authorizer> Hub<A> {
         // if the gap persists past `resync_after`.
         let resync_after = self.config.resync_after;
         let now = self.now;
-        if let Some(sub) = self.sub_mut(conn, doc) {
-            if let Some(version) = server_version {
-                let resend = sub.out_of_sync_sent.is_none_or(|at| {
-                    at.checked_add(resync_after)
-                        .zip(now)
-                        .is_some_and(|(t, now)| now >= t)
-                });
-                if resend {
-                    sub.out_of_sync_sent = now;
-                    self.send(
-                        conn,
-                        &Message::OutOfSync {
-                            doc,
-                            version: Bytes(version),
-                        },
-                    );
+        let mut out_of_sync = None;
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.stats.updates_applied += u64::from(applied);
+            s.stats.duplicates += u64::from(duplicates);
+            if let Some(sub) = s.docs.get_mut(&doc) {
+                if let Some(version) = server_version {
+                    let resend = sub.out_of_sync_sent.is_none_or(|at| {
+                        at.checked_add(resync_after)
+                            .zip(now)
+                            .is_some_and(|(t, now)| now >= t)
+                    });
+                    if resend {
+                        sub.out_of_sync_sent = now;
+                        out_of_sync = Some(version);
+                    }
+                } else if applied > 0 {
+                    sub.out_of_sync_sent = None;
                 }
-            } else if applied > 0 {
-                sub.out_of_sync_sent = None;
             }
+        }
+        if let Some(version) = out_of_sync {
+            self.send(
+                conn,
+                &Message::OutOfSync {
+                    doc,
+                    version: Bytes(version),
+                },
+            );
         }
         if !self.acks_due.contains(&(conn, doc)) {
             self.acks_due.push((conn, doc));
@@ -1506,7 +1518,11 @@ impl<A: Authorizer> Hub<A> {
         }
         let mut waiting = Vec::new();
         for (conn, doc) in due.drain(..) {
-            let Some(sub) = self.sub_mut(conn, doc) else {
+            // One lookup per ack: this runs after every batch of input.
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            let Some(sub) = s.docs.get_mut(&doc) else {
                 continue;
             };
             if durable {
@@ -1515,7 +1531,13 @@ impl<A: Authorizer> Hub<A> {
             if pending.is_some() && sub.last_seq > sub.durable_seq {
                 waiting.push((conn, doc, sub.last_seq));
             }
-            self.send_ack(conn, doc);
+            let ack = Message::Ack {
+                doc,
+                applied: sub.last_seq,
+                durable: sub.durable_seq,
+            };
+            s.send(&ack);
+            self.marks.ready(s);
         }
         self.acks_due = due;
         for (conn, doc) in advanced {

@@ -69,6 +69,10 @@ struct Args {
     /// Maximum concurrent connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Tokio worker threads; 0 runs everything on the main thread (a
+    /// current-thread runtime).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 type Doc = Box<dyn Document + Send>;
@@ -84,9 +88,22 @@ fn factory(crdt: Crdt) -> impl FnMut(&str) -> Doc + Send + 'static {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let runtime = if args.workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.workers)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

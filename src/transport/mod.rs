@@ -265,8 +265,14 @@ pub(crate) fn max_ws_message(limits: &crate::Limits) -> usize {
 /// leave by default.
 pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Read buffer of every WebSocket. tungstenite's default (128 KiB, zeroed
-/// when allocated) dominated both the memory of an idle connection and the
-/// CPU profile (`memset`) under load (`benches/results/profile.md`); frames
-/// are small, and large ones just take more reads.
+/// Read buffer of every client WebSocket. tungstenite's default (128 KiB,
+/// zeroed when allocated) dominated both the memory of an idle connection and
+/// the CPU profile (`memset`) under load (`benches/results/profile.md`);
+/// frames are small, and large ones just take more reads.
 pub(crate) const WS_READ_BUFFER: usize = 4096;
+
+/// Read buffer of every server-side WebSocket: allocated (and zeroed) for
+/// the life of the connection, so it is a large part of the memory of an
+/// idle connection. Updates are small; a large frame (an upload) just takes
+/// one read per KiB.
+pub(crate) const WS_SERVER_READ_BUFFER: usize = 1024;

@@ -226,42 +226,81 @@ fn ws_config(handle: &HubHandle) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
-        .read_buffer_size(super::WS_READ_BUFFER)
+        .read_buffer_size(super::WS_SERVER_READ_BUFFER)
         .write_buffer_size(0)
 }
 
-async fn serve_tcp(tcp: TcpStream, addr: SocketAddr, handle: HubHandle) {
-    let deadline = tokio::time::Instant::now() + handle.options().hub.handshake_timeout;
-    #[cfg(feature = "tls")]
-    if let Some(config) = handle.options().tls.clone() {
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => serve_stream(tls, addr, handle, deadline).await,
-            Ok(Err(e)) => {
-                tracing::debug!(target: LOG, %addr, error = %e, "TLS handshake failed");
-                handle
-                    .refused(Some(addr), RefuseReason::Tls(e.to_string()))
-                    .await;
-            }
-            Err(_) => {
-                handle
-                    .refused(Some(addr), RefuseReason::Tls("timed out".into()))
-                    .await;
-            }
+/// Serves one accepted TCP connection: TLS (when configured), the WebSocket
+/// upgrade, then the connection until it closes.
+///
+/// The future lives as long as the connection, so its size is memory per
+/// idle connection: the handshakes run boxed (their state is large and
+/// short-lived), and it is an `async` block (an `async fn` keeps a second
+/// copy of its arguments).
+#[allow(clippy::manual_async_fn)]
+fn serve_tcp(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    handle: HubHandle,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let deadline = tokio::time::Instant::now() + handle.options().hub.handshake_timeout;
+        #[cfg(feature = "tls")]
+        if let Some(config) = handle.options().tls.clone() {
+            Box::pin(serve_tls(tcp, addr, handle, deadline, config)).await;
+            return;
         }
-        return;
+        let Some((mut ws, admission)) = Box::pin(upgrade(tcp, addr, &handle, deadline)).await
+        else {
+            return;
+        };
+        handle.serve(&mut ws, Some(addr), admission).await;
     }
-    serve_stream(tcp, addr, handle, deadline).await;
 }
 
-// The callback's signature is tungstenite's `Callback`.
-#[allow(clippy::result_large_err)]
-async fn serve_stream<S>(
-    stream: S,
+/// [`serve_tcp`] after a TLS handshake.
+#[cfg(feature = "tls")]
+async fn serve_tls(
+    tcp: TcpStream,
     addr: SocketAddr,
     handle: HubHandle,
     deadline: tokio::time::Instant,
-) where
+    config: std::sync::Arc<rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let Some((mut ws, admission)) = Box::pin(upgrade(tls, addr, &handle, deadline)).await
+            else {
+                return;
+            };
+            handle.serve(&mut ws, Some(addr), admission).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(target: LOG, %addr, error = %e, "TLS handshake failed");
+            handle
+                .refused(Some(addr), RefuseReason::Tls(e.to_string()))
+                .await;
+        }
+        Err(_) => {
+            handle
+                .refused(Some(addr), RefuseReason::Tls("timed out".into()))
+                .await;
+        }
+    }
+}
+
+/// The WebSocket upgrade of an accepted stream, with its slot under the
+/// connection limit; `None` when it was refused (and reported).
+// The callback's signature is tungstenite's `Callback`.
+#[allow(clippy::result_large_err)]
+async fn upgrade<S>(
+    stream: S,
+    addr: SocketAddr,
+    handle: &HubHandle,
+    deadline: tokio::time::Instant,
+) -> Option<(WebSocketStream<S>, super::hub_task::Admission)>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let admission = handle.try_admit();
@@ -284,7 +323,7 @@ async fn serve_stream<S>(
     };
     let upgrade = tokio::time::timeout_at(
         deadline,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(&handle))),
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(handle))),
     )
     .await;
     let ws = match upgrade {
@@ -292,23 +331,24 @@ async fn serve_stream<S>(
         Ok(Err(e)) => {
             let reason = refused.unwrap_or_else(|| RefuseReason::Handshake(e.to_string()));
             handle.refused(Some(addr), reason).await;
-            return;
+            return None;
         }
         Err(_) => {
             handle
                 .refused(Some(addr), RefuseReason::Handshake("timed out".into()))
                 .await;
-            return;
+            return None;
         }
     };
     match admission {
-        Some(admission) => handle.serve(ws, Some(addr), admission).await,
+        Some(admission) => Some((ws, admission)),
         None => {
             let limit = handle.options().max_connections;
             refuse_at_limit(ws, limit).await;
             handle
                 .refused(Some(addr), RefuseReason::ConnectionLimit { limit })
                 .await;
+            None
         }
     }
 }

@@ -63,7 +63,7 @@ pub struct ServerOptions {
     /// catch-ups of lagging subscribers) may fire. Finding the next deadline
     /// ([`Hub::poll_timeout`]) looks at every session, so under load the hub
     /// task does it at most once per `timer_slack` instead of after every
-    /// batch of inputs. Default 10 ms; zero asks after every batch.
+    /// batch of inputs. Default 25 ms; zero asks after every batch.
     pub timer_slack: Duration,
     /// TLS termination (feature `tls`): when set, the tokio
     /// [`WebSocketServer`](super::tokio::WebSocketServer) runs a rustls
@@ -88,7 +88,7 @@ impl Default for ServerOptions {
             event_capacity: 4096,
             max_batch: 256,
             shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
-            timer_slack: Duration::from_millis(10),
+            timer_slack: Duration::from_millis(25),
             #[cfg(feature = "tls")]
             tls: None,
         }

@@ -70,9 +70,14 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// Tokio worker threads; 0 runs everything on the main thread (a
-    /// current-thread runtime).
+    /// current-thread runtime: the cheapest per update, see
+    /// `benches/results/profile.md`).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Run the server on a thread of its own (`ServerOptions::own_thread`),
+    /// as an application on a multi-threaded runtime would.
+    #[arg(long)]
+    own_thread: bool,
 }
 
 type Doc = Box<dyn Document + Send>;
@@ -137,6 +142,7 @@ async fn serve<R: Registry + Send + 'static>(
         },
         path: args.path.clone(),
         max_connections: args.max_connections,
+        own_thread: args.own_thread,
         ..ServerOptions::default()
     };
     let mut server = match &args.token {

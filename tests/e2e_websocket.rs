@@ -169,6 +169,38 @@ async fn ten_clients_converge() {
     converge_n(10, 10).await;
 }
 
+/// `ServerOptions::own_thread`: the server runs on a current-thread runtime
+/// of its own, started from (and stopped from) a multi-threaded one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_its_own_thread_serves_and_stops() {
+    let options = ServerOptions {
+        own_thread: true,
+        ..ServerOptions::default()
+    };
+    let server = start("127.0.0.1:0", registry(0), AllowAll, options).await;
+    let url = server.url();
+    let (a, _) = join(&url, 1).await;
+    let (b, _) = join(&url, 2).await;
+    append(&a, "from a ").await;
+    append(&b, "from b ").await;
+    eventually("both edits everywhere", || {
+        converged(
+            vec![a.clone(), b.clone()],
+            vec!["from a ".into(), "from b ".into()],
+        )
+    })
+    .await;
+    assert_eq!(server.stats().await.unwrap().connections, 2);
+    let expected = text(&a).await;
+    let mut reg = server.stop().await.unwrap();
+    assert_eq!(text_of(reg.get(DOC).unwrap()), expected);
+    // The server's thread is gone: clients lose it.
+    eventually("clients notice", || async {
+        a.status() == Status::Reconnecting && b.status() == Status::Reconnecting
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_clients_reconnect_by_themselves() {
     let server = start(

@@ -65,6 +65,18 @@ pub struct ServerOptions {
     /// task does it at most once per `timer_slack` instead of after every
     /// batch of inputs. Default 25 ms; zero asks after every batch.
     pub timer_slack: Duration,
+    /// Run the tokio [`WebSocketServer`](super::tokio::WebSocketServer)
+    /// (accept loop, hub task, connection tasks) on a thread of its own with
+    /// a current-thread runtime, instead of on the runtime that calls
+    /// `start`. The server's tasks wake each other for every update; on a
+    /// multi-threaded runtime those wake-ups cross threads (futex, idle
+    /// workers parking and unparking), which cost 1.5 to 2 times the CPU per
+    /// delivered update in the comparison's workload A
+    /// (`benches/results/profile.md`). The server then uses one core at most.
+    /// Dropping the server without [`stop`](super::tokio::WebSocketServer::stop)
+    /// ends the thread and drops its connections. Default `false`; the axum
+    /// integration ignores it.
+    pub own_thread: bool,
     /// TLS termination (feature `tls`): when set, the tokio
     /// [`WebSocketServer`](super::tokio::WebSocketServer) runs a rustls
     /// handshake on every accepted TCP connection before the WebSocket
@@ -89,6 +101,7 @@ impl Default for ServerOptions {
             max_batch: 256,
             shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
             timer_slack: Duration::from_millis(25),
+            own_thread: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -962,5 +975,66 @@ fn log_event<A>(_hub: &Hub<A>, event: &ServerEvent) {
             tracing::info!(target: LOG, conn = conn.0, %cause, "client disconnected")
         }
         other => tracing::trace!(target: LOG, event = ?other, "hub event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_is_asked_for_its_deadline_at_most_once_per_slack() {
+        let slack = Duration::from_millis(25);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut timer = Timer::new(slack);
+        let mut asked = 0;
+        // First batch: asks; the hub's deadline is 1 s away.
+        assert_eq!(
+            timer.next(t0, || {
+                asked += 1;
+                Some(ms(1000))
+            }),
+            Some(ms(1000))
+        );
+        // Batches within the slack do not ask, but wake at its end to ask
+        // again (an input may have moved the deadline earlier).
+        for n in [1, 10, 24] {
+            assert_eq!(timer.next(ms(n), || unreachable!()), Some(ms(25)));
+        }
+        assert!(
+            !timer.due(ms(25), Some(ms(25))),
+            "a recheck is not a deadline"
+        );
+        assert_eq!(
+            timer.next(ms(25), || {
+                asked += 1;
+                Some(ms(40))
+            }),
+            Some(ms(40))
+        );
+        assert_eq!(asked, 2);
+        // A deadline inside the slack is kept.
+        assert_eq!(timer.next(ms(30), || unreachable!()), Some(ms(40)));
+        assert!(timer.due(ms(40), Some(ms(40))));
+        assert!(timer.due(ms(41), None));
+        // Once handled, the next batch asks at once.
+        timer.handled();
+        assert_eq!(timer.next(ms(41), || None), None);
+        assert!(!timer.due(ms(100), None));
+    }
+
+    #[test]
+    fn zero_slack_asks_after_every_batch() {
+        let t0 = Instant::now();
+        let mut timer = Timer::new(Duration::ZERO);
+        let mut asked = 0;
+        for _ in 0..3 {
+            timer.next(t0, || {
+                asked += 1;
+                None
+            });
+        }
+        assert_eq!(asked, 3);
     }
 }

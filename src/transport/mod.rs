@@ -11,8 +11,8 @@
 //! ```text
 //!  accept loop ──spawns──▶ connection task (one per socket, owns it)
 //!                              │  ▲
-//!          HubInput (bounded,  │  │ Outgoing (bounded per connection)
-//!          shared by all)      ▼  │
+//!          HubInput (bounded,  │  │ frames (a queue bounded per
+//!          shared by all)      ▼  │ connection, and a wake-up)
 //!                           hub task (owns the Hub and the Registry)
 //! ```
 //!
@@ -22,15 +22,26 @@
 //!   [`ServerOptions::max_batch`]), then calls
 //!   [`Hub::flush`](crate::server::Hub::flush) once (group commit: one
 //!   storage commit and one ack per document for the whole batch), then
-//!   moves each connection's frames into its outgoing channel, then forwards
-//!   events. Its timer is re-armed only when `poll_timeout` changes.
+//!   moves the frames of the connections the batch touched into their
+//!   outgoing queues, then forwards events. It asks the hub for its next
+//!   deadline at most once per [`ServerOptions::timer_slack`] while inputs
+//!   keep coming (the question looks at every session).
 //! * A **connection task** per socket reads WebSocket messages into the hub
-//!   task's input channel and writes the frames it receives. When the hub
-//!   says a connection does not want input (its queue is over the
-//!   high-water mark) the task stops reading that socket until the hub
-//!   resumes it. When a connection's outgoing channel is full, its frames
-//!   stay in the hub's bounded queue, where the core coalesces them for a
-//!   slow reader; server memory per connection stays bounded.
+//!   task's input channel and writes the frames the hub task queued for it
+//!   (taking the whole queue at once: an idle connection holds no queue
+//!   allocation). When the hub says a connection does not want input (its
+//!   queue is over the high-water mark) the task stops reading that socket
+//!   until the hub resumes it. When a connection's outgoing queue is full
+//!   ([`ServerOptions::outgoing_capacity`]), its frames stay in the hub's
+//!   bounded queue, where the core coalesces them for a slow reader; server
+//!   memory per connection stays bounded. The task's future keeps little
+//!   beyond the WebSocket (the handshakes run boxed), and the WebSocket reads
+//!   through a 1 KiB buffer: together about 2.5 KiB per idle connection in the
+//!   transport, plus the hub's session.
+//! * The tasks wake each other for every update. On a multi-threaded runtime
+//!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
+//!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is
+//!   cheaper per delivered update (`benches/results/profile.md`).
 //! * [`tokio::WebSocketServer::stop`] closes every session with
 //!   `ServerShutdown` (a protocol `Close`, then a WebSocket close frame),
 //!   flushes the registry and hands it back, so a new server can start with

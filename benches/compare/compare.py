@@ -452,6 +452,7 @@ def main():
     ap.add_argument('--out', required=True)
     ap.add_argument('--command', default='')
     ap.add_argument('--versions', default='')
+    ap.add_argument('--shards', type=int, help='client processes per target in A and B (default: the mode\'s SHARDS)')
     ap.add_argument('--report-only', action='store_true', help='rebuild results.md and plots from results.json')
     a = ap.parse_args()
     if a.report_only:
@@ -459,7 +460,10 @@ def main():
         print(report(data['results'], a.mode, a.out, data['meta']))
         plots(data['results'], a.out)
         return
-    cfg = MODES[a.mode]
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in MODES[a.mode].items()}
+    if a.shards:
+        for w in ('A', 'B'):
+            cfg[w]['SHARDS'] = max(1, a.shards)
     os.makedirs(a.out, exist_ok=True)
     logdir = os.path.join(a.out, 'logs'); os.makedirs(logdir, exist_ok=True)
     docdir = os.path.join(a.out, 'docs-tmp'); os.makedirs(docdir, exist_ok=True)

@@ -48,8 +48,10 @@ pub struct ServerOptions {
     /// Frames in the channel from the connection tasks to the hub task.
     /// Default 1024.
     pub input_capacity: usize,
-    /// Frames in each connection's outgoing channel; beyond it frames stay
-    /// in the hub's bounded queue. Default 32.
+    /// Frames in each connection's outgoing queue; beyond it frames stay in
+    /// the hub's bounded queue. The connection task takes the whole queue
+    /// and writes it, so at most twice this many frames are on their way
+    /// out of a connection. Default 32.
     pub outgoing_capacity: usize,
     /// Events buffered for the application; when full, events are dropped
     /// and counted ([`HubStats::dropped_events`]). Default 4096.
@@ -196,7 +198,7 @@ pub struct ConnStats {
     pub peak_queued_bytes: usize,
     /// Messages queued in the hub for it.
     pub queued_messages: usize,
-    /// Frames waiting in its outgoing channel (bounded by
+    /// Frames waiting in its outgoing queue (bounded by
     /// [`ServerOptions::outgoing_capacity`]).
     pub channel_frames: usize,
     /// Its socket is not being read (the hub does not want its input).

@@ -647,6 +647,8 @@ async fn bigsync(mut pool: Pool) -> Value {
         .filter_map(|s| s.joined_ms.get().map(|t| t - t0))
         .collect();
     times.sort_by(|a, b| a.total_cmp(b));
+    // Optionally keep the synced joiners connected (memory they hold).
+    tokio::time::sleep(Duration::from_millis(env_n("HOLD_MS", 0.0) as u64)).await;
     pool.shutdown().await;
     json!({ "doc_bytes": update.len(), "text_len": want, "seeded": seeded, "joiners": joiners, "all_joined": ok,
         "joined": times.len(), "all_joined_ms": if ok { json!(total) } else { Value::Null },

@@ -237,7 +237,7 @@ impl Outbound {
                 self.scratch.extend_from_slice(item.body.bytes());
             }
             let packed = deflate(&self.scratch);
-            if packed.len() < body_len {
+            let frame = if packed.len() < body_len {
                 let header = Header {
                     flags: FLAG_DEFLATE,
                     body_len: packed.len() as u32,
@@ -247,10 +247,17 @@ impl Outbound {
                 let mut out = Vec::with_capacity(MAX_HEADER_LEN + packed.len() + CRC_LEN);
                 header.write(&mut out);
                 out.extend_from_slice(&packed);
-                return Some(seal(out));
+                seal(out)
+            } else {
+                // Not worth it: send the bytes already gathered, uncompressed.
+                plain_frame(&self.scratch)
+            };
+            // A large scratch (a document sync) is not kept: a session that
+            // went idle afterwards would hold it for good.
+            if self.scratch.capacity() > SCRATCH_MAX {
+                self.scratch = Vec::new();
             }
-            // Not worth it: send the bytes already gathered, uncompressed.
-            return Some(plain_frame(&self.scratch));
+            return Some(frame);
         }
         // Copy the bodies straight from the queue into the frame: no
         // intermediate collection of the drained items.
@@ -283,6 +290,10 @@ impl Outbound {
 
 /// Largest buffer kept for reuse.
 const SPARE_MAX: usize = 4096;
+
+/// Largest deflate scratch kept between frames: steady traffic of large
+/// updates reuses it, a one-off sync does not leave its size behind.
+const SCRATCH_MAX: usize = 64 * 1024;
 
 /// A frame buffer holding the header of an uncompressed body of `body_len`
 /// bytes, with room for the body and the checksum.
@@ -383,6 +394,33 @@ mod tests {
         assert!(q.poll_frame().is_none());
         assert_eq!(frame[0] & FLAG_DEFLATE, 0, "sent uncompressed");
         assert_eq!(decode(&frame), msgs);
+    }
+
+    #[test]
+    fn a_large_compressed_frame_leaves_no_large_buffer_behind() {
+        let mut q = Outbound::new(&Limits::default());
+        q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
+        let big = Message::Broadcast {
+            doc: DocId(0),
+            data: Bytes(vec![7; 200_000]),
+        };
+        q.push(&big, Priority::Data).unwrap();
+        let frame = q.poll_frame().unwrap();
+        assert!(frame.len() < 10_000, "compressed");
+        assert_eq!(decode(&frame), vec![big]);
+        assert!(q.scratch.capacity() <= SCRATCH_MAX);
+        // Small compressed frames keep reusing it.
+        let small = Message::Broadcast {
+            doc: DocId(0),
+            data: Bytes(vec![7; 2_000]),
+        };
+        q.push(&small, Priority::Data).unwrap();
+        q.poll_frame().unwrap();
+        let kept = q.scratch.capacity();
+        assert!(kept >= 2_000);
+        q.push(&small, Priority::Data).unwrap();
+        q.poll_frame().unwrap();
+        assert_eq!(q.scratch.capacity(), kept);
     }
 
     #[test]

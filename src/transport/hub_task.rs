@@ -53,6 +53,11 @@ pub struct ServerOptions {
     /// and writes it, so at most twice this many frames are on their way
     /// out of a connection. Default 32.
     pub outgoing_capacity: usize,
+    /// Bytes in each connection's outgoing queue (frames of up to
+    /// `max_frame_len` each); one frame is always let through. As with
+    /// [`ServerOptions::outgoing_capacity`], at most twice this is on its way
+    /// out of a connection. Default 1 MiB.
+    pub outgoing_bytes: usize,
     /// Events buffered for the application; when full, events are dropped
     /// and counted ([`HubStats::dropped_events`]). Default 4096.
     pub event_capacity: usize,
@@ -99,6 +104,7 @@ impl Default for ServerOptions {
             max_connections: 10_000,
             input_capacity: 1024,
             outgoing_capacity: 32,
+            outgoing_bytes: 1 << 20,
             event_capacity: 4096,
             max_batch: 256,
             shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
@@ -230,6 +236,8 @@ struct Outgoing {
     /// checks before pushing). Taken whole by the connection task, so an
     /// idle connection holds no allocation here.
     frames: VecDeque<Vec<u8>>,
+    /// Their bytes (at most [`ServerOptions::outgoing_bytes`] plus one frame).
+    bytes: usize,
     /// The WebSocket close to send after the frames.
     close: Option<(u16, String)>,
     /// The hub task dropped the connection (or ended).
@@ -278,8 +286,57 @@ pub(crate) enum HubInput {
 /// axum's).
 pub(crate) trait WsFrame: Sized + Send + 'static {
     fn binary(data: Vec<u8>) -> Self;
+    /// `data` as one binary message, written as several WebSocket frames
+    /// where the library allows it. Default: one frame.
+    fn binary_frames(data: Vec<u8>) -> impl Iterator<Item = Self> + Send {
+        std::iter::once(Self::binary(data))
+    }
     fn close(code: u16, reason: String) -> Self;
     fn classify(self) -> Incoming;
+}
+
+/// A binary message as WebSocket frames of at most
+/// [`WS_FRAGMENT`](super::WS_FRAGMENT) bytes (a fragmented message, RFC 6455
+/// §5.4, which every WebSocket client reassembles). tungstenite keeps its
+/// write buffer as large as the largest frame it wrote, for the life of the
+/// connection: without this, a connection that received a large document
+/// sync (frames up to `max_frame_len`, 1 MiB) would hold that much while
+/// idle ever after.
+struct Fragments {
+    data: tungstenite::Bytes,
+    /// Bytes already handed out.
+    at: usize,
+}
+
+impl Iterator for Fragments {
+    type Item = tungstenite::Message;
+
+    fn next(&mut self) -> Option<tungstenite::Message> {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let len = self.data.len();
+        if self.at == 0 && len <= super::WS_FRAGMENT {
+            // One frame; `at` past the end ends the iteration.
+            self.at = usize::MAX;
+            return Some(tungstenite::Message::Binary(std::mem::take(&mut self.data)));
+        }
+        if self.at >= len {
+            return None;
+        }
+        let end = len.min(self.at + super::WS_FRAGMENT);
+        let opcode = OpCode::Data(if self.at == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        });
+        let part = self.data.slice(self.at..end);
+        self.at = end;
+        Some(tungstenite::Message::Frame(Frame::message(
+            part,
+            opcode,
+            end == len,
+        )))
+    }
 }
 
 pub(crate) enum Incoming {
@@ -291,6 +348,12 @@ pub(crate) enum Incoming {
 impl WsFrame for tungstenite::Message {
     fn binary(data: Vec<u8>) -> Self {
         tungstenite::Message::Binary(data.into())
+    }
+    fn binary_frames(data: Vec<u8>) -> impl Iterator<Item = Self> + Send {
+        Fragments {
+            data: data.into(),
+            at: 0,
+        }
     }
     fn close(code: u16, reason: String) -> Self {
         tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
@@ -445,6 +508,7 @@ impl HubHandle {
             let (close, hub_gone) = {
                 let mut out = shared.outgoing();
                 std::mem::swap(&mut batch, &mut out.frames);
+                out.bytes = 0;
                 (out.close.take(), out.hub_gone)
             };
             if !batch.is_empty() {
@@ -452,7 +516,9 @@ impl HubHandle {
                 // the write buffer is off); one flush for the batch.
                 let mut ok = true;
                 for frame in batch.drain(..) {
-                    ok = ok && ws.feed(M::binary(frame)).await.is_ok();
+                    for part in M::binary_frames(frame) {
+                        ok = ok && ws.feed(part).await.is_ok();
+                    }
                 }
                 ok = ok && ws.flush().await.is_ok();
                 // Release the queue's allocation: an idle connection holds none.
@@ -875,11 +941,12 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 *peak = (*peak).max(q);
             }
             let capacity = self.options.outgoing_capacity.max(1);
+            let max_bytes = self.options.outgoing_bytes;
             let mut wake = false;
             if !c.blocked {
                 let mut out = c.shared.outgoing();
                 loop {
-                    if out.frames.len() >= capacity {
+                    if out.frames.len() >= capacity || (out.bytes >= max_bytes && out.bytes > 0) {
                         // The connection task reports `Writable` after it
                         // took the frames (it checks under the same lock).
                         c.blocked = true;
@@ -889,6 +956,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                     let Some(frame) = self.hub.poll_transmit_for(*conn) else {
                         break;
                     };
+                    out.bytes += frame.len();
                     out.frames.push_back(frame);
                     wake = true;
                 }
@@ -1024,6 +1092,39 @@ mod tests {
         timer.handled();
         assert_eq!(timer.next(ms(41), || None), None);
         assert!(!timer.due(ms(100), None));
+    }
+
+    fn reassemble(frames: impl Iterator<Item = tungstenite::Message>) -> (usize, Vec<u8>) {
+        let mut n = 0;
+        let mut out = Vec::new();
+        for m in frames {
+            n += 1;
+            match m {
+                tungstenite::Message::Binary(b) => {
+                    assert_eq!(n, 1, "a whole message comes alone");
+                    out.extend_from_slice(&b);
+                }
+                tungstenite::Message::Frame(f) => {
+                    assert!(f.len() <= super::super::WS_FRAGMENT + 14);
+                    out.extend_from_slice(f.payload());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (n, out)
+    }
+
+    #[test]
+    fn large_messages_are_written_in_fragments() {
+        use super::super::WS_FRAGMENT;
+        for len in [0, 1, WS_FRAGMENT, WS_FRAGMENT + 1, 3 * WS_FRAGMENT, 1 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (n, out) = reassemble(<tungstenite::Message as WsFrame>::binary_frames(
+                data.clone(),
+            ));
+            assert_eq!(out, data, "{len} bytes");
+            assert_eq!(n, len.div_ceil(WS_FRAGMENT).max(1), "{len} bytes");
+        }
     }
 
     #[test]

@@ -287,3 +287,8 @@ pub(crate) const WS_READ_BUFFER: usize = 4096;
 /// idle connection. Updates are small; a large frame (an upload) just takes
 /// one read per KiB.
 pub(crate) const WS_SERVER_READ_BUFFER: usize = 1024;
+
+/// Largest WebSocket frame the server writes: larger messages go out
+/// fragmented (a document sync), so tungstenite's write buffer, which keeps
+/// the size of the largest frame written, stays this small.
+pub(crate) const WS_FRAGMENT: usize = 16 * 1024;

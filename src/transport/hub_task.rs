@@ -295,50 +295,6 @@ pub(crate) trait WsFrame: Sized + Send + 'static {
     fn classify(self) -> Incoming;
 }
 
-/// A binary message as WebSocket frames of at most
-/// [`WS_FRAGMENT`](super::WS_FRAGMENT) bytes (a fragmented message, RFC 6455
-/// §5.4, which every WebSocket client reassembles). tungstenite keeps its
-/// write buffer as large as the largest frame it wrote, for the life of the
-/// connection: without this, a connection that received a large document
-/// sync (frames up to `max_frame_len`, 1 MiB) would hold that much while
-/// idle ever after.
-struct Fragments {
-    data: tungstenite::Bytes,
-    /// Bytes already handed out.
-    at: usize,
-}
-
-impl Iterator for Fragments {
-    type Item = tungstenite::Message;
-
-    fn next(&mut self) -> Option<tungstenite::Message> {
-        use tungstenite::protocol::frame::Frame;
-        use tungstenite::protocol::frame::coding::{Data, OpCode};
-        let len = self.data.len();
-        if self.at == 0 && len <= super::WS_FRAGMENT {
-            // One frame; `at` past the end ends the iteration.
-            self.at = usize::MAX;
-            return Some(tungstenite::Message::Binary(std::mem::take(&mut self.data)));
-        }
-        if self.at >= len {
-            return None;
-        }
-        let end = len.min(self.at + super::WS_FRAGMENT);
-        let opcode = OpCode::Data(if self.at == 0 {
-            Data::Binary
-        } else {
-            Data::Continue
-        });
-        let part = self.data.slice(self.at..end);
-        self.at = end;
-        Some(tungstenite::Message::Frame(Frame::message(
-            part,
-            opcode,
-            end == len,
-        )))
-    }
-}
-
 pub(crate) enum Incoming {
     Data(Vec<u8>),
     Close,
@@ -350,10 +306,7 @@ impl WsFrame for tungstenite::Message {
         tungstenite::Message::Binary(data.into())
     }
     fn binary_frames(data: Vec<u8>) -> impl Iterator<Item = Self> + Send {
-        Fragments {
-            data: data.into(),
-            at: 0,
-        }
+        super::Fragments::new(data)
     }
     fn close(code: u16, reason: String) -> Self {
         tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
@@ -1105,7 +1058,7 @@ mod tests {
                     out.extend_from_slice(&b);
                 }
                 tungstenite::Message::Frame(f) => {
-                    assert!(f.len() <= super::super::WS_FRAGMENT + 14);
+                    assert!(f.len() <= crate::transport::WS_FRAGMENT + 14);
                     out.extend_from_slice(f.payload());
                 }
                 other => panic!("unexpected {other:?}"),
@@ -1116,7 +1069,7 @@ mod tests {
 
     #[test]
     fn large_messages_are_written_in_fragments() {
-        use super::super::WS_FRAGMENT;
+        use crate::transport::WS_FRAGMENT;
         for len in [0, 1, WS_FRAGMENT, WS_FRAGMENT + 1, 3 * WS_FRAGMENT, 1 << 20] {
             let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let (n, out) = reassemble(<tungstenite::Message as WsFrame>::binary_frames(

@@ -288,7 +288,62 @@ pub(crate) const WS_READ_BUFFER: usize = 4096;
 /// one read per KiB.
 pub(crate) const WS_SERVER_READ_BUFFER: usize = 1024;
 
-/// Largest WebSocket frame the server writes: larger messages go out
-/// fragmented (a document sync), so tungstenite's write buffer, which keeps
-/// the size of the largest frame written, stays this small.
+/// Largest WebSocket frame the server and the clients write: larger
+/// messages (a document sync, a large upload) go out fragmented, so
+/// tungstenite's buffers, which keep the size of the largest frame written or
+/// read, stay this small.
 pub(crate) const WS_FRAGMENT: usize = 16 * 1024;
+
+/// A binary message as WebSocket frames of at most
+/// [`WS_FRAGMENT`] bytes (a fragmented message, RFC 6455
+/// §5.4, which every WebSocket client reassembles). tungstenite keeps its
+/// write buffer as large as the largest frame it wrote, for the life of the
+/// connection: without this, a connection that received a large document
+/// sync (frames up to `max_frame_len`, 1 MiB) would hold that much while
+/// idle ever after. Clients write the same way, so the server's read buffer
+/// (which grows to the largest frame read) stays small after an upload.
+pub(crate) struct Fragments {
+    data: tungstenite::Bytes,
+    /// Bytes already handed out.
+    at: usize,
+}
+
+impl Fragments {
+    pub(crate) fn new(data: Vec<u8>) -> Self {
+        Fragments {
+            data: data.into(),
+            at: 0,
+        }
+    }
+}
+
+impl Iterator for Fragments {
+    type Item = tungstenite::Message;
+
+    fn next(&mut self) -> Option<tungstenite::Message> {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let len = self.data.len();
+        if self.at == 0 && len <= WS_FRAGMENT {
+            // One frame; `at` past the end ends the iteration.
+            self.at = usize::MAX;
+            return Some(tungstenite::Message::Binary(std::mem::take(&mut self.data)));
+        }
+        if self.at >= len {
+            return None;
+        }
+        let end = len.min(self.at + WS_FRAGMENT);
+        let opcode = OpCode::Data(if self.at == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        });
+        let part = self.data.slice(self.at..end);
+        self.at = end;
+        Some(tungstenite::Message::Frame(Frame::message(
+            part,
+            opcode,
+            end == len,
+        )))
+    }
+}

@@ -8,6 +8,14 @@
 //! `{"mark": ...}` at phase boundaries, `{"result": {...}}` at the end).
 //! Every loop is bounded in count and time (`MAX_S`).
 //!
+//! Workloads A and B can be split over several processes: `SHARD=i/n` runs
+//! the clients whose index is `i` modulo `n` (the orchestrator starts `n`
+//! of them and merges their results). With `BARRIER=1` every mark waits for
+//! a `go` line on stdin, so the shards move from phase to phase together.
+//! Latencies are measured with the wall clock (the writer and the reader may
+//! be in different processes) and reported as a histogram that adds up
+//! across shards.
+//!
 //! ```text
 //! cargo run --release --example loadgen --features tokio,yrs -- gen-docs DIR SYNTH_MB
 //! WORKLOAD=A URL=ws://127.0.0.1:PORT ROOMS=50 cargo run --release --example loadgen --features tokio,yrs
@@ -28,7 +36,6 @@ use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use yrs::types::Change;
 use yrs::{Any, Array, GetString, Map, Observable, Out, Text, Transact};
@@ -48,8 +55,53 @@ fn env_n(k: &str, d: f64) -> f64 {
 fn out(v: Value) {
     println!("{v}");
 }
-fn mark(name: &str) {
+
+/// Milliseconds of the wall clock: comparable between the shards'
+/// processes, which is all latencies need.
+fn wall_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// Lines of stdin (the orchestrator's `go`), read on a thread.
+type StdinLines = tokio::sync::mpsc::Receiver<String>;
+
+fn stdin_lines() -> StdinLines {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Prints a phase mark; with `BARRIER=1` (and always for `restart`) waits
+/// for the orchestrator's `go`.
+async fn mark(ctl: &Ctl, name: &str) {
     out(json!({ "mark": name }));
+    if ctl.barrier || name == "restart" {
+        let mut lines = ctl.stdin.take();
+        if let Some(rx) = lines.as_mut() {
+            while let Some(l) = rx.recv().await {
+                if l.trim() == "go" {
+                    break;
+                }
+            }
+        }
+        ctl.stdin.set(lines);
+    }
+}
+
+/// Bucket of a latency in the histogram: bucket `k` holds
+/// `[0.01 ms × 1.02^k, 0.01 ms × 1.02^(k+1))`, so histograms of several
+/// shards add up and quantiles are exact to 2 %.
+fn lat_bucket(ms: f64) -> i64 {
+    ((ms.max(0.01) / 0.01).ln() / 1.02f64.ln()).floor() as i64
 }
 /// WebSocket frame header for a payload of `n` bytes (unmasked).
 fn hdr(n: usize) -> u64 {
@@ -59,7 +111,9 @@ fn hdr(n: usize) -> u64 {
 /// State shared by every client task (one thread: `Cell`s).
 struct Ctl {
     url: String,
-    epoch: Instant,
+    /// Marks wait for `go` (`BARRIER=1`).
+    barrier: bool,
+    stdin: Cell<Option<StdinLines>>,
     writing: Cell<bool>,
     paused: Cell<bool>,
     stop: Cell<bool>,
@@ -74,7 +128,7 @@ impl Ctl {
         self.changed.send_modify(|g| *g += 1);
     }
     fn ms(&self) -> f64 {
-        self.epoch.elapsed().as_secs_f64() * 1000.0
+        wall_ms()
     }
 }
 
@@ -141,12 +195,11 @@ async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
         arr = doc.get_or_insert_array("log");
         let lat = Arc::clone(&st.lat);
         let local = Arc::clone(&local_edit);
-        let epoch = ctl.epoch;
         arr.observe("lat", move |txn, ev: &yrs::types::array::ArrayEvent| {
             if local.load(std::sync::atomic::Ordering::Relaxed) {
                 return;
             }
-            let now = epoch.elapsed().as_secs_f64() * 1000.0;
+            let now = wall_ms();
             let mut l = lat.lock().unwrap();
             for d in ev.delta(txn) {
                 if let Change::Added(items) = d {
@@ -383,16 +436,17 @@ fn spec(room: &str, idx: u64) -> Spec {
     }
 }
 
-async fn wait_stdin(word: &str) {
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(l)) = lines.next_line().await {
-        if l.trim() == word {
-            return;
-        }
-    }
+/// This process's part of `0..n` clients: `SHARD=i/n` (default `0/1`).
+fn shard() -> (u64, u64) {
+    let s = env_s("SHARD", "0/1");
+    let (i, n) = s.split_once('/').unwrap_or(("0", "1"));
+    let n = n.parse().unwrap_or(1u64).max(1);
+    (i.parse().unwrap_or(0u64).min(n - 1), n)
 }
 
-/// (A) and (B).
+/// (A) and (B). After the writers stop, deliveries drain until none came
+/// for `QUIET_MS` (or `DRAIN_MAX_S` passed): what is still missing then is
+/// reported as `undelivered`, and `drain_ms` says how long the last ones took.
 async fn live(mut pool: Pool) -> Value {
     let rooms = env_n("ROOMS", 10.0) as u64;
     let per_room = env_n("PER_ROOM", 3.0) as u64;
@@ -400,10 +454,17 @@ async fn live(mut pool: Pool) -> Value {
     let write_ms = env_n("WRITE_MS", 100.0);
     let duration = env_n("DURATION_S", 10.0);
     let restart = env_s("RESTART", "0") == "1";
+    let quiet = Duration::from_millis(env_n("QUIET_MS", 500.0) as u64);
+    let drain_max = Duration::from_secs_f64(env_n("DRAIN_MAX_S", 20.0));
+    let (shard, shards) = shard();
     let mut sts = Vec::new();
     for r in 0..rooms {
         for i in 0..per_room {
-            let mut s = spec(&format!("room-{r}"), r * per_room + i);
+            let idx = r * per_room + i;
+            if idx % shards != shard {
+                continue;
+            }
+            let mut s = spec(&format!("room-{r}"), idx);
             s.writer = i < writers;
             s.write_ms = write_ms;
             sts.push(pool.spawn(s));
@@ -415,7 +476,7 @@ async fn live(mut pool: Pool) -> Value {
     let all_synced = wait_all(&sts, |s| s.synced.get(), Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ctl = Rc::clone(&pool.ctl);
-    mark("steady_start");
+    mark(&ctl, "steady_start").await;
     let (rx0, tx0) = (ctl.rx.get(), ctl.tx.get());
     let t0 = Instant::now();
     ctl.writing.set(true);
@@ -424,21 +485,47 @@ async fn live(mut pool: Pool) -> Value {
     ctl.writing.set(false);
     ctl.bump();
     let write_s = t0.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    mark("steady_end");
+    mark(&ctl, "write_end").await;
+    let delivered = |sts: &[Rc<St>]| -> u64 {
+        sts.iter()
+            .map(|s| s.lat.lock().unwrap().0.len() as u64)
+            .sum()
+    };
+    let drain_start = Instant::now();
+    let (mut last, mut last_change) = (delivered(&sts), drain_start);
+    while last_change.elapsed() < quiet && drain_start.elapsed() < drain_max {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = delivered(&sts);
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
+    }
+    let drain_s = (last_change - drain_start).as_secs_f64();
+    mark(&ctl, "steady_end").await;
     let (rx, tx) = (ctl.rx.get() - rx0, ctl.tx.get() - tx0);
     let sent = ctl.sent.get();
     let mut lat = Vec::new();
-    let mut recv = 0u64;
     for s in &sts {
         let mut l = s.lat.lock().unwrap();
-        recv += l.0.len() as u64;
         lat.append(&mut l.0);
     }
+    let recv = lat.len() as u64;
+    let mut hist: std::collections::BTreeMap<i64, u64> = Default::default();
+    for l in &lat {
+        *hist.entry(lat_bucket(*l)).or_default() += 1;
+    }
+    let hist: serde_json::Map<String, Value> = hist
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    // Exact for one shard; the orchestrator recomputes both from the sums
+    // when there are several.
     let expected = sent * (per_room - 1);
     let mut res = json!({
         "clients": sts.len(), "all_synced": all_synced, "sent": sent, "delivered": recv, "expected": expected,
-        "lost": expected as i64 - recv as i64, "delivered_per_s": recv as f64 / write_s, "write_s": write_s,
+        "undelivered": expected as i64 - recv as i64, "write_s": write_s, "drain_ms": drain_s * 1000.0,
+        "delivered_per_s": recv as f64 / (write_s + drain_s),
+        "shard": shard, "shards": shards, "lat_hist": hist,
         "rx_bytes": rx, "tx_bytes": tx,
         "rx_bytes_per_delivered": if recv > 0 { json!(rx as f64 / recv as f64) } else { Value::Null },
         "tx_bytes_per_sent": if sent > 0 { json!(tx as f64 / sent as f64) } else { Value::Null },
@@ -447,8 +534,7 @@ async fn live(mut pool: Pool) -> Value {
         .unwrap()
         .extend(quantiles(lat).as_object().unwrap().clone());
     if restart {
-        mark("restart");
-        wait_stdin("go").await;
+        mark(&ctl, "restart").await;
         let t1 = Instant::now();
         let before: Vec<u32> = sts.iter().map(|s| s.sync_count.get()).collect();
         let max = Duration::from_secs_f64(env_n("RESYNC_MAX_S", 60.0));
@@ -481,7 +567,7 @@ async fn idle(mut pool: Pool) -> Value {
     let batch = env_n("BATCH", 100.0) as u64;
     let settle = Duration::from_millis(env_n("SETTLE_MS", 3000.0) as u64);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    mark("c0");
+    mark(&pool.ctl, "c0").await;
     let mut sts = Vec::new();
     let connect = async |pool: &mut Pool, from: u64, to: u64, sts: &mut Vec<Rc<St>>| {
         let mut i = from;
@@ -496,13 +582,13 @@ async fn idle(mut pool: Pool) -> Value {
     };
     connect(&mut pool, 0, docs, &mut sts).await;
     tokio::time::sleep(settle).await;
-    mark("c1");
+    mark(&pool.ctl, "c1").await;
     connect(&mut pool, docs, conns, &mut sts).await;
     tokio::time::sleep(settle).await;
-    mark("c2");
+    mark(&pool.ctl, "c2").await;
     let synced = sts.iter().filter(|s| s.synced.get()).count();
     tokio::time::sleep(Duration::from_millis(env_n("HOLD_MS", 2000.0) as u64)).await;
-    mark("c3");
+    mark(&pool.ctl, "c3").await;
     pool.shutdown().await;
     json!({ "conns": conns, "docs": docs, "synced": synced })
 }
@@ -539,7 +625,7 @@ async fn bigsync(mut pool: Pool) -> Value {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    mark("join_start");
+    mark(&pool.ctl, "join_start").await;
     let t0 = pool.ctl.ms();
     let sts: Vec<_> = (0..joiners)
         .map(|i| {
@@ -555,12 +641,14 @@ async fn bigsync(mut pool: Pool) -> Value {
     )
     .await;
     let total = pool.ctl.ms() - t0;
-    mark("join_end");
+    mark(&pool.ctl, "join_end").await;
     let mut times: Vec<f64> = sts
         .iter()
         .filter_map(|s| s.joined_ms.get().map(|t| t - t0))
         .collect();
     times.sort_by(|a, b| a.total_cmp(b));
+    // Optionally keep the synced joiners connected (memory they hold).
+    tokio::time::sleep(Duration::from_millis(env_n("HOLD_MS", 0.0) as u64)).await;
     pool.shutdown().await;
     json!({ "doc_bytes": update.len(), "text_len": want, "seeded": seeded, "joiners": joiners, "all_joined": ok,
         "joined": times.len(), "all_joined_ms": if ok { json!(total) } else { Value::Null },
@@ -588,18 +676,18 @@ async fn slow_reader(mut pool: Pool) -> Value {
     )
     .await;
     let ctl = Rc::clone(&pool.ctl);
-    mark("e_start");
+    mark(&ctl, "e_start").await;
     let t0 = Instant::now();
     ctl.writing.set(true);
     ctl.bump();
     tokio::time::sleep(Duration::from_secs_f64(pause_at)).await;
     ctl.paused.set(true);
     ctl.bump();
-    mark("pause");
+    mark(&ctl, "pause").await;
     tokio::time::sleep(Duration::from_secs_f64(pause)).await;
     ctl.paused.set(false);
     ctl.bump();
-    mark("resume");
+    mark(&ctl, "resume").await;
     let t_resume = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(duration).saturating_sub(t0.elapsed())).await;
     ctl.writing.set(false);
@@ -612,7 +700,7 @@ async fn slow_reader(mut pool: Pool) -> Value {
     }
     let caught = got().1 == sent as i64 - 1;
     let catch_up = t_resume.elapsed().as_secs_f64() * 1000.0;
-    mark("e_end");
+    mark(&ctl, "e_end").await;
     let res = json!({ "sent": sent, "reader_events": got().0, "caught_up": caught,
         "catch_up_ms_after_resume": if caught { json!(catch_up) } else { Value::Null },
         "reader_reconnected": reader.sync_count.get() > 1, "update_bytes": ctl.pad.len(), "rate_hz": rate, "pause_s": pause });
@@ -703,7 +791,8 @@ fn main() {
         };
         let ctl = Rc::new(Ctl {
             url: env_s("URL", "ws://127.0.0.1:8080"),
-            epoch: Instant::now(),
+            barrier: env_s("BARRIER", "0") == "1",
+            stdin: Cell::new(Some(stdin_lines())),
             writing: Cell::new(false),
             paused: Cell::new(false),
             stop: Cell::new(false),

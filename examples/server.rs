@@ -69,6 +69,15 @@ struct Args {
     /// Maximum concurrent connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Tokio worker threads; 0 runs everything on the main thread (a
+    /// current-thread runtime: the cheapest per update, see
+    /// `benches/results/profile.md`).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Run the server on a thread of its own (`ServerOptions::own_thread`),
+    /// as an application on a multi-threaded runtime would.
+    #[arg(long)]
+    own_thread: bool,
 }
 
 type Doc = Box<dyn Document + Send>;
@@ -84,9 +93,22 @@ fn factory(crdt: Crdt) -> impl FnMut(&str) -> Doc + Send + 'static {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let runtime = if args.workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.workers)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -120,6 +142,7 @@ async fn serve<R: Registry + Send + 'static>(
         },
         path: args.path.clone(),
         max_connections: args.max_connections,
+        own_thread: args.own_thread,
         ..ServerOptions::default()
     };
     let mut server = match &args.token {

@@ -57,7 +57,6 @@ pub(crate) struct Inbound {
     decoder: Decoder,
     partial: Option<Partial>,
     max_message_len: u64,
-    decoded: Vec<Message>,
 }
 
 impl Inbound {
@@ -70,7 +69,6 @@ impl Inbound {
             decoder,
             partial: None,
             max_message_len: limits.max_message_len,
-            decoded: Vec::new(),
         }
     }
 
@@ -93,43 +91,61 @@ impl Inbound {
         }
     }
 
-    /// Decodes `bytes`, appending complete messages to `out`.
+    /// Decodes `bytes`, appending complete messages to `out`. Messages
+    /// decoded before an error are appended too (they were valid and
+    /// checksummed).
+    ///
+    /// Decodes straight into `out` (no buffer of its own: a session keeps no
+    /// allocation here between inputs) and then replaces the fragments with
+    /// the messages they complete.
     pub(crate) fn feed(
         &mut self,
         bytes: &[u8],
         out: &mut Vec<Message>,
     ) -> Result<(), InboundError> {
-        self.decoded.clear();
-        match &mut self.decoder {
-            Decoder::Message(d) => d.decode(bytes, &mut self.decoded)?,
+        let start = out.len();
+        let decoded = match &mut self.decoder {
+            Decoder::Message(d) => d.decode(bytes, out),
             Decoder::Stream(d) => {
                 let mut input = bytes;
-                while d.decode(&mut input, &mut self.decoded)? {}
+                loop {
+                    match d.decode(&mut input, out) {
+                        Ok(true) => {}
+                        Ok(false) => break Ok(()),
+                        Err(e) => break Err(e),
+                    }
+                }
             }
-        }
-        for msg in self.decoded.drain(..) {
-            match msg {
-                Message::Fragment {
-                    id,
-                    offset,
-                    total,
-                    data,
-                } => {
-                    if let Some(m) = reassemble(
-                        &mut self.partial,
-                        self.max_message_len,
+        };
+        if out[start..]
+            .iter()
+            .any(|m| matches!(m, Message::Fragment { .. }))
+        {
+            let tail: Vec<Message> = out.drain(start..).collect();
+            for msg in tail {
+                match msg {
+                    Message::Fragment {
                         id,
                         offset,
                         total,
-                        data.0,
-                    )? {
-                        out.push(m);
+                        data,
+                    } => {
+                        if let Some(m) = reassemble(
+                            &mut self.partial,
+                            self.max_message_len,
+                            id,
+                            offset,
+                            total,
+                            data.0,
+                        )? {
+                            out.push(m);
+                        }
                     }
+                    other => out.push(other),
                 }
-                other => out.push(other),
             }
         }
-        Ok(())
+        Ok(decoded?)
     }
 }
 

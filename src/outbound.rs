@@ -297,6 +297,11 @@ impl Outbound {
                 out.extend_from_slice(&self.scratch);
             }
             seal(out, start);
+            // A large scratch (a document sync) is not kept: a session that
+            // went idle afterwards would hold it for good.
+            if self.scratch.capacity() > SCRATCH_MAX {
+                self.scratch = Vec::new();
+            }
             return true;
         }
         // Copy the bodies straight from the queue into the frame: no
@@ -338,6 +343,10 @@ impl Outbound {
 
 /// Largest buffer kept for reuse.
 const SPARE_MAX: usize = 4096;
+
+/// Largest deflate scratch kept between frames: steady traffic of large
+/// updates reuses it, a one-off sync does not leave its size behind.
+const SCRATCH_MAX: usize = 64 * 1024;
 
 /// A frame buffer holding the header of an uncompressed body of `body_len`
 /// bytes, with room for the body and the checksum.
@@ -438,6 +447,33 @@ mod tests {
         assert!(q.poll_frame().is_none());
         assert_eq!(frame[0] & FLAG_DEFLATE, 0, "sent uncompressed");
         assert_eq!(decode(&frame), msgs);
+    }
+
+    #[test]
+    fn a_large_compressed_frame_leaves_no_large_buffer_behind() {
+        let mut q = Outbound::new(&Limits::default());
+        q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
+        let big = Message::Broadcast {
+            doc: DocId(0),
+            data: Bytes(vec![7; 200_000]),
+        };
+        q.push(&big, Priority::Data).unwrap();
+        let frame = q.poll_frame().unwrap();
+        assert!(frame.len() < 10_000, "compressed");
+        assert_eq!(decode(&frame), vec![big]);
+        assert!(q.scratch.capacity() <= SCRATCH_MAX);
+        // Small compressed frames keep reusing it.
+        let small = Message::Broadcast {
+            doc: DocId(0),
+            data: Bytes(vec![7; 2_000]),
+        };
+        q.push(&small, Priority::Data).unwrap();
+        q.poll_frame().unwrap();
+        let kept = q.scratch.capacity();
+        assert!(kept >= 2_000);
+        q.push(&small, Priority::Data).unwrap();
+        q.poll_frame().unwrap();
+        assert_eq!(q.scratch.capacity(), kept);
     }
 
     #[test]

@@ -169,6 +169,72 @@ async fn ten_clients_converge() {
     converge_n(10, 10).await;
 }
 
+/// A document larger than a WebSocket fragment (16 KiB) reaches a late
+/// joiner: the server writes it as a fragmented WebSocket message, which the
+/// client reassembles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_document_reaches_a_late_joiner() {
+    let server = start(
+        "127.0.0.1:0",
+        registry(0),
+        AllowAll,
+        ServerOptions::default(),
+    )
+    .await;
+    let url = server.url();
+    let (a, _) = join(&url, 1).await;
+    // Pseudo-random letters: deflate must not shrink them below a fragment.
+    let mut x: u32 = 0x9E37_79B9;
+    let big: String = (0..300_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect();
+    append(&a, &big).await;
+    eventually("the server has it", || async {
+        a.unacknowledged(DOC).await.unwrap_or(1) == 0
+    })
+    .await;
+    let (b, _) = join(&url, 2).await;
+    eventually("the late joiner has it", || async { text(&b).await == big }).await;
+    server.stop().await.unwrap();
+}
+
+/// `ServerOptions::own_thread`: the server runs on a current-thread runtime
+/// of its own, started from (and stopped from) a multi-threaded one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_its_own_thread_serves_and_stops() {
+    let options = ServerOptions {
+        own_thread: true,
+        ..ServerOptions::default()
+    };
+    let server = start("127.0.0.1:0", registry(0), AllowAll, options).await;
+    let url = server.url();
+    let (a, _) = join(&url, 1).await;
+    let (b, _) = join(&url, 2).await;
+    append(&a, "from a ").await;
+    append(&b, "from b ").await;
+    eventually("both edits everywhere", || {
+        converged(
+            vec![a.clone(), b.clone()],
+            vec!["from a ".into(), "from b ".into()],
+        )
+    })
+    .await;
+    assert_eq!(server.stats().await.unwrap().connections, 2);
+    let expected = text(&a).await;
+    let mut reg = server.stop().await.unwrap();
+    assert_eq!(text_of(reg.get(DOC).unwrap()), expected);
+    // The server's thread is gone: clients lose it.
+    eventually("clients notice", || async {
+        a.status() == Status::Reconnecting && b.status() == Status::Reconnecting
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_clients_reconnect_by_themselves() {
     let server = start(

@@ -7,8 +7,14 @@ CPU from /proc/<pid> every 100 ms, runs the load client (examples/loadgen.rs
 for ours, load-client.mjs for the incumbents) with the same parameters, reads
 its JSON marks and result, stops the server, and writes JSON, a markdown table
 and PNG plots into benches/results/<mode>/.
+
+Workloads A and B run SHARDS client processes per target (the same number on
+each side), each driving the clients whose index is its shard modulo SHARDS.
+Every mark is a barrier: when all shards printed it, the server is sampled
+and each shard gets a "go" line; their results are then merged (sums,
+quantiles from the added latency histograms).
 """
-import argparse, json, os, platform, signal, socket, subprocess, sys, threading, time
+import argparse, json, math, os, platform, queue, signal, socket, subprocess, sys, threading, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
@@ -18,8 +24,8 @@ PAGE = os.sysconf('SC_PAGE_SIZE')
 MODES = {
     # quick: every workload scaled down so the whole run stays under 5 minutes
     'quick': {
-        'A': dict(ROOMS=50, PER_ROOM=3, WRITERS=1, WRITE_MS=100, DURATION_S=8, RESTART=1),
-        'B': dict(ROOMS=1, PER_ROOM=50, WRITERS=50, WRITE_MS=200, DURATION_S=8),
+        'A': dict(ROOMS=50, PER_ROOM=3, WRITERS=1, WRITE_MS=100, DURATION_S=8, RESTART=1, SHARDS=2),
+        'B': dict(ROOMS=1, PER_ROOM=50, WRITERS=50, WRITE_MS=200, DURATION_S=8, SHARDS=2),
         'C': dict(CONNS=500, DOCS=100, BATCH=100, SETTLE_MS=1500, HOLD_MS=500),
         'D-paper': dict(DOC='paper.bin', JOINERS=10),
         'D-synth': dict(DOC='synth.bin', JOINERS=10),
@@ -27,8 +33,8 @@ MODES = {
         'synth_mb': 2,
     },
     'full': {
-        'A': dict(ROOMS=500, PER_ROOM=3, WRITERS=1, WRITE_MS=100, DURATION_S=20, RESTART=1),
-        'B': dict(ROOMS=1, PER_ROOM=200, WRITERS=200, WRITE_MS=200, DURATION_S=20),
+        'A': dict(ROOMS=500, PER_ROOM=3, WRITERS=1, WRITE_MS=100, DURATION_S=20, RESTART=1, SHARDS=2),
+        'B': dict(ROOMS=1, PER_ROOM=200, WRITERS=200, WRITE_MS=200, DURATION_S=20, SHARDS=2),
         'C': dict(CONNS=5000, DOCS=1000, BATCH=250, SETTLE_MS=4000, HOLD_MS=1000),
         'D-paper': dict(DOC='paper.bin', JOINERS=50),
         'D-synth': dict(DOC='synth.bin', JOINERS=50),
@@ -109,48 +115,132 @@ def run_one(target, workload, params, bins, docdir, max_s):
     port = free_port()
     srv = Server(target, port, bins)
     wl = workload.split('-')[0]
-    env = dict(os.environ, TARGET=target, WORKLOAD=wl, URL=f'ws://127.0.0.1:{port}', MAX_S=str(max_s), RUST_LOG='warn')
+    shards = int(params.get('SHARDS', 1)) if wl in ('A', 'B') else 1
+    env = dict(os.environ, TARGET=target, WORKLOAD=wl, URL=f'ws://127.0.0.1:{port}', MAX_S=str(max_s), RUST_LOG='warn',
+               BARRIER='1')
     for k, v in params.items():
         if k == 'DOC':
             env['DOC_FILE'] = os.path.join(docdir, v)
-        else:
+        elif k != 'SHARDS':
             env[k] = str(v)
     if target == 'ours':
         cmd = [bins['loadgen']]
     else:
         cmd = ['node', os.path.join(HERE, 'load-client.mjs')]
     t_start = time.time()
-    cl = subprocess.Popen(cmd, cwd=HERE, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=open(os.path.join(bins['logdir'], f'client-{target}-{workload}.log'), 'w'), text=True)
-    marks, result, restart = {}, None, None
-    killer = threading.Timer(max_s + 30, lambda: cl.kill()); killer.start()
-    for line in cl.stdout:
+    lines = queue.Queue(maxsize=10000)
+    clients = []
+    for i in range(shards):
+        suffix = f'.{i}' if shards > 1 else ''
+        cl = subprocess.Popen(cmd, cwd=HERE, env=dict(env, SHARD=f'{i}/{shards}'), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=open(os.path.join(bins['logdir'], f'client-{target}-{workload}{suffix}.log'), 'w'), text=True)
+        def pump(i=i, out=cl.stdout):
+            for line in out:
+                lines.put((i, line))
+            lines.put((i, None))
+        threading.Thread(target=pump, daemon=True).start()
+        clients.append(cl)
+    killers = [threading.Timer(max_s + 30, cl.kill) for cl in clients]
+    for k in killers:
+        k.start()
+    marks, results, restart = {}, [None] * shards, None
+    waiting, running = {}, shards
+    while running:
+        i, line = lines.get()
+        if line is None:
+            running -= 1
+            continue
         line = line.strip()
         if not line.startswith('{'):
             continue
         msg = json.loads(line)
         if 'mark' in msg:
-            marks[msg['mark']] = srv.now()
-            if msg['mark'] == 'restart':
+            name = msg['mark']
+            waiting.setdefault(name, set()).add(i)
+            if len(waiting[name]) < shards:
+                continue
+            # Every shard reached it: sample, act, release them.
+            marks[name] = srv.now()
+            if name == 'restart':
                 t0 = time.time()
                 srv.kill(signal.SIGKILL)
                 pre = srv.samples
                 srv.start(); srv.samples = pre + srv.samples
                 restart = {'server_down_to_listening_ms': (time.time() - t0) * 1000}
-                cl.stdin.write('go\n'); cl.stdin.flush()
+            for cl in clients:
+                try:
+                    cl.stdin.write('go\n'); cl.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    pass
         elif 'result' in msg:
-            result = msg['result']
+            results[i] = msg['result']
         elif 'error' in msg:
-            result = {'error': msg['error']}
-    cl.wait(); killer.cancel()
+            results[i] = {'error': msg['error']}
+    for cl in clients:
+        cl.wait()
+    for k in killers:
+        k.cancel()
     srv.kill(signal.SIGTERM)
     samples = srv.samples
-    res = {'target': target, 'workload': workload, 'params': params, 'client': result, 'restart': restart,
+    res = {'target': target, 'workload': workload, 'params': params, 'client': merge(results, params, wl), 'restart': restart,
            'wall_s': time.time() - t_start,
            'marks': {k: (None if v is None else {'t': v[0] - t_start, 'cpu_s': v[1], 'rss': v[2]}) for k, v in marks.items()},
            'peak_rss': max((s[2] for s in samples), default=None),
            'series': [(round(s[0] - t_start, 3), round(s[1], 3), s[2]) for s in samples]}
     return res
+
+
+def hist_quantiles(hist):
+    """p50/p99/max from a latency histogram (bucket k = [0.01 ms × 1.02^k, × 1.02))."""
+    items = sorted((int(k), n) for k, n in hist.items())
+    total = sum(n for _, n in items)
+    if not total:
+        return {'p50_ms': None, 'p99_ms': None, 'max_ms': None}
+    mid = lambda k: 0.01 * 1.02 ** (k + 0.5)
+    def q(x):
+        rank = min(total - 1, math.floor(total * x))
+        seen = 0
+        for k, n in items:
+            seen += n
+            if seen > rank:
+                return mid(k)
+        return mid(items[-1][0])
+    return {'p50_ms': q(0.5), 'p99_ms': q(0.99), 'max_ms': mid(items[-1][0])}
+
+
+def merge(results, params, wl):
+    """One result from the shards' (A/B); the single result otherwise."""
+    if any(r is None or 'error' in r for r in results):
+        errs = [r.get('error') if r else 'no result' for r in results if r is None or 'error' in r]
+        return {'error': '; '.join(str(e) for e in errs)}
+    if wl not in ('A', 'B'):
+        return results[0]
+    m = dict(results[0]) if len(results) == 1 else {}
+    if len(results) > 1:
+        for k in ('clients', 'sent', 'delivered', 'rx_bytes', 'tx_bytes'):
+            m[k] = sum(r.get(k) or 0 for r in results)
+        m['all_synced'] = all(r.get('all_synced') for r in results)
+        m['write_s'] = max(r['write_s'] for r in results)
+        m['drain_ms'] = max(r['drain_ms'] for r in results)
+        hist = {}
+        for r in results:
+            for k, n in r['lat_hist'].items():
+                hist[k] = hist.get(k, 0) + n
+        m['lat_hist'] = hist
+        m.update(hist_quantiles(hist))
+        m['expected'] = m['sent'] * (params['PER_ROOM'] - 1)
+        m['undelivered'] = m['expected'] - m['delivered']
+        m['delivered_per_s'] = m['delivered'] / (m['write_s'] + m['drain_ms'] / 1000)
+        m['rx_bytes_per_delivered'] = m['rx_bytes'] / m['delivered'] if m['delivered'] else None
+        m['tx_bytes_per_sent'] = m['tx_bytes'] / m['sent'] if m['sent'] else None
+        if any('resync_ms' in r for r in results):
+            rs = [r.get('resync_ms') for r in results]
+            m['resync_ms'] = None if None in rs else max(rs)
+            m['resynced'] = sum(r.get('resynced') or 0 for r in results)
+    m['shards'] = len(results)
+    m['offered_per_s'] = params['ROOMS'] * params['WRITERS'] * 1000 / params['WRITE_MS']
+    m['sent_per_s'] = m['sent'] / m['write_s'] if m.get('write_s') else None
+    return m
 
 
 def derive(r):
@@ -242,7 +332,8 @@ def report(results, mode, outdir, meta):
         p = next(iter(by[name].values()))['params']
         L.append(f"| **{name}** | params: {', '.join(f'{k}={v}' for k, v in p.items())} | | | |")
         if wl in ('A', 'B'):
-            for key, src, unit in [('delivered_per_s', 'c', 'updates/s'), ('lost', 'c', 'updates'), ('p50_ms', 'c', 'ms'), ('p99_ms', 'c', 'ms'),
+            for key, src, unit in [('offered_per_s', 'c', 'updates/s'), ('sent_per_s', 'c', 'updates/s'), ('delivered_per_s', 'c', 'updates/s'),
+                                   ('undelivered', 'c', 'updates'), ('drain_ms', 'c', 'ms'), ('p50_ms', 'c', 'ms'), ('p99_ms', 'c', 'ms'),
                                    ('max_ms', 'c', 'ms'), ('server_cpu_s', 'd', 's'), ('server_cpu_pct', 'd', '% of a core'),
                                    ('updates_per_cpu_s', 'd', 'delivered/CPU-s'), ('rx_bytes_per_delivered', 'c', 'B'),
                                    ('tx_bytes_per_sent', 'c', 'B'), ('peak_rss_mib', 'd', 'MiB'), ('resync_ms', 'c', 'ms')]:
@@ -289,7 +380,11 @@ def report(results, mode, outdir, meta):
         o = get('E', 'ours', 'rss_growth_peak_mib', 'd'); b = best('E', 'rss_growth_peak_mib', 'd', True)
         L.append(f'| E: server memory growth while a reader stalls | E | {fmt(o)} MiB | {fmt(b)} MiB | {fmt(ratio(o, b, True), 1)}× | bounded where they grow | see plot |')
     L += ['', 'Plots: `latency.png` (A/B p50/p99), `idle_memory.png` (C), `slow_reader_rss.png` (E: server RSS over time).', '',
-          'Definitions: latency = edit → remote apply in another client of the same process (timestamp inside the update); '
+          'Definitions: offered = writers × rate the workload asks for; sent = what the client processes managed to write (they skip ticks when saturated, '
+          'so the servers are not offered the same load when a client is the bottleneck); delivered/s = delivered ÷ (write time + drain); '
+          'undelivered = expected − delivered once deliveries stopped for 500 ms after the writers stopped (drain = time to the last one, at most 20 s); '
+          'SHARDS = client processes per target (the same on every side); '
+          'latency = edit → remote apply in another client (wall-clock timestamp inside the update; p50/p99 from a histogram with 2 % buckets when SHARDS > 1); '
           'bytes = WebSocket payload + frame header as counted by the clients, over the measured window, divided by delivered updates '
           '(includes acks, awareness and pings in that window); CPU = utime+stime of the server process from /proc; '
           'memory per connection/document = RSS deltas between marks (C); resync = from the restarted server listening to every client synced again.']
@@ -357,6 +452,7 @@ def main():
     ap.add_argument('--out', required=True)
     ap.add_argument('--command', default='')
     ap.add_argument('--versions', default='')
+    ap.add_argument('--shards', type=int, help='client processes per target in A and B (default: the mode\'s SHARDS)')
     ap.add_argument('--report-only', action='store_true', help='rebuild results.md and plots from results.json')
     a = ap.parse_args()
     if a.report_only:
@@ -364,7 +460,10 @@ def main():
         print(report(data['results'], a.mode, a.out, data['meta']))
         plots(data['results'], a.out)
         return
-    cfg = MODES[a.mode]
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in MODES[a.mode].items()}
+    if a.shards:
+        for w in ('A', 'B'):
+            cfg[w]['SHARDS'] = max(1, a.shards)
     os.makedirs(a.out, exist_ok=True)
     logdir = os.path.join(a.out, 'logs'); os.makedirs(logdir, exist_ok=True)
     docdir = os.path.join(a.out, 'docs-tmp'); os.makedirs(docdir, exist_ok=True)

@@ -3,7 +3,11 @@
 // Configured through the environment by compare.py; prints JSON lines:
 // {"mark": "..."} at phase boundaries (the orchestrator samples the server's
 // /proc at those instants) and finally {"result": {...}}.
-// Reads "go" lines on stdin when it asked for a server restart.
+// Reads "go" lines on stdin when it asked for a server restart, and after
+// every mark with BARRIER=1. Workloads A and B can be split over several
+// processes: SHARD=i/n runs the clients whose index is i modulo n; latencies
+// then use the wall clock and come out as a histogram that adds up across
+// shards (the same as the Rust load generator's).
 import { WebSocket } from 'ws'
 import * as Y from 'yjs'
 import fs from 'node:fs'
@@ -23,9 +27,19 @@ const deadline = Date.now() + num('MAX_S', 600) * 1000 // hard bound on the whol
 setTimeout(() => { out({ error: 'MAX_S exceeded' }); process.exit(2) }, num('MAX_S', 600) * 1000).unref()
 
 const out = o => process.stdout.write(JSON.stringify(o) + '\n')
-const mark = name => out({ mark: name, t: Date.now() })
+const BARRIER = env('BARRIER', '0') === '1'
+// Prints a phase mark; with BARRIER=1 (and always for "restart") waits for "go".
+const mark = async name => {
+  out({ mark: name, t: Date.now() })
+  if (BARRIER || name === 'restart') await waitStdin('go')
+}
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
-const now = () => performance.now()
+// Wall-clock milliseconds (sub-millisecond resolution): comparable between
+// the shards' processes.
+const now = () => performance.timeOrigin + performance.now()
+const [SHARD, SHARDS] = env('SHARD', '0/1').split('/').map(Number)
+// Latency histogram: bucket k holds [0.01 ms × 1.02^k, 0.01 ms × 1.02^(k+1)).
+const latBucket = ms => Math.floor(Math.log(Math.max(ms, 0.01) / 0.01) / Math.log(1.02))
 
 // Bytes on the wire, WebSocket frame headers included (server→client
 // unmasked, client→server with the 4-byte mask).
@@ -95,14 +109,18 @@ function quantiles (lat) {
   return { p50_ms: q(0.5), p99_ms: q(0.99), max_ms: q(1) }
 }
 
-// (A) and (B): ROOMS rooms × PER_ROOM clients, WRITERS of them writing every WRITE_MS.
+// (A) and (B): ROOMS rooms × PER_ROOM clients, WRITERS of them writing every
+// WRITE_MS. After the writers stop, deliveries drain until none came for
+// QUIET_MS (or DRAIN_MAX_S passed); what is missing then is "undelivered".
 async function live () {
   const ROOMS = num('ROOMS', 10); const PER_ROOM = num('PER_ROOM', 3); const WRITERS = num('WRITERS', 1)
   const WRITE_MS = num('WRITE_MS', 100); const DURATION_S = num('DURATION_S', 10); const RESTART = env('RESTART', '0') === '1'
+  const QUIET_MS = num('QUIET_MS', 500); const DRAIN_MAX_S = num('DRAIN_MAX_S', 20)
   const lat = []; let sent = 0; let recv = 0; let measuring = false
   const clients = []
   for (let r = 0; r < ROOMS; r++) {
     for (let i = 0; i < PER_ROOM; i++) {
+      if ((r * PER_ROOM + i) % SHARDS !== SHARD) continue
       const c = mkClient(`room-${r}`, { onRemote: it => { if (it.m) { recv++; lat.push(now() - it.ts) } } })
       c.writer = i < WRITERS
       clients.push(c)
@@ -111,7 +129,7 @@ async function live () {
   }
   const allSynced = await waitAll(clients, c => c.synced, 60000)
   await sleep(500)
-  mark('steady_start')
+  await mark('steady_start')
   const rx0 = wire.rx; const tx0 = wire.tx; const t0 = now()
   measuring = true
   const writers = clients.filter(c => c.writer)
@@ -124,16 +142,23 @@ async function live () {
   await sleep(DURATION_S * 1000)
   clearInterval(timer); measuring = false
   const tWrite = (now() - t0) / 1000
-  await sleep(1000) // in-flight deliveries
-  mark('steady_end')
+  await mark('write_end')
+  const drainStart = now(); let last = recv; let lastChange = drainStart
+  while (now() - lastChange < QUIET_MS && now() - drainStart < DRAIN_MAX_S * 1000 && Date.now() < deadline) {
+    await sleep(20)
+    if (recv !== last) { last = recv; lastChange = now() }
+  }
+  const drainS = (lastChange - drainStart) / 1000
+  await mark('steady_end')
   const rx = wire.rx - rx0; const tx = wire.tx - tx0
   const expected = sent * (PER_ROOM - 1)
-  const res = { clients: clients.length, all_synced: allSynced, sent, delivered: recv, expected, lost: expected - recv,
-    delivered_per_s: recv / tWrite, write_s: tWrite, ...quantiles(lat),
-    rx_bytes: rx, tx_bytes: tx, rx_bytes_per_delivered: recv ? rx / recv : null, tx_bytes_per_sent: sent ? tx / sent : null }
+  const hist = {}
+  for (const l of lat) { const k = latBucket(l); hist[k] = (hist[k] ?? 0) + 1 }
+  const res = { clients: clients.length, all_synced: allSynced, sent, delivered: recv, expected, undelivered: expected - recv,
+    write_s: tWrite, drain_ms: drainS * 1000, delivered_per_s: recv / (tWrite + drainS), shard: SHARD, shards: SHARDS, lat_hist: hist,
+    ...quantiles(lat), rx_bytes: rx, tx_bytes: tx, rx_bytes_per_delivered: recv ? rx / recv : null, tx_bytes_per_sent: sent ? tx / sent : null }
   if (RESTART) {
-    mark('restart') // the orchestrator kills the server, starts it again on the same port, writes "go"
-    await waitStdin('go')
+    await mark('restart') // the orchestrator kills the server, starts it again on the same port, writes "go"
     const t1 = now()
     const before = clients.map(c => c.syncCount)
     const ok = await waitAll(clients.map((c, i) => [c, before[i]]), ([c, b]) => c.synced && c.syncCount > b, num('RESYNC_MAX_S', 60) * 1000)
@@ -147,7 +172,7 @@ async function live () {
 // (C): CONNS idle connections over DOCS documents; marks c0 (none), c1 (one per doc), c2 (all).
 async function idle () {
   const CONNS = num('CONNS', 500); const DOCS = num('DOCS', 100); const BATCH = num('BATCH', 100)
-  await sleep(1000); mark('c0')
+  await sleep(1000); await mark('c0')
   const clients = []
   const connect = async (from, to) => {
     for (let i = from; i < to; i += BATCH) {
@@ -157,10 +182,10 @@ async function idle () {
       await waitAll(group, c => c.synced, 30000)
     }
   }
-  await connect(0, DOCS); await sleep(num('SETTLE_MS', 3000)); mark('c1')
-  await connect(DOCS, CONNS); await sleep(num('SETTLE_MS', 3000)); mark('c2')
+  await connect(0, DOCS); await sleep(num('SETTLE_MS', 3000)); await mark('c1')
+  await connect(DOCS, CONNS); await sleep(num('SETTLE_MS', 3000)); await mark('c2')
   const synced = clients.filter(c => c.synced).length
-  await sleep(num('HOLD_MS', 2000)); mark('c3')
+  await sleep(num('HOLD_MS', 2000)); await mark('c3')
   for (const c of clients) c.destroy()
   return { conns: CONNS, docs: DOCS, synced }
 }
@@ -181,7 +206,7 @@ async function bigsync () {
     probe.destroy()
   }
   await sleep(1000)
-  mark('join_start')
+  await mark('join_start')
   const t0 = now(); const times = []
   const joiners = []
   for (let i = 0; i < JOINERS; i++) {
@@ -190,7 +215,7 @@ async function bigsync () {
   }
   const ok = await waitAll(joiners, c => c.t !== undefined && c.synced, num('JOIN_MAX_S', 120) * 1000)
   const total = now() - t0
-  mark('join_end')
+  await mark('join_end')
   times.sort((a, b) => a - b)
   for (const c of [seeder, ...joiners]) c.destroy()
   return { doc_bytes: update.length, text_len: want, seeded, joiners: JOINERS, all_joined: ok, joined: times.length,
@@ -210,7 +235,7 @@ async function slowReader () {
   const reader = mkClient('slow')
   reader.doc.getMap('slow').observe(ev => { if (ev.transaction.local) return; got++; last = reader.doc.getMap('slow').get('v')?.seq ?? last })
   await waitAll([writer, reader], c => c.synced, 30000)
-  mark('e_start')
+  await mark('e_start')
   // Fresh random base64 text each time, as ours (incompressible to ~75 %).
   const payload = () => crypto.randomBytes(Math.ceil(UPDATE_BYTES * 3 / 4)).toString('base64').slice(0, UPDATE_BYTES)
   const wmap = writer.doc.getMap('slow')
@@ -219,15 +244,15 @@ async function slowReader () {
   const timer = setInterval(() => { wmap.set('v', { ts: now(), seq: sent++, pad: payload() }) }, 1000 / RATE_HZ)
   await sleep(PAUSE_AT_S * 1000)
   const sock = reader.socket()
-  sock?._socket?.pause(); mark('pause')
+  sock?._socket?.pause(); await mark('pause')
   await sleep(PAUSE_S * 1000)
-  sock?._socket?.resume(); mark('resume')
+  sock?._socket?.resume(); await mark('resume')
   const tResume = now()
   await sleep(Math.max(0, DURATION_S * 1000 - (now() - t0)))
   clearInterval(timer)
   const caught = await waitAll([reader], () => last === sent - 1, 30000)
   const catchUp = now() - tResume
-  mark('e_end')
+  await mark('e_end')
   writer.destroy(); reader.destroy()
   return { sent, reader_events: got, caught_up: caught, catch_up_ms_after_resume: caught ? catchUp : null,
     reader_reconnected: reader.syncCount > 1, update_bytes: UPDATE_BYTES, rate_hz: RATE_HZ, pause_s: PAUSE_S }

@@ -2,8 +2,9 @@
 # The whole side-by-side comparison in one command:
 #
 #   benches/compare/run.sh --quick     # every workload scaled down, < 5 minutes (after the builds)
-#   benches/compare/run.sh             # full sizes from issue 10 (~20-30 minutes)
+#   benches/compare/run.sh             # full sizes from issue 10 (~7 minutes)
 #   benches/compare/run.sh --quick --workloads A,C --targets ours,ywebsocket
+#   benches/compare/run.sh --shards 3  # client processes per target in A and B (default 2)
 #
 # It installs the pinned npm packages (npm ci), builds the server and the Rust
 # load generator in release mode, installs matplotlib into a local venv (for
@@ -21,8 +22,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
     --full) MODE=full ;;
-    --workloads|--targets) EXTRA+=("$1" "$2"); shift ;;
-    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
+    --workloads|--targets|--shards) EXTRA+=("$1" "$2"); shift ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift

@@ -76,14 +76,13 @@ pub async fn upgrade(handle: HubHandle, ws: WebSocketUpgrade, headers: &HeaderMa
     let ws = ws
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(super::WS_READ_BUFFER)
+        .read_buffer_size(super::WS_SERVER_READ_BUFFER)
         .write_buffer_size(0);
-    ws.on_upgrade(move |socket: WebSocket| async move {
+    ws.on_upgrade(move |mut socket: WebSocket| async move {
         match handle.try_admit() {
-            Some(admission) => handle.serve(socket, None, admission).await,
+            Some(admission) => handle.serve(&mut socket, None, admission).await,
             None => {
                 let limit = handle.options().max_connections;
-                let mut socket = socket;
                 let _ = socket
                     .send(Message::Close(Some(CloseFrame {
                         code: CLOSE_TRY_AGAIN_LATER,

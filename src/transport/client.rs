@@ -680,11 +680,15 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
         let mut wrote = false;
         while let Some(frame) = self.session.poll_transmit() {
             if let Some(s) = self.socket.as_mut() {
-                if s.feed(WsMessage::Binary(frame.into())).await.is_err() {
+                let mut ok = true;
+                for part in super::Fragments::new(frame) {
+                    ok = ok && s.feed(part).await.is_ok();
+                }
+                if ok {
+                    wrote = true;
+                } else {
                     self.socket = None;
                     self.session.transport_lost(Instant::now());
-                } else {
-                    wrote = true;
                 }
             }
         }

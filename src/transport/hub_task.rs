@@ -1,10 +1,10 @@
 //! The hub task (owns the [`Hub`] and the registry) and the per-connection
 //! tasks, shared by the tokio server and the axum integration.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -48,9 +48,16 @@ pub struct ServerOptions {
     /// Frames in the channel from the connection tasks to the hub task.
     /// Default 1024.
     pub input_capacity: usize,
-    /// Frames in each connection's outgoing channel; beyond it frames stay
-    /// in the hub's bounded queue. Default 32.
+    /// Frames in each connection's outgoing queue; beyond it frames stay in
+    /// the hub's bounded queue. The connection task takes the whole queue
+    /// and writes it, so at most twice this many frames are on their way
+    /// out of a connection. Default 32.
     pub outgoing_capacity: usize,
+    /// Bytes in each connection's outgoing queue (frames of up to
+    /// `max_frame_len` each); one frame is always let through. As with
+    /// [`ServerOptions::outgoing_capacity`], at most twice this is on its way
+    /// out of a connection. Default 1 MiB.
+    pub outgoing_bytes: usize,
     /// Events buffered for the application; when full, events are dropped
     /// and counted ([`HubStats::dropped_events`]). Default 4096.
     pub event_capacity: usize,
@@ -61,6 +68,24 @@ pub struct ServerOptions {
     pub max_batch: usize,
     /// How long `stop` waits for close frames to leave. Default 2 s.
     pub shutdown_grace: Duration,
+    /// How late the hub's timers (handshake and idle timeouts, pings,
+    /// catch-ups of lagging subscribers) may fire. Finding the next deadline
+    /// ([`Hub::poll_timeout`]) looks at every session, so under load the hub
+    /// task does it at most once per `timer_slack` instead of after every
+    /// batch of inputs. Default 25 ms; zero asks after every batch.
+    pub timer_slack: Duration,
+    /// Run the tokio [`WebSocketServer`](super::tokio::WebSocketServer)
+    /// (accept loop, hub task, connection tasks) on a thread of its own with
+    /// a current-thread runtime, instead of on the runtime that calls
+    /// `start`. The server's tasks wake each other for every update; on a
+    /// multi-threaded runtime those wake-ups cross threads (futex, idle
+    /// workers parking and unparking), which cost 1.5 to 2 times the CPU per
+    /// delivered update in the comparison's workload A
+    /// (`benches/results/profile.md`). The server then uses one core at most.
+    /// Dropping the server without [`stop`](super::tokio::WebSocketServer::stop)
+    /// ends the thread and drops its connections. Default `false`; the axum
+    /// integration ignores it.
+    pub own_thread: bool,
     /// TLS termination (feature `tls`): when set, the tokio
     /// [`WebSocketServer`](super::tokio::WebSocketServer) runs a rustls
     /// handshake on every accepted TCP connection before the WebSocket
@@ -81,9 +106,12 @@ impl Default for ServerOptions {
             max_connections: 10_000,
             input_capacity: 1024,
             outgoing_capacity: 32,
+            outgoing_bytes: 1 << 20,
             event_capacity: 4096,
             max_batch: 256,
             shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
+            timer_slack: Duration::from_millis(25),
+            own_thread: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -178,7 +206,7 @@ pub struct ConnStats {
     pub peak_queued_bytes: usize,
     /// Messages queued in the hub for it.
     pub queued_messages: usize,
-    /// Frames waiting in its outgoing channel (bounded by
+    /// Frames waiting in its outgoing queue (bounded by
     /// [`ServerOptions::outgoing_capacity`]).
     pub channel_frames: usize,
     /// Its socket is not being read (the hub does not want its input).
@@ -203,26 +231,46 @@ pub struct HubStats {
     pub documents: usize,
 }
 
-/// One item for a connection task.
-pub(crate) enum Outgoing {
-    Frame(Vec<u8>),
-    Close { code: u16, reason: String },
+/// What the hub task hands one connection task to write.
+#[derive(Default)]
+struct Outgoing {
+    /// Frames, at most [`ServerOptions::outgoing_capacity`] (the hub task
+    /// checks before pushing). Taken whole by the connection task, so an
+    /// idle connection holds no allocation here.
+    frames: VecDeque<Vec<u8>>,
+    /// Their bytes (at most [`ServerOptions::outgoing_bytes`] plus one frame).
+    bytes: usize,
+    /// The WebSocket close to send after the frames.
+    close: Option<(u16, String)>,
+    /// The hub task dropped the connection (or ended).
+    hub_gone: bool,
 }
 
-/// Flags shared, lock-free, between the hub task and one connection task.
+/// State shared between the hub task and one connection task. Smaller than
+/// a channel (tokio's bounded channel allocates 1.5 KiB up front), which
+/// matters for idle connections.
 #[derive(Default)]
 pub(crate) struct ConnShared {
     /// Stop reading the socket.
     paused: AtomicBool,
-    /// Wakes a paused reader.
-    resume: Notify,
-    /// The hub found the outgoing channel full: report when it drained.
+    /// Wakes the connection task: frames to write, a close, or reading
+    /// resumed. A notification sent while the task is busy is kept (one
+    /// permit), so none is lost.
+    wake: Notify,
+    /// The hub found the outgoing queue full: report when it drained.
     want_writable: AtomicBool,
+    out: Mutex<Outgoing>,
+}
+
+impl ConnShared {
+    fn outgoing(&self) -> std::sync::MutexGuard<'_, Outgoing> {
+        // Nothing panics while holding it; recover the data regardless.
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub(crate) enum HubInput {
     Accept {
-        out: mpsc::Sender<Outgoing>,
         shared: Arc<ConnShared>,
         addr: Option<SocketAddr>,
         reply: oneshot::Sender<ConnId>,
@@ -240,6 +288,11 @@ pub(crate) enum HubInput {
 /// axum's).
 pub(crate) trait WsFrame: Sized + Send + 'static {
     fn binary(data: Vec<u8>) -> Self;
+    /// `data` as one binary message, written as several WebSocket frames
+    /// where the library allows it. Default: one frame.
+    fn binary_frames(data: Vec<u8>) -> impl Iterator<Item = Self> + Send {
+        std::iter::once(Self::binary(data))
+    }
     fn close(code: u16, reason: String) -> Self;
     fn classify(self) -> Incoming;
 }
@@ -253,6 +306,9 @@ pub(crate) enum Incoming {
 impl WsFrame for tungstenite::Message {
     fn binary(data: Vec<u8>) -> Self {
         tungstenite::Message::Binary(data.into())
+    }
+    fn binary_frames(data: Vec<u8>) -> impl Iterator<Item = Self> + Send {
+        super::Fragments::new(data)
     }
     fn close(code: u16, reason: String) -> Self {
         tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
@@ -368,9 +424,14 @@ impl HubHandle {
 
     /// Serves one upgraded WebSocket until it closes. `admission` holds its
     /// slot under the connection limit.
+    ///
+    /// The future lives as long as the connection, so its size is memory per
+    /// idle connection: the caller keeps the WebSocket (an `async fn` would
+    /// hold a second copy of an argument it owns), and the awaits that happen
+    /// once or rarely are boxed.
     pub(crate) async fn serve<S, M, E>(
         &self,
-        mut ws: S,
+        ws: &mut S,
         addr: Option<SocketAddr>,
         admission: Admission,
     ) where
@@ -379,68 +440,70 @@ impl HubHandle {
         E: core::fmt::Display,
     {
         let _admission = admission;
-        let (out_tx, mut out_rx) = mpsc::channel(self.options.outgoing_capacity.max(1));
         let shared = Arc::new(ConnShared::default());
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let accepted = self
-            .to_hub
-            .send(HubInput::Accept {
-                out: out_tx,
+        let accepted = Box::pin(async {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let input = HubInput::Accept {
                 shared: Arc::clone(&shared),
                 addr,
                 reply: reply_tx,
-            })
-            .await;
-        let conn = match (accepted, reply_rx.await) {
-            (Ok(()), Ok(conn)) => conn,
-            _ => {
-                let _ = ws.send(M::close(1001, "server shutting down".into())).await;
-                return;
+            };
+            match self.to_hub.send(input).await {
+                Ok(()) => reply_rx.await.ok(),
+                Err(_) => None,
             }
+        })
+        .await;
+        let Some(conn) = accepted else {
+            let _ = Box::pin(ws.send(M::close(1001, "server shutting down".into()))).await;
+            return;
         };
+        let mut batch = VecDeque::new();
         loop {
+            let (close, hub_gone) = {
+                let mut out = shared.outgoing();
+                std::mem::swap(&mut batch, &mut out.frames);
+                out.bytes = 0;
+                (out.close.take(), out.hub_gone)
+            };
+            if !batch.is_empty() {
+                // Each frame is one WebSocket message (one `send` each, as
+                // the write buffer is off); one flush for the batch.
+                let mut ok = true;
+                for frame in batch.drain(..) {
+                    for part in M::binary_frames(frame) {
+                        ok = ok && ws.feed(part).await.is_ok();
+                    }
+                }
+                ok = ok && ws.flush().await.is_ok();
+                // Release the queue's allocation: an idle connection holds none.
+                batch = VecDeque::new();
+                if !ok {
+                    break;
+                }
+                if shared.want_writable.swap(false, Ordering::AcqRel)
+                    && !self.to_hub(HubInput::Writable(conn)).await
+                {
+                    break;
+                }
+            }
+            if let Some((code, reason)) = close {
+                tracing::debug!(target: LOG, conn = conn.0, code, %reason, "closing WebSocket");
+                let _ = Box::pin(ws.send(M::close(code, reason))).await;
+                break;
+            }
+            if hub_gone {
+                let _ = Box::pin(ws.send(M::close(1001, "server stopped".into()))).await;
+                break;
+            }
             let paused = shared.paused.load(Ordering::Acquire);
             tokio::select! {
                 biased;
-                out = out_rx.recv() => match out {
-                    Some(Outgoing::Frame(frame)) => {
-                        let mut ok = ws.feed(M::binary(frame)).await.is_ok();
-                        // Batch what else is ready into one flush.
-                        let mut closing = None;
-                        for _ in 0..64 {
-                            match out_rx.try_recv() {
-                                Ok(Outgoing::Frame(f)) if ok => ok = ws.feed(M::binary(f)).await.is_ok(),
-                                Ok(Outgoing::Close { code, reason }) => { closing = Some((code, reason)); break; }
-                                _ => break,
-                            }
-                        }
-                        ok = ok && ws.flush().await.is_ok();
-                        if !ok {
-                            break;
-                        }
-                        if shared.want_writable.swap(false, Ordering::AcqRel) {
-                            let _ = self.to_hub.send(HubInput::Writable(conn)).await;
-                        }
-                        if let Some((code, reason)) = closing {
-                            let _ = ws.send(M::close(code, reason)).await;
-                            break;
-                        }
-                    }
-                    Some(Outgoing::Close { code, reason }) => {
-                        tracing::debug!(target: LOG, conn = conn.0, code, %reason, "closing WebSocket");
-                        let _ = ws.send(M::close(code, reason)).await;
-                        break;
-                    }
-                    None => {
-                        let _ = ws.send(M::close(1001, "server stopped".into())).await;
-                        break;
-                    }
-                },
-                _ = shared.resume.notified(), if paused => {}
+                () = shared.wake.notified() => {}
                 input = ws.next(), if !paused => match input {
                     Some(Ok(msg)) => match msg.classify() {
                         Incoming::Data(bytes) => {
-                            if self.to_hub.send(HubInput::Frame(conn, bytes)).await.is_err() {
+                            if !self.to_hub(HubInput::Frame(conn, bytes)).await {
                                 break;
                             }
                         }
@@ -455,7 +518,26 @@ impl HubHandle {
                 },
             }
         }
-        let _ = self.to_hub.send(HubInput::Lost(conn)).await;
+        let _ = self.to_hub(HubInput::Lost(conn)).await;
+    }
+
+    /// Sends `input` to the hub task; `false` once it has ended. Waits (in a
+    /// boxed future: the caller's future stays small) only when the hub's
+    /// channel is full.
+    fn to_hub(&self, input: HubInput) -> impl Future<Output = bool> + Send + '_ {
+        let full = match self.to_hub.try_send(input) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(input)) => Some(Box::pin(self.to_hub.send(input))),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return futures_util::future::Either::Left(std::future::ready(false));
+            }
+        };
+        futures_util::future::Either::Right(async move {
+            match full {
+                Some(send) => send.await.is_ok(),
+                None => true,
+            }
+        })
     }
 }
 
@@ -534,8 +616,60 @@ enum Wake {
     Committed,
 }
 
+/// When the hub task wakes up for the hub's deadlines.
+///
+/// [`Hub::poll_timeout`] scans every session, so while inputs keep arriving
+/// it is asked at most once per [`ServerOptions::timer_slack`]; in between,
+/// the task wakes at the last answer or at the end of the slack, whichever
+/// comes first, and asks again. A deadline that an input moved earlier
+/// therefore fires at most `timer_slack` late; an idle hub asks once after
+/// its last input and then sleeps until its deadline.
+struct Timer {
+    slack: Duration,
+    /// The hub's deadline when it was last asked, and when that was.
+    hub: Option<Instant>,
+    polled_at: Option<Instant>,
+    /// What the sleep is armed for (`None`: not armed, or it fired).
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    fn new(slack: Duration) -> Self {
+        Timer {
+            slack,
+            hub: None,
+            polled_at: None,
+            armed: None,
+        }
+    }
+
+    /// Whether the hub's deadline has come (`fired`: the instant the sleep
+    /// that just completed was armed for).
+    fn due(&self, now: Instant, fired: Option<Instant>) -> bool {
+        self.hub.is_some_and(|d| now >= d || fired == Some(d))
+    }
+
+    /// The hub handled its timeouts (or is shutting down): ask it again.
+    fn handled(&mut self) {
+        self.hub = None;
+        self.polled_at = None;
+    }
+
+    /// The instant to wake up at, asking the hub (`poll`) only when its last
+    /// answer is older than the slack.
+    fn next(&mut self, now: Instant, poll: impl FnOnce() -> Option<Instant>) -> Option<Instant> {
+        if let Some(recheck) = self.polled_at.and_then(|t| t.checked_add(self.slack))
+            && now < recheck
+        {
+            return Some(self.hub.map_or(recheck, |d| d.min(recheck)));
+        }
+        self.hub = poll();
+        self.polled_at = Some(now);
+        self.hub
+    }
+}
+
 struct ConnState {
-    out: mpsc::Sender<Outgoing>,
     shared: Arc<ConnShared>,
     /// The outgoing channel was full; wait for `Writable`.
     blocked: bool,
@@ -543,6 +677,14 @@ struct ConnState {
     close_sent: bool,
     close: Option<(u16, String)>,
     paused: bool,
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        // The connection task sends a close frame and ends.
+        self.shared.outgoing().hub_gone = true;
+        self.shared.wake.notify_one();
+    }
 }
 
 struct HubTask<R, A> {
@@ -564,26 +706,26 @@ struct HubTask<R, A> {
 
 impl<R: Registry, A: Authorizer> HubTask<R, A> {
     async fn run(mut self, mut rx: mpsc::Receiver<HubInput>, committed: Arc<Notify>) -> R {
-        let mut deadline: Option<Instant> = None;
+        let mut timer = Timer::new(self.options.timer_slack);
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut stopping: Option<Instant> = None;
-        let mut deadline_fired = false;
         loop {
             let first = tokio::select! {
                 biased;
                 input = rx.recv() => Wake::Input(input),
-                () = &mut sleep, if deadline.is_some() => Wake::Timer,
+                () = &mut sleep, if timer.armed.is_some() => Wake::Timer,
                 () = committed.notified() => Wake::Committed,
             };
             let now = Instant::now();
             let mut had_input = false;
+            // The sleep completed: it must be re-armed even if the deadline
+            // stays the same.
+            let mut fired = None;
             match first {
                 Wake::Input(None) => break,
                 Wake::Input(Some(input)) => had_input |= self.process(input, now),
-                // The sleep completed: it must be re-armed even if the
-                // deadline stays the same.
-                Wake::Timer => deadline_fired = true,
+                Wake::Timer => fired = timer.armed.take(),
                 // Polled below.
                 Wake::Committed => {}
             }
@@ -598,10 +740,9 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 self.stats.flushes += 1;
             }
             self.hub.poll_commits(&mut self.registry);
-            if deadline_fired || deadline.is_some_and(|d| now >= d) {
+            if timer.due(now, fired) {
                 self.hub.handle_timeout(now, &mut self.registry);
-                deadline = None;
-                deadline_fired = false;
+                timer.handled();
             }
             if self.closing && stopping.is_none() {
                 tracing::info!(target: LOG, connections = self.conns.len(), "shutting down");
@@ -628,13 +769,16 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
             {
                 break;
             }
-            // Re-arm the timer only when the deadline moved.
-            let mut next = self.hub.poll_timeout();
+            if stopping.is_some() {
+                timer.handled();
+            }
+            let mut next = timer.next(now, || self.hub.poll_timeout());
             if let Some(until) = stopping {
                 next = Some(next.map_or(until, |n| n.min(until)));
             }
-            if next != deadline {
-                deadline = next;
+            // Re-arm the sleep only when the wake-up moved.
+            if next != timer.armed {
+                timer.armed = next;
                 if let Some(at) = next {
                     sleep.as_mut().reset(at.into());
                 }
@@ -655,7 +799,6 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
         self.stats.inputs += 1;
         match input {
             HubInput::Accept {
-                out,
                 shared,
                 addr,
                 reply,
@@ -670,7 +813,6 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 self.conns.insert(
                     conn,
                     ConnState {
-                        out,
                         shared,
                         blocked: false,
                         close_sent: false,
@@ -736,7 +878,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                     queued_bytes,
                     peak_queued_bytes: self.peaks.get(conn).copied().unwrap_or(0),
                     queued_messages,
-                    channel_frames: c.out.max_capacity() - c.out.capacity(),
+                    channel_frames: c.shared.outgoing().frames.len(),
                     paused: c.paused,
                 }
             })
@@ -765,48 +907,44 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 let peak = self.peaks.entry(*conn).or_insert(0);
                 *peak = (*peak).max(q);
             }
+            let capacity = self.options.outgoing_capacity.max(1);
+            let max_bytes = self.options.outgoing_bytes;
+            let mut wake = false;
             if !c.blocked {
+                let mut out = c.shared.outgoing();
                 loop {
-                    if c.out.capacity() == 0 {
+                    if out.frames.len() >= capacity || (out.bytes >= max_bytes && out.bytes > 0) {
+                        // The connection task reports `Writable` after it
+                        // took the frames (it checks under the same lock).
                         c.blocked = true;
                         c.shared.want_writable.store(true, Ordering::Release);
-                        // The task may have drained meanwhile: re-check.
-                        if c.out.capacity() > 0 {
-                            c.shared.want_writable.store(false, Ordering::Release);
-                            c.blocked = false;
-                            continue;
-                        }
                         break;
                     }
                     let Some(frame) = self.hub.poll_transmit_for(*conn) else {
                         break;
                     };
-                    if c.out.try_send(Outgoing::Frame(frame)).is_err() {
-                        // Only this task sends on it, and capacity was
-                        // checked: the receiver is gone.
-                        break;
-                    }
+                    out.bytes += frame.len();
+                    out.frames.push_back(frame);
+                    wake = true;
                 }
             }
             if send_close && !c.blocked && !c.close_sent && self.hub.is_closed(*conn) {
-                let (code, reason) = c
+                let close = c
                     .close
                     .clone()
                     .unwrap_or((1000, "session closed".to_string()));
-                if c.out.try_send(Outgoing::Close { code, reason }).is_ok() {
-                    c.close_sent = true;
-                } else {
-                    c.blocked = true;
-                    c.shared.want_writable.store(true, Ordering::Release);
-                }
+                c.shared.outgoing().close = Some(close);
+                c.close_sent = true;
+                wake = true;
             }
             let paused = !self.hub.wants_input(*conn);
             if paused != c.paused {
                 c.paused = paused;
                 c.shared.paused.store(paused, Ordering::Release);
-                if !paused {
-                    c.shared.resume.notify_one();
-                }
+                wake |= !paused;
+            }
+            if wake {
+                c.shared.wake.notify_one();
             }
         }
     }
@@ -874,5 +1012,99 @@ fn log_event<A>(_hub: &Hub<A>, event: &ServerEvent) {
             tracing::info!(target: LOG, conn = conn.0, %cause, "client disconnected")
         }
         other => tracing::trace!(target: LOG, event = ?other, "hub event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_is_asked_for_its_deadline_at_most_once_per_slack() {
+        let slack = Duration::from_millis(25);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut timer = Timer::new(slack);
+        let mut asked = 0;
+        // First batch: asks; the hub's deadline is 1 s away.
+        assert_eq!(
+            timer.next(t0, || {
+                asked += 1;
+                Some(ms(1000))
+            }),
+            Some(ms(1000))
+        );
+        // Batches within the slack do not ask, but wake at its end to ask
+        // again (an input may have moved the deadline earlier).
+        for n in [1, 10, 24] {
+            assert_eq!(timer.next(ms(n), || unreachable!()), Some(ms(25)));
+        }
+        assert!(
+            !timer.due(ms(25), Some(ms(25))),
+            "a recheck is not a deadline"
+        );
+        assert_eq!(
+            timer.next(ms(25), || {
+                asked += 1;
+                Some(ms(40))
+            }),
+            Some(ms(40))
+        );
+        assert_eq!(asked, 2);
+        // A deadline inside the slack is kept.
+        assert_eq!(timer.next(ms(30), || unreachable!()), Some(ms(40)));
+        assert!(timer.due(ms(40), Some(ms(40))));
+        assert!(timer.due(ms(41), None));
+        // Once handled, the next batch asks at once.
+        timer.handled();
+        assert_eq!(timer.next(ms(41), || None), None);
+        assert!(!timer.due(ms(100), None));
+    }
+
+    fn reassemble(frames: impl Iterator<Item = tungstenite::Message>) -> (usize, Vec<u8>) {
+        let mut n = 0;
+        let mut out = Vec::new();
+        for m in frames {
+            n += 1;
+            match m {
+                tungstenite::Message::Binary(b) => {
+                    assert_eq!(n, 1, "a whole message comes alone");
+                    out.extend_from_slice(&b);
+                }
+                tungstenite::Message::Frame(f) => {
+                    assert!(f.len() <= crate::transport::WS_FRAGMENT + 14);
+                    out.extend_from_slice(f.payload());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (n, out)
+    }
+
+    #[test]
+    fn large_messages_are_written_in_fragments() {
+        use crate::transport::WS_FRAGMENT;
+        for len in [0, 1, WS_FRAGMENT, WS_FRAGMENT + 1, 3 * WS_FRAGMENT, 1 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (n, out) = reassemble(<tungstenite::Message as WsFrame>::binary_frames(
+                data.clone(),
+            ));
+            assert_eq!(out, data, "{len} bytes");
+            assert_eq!(n, len.div_ceil(WS_FRAGMENT).max(1), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn zero_slack_asks_after_every_batch() {
+        let t0 = Instant::now();
+        let mut timer = Timer::new(Duration::ZERO);
+        let mut asked = 0;
+        for _ in 0..3 {
+            timer.next(t0, || {
+                asked += 1;
+                None
+            });
+        }
+        assert_eq!(asked, 3);
     }
 }

@@ -11,8 +11,8 @@
 //! ```text
 //!  accept loop ──spawns──▶ connection task (one per socket, owns it)
 //!                              │  ▲
-//!          HubInput (bounded,  │  │ Outgoing (bounded per connection)
-//!          shared by all)      ▼  │
+//!          HubInput (bounded,  │  │ frames (a queue bounded per
+//!          shared by all)      ▼  │ connection, and a wake-up)
 //!                           hub task (owns the Hub and the Registry)
 //! ```
 //!
@@ -22,15 +22,26 @@
 //!   [`ServerOptions::max_batch`]), then calls
 //!   [`Hub::flush`](crate::server::Hub::flush) once (group commit: one
 //!   storage commit and one ack per document for the whole batch), then
-//!   moves each connection's frames into its outgoing channel, then forwards
-//!   events. Its timer is re-armed only when `poll_timeout` changes.
+//!   moves the frames of the connections the batch touched into their
+//!   outgoing queues, then forwards events. It asks the hub for its next
+//!   deadline at most once per [`ServerOptions::timer_slack`] while inputs
+//!   keep coming (the question looks at every session).
 //! * A **connection task** per socket reads WebSocket messages into the hub
-//!   task's input channel and writes the frames it receives. When the hub
-//!   says a connection does not want input (its queue is over the
-//!   high-water mark) the task stops reading that socket until the hub
-//!   resumes it. When a connection's outgoing channel is full, its frames
-//!   stay in the hub's bounded queue, where the core coalesces them for a
-//!   slow reader; server memory per connection stays bounded.
+//!   task's input channel and writes the frames the hub task queued for it
+//!   (taking the whole queue at once: an idle connection holds no queue
+//!   allocation). When the hub says a connection does not want input (its
+//!   queue is over the high-water mark) the task stops reading that socket
+//!   until the hub resumes it. When a connection's outgoing queue is full
+//!   ([`ServerOptions::outgoing_capacity`]), its frames stay in the hub's
+//!   bounded queue, where the core coalesces them for a slow reader; server
+//!   memory per connection stays bounded. The task's future keeps little
+//!   beyond the WebSocket (the handshakes run boxed), and the WebSocket reads
+//!   through a 1 KiB buffer: together about 2.5 KiB per idle connection in the
+//!   transport, plus the hub's session.
+//! * The tasks wake each other for every update. On a multi-threaded runtime
+//!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
+//!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is
+//!   cheaper per delivered update (`benches/results/profile.md`).
 //! * [`tokio::WebSocketServer::stop`] closes every session with
 //!   `ServerShutdown` (a protocol `Close`, then a WebSocket close frame),
 //!   flushes the registry and hands it back, so a new server can start with
@@ -265,8 +276,74 @@ pub(crate) fn max_ws_message(limits: &crate::Limits) -> usize {
 /// leave by default.
 pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Read buffer of every WebSocket. tungstenite's default (128 KiB, zeroed
-/// when allocated) dominated both the memory of an idle connection and the
-/// CPU profile (`memset`) under load (`benches/results/profile.md`); frames
-/// are small, and large ones just take more reads.
+/// Read buffer of every client WebSocket. tungstenite's default (128 KiB,
+/// zeroed when allocated) dominated both the memory of an idle connection and
+/// the CPU profile (`memset`) under load (`benches/results/profile.md`);
+/// frames are small, and large ones just take more reads.
 pub(crate) const WS_READ_BUFFER: usize = 4096;
+
+/// Read buffer of every server-side WebSocket: allocated (and zeroed) for
+/// the life of the connection, so it is a large part of the memory of an
+/// idle connection. Updates are small; a large frame (an upload) just takes
+/// one read per KiB.
+pub(crate) const WS_SERVER_READ_BUFFER: usize = 1024;
+
+/// Largest WebSocket frame the server and the clients write: larger
+/// messages (a document sync, a large upload) go out fragmented, so
+/// tungstenite's buffers, which keep the size of the largest frame written or
+/// read, stay this small.
+pub(crate) const WS_FRAGMENT: usize = 16 * 1024;
+
+/// A binary message as WebSocket frames of at most
+/// [`WS_FRAGMENT`] bytes (a fragmented message, RFC 6455
+/// §5.4, which every WebSocket client reassembles). tungstenite keeps its
+/// write buffer as large as the largest frame it wrote, for the life of the
+/// connection: without this, a connection that received a large document
+/// sync (frames up to `max_frame_len`, 1 MiB) would hold that much while
+/// idle ever after. Clients write the same way, so the server's read buffer
+/// (which grows to the largest frame read) stays small after an upload.
+pub(crate) struct Fragments {
+    data: tungstenite::Bytes,
+    /// Bytes already handed out.
+    at: usize,
+}
+
+impl Fragments {
+    pub(crate) fn new(data: Vec<u8>) -> Self {
+        Fragments {
+            data: data.into(),
+            at: 0,
+        }
+    }
+}
+
+impl Iterator for Fragments {
+    type Item = tungstenite::Message;
+
+    fn next(&mut self) -> Option<tungstenite::Message> {
+        use tungstenite::protocol::frame::Frame;
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        let len = self.data.len();
+        if self.at == 0 && len <= WS_FRAGMENT {
+            // One frame; `at` past the end ends the iteration.
+            self.at = usize::MAX;
+            return Some(tungstenite::Message::Binary(std::mem::take(&mut self.data)));
+        }
+        if self.at >= len {
+            return None;
+        }
+        let end = len.min(self.at + WS_FRAGMENT);
+        let opcode = OpCode::Data(if self.at == 0 {
+            Data::Binary
+        } else {
+            Data::Continue
+        });
+        let part = self.data.slice(self.at..end);
+        self.at = end;
+        Some(tungstenite::Message::Frame(Frame::message(
+            part,
+            opcode,
+            end == len,
+        )))
+    }
+}

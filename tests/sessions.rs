@@ -338,6 +338,57 @@ fn large_initial_sync_is_chunked_within_frame_limits() {
 }
 
 #[test]
+fn clients_joining_together_share_one_sync_payload() {
+    let config = ServerConfig {
+        limits: crdt_socket_sync::Limits {
+            max_frame_len: 4096,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut n = Net::new(config, AllowAll);
+    n.record = false;
+    for i in 0..2000 {
+        n.server_reg
+            .open("big")
+            .unwrap()
+            .edit(format!("line {i}\n").as_bytes());
+    }
+    // Four fresh clients open the document in the same instant: one
+    // payload is computed and cached, the others reuse it.
+    for p in ["a", "b", "c", "d"] {
+        let i = n.add_client(client_config(p));
+        n.open(i, "big");
+    }
+    for i in 0..4 {
+        let c = &mut n.clients[i];
+        c.conn = Some(n.hub.accept(n.now));
+        c.session.connect(n.now);
+    }
+    n.run();
+    let server = n.server_text("big");
+    for i in 0..4 {
+        assert_eq!(n.text(i, "big"), server);
+    }
+    // What one joiner needs: everything, from the empty version.
+    let one = {
+        use crdt_socket_sync::document::Document;
+        n.server_reg
+            .get("big")
+            .unwrap()
+            .delta_since(&[])
+            .unwrap()
+            .len()
+    };
+    assert!(one > 4096, "the sync spans many frames");
+    assert_eq!(
+        n.hub.transfer_cache_bytes(),
+        one,
+        "one payload cached for all four"
+    );
+}
+
+#[test]
 fn offline_edits_reach_the_server_after_reconnect() {
     let mut n = net();
     n.add_client(client_config("a"));

@@ -15,6 +15,10 @@ pub(crate) struct CachedTransfer {
     pub(crate) payload: Arc<Vec<u8>>,
     /// The server's version when the payload was computed.
     pub(crate) version: Vec<u8>,
+    /// The client version it was computed from: another client asking for
+    /// the same document from the same version while the server is at the
+    /// same version gets this payload too.
+    pub(crate) from: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +55,23 @@ impl TransferCache {
         self.entries.insert(id, t);
     }
 
+    /// A cached payload for `doc` from client version `from` at server
+    /// version `version`, with its transfer id. Many clients joining at once
+    /// then share one payload (a 20 MB snapshot is computed and held once,
+    /// not once per joiner). The cache holds few entries (each over a chunk,
+    /// within `max_transfer_cache_bytes`), so a scan is cheap.
+    pub(crate) fn find(
+        &self,
+        doc: DocId,
+        from: &[u8],
+        version: &[u8],
+    ) -> Option<(u64, &CachedTransfer)> {
+        self.entries
+            .iter()
+            .find(|(_, t)| t.doc == doc && t.from == from && t.version == version)
+            .map(|(id, t)| (*id, t))
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<&CachedTransfer> {
         self.entries.get(&id)
     }
@@ -70,6 +91,7 @@ mod tests {
             kind: SyncKind::Delta,
             payload: Arc::new(vec![0; len]),
             version: Vec::new(),
+            from: Vec::new(),
         }
     }
 

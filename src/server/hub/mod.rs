@@ -1054,18 +1054,28 @@ impl<A: Authorizer> Hub<A> {
         let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
         };
-        let (kind, payload) = match d.delta_since(version) {
-            Ok(delta) => (SyncKind::Delta, delta),
-            Err(_) => (SyncKind::Snapshot, d.snapshot()),
-        };
         let server_version = d.version();
-        let id = self.rng.next_u64();
+        // Clients joining together from the same version share one payload
+        // (and its transfer id, so any of them can resume it).
+        let shared = self
+            .transfers
+            .find(doc, version, &server_version)
+            .map(|(id, t)| (id, t.kind, Arc::clone(&t.payload)));
+        let (id, kind, payload, fresh) = match shared {
+            Some((id, kind, payload)) => (id, kind, payload, false),
+            None => {
+                let (kind, payload) = match d.delta_since(version) {
+                    Ok(delta) => (SyncKind::Delta, delta),
+                    Err(_) => (SyncKind::Snapshot, d.snapshot()),
+                };
+                (self.rng.next_u64(), kind, Arc::new(payload), true)
+            }
+        };
         let bytes = payload.len();
-        let payload = Arc::new(payload);
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if payload.len() > s.outbound.max_chunk() {
+        if fresh && payload.len() > s.outbound.max_chunk() {
             self.transfers.insert(
                 id,
                 CachedTransfer {
@@ -1073,6 +1083,7 @@ impl<A: Authorizer> Hub<A> {
                     kind,
                     payload: Arc::clone(&payload),
                     version: server_version.clone(),
+                    from: version.to_vec(),
                 },
             );
         }

@@ -30,6 +30,10 @@ use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::store::SqliteRegistry;
 use crdt_socket_sync::testing::OpLog;
 
+#[path = "common/crash.rs"]
+mod crash_kit;
+use crash_kit::Rng;
+
 const DOC: &str = "crash";
 const CLIENTS: usize = 4;
 
@@ -177,33 +181,9 @@ fn client_thread(i: usize, shared: Arc<Shared>) {
     }
 }
 
-/// The server binary: `CSS_CRASH_SERVER`, or the example next to this test
-/// (built, or checked up to date, by cargo).
+/// The server binary: `CSS_CRASH_SERVER`, or the example next to this test.
 fn server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CSS_CRASH_SERVER") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join("durable_tcp_server");
-    // Always ask cargo (a no-op when up to date): a stale binary would test
-    // old code.
-    {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--example",
-                "durable_tcp_server",
-                "--features",
-                "sqlite",
-            ])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the crash-test server failed");
-    }
-    assert!(bin.exists(), "no server binary at {}", bin.display());
-    bin
+    crash_kit::example_binary("CSS_CRASH_SERVER", "durable_tcp_server", "sqlite")
 }
 
 fn start_server(bin: &Path, data: &Path) -> (Child, SocketAddr) {
@@ -244,38 +224,12 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn durable_acks_survive_kill_9() {
-    let kills: u32 = std::env::var("CSS_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seed: u64 = std::env::var("CSS_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash test: {kills} kills, CSS_CRASH_SEED={seed}");
+    let (kills, seed) = crash_kit::settings("crash test");
     let mut rng = Rng(seed);
     let bin = server_binary();
-    let dir = std::env::temp_dir().join(format!("css-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crash_kit::scratch_dir("css-crash");
     let data = dir.join("docs.sqlite");
 
     let (mut server, addr) = start_server(&bin, &data);

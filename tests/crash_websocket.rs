@@ -37,6 +37,10 @@ use crdt_socket_sync::transport::tokio::connect;
 use crdt_socket_sync::transport::{ClientEvents, ClientOptions, WebSocketClient};
 use yrs::{Array, ReadTxn, Transact};
 
+#[path = "common/crash.rs"]
+mod crash_kit;
+use crash_kit::Rng;
+
 type Reg = MemoryRegistry<YrsDocument>;
 type Client = WebSocketClient<Reg>;
 
@@ -92,22 +96,7 @@ fn features() -> String {
 }
 
 fn server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CSS_CRASH_WS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("examples").join("server");
-    // Always ask cargo (a no-op when up to date): a stale binary would test
-    // old code.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--example", "server", "--features", &features()])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the server example failed");
-    assert!(bin.exists(), "no server binary at {}", bin.display());
-    bin
+    crash_kit::example_binary("CSS_CRASH_WS_SERVER", "server", &features())
 }
 
 /// Starts the server and waits until it serves. Its output is drained by a
@@ -222,38 +211,12 @@ where
     f().await
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_acks_survive_kill_9_of_the_websocket_server() {
-    let kills: u32 = std::env::var("CSS_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seed: u64 = std::env::var("CSS_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("WebSocket crash test: {kills} kills, CSS_CRASH_SEED={seed}");
+    let (kills, seed) = crash_kit::settings("WebSocket crash test");
     let mut rng = Rng(seed);
     let bin = tokio::task::spawn_blocking(server_binary).await.unwrap();
-    let dir = std::env::temp_dir().join(format!("css-crash-ws-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crash_kit::scratch_dir("css-crash-ws");
     let port = free_port();
     let url = format!("ws://127.0.0.1:{port}");
 

@@ -231,7 +231,9 @@ impl Outbound {
         }
     }
 
-    /// Builds the next frame from the front of the queue.
+    /// Builds the next frame from the front of the queue (the tests' way;
+    /// sessions use [`Outbound::poll_frame_into`]).
+    #[cfg(test)]
     pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         self.poll_frame_into(&mut out).then_some(out)

@@ -306,8 +306,9 @@ fn snapshot_is_sent_when_no_delta_is_computable() {
     assert_eq!(n.text(0, "doc"), n.server_text("doc"));
 }
 
-#[test]
-fn large_initial_sync_is_chunked_within_frame_limits() {
+/// A hub with 4 KiB frames whose document "big" holds 2,000 lines, so a
+/// sync of it spans many frames.
+fn big_document_net() -> Net<AllowAll> {
     let config = ServerConfig {
         limits: crdt_socket_sync::Limits {
             max_frame_len: 4096,
@@ -317,13 +318,19 @@ fn large_initial_sync_is_chunked_within_frame_limits() {
     };
     let mut n = Net::new(config, AllowAll);
     n.record = false;
-    n.add_client(client_config("a"));
     for i in 0..2000 {
         n.server_reg
             .open("big")
             .unwrap()
             .edit(format!("line {i}\n").as_bytes());
     }
+    n
+}
+
+#[test]
+fn large_initial_sync_is_chunked_within_frame_limits() {
+    let mut n = big_document_net();
+    n.add_client(client_config("a"));
     n.open(0, "big");
     n.connect(0);
     assert_eq!(n.text(0, "big"), n.server_text("big"));
@@ -339,21 +346,7 @@ fn large_initial_sync_is_chunked_within_frame_limits() {
 
 #[test]
 fn clients_joining_together_share_one_sync_payload() {
-    let config = ServerConfig {
-        limits: crdt_socket_sync::Limits {
-            max_frame_len: 4096,
-            ..Default::default()
-        },
-        ..ServerConfig::default()
-    };
-    let mut n = Net::new(config, AllowAll);
-    n.record = false;
-    for i in 0..2000 {
-        n.server_reg
-            .open("big")
-            .unwrap()
-            .edit(format!("line {i}\n").as_bytes());
-    }
+    let mut n = big_document_net();
     // Four fresh clients open the document in the same instant: one
     // payload is computed and cached, the others reuse it.
     for p in ["a", "b", "c", "d"] {

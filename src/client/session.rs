@@ -1385,10 +1385,8 @@ impl ClientSession {
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let frame = self.outbound.poll_frame()?;
-        self.stats.frames_out += 1;
-        self.stats.bytes_out += frame.len() as u64;
-        Some(frame)
+        let mut frame = Vec::new();
+        self.poll_transmit_into(&mut frame).then_some(frame)
     }
 
     /// Like [`ClientSession::poll_transmit`], but appends the frame to

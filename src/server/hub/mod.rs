@@ -435,14 +435,9 @@ impl<A: Authorizer> Hub<A> {
 
     /// The next frame to send, with its connection.
     pub fn poll_transmit(&mut self) -> Option<(ConnId, Vec<u8>)> {
-        loop {
-            let conn = self.marks.first_ready(&mut self.sessions)?;
-            let s = self.sessions.get_mut(&conn)?;
-            if let Some(frame) = s.poll_frame() {
-                self.marks.sent_from_first(s);
-                return Some((conn, frame));
-            }
-        }
+        let mut frame = Vec::new();
+        let conn = self.poll_transmit_into(&mut frame)?;
+        Some((conn, frame))
     }
 
     /// Like [`Hub::poll_transmit`], but appends the frame to `buf` (which
@@ -1359,7 +1354,9 @@ impl<A: Authorizer> Hub<A> {
             if sub.lagging.is_some() {
                 continue;
             }
-            let len = shared.as_ref().map_or(data.len() + 8, |e| e.len());
+            let len = shared
+                .as_ref()
+                .map_or_else(|| crate::wire::hot::broadcast_len(doc, data), |e| e.len());
             if queued + len > high
                 && let Some(v) = pre_version
             {

@@ -11,7 +11,7 @@ mod common;
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use common::{OpLog, client_config, client_registry};
+use common::{OpLog, client_config, client_registry, joining_client};
 use crdt_socket_sync::Limits;
 use crdt_socket_sync::client::{ClientEvent, ClientSession};
 use crdt_socket_sync::registry::{
@@ -132,11 +132,7 @@ impl Rig {
             events: Vec::new(),
         };
         for i in 0..clients {
-            let mut session = ClientSession::new(client_config(&format!("c{i}")), now);
-            let conn = rig.hub.accept(now);
-            session.connect(now);
-            let mut reg = client_registry(i as u32 + 1);
-            session.open(&mut reg, DOC, now).unwrap();
+            let (session, reg, conn) = joining_client(&mut rig.hub, i, DOC, now);
             rig.peers.push(Peer {
                 session,
                 reg,

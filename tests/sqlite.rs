@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{OpLog, client_config, client_registry};
+use common::{OpLog, joining_client};
 use crdt_socket_sync::client::{ClientEvent, ClientSession};
 use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::{MemoryRegistry, Registry, RegistryError};
@@ -119,11 +119,7 @@ impl Rig {
             acks0: Vec::new(),
         };
         for i in 0..clients {
-            let mut session = ClientSession::new(client_config(&format!("c{i}")), now);
-            let conn = rig.hub.accept(now);
-            session.connect(now);
-            let mut reg = client_registry(i as u32 + 1);
-            session.open(&mut reg, DOC, now).unwrap();
+            let (session, reg, conn) = joining_client(&mut rig.hub, i, DOC, now);
             rig.peers.push(Peer {
                 session,
                 reg,

@@ -343,3 +343,19 @@ pub fn drain_client(c: &mut ClientSession) -> (Vec<Vec<u8>>, Vec<ClientEvent>, O
 }
 
 use crdt_socket_sync::registry::Registry as _;
+
+/// Client `i` (peer `c{i}`, client id `i + 1`) accepted by `hub`, with its
+/// handshake and the opening of `doc` queued (nothing delivered yet).
+pub fn joining_client<A: Authorizer>(
+    hub: &mut Hub<A>,
+    i: usize,
+    doc: &str,
+    now: Instant,
+) -> (ClientSession, Reg, ConnId) {
+    let mut session = ClientSession::new(client_config(&format!("c{i}")), now);
+    let conn = hub.accept(now);
+    session.connect(now);
+    let mut reg = client_registry(i as u32 + 1);
+    session.open(&mut reg, doc, now).unwrap();
+    (session, reg, conn)
+}

@@ -32,7 +32,7 @@ use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession, Status}
 use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::server::{AllowAll, ConnId, Hub, ServerConfig, ServerEvent};
-use nonblocking::{Conn, flush_nonblocking};
+use nonblocking::{Conn, flush_all, flush_nonblocking};
 
 /// The shared document's name.
 const DOC: &str = "notes";
@@ -312,16 +312,7 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>) -> io::Result<(String, Ve
         }
 
         // Output; a closed session whose Close frame is out is dropped.
-        let mut dead = Vec::new();
-        for (id, c) in conns.iter_mut() {
-            match flush_nonblocking(c) {
-                Ok(p) => progressed |= p,
-                Err(_) => dead.push(*id),
-            }
-            if c.unsent.is_empty() && hub.is_closed(*id) {
-                dead.push(*id);
-            }
-        }
+        let dead = flush_all(&mut conns, |id| hub.is_closed(id), &mut progressed);
         for id in dead {
             conns.remove(&id);
             hub.connection_lost(id, Instant::now());

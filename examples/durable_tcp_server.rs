@@ -38,7 +38,7 @@ use crdt_socket_sync::Framing;
 use crdt_socket_sync::server::{AllowAll, ConnId, Hub, ServerConfig, ServerEvent};
 use crdt_socket_sync::store::{SqliteConfig, SqliteRegistry};
 use crdt_socket_sync::testing::OpLog;
-use nonblocking::{Conn, flush_nonblocking};
+use nonblocking::{Conn, flush_all};
 
 /// Documents nobody subscribes to are unloaded after this long unused.
 const IDLE_UNLOAD: Duration = Duration::from_secs(60);
@@ -181,16 +181,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             registry.unload_idle(now, IDLE_UNLOAD, |name| hub.subscribers(name) > 0);
         }
 
-        let mut dead = Vec::new();
-        for (id, c) in conns.iter_mut() {
-            match flush_nonblocking(c) {
-                Ok(p) => progressed |= p,
-                Err(_) => dead.push(*id),
-            }
-            if c.unsent.is_empty() && hub.is_closed(*id) {
-                dead.push(*id);
-            }
-        }
+        let dead = flush_all(&mut conns, |id| hub.is_closed(id), &mut progressed);
         for id in dead {
             conns.remove(&id);
             hub.connection_lost(id, now);

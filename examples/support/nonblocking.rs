@@ -28,3 +28,24 @@ pub fn flush_nonblocking(conn: &mut Conn) -> io::Result<bool> {
     }
     Ok(progressed)
 }
+
+/// Flushes every connection; returns those to drop: write errors, and
+/// closed sessions whose last bytes (the Close frame) are out. Sets
+/// `progressed` when anything was written.
+pub fn flush_all<K: Copy + Ord>(
+    conns: &mut std::collections::BTreeMap<K, Conn>,
+    is_closed: impl Fn(K) -> bool,
+    progressed: &mut bool,
+) -> Vec<K> {
+    let mut dead = Vec::new();
+    for (id, c) in conns.iter_mut() {
+        match flush_nonblocking(c) {
+            Ok(p) => *progressed |= p,
+            Err(_) => dead.push(*id),
+        }
+        if c.unsent.is_empty() && is_closed(*id) {
+            dead.push(*id);
+        }
+    }
+    dead
+}

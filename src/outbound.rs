@@ -149,6 +149,15 @@ impl Outbound {
         })
     }
 
+    /// Queues `Message::Ack { doc, applied, durable }` (a control message:
+    /// always queued), encoded without building the message.
+    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64) {
+        let size = hot::ack_len(doc, applied, durable);
+        let _ = self.push_with(size, Priority::Control, |out| {
+            hot::encode_ack(doc, applied, durable, out)
+        });
+    }
+
     /// Queues a message of `size` encoded bytes that `encode` appends.
     fn push_with(
         &mut self,

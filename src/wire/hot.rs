@@ -45,7 +45,7 @@ pub(crate) fn encoded_len(m: &Message) -> Option<usize> {
             doc,
             applied,
             durable,
-        } => 1 + varint_len(doc.0.into()) + varint_len(*applied) + varint_len(*durable),
+        } => ack_len(*doc, *applied, *durable),
         Message::Ping { t } => 1 + varint_len(*t),
         Message::Pong { echo } => 1 + varint_len(*echo),
         _ => return None,
@@ -68,12 +68,7 @@ pub(crate) fn encode(m: &Message, out: &mut Vec<u8>) -> bool {
             doc,
             applied,
             durable,
-        } => {
-            out.push(ACK);
-            put_varint(out, doc.0.into());
-            put_varint(out, *applied);
-            put_varint(out, *durable);
-        }
+        } => encode_ack(*doc, *applied, *durable, out),
         Message::Ping { t } => {
             out.push(PING);
             put_varint(out, *t);
@@ -99,6 +94,20 @@ pub(crate) fn encode_broadcast(doc: DocId, data: &[u8], out: &mut Vec<u8>) {
 /// The encoded size of `Message::Broadcast { doc, data }`.
 pub(crate) fn broadcast_len(doc: DocId, data: &[u8]) -> usize {
     1 + varint_len(doc.0.into()) + varint_len(data.len() as u64) + data.len()
+}
+
+/// Appends `Message::Ack { doc, applied, durable }` without building the
+/// message.
+pub(crate) fn encode_ack(doc: DocId, applied: u64, durable: u64, out: &mut Vec<u8>) {
+    out.push(ACK);
+    put_varint(out, doc.0.into());
+    put_varint(out, applied);
+    put_varint(out, durable);
+}
+
+/// The encoded size of `Message::Ack { doc, applied, durable }`.
+pub(crate) fn ack_len(doc: DocId, applied: u64, durable: u64) -> usize {
+    1 + varint_len(doc.0.into()) + varint_len(applied) + varint_len(durable)
 }
 
 /// A body that is exactly one `Update`, borrowed: `(doc, seq, data)`.

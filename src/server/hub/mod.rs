@@ -137,6 +137,20 @@ struct InFlight {
 }
 
 /// Keeps one entry per (session, document): the highest sequence number.
+/// What [`Hub::settle_batch`] needs to know about a batch just applied.
+struct Settled {
+    /// The document's version before the batch, when a subscriber switches
+    /// to a catch-up from it.
+    pre_version: Option<Vec<u8>>,
+    /// The version after the batch, when updates are held for missing
+    /// dependencies (sent in an `OutOfSync`).
+    server_version: Option<Vec<u8>>,
+    /// The batch grew the held bytes past the limit.
+    over_pending: bool,
+    /// The highest sequence number in the batch.
+    last_seq: u64,
+}
+
 fn dedup_acks(acks: &mut Vec<(ConnId, DocId, u64)>) {
     acks.sort_unstable_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
     acks.dedup_by_key(|a| (a.0, a.1));
@@ -308,7 +322,7 @@ impl<A: Authorizer> Hub<A> {
             && let Some((doc, seq, data)) = session.feed_single_update(bytes)
         {
             self.scratch = msgs;
-            self.apply_batch(conn, doc, &[(seq, data)], registry);
+            self.apply_one(conn, doc, seq, data, registry);
             return;
         }
         let fed = session.feed(bytes, &mut msgs);
@@ -1155,6 +1169,8 @@ impl<A: Authorizer> Hub<A> {
         updates: &mut Vec<(u64, Bytes)>,
         registry: &mut R,
     ) {
+        // The general path (`apply_one` is the message-framing shortcut's;
+        // tests/properties.rs compares the two).
         if let [(seq, data)] = updates.as_slice() {
             self.apply_batch(conn, doc, &[(*seq, data.as_ref())], registry);
         } else {
@@ -1237,6 +1253,145 @@ impl<A: Authorizer> Hub<A> {
         // client re-syncs on reconnect); others go on.
         let held = d.pending_bytes();
         let over_pending = held > held_before && held > self.config.limits.max_pending_bytes;
+        self.settle_batch(
+            conn,
+            doc,
+            name,
+            updates,
+            &mut outcomes,
+            Settled {
+                pre_version,
+                server_version,
+                over_pending,
+                last_seq,
+            },
+            registry,
+        );
+        self.outcomes = outcomes;
+    }
+
+    /// The usual update of a live connection, with as little code as
+    /// possible: one update, to a document the session may write, no
+    /// subscriber near its high-water mark, nothing held for missing
+    /// dependencies, applied cleanly. Anything else goes the general way
+    /// ([`Hub::apply_batch`], or [`Hub::settle_batch`] once applied).
+    ///
+    /// Why a second path: next to a real CRDT, whose own code evicts ours
+    /// from the instruction cache between updates, every instruction here
+    /// is fetched cold, so the cost is in the code executed, not only in the
+    /// work done (`benches/apply_path.rs`).
+    fn apply_one<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        seq: u64,
+        data: &[u8],
+        registry: &mut R,
+    ) {
+        let Some(entry) = self.docs.get(doc.0 as usize) else {
+            return self.apply_batch(conn, doc, &[(seq, data)], registry);
+        };
+        // The same test as `apply_batch`'s catch-up check, for everyone.
+        let high = self.high_water();
+        let incoming = data.len() + 16;
+        let near_high = entry.subscribers.iter().any(|c| {
+            *c != conn
+                && self
+                    .sessions
+                    .get(c)
+                    .is_some_and(|s| s.outbound.bytes() + incoming > high)
+        });
+        let usual = !near_high
+            && self
+                .sessions
+                .get(&conn)
+                .and_then(|s| s.docs.get(&doc))
+                .is_some_and(|sub| sub.access == Access::ReadWrite);
+        let d = match registry.get(&entry.name) {
+            Some(d) if usual && d.pending_bytes() == 0 => d,
+            _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
+        };
+        let outcome = d.apply(data);
+        let name = Arc::clone(&entry.name);
+        if !matches!(outcome, ApplyOutcome::Applied) || d.pending_bytes() != 0 {
+            // Held, duplicate or invalid: the general bookkeeping.
+            let server_version =
+                matches!(outcome, ApplyOutcome::Pending { .. }).then(|| d.version());
+            let over_pending = d.pending_bytes() > self.config.limits.max_pending_bytes;
+            if let Some(sub) = self.sub_mut(conn, doc) {
+                sub.last_seq = sub.last_seq.max(seq);
+            }
+            let mut outcomes = std::mem::take(&mut self.outcomes);
+            outcomes.clear();
+            outcomes.push(outcome);
+            self.settle_batch(
+                conn,
+                doc,
+                name,
+                &[(seq, data)],
+                &mut outcomes,
+                Settled {
+                    pre_version: None,
+                    server_version,
+                    over_pending,
+                    last_seq: seq,
+                },
+                registry,
+            );
+            self.outcomes = outcomes;
+            return;
+        }
+        let stored = registry.update_applied(&name, data);
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.stats.updates_applied += 1;
+            if let Some(sub) = s.docs.get_mut(&doc) {
+                sub.last_seq = sub.last_seq.max(seq);
+                sub.out_of_sync_sent = None;
+            }
+        }
+        self.fan_out(conn, doc, data, None);
+        if let Err(e) = stored {
+            self.doc_error(
+                conn,
+                Some(doc),
+                Some(seq),
+                ErrorCode::Storage,
+                e.to_string(),
+            );
+        }
+        if !self.acks_due.contains(&(conn, doc)) {
+            self.acks_due.push((conn, doc));
+        }
+        self.events.push_back(ServerEvent::UpdatesApplied {
+            conn,
+            name,
+            last_seq: seq,
+            applied: 1,
+            duplicates: 0,
+            pending: 0,
+        });
+    }
+
+    /// What follows applying `updates` (with `outcomes`, one each, drained
+    /// here): storage, fan-out, errors for the rejected ones, `OutOfSync`
+    /// for a gap, the ack and the event.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_batch<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        doc: DocId,
+        name: Arc<str>,
+        updates: &[(u64, &[u8])],
+        outcomes: &mut Vec<ApplyOutcome>,
+        settled: Settled,
+        registry: &mut R,
+    ) {
+        let Settled {
+            pre_version,
+            server_version,
+            over_pending,
+            last_seq,
+        } = settled;
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
         let mut rejected = Vec::new();
         let mut storage_error = None;
@@ -1257,7 +1412,6 @@ impl<A: Authorizer> Hub<A> {
                 ApplyOutcome::Invalid(e) => rejected.push((seq, e)),
             }
         }
-        self.outcomes = outcomes;
         for (seq, e) in rejected {
             self.doc_error(
                 conn,
@@ -1539,12 +1693,8 @@ impl<A: Authorizer> Hub<A> {
             if pending.is_some() && sub.last_seq > sub.durable_seq {
                 waiting.push((conn, doc, sub.last_seq));
             }
-            let ack = Message::Ack {
-                doc,
-                applied: sub.last_seq,
-                durable: sub.durable_seq,
-            };
-            s.send(&ack);
+            let (applied, durable) = (sub.last_seq, sub.durable_seq);
+            s.outbound.push_ack(doc, applied, durable);
             self.marks.ready(s);
         }
         self.acks_due = due;

@@ -94,7 +94,15 @@ impl Subscriptions {
     pub(crate) fn insert(&mut self, doc: DocId, sub: Subscription) {
         match self.find(&doc) {
             Ok(i) => self.0[i].1 = sub,
-            Err(i) => self.0.insert(i, (doc, sub)),
+            Err(i) => {
+                // The first few grow one entry at a time: `Vec`'s first
+                // growth makes room for four (384 bytes), and most sessions
+                // hold one or two.
+                if self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (doc, sub))
+            }
         }
     }
 
@@ -367,6 +375,7 @@ impl ServerSession {
         if !self.transfers.is_empty() {
             self.pump_transfers();
         }
+        self.outbound.release_drained();
         true
     }
 
@@ -384,5 +393,55 @@ impl core::fmt::Debug for ServerSession {
             .field("docs", &self.docs.len())
             .field("queued_bytes", &self.outbound.bytes())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub() -> Subscription {
+        Subscription {
+            access: Access::ReadWrite,
+            last_seq: 0,
+            durable_seq: 0,
+            synced: false,
+            client_version: None,
+            out_of_sync_sent: None,
+            lagging: None,
+        }
+    }
+
+    /// A session whose queue drained keeps no room for messages.
+    #[test]
+    fn a_drained_session_keeps_no_queue() {
+        let config = ServerConfig::default();
+        let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
+        for t in 0..3 {
+            s.send(&Message::Ping { t });
+        }
+        assert!(s.outbound.capacity() > 0);
+        while s.poll_frame().is_some() {}
+        assert_eq!(s.outbound.capacity(), 0);
+    }
+
+    /// Most sessions hold one or two documents: no room is kept for more
+    /// (an idle connection's memory, workload C of the comparison).
+    #[test]
+    fn subscriptions_keep_no_spare_room() {
+        let mut subs = Subscriptions::default();
+        for (n, doc) in [3, 1, 2].into_iter().enumerate() {
+            subs.insert(DocId(doc), sub());
+            assert_eq!(subs.0.capacity(), n + 1);
+        }
+        assert_eq!(subs.keys().map(|d| d.0).collect::<Vec<_>>(), [1, 2, 3]);
+        for doc in 4..40 {
+            subs.insert(DocId(doc), sub());
+        }
+        assert_eq!(subs.len(), 39);
+        for doc in 1..40 {
+            assert!(subs.remove(&DocId(doc)).is_some());
+        }
+        assert_eq!(subs.0.capacity(), 0);
     }
 }

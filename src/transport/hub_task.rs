@@ -581,7 +581,6 @@ impl<R: Registry + Send + 'static> HubService<R> {
             events: ev_tx,
             stats: HubStats::default(),
             options: Arc::clone(&options),
-            peaks: BTreeMap::new(),
             closing: false,
             dirty: BTreeSet::new(),
             visit: Vec::new(),
@@ -677,6 +676,9 @@ struct ConnState {
     close_sent: bool,
     close: Option<(u16, String)>,
     paused: bool,
+    /// The highest number of bytes seen queued in the hub for it (kept here
+    /// rather than in a map of its own: one map node less per connection).
+    peak_queued: usize,
 }
 
 impl Drop for ConnState {
@@ -694,7 +696,6 @@ struct HubTask<R, A> {
     events: mpsc::Sender<TransportEvent>,
     stats: HubStats,
     options: Arc<ServerOptions>,
-    peaks: BTreeMap<ConnId, usize>,
     /// `stop` was asked: new connections are refused.
     closing: bool,
     /// Connections to visit after this batch: those the hub touched and
@@ -818,6 +819,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                         close_sent: false,
                         close: None,
                         paused: false,
+                        peak_queued: 0,
                     },
                 );
                 let _ = reply.send(conn);
@@ -839,7 +841,6 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
             HubInput::Lost(conn) => {
                 self.hub.connection_lost(conn, now);
                 self.conns.remove(&conn);
-                self.peaks.remove(&conn);
                 false
             }
             HubInput::Refused(addr, reason) => {
@@ -876,7 +877,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 ConnStats {
                     conn: *conn,
                     queued_bytes,
-                    peak_queued_bytes: self.peaks.get(conn).copied().unwrap_or(0),
+                    peak_queued_bytes: c.peak_queued,
                     queued_messages,
                     channel_frames: c.shared.outgoing().frames.len(),
                     paused: c.paused,
@@ -903,9 +904,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 continue;
             };
             if let Some(s) = self.hub.session(*conn) {
-                let q = s.queued_bytes();
-                let peak = self.peaks.entry(*conn).or_insert(0);
-                *peak = (*peak).max(q);
+                c.peak_queued = c.peak_queued.max(s.queued_bytes());
             }
             let capacity = self.options.outgoing_capacity.max(1);
             let max_bytes = self.options.outgoing_bytes;

@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use crate::Limits;
-use crate::wire::{DocId, FrameError, Message, MessageDecoder, StreamDecoder};
+use crate::wire::{DocId, FrameError, Message, MessageReader, StreamReader, single_update};
 
 /// How the transport delimits frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,27 +48,28 @@ struct Partial {
 }
 
 enum Decoder {
-    Message(MessageDecoder),
-    Stream(StreamDecoder),
+    Message(MessageReader),
+    /// Boxed: the stream reader is three times the size of the message one,
+    /// which every WebSocket session would otherwise carry.
+    Stream(Box<StreamReader>),
 }
 
-/// A session's receive side.
+/// A session's receive side. The limits are the caller's (passed to each
+/// call), not copied into every session.
 pub(crate) struct Inbound {
     decoder: Decoder,
-    partial: Option<Partial>,
-    max_message_len: u64,
+    partial: Option<Box<Partial>>,
 }
 
 impl Inbound {
-    pub(crate) fn new(framing: Framing, limits: &Limits) -> Self {
+    pub(crate) fn new(framing: Framing) -> Self {
         let decoder = match framing {
-            Framing::Message => Decoder::Message(MessageDecoder::new(*limits)),
-            Framing::Stream => Decoder::Stream(StreamDecoder::new(*limits)),
+            Framing::Message => Decoder::Message(MessageReader::default()),
+            Framing::Stream => Decoder::Stream(Box::default()),
         };
         Inbound {
             decoder,
             partial: None,
-            max_message_len: limits.max_message_len,
         }
     }
 
@@ -83,10 +84,14 @@ impl Inbound {
 
     /// `bytes` as one borrowed `Update` when it is a whole frame holding
     /// just that (message framing only); see
-    /// [`MessageDecoder::single_update`].
-    pub(crate) fn single_update<'a>(&self, bytes: &'a [u8]) -> Option<(DocId, u64, &'a [u8])> {
+    /// [`single_update`].
+    pub(crate) fn single_update<'a>(
+        &self,
+        bytes: &'a [u8],
+        limits: &Limits,
+    ) -> Option<(DocId, u64, &'a [u8])> {
         match &self.decoder {
-            Decoder::Message(d) => d.single_update(bytes),
+            Decoder::Message(_) => single_update(bytes, limits),
             Decoder::Stream(_) => None,
         }
     }
@@ -101,15 +106,16 @@ impl Inbound {
     pub(crate) fn feed(
         &mut self,
         bytes: &[u8],
+        limits: &Limits,
         out: &mut Vec<Message>,
     ) -> Result<(), InboundError> {
         let start = out.len();
         let decoded = match &mut self.decoder {
-            Decoder::Message(d) => d.decode(bytes, out),
+            Decoder::Message(d) => d.decode(bytes, limits, out),
             Decoder::Stream(d) => {
                 let mut input = bytes;
                 loop {
-                    match d.decode(&mut input, out) {
+                    match d.decode(&mut input, limits, out) {
                         Ok(true) => {}
                         Ok(false) => break Ok(()),
                         Err(e) => break Err(e),
@@ -132,7 +138,7 @@ impl Inbound {
                     } => {
                         if let Some(m) = reassemble(
                             &mut self.partial,
-                            self.max_message_len,
+                            limits.max_message_len,
                             id,
                             offset,
                             total,
@@ -150,7 +156,7 @@ impl Inbound {
 }
 
 fn reassemble(
-    slot: &mut Option<Partial>,
+    slot: &mut Option<Box<Partial>>,
     limit: u64,
     id: u32,
     offset: u64,
@@ -173,11 +179,11 @@ fn reassemble(
             }
             // `total` was checked against the limit above; grow as data comes
             // rather than trusting it for one large reservation.
-            slot.insert(Partial {
+            slot.insert(Box::new(Partial {
                 id,
                 total,
                 data: Vec::new(),
-            })
+            }))
         }
     };
     if offset != partial.data.len() as u64 {

@@ -329,6 +329,21 @@ impl Outbound {
         true
     }
 
+    /// Releases the item queue's allocation once it is empty: a connection
+    /// that went idle keeps no room for messages (the spare buffer stays, so
+    /// the next message still encodes without allocating).
+    pub(crate) fn release_drained(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > 0 {
+            self.items = VecDeque::new();
+        }
+    }
+
+    /// Messages the item queue has room for without growing.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.items.capacity()
+    }
+
     /// Keeps one small buffer for the next message: steady traffic then
     /// encodes without allocating.
     fn recycle(&mut self, body: Body) {
@@ -485,6 +500,20 @@ mod tests {
         q.push(&small, Priority::Data).unwrap();
         q.poll_frame().unwrap();
         assert_eq!(q.scratch.capacity(), kept);
+    }
+
+    #[test]
+    fn a_drained_queue_holds_no_allocation_but_the_spare() {
+        let mut q = Outbound::new(&Limits::default());
+        for t in 0..10 {
+            q.push(&Message::Ping { t }, Priority::Data).unwrap();
+        }
+        q.release_drained();
+        assert!(q.items.capacity() > 0, "not drained yet");
+        while q.poll_frame().is_some() {}
+        q.release_drained();
+        assert_eq!(q.items.capacity(), 0);
+        assert!(q.spare.as_ref().is_some_and(|v| v.capacity() <= SPARE_MAX));
     }
 
     #[test]

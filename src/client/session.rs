@@ -167,7 +167,7 @@ pub struct ClientSession {
 impl ClientSession {
     /// A session with no transport yet.
     pub fn new(config: ClientConfig, now: Instant) -> Self {
-        let inbound = Inbound::new(config.framing, &config.limits);
+        let inbound = Inbound::new(config.framing);
         let outbound = Outbound::new(&config.limits);
         ClientSession {
             phase: Phase::Idle,
@@ -269,7 +269,7 @@ impl ClientSession {
         if matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
             self.lose_connection(CloseCause::TransportLost);
         }
-        self.inbound = Inbound::new(self.config.framing, &self.config.limits);
+        self.inbound = Inbound::new(self.config.framing);
         self.outbound.reset(&self.config.limits);
         self.last_rx = self.now;
         self.next_ping = None;
@@ -511,7 +511,7 @@ impl ClientSession {
         self.last_rx = self.now;
         let mut msgs = std::mem::take(&mut self.scratch);
         msgs.clear();
-        let fed = self.inbound.feed(bytes, &mut msgs);
+        let fed = self.inbound.feed(bytes, &self.config.limits, &mut msgs);
         for msg in msgs.drain(..) {
             if !matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
                 break;

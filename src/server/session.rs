@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::Limits;
 use crate::awareness::RateLimit;
 use crate::close::CloseCause;
 use crate::inbound::{Inbound, InboundError};
@@ -94,7 +95,15 @@ impl Subscriptions {
     pub(crate) fn insert(&mut self, doc: DocId, sub: Subscription) {
         match self.find(&doc) {
             Ok(i) => self.0[i].1 = sub,
-            Err(i) => self.0.insert(i, (doc, sub)),
+            Err(i) => {
+                // The first few grow one entry at a time: `Vec`'s first
+                // growth makes room for four (384 bytes), and most sessions
+                // hold one or two.
+                if self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (doc, sub))
+            }
         }
     }
 
@@ -129,6 +138,12 @@ impl Subscriptions {
     }
 }
 
+/// A session's rate limits ([`ServerSession::rates`]).
+pub(crate) struct Rates {
+    pub(crate) presence: RateLimit,
+    pub(crate) app: RateLimit,
+}
+
 pub(crate) struct Transfer {
     pub(crate) doc: DocId,
     pub(crate) id: u64,
@@ -152,8 +167,9 @@ pub struct ServerSession {
     pub(crate) last_rx: Instant,
     pub(crate) now: Instant,
     pub(crate) stats: SessionStats,
-    pub(crate) presence_rate: RateLimit,
-    pub(crate) app_rate: RateLimit,
+    /// Rate limits of presence and application messages; `None` until the
+    /// first one (see [`ServerSession::rates`]).
+    rates: Option<Box<Rates>>,
     /// Listed in the hub's ready queue ([`super::marks::Marks`]).
     pub(crate) in_ready: bool,
     /// Listed in the hub's touched list.
@@ -170,15 +186,14 @@ impl ServerSession {
             session: SessionId(0),
             identity: None,
             peer: String::new(),
-            inbound: Inbound::new(config.framing, &config.limits),
+            inbound: Inbound::new(config.framing),
             outbound: Outbound::new(&config.limits),
             docs: Subscriptions::default(),
             transfers: VecDeque::new(),
             last_rx: now,
             now,
             stats: SessionStats::default(),
-            presence_rate: RateLimit::new(config.limits.presence_rate, now),
-            app_rate: RateLimit::new(config.limits.app_rate, now),
+            rates: None,
             in_ready: false,
             in_touched: false,
         }
@@ -233,6 +248,19 @@ impl ServerSession {
         self.phase == Phase::Closed
     }
 
+    /// The rate limits of presence and application messages, created full
+    /// at the first such message: exactly what buckets created at accept
+    /// time would hold then (nothing took from them, and they refill only
+    /// up to full), without their 64 bytes on sessions that never send one.
+    pub(crate) fn rates(&mut self, limits: &Limits, now: Instant) -> &mut Rates {
+        self.rates.get_or_insert_with(|| {
+            Box::new(Rates {
+                presence: RateLimit::new(limits.presence_rate, now),
+                app: RateLimit::new(limits.app_rate, now),
+            })
+        })
+    }
+
     /// Advances the session clock; `now` never goes backwards.
     pub(crate) fn tick(&mut self, now: Instant) {
         if now > self.now {
@@ -240,22 +268,25 @@ impl ServerSession {
         }
     }
 
+    /// Decodes `bytes` within `limits` (the hub's: a session keeps no copy).
     pub(crate) fn feed(
         &mut self,
         bytes: &[u8],
+        limits: &Limits,
         out: &mut Vec<Message>,
     ) -> Result<(), InboundError> {
         self.stats.bytes_in += bytes.len() as u64;
         self.last_rx = self.now;
-        self.inbound.feed(bytes, out)
+        self.inbound.feed(bytes, limits, out)
     }
 
     /// [`Inbound::single_update`], counted like [`ServerSession::feed`].
     pub(crate) fn feed_single_update<'a>(
         &mut self,
         bytes: &'a [u8],
+        limits: &Limits,
     ) -> Option<(DocId, u64, &'a [u8])> {
-        let update = self.inbound.single_update(bytes)?;
+        let update = self.inbound.single_update(bytes, limits)?;
         self.stats.bytes_in += bytes.len() as u64;
         self.last_rx = self.now;
         Some(update)
@@ -367,6 +398,7 @@ impl ServerSession {
         if !self.transfers.is_empty() {
             self.pump_transfers();
         }
+        self.outbound.release_drained();
         true
     }
 
@@ -384,5 +416,66 @@ impl core::fmt::Debug for ServerSession {
             .field("docs", &self.docs.len())
             .field("queued_bytes", &self.outbound.bytes())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub() -> Subscription {
+        Subscription {
+            access: Access::ReadWrite,
+            last_seq: 0,
+            durable_seq: 0,
+            synced: false,
+            client_version: None,
+            out_of_sync_sent: None,
+            lagging: None,
+        }
+    }
+
+    /// A session whose queue drained keeps no room for messages.
+    #[test]
+    fn a_drained_session_keeps_no_queue() {
+        let config = ServerConfig::default();
+        let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
+        for t in 0..3 {
+            s.send(&Message::Ping { t });
+        }
+        assert!(s.outbound.capacity() > 0);
+        while s.poll_frame().is_some() {}
+        assert_eq!(s.outbound.capacity(), 0);
+    }
+
+    /// Every session is boxed for the life of its connection: its size is
+    /// memory per idle connection (workload C of the comparison). It was 688
+    /// bytes with a copy of the limits in its decoder and its rate limits
+    /// inline.
+    #[test]
+    fn a_session_stays_small() {
+        let size = std::mem::size_of::<ServerSession>();
+        eprintln!("ServerSession: {size} bytes");
+        assert!(size <= 400, "ServerSession of {size} bytes");
+    }
+
+    /// Most sessions hold one or two documents: no room is kept for more
+    /// (an idle connection's memory, workload C of the comparison).
+    #[test]
+    fn subscriptions_keep_no_spare_room() {
+        let mut subs = Subscriptions::default();
+        for (n, doc) in [3, 1, 2].into_iter().enumerate() {
+            subs.insert(DocId(doc), sub());
+            assert_eq!(subs.0.capacity(), n + 1);
+        }
+        assert_eq!(subs.keys().map(|d| d.0).collect::<Vec<_>>(), [1, 2, 3]);
+        for doc in 4..40 {
+            subs.insert(DocId(doc), sub());
+        }
+        assert_eq!(subs.len(), 39);
+        for doc in 1..40 {
+            assert!(subs.remove(&DocId(doc)).is_some());
+        }
+        assert_eq!(subs.0.capacity(), 0);
     }
 }

@@ -284,9 +284,10 @@ pub(crate) const WS_READ_BUFFER: usize = 4096;
 
 /// Read buffer of every server-side WebSocket: allocated (and zeroed) for
 /// the life of the connection, so it is a large part of the memory of an
-/// idle connection. Updates are small; a large frame (an upload) just takes
-/// one read per KiB.
-pub(crate) const WS_SERVER_READ_BUFFER: usize = 1024;
+/// idle connection (it was 1 KiB, a quarter of it). Updates and acks are a
+/// few dozen bytes; a large frame (an upload) just takes one read per 512
+/// bytes, and tungstenite zeroes no more than that before each read.
+pub(crate) const WS_SERVER_READ_BUFFER: usize = 512;
 
 /// Largest WebSocket frame the server and the clients write: larger
 /// messages (a document sync, a large upload) go out fragmented, so

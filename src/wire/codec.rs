@@ -308,7 +308,7 @@ fn decode_messages(
 #[derive(Debug)]
 pub struct MessageDecoder {
     limits: Limits,
-    reader: FrameReader,
+    reader: MessageReader,
 }
 
 impl MessageDecoder {
@@ -316,14 +316,34 @@ impl MessageDecoder {
     pub fn new(limits: Limits) -> Self {
         MessageDecoder {
             limits,
-            reader: FrameReader::default(),
+            reader: MessageReader::default(),
         }
     }
 
     /// Decodes `frame`, which must be exactly one frame, appending its
     /// messages to `out`. On error nothing is appended.
     pub fn decode(&mut self, frame: &[u8], out: &mut Vec<Message>) -> Result<(), FrameError> {
-        let header = match Header::parse(frame, &self.limits)? {
+        self.reader.decode(frame, &self.limits, out)
+    }
+}
+
+/// A [`MessageDecoder`] without its limits, which the caller passes to each
+/// call: a server keeps one per session, and a copy of the limits in each
+/// would cost an idle connection 136 bytes.
+#[derive(Debug, Default)]
+pub(crate) struct MessageReader {
+    reader: FrameReader,
+}
+
+impl MessageReader {
+    /// [`MessageDecoder::decode`].
+    pub(crate) fn decode(
+        &mut self,
+        frame: &[u8],
+        limits: &Limits,
+        out: &mut Vec<Message>,
+    ) -> Result<(), FrameError> {
+        let header = match Header::parse(frame, limits)? {
             Some(h) => h,
             None => return Err(FrameError::Truncated { needed: 1 }),
         };
@@ -336,25 +356,27 @@ impl MessageDecoder {
         if frame.len() > len {
             return Err(FrameError::TrailingBytes(frame.len() - len));
         }
-        self.reader.read(frame, &header, &self.limits, out)
+        self.reader.read(frame, &header, limits, out)
     }
+}
 
-    /// If `frame` is a valid plain frame carrying exactly one `Update`, its
-    /// `(doc, seq, data)` borrowed from `frame`: the hot path of a server,
-    /// which then needs no allocation to apply and forward it. `None` means
-    /// "decode it with [`MessageDecoder::decode`]" (which also reports any
-    /// error).
-    pub(crate) fn single_update<'a>(&self, frame: &'a [u8]) -> Option<(DocId, u64, &'a [u8])> {
-        let header = Header::parse(frame, &self.limits).ok()??;
-        if header.is_deflated() || header.frame_len() != frame.len() {
-            return None;
-        }
-        let (covered, crc) = frame.split_at(frame.len() - CRC_LEN);
-        if checksum(covered).to_le_bytes() != crc {
-            return None;
-        }
-        hot::single_update(&covered[header.header_len..])
+/// If `frame` is a valid plain frame carrying exactly one `Update`, its
+/// `(doc, seq, data)` borrowed from `frame`: the hot path of a server, which
+/// then needs no allocation to apply and forward it. `None` means "decode it
+/// with [`MessageDecoder::decode`]" (which also reports any error).
+pub(crate) fn single_update<'a>(
+    frame: &'a [u8],
+    limits: &Limits,
+) -> Option<(DocId, u64, &'a [u8])> {
+    let header = Header::parse(frame, limits).ok()??;
+    if header.is_deflated() || header.frame_len() != frame.len() {
+        return None;
     }
+    let (covered, crc) = frame.split_at(frame.len() - CRC_LEN);
+    if checksum(covered).to_le_bytes() != crc {
+        return None;
+    }
+    hot::single_update(&covered[header.header_len..])
 }
 
 /// Decodes frames from a byte stream, however it is split.
@@ -384,9 +406,7 @@ impl MessageDecoder {
 #[derive(Debug)]
 pub struct StreamDecoder {
     limits: Limits,
-    reader: FrameReader,
-    partial: Vec<u8>,
-    header: Option<Header>,
+    reader: StreamReader,
 }
 
 impl StreamDecoder {
@@ -394,15 +414,13 @@ impl StreamDecoder {
     pub fn new(limits: Limits) -> Self {
         StreamDecoder {
             limits,
-            reader: FrameReader::default(),
-            partial: Vec::new(),
-            header: None,
+            reader: StreamReader::default(),
         }
     }
 
     /// Bytes of an incomplete frame currently buffered.
     pub fn buffered(&self) -> usize {
-        self.partial.len()
+        self.reader.buffered()
     }
 
     /// Consumes bytes from `input` until one frame is complete, decodes it
@@ -414,7 +432,33 @@ impl StreamDecoder {
         input: &mut &[u8],
         out: &mut Vec<Message>,
     ) -> Result<bool, FrameError> {
-        let result = self.decode_inner(input, out);
+        self.reader.decode(input, &self.limits, out)
+    }
+}
+
+/// A [`StreamDecoder`] without its limits, which the caller passes to each
+/// call (see [`MessageReader`]).
+#[derive(Debug, Default)]
+pub(crate) struct StreamReader {
+    reader: FrameReader,
+    partial: Vec<u8>,
+    header: Option<Header>,
+}
+
+impl StreamReader {
+    /// [`StreamDecoder::buffered`].
+    pub(crate) fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// [`StreamDecoder::decode`].
+    pub(crate) fn decode(
+        &mut self,
+        input: &mut &[u8],
+        limits: &Limits,
+        out: &mut Vec<Message>,
+    ) -> Result<bool, FrameError> {
+        let result = self.decode_inner(input, limits, out);
         if result.is_err() {
             self.partial = Vec::new();
             self.header = None;
@@ -425,17 +469,18 @@ impl StreamDecoder {
     fn decode_inner(
         &mut self,
         input: &mut &[u8],
+        limits: &Limits,
         out: &mut Vec<Message>,
     ) -> Result<bool, FrameError> {
         // Fast path: a whole frame at the front of the input, nothing buffered.
         if self.partial.is_empty()
-            && let Some(header) = Header::parse(input, &self.limits)?
+            && let Some(header) = Header::parse(input, limits)?
         {
             let len = header.frame_len();
             if input.len() >= len {
                 let (frame, rest) = input.split_at(len);
                 *input = rest;
-                self.reader.read(frame, &header, &self.limits, out)?;
+                self.reader.read(frame, &header, limits, out)?;
                 return Ok(true);
             }
         }
@@ -446,7 +491,7 @@ impl StreamDecoder {
             };
             self.partial.push(byte);
             *input = rest;
-            if let Some(header) = Header::parse(&self.partial, &self.limits)? {
+            if let Some(header) = Header::parse(&self.partial, limits)? {
                 self.partial
                     .reserve_exact(header.frame_len() - self.partial.len());
                 self.header = Some(header);
@@ -464,7 +509,7 @@ impl StreamDecoder {
         }
         self.header = None;
         let frame = core::mem::take(&mut self.partial);
-        let result = self.reader.read(&frame, &header, &self.limits, out);
+        let result = self.reader.read(&frame, &header, limits, out);
         // Keep the allocation for the next partial frame unless it was large.
         if frame.capacity() <= KEEP_BUFFER_CAPACITY {
             self.partial = frame;

@@ -12,10 +12,10 @@ pub mod frame;
 pub(crate) mod hot;
 mod message;
 
-pub(crate) use codec::message_len;
 pub use codec::{
     DEFAULT_COMPRESS_THRESHOLD, Encoder, MessageDecoder, StreamDecoder, encode_message,
 };
+pub(crate) use codec::{MessageReader, StreamReader, message_len, single_update};
 pub use error::{EncodeError, FrameError};
 pub use message::{
     Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PeerLimits,

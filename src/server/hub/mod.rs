@@ -319,13 +319,13 @@ impl<A: Authorizer> Hub<A> {
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
         if session.phase == Phase::Active
-            && let Some((doc, seq, data)) = session.feed_single_update(bytes)
+            && let Some((doc, seq, data)) = session.feed_single_update(bytes, &self.config.limits)
         {
             self.scratch = msgs;
             self.apply_one(conn, doc, seq, data, registry);
             return;
         }
-        let fed = session.feed(bytes, &mut msgs);
+        let fed = session.feed(bytes, &self.config.limits, &mut msgs);
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.
         self.dispatch(conn, &mut msgs, registry);

@@ -179,9 +179,10 @@ impl<A: Authorizer> Hub<A> {
         if !s.docs.contains_key(&doc) {
             return self.unknown_doc(conn, doc);
         }
-        if !s.presence_rate.allow(now) {
+        let rate = &mut s.rates(&self.config.limits, now).presence;
+        if !rate.allow(now) {
             let e = PresenceError::RateLimited {
-                per_second: s.presence_rate.per_second(),
+                per_second: rate.per_second(),
             };
             return self.doc_error(
                 conn,
@@ -228,10 +229,11 @@ impl<A: Authorizer> Hub<A> {
             );
             return self.doc_error(conn, doc, None, ErrorCode::LimitExceeded, msg);
         }
-        if !s.app_rate.allow(now) {
+        let rate = &mut s.rates(&self.config.limits, now).app;
+        if !rate.allow(now) {
             let msg = format!(
                 "more than {} application messages per second",
-                s.app_rate.per_second()
+                rate.per_second()
             );
             return self.doc_error(conn, doc, None, ErrorCode::LimitExceeded, msg);
         }

@@ -51,36 +51,88 @@ struct Item {
     msgs: u32,
 }
 
+/// The queue of items: the first inline, the rest in a deque.
+///
+/// A live connection usually holds one item between drains, and an idle one
+/// none: neither allocates here. The deque exists only during bursts and is
+/// released when it empties (an idle connection keeps no room for
+/// messages).
+#[derive(Default)]
+struct Items {
+    first: Option<Item>,
+    rest: VecDeque<Item>,
+}
+
+impl Items {
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn front(&self) -> Option<&Item> {
+        self.first.as_ref()
+    }
+
+    fn back_mut(&mut self) -> Option<&mut Item> {
+        match self.rest.back_mut() {
+            Some(last) => Some(last),
+            None => self.first.as_mut(),
+        }
+    }
+
+    fn push_back(&mut self, item: Item) {
+        if self.first.is_none() {
+            self.first = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Item> {
+        let item = self.first.take()?;
+        if !self.rest.is_empty() {
+            self.first = self.rest.pop_front();
+            if self.rest.is_empty() {
+                self.rest = VecDeque::new();
+            }
+        }
+        Some(item)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Item> {
+        self.first.iter().chain(self.rest.iter())
+    }
+}
+
 /// A session's outgoing messages, encoded, waiting to be framed.
 pub(crate) struct Outbound {
-    items: VecDeque<Item>,
+    items: Items,
     bytes: usize,
-    msgs: usize,
+    // Counts in u32 (a queue bounded far below 4 G messages): a session
+    // is kept per idle connection, and every word shows.
+    msgs: u32,
     max_bytes: usize,
-    max_msgs: usize,
+    max_msgs: u32,
     max_frame_len: u32,
     max_msgs_per_frame: u32,
     compression: Compression,
     threshold: usize,
     next_fragment: u32,
-    scratch: Vec<u8>,
     spare: Option<Vec<u8>>,
 }
 
 impl Outbound {
     pub(crate) fn new(limits: &Limits) -> Self {
         Outbound {
-            items: VecDeque::new(),
+            items: Items::default(),
             bytes: 0,
             msgs: 0,
             max_bytes: limits.max_outbound_bytes,
-            max_msgs: limits.max_outbound_messages,
+            max_msgs: u32::try_from(limits.max_outbound_messages).unwrap_or(u32::MAX),
             max_frame_len: limits.max_frame_len,
             max_msgs_per_frame: limits.max_messages_per_frame,
             compression: Compression::None,
             threshold: usize::MAX,
             next_fragment: 0,
-            scratch: Vec::new(),
             spare: None,
         }
     }
@@ -109,7 +161,7 @@ impl Outbound {
 
     /// Queued messages.
     pub(crate) fn len(&self) -> usize {
-        self.msgs
+        self.msgs as usize
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -254,13 +306,14 @@ impl Outbound {
     pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
         let start = out.len();
         // The common case on a live connection: one item, sent plain.
-        if self.items.len() == 1 && self.items[0].body.bytes().len() < self.threshold {
-            let Some(item) = self.items.pop_front() else {
-                return false;
-            };
+        if self.items.rest.is_empty()
+            && let Some(first) = &self.items.first
+            && first.body.bytes().len() < self.threshold
+            && let Some(item) = self.items.first.take()
+        {
             let body = item.body.bytes();
             self.bytes -= body.len();
-            self.msgs -= item.msgs as usize;
+            self.msgs -= item.msgs;
             frame_start(out, body.len());
             out.extend_from_slice(body);
             seal(out, start);
@@ -284,14 +337,20 @@ impl Outbound {
             count += 1;
         }
         self.bytes -= body_len;
-        self.msgs -= msgs as usize;
+        self.msgs -= msgs;
 
         if self.compression == Compression::Deflate && body_len >= self.threshold {
-            self.scratch.clear();
-            for item in self.items.drain(..count) {
-                self.scratch.extend_from_slice(item.body.bytes());
+            // The bodies are gathered where the frame goes (no buffer of
+            // our own kept between frames), then replaced by their
+            // compressed form, or given a plain header in front.
+            for _ in 0..count {
+                let Some(item) = self.items.pop_front() else {
+                    break;
+                };
+                out.extend_from_slice(item.body.bytes());
+                self.recycle(item.body);
             }
-            let packed = deflate(&self.scratch);
+            let packed = deflate(&out[start..]);
             if packed.len() < body_len {
                 let header = Header {
                     flags: FLAG_DEFLATE,
@@ -299,20 +358,17 @@ impl Outbound {
                     raw_len: body_len as u32,
                     header_len: 0,
                 };
+                out.truncate(start);
                 out.reserve(MAX_HEADER_LEN + packed.len() + CRC_LEN);
                 header.write(out);
                 out.extend_from_slice(&packed);
             } else {
-                // Not worth it: send the bytes already gathered, uncompressed.
-                frame_start(out, body_len);
-                out.extend_from_slice(&self.scratch);
+                // Not worth it: the gathered bytes go uncompressed.
+                let mut head = Vec::with_capacity(MAX_HEADER_LEN);
+                plain_header(body_len).write(&mut head);
+                out.splice(start..start, head);
             }
             seal(out, start);
-            // A large scratch (a document sync) is not kept: a session that
-            // went idle afterwards would hold it for good.
-            if self.scratch.capacity() > SCRATCH_MAX {
-                self.scratch = Vec::new();
-            }
             return true;
         }
         // Copy the bodies straight from the queue into the frame: no
@@ -329,19 +385,10 @@ impl Outbound {
         true
     }
 
-    /// Releases the item queue's allocation once it is empty: a connection
-    /// that went idle keeps no room for messages (the spare buffer stays, so
-    /// the next message still encodes without allocating).
-    pub(crate) fn release_drained(&mut self) {
-        if self.items.is_empty() && self.items.capacity() > 0 {
-            self.items = VecDeque::new();
-        }
-    }
-
-    /// Messages the item queue has room for without growing.
+    /// Items the deque behind the first has room for.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.items.capacity()
+        self.items.rest.capacity()
     }
 
     /// Keeps one small buffer for the next message: steady traffic then
@@ -370,23 +417,23 @@ impl Outbound {
 /// Largest buffer kept for reuse.
 const SPARE_MAX: usize = 4096;
 
-/// Largest deflate scratch kept between frames: steady traffic of large
-/// updates reuses it, a one-off sync does not leave its size behind.
-const SCRATCH_MAX: usize = 64 * 1024;
-
 /// A frame buffer holding the header of an uncompressed body of `body_len`
 /// bytes, with room for the body and the checksum.
 /// Appends a plain frame header for `body_len` bytes of body, reserving
 /// room for the whole frame.
 fn frame_start(out: &mut Vec<u8>, body_len: usize) {
-    let header = Header {
+    out.reserve(MAX_HEADER_LEN + body_len + CRC_LEN);
+    plain_header(body_len).write(out);
+}
+
+/// The header of an uncompressed body of `body_len` bytes.
+fn plain_header(body_len: usize) -> Header {
+    Header {
         flags: 0,
         body_len: body_len as u32,
         raw_len: body_len as u32,
         header_len: 0,
-    };
-    out.reserve(MAX_HEADER_LEN + body_len + CRC_LEN);
-    header.write(out);
+    }
 }
 
 /// Appends the CRC of the frame that starts at `out[start]`.
@@ -487,32 +534,25 @@ mod tests {
         let frame = q.poll_frame().unwrap();
         assert!(frame.len() < 10_000, "compressed");
         assert_eq!(decode(&frame), vec![big]);
-        assert!(q.scratch.capacity() <= SCRATCH_MAX);
-        // Small compressed frames keep reusing it.
-        let small = Message::Broadcast {
-            doc: DocId(0),
-            data: Bytes(vec![7; 2_000]),
-        };
-        q.push(&small, Priority::Data).unwrap();
-        q.poll_frame().unwrap();
-        let kept = q.scratch.capacity();
-        assert!(kept >= 2_000);
-        q.push(&small, Priority::Data).unwrap();
-        q.poll_frame().unwrap();
-        assert_eq!(q.scratch.capacity(), kept);
+        // Nothing but the small spare buffer is kept for the next frame.
+        assert!(q.spare.as_ref().is_none_or(|v| v.capacity() <= SPARE_MAX));
     }
 
     #[test]
-    fn a_drained_queue_holds_no_allocation_but_the_spare() {
+    fn one_item_at_a_time_allocates_no_queue_and_a_drained_burst_keeps_none() {
         let mut q = Outbound::new(&Limits::default());
+        q.push(&Message::Ping { t: 1 }, Priority::Data).unwrap();
+        assert_eq!(q.capacity(), 0, "a single item is kept inline");
+        assert!(q.poll_frame().is_some());
         for t in 0..10 {
-            q.push(&Message::Ping { t }, Priority::Data).unwrap();
+            q.push_shared(&encode_shared(&Message::Pong { echo: t }))
+                .unwrap();
         }
-        q.release_drained();
-        assert!(q.items.capacity() > 0, "not drained yet");
-        while q.poll_frame().is_some() {}
-        q.release_drained();
-        assert_eq!(q.items.capacity(), 0);
+        assert!(q.capacity() > 0, "a burst uses the deque");
+        let frame = q.poll_frame().unwrap();
+        assert_eq!(decode(&frame).len(), 10, "in order, one frame");
+        assert!(q.poll_frame().is_none());
+        assert_eq!(q.capacity(), 0);
         assert!(q.spare.as_ref().is_some_and(|v| v.capacity() <= SPARE_MAX));
     }
 

@@ -398,7 +398,6 @@ impl ServerSession {
         if !self.transfers.is_empty() {
             self.pump_transfers();
         }
-        self.outbound.release_drained();
         true
     }
 
@@ -441,7 +440,8 @@ mod tests {
         let config = ServerConfig::default();
         let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
         for t in 0..3 {
-            s.send(&Message::Ping { t });
+            let shared = crate::outbound::encode_shared(&Message::Ping { t });
+            s.send_shared(&shared).unwrap();
         }
         assert!(s.outbound.capacity() > 0);
         while s.poll_frame().is_some() {}

@@ -36,8 +36,8 @@
 //!   bounded queue, where the core coalesces them for a slow reader; server
 //!   memory per connection stays bounded. The task's future keeps little
 //!   beyond the WebSocket (the handshakes run boxed), and the WebSocket reads
-//!   through a 1 KiB buffer: together about 2.5 KiB per idle connection in the
-//!   transport, plus the hub's session.
+//!   through a 512-byte buffer: together about 2 KiB per idle connection in
+//!   the transport, plus the hub's session (about 700 bytes).
 //! * The tasks wake each other for every update. On a multi-threaded runtime
 //!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
 //!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is

@@ -67,7 +67,21 @@ pub(crate) struct Subscription {
     pub(crate) lagging: Option<Vec<u8>>,
 }
 
-/// A sync payload being sent in chunks as the outbound queue drains.
+impl Subscription {
+    /// A fresh subscription with `access`: nothing received, not synced.
+    pub(crate) fn new(access: Access) -> Self {
+        Subscription {
+            access,
+            last_seq: 0,
+            durable_seq: 0,
+            synced: false,
+            client_version: None,
+            out_of_sync_sent: None,
+            lagging: None,
+        }
+    }
+}
+
 /// A session's subscriptions, sorted by handle. A vector rather than a
 /// `BTreeMap`: a connection has a few documents, and a B-tree's first leaf
 /// costs about 1 KiB per idle connection where this costs one entry.
@@ -144,6 +158,7 @@ pub(crate) struct Rates {
     pub(crate) app: RateLimit,
 }
 
+/// A sync payload being sent in chunks as the outbound queue drains.
 pub(crate) struct Transfer {
     pub(crate) doc: DocId,
     pub(crate) id: u64,
@@ -423,15 +438,7 @@ mod tests {
     use super::*;
 
     fn sub() -> Subscription {
-        Subscription {
-            access: Access::ReadWrite,
-            last_seq: 0,
-            durable_seq: 0,
-            synced: false,
-            client_version: None,
-            out_of_sync_sent: None,
-            lagging: None,
-        }
+        Subscription::new(Access::ReadWrite)
     }
 
     /// A session whose queue drained keeps no room for messages.

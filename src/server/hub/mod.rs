@@ -944,18 +944,7 @@ impl<A: Authorizer> Hub<A> {
         self.docs[doc.0 as usize].subscribers.insert(conn);
         let name = Arc::clone(&self.docs[doc.0 as usize].name);
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.docs.insert(
-                doc,
-                Subscription {
-                    access,
-                    last_seq: 0,
-                    durable_seq: 0,
-                    synced: false,
-                    client_version: None,
-                    out_of_sync_sent: None,
-                    lagging: None,
-                },
-            );
+            s.docs.insert(doc, Subscription::new(access));
         }
         self.send(
             conn,
@@ -1351,25 +1340,36 @@ impl<A: Authorizer> Hub<A> {
         }
         self.fan_out(conn, doc, data, None);
         if let Err(e) = stored {
-            self.doc_error(
-                conn,
-                Some(doc),
-                Some(seq),
-                ErrorCode::Storage,
-                e.to_string(),
-            );
+            self.storage_error(conn, doc, seq, &e);
         }
+        self.applied(
+            conn,
+            doc,
+            ServerEvent::UpdatesApplied {
+                conn,
+                name,
+                last_seq: seq,
+                applied: 1,
+                duplicates: 0,
+                pending: 0,
+            },
+        );
+    }
+
+    /// The store refused update `seq` (applied and forwarded all the same):
+    /// a document error to its sender.
+    fn storage_error(&mut self, conn: ConnId, doc: DocId, seq: u64, e: &impl ToString) {
+        let message = e.to_string();
+        self.doc_error(conn, Some(doc), Some(seq), ErrorCode::Storage, message);
+    }
+
+    /// Updates of `conn` on `doc` were handled: an ack is due at the next
+    /// flush, and the application hears `event`.
+    fn applied(&mut self, conn: ConnId, doc: DocId, event: ServerEvent) {
         if !self.acks_due.contains(&(conn, doc)) {
             self.acks_due.push((conn, doc));
         }
-        self.events.push_back(ServerEvent::UpdatesApplied {
-            conn,
-            name,
-            last_seq: seq,
-            applied: 1,
-            duplicates: 0,
-            pending: 0,
-        });
+        self.events.push_back(event);
     }
 
     /// What follows applying `updates` (with `outcomes`, one each, drained
@@ -1422,13 +1422,7 @@ impl<A: Authorizer> Hub<A> {
             );
         }
         if let Some((seq, e)) = storage_error {
-            self.doc_error(
-                conn,
-                Some(doc),
-                Some(seq),
-                ErrorCode::Storage,
-                e.to_string(),
-            );
+            self.storage_error(conn, doc, seq, &e);
         }
         // Missing dependencies: ask the client for what we lack, again only
         // if the gap persists past `resync_after`.
@@ -1463,17 +1457,18 @@ impl<A: Authorizer> Hub<A> {
                 },
             );
         }
-        if !self.acks_due.contains(&(conn, doc)) {
-            self.acks_due.push((conn, doc));
-        }
-        self.events.push_back(ServerEvent::UpdatesApplied {
+        self.applied(
             conn,
-            name,
-            last_seq,
-            applied,
-            duplicates,
-            pending,
-        });
+            doc,
+            ServerEvent::UpdatesApplied {
+                conn,
+                name,
+                last_seq,
+                applied,
+                duplicates,
+                pending,
+            },
+        );
         if over_pending {
             self.fail(
                 conn,

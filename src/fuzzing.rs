@@ -116,7 +116,7 @@ pub fn client_session(data: &[u8]) {
 
     // A genuine handshake and sync first, so the fuzzer's bytes reach the
     // connected state.
-    let mut h = Harness::new();
+    let mut h = Harness::new(crate::inbound::Framing::Stream);
     while let Some(e) = h.client.poll_event() {
         debug_assert!(!matches!(e, ClientEvent::Closed { .. }));
     }
@@ -147,7 +147,7 @@ pub fn client_session(data: &[u8]) {
 /// crdt_socket_sync::fuzzing::server_session(b"\x10\x05garbage");
 /// ```
 pub fn server_session(data: &[u8]) {
-    let mut h = Harness::new();
+    let mut h = Harness::new(crate::inbound::Framing::Stream);
     let raw = h.hub.accept(h.now);
     for piece in data.chunks(23) {
         h.hub.handle_input(raw, h.now, piece, &mut h.server_docs);
@@ -160,7 +160,7 @@ pub fn server_session(data: &[u8]) {
 #[cfg(feature = "arbitrary")]
 pub fn server_messages(messages: Vec<crate::wire::Message>) {
     use crate::wire::{Bytes, Message};
-    let mut h = Harness::new();
+    let mut h = Harness::new(crate::inbound::Framing::Stream);
     let raw = h.hub.accept(h.now);
     let hello = Message::Hello {
         versions: crate::wire::PROTOCOL_VERSIONS.to_vec(),
@@ -186,6 +186,52 @@ pub fn server_messages(messages: Vec<crate::wire::Message>) {
     h.check_healthy();
 }
 
+/// Structure-aware, with message framing (a WebSocket server's): a valid
+/// `Hello` and `Open` of the healthy client's document, then each arbitrary
+/// message in a frame of its own, so a single `Update` takes the hub's
+/// shortcut (`Hub::apply_one`) and reaches the healthy client's document.
+///
+/// ```
+/// # #[cfg(feature = "arbitrary")] {
+/// use crdt_socket_sync::wire::{Bytes, DocId, Message};
+/// crdt_socket_sync::fuzzing::server_frames(vec![Message::Update {
+///     doc: DocId(0),
+///     seq: 1,
+///     data: Bytes(b"not an op".to_vec()),
+/// }]);
+/// # }
+/// ```
+#[cfg(feature = "arbitrary")]
+pub fn server_frames(messages: Vec<crate::wire::Message>) {
+    use crate::wire::{Bytes, Message};
+    let mut h = Harness::new(crate::inbound::Framing::Message);
+    let raw = h.hub.accept(h.now);
+    let hello = Message::Hello {
+        versions: crate::wire::PROTOCOL_VERSIONS.to_vec(),
+        peer: "fuzz".into(),
+        token: Bytes::default(),
+        compression: vec![crate::wire::Compression::Deflate],
+        limits: fuzz_limits().peer_limits(),
+    };
+    let open = Message::Open {
+        name: "doc".into(),
+        version: Bytes::default(),
+        resume: None,
+    };
+    let mut encoder = Encoder::new(&fuzz_limits());
+    for m in [hello, open].into_iter().chain(messages.into_iter().take(256)) {
+        let mut frame = Vec::new();
+        if encoder.encode(std::slice::from_ref(&m), &mut frame).is_err() {
+            continue;
+        }
+        h.hub.handle_input(raw, h.now, &frame, &mut h.server_docs);
+        while h.hub.poll_transmit_for(raw).is_some() {}
+        // The healthy client takes what was fanned out to it as it goes.
+        h.pump();
+    }
+    h.check_healthy();
+}
+
 /// A hub with one healthy client, for the server targets.
 struct Harness {
     now: std::time::Instant,
@@ -197,14 +243,13 @@ struct Harness {
 }
 
 impl Harness {
-    fn new() -> Self {
-        use crate::inbound::Framing;
+    fn new(framing: crate::inbound::Framing) -> Self {
         use crate::registry::MemoryRegistry;
         use crate::testing::OpLog;
         let now = std::time::Instant::now();
         let mut hub = crate::server::Hub::new(
             crate::server::ServerConfig {
-                framing: Framing::Stream,
+                framing,
                 limits: fuzz_limits(),
                 ..Default::default()
             },
@@ -214,7 +259,7 @@ impl Harness {
         let mut client = crate::client::ClientSession::new(
             crate::client::ClientConfig {
                 peer: "good".into(),
-                framing: Framing::Stream,
+                framing,
                 ..Default::default()
             },
             now,

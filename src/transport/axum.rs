@@ -33,6 +33,7 @@ use super::CLOSE_TRY_AGAIN_LATER;
 use super::hub_task::{HubHandle, Incoming, RefuseReason, WsFrame};
 
 impl WsFrame for Message {
+    type Rest = std::iter::Empty<Message>;
     fn binary(data: Vec<u8>) -> Self {
         Message::Binary(data.into())
     }
@@ -80,7 +81,7 @@ pub async fn upgrade(handle: HubHandle, ws: WebSocketUpgrade, headers: &HeaderMa
         .write_buffer_size(0);
     ws.on_upgrade(move |mut socket: WebSocket| async move {
         match handle.try_admit() {
-            Some(admission) => handle.serve(&mut socket, None, admission).await,
+            Some(admission) => handle.connection(socket, None, admission).await,
             None => {
                 let limit = handle.options().max_connections;
                 let _ = socket

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::Stream;
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::Framing;
@@ -15,6 +16,9 @@ use crate::registry::Registry;
 use crate::server::{Authorizer, ConnId, Hub, ServerConfig, ServerEvent};
 
 use super::ServerError;
+
+mod connection;
+pub(crate) use connection::{ConnTask, Connection};
 
 const LOG: &str = "crdt_socket_sync::transport::server";
 
@@ -255,9 +259,10 @@ pub(crate) struct ConnShared {
     /// Stop reading the socket.
     paused: AtomicBool,
     /// Wakes the connection task: frames to write, a close, or reading
-    /// resumed. A notification sent while the task is busy is kept (one
-    /// permit), so none is lost.
-    wake: Notify,
+    /// resumed. The task registers before it looks at this state, so no
+    /// wake-up is lost (a `Notify` is larger, and so is the future waiting
+    /// on it).
+    wake: AtomicWaker,
     /// The hub found the outgoing queue full: report when it drained.
     want_writable: AtomicBool,
     out: Mutex<Outgoing>,
@@ -288,11 +293,15 @@ pub(crate) enum HubInput {
 /// A WebSocket message type the connection task can carry (tungstenite's,
 /// axum's).
 pub(crate) trait WsFrame: Sized + Send + 'static {
+    /// The WebSocket frames after the first of a fragmented message.
+    type Rest: Iterator<Item = Self> + Send + 'static;
     fn binary(data: Vec<u8>) -> Self;
-    /// `data` as one binary message, written as several WebSocket frames
-    /// where the library allows it. Default: one frame.
-    fn binary_frames(data: Vec<u8>) -> impl Iterator<Item = Self> + Send {
-        std::iter::once(Self::binary(data))
+    /// `data` as one binary message: its first WebSocket frame and, where
+    /// the library can write fragmented messages and `data` is large, the
+    /// frames after it (boxed: only large messages have them). Default: one
+    /// frame.
+    fn binary_parts(data: Vec<u8>) -> (Self, Option<Box<Self::Rest>>) {
+        (Self::binary(data), None)
     }
     fn close(code: u16, reason: String) -> Self;
     fn classify(self) -> Incoming;
@@ -305,11 +314,13 @@ pub(crate) enum Incoming {
 }
 
 impl WsFrame for tungstenite::Message {
+    type Rest = super::Fragments;
     fn binary(data: Vec<u8>) -> Self {
         tungstenite::Message::Binary(data.into())
     }
-    fn binary_frames(data: Vec<u8>) -> impl Iterator<Item = Self> + Send {
-        super::Fragments::new(data)
+    fn binary_parts(data: Vec<u8>) -> (Self, Option<Box<Self::Rest>>) {
+        let (first, rest) = super::Fragments::split(data);
+        (first, rest.map(Box::new))
     }
     fn close(code: u16, reason: String) -> Self {
         tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
@@ -423,123 +434,19 @@ impl HubHandle {
         }
     }
 
-    /// Serves one upgraded WebSocket until it closes. `admission` holds its
-    /// slot under the connection limit.
-    ///
-    /// The future lives as long as the connection, so its size is memory per
-    /// idle connection: the caller keeps the WebSocket (an `async fn` would
-    /// hold a second copy of an argument it owns), and the awaits that happen
-    /// once or rarely are boxed.
-    pub(crate) async fn serve<S, M, E>(
+    /// The task serving one upgraded WebSocket until it closes (see
+    /// [`Connection`]); `admission` holds its slot under the connection
+    /// limit.
+    pub(crate) fn connection<S, M>(
         &self,
-        ws: &mut S,
+        ws: S,
         addr: Option<SocketAddr>,
         admission: Admission,
-    ) where
-        S: Stream<Item = Result<M, E>> + Sink<M> + Unpin + Send,
+    ) -> Connection<S, M>
+    where
         M: WsFrame,
-        E: core::fmt::Display,
     {
-        let _admission = admission;
-        let shared = Arc::new(ConnShared::default());
-        let accepted = Box::pin(async {
-            let (reply_tx, reply_rx) = oneshot::channel();
-            let input = HubInput::Accept {
-                shared: Arc::clone(&shared),
-                addr,
-                reply: reply_tx,
-            };
-            match self.to_hub.send(input).await {
-                Ok(()) => reply_rx.await.ok(),
-                Err(_) => None,
-            }
-        })
-        .await;
-        let Some(conn) = accepted else {
-            let _ = Box::pin(ws.send(M::close(1001, "server shutting down".into()))).await;
-            return;
-        };
-        let mut batch = VecDeque::new();
-        loop {
-            let (close, hub_gone) = {
-                let mut out = shared.outgoing();
-                std::mem::swap(&mut batch, &mut out.frames);
-                out.bytes = 0;
-                (out.close.take(), out.hub_gone)
-            };
-            if !batch.is_empty() {
-                // Each frame is one WebSocket message (one `send` each, as
-                // the write buffer is off); one flush for the batch.
-                let mut ok = true;
-                for frame in batch.drain(..) {
-                    for part in M::binary_frames(frame) {
-                        ok = ok && ws.feed(part).await.is_ok();
-                    }
-                }
-                ok = ok && ws.flush().await.is_ok();
-                // Release the queue's allocation: an idle connection holds none.
-                batch = VecDeque::new();
-                if !ok {
-                    break;
-                }
-                if shared.want_writable.swap(false, Ordering::AcqRel)
-                    && !self.to_hub(HubInput::Writable(conn)).await
-                {
-                    break;
-                }
-            }
-            if let Some(close) = close {
-                let (code, reason) = *close;
-                tracing::debug!(target: LOG, conn = conn.0, code, %reason, "closing WebSocket");
-                let _ = Box::pin(ws.send(M::close(code, reason))).await;
-                break;
-            }
-            if hub_gone {
-                let _ = Box::pin(ws.send(M::close(1001, "server stopped".into()))).await;
-                break;
-            }
-            let paused = shared.paused.load(Ordering::Acquire);
-            tokio::select! {
-                biased;
-                () = shared.wake.notified() => {}
-                input = ws.next(), if !paused => match input {
-                    Some(Ok(msg)) => match msg.classify() {
-                        Incoming::Data(bytes) => {
-                            if !self.to_hub(HubInput::Frame(conn, bytes)).await {
-                                break;
-                            }
-                        }
-                        Incoming::Close => break,
-                        Incoming::Other => {}
-                    },
-                    Some(Err(e)) => {
-                        tracing::debug!(target: LOG, conn = conn.0, error = %e, "socket error");
-                        break;
-                    }
-                    None => break,
-                },
-            }
-        }
-        let _ = self.to_hub(HubInput::Lost(conn)).await;
-    }
-
-    /// Sends `input` to the hub task; `false` once it has ended. Waits (in a
-    /// boxed future: the caller's future stays small) only when the hub's
-    /// channel is full.
-    fn to_hub(&self, input: HubInput) -> impl Future<Output = bool> + Send + '_ {
-        let full = match self.to_hub.try_send(input) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(input)) => Some(Box::pin(self.to_hub.send(input))),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return futures_util::future::Either::Left(std::future::ready(false));
-            }
-        };
-        futures_util::future::Either::Right(async move {
-            match full {
-                Some(send) => send.await.is_ok(),
-                None => true,
-            }
-        })
+        Connection::new(ws, self.to_hub.clone(), addr, admission)
     }
 }
 
@@ -689,7 +596,7 @@ impl Drop for ConnState {
     fn drop(&mut self) {
         // The connection task sends a close frame and ends.
         self.shared.outgoing().hub_gone = true;
-        self.shared.wake.notify_one();
+        self.shared.wake.wake();
     }
 }
 
@@ -947,7 +854,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 wake |= !paused;
             }
             if wake {
-                c.shared.wake.notify_one();
+                c.shared.wake.wake();
             }
         }
     }
@@ -1089,9 +996,9 @@ mod tests {
         use crate::transport::WS_FRAGMENT;
         for len in [0, 1, WS_FRAGMENT, WS_FRAGMENT + 1, 3 * WS_FRAGMENT, 1 << 20] {
             let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let (n, out) = reassemble(<tungstenite::Message as WsFrame>::binary_frames(
-                data.clone(),
-            ));
+            let (first, rest) = <tungstenite::Message as WsFrame>::binary_parts(data.clone());
+            assert_eq!(rest.is_some(), len > WS_FRAGMENT, "{len} bytes");
+            let (n, out) = reassemble(std::iter::once(first).chain(rest.into_iter().flatten()));
             assert_eq!(out, data, "{len} bytes");
             assert_eq!(n, len.div_ceil(WS_FRAGMENT).max(1), "{len} bytes");
         }
@@ -1100,7 +1007,7 @@ mod tests {
     /// Every connection holds one `ConnShared` (in an `Arc`) and one
     /// `ConnState` (in the hub task's map) for its whole life: memory per
     /// idle connection. They were 128 and 56 bytes with the close reason
-    /// inline.
+    /// inline, and `ConnShared` 104 with a `Notify`.
     #[test]
     fn per_connection_state_stays_small() {
         let shared = std::mem::size_of::<ConnShared>();
@@ -1108,7 +1015,7 @@ mod tests {
         eprintln!("ConnShared {shared}, ConnState {state}");
         // With the `Arc`'s two counters, 128 bytes at most: one allocation
         // of malloc's 128-byte class.
-        assert!(shared <= 112, "ConnShared of {shared} bytes");
+        assert!(shared <= 96, "ConnShared of {shared} bytes");
         assert!(state <= 32, "ConnState of {state} bytes");
     }
 

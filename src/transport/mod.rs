@@ -34,10 +34,11 @@
 //!   until the hub resumes it. When a connection's outgoing queue is full
 //!   ([`ServerOptions::outgoing_capacity`]), its frames stay in the hub's
 //!   bounded queue, where the core coalesces them for a slow reader; server
-//!   memory per connection stays bounded. The task's future keeps little
-//!   beyond the WebSocket (the handshakes run boxed), and the WebSocket reads
-//!   through a 512-byte buffer: together about 2 KiB per idle connection in
-//!   the transport, plus the hub's session (about 700 bytes).
+//!   memory per connection stays bounded. The task is a future written by
+//!   hand that keeps little beyond the WebSocket (the handshakes run boxed;
+//!   416 bytes, a 512-byte task), and the WebSocket reads through a 512-byte
+//!   buffer: together about 1.5 KiB per idle connection in the transport,
+//!   plus the hub's session.
 //! * The tasks wake each other for every update. On a multi-threaded runtime
 //!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
 //!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is
@@ -314,6 +315,20 @@ impl Fragments {
         Fragments {
             data: data.into(),
             at: 0,
+        }
+    }
+}
+
+impl Fragments {
+    /// `data` as its first WebSocket frame and, when it is larger than
+    /// [`WS_FRAGMENT`], the frames after it.
+    pub(crate) fn split(data: Vec<u8>) -> (tungstenite::Message, Option<Self>) {
+        let mut parts = Self::new(data);
+        match parts.next() {
+            Some(first) if parts.at < parts.data.len() => (first, Some(parts)),
+            Some(first) => (first, None),
+            // The first call always yields a frame.
+            None => (tungstenite::Message::Binary(Default::default()), None),
         }
     }
 }

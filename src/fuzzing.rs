@@ -219,9 +219,15 @@ pub fn server_frames(messages: Vec<crate::wire::Message>) {
         resume: None,
     };
     let mut encoder = Encoder::new(&fuzz_limits());
-    for m in [hello, open].into_iter().chain(messages.into_iter().take(256)) {
+    for m in [hello, open]
+        .into_iter()
+        .chain(messages.into_iter().take(256))
+    {
         let mut frame = Vec::new();
-        if encoder.encode(std::slice::from_ref(&m), &mut frame).is_err() {
+        if encoder
+            .encode(std::slice::from_ref(&m), &mut frame)
+            .is_err()
+        {
             continue;
         }
         h.hub.handle_input(raw, h.now, &frame, &mut h.server_docs);

@@ -136,7 +136,6 @@ struct InFlight {
     distinct: usize,
 }
 
-/// Keeps one entry per (session, document): the highest sequence number.
 /// What [`Hub::settle_batch`] needs to know about a batch just applied.
 struct Settled {
     /// The document's version before the batch, when a subscriber switches
@@ -151,6 +150,7 @@ struct Settled {
     last_seq: u64,
 }
 
+/// Keeps one entry per (session, document): the highest sequence number.
 fn dedup_acks(acks: &mut Vec<(ConnId, DocId, u64)>) {
     acks.sort_unstable_by(|a, b| (a.0, a.1, b.2).cmp(&(b.0, b.1, a.2)));
     acks.dedup_by_key(|a| (a.0, a.1));

@@ -305,14 +305,10 @@ impl<A: Authorizer> Hub<A> {
         R: Registry,
     {
         let now = self.clock(now);
-        let mut msgs = std::mem::take(&mut self.scratch);
-        msgs.clear();
         let Some(session) = self.sessions.get_mut(&conn) else {
-            self.scratch = msgs;
             return;
         };
         if session.is_closed() {
-            self.scratch = msgs;
             return;
         }
         session.tick(now);
@@ -321,10 +317,10 @@ impl<A: Authorizer> Hub<A> {
         if session.phase == Phase::Active
             && let Some((doc, seq, data)) = session.feed_single_update(bytes, &self.config.limits)
         {
-            self.scratch = msgs;
-            self.apply_one(conn, doc, seq, data, registry);
-            return;
+            return self.apply_one(conn, doc, seq, data, registry);
         }
+        let mut msgs = std::mem::take(&mut self.scratch);
+        msgs.clear();
         let fed = session.feed(bytes, &self.config.limits, &mut msgs);
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.

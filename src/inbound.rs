@@ -83,8 +83,8 @@ impl Inbound {
     }
 
     /// `bytes` as one borrowed `Update` when it is a whole frame holding
-    /// just that (message framing only); see
-    /// [`single_update`].
+    /// just that (with stream framing: when nothing of an earlier frame is
+    /// buffered); see [`single_update`].
     pub(crate) fn single_update<'a>(
         &self,
         bytes: &'a [u8],
@@ -92,6 +92,10 @@ impl Inbound {
     ) -> Option<(DocId, u64, &'a [u8])> {
         match &self.decoder {
             Decoder::Message(_) => single_update(bytes, limits),
+            // A read holding exactly one whole frame (a small update on a
+            // quiet stream) takes the same path; anything else is decoded
+            // the stream's way.
+            Decoder::Stream(d) if d.at_frame_start() => single_update(bytes, limits),
             Decoder::Stream(_) => None,
         }
     }

@@ -273,11 +273,12 @@ mod simulated {
     }
 }
 
-/// The hub applies a frame holding a single `Update` without building a
-/// message (message framing only). Whatever such frames carry — a valid op,
-/// garbage, an unknown handle, any sequence number — the hub must answer
-/// exactly as its general path does (stream framing never takes the
-/// shortcut).
+/// The hub applies an input that is exactly one frame holding a single
+/// `Update` without building a message (`Hub::apply_one`). Whatever such
+/// frames carry — a valid op, garbage, an unknown handle, any sequence
+/// number — the hub must answer exactly as its general path does. The
+/// general path is reached with stream framing and each frame given in two
+/// pieces (a partial frame never takes the shortcut).
 mod single_update_fast_path {
     use super::*;
     use crdt_socket_sync::Framing;
@@ -310,7 +311,9 @@ mod single_update_fast_path {
 
     /// Everything the hub sent and reported while handling `inputs` from a
     /// raw connection that opened "doc", as text.
-    fn run(framing: Framing, inputs: &[(u32, u64, Vec<u8>)]) -> Vec<String> {
+    /// `split`: each update frame is given in two pieces (stream framing
+    /// only), which keeps it off the shortcut.
+    fn run(framing: Framing, split: bool, inputs: &[(u32, u64, Vec<u8>)]) -> Vec<String> {
         let mut n = Net::new(
             ServerConfig {
                 framing,
@@ -358,7 +361,12 @@ mod single_update_fast_path {
                 seq: *seq,
                 data: Bytes(data.clone()),
             }]);
-            step(&mut n, &f, &mut log);
+            if split {
+                step(&mut n, &f[..1], &mut log);
+                step(&mut n, &f[1..], &mut log);
+            } else {
+                step(&mut n, &f, &mut log);
+            }
         }
         log.push(n.server_text("doc"));
         log
@@ -374,8 +382,12 @@ mod single_update_fast_path {
             op.push(b'q');
             op
         };
-        for framing in [Framing::Message, Framing::Stream] {
-            let log = run(framing, &[(0, 1, op(1)), (0, 2, op(2))]);
+        for (framing, split) in [
+            (Framing::Message, false),
+            (Framing::Stream, false),
+            (Framing::Stream, true),
+        ] {
+            let log = run(framing, split, &[(0, 1, op(1)), (0, 2, op(2))]);
             assert_eq!(
                 log.iter().filter(|l| l.contains("Broadcast")).count(),
                 4,
@@ -393,9 +405,12 @@ mod single_update_fast_path {
         fn answers_like_the_general_path(
             inputs in prop::collection::vec((0u32..3, 0u64..8, payload()), 1..24)
         ) {
-            let fast = run(Framing::Message, &inputs);
-            let general = run(Framing::Stream, &inputs);
-            prop_assert_eq!(fast, general);
+            let general = run(Framing::Stream, true, &inputs);
+            let fast = run(Framing::Message, false, &inputs);
+            prop_assert_eq!(&fast, &general);
+            // A stream read holding exactly one frame takes the shortcut too.
+            let stream_fast = run(Framing::Stream, false, &inputs);
+            prop_assert_eq!(&stream_fast, &general);
         }
     }
 }

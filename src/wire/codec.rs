@@ -451,6 +451,11 @@ impl StreamReader {
         self.partial.len()
     }
 
+    /// Nothing of a frame is held back: the next input starts a frame.
+    pub(crate) fn at_frame_start(&self) -> bool {
+        self.partial.is_empty() && self.header.is_none()
+    }
+
     /// [`StreamDecoder::decode`].
     pub(crate) fn decode(
         &mut self,

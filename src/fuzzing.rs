@@ -156,19 +156,24 @@ pub fn server_session(data: &[u8]) {
     h.check_healthy();
 }
 
+/// The `Hello` of the raw connection in the structure-aware targets.
+#[cfg(feature = "arbitrary")]
+fn fuzz_hello() -> crate::wire::Message {
+    crate::wire::Message::Hello {
+        versions: crate::wire::PROTOCOL_VERSIONS.to_vec(),
+        peer: "fuzz".into(),
+        token: crate::wire::Bytes::default(),
+        compression: vec![crate::wire::Compression::Deflate],
+        limits: fuzz_limits().peer_limits(),
+    }
+}
+
 /// Structure-aware: a valid `Hello`, then arbitrary messages in valid frames.
 #[cfg(feature = "arbitrary")]
 pub fn server_messages(messages: Vec<crate::wire::Message>) {
-    use crate::wire::{Bytes, Message};
     let mut h = Harness::new(crate::inbound::Framing::Stream);
     let raw = h.hub.accept(h.now);
-    let hello = Message::Hello {
-        versions: crate::wire::PROTOCOL_VERSIONS.to_vec(),
-        peer: "fuzz".into(),
-        token: Bytes::default(),
-        compression: vec![crate::wire::Compression::Deflate],
-        limits: fuzz_limits().peer_limits(),
-    };
+    let hello = fuzz_hello();
     let mut encoder = Encoder::new(&fuzz_limits());
     for batch in std::iter::once(vec![hello]).chain(messages.chunks(4).map(|c| c.to_vec())) {
         let mut frame = Vec::new();
@@ -206,13 +211,7 @@ pub fn server_frames(messages: Vec<crate::wire::Message>) {
     use crate::wire::{Bytes, Message};
     let mut h = Harness::new(crate::inbound::Framing::Message);
     let raw = h.hub.accept(h.now);
-    let hello = Message::Hello {
-        versions: crate::wire::PROTOCOL_VERSIONS.to_vec(),
-        peer: "fuzz".into(),
-        token: Bytes::default(),
-        compression: vec![crate::wire::Compression::Deflate],
-        limits: fuzz_limits().peer_limits(),
-    };
+    let hello = fuzz_hello();
     let open = Message::Open {
         name: "doc".into(),
         version: Bytes::default(),

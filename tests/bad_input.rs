@@ -9,44 +9,14 @@ use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::{OpenPolicy, Registry};
 use crdt_socket_sync::server::{AllowAll, ConnId, ServerConfig, ServerEvent, StaticTokens};
 use crdt_socket_sync::wire::{
-    Access, Bytes, CloseReason, DocId, Encoder, ErrorCode, FrameError, Message, PeerLimits,
+    Access, Bytes, CloseReason, DocId, ErrorCode, FrameError, Message, PeerLimits,
 };
 use crdt_socket_sync::{CloseCause, InboundError, Limits};
 
 /// Two healthy clients editing one document, plus a raw connection for the
 /// bad input.
 fn setup<A: crdt_socket_sync::server::Authorizer>(auth: A) -> (Net<A>, ConnId) {
-    let mut n = Net::new(ServerConfig::default(), auth);
-    n.record = false;
-    for p in ["good1", "good2"] {
-        let i = n.add_client(client_config(p));
-        n.open(i, "doc");
-        n.connect(i);
-    }
-    let raw = n.hub.accept(n.now);
-    n.take_server_events();
-    (n, raw)
-}
-
-fn frame(msgs: &[Message]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Encoder::new(&Limits::default())
-        .encode(msgs, &mut out)
-        .unwrap();
-    out
-}
-
-fn hello(peer: &str, token: &[u8]) -> Message {
-    Message::Hello {
-        versions: vec![1],
-        peer: peer.into(),
-        token: Bytes(token.to_vec()),
-        compression: vec![],
-        limits: PeerLimits {
-            max_frame_len: 1 << 20,
-            max_decompressed_len: 1 << 20,
-        },
-    }
+    with_raw_connection(ServerConfig::default(), auth)
 }
 
 /// Sends `bytes` on the raw connection; returns what the hub sent back to it.
@@ -379,14 +349,7 @@ fn updates_waiting_for_missing_dependencies_are_bounded() {
         },
         ..ServerConfig::default()
     };
-    let mut n = Net::new(config, AllowAll);
-    n.record = false;
-    for p in ["good1", "good2"] {
-        let i = n.add_client(client_config(p));
-        n.open(i, "doc");
-        n.connect(i);
-    }
-    let raw = n.hub.accept(n.now);
+    let (mut n, raw) = with_raw_connection(config, AllowAll);
     send_raw(&mut n, raw, &frame(&[hello("x", b"")]));
     send_raw(
         &mut n,

@@ -100,6 +100,17 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// `a` appends `pa` and `b` appends `pb`; waits until both hold both, all
+/// acknowledged.
+async fn both_append(a: &Client, pa: &str, b: &Client, pb: &str) {
+    append(a, pa).await;
+    append(b, pb).await;
+    eventually("both edits everywhere", || {
+        converged(vec![a.clone(), b.clone()], vec![pa.into(), pb.into()])
+    })
+    .await;
+}
+
 /// Every client holds the same text, containing each of `parts`, and has
 /// nothing unacknowledged.
 async fn converged(clients: Vec<Client>, parts: Vec<String>) -> bool {
@@ -215,15 +226,7 @@ async fn a_server_on_its_own_thread_serves_and_stops() {
     let url = server.url();
     let (a, _) = join(&url, 1).await;
     let (b, _) = join(&url, 2).await;
-    append(&a, "from a ").await;
-    append(&b, "from b ").await;
-    eventually("both edits everywhere", || {
-        converged(
-            vec![a.clone(), b.clone()],
-            vec!["from a ".into(), "from b ".into()],
-        )
-    })
-    .await;
+    both_append(&a, "from a ", &b, "from b ").await;
     assert_eq!(server.stats().await.unwrap().connections, 2);
     let expected = text(&a).await;
     let mut reg = server.stop().await.unwrap();
@@ -425,15 +428,7 @@ async fn a_garbage_speaking_client_is_closed_with_a_typed_reason() {
     assert!(matches!(cause, Some(CloseCause::Inbound(_))), "{cause:?}");
 
     // The others go on.
-    append(&a, "still ").await;
-    append(&b, "working ").await;
-    eventually("others converge", || {
-        converged(
-            vec![a.clone(), b.clone()],
-            vec!["still ".into(), "working ".into()],
-        )
-    })
-    .await;
+    both_append(&a, "still ", &b, "working ").await;
     server.stop().await.unwrap();
 }
 

@@ -282,15 +282,7 @@ mod simulated {
 mod single_update_fast_path {
     use super::*;
     use crdt_socket_sync::Framing;
-    use crdt_socket_sync::wire::{Bytes, DocId, Encoder, Message, PeerLimits};
-
-    fn frame(msgs: &[Message]) -> Vec<u8> {
-        let mut out = Vec::new();
-        Encoder::new(&crdt_socket_sync::Limits::default())
-            .encode(msgs, &mut out)
-            .unwrap();
-        out
-    }
+    use crdt_socket_sync::wire::{Bytes, DocId, Message};
 
     /// An OpLog op (see `testing::OpLog`) or arbitrary bytes.
     fn payload() -> impl Strategy<Value = Vec<u8>> {
@@ -314,30 +306,14 @@ mod single_update_fast_path {
     /// `split`: each update frame is given in two pieces (stream framing
     /// only), which keeps it off the shortcut.
     fn run(framing: Framing, split: bool, inputs: &[(u32, u64, Vec<u8>)]) -> Vec<String> {
-        let mut n = Net::new(
+        let (mut n, raw) = with_raw_connection(
             ServerConfig {
                 framing,
                 ..ServerConfig::default()
             },
             AllowAll,
         );
-        n.record = false;
-        for p in ["good1", "good2"] {
-            let i = n.add_client(client_config(p));
-            n.open(i, "doc");
-            n.connect(i);
-        }
-        let raw = n.hub.accept(n.now);
-        let hello = Message::Hello {
-            versions: vec![1],
-            peer: "raw".into(),
-            token: Bytes(vec![]),
-            compression: vec![],
-            limits: PeerLimits {
-                max_frame_len: 1 << 20,
-                max_decompressed_len: 1 << 20,
-            },
-        };
+        let hello = hello("raw", &[]);
         let open = Message::Open {
             name: "doc".into(),
             version: Bytes(vec![]),

@@ -317,9 +317,7 @@ impl Fragments {
             at: 0,
         }
     }
-}
 
-impl Fragments {
     /// `data` as its first WebSocket frame and, when it is larger than
     /// [`WS_FRAGMENT`], the frames after it.
     pub(crate) fn split(data: Vec<u8>) -> (tungstenite::Message, Option<Self>) {

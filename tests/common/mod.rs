@@ -12,7 +12,7 @@ use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession};
 use crdt_socket_sync::registry::MemoryRegistry;
 use crdt_socket_sync::server::{Authorizer, ConnId, Hub, ServerConfig, ServerEvent};
 pub use crdt_socket_sync::testing::OpLog;
-use crdt_socket_sync::wire::{Message, MessageDecoder};
+use crdt_socket_sync::wire::{Bytes, Encoder, Message, MessageDecoder, PeerLimits};
 use crdt_socket_sync::{Limits, Output};
 
 pub type Reg = MemoryRegistry<OpLog>;
@@ -358,4 +358,42 @@ pub fn joining_client<A: Authorizer>(
     let mut reg = client_registry(i as u32 + 1);
     session.open(&mut reg, doc, now).unwrap();
     (session, reg, conn)
+}
+
+/// `msgs` in one frame, as a peer would send them.
+pub fn frame(msgs: &[Message]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Encoder::new(&Limits::default())
+        .encode(msgs, &mut out)
+        .unwrap();
+    out
+}
+
+/// The `Hello` of a hand-driven ("raw") connection.
+pub fn hello(peer: &str, token: &[u8]) -> Message {
+    Message::Hello {
+        versions: vec![1],
+        peer: peer.into(),
+        token: Bytes(token.to_vec()),
+        compression: vec![],
+        limits: PeerLimits {
+            max_frame_len: 1 << 20,
+            max_decompressed_len: 1 << 20,
+        },
+    }
+}
+
+/// Two healthy clients ("good1", "good2") on "doc", plus a raw connection
+/// the test drives by hand; the hub's events so far are dropped.
+pub fn with_raw_connection<A: Authorizer>(config: ServerConfig, auth: A) -> (Net<A>, ConnId) {
+    let mut n = Net::new(config, auth);
+    n.record = false;
+    for p in ["good1", "good2"] {
+        let i = n.add_client(client_config(p));
+        n.open(i, "doc");
+        n.connect(i);
+    }
+    let raw = n.hub.accept(n.now);
+    n.take_server_events();
+    (n, raw)
 }

@@ -35,10 +35,17 @@
 //!   ([`ServerOptions::outgoing_capacity`]), its frames stay in the hub's
 //!   bounded queue, where the core coalesces them for a slow reader; server
 //!   memory per connection stays bounded. The task is a future written by
-//!   hand that keeps little beyond the WebSocket (the handshakes run boxed;
-//!   416 bytes, a 512-byte task), and the WebSocket reads through a 512-byte
-//!   buffer: together about 1.5 KiB per idle connection in the transport,
-//!   plus the hub's session.
+//!   hand (the handshakes run boxed; 144 bytes, a 256-byte task).
+//! * An **idle connection holds its TCP stream alone**: between messages,
+//!   with nothing to write, the WebSocket state (tungstenite's read and
+//!   write buffers, as large as the largest frame seen, and
+//!   tokio-tungstenite's wakers) is dropped, and rebuilt when the socket
+//!   becomes readable or a frame is to be written. It is dropped only at a
+//!   frame boundary outside a fragmented message, which the transport
+//!   follows in the bytes it hands tungstenite. TLS connections (whose
+//!   stream keeps its own buffers) and the axum endpoint keep their
+//!   WebSocket. About 0.5 KiB per idle connection in the transport (the
+//!   task and tokio's socket registration), plus the hub's session.
 //! * The tasks wake each other for every update. On a multi-threaded runtime
 //!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
 //!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is
@@ -71,6 +78,8 @@ mod client;
 pub use client::{ClientEvents, ClientOptions, WebSocketClient};
 pub(crate) use client::{DialError, DialSettings};
 
+#[cfg(feature = "tokio")]
+mod hibernate;
 #[cfg(feature = "tokio")]
 mod hub_task;
 #[cfg(feature = "tokio")]

@@ -66,6 +66,7 @@ use crate::registry::Registry;
 use crate::server::Authorizer;
 
 use super::client::{BoxFuture, Runtime, build, first_connection};
+use super::hibernate::{HibernatingWebSocket, Watched, server_ws_config};
 use super::hub_task::{ConnTask, HubHandle, HubService, RefuseReason, ServerEvents, ServerOptions};
 use super::{
     CLOSE_TRY_AGAIN_LATER, ClientError, ClientEvents, ClientOptions, ServerError, WebSocketClient,
@@ -295,12 +296,11 @@ async fn accept_loop(listener: TcpListener, handle: HubHandle, mut stop: oneshot
 }
 
 fn ws_config(handle: &HubHandle) -> WebSocketConfig {
-    let max = super::max_ws_message(&handle.options().hub.limits);
-    WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        .read_buffer_size(super::WS_SERVER_READ_BUFFER)
-        .write_buffer_size(0)
+    server_ws_config(max_message(handle))
+}
+
+fn max_message(handle: &HubHandle) -> usize {
+    super::max_ws_message(&handle.options().hub.limits)
 }
 
 /// Serves one accepted TCP connection: TLS (when configured), the WebSocket
@@ -309,19 +309,21 @@ fn ws_config(handle: &HubHandle) -> WebSocketConfig {
 /// The task lives as long as the connection, so its size is memory per idle
 /// connection: the handshakes run boxed (their state is large and
 /// short-lived), then the task holds the [`Connection`](super::hub_task::Connection)
-/// alone, a future written by hand.
+/// alone, a future written by hand, whose WebSocket holds the TCP stream
+/// alone while idle ([`HibernatingWebSocket`]).
 fn serve_tcp(
     tcp: TcpStream,
     addr: SocketAddr,
     handle: HubHandle,
-) -> ConnTask<WebSocketStream<TcpStream>, tungstenite::Message> {
+) -> ConnTask<HibernatingWebSocket, tungstenite::Message> {
     let deadline = tokio::time::Instant::now() + handle.options().hub.handshake_timeout;
     #[cfg(feature = "tls")]
     if let Some(config) = handle.options().tls.clone() {
         return ConnTask::Boxed(Box::pin(serve_tls(tcp, addr, handle, deadline, config)));
     }
     ConnTask::Opening(Box::pin(async move {
-        let (ws, admission) = upgrade(tcp, addr, &handle, deadline).await?;
+        let (ws, admission) = upgrade(Watched::upgrading(tcp), addr, &handle, deadline).await?;
+        let ws = HibernatingWebSocket::new(ws, max_message(&handle));
         Some(handle.connection(ws, Some(addr), admission))
     }))
 }
@@ -558,7 +560,7 @@ mod tests {
         let (tcp, peer) = listener.accept().await.unwrap();
         let task = serve_tcp(tcp, peer, service.handle().clone());
         let size = std::mem::size_of_val(&task);
-        let ws = std::mem::size_of::<WebSocketStream<TcpStream>>();
+        let ws = std::mem::size_of::<HibernatingWebSocket>();
         // What tokio keeps of it: its `Stage` (the future, or the output).
         #[allow(dead_code)]
         enum Stage<T> {
@@ -566,16 +568,16 @@ mod tests {
             Finished(Result<(), (Option<Box<dyn std::any::Any + Send>>, std::num::NonZeroU64)>),
             Consumed,
         }
-        let stage = std::mem::size_of::<
-            Stage<ConnTask<WebSocketStream<TcpStream>, tungstenite::Message>>,
-        >();
+        let stage =
+            std::mem::size_of::<Stage<ConnTask<HibernatingWebSocket, tungstenite::Message>>>();
         eprintln!("connection task {size} bytes (stage {stage}), its WebSocket {ws}");
-        // 416 bytes with tokio-tungstenite 0.30 and every feature (the
-        // WebSocket is 320): with tokio's 96, a 512-byte cell. The `async fn`
-        // it replaced was 776 bytes (a 1,024-byte cell), 2,304 before the
+        // 144 bytes with tokio-tungstenite 0.30 and every feature (the
+        // WebSocket is 48 while asleep: the TCP stream, or a box): with
+        // tokio's 96, a 256-byte cell. It was 416 (a 512-byte cell) with the
+        // WebSocket inline, 776 (1,024) as an `async fn`, 2,304 before the
         // handshakes were boxed.
         assert!(
-            stage <= 416,
+            stage <= 160,
             "connection task of {size} bytes (stage {stage})"
         );
         drop(task);

@@ -334,7 +334,15 @@ impl FrameTracker {
             let mut cursor = Cursor::new(&self.head[..had + add]);
             match FrameHeader::parse(&mut cursor) {
                 Ok(Some((header, len))) => {
-                    let used = cursor.position() as usize - had;
+                    // The header ends in the bytes just added (a shorter
+                    // one would have parsed before).
+                    let Some(used) = (cursor.position() as usize)
+                        .checked_sub(had)
+                        .filter(|&used| used <= add)
+                    else {
+                        self.broken = true;
+                        continue;
+                    };
                     bytes = &bytes[used..];
                     self.head_len = 0;
                     self.payload_left = len;
@@ -450,6 +458,20 @@ mod tests {
                 let expected = ends.iter().any(|&(end, open)| end == at && !open);
                 prop_assert_eq!(tracker.between_messages(), expected, "after {} of {} bytes", at, wire.len());
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_followed_without_panicking(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            cut in 1usize..40,
+        ) {
+            let mut tracker = FrameTracker::default();
+            for chunk in bytes.chunks(cut) {
+                tracker.feed(chunk);
+            }
+            prop_assert!(tracker.head_len as usize <= MAX_HEADER);
         }
     }
 

@@ -1,11 +1,15 @@
 //! The bounded queue of messages a session sends, and their framing.
 //!
 //! Messages are encoded when they are queued, so a message fanned out to many
-//! sessions is encoded once and its bytes shared ([`Outbound::push_shared`]).
+//! sessions is encoded once and its bytes shared ([`Queue::push_shared`]).
 //! Frames are built when the caller drains: consecutive messages are batched
 //! into one frame up to the peer's frame and message-count limits, so small
 //! updates do not each pay a header. A message too large for one frame is
 //! split into [`Message::Fragment`]s.
+//!
+//! Message buffers are reused through [`Spares`] held by the queue's owner,
+//! not by the queue: a hub lends one set to all its sessions, so steady
+//! traffic allocates nothing while an idle connection holds no buffer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -103,8 +107,9 @@ impl Items {
     }
 }
 
-/// A session's outgoing messages, encoded, waiting to be framed.
-pub(crate) struct Outbound {
+/// A session's outgoing messages, encoded, waiting to be framed. Its
+/// message buffers come from, and go back to, the caller's [`Spares`].
+pub(crate) struct Queue {
     items: Items,
     bytes: usize,
     // Counts in u32 (a queue bounded far below 4 G messages): a session
@@ -117,12 +122,11 @@ pub(crate) struct Outbound {
     compression: Compression,
     threshold: usize,
     next_fragment: u32,
-    spare: Option<Vec<u8>>,
 }
 
-impl Outbound {
+impl Queue {
     pub(crate) fn new(limits: &Limits) -> Self {
-        Outbound {
+        Queue {
             items: Items::default(),
             bytes: 0,
             msgs: 0,
@@ -133,7 +137,6 @@ impl Outbound {
             compression: Compression::None,
             threshold: usize::MAX,
             next_fragment: 0,
-            spare: None,
         }
     }
 
@@ -151,7 +154,7 @@ impl Outbound {
 
     /// Drops everything queued (a new transport starts empty).
     pub(crate) fn reset(&mut self, limits: &Limits) {
-        *self = Outbound::new(limits);
+        *self = Queue::new(limits);
     }
 
     /// Queued bytes (encoded message bodies).
@@ -187,25 +190,35 @@ impl Outbound {
     }
 
     /// Encodes and queues `msg`.
-    pub(crate) fn push(&mut self, msg: &Message, priority: Priority) -> Result<(), QueueFull> {
+    pub(crate) fn push(
+        &mut self,
+        msg: &Message,
+        priority: Priority,
+        spares: &mut Spares,
+    ) -> Result<(), QueueFull> {
         let size = crate::wire::message_len(msg).unwrap_or(usize::MAX);
-        self.push_with(size, priority, |out| encode_into(msg, out))
+        self.push_with(size, priority, spares, |out| encode_into(msg, out))
     }
 
     /// Queues `Message::Broadcast { doc, data }`, encoded from the borrowed
     /// payload (no message built).
-    pub(crate) fn push_broadcast(&mut self, doc: DocId, data: &[u8]) -> Result<(), QueueFull> {
+    pub(crate) fn push_broadcast(
+        &mut self,
+        doc: DocId,
+        data: &[u8],
+        spares: &mut Spares,
+    ) -> Result<(), QueueFull> {
         let size = hot::broadcast_len(doc, data);
-        self.push_with(size, Priority::Data, |out| {
+        self.push_with(size, Priority::Data, spares, |out| {
             hot::encode_broadcast(doc, data, out)
         })
     }
 
     /// Queues `Message::Ack { doc, applied, durable }` (a control message:
     /// always queued), encoded without building the message.
-    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64) {
+    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64, spares: &mut Spares) {
         let size = hot::ack_len(doc, applied, durable);
-        let _ = self.push_with(size, Priority::Control, |out| {
+        let _ = self.push_with(size, Priority::Control, spares, |out| {
             hot::encode_ack(doc, applied, durable, out)
         });
     }
@@ -215,6 +228,7 @@ impl Outbound {
         &mut self,
         size: usize,
         priority: Priority,
+        spares: &mut Spares,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), QueueFull> {
         if priority == Priority::Data && !self.has_room(size) {
@@ -240,7 +254,7 @@ impl Outbound {
             encode(tail);
             *msgs += 1;
         } else {
-            let mut v = self.new_buffer(size);
+            let mut v = spares.take(size);
             encode(&mut v);
             self.items.push_back(Item {
                 body: Body::Own(v),
@@ -293,17 +307,17 @@ impl Outbound {
     }
 
     /// Builds the next frame from the front of the queue (the tests' way;
-    /// sessions use [`Outbound::poll_frame_into`]).
+    /// sessions use [`Queue::poll_frame_into`]).
     #[cfg(test)]
-    pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn poll_frame(&mut self, spares: &mut Spares) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        self.poll_frame_into(&mut out).then_some(out)
+        self.poll_frame_into(&mut out, spares).then_some(out)
     }
 
     /// Appends the next frame to `out` (which may hold earlier frames);
-    /// `false` when the queue is empty. A caller reusing `out` sends without
-    /// allocating.
-    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
+    /// `false` when the queue is empty. The drained buffers go back to
+    /// `spares`, so a caller reusing `out` sends without allocating.
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>, spares: &mut Spares) -> bool {
         let start = out.len();
         // The common case on a live connection: one item, sent plain.
         if self.items.rest.is_empty()
@@ -317,7 +331,7 @@ impl Outbound {
             frame_start(out, body.len());
             out.extend_from_slice(body);
             seal(out, start);
-            self.recycle(item.body);
+            spares.give(item.body);
             return true;
         }
         let Some(first) = self.items.front() else {
@@ -348,7 +362,7 @@ impl Outbound {
                     break;
                 };
                 out.extend_from_slice(item.body.bytes());
-                self.recycle(item.body);
+                spares.give(item.body);
             }
             let packed = deflate(&out[start..]);
             if packed.len() < body_len {
@@ -379,7 +393,7 @@ impl Outbound {
                 break;
             };
             out.extend_from_slice(item.body.bytes());
-            self.recycle(item.body);
+            spares.give(item.body);
         }
         seal(out, start);
         true
@@ -391,20 +405,90 @@ impl Outbound {
         self.items.rest.capacity()
     }
 
-    /// Keeps one small buffer for the next message: steady traffic then
-    /// encodes without allocating.
-    fn recycle(&mut self, body: Body) {
-        if let Body::Own(mut v) = body
-            && self.spare.is_none()
-            && v.capacity() <= SPARE_MAX
-        {
-            v.clear();
-            self.spare = Some(v);
+    /// Heap bytes the queue holds: its deque and its own message buffers.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        let own = self.items.iter().map(|i| match &i.body {
+            Body::Own(v) => v.capacity(),
+            Body::Shared(_) => 0,
+        });
+        own.sum::<usize>() + self.capacity() * std::mem::size_of::<Item>()
+    }
+}
+
+/// A queue with a spare buffer of its own: a client session's (one
+/// connection, so there is nothing to share it with).
+pub(crate) struct Outbound {
+    queue: Queue,
+    spares: Spares,
+}
+
+impl Outbound {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Outbound {
+            queue: Queue::new(limits),
+            spares: Spares::new(1),
         }
     }
 
-    fn new_buffer(&mut self, size: usize) -> Vec<u8> {
-        match self.spare.take() {
+    /// [`Queue::negotiate`].
+    pub(crate) fn negotiate(
+        &mut self,
+        peer: PeerLimits,
+        compression: Compression,
+        threshold: usize,
+    ) {
+        self.queue.negotiate(peer, compression, threshold);
+    }
+
+    /// [`Queue::reset`] (the spare buffer is kept).
+    pub(crate) fn reset(&mut self, limits: &Limits) {
+        self.queue.reset(limits);
+    }
+
+    /// [`Queue::bytes`].
+    pub(crate) fn bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
+    /// [`Queue::has_room`].
+    pub(crate) fn has_room(&self, extra: usize) -> bool {
+        self.queue.has_room(extra)
+    }
+
+    /// [`Queue::push`].
+    pub(crate) fn push(&mut self, msg: &Message, priority: Priority) -> Result<(), QueueFull> {
+        self.queue.push(msg, priority, &mut self.spares)
+    }
+
+    /// [`Queue::poll_frame_into`].
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
+        self.queue.poll_frame_into(out, &mut self.spares)
+    }
+}
+
+/// Spare message buffers, lent to [`Queue`]s as they encode and given back
+/// as they drain: steady traffic then encodes without allocating. Their
+/// owner decides how many are kept: a hub keeps a few for all its sessions
+/// (so an idle connection holds none), a client session one of its own.
+pub(crate) struct Spares {
+    /// Allocated once with room for as many as are kept: `give` never
+    /// grows it.
+    bufs: Vec<Vec<u8>>,
+}
+
+impl Spares {
+    /// Keeps at most `max` buffers.
+    pub(crate) fn new(max: usize) -> Self {
+        Spares {
+            bufs: Vec::with_capacity(max),
+        }
+    }
+
+    /// A buffer with room for `size` bytes: a spare one when there is one.
+    #[inline]
+    fn take(&mut self, size: usize) -> Vec<u8> {
+        match self.bufs.pop() {
             Some(mut v) => {
                 v.reserve(size);
                 v
@@ -412,13 +496,30 @@ impl Outbound {
             None => Vec::with_capacity(size.max(64)),
         }
     }
+
+    /// Keeps a drained body's buffer, unless enough are kept or it is
+    /// large (one big message must not pin its memory).
+    #[inline(always)]
+    fn give(&mut self, body: Body) {
+        if let Body::Own(mut v) = body
+            && self.bufs.len() < self.bufs.capacity()
+            && v.capacity() <= SPARE_MAX
+        {
+            v.clear();
+            self.bufs.push(v);
+        }
+    }
+
+    /// Buffers kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.bufs.len()
+    }
 }
 
 /// Largest buffer kept for reuse.
 const SPARE_MAX: usize = 4096;
 
-/// A frame buffer holding the header of an uncompressed body of `body_len`
-/// bytes, with room for the body and the checksum.
 /// Appends a plain frame header for `body_len` bytes of body, reserving
 /// room for the whole frame.
 fn frame_start(out: &mut Vec<u8>, body_len: usize) {
@@ -477,14 +578,15 @@ mod tests {
 
     #[test]
     fn batches_small_messages_into_one_frame() {
-        let mut q = Outbound::new(&Limits::default());
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
         for t in 0..10 {
-            q.push(&Message::Ping { t }, Priority::Data).unwrap();
+            q.push(&Message::Ping { t }, Priority::Data, &mut sp)
+                .unwrap();
         }
         let shared = encode_shared(&Message::Pong { echo: 9 });
         q.push_shared(&shared).unwrap();
-        let frame = q.poll_frame().unwrap();
-        assert!(q.poll_frame().is_none());
+        let frame = q.poll_frame(&mut sp).unwrap();
+        assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(q.bytes(), 0);
         let msgs = decode(&frame);
         assert_eq!(msgs.len(), 11);
@@ -493,7 +595,7 @@ mod tests {
 
     #[test]
     fn deflate_falls_back_to_plain_when_it_does_not_pay() {
-        let mut q = Outbound::new(&Limits::default());
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
         q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
         // Pseudo-random bytes do not compress; several items share the frame.
         let mut x = 0x9E37_79B9_u32;
@@ -513,47 +615,89 @@ mod tests {
                 data: Bytes(noise()),
             })
             .collect();
-        q.push(&msgs[0], Priority::Data).unwrap();
+        q.push(&msgs[0], Priority::Data, &mut sp).unwrap();
         q.push_shared(&encode_shared(&msgs[1])).unwrap();
-        q.push(&msgs[2], Priority::Data).unwrap();
-        let frame = q.poll_frame().unwrap();
-        assert!(q.poll_frame().is_none());
+        q.push(&msgs[2], Priority::Data, &mut sp).unwrap();
+        let frame = q.poll_frame(&mut sp).unwrap();
+        assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(frame[0] & FLAG_DEFLATE, 0, "sent uncompressed");
         assert_eq!(decode(&frame), msgs);
     }
 
     #[test]
     fn a_large_compressed_frame_leaves_no_large_buffer_behind() {
-        let mut q = Outbound::new(&Limits::default());
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
         q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes(vec![7; 200_000]),
         };
-        q.push(&big, Priority::Data).unwrap();
-        let frame = q.poll_frame().unwrap();
+        q.push(&big, Priority::Data, &mut sp).unwrap();
+        let frame = q.poll_frame(&mut sp).unwrap();
         assert!(frame.len() < 10_000, "compressed");
         assert_eq!(decode(&frame), vec![big]);
-        // Nothing but the small spare buffer is kept for the next frame.
-        assert!(q.spare.as_ref().is_none_or(|v| v.capacity() <= SPARE_MAX));
+        // Nothing but small spare buffers is kept for the next frame.
+        assert!(sp.bufs.iter().all(|v| v.capacity() <= SPARE_MAX));
     }
 
     #[test]
     fn one_item_at_a_time_allocates_no_queue_and_a_drained_burst_keeps_none() {
-        let mut q = Outbound::new(&Limits::default());
-        q.push(&Message::Ping { t: 1 }, Priority::Data).unwrap();
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
+        q.push(&Message::Ping { t: 1 }, Priority::Data, &mut sp)
+            .unwrap();
         assert_eq!(q.capacity(), 0, "a single item is kept inline");
-        assert!(q.poll_frame().is_some());
+        assert!(q.poll_frame(&mut sp).is_some());
         for t in 0..10 {
             q.push_shared(&encode_shared(&Message::Pong { echo: t }))
                 .unwrap();
         }
         assert!(q.capacity() > 0, "a burst uses the deque");
-        let frame = q.poll_frame().unwrap();
+        let frame = q.poll_frame(&mut sp).unwrap();
         assert_eq!(decode(&frame).len(), 10, "in order, one frame");
-        assert!(q.poll_frame().is_none());
+        assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(q.capacity(), 0);
-        assert!(q.spare.as_ref().is_some_and(|v| v.capacity() <= SPARE_MAX));
+        assert_eq!(sp.len(), 1, "the Ping's buffer is spare");
+    }
+
+    /// Queues sharing spares take buffers as they encode and give them
+    /// back as they drain: the same buffers serve again, and no more than
+    /// the bound are kept.
+    #[test]
+    fn queues_sharing_spares_reuse_their_buffers_and_keep_at_most_the_bound() {
+        let mut sp = Spares::new(2);
+        let mut queues: Vec<Queue> = (0..3).map(|_| Queue::new(&Limits::default())).collect();
+        let mut round = |sp: &mut Spares| {
+            for (i, q) in queues.iter_mut().enumerate() {
+                q.push_ack(DocId(0), i as u64, 0, sp);
+            }
+            let mut out = Vec::new();
+            for q in &mut queues {
+                assert!(q.poll_frame_into(&mut out, sp));
+            }
+            assert_eq!(sp.len(), 2, "at most two kept");
+        };
+        round(&mut sp);
+        let kept: Vec<*const u8> = sp.bufs.iter().map(|v| v.as_ptr()).collect();
+        round(&mut sp);
+        let mut again: Vec<*const u8> = sp.bufs.iter().map(|v| v.as_ptr()).collect();
+        again.sort();
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(kept, again, "the spares were used again");
+    }
+
+    /// A client's queue keeps its one spare buffer itself.
+    #[test]
+    fn a_client_queue_keeps_one_spare_of_its_own() {
+        let mut q = Outbound::new(&Limits::default());
+        for t in 0..3 {
+            q.push(&Message::Ping { t }, Priority::Control).unwrap();
+            let mut out = Vec::new();
+            assert!(q.poll_frame_into(&mut out));
+            assert_eq!(decode(&out), vec![Message::Ping { t }]);
+            assert_eq!(q.spares.len(), 1);
+        }
+        assert_eq!(q.bytes(), 0);
     }
 
     #[test]
@@ -562,14 +706,15 @@ mod tests {
             max_outbound_bytes: 100,
             ..Limits::default()
         };
-        let mut q = Outbound::new(&limits);
+        let (mut q, mut sp) = (Queue::new(&limits), Spares::new(1));
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes(vec![0; 90]),
         };
-        q.push(&big, Priority::Data).unwrap();
-        assert_eq!(q.push(&big, Priority::Data), Err(QueueFull));
-        q.push(&Message::Ping { t: 0 }, Priority::Control).unwrap();
+        q.push(&big, Priority::Data, &mut sp).unwrap();
+        assert_eq!(q.push(&big, Priority::Data, &mut sp), Err(QueueFull));
+        q.push(&Message::Ping { t: 0 }, Priority::Control, &mut sp)
+            .unwrap();
         assert_eq!(q.len(), 2);
     }
 
@@ -579,14 +724,14 @@ mod tests {
             max_frame_len: 1024,
             ..Limits::default()
         };
-        let mut q = Outbound::new(&limits);
+        let (mut q, mut sp) = (Queue::new(&limits), Spares::new(1));
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes((0..5000u32).map(|i| i as u8).collect()),
         };
-        q.push(&big, Priority::Data).unwrap();
+        q.push(&big, Priority::Data, &mut sp).unwrap();
         let mut reassembled = Vec::new();
-        while let Some(frame) = q.poll_frame() {
+        while let Some(frame) = q.poll_frame(&mut sp) {
             assert!(frame.len() <= 1024);
             for m in decode(&frame) {
                 match m {

@@ -10,7 +10,7 @@ use crate::Limits;
 use crate::awareness::RateLimit;
 use crate::close::CloseCause;
 use crate::inbound::{Inbound, InboundError};
-use crate::outbound::{Outbound, Priority, QueueFull};
+use crate::outbound::{Priority, Queue, QueueFull, Spares};
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
 use super::{ConnId, Identity, ServerConfig};
@@ -176,7 +176,7 @@ pub struct ServerSession {
     pub(crate) identity: Option<Identity>,
     pub(crate) peer: String,
     pub(crate) inbound: Inbound,
-    pub(crate) outbound: Outbound,
+    pub(crate) outbound: Queue,
     pub(crate) docs: Subscriptions,
     pub(crate) transfers: VecDeque<Transfer>,
     pub(crate) last_rx: Instant,
@@ -202,7 +202,7 @@ impl ServerSession {
             identity: None,
             peer: String::new(),
             inbound: Inbound::new(config.framing),
-            outbound: Outbound::new(&config.limits),
+            outbound: Queue::new(&config.limits),
             docs: Subscriptions::default(),
             transfers: VecDeque::new(),
             last_rx: now,
@@ -307,9 +307,10 @@ impl ServerSession {
         Some(update)
     }
 
-    pub(crate) fn send(&mut self, msg: &Message) {
+    /// Queues `msg`, encoded into one of `spares` (the hub's).
+    pub(crate) fn send(&mut self, msg: &Message, spares: &mut Spares) {
         // Control messages are small and always queued.
-        let _ = self.outbound.push(msg, Priority::Control);
+        let _ = self.outbound.push(msg, Priority::Control, spares);
     }
 
     pub(crate) fn send_shared(&mut self, encoded: &Arc<[u8]>) -> Result<(), QueueFull> {
@@ -318,14 +319,20 @@ impl ServerSession {
 
     /// Queues `Close` and moves to [`Phase::Closed`]. Returns `false` when
     /// already closed (so the caller reports the close only once).
-    pub(crate) fn close(&mut self, reason: CloseReason, message: &str) -> bool {
+    pub(crate) fn close(
+        &mut self,
+        reason: CloseReason,
+        message: &str,
+        spares: &mut Spares,
+    ) -> bool {
         if self.phase == Phase::Closed {
             return false;
         }
-        self.send(&Message::Close {
+        let close = Message::Close {
             reason,
             message: message.to_string(),
-        });
+        };
+        self.send(&close, spares);
         self.phase = Phase::Closed;
         self.transfers.clear();
         true
@@ -341,12 +348,16 @@ impl ServerSession {
     }
 
     /// Fires expired deadlines; returns the cause when the session closed.
-    pub(crate) fn on_timeout(&mut self, config: &ServerConfig) -> Option<CloseCause> {
+    pub(crate) fn on_timeout(
+        &mut self,
+        config: &ServerConfig,
+        spares: &mut Spares,
+    ) -> Option<CloseCause> {
         match self.phase {
             Phase::Handshake {
                 deadline: Some(deadline),
             } if self.now >= deadline => {
-                self.close(CloseReason::HandshakeTimeout, "no hello in time");
+                self.close(CloseReason::HandshakeTimeout, "no hello in time", spares);
                 Some(CloseCause::Local(CloseReason::HandshakeTimeout))
             }
             Phase::Active
@@ -355,7 +366,7 @@ impl ServerSession {
                     .checked_add(config.idle_timeout)
                     .is_some_and(|t| self.now >= t) =>
             {
-                self.close(CloseReason::IdleTimeout, "no traffic");
+                self.close(CloseReason::IdleTimeout, "no traffic", spares);
                 Some(CloseCause::Local(CloseReason::IdleTimeout))
             }
             _ => None,
@@ -364,7 +375,7 @@ impl ServerSession {
 
     /// Moves chunks of pending transfers into the outbound queue while it
     /// has room; finishes each transfer with `SyncDone`.
-    pub(crate) fn pump_transfers(&mut self) {
+    pub(crate) fn pump_transfers(&mut self, spares: &mut Spares) {
         let chunk = self.outbound.max_chunk();
         while let Some(t) = self.transfers.front_mut() {
             while t.offset < t.payload.len() {
@@ -380,7 +391,7 @@ impl ServerSession {
                     total: t.payload.len() as u64,
                     data: Bytes(t.payload[t.offset..end].to_vec()),
                 };
-                if self.outbound.push(&msg, Priority::Data).is_err() {
+                if self.outbound.push(&msg, Priority::Data, spares).is_err() {
                     return;
                 }
                 t.offset = end;
@@ -390,28 +401,29 @@ impl ServerSession {
                 version: Bytes(std::mem::take(&mut t.version)),
             };
             self.transfers.pop_front();
-            self.send(&done);
+            self.send(&done, spares);
         }
         // Transfers are rare (initial sync, recovery): an idle session keeps
         // no buffer for them.
         self.transfers = VecDeque::new();
     }
 
-    pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn poll_frame(&mut self, spares: &mut Spares) -> Option<Vec<u8>> {
         let mut frame = Vec::new();
-        self.poll_frame_into(&mut frame).then_some(frame)
+        self.poll_frame_into(&mut frame, spares).then_some(frame)
     }
 
-    /// Appends the next frame to `out`; `false` when there is none.
-    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
+    /// Appends the next frame to `out`; `false` when there is none. The
+    /// drained message buffers go back to `spares`.
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>, spares: &mut Spares) -> bool {
         let start = out.len();
-        if !self.outbound.poll_frame_into(out) {
+        if !self.outbound.poll_frame_into(out, spares) {
             return false;
         }
         self.stats.frames_out += 1;
         self.stats.bytes_out += (out.len() - start) as u64;
         if !self.transfers.is_empty() {
-            self.pump_transfers();
+            self.pump_transfers(spares);
         }
         true
     }
@@ -446,13 +458,38 @@ mod tests {
     fn a_drained_session_keeps_no_queue() {
         let config = ServerConfig::default();
         let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
+        let mut spares = Spares::new(4);
         for t in 0..3 {
             let shared = crate::outbound::encode_shared(&Message::Ping { t });
             s.send_shared(&shared).unwrap();
         }
         assert!(s.outbound.capacity() > 0);
-        while s.poll_frame().is_some() {}
+        while s.poll_frame(&mut spares).is_some() {}
         assert_eq!(s.outbound.capacity(), 0);
+    }
+
+    /// After a burst of its own messages (a frame of a few KiB) a session
+    /// holds no message buffer: the drained ones went back to the hub's
+    /// spares, where one spare per session kept up to 4 KiB per idle
+    /// connection (workload C of the comparison).
+    #[test]
+    fn an_idle_session_holds_no_spare_buffer_after_a_burst() {
+        let config = ServerConfig::default();
+        let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
+        let mut spares = Spares::new(4);
+        let big = Message::Error {
+            doc: None,
+            seq: None,
+            code: crate::wire::ErrorCode::Internal,
+            message: "x".repeat(1500),
+        };
+        s.send(&big, &mut spares);
+        s.send(&Message::Pong { echo: 1 }, &mut spares);
+        let frame = s.poll_frame(&mut spares).unwrap();
+        assert!(frame.len() > 1500);
+        assert!(s.poll_frame(&mut spares).is_none());
+        assert_eq!(s.outbound.held(), 0, "no buffer left in the session");
+        assert_eq!(spares.len(), 1, "the burst's buffer went back");
     }
 
     /// Every session is boxed for the life of its connection: its size is

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
-use crate::outbound::encode_broadcast_shared;
+use crate::outbound::{Spares, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::{
@@ -30,6 +30,13 @@ pub use presence::{AppHook, AppMessage, AppVerdict};
 
 /// Smallest frame limit a client may announce.
 const MIN_PEER_FRAME: u32 = 1024;
+
+/// Spare message buffers the hub keeps for all its sessions' queues (see
+/// [`Spares`]). A keystroke takes two (the ack to its sender, the update to
+/// a single other subscriber) and the drain gives them back; sixteen also
+/// cover an adapter that handles several inputs before draining, and hold
+/// at most 64 KiB, where one spare per session held up to 4 KiB each.
+const SPARE_BUFFERS: usize = 16;
 
 struct DocEntry {
     name: Arc<str>,
@@ -121,6 +128,9 @@ pub struct Hub<A> {
     by_session: BTreeMap<SessionId, ConnId>,
     scratch: Vec<Message>,
     outcomes: Vec<ApplyOutcome>,
+    /// Message buffers lent to the sessions' queues: reused by busy
+    /// sessions, held by no idle one.
+    spares: Spares,
     /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
     /// acknowledgements wait for the disk, oldest first; at most
     /// `Limits::max_commits_in_flight`.
@@ -186,6 +196,7 @@ impl<A: Authorizer> Hub<A> {
             by_session: BTreeMap::new(),
             scratch: Vec::new(),
             outcomes: Vec::new(),
+            spares: Spares::new(SPARE_BUFFERS),
             in_flight: VecDeque::new(),
         }
     }
@@ -415,7 +426,7 @@ impl<A: Authorizer> Hub<A> {
         for (conn, s) in self.sessions.iter_mut() {
             let conn = &conn;
             s.tick(now);
-            if let Some(cause) = s.on_timeout(&self.config) {
+            if let Some(cause) = s.on_timeout(&self.config, &mut self.spares) {
                 closed.push((*conn, cause));
             }
         }
@@ -477,7 +488,7 @@ impl<A: Authorizer> Hub<A> {
         loop {
             let conn = self.marks.first_ready(&mut self.sessions)?;
             let s = self.sessions.get_mut(&conn)?;
-            if s.poll_frame_into(buf) {
+            if s.poll_frame_into(buf, &mut self.spares) {
                 self.marks.sent_from_first(s);
                 return Some(conn);
             }
@@ -489,7 +500,7 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for_into(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> bool {
         self.sessions
             .get_mut(&conn)
-            .is_some_and(|s| s.poll_frame_into(buf))
+            .is_some_and(|s| s.poll_frame_into(buf, &mut self.spares))
     }
 
     /// The next frame to send on `conn` (for adapters with a task per
@@ -497,7 +508,7 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
         // An emptied session stays listed as ready until `poll_transmit`
         // reaches it: unlisting here would cost a search.
-        self.sessions.get_mut(&conn)?.poll_frame()
+        self.sessions.get_mut(&conn)?.poll_frame(&mut self.spares)
     }
 
     /// The next event.
@@ -563,7 +574,7 @@ impl<A: Authorizer> Hub<A> {
 
     fn send(&mut self, conn: ConnId, msg: &Message) {
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.send(msg);
+            s.send(msg, &mut self.spares);
             self.marks.ready(s);
         }
     }
@@ -574,7 +585,7 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         let message = cause.to_string();
-        if s.close(reason, &message) {
+        if s.close(reason, &message, &mut self.spares) {
             self.after_close(conn, cause);
         }
     }
@@ -781,13 +792,14 @@ impl<A: Authorizer> Hub<A> {
         };
         s.identity = Some(identity.clone());
         s.peer = peer;
-        s.send(&Message::Welcome {
+        let welcome = Message::Welcome {
             version,
             session,
             compression,
             limits: server_limits,
             heartbeat_ms,
-        });
+        };
+        s.send(&welcome, &mut self.spares);
         // The client offered the compression it accepts, so even the frame
         // carrying the Welcome may use it.
         s.outbound.negotiate(limits, compression, threshold);
@@ -1089,7 +1101,7 @@ impl<A: Authorizer> Hub<A> {
             offset: 0,
             version: server_version,
         });
-        s.pump_transfers();
+        s.pump_transfers(&mut self.spares);
         self.marks.ready(s);
         if kind == SyncKind::Snapshot {
             self.events
@@ -1515,7 +1527,7 @@ impl<A: Authorizer> Hub<A> {
             }
             let sent = match &shared {
                 Some(encoded) => s.send_shared(encoded),
-                None => s.outbound.push_broadcast(doc, data),
+                None => s.outbound.push_broadcast(doc, data, &mut self.spares),
             };
             if sent.is_err() {
                 slow.push(conn);
@@ -1685,7 +1697,7 @@ impl<A: Authorizer> Hub<A> {
                 waiting.push((conn, doc, sub.last_seq));
             }
             let (applied, durable) = (sub.last_seq, sub.durable_seq);
-            s.outbound.push_ack(doc, applied, durable);
+            s.outbound.push_ack(doc, applied, durable, &mut self.spares);
             self.marks.ready(s);
         }
         self.acks_due = due;

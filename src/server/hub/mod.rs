@@ -824,7 +824,7 @@ impl<A: Authorizer> Hub<A> {
                 };
                 let first = !sub.synced;
                 sub.synced = true;
-                sub.client_version = Some(version.0);
+                sub.client_version = Some(version.0.into_boxed_slice());
                 if first && let Some(name) = self.doc_name(doc).cloned() {
                     self.events
                         .push_back(ServerEvent::DocumentSynced { conn, name });
@@ -952,7 +952,7 @@ impl<A: Authorizer> Hub<A> {
         self.docs[doc.0 as usize].subscribers.insert(conn);
         let name = Arc::clone(&self.docs[doc.0 as usize].name);
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.docs.insert(doc, Subscription::new(access));
+            s.docs.insert(Subscription::new(doc, access));
         }
         self.send(
             conn,
@@ -1225,7 +1225,7 @@ impl<A: Authorizer> Hub<A> {
             .filter_map(|c| self.sessions.get(c))
             .any(|s| {
                 s.outbound.bytes() + incoming > high
-                    && s.docs.get(&doc).is_some_and(|sub| sub.lagging.is_none())
+                    && s.docs.get(&doc).is_some_and(|sub| !sub.is_lagging())
             })
             .then(|| d.version());
         let held_before = d.pending_bytes();
@@ -1343,7 +1343,7 @@ impl<A: Authorizer> Hub<A> {
             s.stats.updates_applied += 1;
             if let Some(sub) = s.docs.get_mut(&doc) {
                 sub.last_seq = sub.last_seq.max(seq);
-                sub.out_of_sync_sent = None;
+                sub.set_out_of_sync_sent(None);
             }
         }
         self.fan_out(conn, doc, data, None);
@@ -1442,17 +1442,17 @@ impl<A: Authorizer> Hub<A> {
             s.stats.duplicates += u64::from(duplicates);
             if let Some(sub) = s.docs.get_mut(&doc) {
                 if let Some(version) = server_version {
-                    let resend = sub.out_of_sync_sent.is_none_or(|at| {
+                    let resend = sub.out_of_sync_sent().is_none_or(|at| {
                         at.checked_add(resync_after)
                             .zip(now)
                             .is_some_and(|(t, now)| now >= t)
                     });
                     if resend {
-                        sub.out_of_sync_sent = now;
+                        sub.set_out_of_sync_sent(now);
                         out_of_sync = Some(version);
                     }
                 } else if applied > 0 {
-                    sub.out_of_sync_sent = None;
+                    sub.set_out_of_sync_sent(None);
                 }
             }
         }
@@ -1508,7 +1508,7 @@ impl<A: Authorizer> Hub<A> {
             let Some(sub) = s.docs.get_mut(&doc) else {
                 continue;
             };
-            if sub.lagging.is_some() {
+            if sub.is_lagging() {
                 continue;
             }
             let len = shared
@@ -1517,7 +1517,7 @@ impl<A: Authorizer> Hub<A> {
             if queued + len > high
                 && let Some(v) = pre_version
             {
-                sub.lagging = Some(v.to_vec());
+                sub.set_lagging(v.to_vec());
                 self.events.push_back(ServerEvent::SubscriberLagging {
                     conn,
                     name: Arc::clone(&entry.name),
@@ -1556,7 +1556,7 @@ impl<A: Authorizer> Hub<A> {
     }
 
     fn catch_up_due(&self, s: &ServerSession) -> bool {
-        s.outbound.bytes() <= self.low_water() && s.docs.values().any(|sub| sub.lagging.is_some())
+        s.outbound.bytes() <= self.low_water() && s.docs.values().any(Subscription::is_lagging)
     }
 
     /// Sends one coalesced catch-up to every lagging subscriber whose queue
@@ -1570,7 +1570,7 @@ impl<A: Authorizer> Hub<A> {
             .flat_map(|(conn, s)| {
                 s.docs
                     .iter_mut()
-                    .filter_map(move |(doc, sub)| sub.lagging.take().map(|v| (conn, *doc, v)))
+                    .filter_map(move |(doc, sub)| sub.take_lagging().map(|v| (conn, doc, v)))
             })
             .collect();
         for (conn, doc, since) in due {

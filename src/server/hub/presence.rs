@@ -116,7 +116,7 @@ impl<A: Authorizer> Hub<A> {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
-            if s.docs.get(&doc).is_some_and(|sub| sub.lagging.is_some()) {
+            if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
                 continue;
             }
             if s.send_shared(encoded).is_ok() {

@@ -322,7 +322,7 @@ impl<A: Authorizer> Hub<A> {
         if session.is_closed() {
             return;
         }
-        session.tick(now);
+        session.received_at(now);
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
         if session.phase == Phase::Active
@@ -425,8 +425,7 @@ impl<A: Authorizer> Hub<A> {
         let mut closed = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
             let conn = &conn;
-            s.tick(now);
-            if let Some(cause) = s.on_timeout(&self.config, &mut self.spares) {
+            if let Some(cause) = s.on_timeout(&self.config, now, &mut self.spares) {
                 closed.push((*conn, cause));
             }
         }
@@ -974,7 +973,7 @@ impl<A: Authorizer> Hub<A> {
         {
             let cached = cached.clone();
             if let Some(s) = self.sessions.get_mut(&conn) {
-                s.transfers.retain(|t| t.doc != doc);
+                s.transfers.cancel(doc);
                 s.transfers.push_back(Transfer {
                     doc,
                     id: r.transfer,
@@ -1042,7 +1041,7 @@ impl<A: Authorizer> Hub<A> {
         registry: &mut R,
     ) {
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.transfers.retain(|t| t.doc != doc);
+            s.transfers.cancel(doc);
         }
         self.queue_sync(conn, doc, version, registry);
     }

@@ -147,7 +147,7 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         s.docs.remove(&doc);
-        s.transfers.retain(|t| t.doc != doc);
+        s.transfers.cancel(doc);
         let session = s.session;
         if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
             entry.subscribers.remove(&conn);

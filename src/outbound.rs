@@ -7,9 +7,10 @@
 //! updates do not each pay a header. A message too large for one frame is
 //! split into [`Message::Fragment`]s.
 //!
-//! Message buffers are reused through [`Spares`] held by the queue's owner,
-//! not by the queue: a hub lends one set to all its sessions, so steady
-//! traffic allocates nothing while an idle connection holds no buffer.
+//! A queue's bounds and the spare buffers it encodes into are kept by its
+//! owner, not by the queue ([`Common`]): a hub lends one to all its
+//! sessions, so steady traffic allocates nothing while an idle connection
+//! holds no buffer and no copy of the limits.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -108,19 +109,16 @@ impl Items {
 }
 
 /// A session's outgoing messages, encoded, waiting to be framed. Its
-/// message buffers come from, and go back to, the caller's [`Spares`].
+/// bounds and message buffers are the caller's [`Common`].
 pub(crate) struct Queue {
     items: Items,
     bytes: usize,
     // Counts in u32 (a queue bounded far below 4 G messages): a session
     // is kept per idle connection, and every word shows.
     msgs: u32,
-    max_bytes: usize,
-    max_msgs: u32,
+    /// Ours or the peer's, whichever is smaller.
     max_frame_len: u32,
-    max_msgs_per_frame: u32,
     compression: Compression,
-    threshold: usize,
     next_fragment: u32,
 }
 
@@ -130,26 +128,16 @@ impl Queue {
             items: Items::default(),
             bytes: 0,
             msgs: 0,
-            max_bytes: limits.max_outbound_bytes,
-            max_msgs: u32::try_from(limits.max_outbound_messages).unwrap_or(u32::MAX),
             max_frame_len: limits.max_frame_len,
-            max_msgs_per_frame: limits.max_messages_per_frame,
             compression: Compression::None,
-            threshold: usize::MAX,
             next_fragment: 0,
         }
     }
 
     /// Applies what the handshake negotiated.
-    pub(crate) fn negotiate(
-        &mut self,
-        peer: PeerLimits,
-        compression: Compression,
-        threshold: usize,
-    ) {
+    pub(crate) fn negotiate(&mut self, peer: PeerLimits, compression: Compression) {
         self.max_frame_len = self.max_frame_len.min(peer.max_frame_len);
         self.compression = compression;
-        self.threshold = threshold;
     }
 
     /// Drops everything queued (a new transport starts empty).
@@ -172,8 +160,8 @@ impl Queue {
     }
 
     /// Whether `extra` more bytes of data would still fit.
-    pub(crate) fn has_room(&self, extra: usize) -> bool {
-        self.bytes.saturating_add(extra) <= self.max_bytes && self.msgs < self.max_msgs
+    pub(crate) fn has_room(&self, extra: usize, common: &Common) -> bool {
+        self.bytes.saturating_add(extra) <= common.max_bytes && self.msgs < common.max_msgs
     }
 
     fn max_body(&self) -> usize {
@@ -182,10 +170,10 @@ impl Queue {
 
     /// Largest payload for a message that must fit one frame (sync chunks),
     /// and small enough that a drained queue always has room for one.
-    pub(crate) fn max_chunk(&self) -> usize {
+    pub(crate) fn max_chunk(&self, common: &Common) -> usize {
         self.max_body()
             .saturating_sub(FRAGMENT_OVERHEAD)
-            .min(self.max_bytes / 4)
+            .min(common.max_bytes / 4)
             .max(1)
     }
 
@@ -194,10 +182,10 @@ impl Queue {
         &mut self,
         msg: &Message,
         priority: Priority,
-        spares: &mut Spares,
+        common: &mut Common,
     ) -> Result<(), QueueFull> {
         let size = crate::wire::message_len(msg).unwrap_or(usize::MAX);
-        self.push_with(size, priority, spares, |out| encode_into(msg, out))
+        self.push_with(size, priority, common, |out| encode_into(msg, out))
     }
 
     /// Queues `Message::Broadcast { doc, data }`, encoded from the borrowed
@@ -206,19 +194,19 @@ impl Queue {
         &mut self,
         doc: DocId,
         data: &[u8],
-        spares: &mut Spares,
+        common: &mut Common,
     ) -> Result<(), QueueFull> {
         let size = hot::broadcast_len(doc, data);
-        self.push_with(size, Priority::Data, spares, |out| {
+        self.push_with(size, Priority::Data, common, |out| {
             hot::encode_broadcast(doc, data, out)
         })
     }
 
     /// Queues `Message::Ack { doc, applied, durable }` (a control message:
     /// always queued), encoded without building the message.
-    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64, spares: &mut Spares) {
+    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64, common: &mut Common) {
         let size = hot::ack_len(doc, applied, durable);
-        let _ = self.push_with(size, Priority::Control, spares, |out| {
+        let _ = self.push_with(size, Priority::Control, common, |out| {
             hot::encode_ack(doc, applied, durable, out)
         });
     }
@@ -228,20 +216,20 @@ impl Queue {
         &mut self,
         size: usize,
         priority: Priority,
-        spares: &mut Spares,
+        common: &mut Common,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), QueueFull> {
-        if priority == Priority::Data && !self.has_room(size) {
+        if priority == Priority::Data && !self.has_room(size, common) {
             return Err(QueueFull);
         }
         if size > self.max_body() {
             let mut encoded = Vec::with_capacity(size);
             encode(&mut encoded);
-            self.push_fragments(&encoded);
+            self.push_fragments(&encoded, common);
             return Ok(());
         }
         let max_body = self.max_body();
-        let max_per_frame = self.max_msgs_per_frame;
+        let max_per_frame = common.max_msgs_per_frame;
         // Append to the last own item when it still fits one frame: fewer
         // allocations for runs of small messages.
         if let Some(Item {
@@ -254,7 +242,7 @@ impl Queue {
             encode(tail);
             *msgs += 1;
         } else {
-            let mut v = spares.take(size);
+            let mut v = common.take(size);
             encode(&mut v);
             self.items.push_back(Item {
                 body: Body::Own(v),
@@ -266,12 +254,16 @@ impl Queue {
         Ok(())
     }
 
-    pub(crate) fn push_shared(&mut self, encoded: &Arc<[u8]>) -> Result<(), QueueFull> {
-        if !self.has_room(encoded.len()) {
+    pub(crate) fn push_shared(
+        &mut self,
+        encoded: &Arc<[u8]>,
+        common: &Common,
+    ) -> Result<(), QueueFull> {
+        if !self.has_room(encoded.len(), common) {
             return Err(QueueFull);
         }
         if encoded.len() > self.max_body() {
-            self.push_fragments(encoded);
+            self.push_fragments(encoded, common);
             return Ok(());
         }
         self.bytes += encoded.len();
@@ -283,10 +275,10 @@ impl Queue {
         Ok(())
     }
 
-    fn push_fragments(&mut self, encoded: &[u8]) {
+    fn push_fragments(&mut self, encoded: &[u8], common: &Common) {
         let id = self.next_fragment;
         self.next_fragment = self.next_fragment.wrapping_add(1);
-        let chunk = self.max_chunk();
+        let chunk = self.max_chunk(common);
         let total = encoded.len() as u64;
         for (i, piece) in encoded.chunks(chunk).enumerate() {
             let frag = Message::Fragment {
@@ -309,20 +301,21 @@ impl Queue {
     /// Builds the next frame from the front of the queue (the tests' way;
     /// sessions use [`Queue::poll_frame_into`]).
     #[cfg(test)]
-    pub(crate) fn poll_frame(&mut self, spares: &mut Spares) -> Option<Vec<u8>> {
+    pub(crate) fn poll_frame(&mut self, common: &mut Common) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        self.poll_frame_into(&mut out, spares).then_some(out)
+        self.poll_frame_into(&mut out, common).then_some(out)
     }
 
     /// Appends the next frame to `out` (which may hold earlier frames);
     /// `false` when the queue is empty. The drained buffers go back to
-    /// `spares`, so a caller reusing `out` sends without allocating.
-    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>, spares: &mut Spares) -> bool {
+    /// `common`, so a caller reusing `out` sends without allocating.
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>, common: &mut Common) -> bool {
         let start = out.len();
-        // The common case on a live connection: one item, sent plain.
+        // The common case on a live connection: one item, sent plain
+        // (below the threshold, or the general path's plain copy).
         if self.items.rest.is_empty()
             && let Some(first) = &self.items.first
-            && first.body.bytes().len() < self.threshold
+            && first.body.bytes().len() < common.threshold
             && let Some(item) = self.items.first.take()
         {
             let body = item.body.bytes();
@@ -331,7 +324,7 @@ impl Queue {
             frame_start(out, body.len());
             out.extend_from_slice(body);
             seal(out, start);
-            spares.give(item.body);
+            common.give(item.body);
             return true;
         }
         let Some(first) = self.items.front() else {
@@ -343,7 +336,7 @@ impl Queue {
         let mut msgs = first.msgs;
         for item in self.items.iter().skip(1) {
             let len = item.body.bytes().len();
-            if body_len + len > max_body || msgs + item.msgs > self.max_msgs_per_frame {
+            if body_len + len > max_body || msgs + item.msgs > common.max_msgs_per_frame {
                 break;
             }
             body_len += len;
@@ -353,7 +346,7 @@ impl Queue {
         self.bytes -= body_len;
         self.msgs -= msgs;
 
-        if self.compression == Compression::Deflate && body_len >= self.threshold {
+        if self.compression == Compression::Deflate && body_len >= common.threshold {
             // The bodies are gathered where the frame goes (no buffer of
             // our own kept between frames), then replaced by their
             // compressed form, or given a plain header in front.
@@ -362,7 +355,7 @@ impl Queue {
                     break;
                 };
                 out.extend_from_slice(item.body.bytes());
-                spares.give(item.body);
+                common.give(item.body);
             }
             let packed = deflate(&out[start..]);
             if packed.len() < body_len {
@@ -393,7 +386,7 @@ impl Queue {
                 break;
             };
             out.extend_from_slice(item.body.bytes());
-            spares.give(item.body);
+            common.give(item.body);
         }
         seal(out, start);
         true
@@ -416,29 +409,31 @@ impl Queue {
     }
 }
 
-/// A queue with a spare buffer of its own: a client session's (one
-/// connection, so there is nothing to share it with).
+/// A queue with its own [`Common`] and one spare buffer: a client
+/// session's (one connection, so there is nothing to share them with).
 pub(crate) struct Outbound {
     queue: Queue,
-    spares: Spares,
+    common: Common,
 }
 
 impl Outbound {
     pub(crate) fn new(limits: &Limits) -> Self {
         Outbound {
             queue: Queue::new(limits),
-            spares: Spares::new(1),
+            common: Common::new(limits, usize::MAX, 1),
         }
     }
 
-    /// [`Queue::negotiate`].
+    /// [`Queue::negotiate`]; frame bodies from `threshold` bytes are
+    /// compressed when `compression` says so.
     pub(crate) fn negotiate(
         &mut self,
         peer: PeerLimits,
         compression: Compression,
         threshold: usize,
     ) {
-        self.queue.negotiate(peer, compression, threshold);
+        self.queue.negotiate(peer, compression);
+        self.common.threshold = threshold;
     }
 
     /// [`Queue::reset`] (the spare buffer is kept).
@@ -453,42 +448,54 @@ impl Outbound {
 
     /// [`Queue::has_room`].
     pub(crate) fn has_room(&self, extra: usize) -> bool {
-        self.queue.has_room(extra)
+        self.queue.has_room(extra, &self.common)
     }
 
     /// [`Queue::push`].
     pub(crate) fn push(&mut self, msg: &Message, priority: Priority) -> Result<(), QueueFull> {
-        self.queue.push(msg, priority, &mut self.spares)
+        self.queue.push(msg, priority, &mut self.common)
     }
 
     /// [`Queue::poll_frame_into`].
     pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
-        self.queue.poll_frame_into(out, &mut self.spares)
+        self.queue.poll_frame_into(out, &mut self.common)
     }
 }
 
-/// Spare message buffers, lent to [`Queue`]s as they encode and given back
-/// as they drain: steady traffic then encodes without allocating. Their
-/// owner decides how many are kept: a hub keeps a few for all its sessions
-/// (so an idle connection holds none), a client session one of its own.
-pub(crate) struct Spares {
+/// What the queues of one owner have in common, kept once rather than in
+/// every queue: their bounds, and spare message buffers lent to them as they
+/// encode and given back as they drain (steady traffic then encodes without
+/// allocating). A hub keeps one for all its sessions, so an idle connection
+/// holds no buffer and no copy of the limits; a client session keeps its
+/// own.
+pub(crate) struct Common {
+    max_bytes: usize,
+    max_msgs: u32,
+    max_msgs_per_frame: u32,
+    /// Frame bodies from this size are compressed, where negotiated.
+    threshold: usize,
     /// Allocated once with room for as many as are kept: `give` never
     /// grows it.
-    bufs: Vec<Vec<u8>>,
+    spares: Vec<Vec<u8>>,
 }
 
-impl Spares {
-    /// Keeps at most `max` buffers.
-    pub(crate) fn new(max: usize) -> Self {
-        Spares {
-            bufs: Vec::with_capacity(max),
+impl Common {
+    /// The bounds of `limits`, compression from `threshold` bytes, and at
+    /// most `spares` spare buffers.
+    pub(crate) fn new(limits: &Limits, threshold: usize, spares: usize) -> Self {
+        Common {
+            max_bytes: limits.max_outbound_bytes,
+            max_msgs: u32::try_from(limits.max_outbound_messages).unwrap_or(u32::MAX),
+            max_msgs_per_frame: limits.max_messages_per_frame,
+            threshold,
+            spares: Vec::with_capacity(spares),
         }
     }
 
     /// A buffer with room for `size` bytes: a spare one when there is one.
     #[inline]
     fn take(&mut self, size: usize) -> Vec<u8> {
-        match self.bufs.pop() {
+        match self.spares.pop() {
             Some(mut v) => {
                 v.reserve(size);
                 v
@@ -502,18 +509,18 @@ impl Spares {
     #[inline(always)]
     fn give(&mut self, body: Body) {
         if let Body::Own(mut v) = body
-            && self.bufs.len() < self.bufs.capacity()
+            && self.spares.len() < self.spares.capacity()
             && v.capacity() <= SPARE_MAX
         {
             v.clear();
-            self.bufs.push(v);
+            self.spares.push(v);
         }
     }
 
-    /// Buffers kept.
+    /// Spare buffers kept.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.bufs.len()
+    pub(crate) fn spares(&self) -> usize {
+        self.spares.len()
     }
 }
 
@@ -568,6 +575,11 @@ mod tests {
     use super::*;
     use crate::wire::{DocId, MessageDecoder};
 
+    /// What a queue of `limits` needs, with one spare buffer.
+    fn common(limits: &Limits) -> Common {
+        Common::new(limits, usize::MAX, 1)
+    }
+
     fn decode(frame: &[u8]) -> Vec<Message> {
         let mut out = Vec::new();
         MessageDecoder::new(Limits::default())
@@ -578,13 +590,13 @@ mod tests {
 
     #[test]
     fn batches_small_messages_into_one_frame() {
-        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
         for t in 0..10 {
             q.push(&Message::Ping { t }, Priority::Data, &mut sp)
                 .unwrap();
         }
         let shared = encode_shared(&Message::Pong { echo: 9 });
-        q.push_shared(&shared).unwrap();
+        q.push_shared(&shared, &sp).unwrap();
         let frame = q.poll_frame(&mut sp).unwrap();
         assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(q.bytes(), 0);
@@ -595,8 +607,9 @@ mod tests {
 
     #[test]
     fn deflate_falls_back_to_plain_when_it_does_not_pay() {
-        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
-        q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
+        q.negotiate(Limits::default().peer_limits(), Compression::Deflate);
+        sp.threshold = 64;
         // Pseudo-random bytes do not compress; several items share the frame.
         let mut x = 0x9E37_79B9_u32;
         let mut noise = || {
@@ -616,7 +629,7 @@ mod tests {
             })
             .collect();
         q.push(&msgs[0], Priority::Data, &mut sp).unwrap();
-        q.push_shared(&encode_shared(&msgs[1])).unwrap();
+        q.push_shared(&encode_shared(&msgs[1]), &sp).unwrap();
         q.push(&msgs[2], Priority::Data, &mut sp).unwrap();
         let frame = q.poll_frame(&mut sp).unwrap();
         assert!(q.poll_frame(&mut sp).is_none());
@@ -626,8 +639,9 @@ mod tests {
 
     #[test]
     fn a_large_compressed_frame_leaves_no_large_buffer_behind() {
-        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
-        q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
+        q.negotiate(Limits::default().peer_limits(), Compression::Deflate);
+        sp.threshold = 64;
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes(vec![7; 200_000]),
@@ -637,18 +651,18 @@ mod tests {
         assert!(frame.len() < 10_000, "compressed");
         assert_eq!(decode(&frame), vec![big]);
         // Nothing but small spare buffers is kept for the next frame.
-        assert!(sp.bufs.iter().all(|v| v.capacity() <= SPARE_MAX));
+        assert!(sp.spares.iter().all(|v| v.capacity() <= SPARE_MAX));
     }
 
     #[test]
     fn one_item_at_a_time_allocates_no_queue_and_a_drained_burst_keeps_none() {
-        let (mut q, mut sp) = (Queue::new(&Limits::default()), Spares::new(1));
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
         q.push(&Message::Ping { t: 1 }, Priority::Data, &mut sp)
             .unwrap();
         assert_eq!(q.capacity(), 0, "a single item is kept inline");
         assert!(q.poll_frame(&mut sp).is_some());
         for t in 0..10 {
-            q.push_shared(&encode_shared(&Message::Pong { echo: t }))
+            q.push_shared(&encode_shared(&Message::Pong { echo: t }), &sp)
                 .unwrap();
         }
         assert!(q.capacity() > 0, "a burst uses the deque");
@@ -656,7 +670,7 @@ mod tests {
         assert_eq!(decode(&frame).len(), 10, "in order, one frame");
         assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(q.capacity(), 0);
-        assert_eq!(sp.len(), 1, "the Ping's buffer is spare");
+        assert_eq!(sp.spares(), 1, "the Ping's buffer is spare");
     }
 
     /// Queues sharing spares take buffers as they encode and give them
@@ -664,9 +678,9 @@ mod tests {
     /// the bound are kept.
     #[test]
     fn queues_sharing_spares_reuse_their_buffers_and_keep_at_most_the_bound() {
-        let mut sp = Spares::new(2);
+        let mut sp = Common::new(&Limits::default(), usize::MAX, 2);
         let mut queues: Vec<Queue> = (0..3).map(|_| Queue::new(&Limits::default())).collect();
-        let mut round = |sp: &mut Spares| {
+        let mut round = |sp: &mut Common| {
             for (i, q) in queues.iter_mut().enumerate() {
                 q.push_ack(DocId(0), i as u64, 0, sp);
             }
@@ -674,12 +688,12 @@ mod tests {
             for q in &mut queues {
                 assert!(q.poll_frame_into(&mut out, sp));
             }
-            assert_eq!(sp.len(), 2, "at most two kept");
+            assert_eq!(sp.spares(), 2, "at most two kept");
         };
         round(&mut sp);
-        let kept: Vec<*const u8> = sp.bufs.iter().map(|v| v.as_ptr()).collect();
+        let kept: Vec<*const u8> = sp.spares.iter().map(|v| v.as_ptr()).collect();
         round(&mut sp);
-        let mut again: Vec<*const u8> = sp.bufs.iter().map(|v| v.as_ptr()).collect();
+        let mut again: Vec<*const u8> = sp.spares.iter().map(|v| v.as_ptr()).collect();
         again.sort();
         let mut kept = kept;
         kept.sort();
@@ -695,7 +709,7 @@ mod tests {
             let mut out = Vec::new();
             assert!(q.poll_frame_into(&mut out));
             assert_eq!(decode(&out), vec![Message::Ping { t }]);
-            assert_eq!(q.spares.len(), 1);
+            assert_eq!(q.common.spares(), 1);
         }
         assert_eq!(q.bytes(), 0);
     }
@@ -706,7 +720,7 @@ mod tests {
             max_outbound_bytes: 100,
             ..Limits::default()
         };
-        let (mut q, mut sp) = (Queue::new(&limits), Spares::new(1));
+        let (mut q, mut sp) = (Queue::new(&limits), common(&limits));
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes(vec![0; 90]),
@@ -724,7 +738,7 @@ mod tests {
             max_frame_len: 1024,
             ..Limits::default()
         };
-        let (mut q, mut sp) = (Queue::new(&limits), Spares::new(1));
+        let (mut q, mut sp) = (Queue::new(&limits), common(&limits));
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes((0..5000u32).map(|i| i as u8).collect()),

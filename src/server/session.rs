@@ -10,7 +10,7 @@ use crate::Limits;
 use crate::awareness::RateLimit;
 use crate::close::CloseCause;
 use crate::inbound::{Inbound, InboundError};
-use crate::outbound::{Priority, Queue, QueueFull, Spares};
+use crate::outbound::{Common, Priority, Queue, QueueFull};
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
 use super::{ConnId, Identity, ServerConfig};
@@ -417,14 +417,18 @@ impl ServerSession {
         Some(update)
     }
 
-    /// Queues `msg`, encoded into one of `spares` (the hub's).
-    pub(crate) fn send(&mut self, msg: &Message, spares: &mut Spares) {
+    /// Queues `msg`, encoded into one of the hub's spare buffers.
+    pub(crate) fn send(&mut self, msg: &Message, common: &mut Common) {
         // Control messages are small and always queued.
-        let _ = self.outbound.push(msg, Priority::Control, spares);
+        let _ = self.outbound.push(msg, Priority::Control, common);
     }
 
-    pub(crate) fn send_shared(&mut self, encoded: &Arc<[u8]>) -> Result<(), QueueFull> {
-        self.outbound.push_shared(encoded)
+    pub(crate) fn send_shared(
+        &mut self,
+        encoded: &Arc<[u8]>,
+        common: &Common,
+    ) -> Result<(), QueueFull> {
+        self.outbound.push_shared(encoded, common)
     }
 
     /// Queues `Close` and moves to [`Phase::Closed`]. Returns `false` when
@@ -433,7 +437,7 @@ impl ServerSession {
         &mut self,
         reason: CloseReason,
         message: &str,
-        spares: &mut Spares,
+        common: &mut Common,
     ) -> bool {
         if self.phase == Phase::Closed {
             return false;
@@ -442,7 +446,7 @@ impl ServerSession {
             reason,
             message: message.to_string(),
         };
-        self.send(&close, spares);
+        self.send(&close, common);
         self.phase = Phase::Closed;
         self.transfers.clear();
         true
@@ -463,13 +467,13 @@ impl ServerSession {
         &mut self,
         config: &ServerConfig,
         now: Instant,
-        spares: &mut Spares,
+        common: &mut Common,
     ) -> Option<CloseCause> {
         match self.phase {
             Phase::Handshake {
                 deadline: Some(deadline),
             } if now >= deadline => {
-                self.close(CloseReason::HandshakeTimeout, "no hello in time", spares);
+                self.close(CloseReason::HandshakeTimeout, "no hello in time", common);
                 Some(CloseCause::Local(CloseReason::HandshakeTimeout))
             }
             Phase::Active
@@ -478,7 +482,7 @@ impl ServerSession {
                     .checked_add(config.idle_timeout)
                     .is_some_and(|t| now >= t) =>
             {
-                self.close(CloseReason::IdleTimeout, "no traffic", spares);
+                self.close(CloseReason::IdleTimeout, "no traffic", common);
                 Some(CloseCause::Local(CloseReason::IdleTimeout))
             }
             _ => None,
@@ -487,12 +491,12 @@ impl ServerSession {
 
     /// Moves chunks of pending transfers into the outbound queue while it
     /// has room; finishes each transfer with `SyncDone`.
-    pub(crate) fn pump_transfers(&mut self, spares: &mut Spares) {
-        let chunk = self.outbound.max_chunk();
+    pub(crate) fn pump_transfers(&mut self, common: &mut Common) {
+        let chunk = self.outbound.max_chunk(common);
         while let Some(t) = self.transfers.front_mut() {
             while t.offset < t.payload.len() {
                 let end = (t.offset + chunk).min(t.payload.len());
-                if !self.outbound.has_room(end - t.offset) {
+                if !self.outbound.has_room(end - t.offset, common) {
                     return;
                 }
                 let msg = Message::SyncChunk {
@@ -503,7 +507,7 @@ impl ServerSession {
                     total: t.payload.len() as u64,
                     data: Bytes(t.payload[t.offset..end].to_vec()),
                 };
-                if self.outbound.push(&msg, Priority::Data, spares).is_err() {
+                if self.outbound.push(&msg, Priority::Data, common).is_err() {
                     return;
                 }
                 t.offset = end;
@@ -513,26 +517,26 @@ impl ServerSession {
                 version: Bytes(std::mem::take(&mut t.version)),
             };
             self.transfers.pop_front();
-            self.send(&done, spares);
+            self.send(&done, common);
         }
     }
 
-    pub(crate) fn poll_frame(&mut self, spares: &mut Spares) -> Option<Vec<u8>> {
+    pub(crate) fn poll_frame(&mut self, common: &mut Common) -> Option<Vec<u8>> {
         let mut frame = Vec::new();
-        self.poll_frame_into(&mut frame, spares).then_some(frame)
+        self.poll_frame_into(&mut frame, common).then_some(frame)
     }
 
     /// Appends the next frame to `out`; `false` when there is none. The
-    /// drained message buffers go back to `spares`.
-    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>, spares: &mut Spares) -> bool {
+    /// drained message buffers go back to `common`.
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>, common: &mut Common) -> bool {
         let start = out.len();
-        if !self.outbound.poll_frame_into(out, spares) {
+        if !self.outbound.poll_frame_into(out, common) {
             return false;
         }
         self.stats.frames_out += 1;
         self.stats.bytes_out += (out.len() - start) as u64;
         if !self.transfers.is_empty() {
-            self.pump_transfers(spares);
+            self.pump_transfers(common);
         }
         true
     }
@@ -567,13 +571,13 @@ mod tests {
     fn a_drained_session_keeps_no_queue() {
         let config = ServerConfig::default();
         let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
-        let mut spares = Spares::new(4);
+        let mut common = Common::new(&config.limits, config.compress_threshold, 4);
         for t in 0..3 {
             let shared = crate::outbound::encode_shared(&Message::Ping { t });
-            s.send_shared(&shared).unwrap();
+            s.send_shared(&shared, &common).unwrap();
         }
         assert!(s.outbound.capacity() > 0);
-        while s.poll_frame(&mut spares).is_some() {}
+        while s.poll_frame(&mut common).is_some() {}
         assert_eq!(s.outbound.capacity(), 0);
     }
 
@@ -585,32 +589,32 @@ mod tests {
     fn an_idle_session_holds_no_spare_buffer_after_a_burst() {
         let config = ServerConfig::default();
         let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
-        let mut spares = Spares::new(4);
+        let mut common = Common::new(&config.limits, config.compress_threshold, 4);
         let big = Message::Error {
             doc: None,
             seq: None,
             code: crate::wire::ErrorCode::Internal,
             message: "x".repeat(1500),
         };
-        s.send(&big, &mut spares);
-        s.send(&Message::Pong { echo: 1 }, &mut spares);
-        let frame = s.poll_frame(&mut spares).unwrap();
+        s.send(&big, &mut common);
+        s.send(&Message::Pong { echo: 1 }, &mut common);
+        let frame = s.poll_frame(&mut common).unwrap();
         assert!(frame.len() > 1500);
-        assert!(s.poll_frame(&mut spares).is_none());
+        assert!(s.poll_frame(&mut common).is_none());
         assert_eq!(s.outbound.held(), 0, "no buffer left in the session");
-        assert_eq!(spares.len(), 1, "the burst's buffer went back");
+        assert_eq!(common.spares(), 1, "the burst's buffer went back");
     }
 
     /// Every session is boxed for the life of its connection: its size is
     /// memory per idle connection (workload C of the comparison). It was 688
     /// bytes with a copy of the limits in its decoder and its rate limits
-    /// inline, 400 with a spare buffer in its queue, a clock of its own and
-    /// its transfer queue inline.
+    /// inline, 400 with a spare buffer and a copy of the queue bounds in its
+    /// queue, a clock of its own and its transfer queue inline.
     #[test]
     fn a_session_stays_small() {
         let size = std::mem::size_of::<ServerSession>();
         eprintln!("ServerSession: {size} bytes");
-        assert!(size <= 336, "ServerSession of {size} bytes");
+        assert!(size <= 312, "ServerSession of {size} bytes");
     }
 
     /// Transfers are held only while a sync is being sent.
@@ -618,7 +622,7 @@ mod tests {
     fn transfers_are_held_only_while_sent() {
         let config = ServerConfig::default();
         let mut s = ServerSession::new(ConnId(1), &config, Instant::now());
-        let mut spares = Spares::new(4);
+        let mut common = Common::new(&config.limits, config.compress_threshold, 4);
         let transfer = |doc| Transfer {
             doc: DocId(doc),
             id: 1,
@@ -634,9 +638,9 @@ mod tests {
         s.transfers.cancel(DocId(1));
         assert!(s.transfers.0.is_none());
         s.transfers.push_back(transfer(2));
-        s.pump_transfers(&mut spares);
+        s.pump_transfers(&mut common);
         assert!(s.transfers.0.is_none(), "sent: nothing kept");
-        let frame = s.poll_frame(&mut spares).unwrap();
+        let frame = s.poll_frame(&mut common).unwrap();
         assert!(frame.len() > 10);
     }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
-use crate::outbound::{Spares, encode_broadcast_shared};
+use crate::outbound::{Common, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::{
@@ -32,7 +32,7 @@ pub use presence::{AppHook, AppMessage, AppVerdict};
 const MIN_PEER_FRAME: u32 = 1024;
 
 /// Spare message buffers the hub keeps for all its sessions' queues (see
-/// [`Spares`]). A keystroke takes two (the ack to its sender, the update to
+/// [`Common`]). A keystroke takes two (the ack to its sender, the update to
 /// a single other subscriber) and the drain gives them back; sixteen also
 /// cover an adapter that handles several inputs before draining, and hold
 /// at most 64 KiB, where one spare per session held up to 4 KiB each.
@@ -128,9 +128,10 @@ pub struct Hub<A> {
     by_session: BTreeMap<SessionId, ConnId>,
     scratch: Vec<Message>,
     outcomes: Vec<ApplyOutcome>,
-    /// Message buffers lent to the sessions' queues: reused by busy
-    /// sessions, held by no idle one.
-    spares: Spares,
+    /// What the sessions' outbound queues share: their bounds and the
+    /// message buffers lent to them (reused by busy sessions, held by no
+    /// idle one).
+    common: Common,
     /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
     /// acknowledgements wait for the disk, oldest first; at most
     /// `Limits::max_commits_in_flight`.
@@ -176,6 +177,7 @@ impl<A: Authorizer> Hub<A> {
             config.presence_ttl,
         );
         let max_cache = config.limits.max_transfer_cache_bytes;
+        let common = Common::new(&config.limits, config.compress_threshold, SPARE_BUFFERS);
         Hub {
             config,
             auth: authorizer,
@@ -196,7 +198,7 @@ impl<A: Authorizer> Hub<A> {
             by_session: BTreeMap::new(),
             scratch: Vec::new(),
             outcomes: Vec::new(),
-            spares: Spares::new(SPARE_BUFFERS),
+            common,
             in_flight: VecDeque::new(),
         }
     }
@@ -425,7 +427,7 @@ impl<A: Authorizer> Hub<A> {
         let mut closed = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
             let conn = &conn;
-            if let Some(cause) = s.on_timeout(&self.config, now, &mut self.spares) {
+            if let Some(cause) = s.on_timeout(&self.config, now, &mut self.common) {
                 closed.push((*conn, cause));
             }
         }
@@ -487,7 +489,7 @@ impl<A: Authorizer> Hub<A> {
         loop {
             let conn = self.marks.first_ready(&mut self.sessions)?;
             let s = self.sessions.get_mut(&conn)?;
-            if s.poll_frame_into(buf, &mut self.spares) {
+            if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
                 return Some(conn);
             }
@@ -499,7 +501,7 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for_into(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> bool {
         self.sessions
             .get_mut(&conn)
-            .is_some_and(|s| s.poll_frame_into(buf, &mut self.spares))
+            .is_some_and(|s| s.poll_frame_into(buf, &mut self.common))
     }
 
     /// The next frame to send on `conn` (for adapters with a task per
@@ -507,7 +509,7 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
         // An emptied session stays listed as ready until `poll_transmit`
         // reaches it: unlisting here would cost a search.
-        self.sessions.get_mut(&conn)?.poll_frame(&mut self.spares)
+        self.sessions.get_mut(&conn)?.poll_frame(&mut self.common)
     }
 
     /// The next event.
@@ -573,7 +575,7 @@ impl<A: Authorizer> Hub<A> {
 
     fn send(&mut self, conn: ConnId, msg: &Message) {
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.send(msg, &mut self.spares);
+            s.send(msg, &mut self.common);
             self.marks.ready(s);
         }
     }
@@ -584,7 +586,7 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         let message = cause.to_string();
-        if s.close(reason, &message, &mut self.spares) {
+        if s.close(reason, &message, &mut self.common) {
             self.after_close(conn, cause);
         }
     }
@@ -779,7 +781,6 @@ impl<A: Authorizer> Hub<A> {
         let session = SessionId(self.rng.next_u64());
         let heartbeat_ms = u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX);
         let server_limits = self.config.limits.peer_limits();
-        let threshold = self.config.compress_threshold;
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
@@ -798,10 +799,10 @@ impl<A: Authorizer> Hub<A> {
             limits: server_limits,
             heartbeat_ms,
         };
-        s.send(&welcome, &mut self.spares);
+        s.send(&welcome, &mut self.common);
         // The client offered the compression it accepts, so even the frame
         // carrying the Welcome may use it.
-        s.outbound.negotiate(limits, compression, threshold);
+        s.outbound.negotiate(limits, compression);
         self.marks.ready(s);
         self.events.push_back(ServerEvent::HandshakeCompleted {
             conn,
@@ -1080,7 +1081,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if fresh && payload.len() > s.outbound.max_chunk() {
+        if fresh && payload.len() > s.outbound.max_chunk(&self.common) {
             self.transfers.insert(
                 id,
                 CachedTransfer {
@@ -1100,7 +1101,7 @@ impl<A: Authorizer> Hub<A> {
             offset: 0,
             version: server_version,
         });
-        s.pump_transfers(&mut self.spares);
+        s.pump_transfers(&mut self.common);
         self.marks.ready(s);
         if kind == SyncKind::Snapshot {
             self.events
@@ -1525,8 +1526,8 @@ impl<A: Authorizer> Hub<A> {
                 continue;
             }
             let sent = match &shared {
-                Some(encoded) => s.send_shared(encoded),
-                None => s.outbound.push_broadcast(doc, data, &mut self.spares),
+                Some(encoded) => s.send_shared(encoded, &self.common),
+                None => s.outbound.push_broadcast(doc, data, &mut self.common),
             };
             if sent.is_err() {
                 slow.push(conn);
@@ -1696,7 +1697,7 @@ impl<A: Authorizer> Hub<A> {
                 waiting.push((conn, doc, sub.last_seq));
             }
             let (applied, durable) = (sub.last_seq, sub.durable_seq);
-            s.outbound.push_ack(doc, applied, durable, &mut self.spares);
+            s.outbound.push_ack(doc, applied, durable, &mut self.common);
             self.marks.ready(s);
         }
         self.acks_due = due;

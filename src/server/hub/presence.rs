@@ -119,7 +119,7 @@ impl<A: Authorizer> Hub<A> {
             if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
                 continue;
             }
-            if s.send_shared(encoded).is_ok() {
+            if s.send_shared(encoded, &self.common).is_ok() {
                 self.marks.ready(s);
             }
         }

@@ -423,6 +423,7 @@ impl ServerSession {
         let _ = self.outbound.push(msg, Priority::Control, common);
     }
 
+    /// Queues bytes encoded once for many sessions, if they fit.
     pub(crate) fn send_shared(
         &mut self,
         encoded: &Arc<[u8]>,

@@ -1,11 +1,16 @@
 //! The bounded queue of messages a session sends, and their framing.
 //!
 //! Messages are encoded when they are queued, so a message fanned out to many
-//! sessions is encoded once and its bytes shared ([`Outbound::push_shared`]).
+//! sessions is encoded once and its bytes shared ([`Queue::push_shared`]).
 //! Frames are built when the caller drains: consecutive messages are batched
 //! into one frame up to the peer's frame and message-count limits, so small
 //! updates do not each pay a header. A message too large for one frame is
 //! split into [`Message::Fragment`]s.
+//!
+//! A queue's bounds and the spare buffers it encodes into are kept by its
+//! owner, not by the queue ([`Common`]): a hub lends one to all its
+//! sessions, so steady traffic allocates nothing while an idle connection
+//! holds no buffer and no copy of the limits.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -103,55 +108,41 @@ impl Items {
     }
 }
 
-/// A session's outgoing messages, encoded, waiting to be framed.
-pub(crate) struct Outbound {
+/// A session's outgoing messages, encoded, waiting to be framed. Its
+/// bounds and message buffers are the caller's [`Common`].
+pub(crate) struct Queue {
     items: Items,
     bytes: usize,
     // Counts in u32 (a queue bounded far below 4 G messages): a session
     // is kept per idle connection, and every word shows.
     msgs: u32,
-    max_bytes: usize,
-    max_msgs: u32,
+    /// Ours or the peer's, whichever is smaller.
     max_frame_len: u32,
-    max_msgs_per_frame: u32,
     compression: Compression,
-    threshold: usize,
     next_fragment: u32,
-    spare: Option<Vec<u8>>,
 }
 
-impl Outbound {
+impl Queue {
     pub(crate) fn new(limits: &Limits) -> Self {
-        Outbound {
+        Queue {
             items: Items::default(),
             bytes: 0,
             msgs: 0,
-            max_bytes: limits.max_outbound_bytes,
-            max_msgs: u32::try_from(limits.max_outbound_messages).unwrap_or(u32::MAX),
             max_frame_len: limits.max_frame_len,
-            max_msgs_per_frame: limits.max_messages_per_frame,
             compression: Compression::None,
-            threshold: usize::MAX,
             next_fragment: 0,
-            spare: None,
         }
     }
 
     /// Applies what the handshake negotiated.
-    pub(crate) fn negotiate(
-        &mut self,
-        peer: PeerLimits,
-        compression: Compression,
-        threshold: usize,
-    ) {
+    pub(crate) fn negotiate(&mut self, peer: PeerLimits, compression: Compression) {
         self.max_frame_len = self.max_frame_len.min(peer.max_frame_len);
         self.compression = compression;
-        self.threshold = threshold;
     }
 
     /// Drops everything queued (a new transport starts empty).
     pub(crate) fn reset(&mut self, limits: &Limits) {
-        *self = Outbound::new(limits);
+        *self = Queue::new(limits);
     }
 
     /// Queued bytes (encoded message bodies).
@@ -169,8 +160,8 @@ impl Outbound {
     }
 
     /// Whether `extra` more bytes of data would still fit.
-    pub(crate) fn has_room(&self, extra: usize) -> bool {
-        self.bytes.saturating_add(extra) <= self.max_bytes && self.msgs < self.max_msgs
+    pub(crate) fn has_room(&self, extra: usize, common: &Common) -> bool {
+        self.bytes.saturating_add(extra) <= common.max_bytes && self.msgs < common.max_msgs
     }
 
     fn max_body(&self) -> usize {
@@ -179,33 +170,43 @@ impl Outbound {
 
     /// Largest payload for a message that must fit one frame (sync chunks),
     /// and small enough that a drained queue always has room for one.
-    pub(crate) fn max_chunk(&self) -> usize {
+    pub(crate) fn max_chunk(&self, common: &Common) -> usize {
         self.max_body()
             .saturating_sub(FRAGMENT_OVERHEAD)
-            .min(self.max_bytes / 4)
+            .min(common.max_bytes / 4)
             .max(1)
     }
 
     /// Encodes and queues `msg`.
-    pub(crate) fn push(&mut self, msg: &Message, priority: Priority) -> Result<(), QueueFull> {
+    pub(crate) fn push(
+        &mut self,
+        msg: &Message,
+        priority: Priority,
+        common: &mut Common,
+    ) -> Result<(), QueueFull> {
         let size = crate::wire::message_len(msg).unwrap_or(usize::MAX);
-        self.push_with(size, priority, |out| encode_into(msg, out))
+        self.push_with(size, priority, common, |out| encode_into(msg, out))
     }
 
     /// Queues `Message::Broadcast { doc, data }`, encoded from the borrowed
     /// payload (no message built).
-    pub(crate) fn push_broadcast(&mut self, doc: DocId, data: &[u8]) -> Result<(), QueueFull> {
+    pub(crate) fn push_broadcast(
+        &mut self,
+        doc: DocId,
+        data: &[u8],
+        common: &mut Common,
+    ) -> Result<(), QueueFull> {
         let size = hot::broadcast_len(doc, data);
-        self.push_with(size, Priority::Data, |out| {
+        self.push_with(size, Priority::Data, common, |out| {
             hot::encode_broadcast(doc, data, out)
         })
     }
 
     /// Queues `Message::Ack { doc, applied, durable }` (a control message:
     /// always queued), encoded without building the message.
-    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64) {
+    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64, common: &mut Common) {
         let size = hot::ack_len(doc, applied, durable);
-        let _ = self.push_with(size, Priority::Control, |out| {
+        let _ = self.push_with(size, Priority::Control, common, |out| {
             hot::encode_ack(doc, applied, durable, out)
         });
     }
@@ -215,19 +216,20 @@ impl Outbound {
         &mut self,
         size: usize,
         priority: Priority,
+        common: &mut Common,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), QueueFull> {
-        if priority == Priority::Data && !self.has_room(size) {
+        if priority == Priority::Data && !self.has_room(size, common) {
             return Err(QueueFull);
         }
         if size > self.max_body() {
             let mut encoded = Vec::with_capacity(size);
             encode(&mut encoded);
-            self.push_fragments(&encoded);
+            self.push_fragments(&encoded, common);
             return Ok(());
         }
         let max_body = self.max_body();
-        let max_per_frame = self.max_msgs_per_frame;
+        let max_per_frame = common.max_msgs_per_frame;
         // Append to the last own item when it still fits one frame: fewer
         // allocations for runs of small messages.
         if let Some(Item {
@@ -240,7 +242,7 @@ impl Outbound {
             encode(tail);
             *msgs += 1;
         } else {
-            let mut v = self.new_buffer(size);
+            let mut v = common.take(size);
             encode(&mut v);
             self.items.push_back(Item {
                 body: Body::Own(v),
@@ -252,12 +254,16 @@ impl Outbound {
         Ok(())
     }
 
-    pub(crate) fn push_shared(&mut self, encoded: &Arc<[u8]>) -> Result<(), QueueFull> {
-        if !self.has_room(encoded.len()) {
+    pub(crate) fn push_shared(
+        &mut self,
+        encoded: &Arc<[u8]>,
+        common: &Common,
+    ) -> Result<(), QueueFull> {
+        if !self.has_room(encoded.len(), common) {
             return Err(QueueFull);
         }
         if encoded.len() > self.max_body() {
-            self.push_fragments(encoded);
+            self.push_fragments(encoded, common);
             return Ok(());
         }
         self.bytes += encoded.len();
@@ -269,10 +275,10 @@ impl Outbound {
         Ok(())
     }
 
-    fn push_fragments(&mut self, encoded: &[u8]) {
+    fn push_fragments(&mut self, encoded: &[u8], common: &Common) {
         let id = self.next_fragment;
         self.next_fragment = self.next_fragment.wrapping_add(1);
-        let chunk = self.max_chunk();
+        let chunk = self.max_chunk(common);
         let total = encoded.len() as u64;
         for (i, piece) in encoded.chunks(chunk).enumerate() {
             let frag = Message::Fragment {
@@ -293,22 +299,24 @@ impl Outbound {
     }
 
     /// Builds the next frame from the front of the queue (the tests' way;
-    /// sessions use [`Outbound::poll_frame_into`]).
+    /// sessions use [`Queue::poll_frame_into`]).
     #[cfg(test)]
-    pub(crate) fn poll_frame(&mut self) -> Option<Vec<u8>> {
+    pub(crate) fn poll_frame(&mut self, common: &mut Common) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        self.poll_frame_into(&mut out).then_some(out)
+        self.poll_frame_into(&mut out, common).then_some(out)
     }
 
     /// Appends the next frame to `out` (which may hold earlier frames);
-    /// `false` when the queue is empty. A caller reusing `out` sends without
-    /// allocating.
-    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
+    /// `false` when the queue is empty. The drained buffers go back to
+    /// `common`, so a caller reusing `out` sends without allocating.
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>, common: &mut Common) -> bool {
         let start = out.len();
-        // The common case on a live connection: one item, sent plain.
+        // The common case on a live connection: one item, sent plain (a
+        // larger one goes the general way, which compresses where
+        // negotiated).
         if self.items.rest.is_empty()
             && let Some(first) = &self.items.first
-            && first.body.bytes().len() < self.threshold
+            && first.body.bytes().len() < common.threshold
             && let Some(item) = self.items.first.take()
         {
             let body = item.body.bytes();
@@ -317,7 +325,7 @@ impl Outbound {
             frame_start(out, body.len());
             out.extend_from_slice(body);
             seal(out, start);
-            self.recycle(item.body);
+            common.give(item.body);
             return true;
         }
         let Some(first) = self.items.front() else {
@@ -329,7 +337,7 @@ impl Outbound {
         let mut msgs = first.msgs;
         for item in self.items.iter().skip(1) {
             let len = item.body.bytes().len();
-            if body_len + len > max_body || msgs + item.msgs > self.max_msgs_per_frame {
+            if body_len + len > max_body || msgs + item.msgs > common.max_msgs_per_frame {
                 break;
             }
             body_len += len;
@@ -339,7 +347,7 @@ impl Outbound {
         self.bytes -= body_len;
         self.msgs -= msgs;
 
-        if self.compression == Compression::Deflate && body_len >= self.threshold {
+        if self.compression == Compression::Deflate && body_len >= common.threshold {
             // The bodies are gathered where the frame goes (no buffer of
             // our own kept between frames), then replaced by their
             // compressed form, or given a plain header in front.
@@ -348,7 +356,7 @@ impl Outbound {
                     break;
                 };
                 out.extend_from_slice(item.body.bytes());
-                self.recycle(item.body);
+                common.give(item.body);
             }
             let packed = deflate(&out[start..]);
             if packed.len() < body_len {
@@ -379,7 +387,7 @@ impl Outbound {
                 break;
             };
             out.extend_from_slice(item.body.bytes());
-            self.recycle(item.body);
+            common.give(item.body);
         }
         seal(out, start);
         true
@@ -391,20 +399,104 @@ impl Outbound {
         self.items.rest.capacity()
     }
 
-    /// Keeps one small buffer for the next message: steady traffic then
-    /// encodes without allocating.
-    fn recycle(&mut self, body: Body) {
-        if let Body::Own(mut v) = body
-            && self.spare.is_none()
-            && v.capacity() <= SPARE_MAX
-        {
-            v.clear();
-            self.spare = Some(v);
+    /// Heap bytes the queue holds: its deque and its own message buffers.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        let own = self.items.iter().map(|i| match &i.body {
+            Body::Own(v) => v.capacity(),
+            Body::Shared(_) => 0,
+        });
+        own.sum::<usize>() + self.capacity() * std::mem::size_of::<Item>()
+    }
+}
+
+/// A queue with its own [`Common`] and one spare buffer: a client
+/// session's (one connection, so there is nothing to share them with).
+pub(crate) struct Outbound {
+    queue: Queue,
+    common: Common,
+}
+
+impl Outbound {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Outbound {
+            queue: Queue::new(limits),
+            common: Common::new(limits, usize::MAX, 1),
         }
     }
 
-    fn new_buffer(&mut self, size: usize) -> Vec<u8> {
-        match self.spare.take() {
+    /// [`Queue::negotiate`]; frame bodies from `threshold` bytes are
+    /// compressed when `compression` says so.
+    pub(crate) fn negotiate(
+        &mut self,
+        peer: PeerLimits,
+        compression: Compression,
+        threshold: usize,
+    ) {
+        self.queue.negotiate(peer, compression);
+        self.common.threshold = threshold;
+    }
+
+    /// [`Queue::reset`] (the spare buffer is kept).
+    pub(crate) fn reset(&mut self, limits: &Limits) {
+        self.queue.reset(limits);
+    }
+
+    /// [`Queue::bytes`].
+    pub(crate) fn bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
+    /// [`Queue::has_room`].
+    pub(crate) fn has_room(&self, extra: usize) -> bool {
+        self.queue.has_room(extra, &self.common)
+    }
+
+    /// [`Queue::push`].
+    pub(crate) fn push(&mut self, msg: &Message, priority: Priority) -> Result<(), QueueFull> {
+        self.queue.push(msg, priority, &mut self.common)
+    }
+
+    /// [`Queue::poll_frame_into`].
+    pub(crate) fn poll_frame_into(&mut self, out: &mut Vec<u8>) -> bool {
+        self.queue.poll_frame_into(out, &mut self.common)
+    }
+}
+
+/// What the queues of one owner have in common, kept once rather than in
+/// every queue: their bounds, and spare message buffers lent to them as they
+/// encode and given back as they drain (steady traffic then encodes without
+/// allocating). A hub keeps one for all its sessions, so an idle connection
+/// holds no buffer and no copy of the limits; a client session keeps its
+/// own.
+pub(crate) struct Common {
+    max_bytes: usize,
+    max_msgs: u32,
+    max_msgs_per_frame: u32,
+    /// Frame bodies from this size are compressed, where negotiated.
+    threshold: usize,
+    /// Allocated once with room for as many as are kept: `give` never
+    /// grows it.
+    spares: Vec<Vec<u8>>,
+}
+
+impl Common {
+    /// The bounds of `limits`, compression from `threshold` bytes, and at
+    /// most `spares` spare buffers.
+    pub(crate) fn new(limits: &Limits, threshold: usize, spares: usize) -> Self {
+        Common {
+            max_bytes: limits.max_outbound_bytes,
+            max_msgs: u32::try_from(limits.max_outbound_messages).unwrap_or(u32::MAX),
+            max_msgs_per_frame: limits.max_messages_per_frame,
+            threshold,
+            spares: Vec::with_capacity(spares),
+        }
+    }
+
+    /// A buffer with room for `size` bytes: a spare one when there is one.
+    #[inline]
+    fn take(&mut self, size: usize) -> Vec<u8> {
+        match self.spares.pop() {
             Some(mut v) => {
                 v.reserve(size);
                 v
@@ -412,13 +504,30 @@ impl Outbound {
             None => Vec::with_capacity(size.max(64)),
         }
     }
+
+    /// Keeps a drained body's buffer, unless enough are kept or it is
+    /// large (one big message must not pin its memory).
+    #[inline(always)]
+    fn give(&mut self, body: Body) {
+        if let Body::Own(mut v) = body
+            && self.spares.len() < self.spares.capacity()
+            && v.capacity() <= SPARE_MAX
+        {
+            v.clear();
+            self.spares.push(v);
+        }
+    }
+
+    /// Spare buffers kept.
+    #[cfg(test)]
+    pub(crate) fn spares(&self) -> usize {
+        self.spares.len()
+    }
 }
 
 /// Largest buffer kept for reuse.
 const SPARE_MAX: usize = 4096;
 
-/// A frame buffer holding the header of an uncompressed body of `body_len`
-/// bytes, with room for the body and the checksum.
 /// Appends a plain frame header for `body_len` bytes of body, reserving
 /// room for the whole frame.
 fn frame_start(out: &mut Vec<u8>, body_len: usize) {
@@ -467,6 +576,11 @@ mod tests {
     use super::*;
     use crate::wire::{DocId, MessageDecoder};
 
+    /// What a queue of `limits` needs, with one spare buffer.
+    fn common(limits: &Limits) -> Common {
+        Common::new(limits, usize::MAX, 1)
+    }
+
     fn decode(frame: &[u8]) -> Vec<Message> {
         let mut out = Vec::new();
         MessageDecoder::new(Limits::default())
@@ -477,14 +591,15 @@ mod tests {
 
     #[test]
     fn batches_small_messages_into_one_frame() {
-        let mut q = Outbound::new(&Limits::default());
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
         for t in 0..10 {
-            q.push(&Message::Ping { t }, Priority::Data).unwrap();
+            q.push(&Message::Ping { t }, Priority::Data, &mut sp)
+                .unwrap();
         }
         let shared = encode_shared(&Message::Pong { echo: 9 });
-        q.push_shared(&shared).unwrap();
-        let frame = q.poll_frame().unwrap();
-        assert!(q.poll_frame().is_none());
+        q.push_shared(&shared, &sp).unwrap();
+        let frame = q.poll_frame(&mut sp).unwrap();
+        assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(q.bytes(), 0);
         let msgs = decode(&frame);
         assert_eq!(msgs.len(), 11);
@@ -493,8 +608,9 @@ mod tests {
 
     #[test]
     fn deflate_falls_back_to_plain_when_it_does_not_pay() {
-        let mut q = Outbound::new(&Limits::default());
-        q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
+        q.negotiate(Limits::default().peer_limits(), Compression::Deflate);
+        sp.threshold = 64;
         // Pseudo-random bytes do not compress; several items share the frame.
         let mut x = 0x9E37_79B9_u32;
         let mut noise = || {
@@ -513,47 +629,98 @@ mod tests {
                 data: Bytes(noise()),
             })
             .collect();
-        q.push(&msgs[0], Priority::Data).unwrap();
-        q.push_shared(&encode_shared(&msgs[1])).unwrap();
-        q.push(&msgs[2], Priority::Data).unwrap();
-        let frame = q.poll_frame().unwrap();
-        assert!(q.poll_frame().is_none());
+        q.push(&msgs[0], Priority::Data, &mut sp).unwrap();
+        q.push_shared(&encode_shared(&msgs[1]), &sp).unwrap();
+        q.push(&msgs[2], Priority::Data, &mut sp).unwrap();
+        let frame = q.poll_frame(&mut sp).unwrap();
+        assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(frame[0] & FLAG_DEFLATE, 0, "sent uncompressed");
         assert_eq!(decode(&frame), msgs);
     }
 
     #[test]
     fn a_large_compressed_frame_leaves_no_large_buffer_behind() {
-        let mut q = Outbound::new(&Limits::default());
-        q.negotiate(Limits::default().peer_limits(), Compression::Deflate, 64);
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
+        q.negotiate(Limits::default().peer_limits(), Compression::Deflate);
+        sp.threshold = 64;
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes(vec![7; 200_000]),
         };
-        q.push(&big, Priority::Data).unwrap();
-        let frame = q.poll_frame().unwrap();
+        q.push(&big, Priority::Data, &mut sp).unwrap();
+        let frame = q.poll_frame(&mut sp).unwrap();
         assert!(frame.len() < 10_000, "compressed");
         assert_eq!(decode(&frame), vec![big]);
-        // Nothing but the small spare buffer is kept for the next frame.
-        assert!(q.spare.as_ref().is_none_or(|v| v.capacity() <= SPARE_MAX));
+        // Nothing but small spare buffers is kept for the next frame.
+        assert!(sp.spares.iter().all(|v| v.capacity() <= SPARE_MAX));
     }
 
     #[test]
     fn one_item_at_a_time_allocates_no_queue_and_a_drained_burst_keeps_none() {
-        let mut q = Outbound::new(&Limits::default());
-        q.push(&Message::Ping { t: 1 }, Priority::Data).unwrap();
+        let (mut q, mut sp) = (Queue::new(&Limits::default()), common(&Limits::default()));
+        q.push(&Message::Ping { t: 1 }, Priority::Data, &mut sp)
+            .unwrap();
         assert_eq!(q.capacity(), 0, "a single item is kept inline");
-        assert!(q.poll_frame().is_some());
+        assert!(q.poll_frame(&mut sp).is_some());
         for t in 0..10 {
-            q.push_shared(&encode_shared(&Message::Pong { echo: t }))
+            q.push_shared(&encode_shared(&Message::Pong { echo: t }), &sp)
                 .unwrap();
         }
         assert!(q.capacity() > 0, "a burst uses the deque");
-        let frame = q.poll_frame().unwrap();
+        let frame = q.poll_frame(&mut sp).unwrap();
         assert_eq!(decode(&frame).len(), 10, "in order, one frame");
-        assert!(q.poll_frame().is_none());
+        assert!(q.poll_frame(&mut sp).is_none());
         assert_eq!(q.capacity(), 0);
-        assert!(q.spare.as_ref().is_some_and(|v| v.capacity() <= SPARE_MAX));
+        assert_eq!(sp.spares(), 1, "the Ping's buffer is spare");
+    }
+
+    /// Queues sharing spares take buffers as they encode and give them
+    /// back as they drain: the same buffers serve again, and no more than
+    /// the bound are kept.
+    #[test]
+    fn queues_sharing_spares_reuse_their_buffers_and_keep_at_most_the_bound() {
+        let mut sp = Common::new(&Limits::default(), usize::MAX, 2);
+        let mut queues: Vec<Queue> = (0..3).map(|_| Queue::new(&Limits::default())).collect();
+        let mut round = |sp: &mut Common| {
+            for (i, q) in queues.iter_mut().enumerate() {
+                q.push_ack(DocId(0), i as u64, 0, sp);
+            }
+            let mut out = Vec::new();
+            for q in &mut queues {
+                assert!(q.poll_frame_into(&mut out, sp));
+            }
+            assert_eq!(sp.spares(), 2, "at most two kept");
+        };
+        round(&mut sp);
+        let kept: Vec<*const u8> = sp.spares.iter().map(|v| v.as_ptr()).collect();
+        round(&mut sp);
+        let mut again: Vec<*const u8> = sp.spares.iter().map(|v| v.as_ptr()).collect();
+        again.sort();
+        let mut kept = kept;
+        kept.sort();
+        assert_eq!(kept, again, "the spares were used again");
+    }
+
+    /// A client's queue keeps its one spare buffer itself.
+    #[test]
+    fn a_client_queue_keeps_one_spare_of_its_own() {
+        let mut q = Outbound::new(&Limits::default());
+        for t in 0..3 {
+            q.push(&Message::Ping { t }, Priority::Control).unwrap();
+            let mut out = Vec::new();
+            assert!(q.poll_frame_into(&mut out));
+            assert_eq!(decode(&out), vec![Message::Ping { t }]);
+            assert_eq!(q.common.spares(), 1);
+        }
+        assert_eq!(q.bytes(), 0);
+    }
+
+    /// A queue is kept per idle connection: 136 bytes when it held a spare
+    /// buffer and a copy of its bounds.
+    #[test]
+    fn a_queue_stays_small() {
+        let size = std::mem::size_of::<Queue>();
+        assert!(size <= 88, "Queue of {size} bytes");
     }
 
     #[test]
@@ -562,14 +729,15 @@ mod tests {
             max_outbound_bytes: 100,
             ..Limits::default()
         };
-        let mut q = Outbound::new(&limits);
+        let (mut q, mut sp) = (Queue::new(&limits), common(&limits));
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes(vec![0; 90]),
         };
-        q.push(&big, Priority::Data).unwrap();
-        assert_eq!(q.push(&big, Priority::Data), Err(QueueFull));
-        q.push(&Message::Ping { t: 0 }, Priority::Control).unwrap();
+        q.push(&big, Priority::Data, &mut sp).unwrap();
+        assert_eq!(q.push(&big, Priority::Data, &mut sp), Err(QueueFull));
+        q.push(&Message::Ping { t: 0 }, Priority::Control, &mut sp)
+            .unwrap();
         assert_eq!(q.len(), 2);
     }
 
@@ -579,14 +747,14 @@ mod tests {
             max_frame_len: 1024,
             ..Limits::default()
         };
-        let mut q = Outbound::new(&limits);
+        let (mut q, mut sp) = (Queue::new(&limits), common(&limits));
         let big = Message::Broadcast {
             doc: DocId(0),
             data: Bytes((0..5000u32).map(|i| i as u8).collect()),
         };
-        q.push(&big, Priority::Data).unwrap();
+        q.push(&big, Priority::Data, &mut sp).unwrap();
         let mut reassembled = Vec::new();
-        while let Some(frame) = q.poll_frame() {
+        while let Some(frame) = q.poll_frame(&mut sp) {
             assert!(frame.len() <= 1024);
             for m in decode(&frame) {
                 match m {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
-use crate::outbound::encode_broadcast_shared;
+use crate::outbound::{Common, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::{
@@ -30,6 +30,13 @@ pub use presence::{AppHook, AppMessage, AppVerdict};
 
 /// Smallest frame limit a client may announce.
 const MIN_PEER_FRAME: u32 = 1024;
+
+/// Spare message buffers the hub keeps for all its sessions' queues (see
+/// [`Common`]). A keystroke takes two (the ack to its sender, the update to
+/// a single other subscriber) and the drain gives them back; sixteen also
+/// cover an adapter that handles several inputs before draining, and hold
+/// at most 64 KiB, where one spare per session held up to 4 KiB each.
+const SPARE_BUFFERS: usize = 16;
 
 struct DocEntry {
     name: Arc<str>,
@@ -121,6 +128,10 @@ pub struct Hub<A> {
     by_session: BTreeMap<SessionId, ConnId>,
     scratch: Vec<Message>,
     outcomes: Vec<ApplyOutcome>,
+    /// What the sessions' outbound queues share: their bounds and the
+    /// message buffers lent to them (reused by busy sessions, held by no
+    /// idle one).
+    common: Common,
     /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
     /// acknowledgements wait for the disk, oldest first; at most
     /// `Limits::max_commits_in_flight`.
@@ -166,6 +177,7 @@ impl<A: Authorizer> Hub<A> {
             config.presence_ttl,
         );
         let max_cache = config.limits.max_transfer_cache_bytes;
+        let common = Common::new(&config.limits, config.compress_threshold, SPARE_BUFFERS);
         Hub {
             config,
             auth: authorizer,
@@ -186,6 +198,7 @@ impl<A: Authorizer> Hub<A> {
             by_session: BTreeMap::new(),
             scratch: Vec::new(),
             outcomes: Vec::new(),
+            common,
             in_flight: VecDeque::new(),
         }
     }
@@ -311,7 +324,7 @@ impl<A: Authorizer> Hub<A> {
         if session.is_closed() {
             return;
         }
-        session.tick(now);
+        session.received_at(now);
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
         if session.phase == Phase::Active
@@ -414,8 +427,7 @@ impl<A: Authorizer> Hub<A> {
         let mut closed = Vec::new();
         for (conn, s) in self.sessions.iter_mut() {
             let conn = &conn;
-            s.tick(now);
-            if let Some(cause) = s.on_timeout(&self.config) {
+            if let Some(cause) = s.on_timeout(&self.config, now, &mut self.common) {
                 closed.push((*conn, cause));
             }
         }
@@ -477,7 +489,7 @@ impl<A: Authorizer> Hub<A> {
         loop {
             let conn = self.marks.first_ready(&mut self.sessions)?;
             let s = self.sessions.get_mut(&conn)?;
-            if s.poll_frame_into(buf) {
+            if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
                 return Some(conn);
             }
@@ -489,7 +501,7 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for_into(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> bool {
         self.sessions
             .get_mut(&conn)
-            .is_some_and(|s| s.poll_frame_into(buf))
+            .is_some_and(|s| s.poll_frame_into(buf, &mut self.common))
     }
 
     /// The next frame to send on `conn` (for adapters with a task per
@@ -497,7 +509,7 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
         // An emptied session stays listed as ready until `poll_transmit`
         // reaches it: unlisting here would cost a search.
-        self.sessions.get_mut(&conn)?.poll_frame()
+        self.sessions.get_mut(&conn)?.poll_frame(&mut self.common)
     }
 
     /// The next event.
@@ -563,7 +575,7 @@ impl<A: Authorizer> Hub<A> {
 
     fn send(&mut self, conn: ConnId, msg: &Message) {
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.send(msg);
+            s.send(msg, &mut self.common);
             self.marks.ready(s);
         }
     }
@@ -574,7 +586,7 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         let message = cause.to_string();
-        if s.close(reason, &message) {
+        if s.close(reason, &message, &mut self.common) {
             self.after_close(conn, cause);
         }
     }
@@ -769,7 +781,6 @@ impl<A: Authorizer> Hub<A> {
         let session = SessionId(self.rng.next_u64());
         let heartbeat_ms = u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX);
         let server_limits = self.config.limits.peer_limits();
-        let threshold = self.config.compress_threshold;
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
@@ -781,16 +792,17 @@ impl<A: Authorizer> Hub<A> {
         };
         s.identity = Some(identity.clone());
         s.peer = peer;
-        s.send(&Message::Welcome {
+        let welcome = Message::Welcome {
             version,
             session,
             compression,
             limits: server_limits,
             heartbeat_ms,
-        });
+        };
+        s.send(&welcome, &mut self.common);
         // The client offered the compression it accepts, so even the frame
         // carrying the Welcome may use it.
-        s.outbound.negotiate(limits, compression, threshold);
+        s.outbound.negotiate(limits, compression);
         self.marks.ready(s);
         self.events.push_back(ServerEvent::HandshakeCompleted {
             conn,
@@ -812,7 +824,7 @@ impl<A: Authorizer> Hub<A> {
                 };
                 let first = !sub.synced;
                 sub.synced = true;
-                sub.client_version = Some(version.0);
+                sub.client_version = Some(version.0.into_boxed_slice());
                 if first && let Some(name) = self.doc_name(doc).cloned() {
                     self.events
                         .push_back(ServerEvent::DocumentSynced { conn, name });
@@ -940,7 +952,7 @@ impl<A: Authorizer> Hub<A> {
         self.docs[doc.0 as usize].subscribers.insert(conn);
         let name = Arc::clone(&self.docs[doc.0 as usize].name);
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.docs.insert(doc, Subscription::new(access));
+            s.docs.insert(Subscription::new(doc, access));
         }
         self.send(
             conn,
@@ -962,7 +974,7 @@ impl<A: Authorizer> Hub<A> {
         {
             let cached = cached.clone();
             if let Some(s) = self.sessions.get_mut(&conn) {
-                s.transfers.retain(|t| t.doc != doc);
+                s.transfers.cancel(doc);
                 s.transfers.push_back(Transfer {
                     doc,
                     id: r.transfer,
@@ -1030,7 +1042,7 @@ impl<A: Authorizer> Hub<A> {
         registry: &mut R,
     ) {
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.transfers.retain(|t| t.doc != doc);
+            s.transfers.cancel(doc);
         }
         self.queue_sync(conn, doc, version, registry);
     }
@@ -1069,7 +1081,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if fresh && payload.len() > s.outbound.max_chunk() {
+        if fresh && payload.len() > s.outbound.max_chunk(&self.common) {
             self.transfers.insert(
                 id,
                 CachedTransfer {
@@ -1089,7 +1101,7 @@ impl<A: Authorizer> Hub<A> {
             offset: 0,
             version: server_version,
         });
-        s.pump_transfers();
+        s.pump_transfers(&mut self.common);
         self.marks.ready(s);
         if kind == SyncKind::Snapshot {
             self.events
@@ -1213,7 +1225,7 @@ impl<A: Authorizer> Hub<A> {
             .filter_map(|c| self.sessions.get(c))
             .any(|s| {
                 s.outbound.bytes() + incoming > high
-                    && s.docs.get(&doc).is_some_and(|sub| sub.lagging.is_none())
+                    && s.docs.get(&doc).is_some_and(|sub| !sub.is_lagging())
             })
             .then(|| d.version());
         let held_before = d.pending_bytes();
@@ -1331,7 +1343,7 @@ impl<A: Authorizer> Hub<A> {
             s.stats.updates_applied += 1;
             if let Some(sub) = s.docs.get_mut(&doc) {
                 sub.last_seq = sub.last_seq.max(seq);
-                sub.out_of_sync_sent = None;
+                sub.set_out_of_sync_sent(None);
             }
         }
         self.fan_out(conn, doc, data, None);
@@ -1430,17 +1442,17 @@ impl<A: Authorizer> Hub<A> {
             s.stats.duplicates += u64::from(duplicates);
             if let Some(sub) = s.docs.get_mut(&doc) {
                 if let Some(version) = server_version {
-                    let resend = sub.out_of_sync_sent.is_none_or(|at| {
+                    let resend = sub.out_of_sync_sent().is_none_or(|at| {
                         at.checked_add(resync_after)
                             .zip(now)
                             .is_some_and(|(t, now)| now >= t)
                     });
                     if resend {
-                        sub.out_of_sync_sent = now;
+                        sub.set_out_of_sync_sent(now);
                         out_of_sync = Some(version);
                     }
                 } else if applied > 0 {
-                    sub.out_of_sync_sent = None;
+                    sub.set_out_of_sync_sent(None);
                 }
             }
         }
@@ -1496,7 +1508,7 @@ impl<A: Authorizer> Hub<A> {
             let Some(sub) = s.docs.get_mut(&doc) else {
                 continue;
             };
-            if sub.lagging.is_some() {
+            if sub.is_lagging() {
                 continue;
             }
             let len = shared
@@ -1505,7 +1517,7 @@ impl<A: Authorizer> Hub<A> {
             if queued + len > high
                 && let Some(v) = pre_version
             {
-                sub.lagging = Some(v.to_vec());
+                sub.set_lagging(v.to_vec());
                 self.events.push_back(ServerEvent::SubscriberLagging {
                     conn,
                     name: Arc::clone(&entry.name),
@@ -1514,8 +1526,8 @@ impl<A: Authorizer> Hub<A> {
                 continue;
             }
             let sent = match &shared {
-                Some(encoded) => s.send_shared(encoded),
-                None => s.outbound.push_broadcast(doc, data),
+                Some(encoded) => s.send_shared(encoded, &self.common),
+                None => s.outbound.push_broadcast(doc, data, &mut self.common),
             };
             if sent.is_err() {
                 slow.push(conn);
@@ -1544,7 +1556,7 @@ impl<A: Authorizer> Hub<A> {
     }
 
     fn catch_up_due(&self, s: &ServerSession) -> bool {
-        s.outbound.bytes() <= self.low_water() && s.docs.values().any(|sub| sub.lagging.is_some())
+        s.outbound.bytes() <= self.low_water() && s.docs.values().any(Subscription::is_lagging)
     }
 
     /// Sends one coalesced catch-up to every lagging subscriber whose queue
@@ -1558,7 +1570,7 @@ impl<A: Authorizer> Hub<A> {
             .flat_map(|(conn, s)| {
                 s.docs
                     .iter_mut()
-                    .filter_map(move |(doc, sub)| sub.lagging.take().map(|v| (conn, *doc, v)))
+                    .filter_map(move |(doc, sub)| sub.take_lagging().map(|v| (conn, doc, v)))
             })
             .collect();
         for (conn, doc, since) in due {
@@ -1685,7 +1697,7 @@ impl<A: Authorizer> Hub<A> {
                 waiting.push((conn, doc, sub.last_seq));
             }
             let (applied, durable) = (sub.last_seq, sub.durable_seq);
-            s.outbound.push_ack(doc, applied, durable);
+            s.outbound.push_ack(doc, applied, durable, &mut self.common);
             self.marks.ready(s);
         }
         self.acks_due = due;

@@ -116,10 +116,10 @@ impl<A: Authorizer> Hub<A> {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
-            if s.docs.get(&doc).is_some_and(|sub| sub.lagging.is_some()) {
+            if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
                 continue;
             }
-            if s.send_shared(encoded).is_ok() {
+            if s.send_shared(encoded, &self.common).is_ok() {
                 self.marks.ready(s);
             }
         }
@@ -147,7 +147,7 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         s.docs.remove(&doc);
-        s.transfers.retain(|t| t.doc != doc);
+        s.transfers.cancel(doc);
         let session = s.session;
         if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
             entry.subscribers.remove(&conn);

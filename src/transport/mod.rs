@@ -44,8 +44,9 @@
 //!   frame boundary outside a fragmented message, which the transport
 //!   follows in the bytes it hands tungstenite. TLS connections (whose
 //!   stream keeps its own buffers) and the axum endpoint keep their
-//!   WebSocket. About 0.5 KiB per idle connection in the transport (the
-//!   task and tokio's socket registration), plus the hub's session.
+//!   WebSocket. About 0.6 KiB per idle connection in the transport (the
+//!   task, tokio's socket registration and the state shared with the hub
+//!   task), plus the hub's session.
 //! * The tasks wake each other for every update. On a multi-threaded runtime
 //!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
 //!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is

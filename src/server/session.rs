@@ -11,6 +11,7 @@ use crate::awareness::RateLimit;
 use crate::close::CloseCause;
 use crate::inbound::{Inbound, InboundError};
 use crate::outbound::{Common, Priority, Queue, QueueFull};
+use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
 use super::{ConnId, Identity, ServerConfig};
@@ -395,15 +396,17 @@ impl ServerSession {
         self.last_rx = now;
     }
 
-    /// Decodes `bytes` within `limits` (the hub's: a session keeps no copy).
+    /// Decodes `bytes` within `limits`, inflating with `inflate` (both the
+    /// hub's: a session keeps no copy of the limits and no inflate memory).
     pub(crate) fn feed(
         &mut self,
         bytes: &[u8],
         limits: &Limits,
+        inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
     ) -> Result<(), InboundError> {
         self.stats.bytes_in += bytes.len() as u64;
-        self.inbound.feed(bytes, limits, out)
+        self.inbound.feed(bytes, limits, inflate, out)
     }
 
     /// [`Inbound::single_update`], counted like [`ServerSession::feed`].

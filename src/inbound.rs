@@ -86,6 +86,22 @@ impl Inbound {
         frame + self.partial.as_ref().map_or(0, |p| p.data.len())
     }
 
+    /// Heap bytes held between inputs: the stream reader and its partial
+    /// frame, and a fragmented message being reassembled. Nothing for
+    /// inflating: that memory is lent by the caller.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        let frame = match &self.decoder {
+            Decoder::Message => 0,
+            Decoder::Stream(d) => core::mem::size_of::<StreamReader>() + d.capacity(),
+        };
+        let partial = self
+            .partial
+            .as_ref()
+            .map_or(0, |p| core::mem::size_of::<Partial>() + p.data.capacity());
+        frame + partial
+    }
+
     /// `bytes` as one borrowed `Update` when it is a whole frame holding
     /// just that (with stream framing: when nothing of an earlier frame is
     /// buffered); see [`single_update`].

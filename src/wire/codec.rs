@@ -431,6 +431,12 @@ impl StreamReader {
         self.partial.len()
     }
 
+    /// Bytes allocated for the partial frame.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.partial.capacity()
+    }
+
     /// Nothing of a frame is held back: the next input starts a frame.
     pub(crate) fn at_frame_start(&self) -> bool {
         self.partial.is_empty() && self.header.is_none()

@@ -236,6 +236,12 @@ impl<A: Authorizer> Hub<A> {
             .map_or(0, |id| self.docs[id.0 as usize].subscribers.len())
     }
 
+    /// Heap bytes held by the inflate scratch lent to the sessions.
+    #[cfg(test)]
+    pub(crate) fn inflate_held(&self) -> usize {
+        self.inflate.held()
+    }
+
     /// Bytes held by the cache of resumable sync transfers.
     pub fn transfer_cache_bytes(&self) -> usize {
         self.transfers.bytes()

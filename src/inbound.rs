@@ -4,7 +4,8 @@
 use thiserror::Error;
 
 use crate::Limits;
-use crate::wire::{DocId, FrameError, Message, MessageReader, StreamReader, single_update};
+use crate::wire::compress::InflateScratch;
+use crate::wire::{DocId, FrameError, Message, StreamReader, decode_frame, single_update};
 
 /// How the transport delimits frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,14 +49,17 @@ struct Partial {
 }
 
 enum Decoder {
-    Message(MessageReader),
-    /// Boxed: the stream reader is three times the size of the message one,
-    /// which every WebSocket session would otherwise carry.
+    /// Nothing is kept between frames.
+    Message,
+    /// Boxed: the partial frame's buffer and header, which every WebSocket
+    /// session would otherwise carry.
     Stream(Box<StreamReader>),
 }
 
-/// A session's receive side. The limits are the caller's (passed to each
-/// call), not copied into every session.
+/// A session's receive side. The limits and the memory to inflate frames
+/// with are the caller's, lent to each call: a hub keeps them once for all
+/// its sessions, so that an idle connection holds none of them (the inflate
+/// state and buffer alone are 10 to 74 KiB once a compressed frame came).
 pub(crate) struct Inbound {
     decoder: Decoder,
     partial: Option<Box<Partial>>,
@@ -64,7 +68,7 @@ pub(crate) struct Inbound {
 impl Inbound {
     pub(crate) fn new(framing: Framing) -> Self {
         let decoder = match framing {
-            Framing::Message => Decoder::Message(MessageReader::default()),
+            Framing::Message => Decoder::Message,
             Framing::Stream => Decoder::Stream(Box::default()),
         };
         Inbound {
@@ -76,10 +80,26 @@ impl Inbound {
     /// Bytes held for incomplete frames and fragmented messages.
     pub(crate) fn buffered(&self) -> usize {
         let frame = match &self.decoder {
-            Decoder::Message(_) => 0,
+            Decoder::Message => 0,
             Decoder::Stream(d) => d.buffered(),
         };
         frame + self.partial.as_ref().map_or(0, |p| p.data.len())
+    }
+
+    /// Heap bytes held between inputs: the stream reader and its partial
+    /// frame, and a fragmented message being reassembled. Nothing for
+    /// inflating: that memory is lent by the caller.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        let frame = match &self.decoder {
+            Decoder::Message => 0,
+            Decoder::Stream(d) => core::mem::size_of::<StreamReader>() + d.capacity(),
+        };
+        let partial = self
+            .partial
+            .as_ref()
+            .map_or(0, |p| core::mem::size_of::<Partial>() + p.data.capacity());
+        frame + partial
     }
 
     /// `bytes` as one borrowed `Update` when it is a whole frame holding
@@ -91,7 +111,7 @@ impl Inbound {
         limits: &Limits,
     ) -> Option<(DocId, u64, &'a [u8])> {
         match &self.decoder {
-            Decoder::Message(_) => single_update(bytes, limits),
+            Decoder::Message => single_update(bytes, limits),
             // A read holding exactly one whole frame (a small update on a
             // quiet stream) takes the same path; anything else is decoded
             // the stream's way.
@@ -111,15 +131,16 @@ impl Inbound {
         &mut self,
         bytes: &[u8],
         limits: &Limits,
+        inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
     ) -> Result<(), InboundError> {
         let start = out.len();
         let decoded = match &mut self.decoder {
-            Decoder::Message(d) => d.decode(bytes, limits, out),
+            Decoder::Message => decode_frame(bytes, limits, inflate, out),
             Decoder::Stream(d) => {
                 let mut input = bytes;
                 loop {
-                    match d.decode(&mut input, limits, out) {
+                    match d.decode(&mut input, limits, inflate, out) {
                         Ok(true) => {}
                         Ok(false) => break Ok(()),
                         Err(e) => break Err(e),

@@ -10,6 +10,7 @@ use crate::inbound::Inbound;
 use crate::outbound::{Outbound, Priority};
 use crate::registry::Registry;
 use crate::rng::Rng;
+use crate::wire::compress::InflateScratch;
 use crate::wire::{
     Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message,
     PROTOCOL_VERSIONS, RejectCode, Resume, Route, SessionId, SyncKind,
@@ -146,6 +147,9 @@ pub struct ClientSession {
     config: ClientConfig,
     phase: Phase,
     inbound: Inbound,
+    /// Lent to `inbound` for each input, as a hub does; kept across
+    /// reconnections (it holds nothing of a connection between inputs).
+    inflate: InflateScratch,
     outbound: Outbound,
     events: VecDeque<ClientEvent>,
     docs: BTreeMap<Arc<str>, ClientDoc>,
@@ -172,6 +176,7 @@ impl ClientSession {
         ClientSession {
             phase: Phase::Idle,
             inbound,
+            inflate: InflateScratch::default(),
             outbound,
             events: VecDeque::new(),
             docs: BTreeMap::new(),
@@ -511,7 +516,9 @@ impl ClientSession {
         self.last_rx = self.now;
         let mut msgs = std::mem::take(&mut self.scratch);
         msgs.clear();
-        let fed = self.inbound.feed(bytes, &self.config.limits, &mut msgs);
+        let fed = self
+            .inbound
+            .feed(bytes, &self.config.limits, &mut self.inflate, &mut msgs);
         for msg in msgs.drain(..) {
             if !matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
                 break;

@@ -11,6 +11,7 @@ use crate::awareness::RateLimit;
 use crate::close::CloseCause;
 use crate::inbound::{Inbound, InboundError};
 use crate::outbound::{Common, Priority, Queue, QueueFull};
+use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
 use super::{ConnId, Identity, ServerConfig};
@@ -395,15 +396,17 @@ impl ServerSession {
         self.last_rx = now;
     }
 
-    /// Decodes `bytes` within `limits` (the hub's: a session keeps no copy).
+    /// Decodes `bytes` within `limits`, inflating with `inflate` (both the
+    /// hub's: a session keeps no copy of the limits and no inflate memory).
     pub(crate) fn feed(
         &mut self,
         bytes: &[u8],
         limits: &Limits,
+        inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
     ) -> Result<(), InboundError> {
         self.stats.bytes_in += bytes.len() as u64;
-        self.inbound.feed(bytes, limits, out)
+        self.inbound.feed(bytes, limits, inflate, out)
     }
 
     /// [`Inbound::single_update`], counted like [`ServerSession::feed`].
@@ -610,12 +613,97 @@ mod tests {
     /// memory per idle connection (workload C of the comparison). It was 688
     /// bytes with a copy of the limits in its decoder and its rate limits
     /// inline, 400 with a spare buffer and a copy of the queue bounds in its
-    /// queue, a clock of its own and its transfer queue inline.
+    /// queue, a clock of its own and its transfer queue inline, 312 with
+    /// the inflate state's box and buffer in its decoder.
     #[test]
     fn a_session_stays_small() {
         let size = std::mem::size_of::<ServerSession>();
         eprintln!("ServerSession: {size} bytes");
-        assert!(size <= 312, "ServerSession of {size} bytes");
+        assert!(size <= 288, "ServerSession of {size} bytes");
+    }
+
+    /// A session that received compressed frames holds no inflate state
+    /// and no inflate buffer: the hub lends its own to each decode. Each
+    /// session used to keep ~10 KiB of state and up to 64 KiB of buffer for
+    /// the rest of its connection.
+    #[test]
+    fn a_session_holds_no_inflate_memory() {
+        use crate::Framing;
+        use crate::registry::MemoryRegistry;
+        use crate::server::{AllowAll, Hub};
+        use crate::testing::OpLog;
+        use crate::wire::compress::KEEP_BUFFER_CAPACITY;
+        use crate::wire::{Compression, Encoder, MessageDecoder, PROTOCOL_VERSIONS};
+
+        // The decoder is a tag and a box, the fragments a box.
+        assert!(std::mem::size_of::<Inbound>() <= 16);
+        let state = std::mem::size_of::<miniz_oxide::inflate::core::DecompressorOxide>();
+        let frame = |msgs: &[Message], threshold| {
+            let mut encoder = Encoder::new(&Limits::default());
+            encoder.set_compression(Compression::Deflate, threshold);
+            let mut out = Vec::new();
+            encoder.encode(msgs, &mut out).unwrap();
+            out
+        };
+        let hello = frame(
+            &[Message::Hello {
+                versions: PROTOCOL_VERSIONS.to_vec(),
+                peer: "p".into(),
+                token: Bytes::default(),
+                compression: vec![Compression::Deflate],
+                limits: Limits::default().peer_limits(),
+            }],
+            usize::MAX,
+        );
+        // ~11 KiB of pings, a few hundred bytes deflated.
+        let pings: Vec<_> = (0..1000)
+            .map(|k| Message::Ping { t: u64::MAX - k })
+            .collect();
+        let pings = frame(&pings, 1024);
+        // 1 MiB for a document that is not open (answered with an error).
+        let big = frame(
+            &[Message::Update {
+                doc: DocId(7),
+                seq: 1,
+                data: Bytes(vec![9; 1 << 20]),
+            }],
+            1024,
+        );
+        assert!(pings.len() < 2000 && big.len() < 10_000, "deflated");
+
+        for framing in [Framing::Message, Framing::Stream] {
+            let config = ServerConfig {
+                framing,
+                ..ServerConfig::default()
+            };
+            let mut hub = Hub::new(config, AllowAll);
+            let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
+            let now = Instant::now();
+            let conn = hub.accept(now);
+            hub.handle_input(conn, now, &hello, &mut reg);
+            hub.handle_input(conn, now, &pings, &mut reg);
+            let mut decoder = MessageDecoder::new(Limits::default());
+            let mut got = Vec::new();
+            while let Some((_, f)) = hub.poll_transmit() {
+                decoder.decode(&f, &mut got).unwrap();
+            }
+            let pongs = got.iter().filter(|m| matches!(m, Message::Pong { .. }));
+            assert_eq!(pongs.count(), 1000, "{framing:?}: the pings were decoded");
+            let session_holds = |hub: &Hub<AllowAll>| hub.session(conn).unwrap().inbound.held();
+            // A stream session keeps its reader (the partial frame), empty.
+            let reader = match framing {
+                Framing::Message => 0,
+                _ => std::mem::size_of::<crate::wire::StreamReader>(),
+            };
+            assert_eq!(session_holds(&hub), reader, "{framing:?}");
+            let shared = hub.inflate_held();
+            assert!(shared > state && shared <= state + KEEP_BUFFER_CAPACITY);
+
+            hub.handle_input(conn, now, &big, &mut reg);
+            assert!(hub.session(conn).unwrap().phase() == Phase::Active);
+            assert_eq!(session_holds(&hub), reader, "{framing:?}");
+            assert_eq!(hub.inflate_held(), state, "the 1 MiB buffer was dropped");
+        }
     }
 
     /// Transfers are held only while a sync is being sent.

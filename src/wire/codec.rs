@@ -9,7 +9,7 @@
 
 use postcard::ser_flavors::Flavor;
 
-use super::compress::{Inflater, deflate};
+use super::compress::{InflateScratch, deflate};
 use super::frame::{CRC_LEN, FLAG_DEFLATE, Header, checksum};
 use super::hot;
 use super::{Compression, DocId, EncodeError, FrameError, Message, PeerLimits};
@@ -218,51 +218,35 @@ pub fn encode_message(m: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError>
     serialize_into(m, out)
 }
 
-/// The shared part of both decoders: verify, inflate and decode one complete
-/// frame whose header was already parsed.
-#[derive(Debug, Default)]
-struct FrameReader {
-    inflater: Inflater,
-    inflated: Vec<u8>,
-}
-
-impl FrameReader {
-    fn read(
-        &mut self,
-        frame: &[u8],
-        header: &Header,
-        limits: &Limits,
-        out: &mut Vec<Message>,
-    ) -> Result<(), FrameError> {
-        debug_assert_eq!(frame.len(), header.frame_len());
-        let (covered, crc) = frame.split_at(frame.len() - CRC_LEN);
-        let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-        let actual = checksum(covered);
-        if expected != actual {
-            return Err(FrameError::ChecksumMismatch { expected, actual });
-        }
-        let body = &covered[header.header_len..];
-        if !header.is_deflated() {
-            return decode_messages(body, limits, out);
-        }
-        // The declared size was checked against the limit in Header::parse.
-        self.inflated.clear();
-        self.inflated.resize(header.raw_len as usize, 0);
-        let result = self
-            .inflater
-            .inflate_exact(body, &mut self.inflated)
-            .and_then(|()| decode_messages(&self.inflated, limits, out));
-        // Keep a small buffer for the next frame, but do not hold on to a
-        // large one for the rest of the connection.
-        if self.inflated.capacity() > KEEP_BUFFER_CAPACITY {
-            self.inflated = Vec::new();
-        }
-        result
+/// The shared part of both decoders: verify, inflate (into `inflate`, lent
+/// by the caller) and decode one complete frame whose header was already
+/// parsed.
+fn read_frame(
+    frame: &[u8],
+    header: &Header,
+    limits: &Limits,
+    inflate: &mut InflateScratch,
+    out: &mut Vec<Message>,
+) -> Result<(), FrameError> {
+    debug_assert_eq!(frame.len(), header.frame_len());
+    let (covered, crc) = frame.split_at(frame.len() - CRC_LEN);
+    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let actual = checksum(covered);
+    if expected != actual {
+        return Err(FrameError::ChecksumMismatch { expected, actual });
     }
+    let body = &covered[header.header_len..];
+    if !header.is_deflated() {
+        return decode_messages(body, limits, out);
+    }
+    // The declared size was checked against the limit in Header::parse.
+    inflate.inflate_then(body, header.raw_len as usize, |raw| {
+        decode_messages(raw, limits, out)
+    })
 }
 
-/// Largest buffer a decoder keeps between frames.
-const KEEP_BUFFER_CAPACITY: usize = 64 * 1024;
+/// Largest partial-frame buffer a stream decoder keeps between frames.
+const KEEP_PARTIAL_CAPACITY: usize = 64 * 1024;
 
 /// Decodes the messages of a verified, inflated frame body. On error nothing
 /// is appended to `out`.
@@ -308,7 +292,7 @@ fn decode_messages(
 #[derive(Debug)]
 pub struct MessageDecoder {
     limits: Limits,
-    reader: MessageReader,
+    inflate: InflateScratch,
 }
 
 impl MessageDecoder {
@@ -316,48 +300,41 @@ impl MessageDecoder {
     pub fn new(limits: Limits) -> Self {
         MessageDecoder {
             limits,
-            reader: MessageReader::default(),
+            inflate: InflateScratch::default(),
         }
     }
 
     /// Decodes `frame`, which must be exactly one frame, appending its
     /// messages to `out`. On error nothing is appended.
     pub fn decode(&mut self, frame: &[u8], out: &mut Vec<Message>) -> Result<(), FrameError> {
-        self.reader.decode(frame, &self.limits, out)
+        decode_frame(frame, &self.limits, &mut self.inflate, out)
     }
 }
 
-/// A [`MessageDecoder`] without its limits, which the caller passes to each
-/// call: a server keeps one per session, and a copy of the limits in each
-/// would cost an idle connection 136 bytes.
-#[derive(Debug, Default)]
-pub(crate) struct MessageReader {
-    reader: FrameReader,
-}
-
-impl MessageReader {
-    /// [`MessageDecoder::decode`].
-    pub(crate) fn decode(
-        &mut self,
-        frame: &[u8],
-        limits: &Limits,
-        out: &mut Vec<Message>,
-    ) -> Result<(), FrameError> {
-        let header = match Header::parse(frame, limits)? {
-            Some(h) => h,
-            None => return Err(FrameError::Truncated { needed: 1 }),
-        };
-        let len = header.frame_len();
-        if frame.len() < len {
-            return Err(FrameError::Truncated {
-                needed: len - frame.len(),
-            });
-        }
-        if frame.len() > len {
-            return Err(FrameError::TrailingBytes(frame.len() - len));
-        }
-        self.reader.read(frame, &header, limits, out)
+/// [`MessageDecoder::decode`] with the limits and the inflate scratch passed
+/// in: a message transport's decoder has no state of its own between
+/// frames, so a server session keeps none (a copy of the limits would cost
+/// an idle connection 136 bytes, the inflate scratch 10 to 74 KiB).
+pub(crate) fn decode_frame(
+    frame: &[u8],
+    limits: &Limits,
+    inflate: &mut InflateScratch,
+    out: &mut Vec<Message>,
+) -> Result<(), FrameError> {
+    let header = match Header::parse(frame, limits)? {
+        Some(h) => h,
+        None => return Err(FrameError::Truncated { needed: 1 }),
+    };
+    let len = header.frame_len();
+    if frame.len() < len {
+        return Err(FrameError::Truncated {
+            needed: len - frame.len(),
+        });
     }
+    if frame.len() > len {
+        return Err(FrameError::TrailingBytes(frame.len() - len));
+    }
+    read_frame(frame, &header, limits, inflate, out)
 }
 
 /// If `frame` is a valid plain frame carrying exactly one `Update`, its
@@ -407,6 +384,7 @@ pub(crate) fn single_update<'a>(
 pub struct StreamDecoder {
     limits: Limits,
     reader: StreamReader,
+    inflate: InflateScratch,
 }
 
 impl StreamDecoder {
@@ -415,6 +393,7 @@ impl StreamDecoder {
         StreamDecoder {
             limits,
             reader: StreamReader::default(),
+            inflate: InflateScratch::default(),
         }
     }
 
@@ -432,15 +411,16 @@ impl StreamDecoder {
         input: &mut &[u8],
         out: &mut Vec<Message>,
     ) -> Result<bool, FrameError> {
-        self.reader.decode(input, &self.limits, out)
+        self.reader
+            .decode(input, &self.limits, &mut self.inflate, out)
     }
 }
 
-/// A [`StreamDecoder`] without its limits, which the caller passes to each
-/// call (see [`MessageReader`]).
+/// A [`StreamDecoder`] without its limits and inflate scratch, which the
+/// caller passes to each call (see [`decode_frame`]): what remains is the
+/// partial frame.
 #[derive(Debug, Default)]
 pub(crate) struct StreamReader {
-    reader: FrameReader,
     partial: Vec<u8>,
     header: Option<Header>,
 }
@@ -449,6 +429,12 @@ impl StreamReader {
     /// [`StreamDecoder::buffered`].
     pub(crate) fn buffered(&self) -> usize {
         self.partial.len()
+    }
+
+    /// Bytes allocated for the partial frame.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.partial.capacity()
     }
 
     /// Nothing of a frame is held back: the next input starts a frame.
@@ -461,9 +447,10 @@ impl StreamReader {
         &mut self,
         input: &mut &[u8],
         limits: &Limits,
+        inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
     ) -> Result<bool, FrameError> {
-        let result = self.decode_inner(input, limits, out);
+        let result = self.decode_inner(input, limits, inflate, out);
         if result.is_err() {
             self.partial = Vec::new();
             self.header = None;
@@ -475,6 +462,7 @@ impl StreamReader {
         &mut self,
         input: &mut &[u8],
         limits: &Limits,
+        inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
     ) -> Result<bool, FrameError> {
         // Fast path: a whole frame at the front of the input, nothing buffered.
@@ -485,7 +473,7 @@ impl StreamReader {
             if input.len() >= len {
                 let (frame, rest) = input.split_at(len);
                 *input = rest;
-                self.reader.read(frame, &header, limits, out)?;
+                read_frame(frame, &header, limits, inflate, out)?;
                 return Ok(true);
             }
         }
@@ -514,9 +502,9 @@ impl StreamReader {
         }
         self.header = None;
         let frame = core::mem::take(&mut self.partial);
-        let result = self.reader.read(&frame, &header, limits, out);
+        let result = read_frame(&frame, &header, limits, inflate, out);
         // Keep the allocation for the next partial frame unless it was large.
-        if frame.capacity() <= KEEP_BUFFER_CAPACITY {
+        if frame.capacity() <= KEEP_PARTIAL_CAPACITY {
             self.partial = frame;
             self.partial.clear();
         }

@@ -13,6 +13,7 @@ use crate::document::{ApplyOutcome, Document};
 use crate::outbound::{Common, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
+use crate::wire::compress::InflateScratch;
 use crate::wire::{
     Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
     RejectCode, Resume, SessionId, SyncKind,
@@ -132,6 +133,10 @@ pub struct Hub<A> {
     /// message buffers lent to them (reused by busy sessions, held by no
     /// idle one).
     common: Common,
+    /// The inflate state and buffer, lent to the session whose input is
+    /// decoded: one for the hub rather than up to ~74 KiB in every session
+    /// that once received a compressed frame.
+    inflate: InflateScratch,
     /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
     /// acknowledgements wait for the disk, oldest first; at most
     /// `Limits::max_commits_in_flight`.
@@ -199,6 +204,7 @@ impl<A: Authorizer> Hub<A> {
             scratch: Vec::new(),
             outcomes: Vec::new(),
             common,
+            inflate: InflateScratch::default(),
             in_flight: VecDeque::new(),
         }
     }
@@ -228,6 +234,12 @@ impl<A: Authorizer> Hub<A> {
         self.by_name
             .get(name)
             .map_or(0, |id| self.docs[id.0 as usize].subscribers.len())
+    }
+
+    /// Heap bytes held by the inflate scratch lent to the sessions.
+    #[cfg(test)]
+    pub(crate) fn inflate_held(&self) -> usize {
+        self.inflate.held()
     }
 
     /// Bytes held by the cache of resumable sync transfers.
@@ -334,7 +346,7 @@ impl<A: Authorizer> Hub<A> {
         }
         let mut msgs = std::mem::take(&mut self.scratch);
         msgs.clear();
-        let fed = session.feed(bytes, &self.config.limits, &mut msgs);
+        let fed = session.feed(bytes, &self.config.limits, &mut self.inflate, &mut msgs);
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.
         self.dispatch(conn, &mut msgs, registry);

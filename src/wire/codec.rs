@@ -245,8 +245,12 @@ fn read_frame(
     })
 }
 
-/// Largest partial-frame buffer a stream decoder keeps between frames.
-const KEEP_PARTIAL_CAPACITY: usize = 64 * 1024;
+/// Largest partial-frame buffer a stream decoder keeps between frames: a
+/// session is kept per connection, and one large frame that arrived in
+/// pieces must not pin its size on an idle connection. Small frames split
+/// by the network reuse it; a large one allocates its own (copying it costs
+/// more than the allocation).
+const KEEP_PARTIAL_CAPACITY: usize = 4 * 1024;
 
 /// Decodes the messages of a verified, inflated frame body. On error nothing
 /// is appended to `out`.
@@ -509,5 +513,58 @@ impl StreamReader {
             self.partial.clear();
         }
         result.map(|()| true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Bytes, DocId};
+
+    /// A frame holding one update of `len` bytes.
+    fn frame(len: usize) -> Vec<u8> {
+        let limits = Limits::default();
+        let update = Message::Update {
+            doc: DocId(1),
+            seq: 1,
+            data: Bytes(vec![3; len]),
+        };
+        let mut out = Vec::new();
+        Encoder::new(&limits).encode(&[update], &mut out).unwrap();
+        out
+    }
+
+    /// Feeds `frame` in two pieces; the decoded message count.
+    fn split_feed(reader: &mut StreamReader, inflate: &mut InflateScratch, frame: &[u8]) -> usize {
+        let limits = Limits::default();
+        let mut out = Vec::new();
+        let (a, b) = frame.split_at(frame.len() / 2);
+        for mut piece in [a, b] {
+            while !piece.is_empty() {
+                reader
+                    .decode(&mut piece, &limits, inflate, &mut out)
+                    .unwrap();
+            }
+        }
+        out.len()
+    }
+
+    #[test]
+    fn a_large_split_frame_leaves_no_large_buffer() {
+        let mut reader = StreamReader::default();
+        let mut inflate = InflateScratch::default();
+        assert_eq!(split_feed(&mut reader, &mut inflate, &frame(1_000)), 1);
+        let small = reader.capacity();
+        assert!(small > 0 && small <= KEEP_PARTIAL_CAPACITY, "{small}");
+        // Larger than what is kept, far below the frame limit.
+        for len in [20_000, 200_000] {
+            assert_eq!(split_feed(&mut reader, &mut inflate, &frame(len)), 1);
+            assert!(
+                reader.capacity() <= 4096,
+                "{} kept after {len}",
+                reader.capacity()
+            );
+            assert!(reader.at_frame_start());
+        }
     }
 }

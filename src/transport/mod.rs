@@ -293,11 +293,10 @@ pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// frames are small, and large ones just take more reads.
 pub(crate) const WS_READ_BUFFER: usize = 4096;
 
-/// Read buffer of every server-side WebSocket: allocated (and zeroed) for
-/// the life of the connection, so it is a large part of the memory of an
-/// idle connection (it was 1 KiB, a quarter of it). Updates and acks are a
-/// few dozen bytes; a large frame (an upload) just takes one read per 512
-/// bytes, and tungstenite zeroes no more than that before each read.
+/// Read buffer of every server-side WebSocket: allocated each time an idle
+/// plain-TCP connection wakes (and for the life of a TLS or axum one), and
+/// zeroed before each read. Updates and acks are a few dozen bytes; a large
+/// frame (an upload) just takes one read per 512 bytes.
 pub(crate) const WS_SERVER_READ_BUFFER: usize = 512;
 
 /// Largest WebSocket frame the server and the clients write: larger

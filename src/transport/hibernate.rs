@@ -77,14 +77,11 @@ impl HibernatingWebSocket {
 
     /// The WebSocket, rebuilt if asleep.
     fn awake(&mut self) -> Result<&mut WebSocketStream<Watched>, tungstenite::Error> {
-        if let State::Asleep(_) = self.state {
-            let State::Asleep(tcp) = std::mem::replace(&mut self.state, State::Broken) else {
-                unreachable!("matched above")
-            };
-            self.state = match rebuild(tcp, self.max_message) {
-                Some(ws) => State::Awake(Box::new(ws)),
-                None => State::Broken,
-            };
+        if matches!(self.state, State::Asleep(_))
+            && let State::Asleep(tcp) = std::mem::replace(&mut self.state, State::Broken)
+            && let Some(ws) = rebuild(tcp, self.max_message)
+        {
+            self.state = State::Awake(Box::new(ws));
         }
         match &mut self.state {
             State::Awake(ws) => Ok(ws),
@@ -106,10 +103,9 @@ impl HibernatingWebSocket {
         if !matches!(Pin::new(&mut **ws).poll_flush(cx), Poll::Ready(Ok(()))) {
             return false;
         }
-        let State::Awake(ws) = std::mem::replace(&mut self.state, State::Broken) else {
-            unreachable!("matched above")
-        };
-        self.state = State::Asleep(ws.into_inner().tcp);
+        if let State::Awake(ws) = std::mem::replace(&mut self.state, State::Broken) {
+            self.state = State::Asleep(ws.into_inner().tcp);
+        }
         true
     }
 }

@@ -1,7 +1,10 @@
 //! Bodies of the cargo-fuzz targets in `fuzz/`.
 //!
 //! They live in the library so normal builds compile them and the targets
-//! stay three lines long. Each must never panic, whatever the input.
+//! stay three lines long. Each must never panic, whatever the input. The
+//! server targets also check the cost model after every input
+//! ([`crate::testing::Budget`]): a bound broken panics with which bound,
+//! which session and the numbers.
 
 use crate::Limits;
 use crate::wire::compress::Inflater;
@@ -142,6 +145,7 @@ pub fn client_session(data: &[u8]) {
 
 /// Feeds `data` to a hub connection as a byte stream, next to a healthy
 /// client on another connection, which must still sync an edit afterwards.
+/// Every input must stay within the cost model.
 ///
 /// ```
 /// crdt_socket_sync::fuzzing::server_session(b"\x10\x05garbage");
@@ -150,7 +154,7 @@ pub fn server_session(data: &[u8]) {
     let mut h = Harness::new(crate::inbound::Framing::Stream);
     let raw = h.hub.accept(h.now);
     for piece in data.chunks(23) {
-        h.hub.handle_input(raw, h.now, piece, &mut h.server_docs);
+        h.feed(raw, piece);
         while h.hub.poll_transmit_for(raw).is_some() {}
     }
     h.check_healthy();
@@ -168,7 +172,8 @@ fn fuzz_hello() -> crate::wire::Message {
     }
 }
 
-/// Structure-aware: a valid `Hello`, then arbitrary messages in valid frames.
+/// Structure-aware: a valid `Hello`, then arbitrary messages in valid frames,
+/// each input within the cost model.
 #[cfg(feature = "arbitrary")]
 pub fn server_messages(messages: Vec<crate::wire::Message>) {
     let mut h = Harness::new(crate::inbound::Framing::Stream);
@@ -183,7 +188,7 @@ pub fn server_messages(messages: Vec<crate::wire::Message>) {
         let mut input = &frame[..];
         while !input.is_empty() {
             let (piece, rest) = input.split_at(input.len().min(29));
-            h.hub.handle_input(raw, h.now, piece, &mut h.server_docs);
+            h.feed(raw, piece);
             input = rest;
         }
         while h.hub.poll_transmit_for(raw).is_some() {}
@@ -229,7 +234,7 @@ pub fn server_frames(messages: Vec<crate::wire::Message>) {
         {
             continue;
         }
-        h.hub.handle_input(raw, h.now, &frame, &mut h.server_docs);
+        h.feed(raw, &frame);
         while h.hub.poll_transmit_for(raw).is_some() {}
         // The healthy client takes what was fanned out to it as it goes.
         h.pump();
@@ -241,6 +246,7 @@ pub fn server_frames(messages: Vec<crate::wire::Message>) {
 struct Harness {
     now: std::time::Instant,
     hub: crate::server::Hub<crate::server::AllowAll>,
+    budget: crate::testing::Budget,
     server_docs: crate::registry::MemoryRegistry<crate::testing::OpLog>,
     client: crate::client::ClientSession,
     docs: crate::registry::MemoryRegistry<crate::testing::OpLog>,
@@ -274,6 +280,7 @@ impl Harness {
         client.connect(now);
         let mut h = Harness {
             now,
+            budget: crate::testing::Budget::new(&hub),
             hub,
             server_docs: MemoryRegistry::new(|_| OpLog::new(0)),
             client,
@@ -281,7 +288,19 @@ impl Harness {
             conn,
         };
         h.pump();
+        h.budget.drain_events(&mut h.hub);
         h
+    }
+
+    /// Feeds `bytes` from `conn` to the hub; panics, saying which bound,
+    /// if the input cost more than the cost model allows.
+    fn feed(&mut self, conn: crate::server::ConnId, bytes: &[u8]) {
+        let cost = self
+            .budget
+            .input(&mut self.hub, conn, self.now, bytes, &mut self.server_docs);
+        if let Err(e) = cost {
+            panic!("{e}");
+        }
     }
 
     fn pump(&mut self) {
@@ -289,8 +308,7 @@ impl Harness {
             let mut moved = false;
             while let Some(f) = self.client.poll_transmit() {
                 moved = true;
-                self.hub
-                    .handle_input(self.conn, self.now, &f, &mut self.server_docs);
+                self.feed(self.conn, &f);
             }
             while let Some(f) = self.hub.poll_transmit_for(self.conn) {
                 moved = true;
@@ -333,9 +351,15 @@ pub fn sim(seed: u64, clients: u8, ops: Vec<crate::sim::SimOp>) {
         seed,
         ..SimConfig::default()
     });
+    // The simulator drains the hub's events itself: the sessions' bounds
+    // are checked after every step, the per-input event bound is not.
+    let budget = crate::testing::Budget::new(sim.hub());
     for op in ops.into_iter().take(200) {
         if let Err(f) = sim.apply(op) {
             panic!("{f}");
+        }
+        if let Err(e) = budget.check(sim.hub(), 0, 0) {
+            panic!("{e}");
         }
     }
     if let Err(f) = sim.heal().and_then(|()| sim.check_converged()) {

@@ -89,7 +89,6 @@ impl Inbound {
     /// Heap bytes held between inputs: the stream reader and its partial
     /// frame, and a fragmented message being reassembled. Nothing for
     /// inflating: that memory is lent by the caller.
-    #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
         let frame = match &self.decoder {
             Decoder::Message => 0,

@@ -253,3 +253,266 @@ impl Document for OpLog {
         Some(Self::encode_ops(self.ops.range((me, from + 1)..=(me, now))))
     }
 }
+
+// ---- the cost model, checked ----
+
+/// Events one input may cause regardless of its size.
+pub const EVENTS_PER_INPUT: usize = 8;
+/// Events one decoded unit (a message, or an update inside an
+/// `UpdateBatch`) may cause: e.g. `DocumentOpened` + `SnapshotSent` +
+/// `DocumentSynced` for an `Open`, or one `DocumentError` per refused update.
+pub const EVENTS_PER_UNIT: usize = 3;
+/// The shortest frame on a stream: a 2-byte header, an empty body and the
+/// 4-byte checksum. An input of `n` stream bytes completes at most
+/// `1 + n / MIN_FRAME_LEN` frames.
+pub const MIN_FRAME_LEN: usize = 6;
+/// Heap bytes the receive side of a session may hold beyond twice what it
+/// buffered: the stream reader itself and the small partial-frame buffer it
+/// keeps between frames.
+pub const HELD_INPUT_SLACK: usize = 8 * 1024;
+
+/// Which bound of the cost model an input broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BudgetKind {
+    /// A session's queued bytes passed `max_outbound_bytes + max_frame_len`.
+    QueuedBytes,
+    /// A session's queued messages passed
+    /// `max_outbound_messages + max_messages_per_frame`.
+    QueuedMessages,
+    /// A session still in its handshake buffered more than one frame
+    /// (`max_frame_len`): nothing is reassembled before `Hello`.
+    HandshakeInput,
+    /// A session buffered more than one partial frame plus one fragmented
+    /// message (`max_frame_len + max_message_len`).
+    BufferedInput,
+    /// A session's receive side reserved more than twice what it buffered
+    /// plus [`HELD_INPUT_SLACK`]: memory reserved on a peer's say-so.
+    Reservation,
+    /// One input caused more events than
+    /// [`EVENTS_PER_INPUT`] + [`EVENTS_PER_UNIT`] × units it can carry + one
+    /// per session and per open subscription.
+    Events,
+    /// The hub's cache of resumable transfers passed
+    /// `max_transfer_cache_bytes`.
+    TransferCache,
+}
+
+/// An input cost more than the cost model allows: which bound, where, and
+/// by how much. Its `Display` is one line meant for a fuzzer's crash report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetExceeded {
+    /// The bound broken.
+    pub kind: BudgetKind,
+    /// The session concerned (`None` for hub-wide bounds).
+    pub conn: Option<crate::server::ConnId>,
+    /// That session's phase.
+    pub phase: Option<crate::server::Phase>,
+    /// Bytes in the input that broke it.
+    pub input_len: usize,
+    /// What was measured.
+    pub value: usize,
+    /// What the cost model allows.
+    pub bound: usize,
+}
+
+impl core::fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "budget {:?} exceeded", self.kind)?;
+        if let Some(conn) = self.conn {
+            write!(f, " by conn {}", conn.0)?;
+        }
+        if let Some(phase) = self.phase {
+            let phase = match phase {
+                crate::server::Phase::Handshake { .. } => "handshake",
+                crate::server::Phase::Active => "active",
+                crate::server::Phase::Closed => "closed",
+            };
+            write!(f, " ({phase})")?;
+        }
+        write!(
+            f,
+            " after an input of {} bytes: {} > {}",
+            self.input_len, self.value, self.bound
+        )
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
+/// Checks, after every input to a [`Hub`](crate::server::Hub), that what the
+/// input cost stays within the cost model, for every session of the hub
+/// (not only the sender's):
+///
+/// - queued bytes ≤ `max_outbound_bytes + max_frame_len`, queued messages ≤
+///   `max_outbound_messages + max_messages_per_frame` (the limit plus one
+///   frame, control messages included);
+/// - before the handshake, buffered input ≤ `max_frame_len` (one partial
+///   frame, no reassembly); after it, ≤ `max_frame_len + max_message_len`;
+/// - memory held for input ≤ 2 × buffered + [`HELD_INPUT_SLACK`] (nothing
+///   reserved from a declared length);
+/// - events caused by the input ≤ [`EVENTS_PER_INPUT`] + [`EVENTS_PER_UNIT`]
+///   × `max_messages_per_frame` × frames the input can complete (one per
+///   input with message framing, `1 + n / MIN_FRAME_LEN` on a stream) + one
+///   per session and per open subscription (a close, a lagging subscriber);
+/// - the transfer cache within `max_transfer_cache_bytes`.
+///
+/// ```
+/// use std::time::Instant;
+/// use crdt_socket_sync::registry::MemoryRegistry;
+/// use crdt_socket_sync::server::{AllowAll, Hub, ServerConfig};
+/// use crdt_socket_sync::testing::{Budget, OpLog};
+///
+/// let now = Instant::now();
+/// let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+/// let mut reg = MemoryRegistry::new(|_| OpLog::new(0));
+/// let budget = Budget::new(&hub);
+/// let conn = hub.accept(now);
+/// budget.drain_events(&mut hub);
+/// let events = budget.input(&mut hub, conn, now, b"\x10garbage", &mut reg).unwrap();
+/// assert!(!events.is_empty()); // the connection was closed
+/// ```
+#[derive(Clone, Debug)]
+pub struct Budget {
+    limits: crate::Limits,
+    stream: bool,
+}
+
+impl Budget {
+    /// A checker for `hub`'s limits and framing.
+    pub fn new<A: crate::server::Authorizer>(hub: &crate::server::Hub<A>) -> Self {
+        Budget {
+            limits: hub.config().limits,
+            stream: hub.config().framing == crate::Framing::Stream,
+        }
+    }
+
+    /// Drains the events pending on `hub`, returning how many there were.
+    pub fn drain_events<A: crate::server::Authorizer>(
+        &self,
+        hub: &mut crate::server::Hub<A>,
+    ) -> usize {
+        let mut n = 0;
+        while hub.poll_event().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Feeds `bytes` from `conn` to `hub`, then checks the cost model.
+    /// Returns the events pending afterwards, all counted as this input's
+    /// (drain them after every call, as the driving contract says).
+    pub fn input<A, R>(
+        &self,
+        hub: &mut crate::server::Hub<A>,
+        conn: crate::server::ConnId,
+        now: std::time::Instant,
+        bytes: &[u8],
+        registry: &mut R,
+    ) -> Result<Vec<crate::server::ServerEvent>, BudgetExceeded>
+    where
+        A: crate::server::Authorizer,
+        R: crate::registry::Registry,
+    {
+        hub.handle_input(conn, now, bytes, registry);
+        let events: Vec<_> = std::iter::from_fn(|| hub.poll_event()).collect();
+        self.check(hub, bytes.len(), events.len())?;
+        Ok(events)
+    }
+
+    /// Checks the cost model after an input of `input_len` bytes (0 for a
+    /// timeout) that caused `events` events.
+    pub fn check<A: crate::server::Authorizer>(
+        &self,
+        hub: &crate::server::Hub<A>,
+        input_len: usize,
+        events: usize,
+    ) -> Result<(), BudgetExceeded> {
+        use crate::server::Phase;
+        let l = &self.limits;
+        let frame = l.max_frame_len as usize;
+        let per_frame = l.max_messages_per_frame as usize;
+        let exceeded = |kind, conn, phase, value, bound| {
+            if value > bound {
+                Err(BudgetExceeded {
+                    kind,
+                    conn,
+                    phase,
+                    input_len,
+                    value,
+                    bound,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let mut fan_out = 0usize;
+        for s in hub.sessions() {
+            let conn = s.conn();
+            let at = (Some(conn), Some(s.phase()));
+            fan_out = fan_out.saturating_add(1 + s.open_documents());
+            exceeded(
+                BudgetKind::QueuedBytes,
+                at.0,
+                at.1,
+                s.queued_bytes(),
+                l.max_outbound_bytes.saturating_add(frame),
+            )?;
+            exceeded(
+                BudgetKind::QueuedMessages,
+                at.0,
+                at.1,
+                s.queued_messages(),
+                l.max_outbound_messages.saturating_add(per_frame),
+            )?;
+            if matches!(s.phase(), Phase::Handshake { .. }) {
+                exceeded(
+                    BudgetKind::HandshakeInput,
+                    at.0,
+                    at.1,
+                    s.buffered_input(),
+                    frame,
+                )?;
+            }
+            let message = usize::try_from(l.max_message_len).unwrap_or(usize::MAX);
+            exceeded(
+                BudgetKind::BufferedInput,
+                at.0,
+                at.1,
+                s.buffered_input(),
+                frame.saturating_add(message),
+            )?;
+            exceeded(
+                BudgetKind::Reservation,
+                at.0,
+                at.1,
+                s.held_input(),
+                s.buffered_input()
+                    .saturating_mul(2)
+                    .saturating_add(HELD_INPUT_SLACK),
+            )?;
+        }
+        let frames = if self.stream {
+            1 + input_len / MIN_FRAME_LEN
+        } else {
+            1
+        };
+        let units = frames.saturating_mul(per_frame);
+        exceeded(
+            BudgetKind::Events,
+            None,
+            None,
+            events,
+            EVENTS_PER_INPUT
+                .saturating_add(units.saturating_mul(EVENTS_PER_UNIT))
+                .saturating_add(fan_out),
+        )?;
+        exceeded(
+            BudgetKind::TransferCache,
+            None,
+            None,
+            hub.transfer_cache_bytes(),
+            l.max_transfer_cache_bytes,
+        )
+    }
+}

@@ -367,6 +367,13 @@ impl ServerSession {
         self.inbound.buffered()
     }
 
+    /// Heap bytes held for received input: the buffer of a partial frame
+    /// (what it reserved, not only what arrived) and of a fragmented message
+    /// being reassembled. What a peer's unfinished input costs the server.
+    pub fn held_input(&self) -> usize {
+        self.inbound.held()
+    }
+
     /// Documents this session has open.
     pub fn open_documents(&self) -> usize {
         self.docs.len()

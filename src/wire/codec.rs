@@ -436,7 +436,6 @@ impl StreamReader {
     }
 
     /// Bytes allocated for the partial frame.
-    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.partial.capacity()
     }

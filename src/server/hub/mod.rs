@@ -224,6 +224,12 @@ impl<A: Authorizer> Hub<A> {
         self.sessions.get(&conn)
     }
 
+    /// Every session held (closed ones not yet removed included), in
+    /// connection order, for inspection.
+    pub fn sessions(&self) -> impl Iterator<Item = &ServerSession> {
+        self.sessions.values()
+    }
+
     /// Connections currently held (including closed ones not yet removed).
     pub fn connections(&self) -> usize {
         self.sessions.len()

@@ -10,12 +10,15 @@ use crate::Limits;
 use crate::wire::compress::Inflater;
 use crate::wire::{Encoder, MessageDecoder, StreamDecoder};
 
-/// Small limits so the fuzzer reaches the limit checks quickly.
+/// Small limits so the fuzzer reaches the limit checks quickly: a few
+/// frames of input can fill a send queue.
 fn fuzz_limits() -> Limits {
     Limits {
         max_frame_len: 64 * 1024,
         max_decompressed_len: 256 * 1024,
         max_messages_per_frame: 64,
+        max_outbound_bytes: 64 * 1024,
+        max_outbound_messages: 256,
         ..Limits::default()
     }
 }
@@ -156,6 +159,8 @@ pub fn server_session(data: &[u8]) {
     for piece in data.chunks(23) {
         h.feed(raw, piece);
         while h.hub.poll_transmit_for(raw).is_some() {}
+        // The healthy client reads as it goes.
+        h.pump();
     }
     h.check_healthy();
 }
@@ -192,6 +197,7 @@ pub fn server_messages(messages: Vec<crate::wire::Message>) {
             input = rest;
         }
         while h.hub.poll_transmit_for(raw).is_some() {}
+        h.pump();
     }
     h.check_healthy();
 }

@@ -654,3 +654,70 @@ fn huge_stream_header_within_budget() {
         panic!("{e}");
     }
 }
+
+/// Byte streams for the `server_session` fuzz target that replay known
+/// amplifiers against its limits (`fuzzing::server_session` cuts them into
+/// 23-byte inputs): seeds of its committed corpus.
+fn amplifier_streams() -> Vec<(&'static str, Vec<u8>)> {
+    let frame = |msgs: &[Message], deflate: bool| {
+        let mut out = Vec::new();
+        let mut encoder = Encoder::new(&attacker_limits());
+        if deflate {
+            encoder.set_compression(Compression::Deflate, 0);
+        }
+        encoder.encode(msgs, &mut out).expect("encodes");
+        out
+    };
+    let hello = frame(&[hello("fuzz")], false);
+    let opened = [hello.clone(), frame(&[open("doc")], false)].concat();
+    let batch = Message::UpdateBatch {
+        doc: DocId(0),
+        first_seq: 1,
+        data: vec![Bytes::default(); 2000],
+    };
+    let fragments: Vec<u8> = (0..2u64)
+        .flat_map(|i| {
+            let fragment = Message::Fragment {
+                id: 1,
+                offset: i * (200 << 10),
+                total: 1 << 20,
+                data: Bytes(vec![0; 200 << 10]),
+            };
+            frame(&[fragment], true)
+        })
+        .collect();
+    vec![
+        ("item1-empty-update-batch", [opened, frame(&[batch], true)].concat()),
+        ("item2-fragments-before-hello", fragments),
+        ("item9-huge-stream-header", [hello, vec![0x10, 0xe8, 0xfb, 0x03]].concat()),
+    ]
+}
+
+/// The `server_session` fuzz body (budget checked after every input) over
+/// the amplifier seeds.
+#[test]
+fn fuzz_seeds_within_budget() {
+    let mut failed = Vec::new();
+    for (name, bytes) in amplifier_streams() {
+        let outcome = std::panic::catch_unwind(|| crdt_socket_sync::fuzzing::server_session(&bytes));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_default();
+            failed.push(format!("{name}: {message}"));
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// Writes the amplifier seeds into the fuzz corpus:
+/// `cargo test --test budgets write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore = "writes fuzz/corpus/server_session"]
+fn write_fuzz_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/server_session");
+    for (name, bytes) in amplifier_streams() {
+        std::fs::write(dir.join(name), bytes).expect("writes the seed");
+    }
+}

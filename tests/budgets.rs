@@ -14,8 +14,8 @@ use crdt_socket_sync::registry::MemoryRegistry;
 use crdt_socket_sync::server::{ConnId, Hub, ServerConfig, StaticTokens};
 use crdt_socket_sync::testing::{Budget, OpLog};
 use crdt_socket_sync::wire::{
-    Access, Bytes, Compression, DocId, Encoder, Message, MessageDecoder, PROTOCOL_VERSIONS,
-    Route, SessionId,
+    Access, Bytes, Compression, DocId, Encoder, Message, MessageDecoder, PROTOCOL_VERSIONS, Route,
+    SessionId,
 };
 use crdt_socket_sync::{Framing, Limits};
 use proptest::prelude::*;
@@ -245,7 +245,9 @@ impl World {
             return Ok(self.pick(0));
         }
         let id = self.hub.accept(self.now);
-        self.budget.check(&self.hub, 0, 1).map_err(|e| e.to_string())?;
+        self.budget
+            .check(&self.hub, 0, 1)
+            .map_err(|e| e.to_string())?;
         self.budget.drain_events(&mut self.hub);
         self.conns.push(Conn {
             id,
@@ -463,22 +465,53 @@ fn open(name: &str) -> Message {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Connect { token: Token, deflate: bool },
-    Garbage { conn: usize, bytes: Vec<u8> },
-    Send { conn: usize, msgs: Vec<Message>, deflate: bool },
+    Connect {
+        token: Token,
+        deflate: bool,
+    },
+    Garbage {
+        conn: usize,
+        bytes: Vec<u8>,
+    },
+    Send {
+        conn: usize,
+        msgs: Vec<Message>,
+        deflate: bool,
+    },
     /// Item 1: one `UpdateBatch` of `n` empty (invalid) updates.
-    EmptyBatch { conn: usize, n: usize, deflate: bool },
+    EmptyBatch {
+        conn: usize,
+        n: usize,
+        deflate: bool,
+    },
     /// Item 5: `n` `StatusRequest`s for one document in one frame.
-    StatusFlood { conn: usize, n: usize },
+    StatusFlood {
+        conn: usize,
+        n: usize,
+    },
     /// Item 3: `frames` 60 KiB application messages to another session.
-    AppFlood { conn: usize, to: usize, frames: usize, deflate: bool },
+    AppFlood {
+        conn: usize,
+        to: usize,
+        frames: usize,
+        deflate: bool,
+    },
     /// Item 2: a new connection sends fragments and no `Hello`.
-    FragmentsBeforeHello { frames: usize, deflate: bool },
+    FragmentsBeforeHello {
+        frames: usize,
+        deflate: bool,
+    },
     /// Item 9: a stream header declaring a 65,000-byte frame, and nothing
     /// more.
-    HugeHeader { conn: usize },
-    Drain { conn: usize },
-    Advance { ms: u16 },
+    HugeHeader {
+        conn: usize,
+    },
+    Drain {
+        conn: usize,
+    },
+    Advance {
+        ms: u16,
+    },
 }
 
 fn token() -> impl Strategy<Value = Token> {
@@ -518,9 +551,8 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (doc(), bytes(24)).prop_map(|(doc, version)| Message::StatusRequest { doc, version }),
         doc().prop_map(|doc| Message::CloseDoc { doc }),
-        (doc(), any::<u32>(), prop::option::of(bytes(5000))).prop_map(|(doc, clock, state)| {
-            Message::AwarenessSet { doc, clock, state }
-        }),
+        (doc(), any::<u32>(), prop::option::of(bytes(5000)))
+            .prop_map(|(doc, clock, state)| { Message::AwarenessSet { doc, clock, state } }),
         (any::<u32>(), 0u64..4, bytes(4000)).prop_map(|(kind, to, data)| Message::App {
             kind,
             route: Route::Session(SessionId(to)),
@@ -687,9 +719,15 @@ fn amplifier_streams() -> Vec<(&'static str, Vec<u8>)> {
         })
         .collect();
     vec![
-        ("item1-empty-update-batch", [opened, frame(&[batch], true)].concat()),
+        (
+            "item1-empty-update-batch",
+            [opened, frame(&[batch], true)].concat(),
+        ),
         ("item2-fragments-before-hello", fragments),
-        ("item9-huge-stream-header", [hello, vec![0x10, 0xe8, 0xfb, 0x03]].concat()),
+        (
+            "item9-huge-stream-header",
+            [hello, vec![0x10, 0xe8, 0xfb, 0x03]].concat(),
+        ),
     ]
 }
 
@@ -699,12 +737,10 @@ fn amplifier_streams() -> Vec<(&'static str, Vec<u8>)> {
 fn fuzz_seeds_within_budget() {
     let mut failed = Vec::new();
     for (name, bytes) in amplifier_streams() {
-        let outcome = std::panic::catch_unwind(|| crdt_socket_sync::fuzzing::server_session(&bytes));
+        let outcome =
+            std::panic::catch_unwind(|| crdt_socket_sync::fuzzing::server_session(&bytes));
         if let Err(panic) = outcome {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_default();
+            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
             failed.push(format!("{name}: {message}"));
         }
     }

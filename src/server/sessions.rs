@@ -67,14 +67,46 @@ impl Sessions {
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &ServerSession> {
-        self.slots.iter().filter_map(|s| s.as_deref())
+        self.slots
+            .iter()
+            .inspect(|_| visits::add(1))
+            .filter_map(|s| s.as_deref())
     }
 
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut ServerSession)> {
         self.slots
             .iter_mut()
+            .inspect(|_| visits::add(1))
             .filter_map(|s| s.as_deref_mut())
             .map(|s| (s.conn, s))
+    }
+
+    /// Slots held, live or not.
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// Counts the entries the timer paths look at (slots, deadlines), so tests
+/// can bound the work of `poll_timeout` and `handle_timeout`. Per thread:
+/// tests run in parallel.
+pub(crate) mod visits {
+    #[cfg(test)]
+    thread_local! {
+        static VISITS: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    }
+
+    #[inline]
+    pub(crate) fn add(_n: u64) {
+        #[cfg(test)]
+        VISITS.with(|v| v.set(v.get() + _n));
+    }
+
+    /// The entries visited since the last call.
+    #[cfg(test)]
+    pub(crate) fn take() -> u64 {
+        VISITS.with(|v| v.replace(0))
     }
 }
 

@@ -26,6 +26,8 @@ use super::transfer_cache::{CachedTransfer, TransferCache};
 use crate::awareness::PresenceTable;
 
 mod presence;
+#[cfg(test)]
+mod timer_tests;
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
 pub use presence::{AppHook, AppMessage, AppVerdict};
 

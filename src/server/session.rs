@@ -206,10 +206,6 @@ impl Subscriptions {
         self.0.iter().map(|s| &s.doc)
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &Subscription> {
-        self.0.iter()
-    }
-
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&DocId, &Subscription)> {
         self.0.iter().map(|s| (&s.doc, s))
     }
@@ -303,6 +299,9 @@ pub struct ServerSession {
     pub(crate) in_ready: bool,
     /// Listed in the hub's touched list.
     pub(crate) in_touched: bool,
+    /// Some subscription was set lagging since the last catch-up: the hub
+    /// lists the session's catch-up as due when its queue drains.
+    pub(crate) lagging: bool,
 }
 
 impl ServerSession {
@@ -324,6 +323,7 @@ impl ServerSession {
             rates: None,
             in_ready: false,
             in_touched: false,
+            lagging: false,
         }
     }
 

@@ -47,8 +47,8 @@ struct DocEntry {
 }
 
 /// The connections subscribed to a document, sorted. A vector, not a
-/// B-tree: every update walks it (fan-out), while joins are appends
-/// (connection ids only grow) and leaves are rare.
+/// B-tree: every update walks it (fan-out), while joins and leaves are
+/// rarer.
 #[derive(Default)]
 struct Subscribers(Vec<ConnId>);
 
@@ -108,8 +108,8 @@ pub struct Hub<A> {
     config: ServerConfig,
     auth: A,
     rng: Rng,
-    /// Boxed: B-tree nodes hold 11 slots and are often half full, so
-    /// inline sessions (~560 bytes) would waste about as much as they use.
+    /// Boxed, so a free slot costs a few words rather than a session, and
+    /// filed by deadline.
     sessions: Sessions,
     docs: Vec<DocEntry>,
     by_name: BTreeMap<Arc<str>, DocId>,
@@ -117,8 +117,9 @@ pub struct Hub<A> {
     /// Connections with output, and those touched since the last
     /// [`Hub::take_touched`].
     marks: Marks,
-    next_conn: u64,
     now: Option<Instant>,
+    /// Reused buffer for the sessions whose deadline came.
+    expired: Vec<ConnId>,
     /// (session, document) pairs whose cumulative ack is due after this
     /// input; a few at a time, so a `Vec`.
     acks_due: Vec<(ConnId, DocId)>,
@@ -194,8 +195,8 @@ impl<A: Authorizer> Hub<A> {
             by_name: BTreeMap::new(),
             events: VecDeque::new(),
             marks: Marks::default(),
-            next_conn: 0,
             now: None,
+            expired: Vec::new(),
             acks_due: Vec::new(),
             batch: Vec::new(),
             transfers: TransferCache::new(max_cache),
@@ -270,12 +271,21 @@ impl<A: Authorizer> Hub<A> {
 
     /// Registers a new transport; the client must send `Hello` before the
     /// handshake timeout.
+    ///
+    /// # Panics
+    ///
+    /// When 2^32 - 1 connections are held at once (the transports cap them
+    /// far below: `ServerOptions::max_connections`).
     pub fn accept(&mut self, now: Instant) -> ConnId {
         let now = self.clock(now);
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.sessions
-            .insert(conn, Box::new(ServerSession::new(conn, &self.config, now)));
+        let config = &self.config;
+        let conn = self
+            .sessions
+            .insert(
+                |conn| Box::new(ServerSession::new(conn, config, now)),
+                |s| s.next_timeout(config),
+            )
+            .expect("fewer than 2^32 - 1 connections at once");
         self.events.push_back(ServerEvent::ClientConnected { conn });
         if let Some(s) = self.sessions.get_mut(&conn) {
             self.marks.touch(s);
@@ -331,6 +341,13 @@ impl<A: Authorizer> Hub<A> {
     ) where
         R: Registry,
     {
+        self.input(conn, now, bytes, registry);
+        // The handshake's end or a partial frame may have moved the
+        // deadline earlier.
+        self.reschedule(conn);
+    }
+
+    fn input<R: Registry>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R) {
         let now = self.clock(now);
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
@@ -438,35 +455,56 @@ impl<A: Authorizer> Hub<A> {
                 .and_then(|every| now.checked_add(every));
             self.prune(registry);
         }
+        // Only the sessions filed under an instant that came; in id order,
+        // the order their closes are reported in.
+        let mut expired = std::mem::take(&mut self.expired);
+        self.sessions.take_expired(now, &mut expired);
+        expired.sort_unstable();
         let mut closed = Vec::new();
-        for (conn, s) in self.sessions.iter_mut() {
-            let conn = &conn;
-            if let Some(cause) = s.on_timeout(&self.config, now, &mut self.common) {
-                closed.push((*conn, cause));
+        for &conn in &expired {
+            if let Some(s) = self.sessions.get_mut(&conn)
+                && let Some(cause) = s.on_timeout(&self.config, now, &mut self.common)
+            {
+                closed.push((conn, cause));
             }
         }
         for (conn, cause) in closed {
             self.after_close(conn, cause);
         }
+        for conn in expired.drain(..) {
+            self.reschedule(conn);
+        }
+        self.expired = expired;
     }
 
     /// The earliest deadline of any session, if any. It is "now" while a
     /// lagging subscriber's queue has drained and its catch-up is due.
+    /// Costs a few lookups, whatever the number of connections: callers may
+    /// ask after every input.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if let Some(now) = self.now
-            && self
-                .sessions
-                .values()
-                .any(|s| s.phase == Phase::Active && self.catch_up_due(s))
+            && self.marks.catch_up_due()
         {
             return Some(now);
         }
         self.sessions
-            .values()
-            .filter_map(|s| s.next_timeout(&self.config))
+            .next_deadline()
+            .into_iter()
             .chain(self.next_prune)
             .chain(self.presence.next_expiry())
             .min()
+    }
+
+    /// Files `conn` under its session's next deadline when that is earlier
+    /// than the instant it is filed under. Whatever can move a session's
+    /// deadline earlier calls it (input, the end of the handshake); moves
+    /// later need nothing (see [`Sessions`]).
+    fn reschedule(&mut self, conn: ConnId) {
+        let at = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.next_timeout(&self.config));
+        self.sessions.schedule(conn, at);
     }
 
     /// The next frame to send, with its connection.
@@ -505,6 +543,7 @@ impl<A: Authorizer> Hub<A> {
             let s = self.sessions.get_mut(&conn)?;
             if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
+                self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
                 return Some(conn);
             }
         }
@@ -513,9 +552,12 @@ impl<A: Authorizer> Hub<A> {
     /// Like [`Hub::poll_transmit_for`], appending the frame to `buf`;
     /// `false` when `conn` has nothing to send.
     pub fn poll_transmit_for_into(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> bool {
-        self.sessions
-            .get_mut(&conn)
-            .is_some_and(|s| s.poll_frame_into(buf, &mut self.common))
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        let sent = s.poll_frame_into(buf, &mut self.common);
+        self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
+        sent
     }
 
     /// The next frame to send on `conn` (for adapters with a task per
@@ -523,7 +565,10 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
         // An emptied session stays listed as ready until `poll_transmit`
         // reaches it: unlisting here would cost a search.
-        self.sessions.get_mut(&conn)?.poll_frame(&mut self.common)
+        let s = self.sessions.get_mut(&conn)?;
+        let frame = s.poll_frame(&mut self.common);
+        self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
+        frame
     }
 
     /// The next event.
@@ -1532,6 +1577,10 @@ impl<A: Authorizer> Hub<A> {
                 && let Some(v) = pre_version
             {
                 sub.set_lagging(v.to_vec());
+                s.lagging = true;
+                // A queue already drained (the update alone passes the
+                // high-water mark) gets its catch-up without a drain.
+                self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
                 self.events.push_back(ServerEvent::SubscriberLagging {
                     conn,
                     name: Arc::clone(&entry.name),
@@ -1569,24 +1618,32 @@ impl<A: Authorizer> Hub<A> {
         self.config.limits.max_outbound_bytes / 4
     }
 
-    fn catch_up_due(&self, s: &ServerSession) -> bool {
-        s.outbound.bytes() <= self.low_water() && s.docs.values().any(Subscription::is_lagging)
-    }
-
     /// Sends one coalesced catch-up to every lagging subscriber whose queue
-    /// drained.
+    /// drained (those [`Marks`] lists: the others are not looked at).
     fn run_catch_ups<R: Registry>(&mut self, registry: &mut R) {
-        let due: Vec<(ConnId, DocId, Vec<u8>)> = self
-            .sessions
-            .iter_mut()
-            .filter(|(_, s)| s.phase == Phase::Active)
-            .filter(|(_, s)| s.outbound.bytes() <= self.config.limits.max_outbound_bytes / 4)
-            .flat_map(|(conn, s)| {
+        if !self.marks.catch_up_due() {
+            return;
+        }
+        let low_water = self.low_water();
+        let mut due: Vec<(ConnId, DocId, Vec<u8>)> = Vec::new();
+        for conn in self.marks.take_catch_ups() {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            // Its queue grew again since: the next drain lists it again.
+            if s.phase == Phase::Active && s.outbound.bytes() > low_water {
+                continue;
+            }
+            s.lagging = false;
+            if s.phase != Phase::Active {
+                continue;
+            }
+            due.extend(
                 s.docs
                     .iter_mut()
-                    .filter_map(move |(doc, sub)| sub.take_lagging().map(|v| (conn, doc, v)))
-            })
-            .collect();
+                    .filter_map(|(doc, sub)| sub.take_lagging().map(|v| (conn, doc, v))),
+            );
+        }
         for (conn, doc, since) in due {
             if let Some(name) = self.doc_name(doc).cloned() {
                 self.events

@@ -276,7 +276,10 @@ mod tests {
         let a = add(&mut s, None);
         let b = add(&mut s, None);
         assert_eq!((a, b), (id(3, 1), id(1, 1)));
-        assert!(s.get(&ids[3]).is_none(), "the old id does not reach the new session");
+        assert!(
+            s.get(&ids[3]).is_none(),
+            "the old id does not reach the new session"
+        );
         assert_eq!(s.get(&a).map(|x| x.conn), Some(a));
         assert_eq!((s.len(), s.slots()), (5, 5));
         assert_eq!(

@@ -543,7 +543,8 @@ impl<A: Authorizer> Hub<A> {
             let s = self.sessions.get_mut(&conn)?;
             if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
-                self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
+                self.marks
+                    .drained(s, self.config.limits.max_outbound_bytes / 4);
                 return Some(conn);
             }
         }
@@ -556,7 +557,8 @@ impl<A: Authorizer> Hub<A> {
             return false;
         };
         let sent = s.poll_frame_into(buf, &mut self.common);
-        self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
+        self.marks
+            .drained(s, self.config.limits.max_outbound_bytes / 4);
         sent
     }
 
@@ -567,7 +569,8 @@ impl<A: Authorizer> Hub<A> {
         // reaches it: unlisting here would cost a search.
         let s = self.sessions.get_mut(&conn)?;
         let frame = s.poll_frame(&mut self.common);
-        self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
+        self.marks
+            .drained(s, self.config.limits.max_outbound_bytes / 4);
         frame
     }
 
@@ -1580,7 +1583,8 @@ impl<A: Authorizer> Hub<A> {
                 s.lagging = true;
                 // A queue already drained (the update alone passes the
                 // high-water mark) gets its catch-up without a drain.
-                self.marks.drained(s, self.config.limits.max_outbound_bytes / 4);
+                self.marks
+                    .drained(s, self.config.limits.max_outbound_bytes / 4);
                 self.events.push_back(ServerEvent::SubscriberLagging {
                     conn,
                     name: Arc::clone(&entry.name),

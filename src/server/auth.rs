@@ -9,6 +9,17 @@ use crate::wire::Access;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Identity(pub String);
 
+impl Identity {
+    /// TEMP
+    pub fn new(name: impl Into<String>) -> Self {
+        Identity(name.into())
+    }
+    /// TEMP
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Decides who may connect and what each session may do per document.
 ///
 /// Called by the hub during the handshake, on every `Open`, and again for

@@ -185,6 +185,12 @@ impl Queue {
         self.bytes.saturating_add(extra) <= common.max_bytes && self.msgs < common.max_msgs
     }
 
+    /// Whether `extra` more bytes would stay below the high-water mark (half
+    /// the bounds), where ephemeral messages stop.
+    pub(crate) fn below_high_water(&self, extra: usize, common: &Common) -> bool {
+        self.admits(extra, 1, Priority::Ephemeral, common)
+    }
+
     /// Whether `extra` more bytes in `msgs` messages may be queued with
     /// `priority`: one comparison of each bound.
     #[inline]
@@ -833,7 +839,7 @@ mod tests {
         while q.push(&msg(100), Priority::Ephemeral, &mut sp).is_ok() {}
         assert!(q.bytes() <= 2000 && q.bytes() > 1800, "{}", q.bytes());
         assert_eq!(
-            q.push_shared_with(&encode_shared(&msg(10)), Priority::Ephemeral, &sp),
+            q.push_shared_with(&encode_shared(&msg(60)), Priority::Ephemeral, &sp),
             Err(QueueFull)
         );
         // Replies: up to the limit, acks included.

@@ -505,13 +505,14 @@ impl ServerSession {
     }
 
     /// Moves chunks of pending transfers into the outbound queue while it
-    /// has room; finishes each transfer with `SyncDone`.
+    /// is below its high-water mark (the other half is room for replies,
+    /// which may not be dropped); finishes each transfer with `SyncDone`.
     pub(crate) fn pump_transfers(&mut self, common: &mut Common) {
         let chunk = self.outbound.max_chunk(common);
         while let Some(t) = self.transfers.front_mut() {
             while t.offset < t.payload.len() {
                 let end = (t.offset + chunk).min(t.payload.len());
-                if !self.outbound.has_room(end - t.offset, common) {
+                if !self.outbound.below_high_water(end - t.offset, common) {
                     return;
                 }
                 let msg = Message::SyncChunk {

@@ -49,7 +49,9 @@ pub struct ClientConfig {
     /// Reconnect policy after a lost connection; `None` disables automatic
     /// reconnection.
     pub reconnect: Option<Backoff>,
-    /// Seed for the session's randomness (reconnect jitter).
+    /// Seed for the session's randomness (reconnect jitter). The session
+    /// uses it as given (deterministic); the WebSocket transports replace 0,
+    /// the default, with a seed from the OS.
     pub seed: u64,
 }
 

@@ -37,7 +37,12 @@ const LOG: &str = "crdt_socket_sync::transport::server";
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// The hub's configuration (limits, timeouts, heartbeat, compression).
-    /// Its `framing` is forced to [`Framing::Message`].
+    /// Its `framing` is forced to [`Framing::Message`]. A `seed` of 0 (the
+    /// default) is replaced by one from OS entropy each time the server
+    /// starts, so session ids are unpredictable and transfer ids do not
+    /// repeat across restarts (a client resuming an interrupted sync after
+    /// a restart is never served another payload under its old id); any
+    /// other value is used as is (reproducible ids, for tests).
     pub hub: ServerConfig,
     /// Only WebSocket upgrades on this URL path are accepted (others get
     /// HTTP 404); `None` accepts any path.
@@ -474,6 +479,7 @@ impl<R: Registry + Send + 'static> HubService<R> {
     {
         let mut options = options;
         options.hub.framing = Framing::Message;
+        options.hub.seed = super::transport_seed(options.hub.seed);
         let (to_hub, rx) = mpsc::channel(options.input_capacity.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(options.event_capacity.max(1));
         let hub = Hub::new(options.hub.clone(), authorizer);

@@ -84,10 +84,14 @@ mod hibernate;
 #[cfg(feature = "tokio")]
 mod hub_task;
 #[cfg(feature = "tokio")]
+mod log_limit;
+#[cfg(feature = "tokio")]
 pub use hub_task::{
     ConnStats, HubHandle, HubService, HubStats, RefuseReason, ServerEvents, ServerOptions,
     TransportEvent,
 };
+#[cfg(feature = "tokio")]
+pub use log_limit::LogLimits;
 
 #[cfg(feature = "tokio")]
 pub mod tokio;

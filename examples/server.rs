@@ -8,10 +8,10 @@
 //! cargo run --example server --features tokio,yrs,loro,automerge,sqlite -- --addr 0.0.0.0:9000 --crdt loro
 //! ```
 //!
-//! Logs clients, documents, updates and errors, within the server's log
-//! limits (`ServerOptions::log_limits`: per connection and kind of line, and
-//! in total, with counts of the lines left out), so no client can fill the
-//! disk; `RUST_LOG=debug` shows more, `RUST_LOG=warn` less. Stop it with
+//! Logs clients, documents and errors within the server's log limits
+//! (`ServerOptions::log_limits`: per connection and kind of line, and in
+//! total, with counts of the lines left out), so no client can fill the
+//! disk; `RUST_LOG=debug` shows updates too, `RUST_LOG=warn` less. Stop it with
 //! Ctrl-C: sessions are closed with a close frame first.
 
 use std::time::Duration;
@@ -114,11 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                // Updates applied and documents in sync are debug lines of
-                // the hub task (rate-limited like the rest).
-                "info,crdt_socket_sync::transport::server=debug".into()
-            }),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
         .init();

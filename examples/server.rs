@@ -24,8 +24,8 @@ use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::server::{AllowAll, ServerConfig, StaticTokens};
 use crdt_socket_sync::store::SqliteRegistry;
-use crdt_socket_sync::transport::tokio::WebSocketServer;
 use crdt_socket_sync::transport::ServerOptions;
+use crdt_socket_sync::transport::tokio::WebSocketServer;
 use crdt_socket_sync::wire::Access;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -99,10 +99,8 @@ fn features() -> String {
 fn server_binary() -> PathBuf {
     static BIN: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut bin = BIN.lock().unwrap_or_else(|e| e.into_inner());
-    bin.get_or_insert_with(|| {
-        crash_kit::example_binary("CSS_ABUSE_SERVER", "server", &features())
-    })
-    .clone()
+    bin.get_or_insert_with(|| crash_kit::example_binary("CSS_ABUSE_SERVER", "server", &features()))
+        .clone()
 }
 
 /// The server's log, as counted by the thread reading its output.
@@ -382,7 +380,13 @@ impl Honest {
     }
 
     /// Rounds every `every` until `stop`; the first failure, if any.
-    fn keep_checking(&self, every: Duration) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Result<u64, String>>) {
+    fn keep_checking(
+        &self,
+        every: Duration,
+    ) -> (
+        Arc<AtomicBool>,
+        tokio::task::JoinHandle<Result<u64, String>>,
+    ) {
         let stop = Arc::new(AtomicBool::new(false));
         let this = self.clone();
         let flag = stop.clone();
@@ -458,7 +462,10 @@ impl Raw {
     }
 
     async fn send_bytes(&mut self, bytes: Vec<u8>) -> bool {
-        self.sink.send(WsMessage::Binary(bytes.into())).await.is_ok()
+        self.sink
+            .send(WsMessage::Binary(bytes.into()))
+            .await
+            .is_ok()
     }
 
     async fn hello(&mut self) -> bool {
@@ -547,7 +554,10 @@ where
     let url = server.url.clone();
     runtime.block_on(async {
         let honest = Honest::connect(&url).await;
-        honest.round().await.expect("honest clients converge before the attack");
+        honest
+            .round()
+            .await
+            .expect("honest clients converge before the attack");
         // Let the allocator settle before the baseline.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let cpu0 = server.cpu();
@@ -568,7 +578,10 @@ where
             growth,
             RSS_BOUND_MIB * 1024
         );
-        assert!(!killed, "{case}: the server's RSS grew past {RSS_KILL_MIB} MiB (killed)");
+        assert!(
+            !killed,
+            "{case}: the server's RSS grew past {RSS_KILL_MIB} MiB (killed)"
+        );
         assert!(server.alive(), "{case}: the server died");
         assert!(
             growth <= RSS_BOUND_MIB * 1024,
@@ -647,7 +660,10 @@ fn garbage_speakers_are_closed_with_a_typed_reason() {
         seen
     });
     for (i, s) in seen.iter().enumerate() {
-        assert!(s.closed_typed(), "garbage speaker {i} not closed with a typed reason: {s:?}");
+        assert!(
+            s.closed_typed(),
+            "garbage speaker {i} not closed with a typed reason: {s:?}"
+        );
         assert!(
             s.bytes <= 1024,
             "garbage speaker {i} was sent {} bytes back",
@@ -674,11 +690,9 @@ fn a_deflated_batch_of_four_million_empty_updates_costs_little() {
             resume: None,
         }])
         .await;
-        let doc = loop {
-            match tokio::time::timeout(Duration::from_secs(10), notes.recv()).await {
-                Ok(Some(Note::Opened(doc))) => break doc,
-                _ => panic!("the document opens"),
-            }
+        let doc = match tokio::time::timeout(Duration::from_secs(10), notes.recv()).await {
+            Ok(Some(Note::Opened(doc))) => doc,
+            _ => panic!("the document opens"),
         };
         // As many empty updates as 4 MiB of decompressed body holds.
         let n = (4 << 20) - 16;
@@ -694,7 +708,10 @@ fn a_deflated_batch_of_four_million_empty_updates_costs_little() {
         raw.send_bytes(frame).await;
         (reader.await.unwrap(), frame_len)
     });
-    assert!(frame_len < 64 << 10, "the frame is small ({frame_len} bytes)");
+    assert!(
+        frame_len < 64 << 10,
+        "the frame is small ({frame_len} bytes)"
+    );
     eprintln!("update-batch: offender saw {seen:?}");
     assert!(
         seen.closed_typed(),
@@ -831,7 +848,11 @@ fn a_frame_of_status_requests_against_a_large_document_stays_bounded() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let len = writer
-            .read_doc("big", |doc| doc.get_or_insert_text("t").get_string(&doc.transact()).len())
+            .read_doc("big", |doc| {
+                doc.get_or_insert_text("t")
+                    .get_string(&doc.transact())
+                    .len()
+            })
             .await
             .unwrap();
         assert_eq!(len, 1_000_000);
@@ -849,11 +870,9 @@ fn a_frame_of_status_requests_against_a_large_document_stays_bounded() {
             resume: None,
         }])
         .await;
-        let doc = loop {
-            match tokio::time::timeout(Duration::from_secs(10), notes.recv()).await {
-                Ok(Some(Note::Opened(doc))) => break doc,
-                _ => panic!("the document opens"),
-            }
+        let doc = match tokio::time::timeout(Duration::from_secs(10), notes.recv()).await {
+            Ok(Some(Note::Opened(doc))) => doc,
+            _ => panic!("the document opens"),
         };
         let requests: Vec<Message> = (0..1024)
             .map(|_| Message::StatusRequest {
@@ -930,7 +949,9 @@ fn fragments_before_hello_are_refused() {
         seen
     });
     for (i, (s, wire, offset)) in seen.iter().enumerate() {
-        eprintln!("fragments: connection {i} sent {offset} bytes of fragments in {wire} wire bytes: {s:?}");
+        eprintln!(
+            "fragments: connection {i} sent {offset} bytes of fragments in {wire} wire bytes: {s:?}"
+        );
         assert!(s.closed_typed(), "fragment sender {i}: {s:?}");
     }
 }
@@ -1017,7 +1038,10 @@ fn a_peer_cycling_twenty_thousand_documents_stays_bounded() {
                     _ => break 'cycle,
                 }
             }
-            let closes: Vec<Message> = docs.into_iter().map(|doc| Message::CloseDoc { doc }).collect();
+            let closes: Vec<Message> = docs
+                .into_iter()
+                .map(|doc| Message::CloseDoc { doc })
+                .collect();
             if !raw.send(&closes).await {
                 break;
             }

@@ -255,12 +255,12 @@ mod tests {
 
     use futures_util::{SinkExt, StreamExt};
 
+    use crate::Limits;
     use crate::registry::MemoryRegistry;
     use crate::server::AllowAll;
     use crate::testing::OpLog;
     use crate::transport::ServerOptions;
     use crate::wire::{Bytes, DocId, Encoder, Message, PeerLimits};
-    use crate::Limits;
 
     use super::*;
     use std::time::Instant;
@@ -437,7 +437,9 @@ mod tests {
             )
             .await
             .unwrap();
-            let (mut ws, _) = tokio_tungstenite::connect_async(server.url()).await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::connect_async(server.url())
+                .await
+                .unwrap();
             let mut encoder = Encoder::new(&Limits::default());
             let mut frame = Vec::new();
             let hello = Message::Hello {
@@ -489,7 +491,10 @@ mod tests {
         });
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         let lines = text.lines().count();
-        let errors_logged = text.lines().filter(|l| l.contains("document error")).count();
+        let errors_logged = text
+            .lines()
+            .filter(|l| l.contains("document error"))
+            .count();
         eprintln!("{errors} bad updates sent: {lines} log lines, {errors_logged} document errors");
         assert!(errors >= 1000, "the flood was sent");
         // What was left out is counted, once the connection closed.

@@ -478,3 +478,116 @@ fn a_sync_sends_an_update_only_when_the_server_lacks_something() {
     assert!(t.iter().any(|l| l.starts_with("c0> Update")), "{t:#?}");
     assert_eq!(n.server_text("doc"), n.text(0, "doc"));
 }
+
+#[test]
+fn a_resumed_payload_that_does_not_apply_is_fetched_afresh_once() {
+    use crdt_socket_sync::document::Document;
+    let mut d = Driven::new(config());
+    d.c.open(&mut d.reg, "doc", d.now).unwrap();
+    d.connect();
+    let mut server = OpLog::new(9);
+    for i in 0..20 {
+        server.edit(format!("line {i}\n").as_bytes());
+    }
+    let payload = server.delta_since(&[]).unwrap();
+    let total = payload.len() as u64;
+    d.feed(&[opened(Access::ReadWrite)]);
+    d.feed(&[chunk(7, 0, total, payload[..40].to_vec())]);
+    d.c.transport_lost(d.now);
+    d.redial();
+    assert_eq!(resume_of(&d.connect()), Some((7, 40)));
+    // The restarted server's transfer 7 has the same length but other
+    // bytes: the pieces do not make an update.
+    d.feed(&[opened(Access::ReadWrite)]);
+    d.feed(&[chunk(7, 40, total, vec![0xff; total as usize - 40])]);
+    d.feed(&[Message::SyncDone {
+        doc: DocId(0),
+        version: Bytes(server.version()),
+    }]);
+    let sent = d.sent();
+    let requests = sent
+        .iter()
+        .filter(|m| matches!(m, Message::StatusRequest { .. }))
+        .count();
+    assert_eq!(requests, 1, "a fresh sync is asked for once: {sent:?}");
+    // The fresh sync (a new transfer from offset 0) completes it.
+    d.feed(&[chunk(8, 0, total, payload.clone())]);
+    d.feed(&[Message::SyncDone {
+        doc: DocId(0),
+        version: Bytes(server.version()),
+    }]);
+    assert_eq!(d.reg.get("doc").unwrap().text(), server.text());
+    let sent = d.sent();
+    assert!(
+        !sent
+            .iter()
+            .any(|m| matches!(m, Message::StatusRequest { .. })),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_write_refused_as_read_only_reports_the_dropped_outbox() {
+    let mut d = Driven::new(config());
+    d.c.open(&mut d.reg, "doc", d.now).unwrap();
+    d.connect();
+    d.feed(&[opened(Access::ReadWrite)]);
+    d.feed(&[Message::SyncDone {
+        doc: DocId(0),
+        version: Bytes(Vec::new()),
+    }]);
+    for text in ["a", "b"] {
+        d.reg.open("doc").unwrap().edit(text.as_bytes());
+        d.c.flush_local(&mut d.reg, "doc", d.now).unwrap();
+    }
+    d.events();
+    // The grant was downgraded (a token refresh): the server refuses.
+    d.feed(&[Message::Error {
+        doc: Some(DocId(0)),
+        seq: Some(1),
+        code: ErrorCode::ReadOnly,
+        message: "read-only".into(),
+    }]);
+    let ev = d.events();
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            ClientEvent::UpdatesRejected {
+                first_seq: 1,
+                last_seq: 2,
+                count: 2,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    assert_eq!(d.c.unacknowledged("doc"), 0);
+}
+
+#[test]
+fn broadcasts_held_by_default_are_bounded_by_max_pending_bytes() {
+    let limits = Limits::default();
+    let mut d = Driven::new(config());
+    d.c.open(&mut d.reg, "doc", d.now).unwrap();
+    d.connect();
+    d.feed(&[opened(Access::ReadWrite)]);
+    // 20 MiB of broadcasts while syncing (the bound is 16 MiB; it was the
+    // 1 GiB transfer limit).
+    let big = Message::Broadcast {
+        doc: DocId(0),
+        data: Bytes(vec![0xA5; 512 * 1024]),
+    };
+    for _ in 0..40 {
+        d.feed(std::slice::from_ref(&big));
+    }
+    assert!(limits.max_pending_bytes < 20 << 20);
+    d.feed(&[Message::SyncDone {
+        doc: DocId(0),
+        version: Bytes(Vec::new()),
+    }]);
+    assert!(
+        d.sent()
+            .iter()
+            .any(|m| matches!(m, Message::StatusRequest { .. }))
+    );
+}

@@ -97,10 +97,15 @@ pub trait Document {
     /// has, so there is nothing to send it. A client asks this after each
     /// (re)sync before sending the server a delta.
     ///
-    /// The default compares the encoded versions byte for byte: exact for
-    /// canonical encodings, and otherwise only errs toward `false` (an
-    /// unneeded, harmless delta). CRDTs whose version encoding is not
-    /// canonical may override it with a real comparison.
+    /// The default compares the encoded versions byte for byte. That is
+    /// exact for canonical encodings of versions that count every change
+    /// (op logs, loro version vectors, automerge heads); a non-canonical
+    /// encoding only errs toward `false` (an unneeded, harmless delta). A
+    /// version that misses some changes (a yrs state vector does not count
+    /// deletions) may answer `true` while the peer lacks local deletions:
+    /// those still reach it, as every local edit does, through
+    /// [`Document::take_local_update`]. Override it where a better answer is
+    /// cheap.
     fn contained_in(&self, version: &[u8]) -> bool {
         self.version() == version
     }

@@ -48,9 +48,10 @@ pub struct Limits {
     /// Bytes of updates a server document may hold waiting for missing
     /// dependencies: a session whose updates push it past this is closed
     /// with `LimitExceeded` (its client re-syncs when it reconnects). A
-    /// client holds at most this much of a document's broadcasts while the
-    /// document syncs (each counted with 32 bytes of overhead); past it they
-    /// are dropped and the client asks for what it lacks after the sync.
+    /// client holds at most this much of the broadcasts that arrive while
+    /// its documents sync (all documents together, each broadcast counted
+    /// with 32 bytes of overhead); past it the document concerned drops
+    /// them and asks for what it lacks after its sync.
     /// Default 16 MiB.
     pub max_pending_bytes: usize,
     /// Presence states per document. Default 256.

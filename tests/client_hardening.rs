@@ -591,3 +591,50 @@ fn broadcasts_held_by_default_are_bounded_by_max_pending_bytes() {
             .any(|m| matches!(m, Message::StatusRequest { .. }))
     );
 }
+
+#[test]
+fn broadcasts_held_are_bounded_across_documents() {
+    let bound = 256 * 1024;
+    let mut d = Driven::new(ClientConfig {
+        limits: Limits {
+            max_pending_bytes: bound,
+            ..Limits::default()
+        },
+        ..config()
+    });
+    let names: Vec<String> = (0..8).map(|i| format!("doc{i}")).collect();
+    for name in &names {
+        d.c.open(&mut d.reg, name, d.now).unwrap();
+    }
+    d.connect();
+    for (i, name) in names.iter().enumerate() {
+        d.feed(&[Message::Opened {
+            name: name.clone(),
+            doc: DocId(i as u32),
+            access: Access::ReadWrite,
+        }]);
+    }
+    // 64 KiB for each of the 8 syncing documents: 512 KiB offered, twice
+    // the bound.
+    for i in 0..8 {
+        d.feed(&[Message::Broadcast {
+            doc: DocId(i),
+            data: Bytes(vec![0xA5; 64 * 1024]),
+        }]);
+    }
+    let mut resyncs = 0;
+    for i in 0..8 {
+        d.feed(&[Message::SyncDone {
+            doc: DocId(i),
+            version: Bytes(Vec::new()),
+        }]);
+        resyncs += d
+            .sent()
+            .iter()
+            .filter(|m| matches!(m, Message::StatusRequest { .. }))
+            .count();
+    }
+    // The first three fit (3 x 64 KiB + overhead < 256 KiB); every later
+    // one overflows.
+    assert_eq!(resyncs, 5);
+}

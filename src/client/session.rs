@@ -95,10 +95,12 @@ struct ClientDoc {
     outbox_bytes: usize,
     next_seq: u64,
     transfer: Option<TransferBuf>,
-    /// Broadcasts received while syncing, applied after the transfer.
-    /// Bounded by `Limits::max_pending_bytes` (each charged its length plus
-    /// `HELD_OVERHEAD`); past it they are all dropped and the document asks
-    /// for what it lacks once the sync is done (`held_overflow`).
+    /// Broadcasts received while syncing, applied after the transfer. All
+    /// documents together hold at most `Limits::max_pending_bytes` (each
+    /// broadcast charged its length plus `HELD_OVERHEAD`, see
+    /// `ClientSession::held_bytes`); past it the document drops what it
+    /// holds and asks for what it lacks once the sync is done
+    /// (`held_overflow`).
     held: Vec<Vec<u8>>,
     held_bytes: usize,
     held_overflow: bool,
@@ -147,14 +149,19 @@ impl ClientDoc {
         Some(event)
     }
 
+    /// Frees the held broadcasts; returns the bytes they were charged.
+    fn drop_held(&mut self) -> usize {
+        self.held = Vec::new();
+        std::mem::take(&mut self.held_bytes)
+    }
+
     fn reset_connection(&mut self) {
         if self.status != DocStatus::Refused {
             self.status = DocStatus::Waiting;
         }
         self.handle = None;
         // A partial transfer is kept: the next Open asks to resume it.
-        self.held = Vec::new();
-        self.held_bytes = 0;
+        self.drop_held();
         self.held_overflow = false;
         self.status_requested = None;
     }
@@ -201,6 +208,8 @@ pub struct ClientSession {
     rng: Rng,
     /// Failed or short-lived connection attempts in a row.
     attempts: u32,
+    /// Sum of every document's `held_bytes`.
+    held_bytes: usize,
     connected_at: Option<Instant>,
 }
 
@@ -227,6 +236,7 @@ impl ClientSession {
             scratch: Vec::new(),
             rng: Rng::new(config.seed),
             attempts: 0,
+            held_bytes: 0,
             connected_at: None,
             config,
         }
@@ -403,6 +413,7 @@ impl ClientSession {
             .docs
             .remove(name)
             .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?;
+        self.held_bytes -= doc.held_bytes;
         if let Some(handle) = doc.handle {
             self.handles.remove(&handle);
             if self.phase == Phase::Connected {
@@ -675,6 +686,7 @@ impl ClientSession {
         self.handles.clear();
         self.session = None;
         self.next_ping = None;
+        self.held_bytes = 0;
         for doc in self.docs.values_mut() {
             doc.reset_connection();
             // Our state is re-published on the next connection.
@@ -766,6 +778,8 @@ impl ClientSession {
                 {
                     d.handle = None;
                     d.status = DocStatus::Refused;
+                    let freed = d.drop_held();
+                    self.held_bytes -= freed;
                 }
             }
             Message::Error {
@@ -982,7 +996,7 @@ impl ClientSession {
         let transfer = doc.transfer.take();
         let held = std::mem::take(&mut doc.held);
         let overflow = std::mem::replace(&mut doc.held_overflow, false);
-        doc.held_bytes = 0;
+        self.held_bytes -= std::mem::take(&mut doc.held_bytes);
         let Some(d) = registry.get(&name) else {
             return;
         };
@@ -1104,6 +1118,7 @@ impl ClientSession {
 
     fn on_broadcast<R: Registry>(&mut self, handle: DocId, data: Vec<u8>, registry: &mut R) {
         let max_held = self.config.limits.max_pending_bytes;
+        let held_total = self.held_bytes;
         let Some(doc) = self.doc_by_handle(handle) else {
             // A broadcast racing our CloseDoc; harmless.
             return;
@@ -1113,15 +1128,16 @@ impl ClientSession {
             if doc.held_overflow {
                 return;
             }
-            if doc.held_bytes.saturating_add(cost) > max_held {
+            if held_total.saturating_add(cost) > max_held {
                 // The sync is followed by a catch-up request instead: what
                 // is held is of no more use, free it now.
                 doc.held_overflow = true;
-                doc.held = Vec::new();
-                doc.held_bytes = 0;
+                let freed = doc.drop_held();
+                self.held_bytes -= freed;
             } else {
                 doc.held_bytes += cost;
                 doc.held.push(data);
+                self.held_bytes += cost;
             }
             return;
         }

@@ -12,8 +12,8 @@ use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession, Command
 use crdt_socket_sync::registry::Registry;
 use crdt_socket_sync::server::{AllowAll, ServerConfig};
 use crdt_socket_sync::wire::{
-    Access, AwarenessEntry, Bytes, Compression, DocId, ErrorCode, Message, MessageDecoder, PeerLimits,
-    SessionId, SyncKind,
+    Access, AwarenessEntry, Bytes, Compression, DocId, ErrorCode, Message, MessageDecoder,
+    PeerLimits, SessionId, SyncKind,
 };
 use crdt_socket_sync::{CloseCause, Framing, Limits};
 
@@ -61,11 +61,6 @@ impl Driven {
     fn feed(&mut self, msgs: &[Message]) {
         let f = frame(msgs);
         self.c.handle_input(self.now, &f, &mut self.reg);
-    }
-
-    fn advance(&mut self, d: Duration) {
-        self.now += d;
-        self.c.handle_timeout(self.now);
     }
 
     /// Every message the client queued, decoded.
@@ -179,8 +174,12 @@ fn a_resume_the_server_cannot_continue_falls_back_to_a_fresh_sync_once() {
     d.feed(&[chunk(7, 40, total + 100, vec![0; 40])]);
     let ev = d.events();
     assert!(
-        ev.iter()
-            .any(|e| matches!(e, ClientEvent::Closed { cause: CloseCause::Protocol(_) })),
+        ev.iter().any(|e| matches!(
+            e,
+            ClientEvent::Closed {
+                cause: CloseCause::Protocol(_)
+            }
+        )),
         "{ev:?}"
     );
     // Every later connection asks for a fresh sync: no resume loop.
@@ -236,7 +235,10 @@ fn a_stalled_partial_frame_closes_the_connection_within_the_deadline() {
         }
     }
     let closed_at = closed_at.expect("still Connected after 30 s of a stalled frame");
-    assert!(closed_at <= dead_after + Duration::from_secs(1), "{closed_at:?}");
+    assert!(
+        closed_at <= dead_after + Duration::from_secs(1),
+        "{closed_at:?}"
+    );
     let ev = d.events();
     assert!(
         ev.iter().any(|e| matches!(e, ClientEvent::Closed { .. })),

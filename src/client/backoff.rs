@@ -97,7 +97,11 @@ mod tests {
             .map(|seed| policy.delay(1, &mut Rng::new(seed)).unwrap())
             .collect();
         assert!(firsts.len() > 60, "{} distinct first delays", firsts.len());
-        assert!(firsts.iter().all(|d| *d >= policy.min && *d <= policy.min * 2));
+        assert!(
+            firsts
+                .iter()
+                .all(|d| *d >= policy.min && *d <= policy.min * 2)
+        );
     }
 
     #[test]
@@ -124,7 +128,10 @@ mod tests {
         let m1 = mean(1, &mut rng);
         let m4 = mean(4, &mut rng);
         let m20 = mean(20, &mut rng);
-        assert!(m1 > 0.13 && m1 < 0.17, "attempt 1 averages (0.1+0.2)/2: {m1}");
+        assert!(
+            m1 > 0.13 && m1 < 0.17,
+            "attempt 1 averages (0.1+0.2)/2: {m1}"
+        );
         assert!(m4 > 0.7 && m4 < 1.0, "attempt 4 averages (0.1+1.6)/2: {m4}");
         assert!(
             m20 > 4.5 && m20 < 5.6,

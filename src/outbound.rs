@@ -200,8 +200,7 @@ impl Queue {
             Priority::Ephemeral => (common.max_bytes / 2, common.max_msgs / 2),
             Priority::Control => return true,
         };
-        self.bytes.saturating_add(extra) <= max_bytes
-            && self.msgs.saturating_add(msgs) <= max_msgs
+        self.bytes.saturating_add(extra) <= max_bytes && self.msgs.saturating_add(msgs) <= max_msgs
     }
 
     /// The bytes and messages a message of `size` encoded bytes adds: more

@@ -177,16 +177,16 @@ fn an_app_flood_to_a_slow_reader_on_another_document_reaches_nothing() {
     let before = r.queued(victim);
     for _ in 0..200 {
         r.input(sender, &[app(1, Route::Session(target), 32 << 10)]);
-        assert!(r.queued(victim) <= before, "victim queued {}", r.queued(victim));
+        assert!(
+            r.queued(victim) <= before,
+            "victim queued {}",
+            r.queued(victim)
+        );
     }
     assert_eq!(r.queued(victim), before, "nothing reached the victim");
     let got = r.read(sender);
     assert_eq!(errors(&got).len(), 200);
-    assert!(
-        errors(&got)
-            .iter()
-            .all(|c| *c == ErrorCode::UnknownSession)
-    );
+    assert!(errors(&got).iter().all(|c| *c == ErrorCode::UnknownSession));
     // Indistinguishable from a session that does not exist.
     r.input(sender, &[app(1, Route::Session(SessionId(12345)), 1)]);
     let gone = r.read(sender);
@@ -223,8 +223,16 @@ fn an_app_flood_to_a_slow_reader_on_the_same_document_stops_at_its_high_water_ma
             Route::Document(doc)
         };
         r.input(sender, &[app(1, route, one)]);
-        assert!(r.queued(victim) <= high, "victim queued {}", r.queued(victim));
-        assert!(r.queued(sender) <= high, "sender queued {}", r.queued(sender));
+        assert!(
+            r.queued(victim) <= high,
+            "victim queued {}",
+            r.queued(victim)
+        );
+        assert!(
+            r.queued(sender) <= high,
+            "sender queued {}",
+            r.queued(sender)
+        );
     }
     assert!(!r.hub.is_closed(victim) && !r.hub.is_closed(sender));
     let got = r.read(sender);
@@ -445,7 +453,11 @@ fn a_refresh_to_a_revoked_token_closes_the_session_before_the_next_write() {
             },
         ],
     );
-    assert_eq!(r.text("doc"), "a", "the write after the refresh was refused");
+    assert_eq!(
+        r.text("doc"),
+        "a",
+        "the write after the refresh was refused"
+    );
     assert!(r.hub.is_closed(conn));
     assert!(matches!(
         r.disconnect_cause(conn),

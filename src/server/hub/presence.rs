@@ -378,8 +378,9 @@ impl<A: Authorizer> Hub<A> {
     /// ephemeral: a sender that does not read misses reports, never grows
     /// its queue past its high-water mark with them.
     fn backpressure(&mut self, conn: ConnId, doc: Option<DocId>, kind: u32, missed: usize) {
-        let message =
-            format!("application message of kind {kind} not delivered to {missed} recipient(s): their queues are full");
+        let message = format!(
+            "application message of kind {kind} not delivered to {missed} recipient(s): their queues are full"
+        );
         let code = ErrorCode::Backpressure;
         self.send_ephemeral(
             conn,

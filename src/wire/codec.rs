@@ -252,6 +252,19 @@ fn read_frame(
 /// more than the allocation).
 const KEEP_PARTIAL_CAPACITY: usize = 4 * 1024;
 
+/// Makes room in `buf` for `additional` more bytes, growing it as `Vec`
+/// does (at least doubling, so appending costs amortized O(1)) but never
+/// past `cap` bytes of capacity: the buffer holds at most twice what it
+/// received, and never more than the `cap` it is known to need.
+pub(crate) fn grow_within(buf: &mut Vec<u8>, additional: usize, cap: usize) {
+    let need = buf.len().saturating_add(additional);
+    if need <= buf.capacity() {
+        return;
+    }
+    let target = need.max(buf.capacity().saturating_mul(2)).min(cap.max(need));
+    buf.reserve_exact(target - buf.len());
+}
+
 /// Decodes the messages of a verified, inflated frame body. On error nothing
 /// is appended to `out`.
 fn decode_messages(
@@ -489,8 +502,6 @@ impl StreamReader {
             self.partial.push(byte);
             *input = rest;
             if let Some(header) = Header::parse(&self.partial, limits)? {
-                self.partial
-                    .reserve_exact(header.frame_len() - self.partial.len());
                 self.header = Some(header);
             }
         }
@@ -499,6 +510,10 @@ impl StreamReader {
         };
         let want = header.frame_len() - self.partial.len();
         let take = want.min(input.len());
+        // The declared length was checked against the limits but is not
+        // reserved: a peer that sends a header and stalls pins only what it
+        // sent.
+        grow_within(&mut self.partial, take, header.frame_len());
         self.partial.extend_from_slice(&input[..take]);
         *input = &input[take..];
         if take < want {
@@ -547,6 +562,37 @@ mod tests {
             }
         }
         out.len()
+    }
+
+    /// A header declaring a large frame reserves nothing: the buffer grows
+    /// with the bytes that came, at most twice them (and never past the
+    /// frame), so a peer that sends a header and stalls pins a few bytes.
+    #[test]
+    fn a_declared_length_reserves_nothing() {
+        let limits = Limits::default();
+        let mut inflate = InflateScratch::default();
+        let mut out = Vec::new();
+        let big = frame(1_000_000);
+        let mut reader = StreamReader::default();
+        let mut received = 0;
+        for piece in [&big[..4], &big[4..100], &big[100..70_000], &big[70_000..]] {
+            let mut input = piece;
+            while !input.is_empty() {
+                reader
+                    .decode(&mut input, &limits, &mut inflate, &mut out)
+                    .unwrap();
+            }
+            received += piece.len();
+            if received < big.len() {
+                assert_eq!(reader.buffered(), received);
+                assert!(
+                    reader.capacity() <= 2 * received.max(32),
+                    "{} held after {received} bytes",
+                    reader.capacity()
+                );
+            }
+        }
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

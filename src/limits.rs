@@ -24,8 +24,23 @@ pub struct Limits {
     /// Most messages batched in one frame. Default 1024.
     pub max_messages_per_frame: u32,
     /// Largest single message once reassembled from
-    /// [`Fragment`](crate::wire::Message::Fragment)s. Default 64 MiB.
+    /// [`Fragment`](crate::wire::Message::Fragment)s: what one connection
+    /// may hold of a message being reassembled. Default 64 MiB.
     pub max_message_len: u64,
+    /// Server: bytes all connections together may hold of fragmented
+    /// messages being reassembled (the buffers' capacity). A fragment that
+    /// would take more closes its session with `LimitExceeded`
+    /// ([`InboundError::ReassemblyFull`](crate::InboundError::ReassemblyFull)).
+    /// Deflated fragments inflate up to a thousand times, so this, not the
+    /// bytes received, is what bounds the memory fragments can pin.
+    /// Default 128 MiB.
+    pub max_reassembly_bytes: usize,
+    /// Server: largest frame accepted before the handshake completes, on
+    /// the wire and once inflated (the smaller of this and
+    /// `max_frame_len` / `max_decompressed_len` applies). A `Hello` with a
+    /// 512-byte peer id and a few KiB of token fits; a peer without a
+    /// token cannot make the server hold more. Default 16 KiB.
+    pub max_handshake_frame_len: u32,
     /// Largest initial-sync transfer (delta or snapshot) a client accepts.
     /// Default 1 GiB.
     pub max_transfer_len: u64,
@@ -79,6 +94,8 @@ impl Default for Limits {
             max_decompressed_len: 4 << 20,
             max_messages_per_frame: 1024,
             max_message_len: 64 << 20,
+            max_reassembly_bytes: 128 << 20,
+            max_handshake_frame_len: 16 << 10,
             max_transfer_len: 1 << 30,
             max_outbound_bytes: 8 << 20,
             max_outbound_messages: 65_536,

@@ -252,17 +252,26 @@ fn read_frame(
 /// more than the allocation).
 const KEEP_PARTIAL_CAPACITY: usize = 4 * 1024;
 
-/// Makes room in `buf` for `additional` more bytes, growing it as `Vec`
-/// does (at least doubling, so appending costs amortized O(1)) but never
-/// past `cap` bytes of capacity: the buffer holds at most twice what it
-/// received, and never more than the `cap` it is known to need.
-pub(crate) fn grow_within(buf: &mut Vec<u8>, additional: usize, cap: usize) {
-    let need = buf.len().saturating_add(additional);
-    if need <= buf.capacity() {
-        return;
+/// The capacity a buffer of `len` bytes and `capacity` should have to take
+/// `additional` more: unchanged if they fit, else grown as `Vec` grows (at
+/// least doubling, so appending costs amortized O(1)) but never past `cap`
+/// (unless the bytes themselves need more). A buffer grown this way holds
+/// at most twice what it received, and never more than the `cap` it is
+/// known to need.
+pub(crate) fn grown_capacity(len: usize, capacity: usize, additional: usize, cap: usize) -> usize {
+    let need = len.saturating_add(additional);
+    if need <= capacity {
+        return capacity;
     }
-    let target = need.max(buf.capacity().saturating_mul(2)).min(cap.max(need));
-    buf.reserve_exact(target - buf.len());
+    need.max(capacity.saturating_mul(2)).min(cap.max(need))
+}
+
+/// Makes room in `buf` for `additional` more bytes ([`grown_capacity`]).
+fn grow_within(buf: &mut Vec<u8>, additional: usize, cap: usize) {
+    let target = grown_capacity(buf.len(), buf.capacity(), additional, cap);
+    if target > buf.capacity() {
+        buf.reserve_exact(target - buf.len());
+    }
 }
 
 /// Decodes the messages of a verified, inflated frame body. On error nothing
@@ -449,7 +458,6 @@ impl StreamReader {
     }
 
     /// Bytes allocated for the partial frame.
-    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.partial.capacity()
     }

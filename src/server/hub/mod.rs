@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::close::CloseCause;
+use crate::inbound::{InboundError, ReassemblyBudget};
 use crate::document::{ApplyOutcome, Document};
 use crate::outbound::{Common, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
@@ -137,6 +138,9 @@ pub struct Hub<A> {
     /// decoded: one for the hub rather than up to ~74 KiB in every session
     /// that once received a compressed frame.
     inflate: InflateScratch,
+    /// What the sessions' fragmented messages hold, against
+    /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
+    reassembly: ReassemblyBudget,
     /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
     /// acknowledgements wait for the disk, oldest first; at most
     /// `Limits::max_commits_in_flight`.
@@ -182,6 +186,7 @@ impl<A: Authorizer> Hub<A> {
             config.presence_ttl,
         );
         let max_cache = config.limits.max_transfer_cache_bytes;
+        let max_reassembly = config.limits.max_reassembly_bytes;
         let common = Common::new(&config.limits, config.compress_threshold, SPARE_BUFFERS);
         Hub {
             config,
@@ -205,6 +210,7 @@ impl<A: Authorizer> Hub<A> {
             outcomes: Vec::new(),
             common,
             inflate: InflateScratch::default(),
+            reassembly: ReassemblyBudget::new(max_reassembly),
             in_flight: VecDeque::new(),
         }
     }
@@ -240,6 +246,13 @@ impl<A: Authorizer> Hub<A> {
     #[cfg(test)]
     pub(crate) fn inflate_held(&self) -> usize {
         self.inflate.held()
+    }
+
+    /// Bytes held by fragmented messages being reassembled, over every
+    /// session: at most
+    /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
+    pub fn reassembly_bytes(&self) -> usize {
+        self.reassembly.held()
     }
 
     /// Bytes held by the cache of resumable sync transfers.
@@ -336,22 +349,34 @@ impl<A: Authorizer> Hub<A> {
         if session.is_closed() {
             return;
         }
-        session.received_at(now);
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
         if session.phase == Phase::Active
             && let Some((doc, seq, data)) = session.feed_single_update(bytes, &self.config.limits)
         {
+            session.received_at(now);
             return self.apply_one(conn, doc, seq, data, registry);
         }
         let mut msgs = std::mem::take(&mut self.scratch);
         msgs.clear();
-        let fed = session.feed(bytes, &self.config.limits, &mut self.inflate, &mut msgs);
+        // Restarts the idle deadline only if a whole valid frame came.
+        let fed = session.feed(
+            bytes,
+            now,
+            &self.config.limits,
+            &self.reassembly,
+            &mut self.inflate,
+            &mut msgs,
+        );
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.
         self.dispatch(conn, &mut msgs, registry);
         if let Err(e) = fed {
-            self.fail(conn, CloseReason::ProtocolError, CloseCause::Inbound(e));
+            let reason = match e {
+                InboundError::ReassemblyFull { .. } => CloseReason::LimitExceeded,
+                _ => CloseReason::ProtocolError,
+            };
+            self.fail(conn, reason, CloseCause::Inbound(e));
         }
         self.scratch = msgs;
     }

@@ -2,9 +2,9 @@
 //! reassembly of fragmented messages.
 //!
 //! What a connection can make its receive side hold, and for how long:
-//! - before the handshake, one frame of at most
-//!   [`Limits::max_handshake_frame_len`] (on the wire and inflated), and no
-//!   fragmented message at all;
+//! - before the handshake (including the rest of the input that carries
+//!   the `Hello`), frames of at most [`Limits::max_handshake_frame_len`]
+//!   (on the wire and inflated), and no fragmented message at all;
 //! - after it, one partial frame (stream framing: at most twice the bytes
 //!   received, never more than the frame) and one fragmented message of at
 //!   most [`Limits::max_message_len`], all connections of a server together
@@ -171,10 +171,11 @@ enum Decoder {
 /// applies none of them).
 #[derive(Clone, Copy)]
 pub(crate) struct Rules<'a> {
-    /// The handshake is not complete: frames are held to
-    /// [`Limits::max_handshake_frame_len`] and fragments refused, up to and
-    /// including the first frame holding a `Hello` (the frames after it in
-    /// the same input are the handshaken session's).
+    /// The handshake is not complete: every frame of the input is held to
+    /// [`Limits::max_handshake_frame_len`] and fragments are refused. This
+    /// covers frames after a `Hello` in the same input too: the `Hello` is
+    /// not accepted yet, and a client waits for `Welcome` before sending
+    /// more.
     pub(crate) handshake: bool,
     /// When the input came: incomplete input begun now is stamped with it.
     pub(crate) now: Option<Instant>,
@@ -199,14 +200,6 @@ fn handshake_limits(limits: &Limits) -> Limits {
         max_decompressed_len: limits.max_decompressed_len.min(max),
         ..*limits
     }
-}
-
-/// Index just past the first `Hello` in `msgs[from..]`, if any.
-fn hello_end(msgs: &[Message], from: usize) -> Option<usize> {
-    msgs[from..]
-        .iter()
-        .position(|m| matches!(m, Message::Hello { .. }))
-        .map(|i| from + i + 1)
 }
 
 /// A session's receive side. The limits and the memory to inflate frames
@@ -336,41 +329,23 @@ impl Inbound {
     ) -> Result<usize, InboundError> {
         let start = out.len();
         let narrow = rules.handshake.then(|| handshake_limits(limits));
-        // Messages before this index arrived before the handshake's `Hello`.
-        let mut handshake_end = start;
+        let frame_limits = narrow.as_ref().unwrap_or(limits);
         let mut frames = 0;
         let decoded = match &mut self.decoder {
             Decoder::Message => {
-                let decoded = decode_frame(bytes, narrow.as_ref().unwrap_or(limits), inflate, out);
+                let decoded = decode_frame(bytes, frame_limits, inflate, out);
                 if decoded.is_ok() {
                     frames = 1;
-                }
-                if narrow.is_some() {
-                    handshake_end = hello_end(out, start).unwrap_or(out.len());
                 }
                 decoded
             }
             Decoder::Stream(d) => {
                 let mut input = bytes;
-                let mut narrow = narrow.as_ref();
                 let decoded = loop {
-                    let before = out.len();
-                    match d
-                        .reader
-                        .decode(&mut input, narrow.unwrap_or(limits), inflate, out)
-                    {
+                    match d.reader.decode(&mut input, frame_limits, inflate, out) {
                         Ok(true) => frames += 1,
                         Ok(false) => break Ok(()),
                         Err(e) => break Err(e),
-                    }
-                    if narrow.is_some() {
-                        match hello_end(out, before) {
-                            Some(end) => {
-                                handshake_end = end;
-                                narrow = None;
-                            }
-                            None => handshake_end = out.len(),
-                        }
                     }
                 };
                 // A partial frame left now began in this input if a frame
@@ -390,7 +365,7 @@ impl Inbound {
             .any(|m| matches!(m, Message::Fragment { .. }))
         {
             let tail: Vec<Message> = out.drain(start..).collect();
-            for (i, msg) in tail.into_iter().enumerate() {
+            for msg in tail {
                 match msg {
                     Message::Fragment {
                         id,
@@ -398,7 +373,7 @@ impl Inbound {
                         total,
                         data,
                     } => {
-                        if start + i < handshake_end {
+                        if rules.handshake {
                             return Err(InboundError::FragmentBeforeHandshake);
                         }
                         let fragment = Fragment {

@@ -140,9 +140,10 @@ fn frames_before_hello_are_small() {
     assert!(h.is_closed(conn));
 }
 
-/// What an honest `Hello` needs still fits, plain or deflated, and a
-/// stream may carry frames after it larger than the handshake limit (the
-/// client need not wait for `Welcome`).
+/// What an honest `Hello` needs still fits, and on a stream it may share
+/// a read with small frames. Anything larger waits for `Welcome` (a frame
+/// in the same input as the `Hello` is still unauthenticated); after it,
+/// frames and fragments up to the session's limits pass.
 #[test]
 fn an_honest_hello_fits() {
     let now = Instant::now();
@@ -162,18 +163,31 @@ fn an_honest_hello_fits() {
         let conn = h.accept(now);
         let mut input = frame(std::slice::from_ref(&hello));
         if framing == Framing::Stream {
-            let pings: Vec<_> = (0..1000).map(|t| Message::Ping { t }).collect();
-            input.extend(frame(&pings[..500]));
-            input.extend(frame(&[fragment(1, 0, 40_000, 80_000)]));
+            let pings: Vec<_> = (0..500).map(|t| Message::Ping { t }).collect();
+            input.extend(frame(&pings));
         }
         h.handle_input(conn, now, &input, &mut reg);
         assert_eq!(h.session(conn).unwrap().phase(), Phase::Active, "{framing:?}");
         assert!(causes(&mut h).is_empty());
-        if framing == Framing::Stream {
-            let held = h.session(conn).unwrap().buffered_input();
-            assert!((40_000..=80_000).contains(&held), "{held}");
-        }
+        h.handle_input(conn, now, &frame(&[fragment(1, 0, 40_000, 80_000)]), &mut reg);
+        let held = h.session(conn).unwrap().buffered_input();
+        assert!((40_000..=80_000).contains(&held), "{held}");
+        assert!(causes(&mut h).is_empty());
     }
+    // Pipelined behind the `Hello`, the same fragment is refused.
+    let (mut h, mut reg) = hub(ServerConfig {
+        framing: Framing::Stream,
+        ..ServerConfig::default()
+    });
+    let conn = h.accept(now);
+    let mut input = frame(std::slice::from_ref(&hello));
+    input.extend(frame(&[fragment(1, 0, 8_000, 80_000)]));
+    h.handle_input(conn, now, &input, &mut reg);
+    assert_eq!(h.session(conn).unwrap().buffered_input(), 0);
+    assert_eq!(
+        causes(&mut h)[..],
+        [(conn, CloseCause::Inbound(InboundError::FragmentBeforeHandshake))]
+    );
 }
 
 /// After the handshake, what one connection holds of a fragmented message

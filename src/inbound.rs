@@ -468,3 +468,69 @@ fn reassemble(
         Err(e) => Err(InboundError::Decode(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Bytes, Encoder};
+
+    fn fragment(id: u32, offset: u64, len: usize, total: u64) -> Vec<u8> {
+        let msg = Message::Fragment {
+            id,
+            offset,
+            total,
+            data: Bytes(vec![0; len]),
+        };
+        let mut out = Vec::new();
+        Encoder::new(&Limits::default())
+            .encode(&[msg], &mut out)
+            .unwrap();
+        out
+    }
+
+    /// A partial message charges its buffer's capacity to the budget and
+    /// gives it back however it goes: refused, or dropped with its owner.
+    #[test]
+    fn the_budget_is_given_back_whatever_happens() {
+        let limits = Limits::default();
+        let budget = ReassemblyBudget::new(1 << 20);
+        let rules = Rules {
+            handshake: false,
+            now: None,
+            budget: Some(&budget),
+        };
+        let mut inflate = InflateScratch::default();
+        let mut out = Vec::new();
+        let mut a = Inbound::new(Framing::Message);
+        let mut b = Inbound::new(Framing::Stream);
+        for k in 0..3 {
+            let f = fragment(1, k * 1000, 1000, 100_000);
+            assert_eq!(a.feed_with(&f, &limits, rules, &mut inflate, &mut out), Ok(1));
+            assert_eq!(b.feed_with(&f, &limits, rules, &mut inflate, &mut out), Ok(1));
+        }
+        assert!(out.is_empty());
+        assert!(a.buffered() >= 3000 && a.buffered() <= 6000);
+        assert_eq!(budget.held(), a.buffered() + b.buffered());
+        // Another message interleaved: refused, and its room given back.
+        let bad = fragment(2, 0, 10, 100);
+        let refused = a.feed_with(&bad, &limits, rules, &mut inflate, &mut out);
+        assert!(matches!(refused, Err(InboundError::BadFragment(_))));
+        assert_eq!(a.buffered(), 0);
+        assert_eq!(budget.held(), b.buffered());
+        drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// With no budget (a client) a message is still reassembled in a
+    /// buffer that grows with what came.
+    #[test]
+    fn reassembly_grows_with_what_came() {
+        let limits = Limits::default();
+        let mut inflate = InflateScratch::default();
+        let mut out = Vec::new();
+        let mut inbound = Inbound::new(Framing::Message);
+        let f = fragment(1, 0, 100, 64 << 20);
+        inbound.feed(&f, &limits, &mut inflate, &mut out).unwrap();
+        assert!(inbound.buffered() <= 200, "{}", inbound.buffered());
+    }
+}

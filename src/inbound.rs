@@ -505,8 +505,14 @@ mod tests {
         let mut b = Inbound::new(Framing::Stream);
         for k in 0..3 {
             let f = fragment(1, k * 1000, 1000, 100_000);
-            assert_eq!(a.feed_with(&f, &limits, rules, &mut inflate, &mut out), Ok(1));
-            assert_eq!(b.feed_with(&f, &limits, rules, &mut inflate, &mut out), Ok(1));
+            assert_eq!(
+                a.feed_with(&f, &limits, rules, &mut inflate, &mut out),
+                Ok(1)
+            );
+            assert_eq!(
+                b.feed_with(&f, &limits, rules, &mut inflate, &mut out),
+                Ok(1)
+            );
         }
         assert!(out.is_empty());
         assert!(a.buffered() >= 3000 && a.buffered() <= 6000);

@@ -117,7 +117,13 @@ fn frames_before_hello_are_small() {
     h.handle_input(conn, now, &frame(&[hello("p", &[7; 64 << 10])]), &mut reg);
     assert!(matches!(
         &causes(&mut h)[..],
-        [(_, CloseCause::Inbound(InboundError::Frame(FrameError::TooLarge { limit: 16384, .. })))]
+        [(
+            _,
+            CloseCause::Inbound(InboundError::Frame(FrameError::TooLarge {
+                limit: 16384,
+                ..
+            }))
+        )]
     ));
     // 1 MiB of token deflated to a few KiB: too large once inflated.
     let f = deflated(&[hello("p", &[7; 1 << 20])]);
@@ -126,7 +132,13 @@ fn frames_before_hello_are_small() {
     h.handle_input(conn, now, &f, &mut reg);
     assert!(matches!(
         &causes(&mut h)[..],
-        [(_, CloseCause::Inbound(InboundError::Frame(FrameError::DecompressedTooLarge { limit: 16384, .. })))]
+        [(
+            _,
+            CloseCause::Inbound(InboundError::Frame(FrameError::DecompressedTooLarge {
+                limit: 16384,
+                ..
+            }))
+        )]
     ));
     // A stream: a header declaring 1 MiB, then silence.
     let (mut h, mut reg) = hub(ServerConfig {
@@ -167,9 +179,18 @@ fn an_honest_hello_fits() {
             input.extend(frame(&pings));
         }
         h.handle_input(conn, now, &input, &mut reg);
-        assert_eq!(h.session(conn).unwrap().phase(), Phase::Active, "{framing:?}");
+        assert_eq!(
+            h.session(conn).unwrap().phase(),
+            Phase::Active,
+            "{framing:?}"
+        );
         assert!(causes(&mut h).is_empty());
-        h.handle_input(conn, now, &frame(&[fragment(1, 0, 40_000, 80_000)]), &mut reg);
+        h.handle_input(
+            conn,
+            now,
+            &frame(&[fragment(1, 0, 40_000, 80_000)]),
+            &mut reg,
+        );
         let held = h.session(conn).unwrap().buffered_input();
         assert!((40_000..=80_000).contains(&held), "{held}");
         assert!(causes(&mut h).is_empty());
@@ -186,7 +207,10 @@ fn an_honest_hello_fits() {
     assert_eq!(h.session(conn).unwrap().buffered_input(), 0);
     assert_eq!(
         causes(&mut h)[..],
-        [(conn, CloseCause::Inbound(InboundError::FragmentBeforeHandshake))]
+        [(
+            conn,
+            CloseCause::Inbound(InboundError::FragmentBeforeHandshake)
+        )]
     );
 }
 
@@ -215,7 +239,11 @@ fn reassembly_is_bounded_per_connection_and_in_total() {
     for k in 0..12 {
         h.handle_input(a, now, &deflated(&[fragment(1, k, piece, total)]), &mut reg);
         let got = (k as usize + 1) * piece;
-        assert!(held(&h, a) >= got && held(&h, a) <= 2 * got, "{}", held(&h, a));
+        assert!(
+            held(&h, a) >= got && held(&h, a) <= 2 * got,
+            "{}",
+            held(&h, a)
+        );
     }
     assert!(held(&h, a) <= 4 << 20);
     for k in 0..12 {
@@ -227,7 +255,10 @@ fn reassembly_is_bounded_per_connection_and_in_total() {
     assert_eq!(h.reassembly_bytes(), held(&h, a));
     assert_eq!(
         causes(&mut h),
-        [(b, CloseCause::Inbound(InboundError::ReassemblyFull { limit: 6 << 20 }))]
+        [(
+            b,
+            CloseCause::Inbound(InboundError::ReassemblyFull { limit: 6 << 20 })
+        )]
     );
     // Once `a` is gone, another connection gets the room back.
     h.connection_lost(a, now);
@@ -240,7 +271,12 @@ fn reassembly_is_bounded_per_connection_and_in_total() {
     assert!(held(&h, c) >= 3 << 20);
     assert_eq!(h.reassembly_bytes(), held(&h, c));
     // A completed message gives its room back.
-    h.handle_input(c, now, &deflated(&[fragment(1, 12, 1 << 20, total)]), &mut reg);
+    h.handle_input(
+        c,
+        now,
+        &deflated(&[fragment(1, 12, 1 << 20, total)]),
+        &mut reg,
+    );
     assert_eq!(held(&h, c), 0);
     assert_eq!(h.reassembly_bytes(), 0);
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::close::CloseCause;
-use crate::inbound::{InboundError, ReassemblyBudget};
 use crate::document::{ApplyOutcome, Document};
+use crate::inbound::{InboundError, ReassemblyBudget};
 use crate::outbound::{Common, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;

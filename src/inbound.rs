@@ -300,8 +300,10 @@ impl Inbound {
         }
     }
 
-    /// [`Inbound::feed_with`] under no [`Rules`].
-    pub(crate) fn feed(
+    /// [`Inbound::feed_with`] under no [`Rules`], returning how many whole,
+    /// valid frames `bytes` completed (liveness counts these, not bytes: a
+    /// frame that never completes must not keep a connection alive).
+    pub(crate) fn feed_frames(
         &mut self,
         bytes: &[u8],
         limits: &Limits,
@@ -536,7 +538,9 @@ mod tests {
         let mut out = Vec::new();
         let mut inbound = Inbound::new(Framing::Message);
         let f = fragment(1, 0, 100, 64 << 20);
-        inbound.feed(&f, &limits, &mut inflate, &mut out).unwrap();
+        inbound
+            .feed_frames(&f, &limits, &mut inflate, &mut out)
+            .unwrap();
         assert!(inbound.buffered() <= 200, "{}", inbound.buffered());
     }
 }

@@ -118,6 +118,14 @@ pub enum ServerEvent {
         /// Size of the snapshot taken.
         snapshot_bytes: usize,
     },
+    /// A document's CRDT panicked (in `apply`, a delta, a snapshot...): the
+    /// document is out of service until the hub restarts. Its subscribers
+    /// got an [`ErrorCode::Internal`] error and were unsubscribed; opens of
+    /// it are refused. Every other document and session goes on.
+    DocumentFailed {
+        /// The document.
+        name: Arc<str>,
+    },
     /// The registry's storage failed outside any one session's request.
     StorageError {
         /// The document, when known.

@@ -565,3 +565,53 @@ fn a_panic_while_computing_a_sync_fails_the_document_alone() {
     assert!(errors(&h.drain(b)).contains(&ErrorCode::Internal));
     still_works(&mut h, a, b);
 }
+
+/// A session asking for syncs from ever new versions cannot flush the
+/// payload another client may resume: its own entries replace each other.
+#[test]
+fn one_session_cannot_evict_the_transfers_others_may_resume() {
+    let mut h = Harness::with(ServerConfig {
+        limits: Limits {
+            max_transfer_cache_bytes: 8 << 20,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    });
+    h.big_doc("big", 3 << 19);
+    // A gets the first chunk of its sync, then its connection is cut.
+    let a = h.connect("a");
+    h.input(a, &frame(&[open("big", b"")]));
+    let first = h.hub.poll_transmit_for(a).unwrap();
+    let (transfer, offset) = decode(&first)
+        .into_iter()
+        .chain(std::iter::from_fn(|| h.hub.poll_transmit_for(a).map(|f| decode(&f))).flatten())
+        .find_map(|m| match m {
+            Message::SyncChunk { transfer, offset, data, .. } => Some((transfer, offset + data.len() as u64)),
+            _ => None,
+        })
+        .expect("a sync chunk");
+    h.hub.connection_lost(a, h.now);
+    // The attacker asks for the document from 40 different versions,
+    // reading everything.
+    let b = h.connect("b");
+    let doc = h.open(b, "big", b"");
+    for k in 1..=40u32 {
+        let mut version = 0u32.to_le_bytes().to_vec();
+        version.extend_from_slice(&k.to_le_bytes());
+        h.now += Duration::from_millis(10);
+        h.send(b, &frame(&[Message::StatusRequest { doc, version: Bytes(version) }]));
+        h.tick();
+        h.drain(b);
+    }
+    // A comes back and resumes.
+    let a2 = h.connect("a2");
+    h.events();
+    let resume = Message::Open {
+        name: "big".into(),
+        version: Bytes::default(),
+        resume: Some(crdt_socket_sync::wire::Resume { transfer, offset }),
+    };
+    h.send(a2, &frame(&[resume]));
+    let resumed = h.events().into_iter().any(|e| matches!(e, ServerEvent::TransferResumed { .. }));
+    assert!(resumed, "A's transfer was evicted");
+}

@@ -21,7 +21,9 @@ pub struct Limits {
     pub max_frame_len: u32,
     /// Largest frame body after inflating a compressed frame. Default 4 MiB.
     pub max_decompressed_len: u32,
-    /// Most messages batched in one frame. Default 1024.
+    /// Most messages batched in one frame, each element of a list message
+    /// (`UpdateBatch`, `RelayPush`) counting as one: checked against the
+    /// count a list declares before it is decoded. Default 1024.
     pub max_messages_per_frame: u32,
     /// Largest single message once reassembled from
     /// [`Fragment`](crate::wire::Message::Fragment)s. Default 64 MiB.

@@ -103,7 +103,9 @@ pub enum ServerEvent {
         /// Bytes queued for it at that moment.
         queued: usize,
     },
-    /// A lagging subscriber drained its queue; its catch-up was queued.
+    /// A catch-up was queued: a lagging subscriber drained its queue, or a
+    /// sync held back (the session's queue was full, a transfer was still
+    /// being sent, or its `Limits::sync_rate` was spent) went ahead.
     CatchUpQueued {
         /// The connection.
         conn: ConnId,

@@ -9,13 +9,10 @@ use std::time::{Duration, Instant};
 
 use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
-use crdt_socket_sync::server::{
-    AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig, ServerEvent,
-};
+use crdt_socket_sync::server::{Authorizer, ConnId, Hub, Identity, ServerConfig, ServerEvent};
 use crdt_socket_sync::testing::OpLog;
 use crdt_socket_sync::wire::{
-    Access, Bytes, CloseReason, Compression, DocId, Encoder, ErrorCode, Message, MessageDecoder,
-    PeerLimits,
+    Access, Bytes, Compression, DocId, Encoder, ErrorCode, Message, MessageDecoder, PeerLimits,
 };
 use crdt_socket_sync::{CloseCause, Limits};
 
@@ -254,7 +251,10 @@ fn still_works(h: &mut Harness, writer: ConnId, reader: ConnId) {
         data: Bytes(w.take_local_update().unwrap()),
     };
     let back = h.send(writer, &frame(&[update]));
-    assert!(back.iter().any(|m| matches!(m, Message::Ack { .. })), "{back:?}");
+    assert!(
+        back.iter().any(|m| matches!(m, Message::Ack { .. })),
+        "{back:?}"
+    );
     let got = h.drain(reader);
     assert!(
         got.iter().any(|m| matches!(m, Message::Broadcast { .. })),
@@ -277,11 +277,19 @@ fn empty_batch(doc: DocId, n: usize) -> Message {
 fn assert_flood_cost(h: &mut Harness, attacker: ConnId) {
     h.assert_queues_bounded();
     let events = h.events();
-    assert!(events.len() <= 4, "{} events: {:?}", events.len(), &events[..4.min(events.len())]);
+    assert!(
+        events.len() <= 4,
+        "{} events: {:?}",
+        events.len(),
+        &events[..4.min(events.len())]
+    );
     assert!(h.hub.is_closed(attacker), "the sender is closed");
     assert!(events.iter().any(|e| matches!(
         e,
-        ServerEvent::ClientDisconnected { cause: CloseCause::Inbound(_), .. }
+        ServerEvent::ClientDisconnected {
+            cause: CloseCause::Inbound(_),
+            ..
+        }
     )));
     let back = h.drain(attacker);
     assert!(back.len() <= 2, "{} messages back", back.len());
@@ -293,7 +301,9 @@ fn a_deflated_frame_of_four_million_empty_updates_costs_a_bounded_amount() {
     let mut encoder = Encoder::new(&Limits::default());
     encoder.set_compression(Compression::Deflate, 0);
     let mut f = Vec::new();
-    encoder.encode(&[empty_batch(doc, 4_000_000)], &mut f).unwrap();
+    encoder
+        .encode(&[empty_batch(doc, 4_000_000)], &mut f)
+        .unwrap();
     assert!(f.len() < 32 * 1024, "{} bytes on the wire", f.len());
     let started = Instant::now();
     h.input(attacker, &f);
@@ -322,9 +332,23 @@ fn a_batch_at_the_limit_is_still_accepted() {
             Bytes(w.take_local_update().unwrap())
         })
         .collect();
-    let back = h.send(attacker, &frame(&[Message::UpdateBatch { doc, first_seq: 1, data }]));
+    let back = h.send(
+        attacker,
+        &frame(&[Message::UpdateBatch {
+            doc,
+            first_seq: 1,
+            data,
+        }]),
+    );
     assert!(!h.hub.is_closed(attacker));
-    assert!(back.contains(&Message::Ack { doc, applied: 1024, durable: 0 }), "{back:?}");
+    assert!(
+        back.contains(&Message::Ack {
+            doc,
+            applied: 1024,
+            durable: 0
+        }),
+        "{back:?}"
+    );
     // Two messages of 1024 elements are more than a frame may carry.
     let two = frame(&[empty_batch(doc, 1024), empty_batch(doc, 1)]);
     h.input(attacker, &two);
@@ -341,7 +365,12 @@ fn invalid_updates_in_one_input_cost_one_error_and_one_event() {
         data: vec![Bytes(vec![0]); 1000],
     };
     let back = h.send(attacker, &frame(&[invalid]));
-    assert_eq!(errors(&back), [ErrorCode::InvalidUpdate], "{} messages back", back.len());
+    assert_eq!(
+        errors(&back),
+        [ErrorCode::InvalidUpdate],
+        "{} messages back",
+        back.len()
+    );
     // The error, the batch's event, and the close: 1,000 invalid updates
     // are more than a session may send.
     let events = h.events();
@@ -353,10 +382,19 @@ fn invalid_updates_in_one_input_cost_one_error_and_one_event() {
     let doc = h.open(other, "doc", b"");
     h.events();
     let singles: Vec<Message> = (0..1000)
-        .map(|i| Message::Update { doc, seq: 1 + i, data: Bytes(vec![0]) })
+        .map(|i| Message::Update {
+            doc,
+            seq: 1 + i,
+            data: Bytes(vec![0]),
+        })
         .collect();
     let back = h.send(other, &frame(&singles));
-    assert_eq!(errors(&back), [ErrorCode::InvalidUpdate], "{} messages back", back.len());
+    assert_eq!(
+        errors(&back),
+        [ErrorCode::InvalidUpdate],
+        "{} messages back",
+        back.len()
+    );
     assert!(h.events().len() <= 3);
     assert!(h.hub.is_closed(other));
     still_works(&mut h, writer, reader);
@@ -368,7 +406,11 @@ fn errors_one_input_causes_are_bounded() {
     // Every update to a different handle that is not open: each is its own
     // batch, each an error.
     let msgs: Vec<Message> = (0..1024)
-        .map(|i| Message::Update { doc: DocId(100 + i), seq: 1, data: Bytes(vec![0]) })
+        .map(|i| Message::Update {
+            doc: DocId(100 + i),
+            seq: 1,
+            data: Bytes(vec![0]),
+        })
         .collect();
     let back = h.send(attacker, &frame(&msgs));
     let n = errors(&back).len();
@@ -385,11 +427,18 @@ fn a_flood_of_invalid_updates_closes_the_session() {
     let limit = h.hub.config().limits.max_invalid_updates as usize;
     let mut sent = 0;
     while !h.hub.is_closed(attacker) && sent <= 2 * limit {
-        let bad = Message::Update { doc, seq: 1 + sent as u64, data: Bytes(vec![0]) };
+        let bad = Message::Update {
+            doc,
+            seq: 1 + sent as u64,
+            data: Bytes(vec![0]),
+        };
         h.send(attacker, &frame(&[bad]));
         sent += 1;
     }
-    assert!(h.hub.is_closed(attacker), "open after {sent} invalid updates");
+    assert!(
+        h.hub.is_closed(attacker),
+        "open after {sent} invalid updates"
+    );
     assert_eq!(sent, limit + 1);
     let closed = h.events().into_iter().any(|e| matches!(
         e,
@@ -412,13 +461,19 @@ fn status_requests_in_one_frame_compute_one_sync() {
     let doc = h.open(c, "big", &version);
     let before = h.syncs();
     let requests: Vec<Message> = (0..1024)
-        .map(|_| Message::StatusRequest { doc, version: Bytes(version.clone()) })
+        .map(|_| Message::StatusRequest {
+            doc,
+            version: Bytes(version.clone()),
+        })
         .collect();
     let f = frame(&requests);
     assert!(f.len() < 16 * 1024);
     h.input(c, &f);
     let computed = h.syncs() - before;
-    assert!(computed <= 1, "{computed} delta/snapshot computations for one frame");
+    assert!(
+        computed <= 1,
+        "{computed} delta/snapshot computations for one frame"
+    );
     // The request is answered all the same.
     let mut got = h.drain(c);
     for _ in 0..10 {
@@ -426,7 +481,10 @@ fn status_requests_in_one_frame_compute_one_sync() {
         h.tick();
         got.extend(h.drain(c));
     }
-    assert!(got.iter().any(|m| matches!(m, Message::SyncDone { .. })), "{got:?}");
+    assert!(
+        got.iter().any(|m| matches!(m, Message::SyncDone { .. })),
+        "{got:?}"
+    );
     assert!(h.events().len() <= 4);
 }
 
@@ -440,7 +498,10 @@ fn status_requests_over_many_inputs_are_rate_limited() {
     let version = h.reg.get("big").unwrap().version();
     let doc = h.open(c, "big", &version);
     let before = h.syncs();
-    let f = frame(&[Message::StatusRequest { doc, version: Bytes(version.clone()) }]);
+    let f = frame(&[Message::StatusRequest {
+        doc,
+        version: Bytes(version.clone()),
+    }]);
     // 2,000 inputs in one second, the client reading everything.
     for _ in 0..2000 {
         h.now += Duration::from_micros(500);
@@ -473,13 +534,24 @@ fn a_client_that_never_reads_pins_a_bounded_amount() {
     }
     let computed = h.syncs() - before;
     // The queue (8 MiB) holds a few; the rest wait uncomputed.
-    assert!(computed <= 4, "{computed} payloads computed for a client that reads nothing");
+    assert!(
+        computed <= 4,
+        "{computed} payloads computed for a client that reads nothing"
+    );
     h.assert_queues_bounded();
-    assert!(h.hub.transfer_cache_bytes() <= 4 << 20, "{}", h.hub.transfer_cache_bytes());
+    assert!(
+        h.hub.transfer_cache_bytes() <= 4 << 20,
+        "{}",
+        h.hub.transfer_cache_bytes()
+    );
     // Once it reads, every document syncs.
     let mut done = 0;
     for _ in 0..200 {
-        done += h.drain(c).iter().filter(|m| matches!(m, Message::SyncDone { .. })).count();
+        done += h
+            .drain(c)
+            .iter()
+            .filter(|m| matches!(m, Message::SyncDone { .. }))
+            .count();
         h.now += Duration::from_millis(10);
         h.tick();
         if done == 20 {
@@ -503,11 +575,28 @@ fn the_fast_path_checks_the_sender_first() {
     let mut w = OpLog::new(5);
     w.edit(b"x");
     let data = Bytes(w.take_local_update().unwrap());
-    let back = h.send(a, &frame(&[Message::Update { doc: ro, seq: 1, data: data.clone() }]));
+    let back = h.send(
+        a,
+        &frame(&[Message::Update {
+            doc: ro,
+            seq: 1,
+            data: data.clone(),
+        }]),
+    );
     assert_eq!(errors(&back), [ErrorCode::ReadOnly]);
-    let back = h.send(a, &frame(&[Message::Update { doc: DocId(99), seq: 1, data }]));
+    let back = h.send(
+        a,
+        &frame(&[Message::Update {
+            doc: DocId(99),
+            seq: 1,
+            data,
+        }]),
+    );
     assert_eq!(errors(&back), [ErrorCode::UnknownDocument]);
-    assert!(h.drain(b).is_empty(), "nothing reached the other subscriber");
+    assert!(
+        h.drain(b).is_empty(),
+        "nothing reached the other subscriber"
+    );
     assert!(h.reg.get("ro-doc").unwrap().inner.text().is_empty());
 }
 
@@ -525,9 +614,17 @@ fn a_panicking_document_fails_alone() {
         h.open(a, "doc", b"");
         h.open(b, "doc", b"");
         h.events();
-        let bomb = Message::Update { doc: bomb_a, seq: 1, data: Bytes(BOMB.to_vec()) };
+        let bomb = Message::Update {
+            doc: bomb_a,
+            seq: 1,
+            data: Bytes(BOMB.to_vec()),
+        };
         let msgs = if batched {
-            vec![Message::UpdateBatch { doc: bomb_a, first_seq: 1, data: vec![Bytes(vec![0]), Bytes(BOMB.to_vec())] }]
+            vec![Message::UpdateBatch {
+                doc: bomb_a,
+                first_seq: 1,
+                data: vec![Bytes(vec![0]), Bytes(BOMB.to_vec())],
+            }]
         } else {
             vec![bomb]
         };
@@ -539,7 +636,13 @@ fn a_panicking_document_fails_alone() {
         // Reopening it is refused with a typed error.
         let back = h.send(b, &frame(&[open("bomb", b"")]));
         assert!(
-            back.iter().any(|m| matches!(m, Message::OpenRefused { code: ErrorCode::Internal, .. })),
+            back.iter().any(|m| matches!(
+                m,
+                Message::OpenRefused {
+                    code: ErrorCode::Internal,
+                    ..
+                }
+            )),
             "{back:?}"
         );
         // The other document goes on.
@@ -559,7 +662,13 @@ fn a_panic_while_computing_a_sync_fails_the_document_alone() {
     let back = h.send(a, &frame(&[open("bomb", BOMB)]));
     assert!(
         errors(&back).contains(&ErrorCode::Internal)
-            || back.iter().any(|m| matches!(m, Message::OpenRefused { code: ErrorCode::Internal, .. })),
+            || back.iter().any(|m| matches!(
+                m,
+                Message::OpenRefused {
+                    code: ErrorCode::Internal,
+                    ..
+                }
+            )),
         "{back:?}"
     );
     assert!(errors(&h.drain(b)).contains(&ErrorCode::Internal));
@@ -586,7 +695,12 @@ fn one_session_cannot_evict_the_transfers_others_may_resume() {
         .into_iter()
         .chain(std::iter::from_fn(|| h.hub.poll_transmit_for(a).map(|f| decode(&f))).flatten())
         .find_map(|m| match m {
-            Message::SyncChunk { transfer, offset, data, .. } => Some((transfer, offset + data.len() as u64)),
+            Message::SyncChunk {
+                transfer,
+                offset,
+                data,
+                ..
+            } => Some((transfer, offset + data.len() as u64)),
             _ => None,
         })
         .expect("a sync chunk");
@@ -599,7 +713,13 @@ fn one_session_cannot_evict_the_transfers_others_may_resume() {
         let mut version = 0u32.to_le_bytes().to_vec();
         version.extend_from_slice(&k.to_le_bytes());
         h.now += Duration::from_millis(10);
-        h.send(b, &frame(&[Message::StatusRequest { doc, version: Bytes(version) }]));
+        h.send(
+            b,
+            &frame(&[Message::StatusRequest {
+                doc,
+                version: Bytes(version),
+            }]),
+        );
         h.tick();
         h.drain(b);
     }
@@ -612,6 +732,9 @@ fn one_session_cannot_evict_the_transfers_others_may_resume() {
         resume: Some(crdt_socket_sync::wire::Resume { transfer, offset }),
     };
     h.send(a2, &frame(&[resume]));
-    let resumed = h.events().into_iter().any(|e| matches!(e, ServerEvent::TransferResumed { .. }));
+    let resumed = h
+        .events()
+        .into_iter()
+        .any(|e| matches!(e, ServerEvent::TransferResumed { .. }));
     assert!(resumed, "A's transfer was evicted");
 }

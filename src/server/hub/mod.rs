@@ -1615,7 +1615,13 @@ impl<A: Authorizer> Hub<A> {
             } else {
                 format!("{invalid} updates refused, the first: {e}")
             };
-            self.doc_error(conn, Some(doc), Some(seq), ErrorCode::InvalidUpdate, message);
+            self.doc_error(
+                conn,
+                Some(doc),
+                Some(seq),
+                ErrorCode::InvalidUpdate,
+                message,
+            );
             too_many_invalid = self.count_invalid(conn, invalid);
         }
         if let Some((seq, e)) = storage_error {
@@ -1790,15 +1796,7 @@ impl<A: Authorizer> Hub<A> {
             .map(|s| s.conn)
             .collect();
         for conn in due {
-            loop {
-                let Some(doc) = self.sessions.get(&conn).and_then(|s| {
-                    s.docs
-                        .iter()
-                        .find(|(_, sub)| sub.is_lagging())
-                        .map(|(doc, _)| *doc)
-                }) else {
-                    break;
-                };
+            while let Some(doc) = self.next_lagging(conn) {
                 if !self.sync_gate(conn) {
                     break;
                 }
@@ -1813,6 +1811,15 @@ impl<A: Authorizer> Hub<A> {
                 self.send_presence_snapshot(conn, doc);
             }
         }
+    }
+
+    /// A document of `conn` whose catch-up is due.
+    fn next_lagging(&self, conn: ConnId) -> Option<DocId> {
+        let s = self.sessions.get(&conn)?;
+        s.docs
+            .iter()
+            .find(|(_, sub)| sub.is_lagging())
+            .map(|(doc, _)| *doc)
     }
 
     /// Prunes every document down to the version all its subscribers

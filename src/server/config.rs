@@ -41,7 +41,9 @@ pub struct ServerConfig {
     /// never prunes, so clients that are offline but will come back can
     /// always be served a delta.
     pub prune_interval: Option<Duration>,
-    /// Seed for session and transfer ids.
+    /// Seed for session and transfer ids. The hub uses it as given
+    /// (deterministic); the WebSocket transports replace 0, the default,
+    /// with a seed from the OS on every start.
     pub seed: u64,
 }
 

@@ -21,7 +21,9 @@ pub struct Limits {
     pub max_frame_len: u32,
     /// Largest frame body after inflating a compressed frame. Default 4 MiB.
     pub max_decompressed_len: u32,
-    /// Most messages batched in one frame. Default 1024.
+    /// Most messages batched in one frame, each element of a list message
+    /// (`UpdateBatch`, `RelayPush`) counting as one: checked against the
+    /// count a list declares before it is decoded. Default 1024.
     pub max_messages_per_frame: u32,
     /// Largest single message once reassembled from
     /// [`Fragment`](crate::wire::Message::Fragment)s: what one connection
@@ -80,6 +82,16 @@ pub struct Limits {
     pub max_app_message_len: usize,
     /// Application messages per second per session. Default 100.
     pub app_rate: u32,
+    /// Sync payloads (deltas or snapshots, for `Open`, `StatusRequest` and
+    /// catch-ups) computed per second per session, bursts up to the same
+    /// number. Requests past it wait (the last one per document is kept)
+    /// until the bucket refills. At least 1 is used. Default 256.
+    pub sync_rate: u32,
+    /// Updates a session may send that its documents refuse as invalid:
+    /// past it the session is closed with `ProtocolError` (a client that
+    /// keeps sending what the CRDT cannot read is broken or hostile).
+    /// Default 64.
+    pub max_invalid_updates: u32,
     /// Bytes of recent multi-chunk sync payloads a server keeps so cut-off
     /// clients can resume them. Default 64 MiB.
     pub max_transfer_cache_bytes: usize,
@@ -113,6 +125,8 @@ impl Default for Limits {
             presence_rate: 30,
             max_app_message_len: 64 << 10,
             app_rate: 100,
+            sync_rate: 256,
+            max_invalid_updates: 64,
             max_transfer_cache_bytes: 64 << 20,
             max_commits_in_flight: 256,
         }

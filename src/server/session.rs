@@ -213,18 +213,16 @@ impl Subscriptions {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&DocId, &Subscription)> {
         self.0.iter().map(|s| (&s.doc, s))
     }
-
-    /// The subscriptions with their documents (copied: a subscription's
-    /// document does not change).
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (DocId, &mut Subscription)> {
-        self.0.iter_mut().map(|s| (s.doc, s))
-    }
 }
 
-/// A session's rate limits ([`ServerSession::rates`]).
+/// A session's rate limits and budgets ([`ServerSession::rates`]).
 pub(crate) struct Rates {
     pub(crate) presence: RateLimit,
     pub(crate) app: RateLimit,
+    /// Sync payloads (deltas, snapshots) computed for this session.
+    pub(crate) sync: RateLimit,
+    /// Updates from this session its documents refused as invalid.
+    pub(crate) invalid_updates: u32,
 }
 
 /// A sync payload being sent in chunks as the outbound queue drains.
@@ -388,7 +386,18 @@ impl ServerSession {
             Box::new(Rates {
                 presence: RateLimit::new(limits.presence_rate, now),
                 app: RateLimit::new(limits.app_rate, now),
+                sync: RateLimit::new(limits.sync_rate.max(1), now),
+                invalid_updates: 0,
             })
+        })
+    }
+
+    /// Whether the sync rate limit would let a sync be computed at `now`,
+    /// without taking the token.
+    pub(crate) fn sync_token_available(&self, now: Instant) -> bool {
+        self.rates.as_ref().is_none_or(|r| {
+            let mut probe = r.sync;
+            probe.allow(now)
         })
     }
 

@@ -276,39 +276,51 @@ fn grow_within(buf: &mut Vec<u8>, additional: usize, cap: usize) {
 
 /// Decodes the messages of a verified, inflated frame body. On error nothing
 /// is appended to `out`.
+///
+/// `max_messages_per_frame` counts what the receiver pays for: a message
+/// carrying a list (`UpdateBatch`, `RelayPush`) counts one per element. The
+/// count a list declares is checked before the list is decoded, so a frame
+/// of four million empty updates is refused before one is materialised.
 fn decode_messages(
     mut body: &[u8],
     limits: &Limits,
     out: &mut Vec<Message>,
 ) -> Result<(), FrameError> {
     let before = out.len();
+    let limit = limits.max_messages_per_frame;
+    let too_many = |out: &mut Vec<Message>| {
+        out.truncate(before);
+        Err(FrameError::TooManyMessages { limit })
+    };
     let mut count = 0u32;
     while !body.is_empty() {
-        if count == limits.max_messages_per_frame {
-            out.truncate(before);
-            return Err(FrameError::TooManyMessages {
-                limit: limits.max_messages_per_frame,
-            });
+        let left = u64::from(limit - count);
+        if left == 0 || hot::declared_elements(body).is_some_and(|n| n > left) {
+            return too_many(out);
         }
         // Live traffic skips serde; anything else (or anything unusual)
         // goes to postcard.
-        if let Some((m, rest)) = hot::decode(body) {
-            out.push(m);
-            body = rest;
-            count += 1;
-            continue;
+        let (m, rest) = match hot::decode(body) {
+            Some(decoded) => decoded,
+            None => match postcard::take_from_bytes::<Message>(body) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    out.truncate(before);
+                    return Err(FrameError::Decode(e));
+                }
+            },
+        };
+        let cost = match &m {
+            Message::UpdateBatch { data, .. } => data.len().max(1),
+            Message::RelayPush { blobs, .. } => blobs.len().max(1),
+            _ => 1,
+        };
+        if cost as u64 > left {
+            return too_many(out);
         }
-        match postcard::take_from_bytes::<Message>(body) {
-            Ok((m, rest)) => {
-                out.push(m);
-                body = rest;
-                count += 1;
-            }
-            Err(e) => {
-                out.truncate(before);
-                return Err(FrameError::Decode(e));
-            }
-        }
+        out.push(m);
+        body = rest;
+        count += cost as u32;
     }
     Ok(())
 }

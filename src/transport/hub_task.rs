@@ -996,6 +996,9 @@ fn log_event(event: &ServerEvent) {
         ServerEvent::StorageError { name, message } => {
             tracing::error!(target: LOG, doc = ?name, %message, "storage error")
         }
+        ServerEvent::DocumentFailed { name } => {
+            tracing::error!(target: LOG, doc = %name, "document failed: its CRDT panicked")
+        }
         ServerEvent::ClientDisconnected { conn, cause } => {
             tracing::info!(target: LOG, conn = conn.0, %cause, "client disconnected")
         }

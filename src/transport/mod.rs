@@ -210,6 +210,7 @@ pub(crate) fn close_for(cause: &CloseCause) -> (u16, String) {
         CloseCause::Peer { .. } | CloseCause::TransportLost => 1000,
         CloseCause::Rejected { .. } => 1008,
         CloseCause::Inbound(_) | CloseCause::Protocol(_) => 1002,
+        CloseCause::IncompleteInput { .. } => close_code(CloseReason::IdleTimeout),
     };
     let mut text = cause.to_string();
     // A close frame's reason is at most 123 bytes.

@@ -26,11 +26,15 @@ pub(crate) struct Marks {
     /// Sessions touched since the last `take_touched`
     /// (`ServerSession::in_touched`).
     touched: Vec<ConnId>,
-    /// Sessions with a lagging subscription (`ServerSession::lagging`)
-    /// whose queue is down to the low-water mark: their catch-up is due.
-    /// Listed when a drain (or the lagging itself) finds them there, so
-    /// neither `poll_timeout` nor `handle_timeout` looks at the others.
+    /// Sessions with a lagging subscription (`ServerSession::lagging`), no
+    /// transfer waiting and their queue down to the low-water mark: their
+    /// catch-up is due. Listed when a drain (or the lagging itself) finds
+    /// them there, so neither `poll_timeout` nor `handle_timeout` looks at
+    /// the others.
     catch_ups: BTreeSet<ConnId>,
+    /// Sessions whose due catch-up their sync rate held back: listed again
+    /// when the hub's sync retry deadline comes.
+    rate_held: BTreeSet<ConnId>,
 }
 
 impl Marks {
@@ -79,9 +83,19 @@ impl Marks {
     /// list its catch-up as due when both hold. One branch for sessions
     /// that do not lag, so every drain can call it.
     pub(crate) fn drained(&mut self, s: &ServerSession, low_water: usize) {
-        if s.lagging && s.outbound.bytes() <= low_water {
+        if s.lagging && s.transfers.is_empty() && s.outbound.bytes() <= low_water {
             self.catch_ups.insert(s.conn);
         }
+    }
+
+    /// `conn`'s catch-up is due but its sync rate held it back.
+    pub(crate) fn hold_for_rate(&mut self, conn: ConnId) {
+        self.rate_held.insert(conn);
+    }
+
+    /// The sync retry deadline came: the catch-ups held back are due again.
+    pub(crate) fn retry_held(&mut self) {
+        self.catch_ups.append(&mut self.rate_held);
     }
 
     /// Whether some catch-up is due.
@@ -115,6 +129,7 @@ impl Marks {
         }
         if s.lagging {
             self.catch_ups.remove(&s.conn);
+            self.rate_held.remove(&s.conn);
         }
     }
 }

@@ -238,3 +238,52 @@ fn a_due_catch_up_is_found_without_a_scan() {
     );
     assert_ne!(hub.poll_timeout(), Some(now), "nothing due any more");
 }
+
+/// A catch-up its sync rate holds back waits for the retry deadline (no
+/// busy loop: `poll_timeout` is later than `now`) and is served then.
+#[test]
+fn a_catch_up_held_back_by_the_sync_rate_is_served_at_the_retry() {
+    let t0 = Instant::now();
+    let config = ServerConfig {
+        limits: Limits {
+            sync_rate: 1,
+            ..Limits::default()
+        },
+        ..ServerConfig::default()
+    };
+    let mut hub = Hub::new(config, AllowAll);
+    let mut reg = registry();
+    let conn = join(&mut hub, &mut reg, t0);
+    drain(&mut hub);
+    let request = frame(&[Message::StatusRequest {
+        doc: DocId(0),
+        version: Bytes::default(),
+    }]);
+    let mut now = t0;
+    let mut done = 0;
+    let mut decoder = crate::wire::MessageDecoder::new(Limits::default());
+    for step in 0..40 {
+        if step < 3 {
+            hub.handle_input(conn, now, &request, &mut reg);
+        }
+        if hub.poll_timeout().is_some_and(|t| t <= now) {
+            hub.handle_timeout(now, &mut reg);
+            assert!(
+                hub.poll_timeout().is_none_or(|t| t > now),
+                "busy loop at step {step}"
+            );
+        }
+        while let Some((_, f)) = hub.poll_transmit() {
+            let mut msgs = Vec::new();
+            decoder.decode(&f, &mut msgs).unwrap();
+            done += msgs
+                .iter()
+                .filter(|m| matches!(m, Message::SyncDone { .. }))
+                .count();
+        }
+        check_filed(&hub);
+        now += Duration::from_millis(100);
+    }
+    assert!(done >= 1, "the held-back request was answered");
+    assert!(!hub.is_closed(conn));
+}

@@ -9,8 +9,8 @@ use std::time::Instant;
 use crate::Limits;
 use crate::awareness::RateLimit;
 use crate::close::CloseCause;
-use crate::inbound::{Inbound, InboundError};
-use crate::outbound::{Common, Priority, Queue, QueueFull};
+use crate::inbound::{Inbound, InboundError, ReassemblyBudget, Rules};
+use crate::outbound::{Common, MAX_CLOSE_TEXT, Priority, Queue, QueueFull};
 use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
@@ -206,25 +206,19 @@ impl Subscriptions {
         self.0.iter().map(|s| &s.doc)
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &Subscription> {
-        self.0.iter()
-    }
-
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&DocId, &Subscription)> {
         self.0.iter().map(|s| (&s.doc, s))
     }
-
-    /// The subscriptions with their documents (copied: a subscription's
-    /// document does not change).
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (DocId, &mut Subscription)> {
-        self.0.iter_mut().map(|s| (s.doc, s))
-    }
 }
 
-/// A session's rate limits ([`ServerSession::rates`]).
+/// A session's rate limits and budgets ([`ServerSession::rates`]).
 pub(crate) struct Rates {
     pub(crate) presence: RateLimit,
     pub(crate) app: RateLimit,
+    /// Sync payloads (deltas, snapshots) computed for this session.
+    pub(crate) sync: RateLimit,
+    /// Updates from this session its documents refused as invalid.
+    pub(crate) invalid_updates: u32,
 }
 
 /// A sync payload being sent in chunks as the outbound queue drains.
@@ -303,6 +297,9 @@ pub struct ServerSession {
     pub(crate) in_ready: bool,
     /// Listed in the hub's touched list.
     pub(crate) in_touched: bool,
+    /// Some subscription was set lagging since the last catch-up: the hub
+    /// lists the session's catch-up as due when its queue drains.
+    pub(crate) lagging: bool,
 }
 
 impl ServerSession {
@@ -324,6 +321,7 @@ impl ServerSession {
             rates: None,
             in_ready: false,
             in_touched: false,
+            lagging: false,
         }
     }
 
@@ -362,7 +360,10 @@ impl ServerSession {
         self.outbound.len()
     }
 
-    /// Bytes of received input held for incomplete frames or fragments.
+    /// Bytes held for received input that is not complete yet: a partial
+    /// frame (stream framing) and a fragmented message being reassembled
+    /// (their buffers' capacity, which is what they cost). Nothing once
+    /// the session is closed.
     pub fn buffered_input(&self) -> usize {
         self.inbound.buffered()
     }
@@ -392,28 +393,47 @@ impl ServerSession {
             Box::new(Rates {
                 presence: RateLimit::new(limits.presence_rate, now),
                 app: RateLimit::new(limits.app_rate, now),
+                sync: RateLimit::new(limits.sync_rate.max(1), now),
+                invalid_updates: 0,
             })
         })
     }
 
-    /// Input arrived at `now`: the idle deadline restarts from it. (The
-    /// session keeps no clock: the hub's, which never goes backwards, is
-    /// passed where one is needed.)
+    /// A whole valid frame arrived at `now`: the idle deadline restarts
+    /// from it. Only whole frames count, so a peer cannot keep a session
+    /// alive with the bytes of a frame it never finishes. (The session
+    /// keeps no clock: the hub's, which never goes backwards, is passed
+    /// where one is needed.)
     pub(crate) fn received_at(&mut self, now: Instant) {
         self.last_rx = now;
     }
 
-    /// Decodes `bytes` within `limits`, inflating with `inflate` (both the
+    /// Decodes `bytes` received at `now` within `limits`, inflating with
+    /// `inflate` and charging fragmented messages to `budget` (all the
     /// hub's: a session keeps no copy of the limits and no inflate memory).
+    /// Before the handshake, frames are held to
+    /// [`Limits::max_handshake_frame_len`] and fragments refused. Returns
+    /// the whole valid frames decoded, which restart the idle deadline.
     pub(crate) fn feed(
         &mut self,
         bytes: &[u8],
+        now: Instant,
         limits: &Limits,
+        budget: &ReassemblyBudget,
         inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
-    ) -> Result<(), InboundError> {
+    ) -> Result<usize, InboundError> {
         self.stats.bytes_in += bytes.len() as u64;
-        self.inbound.feed(bytes, limits, inflate, out)
+        let rules = Rules {
+            handshake: matches!(self.phase, Phase::Handshake { .. }),
+            now: Some(now),
+            budget: Some(budget),
+        };
+        let frames = self.inbound.feed_with(bytes, limits, rules, inflate, out)?;
+        if frames > 0 {
+            self.received_at(now);
+        }
+        Ok(frames)
     }
 
     /// [`Inbound::single_update`], counted like [`ServerSession::feed`].
@@ -427,10 +447,15 @@ impl ServerSession {
         Some(update)
     }
 
-    /// Queues `msg`, encoded into one of the hub's spare buffers.
-    pub(crate) fn send(&mut self, msg: &Message, common: &mut Common) {
-        // Control messages are small and always queued.
-        let _ = self.outbound.push(msg, Priority::Control, common);
+    /// Queues `msg`, a reply the peer may not miss ([`Priority::Reply`]),
+    /// encoded into one of the hub's spare buffers. Refused when the queue
+    /// is full (the caller closes the session: its peer does not read).
+    /// Nothing is queued after the `Close` of a closed session.
+    pub(crate) fn send(&mut self, msg: &Message, common: &mut Common) -> Result<(), QueueFull> {
+        if self.phase == Phase::Closed {
+            return Ok(());
+        }
+        self.outbound.push(msg, Priority::Reply, common)
     }
 
     /// Queues bytes encoded once for many sessions, if they fit.
@@ -453,13 +478,20 @@ impl ServerSession {
         if self.phase == Phase::Closed {
             return false;
         }
+        let mut end = message.len().min(MAX_CLOSE_TEXT);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
         let close = Message::Close {
             reason,
-            message: message.to_string(),
+            message: message[..end].to_string(),
         };
-        self.send(&close, common);
+        // The one message allowed past the bound (the reserve): at most one
+        // per session, and short.
+        let _ = self.outbound.push(&close, Priority::Control, common);
         self.phase = Phase::Closed;
         self.transfers.clear();
+        self.inbound.discard();
         true
     }
 
@@ -467,9 +499,23 @@ impl ServerSession {
     pub(crate) fn next_timeout(&self, config: &ServerConfig) -> Option<Instant> {
         match self.phase {
             Phase::Handshake { deadline } => deadline,
-            Phase::Active => self.last_rx.checked_add(config.idle_timeout),
+            Phase::Active => {
+                let idle = self.last_rx.checked_add(config.idle_timeout);
+                match self.incomplete_deadline(config) {
+                    Some(t) => Some(idle.map_or(t, |idle| idle.min(t))),
+                    None => idle,
+                }
+            }
             Phase::Closed => None,
         }
+    }
+
+    /// When the oldest incomplete input held (a partial frame or a
+    /// fragmented message) has been held too long.
+    fn incomplete_deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        self.inbound
+            .incomplete_since()?
+            .checked_add(config.incomplete_input_timeout)
     }
 
     /// Fires the deadlines expired at `now`; returns the cause when the
@@ -491,23 +537,38 @@ impl ServerSession {
                 if self
                     .last_rx
                     .checked_add(config.idle_timeout)
-                    .is_some_and(|t| now >= t) =>
+                    .is_some_and(|t| now >= t)
+                    || self.incomplete_deadline(config).is_some_and(|t| now >= t) =>
             {
-                self.close(CloseReason::IdleTimeout, "no traffic", common);
-                Some(CloseCause::Local(CloseReason::IdleTimeout))
+                // Idle with part of a frame or message held: the peer
+                // started something it does not finish.
+                let cause = if self.inbound.is_incomplete() {
+                    CloseCause::IncompleteInput {
+                        held: self.inbound.buffered(),
+                    }
+                } else {
+                    CloseCause::Local(CloseReason::IdleTimeout)
+                };
+                let message = match cause {
+                    CloseCause::IncompleteInput { .. } => "incomplete input held too long",
+                    _ => "no traffic",
+                };
+                self.close(CloseReason::IdleTimeout, message, common);
+                Some(cause)
             }
             _ => None,
         }
     }
 
     /// Moves chunks of pending transfers into the outbound queue while it
-    /// has room; finishes each transfer with `SyncDone`.
+    /// is below its high-water mark (the other half is room for replies,
+    /// which may not be dropped); finishes each transfer with `SyncDone`.
     pub(crate) fn pump_transfers(&mut self, common: &mut Common) {
         let chunk = self.outbound.max_chunk(common);
         while let Some(t) = self.transfers.front_mut() {
             while t.offset < t.payload.len() {
                 let end = (t.offset + chunk).min(t.payload.len());
-                if !self.outbound.has_room(end - t.offset, common) {
+                if !self.outbound.below_high_water(end - t.offset, common) {
                     return;
                 }
                 let msg = Message::SyncChunk {
@@ -527,8 +588,14 @@ impl ServerSession {
                 doc: t.doc,
                 version: Bytes(std::mem::take(&mut t.version)),
             };
+            if self.outbound.push(&done, Priority::Reply, common).is_err() {
+                // Sent after the next drain.
+                if let Message::SyncDone { version, .. } = done {
+                    t.version = version.0;
+                }
+                return;
+            }
             self.transfers.pop_front();
-            self.send(&done, common);
         }
     }
 
@@ -607,8 +674,8 @@ mod tests {
             code: crate::wire::ErrorCode::Internal,
             message: "x".repeat(1500),
         };
-        s.send(&big, &mut common);
-        s.send(&Message::Pong { echo: 1 }, &mut common);
+        s.send(&big, &mut common).unwrap();
+        s.send(&Message::Pong { echo: 1 }, &mut common).unwrap();
         let frame = s.poll_frame(&mut common).unwrap();
         assert!(frame.len() > 1500);
         assert!(s.poll_frame(&mut common).is_none());
@@ -700,7 +767,7 @@ mod tests {
             // A stream session keeps its reader (the partial frame), empty.
             let reader = match framing {
                 Framing::Message => 0,
-                _ => std::mem::size_of::<crate::wire::StreamReader>(),
+                _ => Inbound::STREAM_STATE,
             };
             assert_eq!(session_holds(&hub), reader, "{framing:?}");
             let shared = hub.inflate_held();

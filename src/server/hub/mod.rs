@@ -4,13 +4,15 @@
 //! routes between them; it borrows the [`Registry`] for each call that may
 //! touch documents. It performs no I/O and reads no clock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
-use crate::outbound::{Common, encode_broadcast_shared};
+use crate::inbound::{InboundError, ReassemblyBudget};
+use crate::outbound::{Common, Priority, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::compress::InflateScratch;
@@ -26,6 +28,8 @@ use super::transfer_cache::{CachedTransfer, TransferCache};
 use crate::awareness::PresenceTable;
 
 mod presence;
+#[cfg(test)]
+mod timer_tests;
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
 pub use presence::{AppHook, AppMessage, AppVerdict};
 
@@ -39,14 +43,19 @@ const MIN_PEER_FRAME: u32 = 1024;
 /// at most 64 KiB, where one spare per session held up to 4 KiB each.
 const SPARE_BUFFERS: usize = 16;
 
+/// Document errors reported to the sender of one input; past it they are
+/// counted and reported once, so an input's errors cost a bounded number of
+/// frames and events whatever it carries.
+const MAX_ERRORS_PER_INPUT: u32 = 8;
+
 struct DocEntry {
     name: Arc<str>,
     subscribers: Subscribers,
 }
 
 /// The connections subscribed to a document, sorted. A vector, not a
-/// B-tree: every update walks it (fan-out), while joins are appends
-/// (connection ids only grow) and leaves are rare.
+/// B-tree: every update walks it (fan-out), while joins and leaves are
+/// rarer.
 #[derive(Default)]
 struct Subscribers(Vec<ConnId>);
 
@@ -106,8 +115,8 @@ pub struct Hub<A> {
     config: ServerConfig,
     auth: A,
     rng: Rng,
-    /// Boxed: B-tree nodes hold 11 slots and are often half full, so
-    /// inline sessions (~560 bytes) would waste about as much as they use.
+    /// Boxed, so a free slot costs a few words rather than a session, and
+    /// filed by deadline.
     sessions: Sessions,
     docs: Vec<DocEntry>,
     by_name: BTreeMap<Arc<str>, DocId>,
@@ -115,8 +124,9 @@ pub struct Hub<A> {
     /// Connections with output, and those touched since the last
     /// [`Hub::take_touched`].
     marks: Marks,
-    next_conn: u64,
     now: Option<Instant>,
+    /// Reused buffer for the sessions whose deadline came.
+    expired: Vec<ConnId>,
     /// (session, document) pairs whose cumulative ack is due after this
     /// input; a few at a time, so a `Vec`.
     acks_due: Vec<(ConnId, DocId)>,
@@ -137,10 +147,27 @@ pub struct Hub<A> {
     /// decoded: one for the hub rather than up to ~74 KiB in every session
     /// that once received a compressed frame.
     inflate: InflateScratch,
+    /// What the sessions' fragmented messages hold, against
+    /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
+    reassembly: ReassemblyBudget,
     /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
     /// acknowledgements wait for the disk, oldest first; at most
     /// `Limits::max_commits_in_flight`.
     in_flight: VecDeque<InFlight>,
+    /// The connection whose input is being handled, the errors reported
+    /// to it so far and those left unreported ([`MAX_ERRORS_PER_INPUT`]).
+    input: Option<ConnId>,
+    input_errors: u32,
+    input_errors_dropped: u32,
+    /// Syncs the current input asked for (`Open`, `StatusRequest`), one per
+    /// document, the latest version winning: computed once the input is
+    /// handled, so repeated requests cost one computation.
+    syncs_requested: Vec<(DocId, Vec<u8>)>,
+    /// When a sync held back by its session's sync rate may go ahead.
+    sync_retry: Option<Instant>,
+    /// Documents whose CRDT panicked: never touched again while the hub
+    /// runs; opens are refused with [`ErrorCode::Internal`].
+    failed: BTreeSet<Arc<str>>,
 }
 
 /// The acknowledgements waiting for one registry commit: per (session,
@@ -182,6 +209,7 @@ impl<A: Authorizer> Hub<A> {
             config.presence_ttl,
         );
         let max_cache = config.limits.max_transfer_cache_bytes;
+        let max_reassembly = config.limits.max_reassembly_bytes;
         let common = Common::new(&config.limits, config.compress_threshold, SPARE_BUFFERS);
         Hub {
             config,
@@ -192,8 +220,8 @@ impl<A: Authorizer> Hub<A> {
             by_name: BTreeMap::new(),
             events: VecDeque::new(),
             marks: Marks::default(),
-            next_conn: 0,
             now: None,
+            expired: Vec::new(),
             acks_due: Vec::new(),
             batch: Vec::new(),
             transfers: TransferCache::new(max_cache),
@@ -205,7 +233,14 @@ impl<A: Authorizer> Hub<A> {
             outcomes: Vec::new(),
             common,
             inflate: InflateScratch::default(),
+            reassembly: ReassemblyBudget::new(max_reassembly),
             in_flight: VecDeque::new(),
+            input: None,
+            input_errors: 0,
+            input_errors_dropped: 0,
+            syncs_requested: Vec::new(),
+            sync_retry: None,
+            failed: BTreeSet::new(),
         }
     }
 
@@ -248,6 +283,13 @@ impl<A: Authorizer> Hub<A> {
         self.inflate.held()
     }
 
+    /// Bytes held by fragmented messages being reassembled, over every
+    /// session: at most
+    /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
+    pub fn reassembly_bytes(&self) -> usize {
+        self.reassembly.held()
+    }
+
     /// Bytes held by the cache of resumable sync transfers.
     pub fn transfer_cache_bytes(&self) -> usize {
         self.transfers.bytes()
@@ -274,12 +316,21 @@ impl<A: Authorizer> Hub<A> {
 
     /// Registers a new transport; the client must send `Hello` before the
     /// handshake timeout.
+    ///
+    /// # Panics
+    ///
+    /// When 2^32 - 1 connections are held at once (the transports cap them
+    /// far below: `ServerOptions::max_connections`).
     pub fn accept(&mut self, now: Instant) -> ConnId {
         let now = self.clock(now);
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.sessions
-            .insert(conn, Box::new(ServerSession::new(conn, &self.config, now)));
+        let config = &self.config;
+        let conn = self
+            .sessions
+            .insert(
+                |conn| Box::new(ServerSession::new(conn, config, now)),
+                |s| s.next_timeout(config),
+            )
+            .expect("fewer than 2^32 - 1 connections at once");
         self.events.push_back(ServerEvent::ClientConnected { conn });
         if let Some(s) = self.sessions.get_mut(&conn) {
             self.marks.touch(s);
@@ -335,29 +386,75 @@ impl<A: Authorizer> Hub<A> {
     ) where
         R: Registry,
     {
+        self.input(conn, now, bytes, registry);
+        // The handshake's end or a partial frame may have moved the
+        // deadline earlier; a document closed (its transfer cancelled) may
+        // have let a catch-up through.
+        self.reschedule(conn);
+        if let Some(s) = self.sessions.get(&conn) {
+            self.marks
+                .drained(s, self.config.limits.max_outbound_bytes / 4);
+        }
+    }
+
+    fn input<R: Registry>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R) {
         let now = self.clock(now);
+        if self.sessions.get(&conn).is_none_or(|s| s.is_closed()) {
+            return;
+        }
+        self.input = Some(conn);
+        self.input_errors = 0;
+        self.input_errors_dropped = 0;
+        self.syncs_requested.clear();
+        self.handle_frames(conn, now, bytes, registry);
+        self.run_requested_syncs(conn, registry);
+        self.input = None;
+        if self.input_errors_dropped > 0 {
+            let n = self.input_errors_dropped;
+            let message = format!("{n} more errors caused by one input were not reported");
+            self.doc_error(conn, None, None, ErrorCode::LimitExceeded, message);
+        }
+    }
+
+    /// Decodes and handles one input of `conn`, an open session.
+    fn handle_frames<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        bytes: &[u8],
+        registry: &mut R,
+    ) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if session.is_closed() {
-            return;
-        }
-        session.received_at(now);
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
         if session.phase == Phase::Active
             && let Some((doc, seq, data)) = session.feed_single_update(bytes, &self.config.limits)
         {
+            session.received_at(now);
             return self.apply_one(conn, doc, seq, data, registry);
         }
         let mut msgs = std::mem::take(&mut self.scratch);
         msgs.clear();
-        let fed = session.feed(bytes, &self.config.limits, &mut self.inflate, &mut msgs);
+        // Restarts the idle deadline only if a whole valid frame came.
+        let fed = session.feed(
+            bytes,
+            now,
+            &self.config.limits,
+            &self.reassembly,
+            &mut self.inflate,
+            &mut msgs,
+        );
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.
         self.dispatch(conn, &mut msgs, registry);
         if let Err(e) = fed {
-            self.fail(conn, CloseReason::ProtocolError, CloseCause::Inbound(e));
+            let reason = match e {
+                InboundError::ReassemblyFull { .. } => CloseReason::LimitExceeded,
+                _ => CloseReason::ProtocolError,
+            };
+            self.fail(conn, reason, CloseCause::Inbound(e));
         }
         self.scratch = msgs;
     }
@@ -433,6 +530,10 @@ impl<A: Authorizer> Hub<A> {
     /// early or twice does nothing.
     pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
         let now = self.clock(now);
+        if self.sync_retry.is_some_and(|t| now >= t) {
+            self.sync_retry = None;
+            self.marks.retry_held();
+        }
         self.run_catch_ups(registry);
         self.expire_presence(now);
         if self.next_prune.is_some_and(|t| now >= t) {
@@ -442,35 +543,57 @@ impl<A: Authorizer> Hub<A> {
                 .and_then(|every| now.checked_add(every));
             self.prune(registry);
         }
+        // Only the sessions filed under an instant that came; in id order,
+        // the order their closes are reported in.
+        let mut expired = std::mem::take(&mut self.expired);
+        self.sessions.take_expired(now, &mut expired);
+        expired.sort_unstable();
         let mut closed = Vec::new();
-        for (conn, s) in self.sessions.iter_mut() {
-            let conn = &conn;
-            if let Some(cause) = s.on_timeout(&self.config, now, &mut self.common) {
-                closed.push((*conn, cause));
+        for &conn in &expired {
+            if let Some(s) = self.sessions.get_mut(&conn)
+                && let Some(cause) = s.on_timeout(&self.config, now, &mut self.common)
+            {
+                closed.push((conn, cause));
             }
         }
         for (conn, cause) in closed {
             self.after_close(conn, cause);
         }
+        for conn in expired.drain(..) {
+            self.reschedule(conn);
+        }
+        self.expired = expired;
     }
 
     /// The earliest deadline of any session, if any. It is "now" while a
     /// lagging subscriber's queue has drained and its catch-up is due.
+    /// Costs a few lookups, whatever the number of connections: callers may
+    /// ask after every input.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if let Some(now) = self.now
-            && self
-                .sessions
-                .values()
-                .any(|s| s.phase == Phase::Active && self.catch_up_due(s))
+            && self.marks.catch_up_due()
         {
             return Some(now);
         }
         self.sessions
-            .values()
-            .filter_map(|s| s.next_timeout(&self.config))
+            .next_deadline()
+            .into_iter()
             .chain(self.next_prune)
+            .chain(self.sync_retry)
             .chain(self.presence.next_expiry())
             .min()
+    }
+
+    /// Files `conn` under its session's next deadline when that is earlier
+    /// than the instant it is filed under. Whatever can move a session's
+    /// deadline earlier calls it (input, the end of the handshake); moves
+    /// later need nothing (see [`Sessions`]).
+    fn reschedule(&mut self, conn: ConnId) {
+        let at = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.next_timeout(&self.config));
+        self.sessions.schedule(conn, at);
     }
 
     /// The next frame to send, with its connection.
@@ -509,6 +632,8 @@ impl<A: Authorizer> Hub<A> {
             let s = self.sessions.get_mut(&conn)?;
             if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
+                self.marks
+                    .drained(s, self.config.limits.max_outbound_bytes / 4);
                 return Some(conn);
             }
         }
@@ -517,9 +642,13 @@ impl<A: Authorizer> Hub<A> {
     /// Like [`Hub::poll_transmit_for`], appending the frame to `buf`;
     /// `false` when `conn` has nothing to send.
     pub fn poll_transmit_for_into(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> bool {
-        self.sessions
-            .get_mut(&conn)
-            .is_some_and(|s| s.poll_frame_into(buf, &mut self.common))
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        let sent = s.poll_frame_into(buf, &mut self.common);
+        self.marks
+            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        sent
     }
 
     /// The next frame to send on `conn` (for adapters with a task per
@@ -527,7 +656,11 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
         // An emptied session stays listed as ready until `poll_transmit`
         // reaches it: unlisting here would cost a search.
-        self.sessions.get_mut(&conn)?.poll_frame(&mut self.common)
+        let s = self.sessions.get_mut(&conn)?;
+        let frame = s.poll_frame(&mut self.common);
+        self.marks
+            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        frame
     }
 
     /// The next event.
@@ -591,11 +724,46 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
+    /// Queues a reply `conn` may not miss. Its queue is bounded like data:
+    /// a peer that sends requests and does not read the answers is closed
+    /// as a slow consumer when the next would pass its limit.
     fn send(&mut self, conn: ConnId, msg: &Message) {
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            s.send(msg, &mut self.common);
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if s.send(msg, &mut self.common).is_ok() {
+            self.marks.ready(s);
+        } else {
+            self.slow_consumer(conn);
+        }
+    }
+
+    /// Queues `msg` for `conn` if its queue is below its high-water mark;
+    /// `false` when it was dropped (presence, application messages).
+    fn send_ephemeral(&mut self, conn: ConnId, msg: &Message) -> bool {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        if s.is_closed() {
+            return false;
+        }
+        let queued = s
+            .outbound
+            .push(msg, Priority::Ephemeral, &mut self.common)
+            .is_ok();
+        if queued {
             self.marks.ready(s);
         }
+        queued
+    }
+
+    /// Closes `conn`, whose queue cannot take what it may not miss.
+    fn slow_consumer(&mut self, conn: ConnId) {
+        self.fail(
+            conn,
+            CloseReason::SlowConsumer,
+            CloseCause::Local(CloseReason::SlowConsumer),
+        );
     }
 
     /// Closes `conn` (queueing `Close` with `reason`) and reports `cause`.
@@ -640,6 +808,13 @@ impl<A: Authorizer> Hub<A> {
         code: ErrorCode,
         message: String,
     ) {
+        if self.input == Some(conn) {
+            if self.input_errors >= MAX_ERRORS_PER_INPUT {
+                self.input_errors_dropped += 1;
+                return;
+            }
+            self.input_errors += 1;
+        }
         self.send(
             conn,
             &Message::Error {
@@ -775,7 +950,10 @@ impl<A: Authorizer> Hub<A> {
             .find(|v| versions.contains(v))
             .copied()
         else {
-            let msg = format!("client speaks {versions:?}, server speaks {PROTOCOL_VERSIONS:?}");
+            // At most a few of the peer's versions in the text (it is
+            // logged and sent back).
+            let shown = &versions[..versions.len().min(8)];
+            let msg = format!("client speaks {shown:?}, server speaks {PROTOCOL_VERSIONS:?}");
             return self.reject(conn, RejectCode::UnsupportedVersion, msg);
         };
         if peer.len() > self.config.limits.max_name_len {
@@ -796,7 +974,7 @@ impl<A: Authorizer> Hub<A> {
         } else {
             Compression::None
         };
-        let session = SessionId(self.rng.next_u64());
+        let session = self.new_session_id();
         let heartbeat_ms = u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX);
         let server_limits = self.config.limits.peer_limits();
         let Some(s) = self.sessions.get_mut(&conn) else {
@@ -804,12 +982,12 @@ impl<A: Authorizer> Hub<A> {
         };
         s.phase = Phase::Active;
         s.session = session;
-        self.by_session.insert(session, conn);
-        let Some(s) = self.sessions.get_mut(&conn) else {
-            return;
-        };
         s.identity = Some(identity.clone());
         s.peer = peer;
+        // The client offered the compression it accepts, so even the frame
+        // carrying the Welcome may use it.
+        s.outbound.negotiate(limits, compression);
+        self.by_session.insert(session, conn);
         let welcome = Message::Welcome {
             version,
             session,
@@ -817,16 +995,27 @@ impl<A: Authorizer> Hub<A> {
             limits: server_limits,
             heartbeat_ms,
         };
-        s.send(&welcome, &mut self.common);
-        // The client offered the compression it accepts, so even the frame
-        // carrying the Welcome may use it.
-        s.outbound.negotiate(limits, compression);
-        self.marks.ready(s);
+        self.send(conn, &welcome);
         self.events.push_back(ServerEvent::HandshakeCompleted {
             conn,
             session,
             identity,
         });
+    }
+
+    /// A session id no live session has, never zero (the id of a session
+    /// before its handshake): random, from the seeded generator, so ids
+    /// tell nothing about other sessions or how many there were.
+    fn new_session_id(&mut self) -> SessionId {
+        loop {
+            let id = SessionId(self.rng.next_u64());
+            // The generator's outputs do not repeat within 2^64 draws
+            // (SplitMix64 is a bijection of a counter), so this skips at
+            // most the live ids.
+            if id.0 != 0 && !self.by_session.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     fn on_message<R: Registry>(&mut self, conn: ConnId, msg: Message, registry: &mut R) {
@@ -852,7 +1041,7 @@ impl<A: Authorizer> Hub<A> {
                 if self.sub_mut(conn, doc).is_none() {
                     return self.unknown_doc(conn, doc);
                 }
-                self.start_sync(conn, doc, &version, registry);
+                self.request_sync(conn, doc, version.0);
             }
             Message::CloseDoc { doc } => self.unsubscribe(conn, doc),
             Message::RefreshToken { token } => self.on_refresh(conn, &token),
@@ -953,10 +1142,21 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         let Some(access) = self.auth.authorize(&identity, &name) else {
-            let msg = format!("{} may not open {name:?}", identity.0);
+            let msg = format!("{} may not open {name:?}", identity.name());
             return self.refuse_open(conn, name, ErrorCode::Forbidden, msg);
         };
-        if let Err(e) = registry.open(&name) {
+        if self.failed.contains(name.as_str()) {
+            let msg = format!("document {name:?} failed and is unavailable");
+            return self.refuse_open(conn, name, ErrorCode::Internal, msg);
+        }
+        // A CRDT that panics while loading fails this open only.
+        let opened = catch_unwind(AssertUnwindSafe(|| registry.open(&name).map(|_| ())));
+        let Ok(opened) = opened else {
+            let msg = format!("document {name:?} failed to load");
+            self.failed.insert(name.as_str().into());
+            return self.refuse_open(conn, name, ErrorCode::Internal, msg);
+        };
+        if let Err(e) = opened {
             let code = match e {
                 RegistryError::NotFound(_) => ErrorCode::DocumentNotFound,
                 RegistryError::InvalidName(_) => ErrorCode::LimitExceeded,
@@ -1007,9 +1207,10 @@ impl<A: Authorizer> Hub<A> {
                 name: Arc::clone(&self.docs[doc.0 as usize].name),
                 offset: r.offset,
             });
-            return self.queue_sync(conn, doc, &cached.version, registry);
+            // After the resumed transfer: computed once it was sent.
+            return self.note_sync(doc, cached.version);
         }
-        self.start_sync(conn, doc, version, registry);
+        self.request_sync(conn, doc, version.0.clone());
     }
 
     fn refuse_open(&mut self, conn: ConnId, name: String, code: ErrorCode, message: String) {
@@ -1050,19 +1251,87 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
-    /// Replaces any transfer in progress for `doc` with a new sync from
-    /// `version`.
-    fn start_sync<R: Registry>(
-        &mut self,
-        conn: ConnId,
-        doc: DocId,
-        version: &[u8],
-        registry: &mut R,
-    ) {
+    /// `conn` asks for what it lacks of `doc` since `version` (`Open`,
+    /// `StatusRequest`): the transfer in progress for `doc` is dropped, and
+    /// the sync is computed once the current input is handled
+    /// ([`Hub::run_requested_syncs`]). Requests for one document within
+    /// one input replace each other: the last one is computed, once.
+    fn request_sync(&mut self, conn: ConnId, doc: DocId, version: Vec<u8>) {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.transfers.cancel(doc);
         }
-        self.queue_sync(conn, doc, version, registry);
+        self.note_sync(doc, version);
+    }
+
+    /// Records that the current input asked for a sync of `doc` from
+    /// `version`, replacing an earlier request for `doc`.
+    fn note_sync(&mut self, doc: DocId, version: Vec<u8>) {
+        match self.syncs_requested.iter_mut().find(|(d, _)| *d == doc) {
+            Some(due) => due.1 = version,
+            None => self.syncs_requested.push((doc, version)),
+        }
+    }
+
+    /// Starts the syncs the input of `conn` asked for, in order: each is
+    /// computed now if the session may take it ([`Hub::sync_gate`]), else
+    /// it waits as the subscription's due catch-up ([`Hub::run_catch_ups`]).
+    fn run_requested_syncs<R: Registry>(&mut self, conn: ConnId, registry: &mut R) {
+        let mut requested = std::mem::take(&mut self.syncs_requested);
+        for (doc, version) in requested.drain(..) {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                break;
+            };
+            if s.is_closed() {
+                break;
+            }
+            let Some(sub) = s.docs.get_mut(&doc) else {
+                continue;
+            };
+            // This sync covers whatever catch-up was due.
+            sub.take_lagging();
+            if self.sync_gate(conn) {
+                self.queue_sync(conn, doc, &version, registry);
+            } else if let Some(s) = self.sessions.get_mut(&conn)
+                && let Some(sub) = s.docs.get_mut(&doc)
+            {
+                sub.set_lagging(version);
+                s.lagging = true;
+                // Held back by its rate, not by room: listed now (a drain
+                // would never come).
+                self.marks
+                    .drained(s, self.config.limits.max_outbound_bytes / 4);
+            }
+        }
+        self.syncs_requested = requested;
+    }
+
+    /// Whether a sync payload may be computed for `conn` now, taking a
+    /// token of its sync rate if so. A session holds at most one computed
+    /// payload beyond its bounded queue: a sync is computed only when no
+    /// transfer waits for room and the queue is below its low-water mark,
+    /// and at most `Limits::sync_rate` per second. One held back by the
+    /// rate sets the hub's retry deadline.
+    fn sync_gate(&mut self, conn: ConnId) -> bool {
+        let (Some(now), low) = (self.now, self.low_water()) else {
+            return false;
+        };
+        let limits = &self.config.limits;
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        if s.phase != Phase::Active || !s.transfers.is_empty() || s.outbound.bytes() > low {
+            return false;
+        }
+        if s.rates(limits, now).sync.allow(now) {
+            return true;
+        }
+        let refill = Duration::from_secs(1) / limits.sync_rate.max(1);
+        let retry = now.checked_add(refill);
+        self.sync_retry = match (self.sync_retry, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        false
     }
 
     /// Queues what the client at `version` lacks: a delta, or a snapshot when
@@ -1078,7 +1347,9 @@ impl<A: Authorizer> Hub<A> {
         let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
         };
-        let server_version = d.version();
+        let Ok(server_version) = catch_unwind(AssertUnwindSafe(|| d.version())) else {
+            return self.doc_panicked(doc);
+        };
         // Clients joining together from the same version share one payload
         // (and its transfer id, so any of them can resume it).
         let shared = self
@@ -1088,9 +1359,12 @@ impl<A: Authorizer> Hub<A> {
         let (id, kind, payload, fresh) = match shared {
             Some((id, kind, payload)) => (id, kind, payload, false),
             None => {
-                let (kind, payload) = match d.delta_since(version) {
+                let computed = catch_unwind(AssertUnwindSafe(|| match d.delta_since(version) {
                     Ok(delta) => (SyncKind::Delta, delta),
                     Err(_) => (SyncKind::Snapshot, d.snapshot()),
+                }));
+                let Ok((kind, payload)) = computed else {
+                    return self.doc_panicked(doc);
                 };
                 (self.rng.next_u64(), kind, Arc::new(payload), true)
             }
@@ -1102,6 +1376,7 @@ impl<A: Authorizer> Hub<A> {
         if fresh && payload.len() > s.outbound.max_chunk(&self.common) {
             self.transfers.insert(
                 id,
+                conn,
                 CachedTransfer {
                     doc,
                     kind,
@@ -1127,6 +1402,14 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
+    /// A new token for `conn`. It takes effect before the next message:
+    /// a token that no longer authenticates (revoked, expired, unknown)
+    /// closes the session (`Close(Rejected)`, cause
+    /// [`CloseCause::Rejected`] with [`RejectCode::Unauthorized`]: the
+    /// credential is gone, so is the session); otherwise every open
+    /// document is authorized again for the new identity, and one it may no
+    /// longer open is closed (`Error(Forbidden)` then `CloseDoc`), one whose
+    /// access changed is announced with a new `Opened`.
     fn on_refresh(&mut self, conn: ConnId, token: &[u8]) {
         let Some(s) = self.sessions.get(&conn) else {
             return;
@@ -1134,7 +1417,13 @@ impl<A: Authorizer> Hub<A> {
         let identity = match self.auth.authenticate(&s.peer, token) {
             Ok(id) => id,
             Err(why) => {
-                return self.doc_error(conn, None, None, ErrorCode::Forbidden, why);
+                let message = format!("token refresh refused: {why}");
+                let code = RejectCode::Unauthorized;
+                return self.fail(
+                    conn,
+                    CloseReason::Rejected,
+                    CloseCause::Rejected { code, message },
+                );
             }
         };
         let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (*d, sub.access)).collect();
@@ -1161,7 +1450,6 @@ impl<A: Authorizer> Hub<A> {
                     );
                 }
                 None => {
-                    self.unsubscribe(conn, doc);
                     self.doc_error(
                         conn,
                         Some(doc),
@@ -1169,6 +1457,7 @@ impl<A: Authorizer> Hub<A> {
                         ErrorCode::Forbidden,
                         "access revoked by the new token".into(),
                     );
+                    self.unsubscribe(conn, doc);
                     self.send(conn, &Message::CloseDoc { doc });
                 }
             }
@@ -1236,7 +1525,7 @@ impl<A: Authorizer> Hub<A> {
         // catch-up from the version before this batch.
         let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
         let high = self.high_water();
-        let pre_version = self.docs[doc.0 as usize]
+        let catch_up = self.docs[doc.0 as usize]
             .subscribers
             .iter()
             .filter(|c| **c != conn)
@@ -1244,29 +1533,33 @@ impl<A: Authorizer> Hub<A> {
             .any(|s| {
                 s.outbound.bytes() + incoming > high
                     && s.docs.get(&doc).is_some_and(|sub| !sub.is_lagging())
-            })
-            .then(|| d.version());
-        let held_before = d.pending_bytes();
+            });
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
-        if let [(_, one)] = updates {
-            outcomes.push(d.apply(one));
-        } else {
-            let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| *b).collect();
-            d.apply_batch(&slices, &mut outcomes);
-        }
-        let server_version = if outcomes
-            .iter()
-            .any(|o| matches!(o, ApplyOutcome::Pending { .. }))
-        {
-            Some(d.version())
-        } else {
-            None
+        // A CRDT that panics fails its document, not the hub.
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let pre_version = catch_up.then(|| d.version());
+            let held_before = d.pending_bytes();
+            if let [(_, one)] = updates {
+                outcomes.push(d.apply(one));
+            } else {
+                let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| *b).collect();
+                d.apply_batch(&slices, &mut outcomes);
+            }
+            let server_version = outcomes
+                .iter()
+                .any(|o| matches!(o, ApplyOutcome::Pending { .. }))
+                .then(|| d.version());
+            (pre_version, server_version, held_before, d.pending_bytes())
+        }));
+        let Ok((pre_version, server_version, held_before, held)) = applied else {
+            outcomes.clear();
+            self.outcomes = outcomes;
+            return self.doc_panicked(doc);
         };
         // Updates waiting for missing dependencies are bounded: a session
         // whose updates grow the held bytes past the limit is closed (its
         // client re-syncs on reconnect); others go on.
-        let held = d.pending_bytes();
         let over_pending = held > held_before && held > self.config.limits.max_pending_bytes;
         self.settle_batch(
             conn,
@@ -1303,8 +1596,16 @@ impl<A: Authorizer> Hub<A> {
         data: &[u8],
         registry: &mut R,
     ) {
-        let Some(entry) = self.docs.get(doc.0 as usize) else {
-            return self.apply_batch(conn, doc, &[(seq, data)], registry);
+        // The sender first: a session that may not write this document
+        // costs no look at the others (the general path reports why).
+        let writable = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.docs.get(&doc))
+            .is_some_and(|sub| sub.access == Access::ReadWrite);
+        let entry = match self.docs.get(doc.0 as usize) {
+            Some(entry) if writable => entry,
+            _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
         };
         // The same test as `apply_batch`'s catch-up check, for everyone.
         let high = self.high_water();
@@ -1316,17 +1617,14 @@ impl<A: Authorizer> Hub<A> {
                     .get(c)
                     .is_some_and(|s| s.outbound.bytes() + incoming > high)
         });
-        let usual = !near_high
-            && self
-                .sessions
-                .get(&conn)
-                .and_then(|s| s.docs.get(&doc))
-                .is_some_and(|sub| sub.access == Access::ReadWrite);
         let d = match registry.get(&entry.name) {
-            Some(d) if usual && d.pending_bytes() == 0 => d,
+            Some(d) if !near_high && d.pending_bytes() == 0 => d,
             _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
         };
-        let outcome = d.apply(data);
+        // A CRDT that panics fails its document, not the hub.
+        let Ok(outcome) = catch_unwind(AssertUnwindSafe(|| d.apply(data))) else {
+            return self.doc_panicked(doc);
+        };
         let name = Arc::clone(&entry.name);
         if !matches!(outcome, ApplyOutcome::Applied) || d.pending_bytes() != 0 {
             // Held, duplicate or invalid: the general bookkeeping.
@@ -1382,6 +1680,29 @@ impl<A: Authorizer> Hub<A> {
         );
     }
 
+    /// The CRDT of `doc` panicked: the document may be in any state, so it
+    /// is never touched again while the hub runs. Its subscribers get an
+    /// [`ErrorCode::Internal`] error and are unsubscribed (`CloseDoc`),
+    /// opens of it are refused; every other document and session goes on.
+    fn doc_panicked(&mut self, doc: DocId) {
+        let Some(name) = self.doc_name(doc).cloned() else {
+            return;
+        };
+        self.failed.insert(Arc::clone(&name));
+        let subscribers: Vec<ConnId> = self.docs[doc.0 as usize]
+            .subscribers
+            .iter()
+            .copied()
+            .collect();
+        let message = format!("document {name:?} failed: its CRDT panicked");
+        for conn in subscribers {
+            self.unsubscribe(conn, doc);
+            self.doc_error(conn, Some(doc), None, ErrorCode::Internal, message.clone());
+            self.send(conn, &Message::CloseDoc { doc });
+        }
+        self.events.push_back(ServerEvent::DocumentFailed { name });
+    }
+
     /// The store refused update `seq` (applied and forwarded all the same):
     /// a document error to its sender.
     fn storage_error(&mut self, conn: ConnId, doc: DocId, seq: u64, e: &impl ToString) {
@@ -1419,7 +1740,10 @@ impl<A: Authorizer> Hub<A> {
             last_seq,
         } = settled;
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
-        let mut rejected = Vec::new();
+        // The first refused update and how many were refused: one error
+        // per batch, however many it carried.
+        let mut rejected = None;
+        let mut invalid = 0u32;
         let mut storage_error = None;
         for (&(seq, data), outcome) in updates.iter().zip(outcomes.drain(..)) {
             match outcome {
@@ -1435,17 +1759,27 @@ impl<A: Authorizer> Hub<A> {
                     self.fan_out(conn, doc, data, pre_version.as_deref());
                 }
                 ApplyOutcome::Duplicate => duplicates += 1,
-                ApplyOutcome::Invalid(e) => rejected.push((seq, e)),
+                ApplyOutcome::Invalid(e) => {
+                    invalid += 1;
+                    rejected.get_or_insert((seq, e));
+                }
             }
         }
-        for (seq, e) in rejected {
+        let mut too_many_invalid = false;
+        if let Some((seq, e)) = rejected {
+            let message = if invalid == 1 {
+                e.to_string()
+            } else {
+                format!("{invalid} updates refused, the first: {e}")
+            };
             self.doc_error(
                 conn,
                 Some(doc),
                 Some(seq),
                 ErrorCode::InvalidUpdate,
-                e.to_string(),
+                message,
             );
+            too_many_invalid = self.count_invalid(conn, invalid);
         }
         if let Some((seq, e)) = storage_error {
             self.storage_error(conn, doc, seq, &e);
@@ -1502,6 +1836,25 @@ impl<A: Authorizer> Hub<A> {
                 CloseCause::Local(CloseReason::LimitExceeded),
             );
         }
+        if too_many_invalid {
+            let limit = self.config.limits.max_invalid_updates;
+            self.fail(
+                conn,
+                CloseReason::ProtocolError,
+                CloseCause::Protocol(format!("more than {limit} invalid updates")),
+            );
+        }
+    }
+
+    /// Adds `n` to the invalid updates `conn` sent; whether that is more
+    /// than `Limits::max_invalid_updates`.
+    fn count_invalid(&mut self, conn: ConnId, n: u32) -> bool {
+        let (Some(now), Some(s)) = (self.now, self.sessions.get_mut(&conn)) else {
+            return false;
+        };
+        let rates = s.rates(&self.config.limits, now);
+        rates.invalid_updates = rates.invalid_updates.saturating_add(n);
+        rates.invalid_updates > self.config.limits.max_invalid_updates
     }
 
     /// Sends `data` to every other subscriber of `doc`, encoded once.
@@ -1536,6 +1889,11 @@ impl<A: Authorizer> Hub<A> {
                 && let Some(v) = pre_version
             {
                 sub.set_lagging(v.to_vec());
+                s.lagging = true;
+                // A queue already drained (the update alone passes the
+                // high-water mark) gets its catch-up without a drain.
+                self.marks
+                    .drained(s, self.config.limits.max_outbound_bytes / 4);
                 self.events.push_back(ServerEvent::SubscriberLagging {
                     conn,
                     name: Arc::clone(&entry.name),
@@ -1573,32 +1931,63 @@ impl<A: Authorizer> Hub<A> {
         self.config.limits.max_outbound_bytes / 4
     }
 
-    fn catch_up_due(&self, s: &ServerSession) -> bool {
-        s.outbound.bytes() <= self.low_water() && s.docs.values().any(Subscription::is_lagging)
+    /// Whether `s` has a catch-up due and room for it (its sync rate
+    /// aside): it lags, no transfer waits for room and its queue is below
+    /// the low-water mark.
+    fn catch_up_waiting(&self, s: &ServerSession) -> bool {
+        s.phase == Phase::Active
+            && s.transfers.is_empty()
+            && s.outbound.bytes() <= self.low_water()
+            && s.docs.iter().any(|(_, sub)| sub.is_lagging())
     }
 
-    /// Sends one coalesced catch-up to every lagging subscriber whose queue
-    /// drained.
+    /// Sends the due catch-ups (lagging subscribers, syncs held back) of
+    /// the sessions [`Marks`] lists as drained, one at a time per session
+    /// while [`Hub::sync_gate`] lets them through; the other sessions are
+    /// not looked at. A session held back by its sync rate waits for the
+    /// retry deadline ([`Marks::hold_for_rate`]); one held back by a full
+    /// queue or a pending transfer is listed again by the drain that makes
+    /// room.
     fn run_catch_ups<R: Registry>(&mut self, registry: &mut R) {
-        let due: Vec<(ConnId, DocId, Vec<u8>)> = self
-            .sessions
-            .iter_mut()
-            .filter(|(_, s)| s.phase == Phase::Active)
-            .filter(|(_, s)| s.outbound.bytes() <= self.config.limits.max_outbound_bytes / 4)
-            .flat_map(|(conn, s)| {
-                s.docs
-                    .iter_mut()
-                    .filter_map(move |(doc, sub)| sub.take_lagging().map(|v| (conn, doc, v)))
-            })
-            .collect();
-        for (conn, doc, since) in due {
-            if let Some(name) = self.doc_name(doc).cloned() {
-                self.events
-                    .push_back(ServerEvent::CatchUpQueued { conn, name });
-            }
-            self.start_sync(conn, doc, &since, registry);
-            self.send_presence_snapshot(conn, doc);
+        if !self.marks.catch_up_due() {
+            return;
         }
+        for conn in self.marks.take_catch_ups() {
+            loop {
+                let Some(doc) = self.next_lagging(conn) else {
+                    if let Some(s) = self.sessions.get_mut(&conn) {
+                        s.lagging = false;
+                    }
+                    break;
+                };
+                if !self.sync_gate(conn) {
+                    if let Some(s) = self.sessions.get(&conn)
+                        && self.catch_up_waiting(s)
+                    {
+                        self.marks.hold_for_rate(conn);
+                    }
+                    break;
+                }
+                let Some(since) = self.sub_mut(conn, doc).and_then(|sub| sub.take_lagging()) else {
+                    break;
+                };
+                if let Some(name) = self.doc_name(doc).cloned() {
+                    self.events
+                        .push_back(ServerEvent::CatchUpQueued { conn, name });
+                }
+                self.queue_sync(conn, doc, &since, registry);
+                self.send_presence_snapshot(conn, doc);
+            }
+        }
+    }
+
+    /// A document of `conn` whose catch-up is due.
+    fn next_lagging(&self, conn: ConnId) -> Option<DocId> {
+        let s = self.sessions.get(&conn)?;
+        s.docs
+            .iter()
+            .find(|(_, sub)| sub.is_lagging())
+            .map(|(doc, _)| *doc)
     }
 
     /// Prunes every document down to the version all its subscribers
@@ -1606,6 +1995,7 @@ impl<A: Authorizer> Hub<A> {
     /// snapshot. Documents with a subscriber that has not confirmed any
     /// version are left alone.
     fn prune<R: Registry>(&mut self, registry: &mut R) {
+        let mut panicked = Vec::new();
         for entry in &self.docs {
             if entry.subscribers.is_empty() {
                 continue;
@@ -1629,13 +2019,19 @@ impl<A: Authorizer> Hub<A> {
             let Some(d) = registry.get(&entry.name) else {
                 continue;
             };
-            let Some(common) = d.common_version(&versions) else {
-                continue;
+            // A CRDT that panics fails its document, not the hub.
+            let pruned = catch_unwind(AssertUnwindSafe(|| {
+                let common = d.common_version(&versions)?;
+                (d.prune_to(&common) == Ok(true)).then(|| d.snapshot())
+            }));
+            let snapshot = match pruned {
+                Ok(Some(snapshot)) => snapshot,
+                Ok(None) => continue,
+                Err(_) => {
+                    panicked.push(doc);
+                    continue;
+                }
             };
-            if d.prune_to(&common) != Ok(true) {
-                continue;
-            }
-            let snapshot = d.snapshot();
             let snapshot_bytes = snapshot.len();
             if let Err(e) = registry.snapshot_taken(&entry.name, &snapshot) {
                 self.events.push_back(ServerEvent::StorageError {
@@ -1648,6 +2044,9 @@ impl<A: Authorizer> Hub<A> {
                 name: Arc::clone(&entry.name),
                 snapshot_bytes,
             });
+        }
+        for doc in panicked {
+            self.doc_panicked(doc);
         }
     }
 
@@ -1700,6 +2099,7 @@ impl<A: Authorizer> Hub<A> {
             advanced.retain(|a| sorted.binary_search(a).is_err());
         }
         let mut waiting = Vec::new();
+        let mut slow = Vec::new();
         for (conn, doc) in due.drain(..) {
             // One lookup per ack: this runs after every batch of input.
             let Some(s) = self.sessions.get_mut(&conn) else {
@@ -1715,8 +2115,16 @@ impl<A: Authorizer> Hub<A> {
                 waiting.push((conn, doc, sub.last_seq));
             }
             let (applied, durable) = (sub.last_seq, sub.durable_seq);
-            s.outbound.push_ack(doc, applied, durable, &mut self.common);
+            if s.outbound
+                .push_ack(doc, applied, durable, &mut self.common)
+                .is_err()
+            {
+                slow.push(conn);
+            }
             self.marks.ready(s);
+        }
+        for conn in slow {
+            self.slow_consumer(conn);
         }
         self.acks_due = due;
         for (conn, doc) in advanced {

@@ -6,10 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::awareness::PresenceError;
-use crate::outbound::encode_shared;
+use crate::outbound::{Priority, encode_shared};
 use crate::wire::{AwarenessEntry, Bytes, DocId, ErrorCode, Message, Route, SessionId};
 
 use super::{Authorizer, ConnId, Hub, ServerEvent};
+
+/// Bytes of presence states per `Awareness` message of a snapshot, about:
+/// each piece fits a default frame, and a joiner with little room gets
+/// some states rather than none.
+const PRESENCE_PIECE: usize = 16 << 10;
 
 /// An application message as the server's hook sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,11 +69,14 @@ impl<A: Authorizer> Hub<A> {
     }
 
     /// Sends an application message from the server to one connection.
-    pub fn send_app(&mut self, conn: ConnId, kind: u32, data: Vec<u8>) {
+    /// Like every application message it is dropped when the connection's
+    /// queue is past its high-water mark (half `max_outbound_bytes`):
+    /// returns whether it was queued.
+    pub fn send_app(&mut self, conn: ConnId, kind: u32, data: Vec<u8>) -> bool {
         let Some(session) = self.sessions.get(&conn).map(|s| s.session) else {
-            return;
+            return false;
         };
-        self.send(
+        self.send_ephemeral(
             conn,
             &Message::App {
                 kind,
@@ -76,14 +84,15 @@ impl<A: Authorizer> Hub<A> {
                 from: None,
                 data: Bytes(data),
             },
-        );
+        )
     }
 
     /// Sends an application message from the server to every subscriber of
-    /// document `name`.
-    pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) {
+    /// document `name`. Subscribers whose queue is past its high-water mark
+    /// miss it: returns how many did.
+    pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) -> usize {
         let Some(doc) = self.by_name.get(name).copied() else {
-            return;
+            return 0;
         };
         let encoded = encode_shared(&Message::App {
             kind,
@@ -91,7 +100,7 @@ impl<A: Authorizer> Hub<A> {
             from: None,
             data: Bytes(data),
         });
-        self.share(doc, None, &encoded);
+        self.share(doc, None, &encoded)
     }
 
     /// Current presence states of document `name`.
@@ -101,14 +110,16 @@ impl<A: Authorizer> Hub<A> {
             .map_or_else(Vec::new, |doc| self.presence.states(*doc))
     }
 
-    /// Queues pre-encoded bytes for every subscriber of `doc` but `except`.
-    /// Presence and app traffic is ephemeral: a subscriber whose queue is
-    /// full or lagging misses it (it gets a fresh presence snapshot with its
-    /// catch-up).
-    fn share(&mut self, doc: DocId, except: Option<ConnId>, encoded: &Arc<[u8]>) {
+    /// Queues pre-encoded bytes for every subscriber of `doc` but `except`;
+    /// returns how many missed them. Presence and app traffic is ephemeral:
+    /// a subscriber that is lagging or past its high-water mark misses it
+    /// (a lagging one gets a fresh presence snapshot with its catch-up), so
+    /// it never crowds out what a session may not miss.
+    fn share(&mut self, doc: DocId, except: Option<ConnId>, encoded: &Arc<[u8]>) -> usize {
         let Some(entry) = self.docs.get(doc.0 as usize) else {
-            return;
+            return 0;
         };
+        let mut missed = 0;
         for conn in entry.subscribers.iter().copied() {
             if Some(conn) == except {
                 continue;
@@ -117,12 +128,19 @@ impl<A: Authorizer> Hub<A> {
                 continue;
             };
             if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
+                missed += 1;
                 continue;
             }
-            if s.send_shared(encoded, &self.common).is_ok() {
+            let queued = s
+                .outbound
+                .push_shared_with(encoded, Priority::Ephemeral, &self.common);
+            if queued.is_ok() {
                 self.marks.ready(s);
+            } else {
+                missed += 1;
             }
         }
+        missed
     }
 
     fn share_presence(&mut self, doc: DocId, except: Option<ConnId>, entries: Vec<AwarenessEntry>) {
@@ -133,11 +151,19 @@ impl<A: Authorizer> Hub<A> {
         self.share(doc, except, &encoded);
     }
 
-    /// Sends `conn` every presence state of `doc` (on join and catch-up).
+    /// Sends `conn` the presence states of `doc` (on join and catch-up), as
+    /// many as fit below its high-water mark, in pieces of about
+    /// [`PRESENCE_PIECE`] bytes: a queue never passes its bound for them,
+    /// and only what fits is copied.
     pub(super) fn send_presence_snapshot(&mut self, conn: ConnId, doc: DocId) {
-        let entries = self.presence.states(doc);
-        if !entries.is_empty() {
-            self.send(conn, &Message::Awareness { doc, entries });
+        let Some(s) = self.sessions.get(&conn) else {
+            return;
+        };
+        let room = self.high_water().saturating_sub(s.outbound.bytes());
+        for entries in self.presence.snapshot(doc, PRESENCE_PIECE, room) {
+            if !self.send_ephemeral(conn, &Message::Awareness { doc, entries }) {
+                return;
+            }
         }
     }
 
@@ -193,7 +219,11 @@ impl<A: Authorizer> Hub<A> {
             );
         }
         let session = s.session;
-        let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+        let identity = s
+            .identity
+            .as_ref()
+            .map(|i| i.name().to_string())
+            .unwrap_or_default();
         match self
             .presence
             .set(doc, session, &identity, clock, state, now)
@@ -243,7 +273,23 @@ impl<A: Authorizer> Hub<A> {
             return self.unknown_doc(conn, doc);
         }
         let from = s.session;
-        let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+        let identity = s
+            .identity
+            .as_ref()
+            .map(|i| i.name().to_string())
+            .unwrap_or_default();
+        // Resolved before the hook: a session `conn` may not reach is
+        // unknown, whatever the hook would say.
+        let to = match route {
+            Route::Session(target) => match self.reachable(conn, target) {
+                Some(to) => Some(to),
+                None => {
+                    let msg = format!("session {:#x} is not connected", target.0);
+                    return self.doc_error(conn, None, None, ErrorCode::UnknownSession, msg);
+                }
+            },
+            _ => None,
+        };
         let verdict = match &mut self.app_hook {
             Some(hook) => hook(&AppMessage {
                 conn,
@@ -272,20 +318,19 @@ impl<A: Authorizer> Hub<A> {
                     data: data.0,
                 });
             }
-            Route::Session(target) => {
-                let Some(to) = self.by_session.get(&target).copied() else {
-                    let msg = format!("session {:#x} is not connected", target.0);
-                    return self.doc_error(conn, None, None, ErrorCode::UnknownSession, msg);
+            Route::Session(_) => {
+                let Some(to) = to else {
+                    return;
                 };
-                self.send(
-                    to,
-                    &Message::App {
-                        kind,
-                        route,
-                        from: Some(from),
-                        data,
-                    },
-                );
+                let msg = Message::App {
+                    kind,
+                    route,
+                    from: Some(from),
+                    data,
+                };
+                if !self.send_ephemeral(to, &msg) {
+                    self.backpressure(conn, None, kind, 1);
+                }
             }
             Route::Document(doc) => {
                 let encoded = encode_shared(&Message::App {
@@ -294,8 +339,65 @@ impl<A: Authorizer> Hub<A> {
                     from: Some(from),
                     data,
                 });
-                self.share(doc, Some(conn), &encoded);
+                let missed = self.share(doc, Some(conn), &encoded);
+                if missed > 0 {
+                    self.backpressure(conn, Some(doc), kind, missed);
+                }
             }
         }
+    }
+
+    /// The connection behind session id `target`, if it shares an open
+    /// document with `conn`. Any other session, connected or not, is
+    /// unknown to `conn`: the answer tells it nothing about sessions it
+    /// cannot already see (in presence, or as senders on its documents).
+    fn reachable(&self, conn: ConnId, target: SessionId) -> Option<ConnId> {
+        let to = self.by_session.get(&target).copied()?;
+        let a = self.sessions.get(&conn)?;
+        let b = self.sessions.get(&to)?;
+        // Both sorted by document: one merge, at most the two sessions'
+        // documents long.
+        let (mut x, mut y) = (a.docs.keys().peekable(), b.docs.keys().peekable());
+        while let (Some(d), Some(e)) = (x.peek(), y.peek()) {
+            match d.cmp(e) {
+                std::cmp::Ordering::Less => {
+                    x.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    y.next();
+                }
+                std::cmp::Ordering::Equal => return Some(to),
+            }
+        }
+        None
+    }
+
+    /// Tells `conn` that its application message of `kind` did not reach
+    /// `missed` recipients whose queues are full. At most one report per
+    /// message, which the app rate limit bounds, and the report is itself
+    /// ephemeral: a sender that does not read misses reports, never grows
+    /// its queue past its high-water mark with them.
+    fn backpressure(&mut self, conn: ConnId, doc: Option<DocId>, kind: u32, missed: usize) {
+        let message = format!(
+            "application message of kind {kind} not delivered to {missed} recipient(s): their queues are full"
+        );
+        let code = ErrorCode::Backpressure;
+        self.send_ephemeral(
+            conn,
+            &Message::Error {
+                doc,
+                seq: None,
+                code,
+                message: message.clone(),
+            },
+        );
+        let name = doc.and_then(|d| self.doc_name(d).cloned());
+        self.events.push_back(ServerEvent::DocumentError {
+            conn,
+            name,
+            seq: None,
+            code,
+            message,
+        });
     }
 }

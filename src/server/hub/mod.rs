@@ -259,10 +259,12 @@ impl<A: Authorizer> Hub<A> {
         self.sessions.get(&conn)
     }
 
-    /// Every session held (closed ones not yet removed included), in
-    /// connection order, for inspection.
+    /// Every session held (closed ones not yet removed included), for
+    /// inspection, in a deterministic order.
     pub fn sessions(&self) -> impl Iterator<Item = &ServerSession> {
-        self.sessions.values()
+        self.sessions
+            .keys()
+            .filter_map(|conn| self.sessions.get(&conn))
     }
 
     /// Connections currently held (including closed ones not yet removed).

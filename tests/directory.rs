@@ -129,7 +129,8 @@ fn a_memory_registry_keeps_written_documents() {
     c.session.close_doc("kept").unwrap();
     c.session.close_doc("empty").unwrap();
     n.run();
-    n.advance(LATER);
+    // Past the default linger (1 s), within the heartbeat.
+    n.advance(Duration::from_millis(1500));
     assert_eq!(n.hub.documents(), 0);
     assert_eq!(n.server_reg.list(), ["kept"]);
     n.open(0, "kept");

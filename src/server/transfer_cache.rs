@@ -72,6 +72,21 @@ impl TransferCache {
             .map(|(id, t)| (*id, t))
     }
 
+    /// Drops the entries of `doc` (it left the hub's directory: its key
+    /// may name another document next).
+    pub(crate) fn forget(&mut self, doc: DocId) {
+        let bytes = &mut self.bytes;
+        self.entries.retain(|_, t| {
+            let keep = t.doc != doc;
+            if !keep {
+                *bytes -= t.payload.len();
+            }
+            keep
+        });
+        let entries = &self.entries;
+        self.order.retain(|id| entries.contains_key(id));
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<&CachedTransfer> {
         self.entries.get(&id)
     }

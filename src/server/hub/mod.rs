@@ -25,8 +25,11 @@ use super::sessions::Sessions;
 use super::transfer_cache::{CachedTransfer, TransferCache};
 use crate::awareness::PresenceTable;
 
+mod directory;
 mod presence;
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
+use directory::Directory;
+pub(crate) use directory::DocIndex;
 pub use presence::{AppHook, AppMessage, AppVerdict};
 
 /// Smallest frame limit a client may announce.
@@ -38,47 +41,6 @@ const MIN_PEER_FRAME: u32 = 1024;
 /// cover an adapter that handles several inputs before draining, and hold
 /// at most 64 KiB, where one spare per session held up to 4 KiB each.
 const SPARE_BUFFERS: usize = 16;
-
-struct DocEntry {
-    name: Arc<str>,
-    subscribers: Subscribers,
-}
-
-/// The connections subscribed to a document, sorted. A vector, not a
-/// B-tree: every update walks it (fan-out), while joins are appends
-/// (connection ids only grow) and leaves are rare.
-#[derive(Default)]
-struct Subscribers(Vec<ConnId>);
-
-impl Subscribers {
-    fn insert(&mut self, conn: ConnId) {
-        if let Err(i) = self.0.binary_search(&conn) {
-            self.0.insert(i, conn);
-        }
-    }
-
-    fn remove(&mut self, conn: &ConnId) {
-        if let Ok(i) = self.0.binary_search(conn) {
-            self.0.remove(i);
-        }
-    }
-
-    fn contains(&self, conn: &ConnId) -> bool {
-        self.0.binary_search(conn).is_ok()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, ConnId> {
-        self.0.iter()
-    }
-}
 
 /// Many server sessions sharing documents (CRDT-aware mode).
 ///
@@ -109,8 +71,9 @@ pub struct Hub<A> {
     /// Boxed: B-tree nodes hold 11 slots and are often half full, so
     /// inline sessions (~560 bytes) would waste about as much as they use.
     sessions: Sessions,
-    docs: Vec<DocEntry>,
-    by_name: BTreeMap<Arc<str>, DocId>,
+    /// The documents open on some connection (or lingering before they
+    /// leave); connections name them by their own handles.
+    directory: Directory,
     events: VecDeque<ServerEvent>,
     /// Connections with output, and those touched since the last
     /// [`Hub::take_touched`].
@@ -188,8 +151,7 @@ impl<A: Authorizer> Hub<A> {
             auth: authorizer,
             rng,
             sessions: Sessions::default(),
-            docs: Vec::new(),
-            by_name: BTreeMap::new(),
+            directory: Directory::default(),
             events: VecDeque::new(),
             marks: Marks::default(),
             next_conn: 0,
@@ -231,9 +193,27 @@ impl<A: Authorizer> Hub<A> {
 
     /// Sessions subscribed to document `name`.
     pub fn subscribers(&self, name: &str) -> usize {
-        self.by_name
-            .get(name)
-            .map_or(0, |id| self.docs[id.0 as usize].subscribers.len())
+        self.directory
+            .index(name)
+            .and_then(|i| self.directory.get(i))
+            .map_or(0, |e| e.subscribers.len())
+    }
+
+    /// Documents in the hub's directory: those some connection has open,
+    /// and those closed less than
+    /// [`ServerConfig::unload_after`] ago. Each stays loaded in the
+    /// registry while it is listed here; once it leaves, the registry is
+    /// told to unload it ([`Registry::unload`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use crdt_socket_sync::server::{AllowAll, Hub, ServerConfig};
+    /// let config = ServerConfig { unload_after: Some(Duration::ZERO), ..ServerConfig::default() };
+    /// let hub = Hub::new(config, AllowAll);
+    /// assert_eq!(hub.documents(), 0);
+    /// ```
+    pub fn documents(&self) -> usize {
+        self.directory.len()
     }
 
     /// Heap bytes held by the inflate scratch lent to the sessions.
@@ -247,9 +227,16 @@ impl<A: Authorizer> Hub<A> {
         self.transfers.bytes()
     }
 
-    /// The name behind a document handle.
-    pub fn doc_name(&self, doc: DocId) -> Option<&Arc<str>> {
-        self.docs.get(doc.0 as usize).map(|d| &d.name)
+    /// The name of the document connection `conn` has open under handle
+    /// `doc` (handles are per connection).
+    pub fn doc_name(&self, conn: ConnId, doc: DocId) -> Option<&Arc<str>> {
+        let index = self.sessions.get(&conn)?.docs.get(&doc)?.index;
+        self.directory.name(index)
+    }
+
+    /// The directory index of the document `conn` has open under `doc`.
+    fn index_of(&self, conn: ConnId, doc: DocId) -> Option<DocIndex> {
+        Some(self.sessions.get(&conn)?.docs.get(&doc)?.index)
     }
 
     fn clock(&mut self, now: Instant) -> Instant {
@@ -423,10 +410,11 @@ impl<A: Authorizer> Hub<A> {
         self.in_flight.len()
     }
 
-    /// Fires expired deadlines (handshake and idle timeouts). Calling it
-    /// early or twice does nothing.
+    /// Fires expired deadlines (handshake and idle timeouts, documents
+    /// leaving). Calling it early or twice does nothing.
     pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
         let now = self.clock(now);
+        self.unload_idle(now, registry);
         self.run_catch_ups(registry);
         self.expire_presence(now);
         if self.next_prune.is_some_and(|t| now >= t) {
@@ -464,6 +452,7 @@ impl<A: Authorizer> Hub<A> {
             .filter_map(|s| s.next_timeout(&self.config))
             .chain(self.next_prune)
             .chain(self.presence.next_expiry())
+            .chain(self.directory.next_unload())
             .min()
     }
 
@@ -610,7 +599,7 @@ impl<A: Authorizer> Hub<A> {
         let docs: Vec<DocId> = self
             .sessions
             .get(&conn)
-            .map(|s| s.docs.keys().copied().collect())
+            .map(|s| s.docs.keys().collect())
             .unwrap_or_default();
         for doc in docs {
             self.unsubscribe(conn, doc);
@@ -643,7 +632,7 @@ impl<A: Authorizer> Hub<A> {
                 message: message.clone(),
             },
         );
-        let name = doc.and_then(|d| self.doc_name(d).cloned());
+        let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
         self.events.push_back(ServerEvent::DocumentError {
             conn,
             name,
@@ -837,7 +826,7 @@ impl<A: Authorizer> Hub<A> {
                 let first = !sub.synced;
                 sub.synced = true;
                 sub.client_version = Some(version.0.into_boxed_slice());
-                if first && let Some(name) = self.doc_name(doc).cloned() {
+                if first && let Some(name) = self.doc_name(conn, doc).cloned() {
                     self.events
                         .push_back(ServerEvent::DocumentSynced { conn, name });
                 }
@@ -904,20 +893,6 @@ impl<A: Authorizer> Hub<A> {
         );
     }
 
-    fn doc_id(&mut self, name: &str) -> DocId {
-        if let Some(id) = self.by_name.get(name) {
-            return *id;
-        }
-        let id = DocId(self.docs.len() as u32);
-        let name: Arc<str> = name.into();
-        self.docs.push(DocEntry {
-            name: Arc::clone(&name),
-            subscribers: Subscribers::default(),
-        });
-        self.by_name.insert(name, id);
-        id
-    }
-
     fn on_open<R: Registry>(
         &mut self,
         conn: ConnId,
@@ -934,9 +909,12 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get(&conn) else {
             return;
         };
-        let existing = self.by_name.get(name.as_str()).copied();
-        let already = existing.is_some_and(|id| s.docs.contains_key(&id));
-        if !already && s.docs.len() >= limits.max_docs_per_connection {
+        // Opening a document again keeps its handle (and starts over).
+        let already = self
+            .directory
+            .index(&name)
+            .and_then(|i| s.docs.handle_of(i));
+        if already.is_none() && s.docs.len() >= limits.max_docs_per_connection {
             let msg = format!(
                 "at most {} documents per connection",
                 limits.max_docs_per_connection
@@ -960,12 +938,20 @@ impl<A: Authorizer> Hub<A> {
             let msg = e.to_string();
             return self.refuse_open(conn, name, code, msg);
         }
-        let doc = self.doc_id(&name);
-        self.docs[doc.0 as usize].subscribers.insert(conn);
-        let name = Arc::clone(&self.docs[doc.0 as usize].name);
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            s.docs.insert(Subscription::new(doc, access));
-        }
+        let index = self.directory.insert(&name);
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let sub = Subscription::new(index, access);
+        let doc = match already {
+            Some(doc) => {
+                s.docs.replace(doc, sub);
+                doc
+            }
+            None => s.docs.open(sub),
+        };
+        self.directory.subscribe(index, conn, doc);
+        let name = self.directory.name(index).map_or_else(|| name.into(), Arc::clone);
         self.send(
             conn,
             &Message::Opened {
@@ -975,13 +961,17 @@ impl<A: Authorizer> Hub<A> {
             },
         );
         self.events
-            .push_back(ServerEvent::DocumentOpened { conn, name, access });
+            .push_back(ServerEvent::DocumentOpened {
+                conn,
+                name: Arc::clone(&name),
+                access,
+            });
         self.send_presence_snapshot(conn, doc);
         // Resume an interrupted transfer from the client's last complete
         // chunk, then catch up with what changed since it was computed.
         if let Some(r) = resume
             && let Some(cached) = self.transfers.get(r.transfer)
-            && cached.doc == doc
+            && cached.doc == index.key()
             && r.offset <= cached.payload.len() as u64
         {
             let cached = cached.clone();
@@ -998,7 +988,7 @@ impl<A: Authorizer> Hub<A> {
             }
             self.events.push_back(ServerEvent::TransferResumed {
                 conn,
-                name: Arc::clone(&self.docs[doc.0 as usize].name),
+                name,
                 offset: r.offset,
             });
             return self.queue_sync(conn, doc, &cached.version, registry);
@@ -1033,7 +1023,7 @@ impl<A: Authorizer> Hub<A> {
         seq: Option<u64>,
         registry: &'r mut R,
     ) -> Option<(Arc<str>, &'r mut R::Doc)> {
-        let name = self.doc_name(doc).cloned()?;
+        let name = self.doc_name(conn, doc).cloned()?;
         match registry.get(&name) {
             Some(d) => Some((name, d)),
             None => {
@@ -1069,6 +1059,9 @@ impl<A: Authorizer> Hub<A> {
         version: &[u8],
         registry: &mut R,
     ) {
+        let Some(key) = self.index_of(conn, doc).map(DocIndex::key) else {
+            return;
+        };
         let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
         };
@@ -1077,7 +1070,7 @@ impl<A: Authorizer> Hub<A> {
         // (and its transfer id, so any of them can resume it).
         let shared = self
             .transfers
-            .find(doc, version, &server_version)
+            .find(key, version, &server_version)
             .map(|(id, t)| (id, t.kind, Arc::clone(&t.payload)));
         let (id, kind, payload, fresh) = match shared {
             Some((id, kind, payload)) => (id, kind, payload, false),
@@ -1097,7 +1090,7 @@ impl<A: Authorizer> Hub<A> {
             self.transfers.insert(
                 id,
                 CachedTransfer {
-                    doc,
+                    doc: key,
                     kind,
                     payload: Arc::clone(&payload),
                     version: server_version.clone(),
@@ -1131,12 +1124,12 @@ impl<A: Authorizer> Hub<A> {
                 return self.doc_error(conn, None, None, ErrorCode::Forbidden, why);
             }
         };
-        let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (*d, sub.access)).collect();
+        let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (d, sub.access)).collect();
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.identity = Some(identity.clone());
         }
         for (doc, old) in docs {
-            let Some(name) = self.doc_name(doc).cloned() else {
+            let Some(name) = self.doc_name(conn, doc).cloned() else {
                 continue;
             };
             match self.auth.authorize(&identity, &name) {
@@ -1155,7 +1148,7 @@ impl<A: Authorizer> Hub<A> {
                     );
                 }
                 None => {
-                    self.unsubscribe(conn, doc);
+                    // Reported while the handle still names the document.
                     self.doc_error(
                         conn,
                         Some(doc),
@@ -1163,6 +1156,7 @@ impl<A: Authorizer> Hub<A> {
                         ErrorCode::Forbidden,
                         "access revoked by the new token".into(),
                     );
+                    self.unsubscribe(conn, doc);
                     self.send(conn, &Message::CloseDoc { doc });
                 }
             }
@@ -1217,9 +1211,10 @@ impl<A: Authorizer> Hub<A> {
                 format!("{n} update(s) refused: read-only access"),
             );
         }
-        let Some(name) = self.docs.get(doc.0 as usize).map(|e| Arc::clone(&e.name)) else {
+        let Some(entry) = self.directory.get(sub.index) else {
             return self.unknown_doc(conn, doc);
         };
+        let name = Arc::clone(&entry.name);
         let Some(d) = registry.get(&name) else {
             let msg = "document not loaded".to_string();
             return self.doc_error(conn, Some(doc), first_seq, ErrorCode::Internal, msg);
@@ -1230,14 +1225,14 @@ impl<A: Authorizer> Hub<A> {
         // catch-up from the version before this batch.
         let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
         let high = self.high_water();
-        let pre_version = self.docs[doc.0 as usize]
+        let pre_version = entry
             .subscribers
             .iter()
-            .filter(|c| **c != conn)
-            .filter_map(|c| self.sessions.get(c))
-            .any(|s| {
+            .filter(|(_, c)| *c != conn)
+            .filter_map(|(h, c)| Some((h, self.sessions.get(&c)?)))
+            .any(|(h, s)| {
                 s.outbound.bytes() + incoming > high
-                    && s.docs.get(&doc).is_some_and(|sub| !sub.is_lagging())
+                    && s.docs.get(&h).is_some_and(|sub| !sub.is_lagging())
             })
             .then(|| d.version());
         let held_before = d.pending_bytes();
@@ -1297,25 +1292,24 @@ impl<A: Authorizer> Hub<A> {
         data: &[u8],
         registry: &mut R,
     ) {
-        let Some(entry) = self.docs.get(doc.0 as usize) else {
+        let sub = self.sessions.get(&conn).and_then(|s| s.docs.get(&doc));
+        let Some(entry) = sub
+            .filter(|sub| sub.access == Access::ReadWrite)
+            .and_then(|sub| self.directory.get(sub.index))
+        else {
             return self.apply_batch(conn, doc, &[(seq, data)], registry);
         };
         // The same test as `apply_batch`'s catch-up check, for everyone.
         let high = self.high_water();
         let incoming = data.len() + 16;
-        let near_high = entry.subscribers.iter().any(|c| {
-            *c != conn
+        let near_high = entry.subscribers.iter().any(|(_, c)| {
+            c != conn
                 && self
                     .sessions
-                    .get(c)
+                    .get(&c)
                     .is_some_and(|s| s.outbound.bytes() + incoming > high)
         });
-        let usual = !near_high
-            && self
-                .sessions
-                .get(&conn)
-                .and_then(|s| s.docs.get(&doc))
-                .is_some_and(|sub| sub.access == Access::ReadWrite);
+        let usual = !near_high;
         let d = match registry.get(&entry.name) {
             Some(d) if usual && d.pending_bytes() == 0 => d,
             _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
@@ -1498,53 +1492,59 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
-    /// Sends `data` to every other subscriber of `doc`, encoded once.
-    /// Subscribers over their high-water mark stop receiving individual
-    /// updates and are marked for a catch-up from `pre_version`.
+    /// Sends `data` from `from` (its handle `doc`) to every other
+    /// subscriber, encoded once per distinct handle among them (usually
+    /// once). Subscribers over their high-water mark stop receiving
+    /// individual updates and are marked for a catch-up from `pre_version`.
     fn fan_out(&mut self, from: ConnId, doc: DocId, data: &[u8], pre_version: Option<&[u8]>) {
-        let entry = &self.docs[doc.0 as usize];
-        let recipients = entry.subscribers.len() - usize::from(entry.subscribers.contains(&from));
-        if recipients == 0 {
+        let Some(entry) = self.index_of(from, doc).and_then(|i| self.directory.get(i)) else {
             return;
-        }
+        };
         let high = self.high_water();
-        // Encoded once for many recipients; a single recipient gets it
-        // encoded straight into its queue.
-        let shared = (recipients > 1).then(|| encode_broadcast_shared(doc, data));
         let mut slow = Vec::new();
-        for conn in entry.subscribers.iter().copied().filter(|c| *c != from) {
-            let Some(s) = self.sessions.get_mut(&conn) else {
-                continue;
-            };
-            let queued = s.outbound.bytes();
-            let Some(sub) = s.docs.get_mut(&doc) else {
-                continue;
-            };
-            if sub.is_lagging() {
+        for (handle, run) in entry.subscribers.runs() {
+            let recipients = run.len() - usize::from(run.iter().any(|(_, c)| *c == from));
+            if recipients == 0 {
                 continue;
             }
-            let len = shared
-                .as_ref()
-                .map_or_else(|| crate::wire::hot::broadcast_len(doc, data), |e| e.len());
-            if queued + len > high
-                && let Some(v) = pre_version
-            {
-                sub.set_lagging(v.to_vec());
-                self.events.push_back(ServerEvent::SubscriberLagging {
-                    conn,
-                    name: Arc::clone(&entry.name),
-                    queued,
-                });
-                continue;
-            }
-            let sent = match &shared {
-                Some(encoded) => s.send_shared(encoded, &self.common),
-                None => s.outbound.push_broadcast(doc, data, &mut self.common),
-            };
-            if sent.is_err() {
-                slow.push(conn);
-            } else {
-                self.marks.ready(s);
+            // Encoded once for many recipients; a single recipient gets it
+            // encoded straight into its queue.
+            let shared = (recipients > 1).then(|| encode_broadcast_shared(handle, data));
+            let len = shared.as_ref().map_or_else(
+                || crate::wire::hot::broadcast_len(handle, data),
+                |e| e.len(),
+            );
+            for &(_, conn) in run.iter().filter(|(_, c)| *c != from) {
+                let Some(s) = self.sessions.get_mut(&conn) else {
+                    continue;
+                };
+                let queued = s.outbound.bytes();
+                let Some(sub) = s.docs.get_mut(&handle) else {
+                    continue;
+                };
+                if sub.is_lagging() {
+                    continue;
+                }
+                if queued + len > high
+                    && let Some(v) = pre_version
+                {
+                    sub.set_lagging(v.to_vec());
+                    self.events.push_back(ServerEvent::SubscriberLagging {
+                        conn,
+                        name: Arc::clone(&entry.name),
+                        queued,
+                    });
+                    continue;
+                }
+                let sent = match &shared {
+                    Some(encoded) => s.send_shared(encoded, &self.common),
+                    None => s.outbound.push_broadcast(handle, data, &mut self.common),
+                };
+                if sent.is_err() {
+                    slow.push(conn);
+                } else {
+                    self.marks.ready(s);
+                }
             }
         }
         for conn in slow {
@@ -1553,6 +1553,31 @@ impl<A: Authorizer> Hub<A> {
                 CloseReason::SlowConsumer,
                 CloseCause::Local(CloseReason::SlowConsumer),
             );
+        }
+    }
+
+    /// Drops the acknowledgements due to `conn` for its handle `doc`, which
+    /// it closed: the handle may name another document next. Those waiting
+    /// for a commit are looked for only when some were (`in_flight`).
+    fn forget_acks(&mut self, conn: ConnId, doc: DocId, in_flight: bool) {
+        self.acks_due.retain(|a| *a != (conn, doc));
+        if in_flight {
+            for commit in &mut self.in_flight {
+                commit.acks.retain(|a| (a.0, a.1) != (conn, doc));
+                commit.distinct = commit.distinct.min(commit.acks.len());
+            }
+        }
+    }
+
+    /// Takes the documents whose unload linger ended out of the directory
+    /// and tells the registry to unload them (it keeps what only it holds:
+    /// a memory registry its written documents, a durable one its writes
+    /// not yet on disk until they are).
+    fn unload_idle<R: Registry>(&mut self, now: Instant, registry: &mut R) {
+        while let Some((index, name)) = self.directory.pop_expired(now) {
+            // Nothing server-wide may outlive the document's slot.
+            self.transfers.forget(index.key());
+            registry.unload(&name);
         }
     }
 
@@ -1586,7 +1611,7 @@ impl<A: Authorizer> Hub<A> {
             })
             .collect();
         for (conn, doc, since) in due {
-            if let Some(name) = self.doc_name(doc).cloned() {
+            if let Some(name) = self.doc_name(conn, doc).cloned() {
                 self.events
                     .push_back(ServerEvent::CatchUpQueued { conn, name });
             }
@@ -1600,17 +1625,16 @@ impl<A: Authorizer> Hub<A> {
     /// snapshot. Documents with a subscriber that has not confirmed any
     /// version are left alone.
     fn prune<R: Registry>(&mut self, registry: &mut R) {
-        for entry in &self.docs {
+        for entry in self.directory.entries() {
             if entry.subscribers.is_empty() {
                 continue;
             }
-            let doc = self.by_name[&entry.name];
             let versions: Option<Vec<&[u8]>> = entry
                 .subscribers
                 .iter()
-                .map(|c| {
+                .map(|(doc, c)| {
                     self.sessions
-                        .get(c)?
+                        .get(&c)?
                         .docs
                         .get(&doc)?
                         .client_version
@@ -1818,7 +1842,7 @@ impl<A> core::fmt::Debug for Hub<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Hub")
             .field("sessions", &self.sessions.len())
-            .field("docs", &self.docs.len())
+            .field("docs", &self.directory.len())
             .finish()
     }
 }

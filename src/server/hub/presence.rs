@@ -9,7 +9,7 @@ use crate::awareness::PresenceError;
 use crate::outbound::encode_shared;
 use crate::wire::{AwarenessEntry, Bytes, DocId, ErrorCode, Message, Route, SessionId};
 
-use super::{Authorizer, ConnId, Hub, ServerEvent};
+use super::{Authorizer, ConnId, DocIndex, Hub, ServerEvent};
 
 /// An application message as the server's hook sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,84 +82,117 @@ impl<A: Authorizer> Hub<A> {
     /// Sends an application message from the server to every subscriber of
     /// document `name`.
     pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) {
-        let Some(doc) = self.by_name.get(name).copied() else {
+        let Some(index) = self.directory.index(name) else {
             return;
         };
-        let encoded = encode_shared(&Message::App {
-            kind,
-            route: Route::Document(doc),
-            from: None,
-            data: Bytes(data),
+        let data = Bytes(data);
+        self.share(index, None, |doc| {
+            encode_shared(&Message::App {
+                kind,
+                route: Route::Document(doc),
+                from: None,
+                data: data.clone(),
+            })
         });
-        self.share(doc, None, &encoded);
     }
 
     /// Current presence states of document `name`.
     pub fn presence(&self, name: &str) -> Vec<AwarenessEntry> {
-        self.by_name
-            .get(name)
-            .map_or_else(Vec::new, |doc| self.presence.states(*doc))
+        self.directory
+            .index(name)
+            .map_or_else(Vec::new, |index| self.presence.states(index.key()))
     }
 
-    /// Queues pre-encoded bytes for every subscriber of `doc` but `except`.
-    /// Presence and app traffic is ephemeral: a subscriber whose queue is
-    /// full or lagging misses it (it gets a fresh presence snapshot with its
-    /// catch-up).
-    fn share(&mut self, doc: DocId, except: Option<ConnId>, encoded: &Arc<[u8]>) {
-        let Some(entry) = self.docs.get(doc.0 as usize) else {
+    /// Queues a message for every subscriber of the document at `index`
+    /// but `except`, encoded by `encode` once per distinct handle among
+    /// them. Presence and app traffic is ephemeral: a subscriber whose queue
+    /// is full or lagging misses it (it gets a fresh presence snapshot with
+    /// its catch-up).
+    fn share(
+        &mut self,
+        index: DocIndex,
+        except: Option<ConnId>,
+        encode: impl Fn(DocId) -> Arc<[u8]>,
+    ) {
+        let Some(entry) = self.directory.get(index) else {
             return;
         };
-        for conn in entry.subscribers.iter().copied() {
-            if Some(conn) == except {
+        for (doc, run) in entry.subscribers.runs() {
+            if run.iter().all(|(_, c)| Some(*c) == except) {
                 continue;
             }
-            let Some(s) = self.sessions.get_mut(&conn) else {
-                continue;
-            };
-            if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
-                continue;
-            }
-            if s.send_shared(encoded, &self.common).is_ok() {
-                self.marks.ready(s);
+            let encoded = encode(doc);
+            for &(_, conn) in run {
+                if Some(conn) == except {
+                    continue;
+                }
+                let Some(s) = self.sessions.get_mut(&conn) else {
+                    continue;
+                };
+                if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
+                    continue;
+                }
+                if s.send_shared(&encoded, &self.common).is_ok() {
+                    self.marks.ready(s);
+                }
             }
         }
     }
 
-    fn share_presence(&mut self, doc: DocId, except: Option<ConnId>, entries: Vec<AwarenessEntry>) {
+    fn share_presence(
+        &mut self,
+        index: DocIndex,
+        except: Option<ConnId>,
+        entries: Vec<AwarenessEntry>,
+    ) {
         if entries.is_empty() {
             return;
         }
-        let encoded = encode_shared(&Message::Awareness { doc, entries });
-        self.share(doc, except, &encoded);
+        self.share(index, except, |doc| {
+            encode_shared(&Message::Awareness {
+                doc,
+                entries: entries.clone(),
+            })
+        });
     }
 
-    /// Sends `conn` every presence state of `doc` (on join and catch-up).
+    /// Sends `conn` every presence state of its document `doc` (on join and
+    /// catch-up).
     pub(super) fn send_presence_snapshot(&mut self, conn: ConnId, doc: DocId) {
-        let entries = self.presence.states(doc);
+        let Some(index) = self.index_of(conn, doc) else {
+            return;
+        };
+        let entries = self.presence.states(index.key());
         if !entries.is_empty() {
             self.send(conn, &Message::Awareness { doc, entries });
         }
     }
 
-    /// Removes `conn`'s subscription to `doc`, with its presence state.
+    /// Removes `conn`'s subscription to its document `doc`, with its
+    /// presence state and the acknowledgements still due for it (the handle
+    /// may name another document next). The last subscriber leaving starts
+    /// the document's unload linger.
     pub(super) fn unsubscribe(&mut self, conn: ConnId, doc: DocId) {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        s.docs.remove(&doc);
+        let Some(sub) = s.docs.remove(&doc) else {
+            return;
+        };
         s.transfers.cancel(doc);
         let session = s.session;
-        if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
-            entry.subscribers.remove(&conn);
+        self.forget_acks(conn, doc, sub.last_seq > sub.durable_seq);
+        if let Some(leave) = self.presence.remove(sub.index.key(), session) {
+            self.share_presence(sub.index, Some(conn), vec![leave]);
         }
-        if let Some(leave) = self.presence.remove(doc, session) {
-            self.share_presence(doc, Some(conn), vec![leave]);
-        }
+        let linger = self.config.unload_after;
+        self.directory
+            .unsubscribe(sub.index, conn, doc, self.now, linger);
     }
 
     pub(super) fn expire_presence(&mut self, now: Instant) {
-        for (doc, leave) in self.presence.expire(now) {
-            self.share_presence(doc, None, vec![leave]);
+        for (key, leave) in self.presence.expire(now) {
+            self.share_presence(DocIndex::from_key(key), None, vec![leave]);
         }
     }
 
@@ -176,9 +209,9 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if !s.docs.contains_key(&doc) {
+        let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
             return self.unknown_doc(conn, doc);
-        }
+        };
         let rate = &mut s.rates(&self.config.limits, now).presence;
         if !rate.allow(now) {
             let e = PresenceError::RateLimited {
@@ -196,9 +229,9 @@ impl<A: Authorizer> Hub<A> {
         let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
         match self
             .presence
-            .set(doc, session, &identity, clock, state, now)
+            .set(index.key(), session, &identity, clock, state, now)
         {
-            Ok(Some(delta)) => self.share_presence(doc, Some(conn), vec![delta]),
+            Ok(Some(delta)) => self.share_presence(index, Some(conn), vec![delta]),
             Ok(None) => {}
             Err(e) => self.doc_error(
                 conn,
@@ -237,11 +270,13 @@ impl<A: Authorizer> Hub<A> {
             );
             return self.doc_error(conn, doc, None, ErrorCode::LimitExceeded, msg);
         }
-        if let Some(doc) = doc
-            && !s.docs.contains_key(&doc)
-        {
-            return self.unknown_doc(conn, doc);
-        }
+        let index = match doc {
+            Some(doc) => match s.docs.get(&doc) {
+                Some(sub) => Some(sub.index),
+                None => return self.unknown_doc(conn, doc),
+            },
+            None => None,
+        };
         let from = s.session;
         let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
         let verdict = match &mut self.app_hook {
@@ -287,14 +322,19 @@ impl<A: Authorizer> Hub<A> {
                     },
                 );
             }
-            Route::Document(doc) => {
-                let encoded = encode_shared(&Message::App {
-                    kind,
-                    route,
-                    from: Some(from),
-                    data,
+            Route::Document(_) => {
+                let Some(index) = index else {
+                    return;
+                };
+                // Each recipient gets the route under its own handle.
+                self.share(index, Some(conn), |doc| {
+                    encode_shared(&Message::App {
+                        kind,
+                        route: Route::Document(doc),
+                        from: Some(from),
+                        data: data.clone(),
+                    })
                 });
-                self.share(doc, Some(conn), &encoded);
             }
         }
     }

@@ -260,3 +260,57 @@ fn each_subscriber_hears_its_own_handle() {
     }
     assert_eq!(n.server_text("shared").len(), 3);
 }
+
+/// Documents a read-only client only opened are not written to SQLite, and
+/// leave its memory; a written one is stored, unloaded once its writes are
+/// on disk, and loads again with its data.
+#[cfg(feature = "sqlite")]
+#[test]
+fn sqlite_stores_no_row_for_documents_only_opened() {
+    use crdt_socket_sync::document::Document;
+    use crdt_socket_sync::store::SqliteRegistry;
+    let dir = std::env::temp_dir().join(format!("css-directory-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("docs.sqlite");
+    let mut reg = SqliteRegistry::open(&path, |_: &str| OpLog::new(0)).unwrap();
+    let auth = read_only().with("rw", "writer", Access::ReadWrite);
+    let mut hub = Hub::new(ServerConfig::default(), auth);
+    let mut now = Instant::now();
+    let conn = connect(&mut hub, &mut reg, now);
+    for i in 0..20_000 {
+        let doc = open(&mut hub, &mut reg, conn, now, &format!("doc-{i}"));
+        close_doc(&mut hub, &mut reg, conn, now, doc);
+        now += Duration::from_millis(1);
+        fire(&mut hub, &mut reg, now);
+    }
+    fire(&mut hub, &mut reg, now + LATER);
+    reg.flush().unwrap();
+    assert_eq!(hub.documents(), 0);
+    assert!(reg.list().is_empty(), "{} loaded", reg.list().len());
+    assert_eq!(reg.stored().unwrap(), Vec::<String>::new());
+
+    // A written document is stored, and unloaded once on disk.
+    now += LATER;
+    let writer = hub.accept(now);
+    hub.handle_input(writer, now, &frame(&[hello("writer", b"rw")]), &mut reg);
+    drain(&mut hub, writer);
+    let doc = open(&mut hub, &mut reg, writer, now, "kept");
+    let mut edit = OpLog::new(7);
+    edit.edit(b"hi");
+    let update = edit.take_local_update().unwrap();
+    let msg = Message::Update {
+        doc,
+        seq: 1,
+        data: Bytes(update),
+    };
+    hub.handle_input(writer, now, &frame(&[msg]), &mut reg);
+    close_doc(&mut hub, &mut reg, writer, now, doc);
+    fire(&mut hub, &mut reg, now + Duration::from_secs(2));
+    assert_eq!(hub.documents(), 0);
+    assert!(reg.list().is_empty());
+    assert_eq!(reg.stored().unwrap(), ["kept"]);
+    assert_eq!(reg.open("kept").unwrap().text(), "hi");
+    drop(reg);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -71,9 +71,9 @@ fn apply(doc: &mut YrsDocument, patches: &[Patch]) {
 
 /// The first `n` patches of the trace, with non-ASCII characters replaced
 /// (the adapter counts offsets in bytes, the trace in characters).
-fn load(n: usize) -> Vec<Patch> {
-    let trace = trace::load("automerge-paper");
-    trace
+fn load(n: usize) -> Result<Vec<Patch>, String> {
+    let trace = trace::try_load("automerge-paper")?;
+    Ok(trace
         .txns
         .iter()
         .flat_map(|t| t.patches.iter())
@@ -87,7 +87,7 @@ fn load(n: usize) -> Vec<Patch> {
                 .map(|c| if c.is_ascii() { c } else { '?' })
                 .collect(),
         })
-        .collect()
+        .collect())
 }
 
 fn options(i: usize) -> ClientOptions {
@@ -132,7 +132,14 @@ async fn state(c: &Client) -> (String, usize) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let patches = load(PATCHES + OFFLINE);
+    let patches = match load(PATCHES + OFFLINE) {
+        Ok(patches) => patches,
+        Err(e) => {
+            // One line, no backtrace: the usual cause is a partial checkout.
+            eprintln!("demo: {e}");
+            std::process::exit(1);
+        }
+    };
     let (online, offline) = patches.split_at(PATCHES);
     println!(
         "loaded {} patches of the automerge-paper trace in {:.0?}",

@@ -1,5 +1,6 @@
-//! Loading the editing traces in `../shared/traces/` (gzipped JSON, see its
-//! README), shared by the conformance tests and the adapter benchmark.
+//! Loading the editing traces in `traces/` at the root of the repository
+//! (gzipped JSON, CC BY 4.0: see `traces/README.md` for their origin and
+//! attribution), shared by the conformance tests, the demo and the benches.
 #![allow(dead_code)]
 
 use std::io::Read;
@@ -32,26 +33,31 @@ pub struct Trace {
 
 /// Path of a trace file by name (`"automerge-paper"`, `"friendsforever"`).
 pub fn path(name: &str) -> String {
-    // `CRDT_TRACES_DIR` points elsewhere when the traces are not in
-    // `../shared/traces` beside the checkout.
+    // `CRDT_TRACES_DIR` points at other copies of the same files.
     match std::env::var("CRDT_TRACES_DIR") {
         Ok(dir) => format!("{dir}/{name}.json.gz"),
-        Err(_) => format!(
-            "{}/../shared/traces/{name}.json.gz",
-            env!("CARGO_MANIFEST_DIR")
-        ),
+        Err(_) => format!("{}/traces/{name}.json.gz", env!("CARGO_MANIFEST_DIR")),
     }
 }
 
-/// Loads a trace by name.
+/// Loads a trace by name; panics with the reason when it cannot (tests).
 pub fn load(name: &str) -> Trace {
-    let file = std::fs::File::open(path(name))
-        .unwrap_or_else(|e| panic!("opening trace {}: {e}", path(name)));
+    try_load(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Loads a trace by name, or says in one line why it could not.
+pub fn try_load(name: &str) -> Result<Trace, String> {
+    let path = path(name);
+    let file = std::fs::File::open(&path).map_err(|e| format!("cannot open trace {path}: {e}"))?;
     let mut json = String::new();
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut json)
-        .expect("trace is gzipped UTF-8");
-    let v: serde_json::Value = serde_json::from_str(&json).expect("trace is JSON");
+        .map_err(|e| format!("trace {path} is not gzipped UTF-8: {e}"))?;
+    Ok(parse(&json))
+}
+
+fn parse(json: &str) -> Trace {
+    let v: serde_json::Value = serde_json::from_str(json).expect("trace is JSON");
     let concurrent = v["kind"] == "concurrent";
     let txns: Vec<Txn> = v["txns"]
         .as_array()

@@ -314,3 +314,73 @@ fn sqlite_stores_no_row_for_documents_only_opened() {
     drop(reg);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Identity "all" may write everything; "b-only" only documents named b*.
+struct Scoped;
+
+impl Authorizer for Scoped {
+    fn authenticate(
+        &mut self,
+        _peer: &str,
+        token: &[u8],
+    ) -> Result<crdt_socket_sync::server::Identity, String> {
+        Ok(crdt_socket_sync::server::Identity(
+            String::from_utf8_lossy(token).into_owned(),
+        ))
+    }
+
+    fn authorize(
+        &mut self,
+        identity: &crdt_socket_sync::server::Identity,
+        doc: &str,
+    ) -> Option<Access> {
+        (identity.0 == "all" || doc.starts_with('b')).then_some(Access::ReadWrite)
+    }
+}
+
+/// A handle the server closed on its own (access revoked) is not given to
+/// the next document until the client closes it too: an update the client
+/// sent under it before hearing of the revocation cannot land in another
+/// document.
+#[test]
+fn a_revoked_handle_is_not_reused_until_the_client_closes_it() {
+    use crdt_socket_sync::document::Document;
+    let mut hub = Hub::new(ServerConfig::default(), Scoped);
+    let mut reg = server_registry();
+    let now = Instant::now();
+    let conn = hub.accept(now);
+    hub.handle_input(conn, now, &frame(&[hello("c", b"all")]), &mut reg);
+    drain(&mut hub, conn);
+    let a = open(&mut hub, &mut reg, conn, now, "a");
+    assert_eq!(a, DocId(0));
+    let mut edit = OpLog::new(7);
+    edit.edit(b"for a");
+    let update = edit.take_local_update().unwrap();
+    // The token change revokes "a"; before the client hears of it, it
+    // opens "b" and sends an update for "a" under the old handle.
+    let input = frame(&[
+        Message::RefreshToken {
+            token: Bytes(b"b-only".to_vec()),
+        },
+        open_msg("b"),
+        Message::Update {
+            doc: a,
+            seq: 1,
+            data: Bytes(update),
+        },
+    ]);
+    hub.handle_input(conn, now, &input, &mut reg);
+    let out = drain(&mut hub, conn);
+    let b = out
+        .iter()
+        .find_map(|m| match m {
+            Message::Opened { name, doc, .. } if name == "b" => Some(*doc),
+            _ => None,
+        })
+        .expect("Opened b");
+    assert_ne!(b, a, "{out:?}");
+    assert_eq!(reg.get("b").unwrap().text(), "", "nothing landed in b");
+    // Once the client closes the revoked handle, it is free again.
+    close_doc(&mut hub, &mut reg, conn, now, a);
+    assert_eq!(open(&mut hub, &mut reg, conn, now, "b2"), a);
+}

@@ -155,20 +155,44 @@ impl Subscription {
 /// (the `doc` of its messages, like a QUIC stream id): a new document gets
 /// the smallest free handle, so a connection's first 128 documents take
 /// one byte on the wire, and handles say nothing about other connections.
-/// Free handles below the highest one in use are `None`; nothing is kept
-/// past it. A vector rather than a map: a connection has a few documents,
-/// a lookup is an index, and a B-tree's first leaf costs about 1 KiB per
-/// idle connection where this costs one entry.
+/// Nothing is kept past the highest handle in use. A vector rather than a
+/// map: a connection has a few documents, a lookup is an index, and a
+/// B-tree's first leaf costs about 1 KiB per idle connection where this
+/// costs one entry.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Subscriptions(Vec<Option<Subscription>>);
+pub(crate) struct Subscriptions(Vec<Slot>);
+
+/// One handle of a session.
+#[derive(Clone, Debug)]
+enum Slot {
+    Free,
+    Open(Subscription),
+    /// Closed by the server (access revoked) while the client may still
+    /// send under it: not given out again until the client closes it too
+    /// (`CloseDoc`) or disconnects, so its late updates cannot land in
+    /// another document. Counts as open against the limit.
+    Retired,
+}
+
+impl Slot {
+    fn sub(&self) -> Option<&Subscription> {
+        match self {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
+        }
+    }
+}
 
 impl Subscriptions {
     pub(crate) fn get(&self, doc: &DocId) -> Option<&Subscription> {
-        self.0.get(doc.0 as usize)?.as_ref()
+        self.0.get(doc.0 as usize)?.sub()
     }
 
     pub(crate) fn get_mut(&mut self, doc: &DocId) -> Option<&mut Subscription> {
-        self.0.get_mut(doc.0 as usize)?.as_mut()
+        match self.0.get_mut(doc.0 as usize)? {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
+        }
     }
 
     /// The handle under which the document at `index` is open.
@@ -178,7 +202,7 @@ impl Subscriptions {
 
     /// Adds `sub` under the smallest free handle, which it returns.
     pub(crate) fn open(&mut self, sub: Subscription) -> DocId {
-        let free = self.0.iter().position(Option::is_none);
+        let free = self.0.iter().position(|s| matches!(s, Slot::Free));
         let at = free.unwrap_or(self.0.len());
         if at == self.0.len() {
             // The first few grow one entry at a time: `Vec`'s first
@@ -187,9 +211,9 @@ impl Subscriptions {
             if self.0.len() < 4 {
                 self.0.reserve_exact(1);
             }
-            self.0.push(Some(sub));
+            self.0.push(Slot::Open(sub));
         } else {
-            self.0[at] = Some(sub);
+            self.0[at] = Slot::Open(sub);
         }
         // At most `max_docs_per_connection` handles are in use at once.
         DocId(u32::try_from(at).unwrap_or(u32::MAX))
@@ -198,50 +222,68 @@ impl Subscriptions {
     /// Replaces the subscription under handle `doc` (the client opened the
     /// document again).
     pub(crate) fn replace(&mut self, doc: DocId, sub: Subscription) {
-        if let Some(slot) = self.0.get_mut(doc.0 as usize) {
-            *slot = Some(sub);
+        if let Some(slot @ Slot::Open(_)) = self.0.get_mut(doc.0 as usize) {
+            *slot = Slot::Open(sub);
         }
     }
 
-    /// Removes the subscription under `doc`, freeing the handle.
+    /// Removes the subscription under `doc`, freeing the handle (also a
+    /// retired one, which returns `None`).
     pub(crate) fn remove(&mut self, doc: &DocId) -> Option<Subscription> {
-        let sub = self.0.get_mut(doc.0 as usize)?.take()?;
-        while self.0.last().is_some_and(Option::is_none) {
+        let slot = std::mem::replace(self.0.get_mut(doc.0 as usize)?, Slot::Free);
+        while self.0.last().is_some_and(|s| matches!(s, Slot::Free)) {
             self.0.pop();
         }
         if self.0.is_empty() {
             // Nothing held for a connection that closed its documents.
             self.0 = Vec::new();
         }
-        Some(sub)
+        match slot {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
+        }
     }
 
-    /// Open documents (a scan: at most `max_docs_per_connection` entries,
-    /// counted when a document is opened).
+    /// Removes the subscription under `doc` and retires the handle.
+    pub(crate) fn retire(&mut self, doc: &DocId) -> Option<Subscription> {
+        let slot = self.0.get_mut(doc.0 as usize)?;
+        if !matches!(slot, Slot::Open(_)) {
+            return None;
+        }
+        match std::mem::replace(slot, Slot::Retired) {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
+        }
+    }
+
+    /// Handles in use, retired ones included (a scan: at most
+    /// `max_docs_per_connection` entries, counted when a document is
+    /// opened).
     pub(crate) fn len(&self) -> usize {
-        self.0.iter().filter(|s| s.is_some()).count()
+        self.0.iter().filter(|s| !matches!(s, Slot::Free)).count()
     }
 
+    /// Open documents' handles.
     pub(crate) fn keys(&self) -> impl Iterator<Item = DocId> + '_ {
         self.iter().map(|(d, _)| d)
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &Subscription> {
-        self.0.iter().flatten()
+        self.0.iter().filter_map(Slot::sub)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (DocId, &Subscription)> {
         self.0
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| Some((DocId(i as u32), s.as_ref()?)))
+            .filter_map(|(i, s)| Some((DocId(i as u32), s.sub()?)))
     }
 
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (DocId, &mut Subscription)> {
-        self.0
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, s)| Some((DocId(i as u32), s.as_mut()?)))
+        self.0.iter_mut().enumerate().filter_map(|(i, s)| match s {
+            Slot::Open(sub) => Some((DocId(i as u32), sub)),
+            _ => None,
+        })
     }
 }
 
@@ -393,7 +435,7 @@ impl ServerSession {
 
     /// Documents this session has open.
     pub fn open_documents(&self) -> usize {
-        self.docs.len()
+        self.docs.values().count()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -825,5 +867,13 @@ mod tests {
         assert!(subs.remove(&DocId(4)).is_some());
         assert_eq!(subs.0.len(), 3, "trailing free handles are dropped");
         assert_eq!(subs.open(sub(7)), DocId(3));
+        // A retired handle is not given out until the client closes it.
+        assert!(subs.retire(&DocId(0)).is_some());
+        assert!(subs.get(&DocId(0)).is_none());
+        assert_eq!(subs.len(), 4);
+        assert_eq!(subs.open(sub(8)), DocId(4));
+        assert!(subs.remove(&DocId(0)).is_none());
+        assert_eq!(subs.open(sub(9)), DocId(0));
+        assert_eq!(std::mem::size_of::<Slot>(), std::mem::size_of::<Subscription>());
     }
 }

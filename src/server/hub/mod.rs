@@ -1156,7 +1156,7 @@ impl<A: Authorizer> Hub<A> {
                         ErrorCode::Forbidden,
                         "access revoked by the new token".into(),
                     );
-                    self.unsubscribe(conn, doc);
+                    self.revoke(conn, doc);
                     self.send(conn, &Message::CloseDoc { doc });
                 }
             }
@@ -1503,7 +1503,9 @@ impl<A: Authorizer> Hub<A> {
         let high = self.high_water();
         let mut slow = Vec::new();
         for (handle, run) in entry.subscribers.runs() {
-            let recipients = run.len() - usize::from(run.iter().any(|(_, c)| *c == from));
+            // Runs are sorted by connection: the sender is found by search.
+            let sender = handle == doc && run.binary_search(&(doc, from)).is_ok();
+            let recipients = run.len() - usize::from(sender);
             if recipients == 0 {
                 continue;
             }
@@ -1514,7 +1516,7 @@ impl<A: Authorizer> Hub<A> {
                 || crate::wire::hot::broadcast_len(handle, data),
                 |e| e.len(),
             );
-            for &(_, conn) in run.iter().filter(|(_, c)| *c != from) {
+            for &(_, conn) in run.iter().filter(|(_, c)| !sender || *c != from) {
                 let Some(s) = self.sessions.get_mut(&conn) else {
                     continue;
                 };

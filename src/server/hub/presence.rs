@@ -168,15 +168,34 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
-    /// Removes `conn`'s subscription to its document `doc`, with its
-    /// presence state and the acknowledgements still due for it (the handle
-    /// may name another document next). The last subscriber leaving starts
-    /// the document's unload linger.
+    /// Removes `conn`'s subscription to its document `doc` (the client
+    /// closed it, or disconnected), freeing the handle.
     pub(super) fn unsubscribe(&mut self, conn: ConnId, doc: DocId) {
+        self.leave(conn, doc, false);
+    }
+
+    /// Removes `conn`'s subscription to its document `doc` on the server's
+    /// initiative (access revoked): the handle stays retired until the
+    /// client closes it, so updates it sent before it heard cannot land in
+    /// a document opened next under the same handle.
+    pub(super) fn revoke(&mut self, conn: ConnId, doc: DocId) {
+        self.leave(conn, doc, true);
+    }
+
+    /// Removes the subscription with its presence state and the
+    /// acknowledgements still due for it (the handle may name another
+    /// document next). The last subscriber leaving starts the document's
+    /// unload linger.
+    fn leave(&mut self, conn: ConnId, doc: DocId, retire: bool) {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        let Some(sub) = s.docs.remove(&doc) else {
+        let sub = if retire {
+            s.docs.retire(&doc)
+        } else {
+            s.docs.remove(&doc)
+        };
+        let Some(sub) = sub else {
             return;
         };
         s.transfers.cancel(doc);

@@ -313,3 +313,30 @@ impl<D: Document> Registry for MemoryRegistry<D> {
         self.docs.remove(name).is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::OpLog;
+
+    /// Memory is the only storage: unloading forgets only documents that
+    /// `open` created and that hold nothing.
+    #[test]
+    fn a_memory_registry_unloads_only_what_holds_nothing() {
+        let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
+        reg.open("empty").unwrap();
+        let mut author = OpLog::new(1);
+        author.edit(b"x");
+        let update = author.take_local_update().unwrap();
+        reg.open("written").unwrap().apply(&update);
+        reg.insert("inserted", OpLog::new(0));
+        assert!(reg.unload("empty"));
+        assert!(!reg.unload("written"));
+        assert!(!reg.unload("inserted"), "the application put it there");
+        assert!(!reg.unload("missing"));
+        assert_eq!(reg.list(), ["inserted", "written"]);
+        assert_eq!(reg.created.len(), 1);
+        assert!(reg.remove("written"));
+        assert!(reg.created.is_empty());
+    }
+}

@@ -93,6 +93,23 @@ pub trait Document {
     /// The document's current version, as opaque bytes.
     fn version(&self) -> Vec<u8>;
 
+    /// Whether a peer at `version` already has everything this document
+    /// has, so there is nothing to send it. A client asks this after each
+    /// (re)sync before sending the server a delta.
+    ///
+    /// The default compares the encoded versions byte for byte. That is
+    /// exact for canonical encodings of versions that count every change
+    /// (op logs, loro version vectors, automerge heads); a non-canonical
+    /// encoding only errs toward `false` (an unneeded, harmless delta). A
+    /// version that misses some changes (a yrs state vector does not count
+    /// deletions) may answer `true` while the peer lacks local deletions:
+    /// those still reach it, as every local edit does, through
+    /// [`Document::take_local_update`]. Override it where a better answer is
+    /// cheap.
+    fn contained_in(&self, version: &[u8]) -> bool {
+        self.version() == version
+    }
+
     /// An update holding everything a peer at `version` lacks.
     ///
     /// Returns [`DocumentError::DeltaUnavailable`] when no delta can be
@@ -150,6 +167,9 @@ pub trait Document {
 impl<D: Document + ?Sized> Document for Box<D> {
     fn version(&self) -> Vec<u8> {
         (**self).version()
+    }
+    fn contained_in(&self, version: &[u8]) -> bool {
+        (**self).contained_in(version)
     }
     fn delta_since(&self, version: &[u8]) -> Result<Vec<u8>, DocumentError> {
         (**self).delta_since(version)

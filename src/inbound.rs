@@ -134,14 +134,28 @@ impl Inbound {
         inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
     ) -> Result<(), InboundError> {
+        self.feed_frames(bytes, limits, inflate, out).map(drop)
+    }
+
+    /// [`Inbound::feed`], returning how many whole, valid frames `bytes`
+    /// completed (liveness counts these, not bytes: a frame that never
+    /// completes must not keep a connection alive).
+    pub(crate) fn feed_frames(
+        &mut self,
+        bytes: &[u8],
+        limits: &Limits,
+        inflate: &mut InflateScratch,
+        out: &mut Vec<Message>,
+    ) -> Result<usize, InboundError> {
         let start = out.len();
+        let mut frames = 0;
         let decoded = match &mut self.decoder {
-            Decoder::Message => decode_frame(bytes, limits, inflate, out),
+            Decoder::Message => decode_frame(bytes, limits, inflate, out).map(|()| frames = 1),
             Decoder::Stream(d) => {
                 let mut input = bytes;
                 loop {
                     match d.decode(&mut input, limits, inflate, out) {
-                        Ok(true) => {}
+                        Ok(true) => frames += 1,
                         Ok(false) => break Ok(()),
                         Err(e) => break Err(e),
                     }
@@ -176,7 +190,8 @@ impl Inbound {
                 }
             }
         }
-        Ok(decoded?)
+        decoded?;
+        Ok(frames)
     }
 }
 

@@ -47,7 +47,11 @@ pub struct Limits {
     pub max_name_len: usize,
     /// Bytes of updates a server document may hold waiting for missing
     /// dependencies: a session whose updates push it past this is closed
-    /// with `LimitExceeded` (its client re-syncs when it reconnects).
+    /// with `LimitExceeded` (its client re-syncs when it reconnects). A
+    /// client holds at most this much of the broadcasts that arrive while
+    /// its documents sync (all documents together, each broadcast counted
+    /// with 32 bytes of overhead); past it the document concerned drops
+    /// them and asks for what it lacks after its sync.
     /// Default 16 MiB.
     pub max_pending_bytes: usize,
     /// Presence states per document. Default 256.

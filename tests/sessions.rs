@@ -176,13 +176,14 @@ fn golden_live_update_ack_and_fan_out_to_two_others() {
     }
     n.take_transcript();
     let seq = n.edit(0, "doc", "hello");
-    // The first local update after the sync delta.
-    assert_eq!(seq, Some(2));
+    // The sync sent no update (the server lacked nothing): this is the
+    // first.
+    assert_eq!(seq, Some(1));
     assert_eq!(
         n.take_transcript(),
         [
-            "c0> Update #0 s2 16B",
-            "s>0 Ack #0 2/0",
+            "c0> Update #0 s1 16B",
+            "s>0 Ack #0 1/0",
             "s>1 Broadcast #0 16B",
             "s>2 Broadcast #0 16B",
         ]
@@ -649,8 +650,9 @@ fn golden_reconnect_with_backoff_from_a_fixed_seed() {
             break;
         }
     }
-    // Exponential caps 100, 200, 400, 800, 1600 ms with full jitter above min.
-    assert_eq!(delays, [100, 115, 183, 340, 157]);
+    // Exponential caps 200, 400, 800, 1600, 2000 ms with full jitter above
+    // min, the first attempt included.
+    assert_eq!(delays, [174, 147, 295, 616, 172]);
     assert!(gave_up);
     assert_eq!(n.clients[0].session.status(), Status::Disconnected);
     // An explicit connect still works after giving up.
@@ -808,21 +810,20 @@ fn golden_out_of_sync_recovery() {
         n.take_transcript(),
         [
             // The server holds the op pending and asks for what it lacks.
-            "c0> Update #0 s2 12B",
+            "c0> Update #0 s1 12B",
             "s>0 OutOfSync",
-            "s>0 Ack #0 2/0",
+            "s>0 Ack #0 1/0",
             "s>1 Broadcast #0 12B",
             // a answers with everything the server lacks; b, also missing
-            // the dependency, asks for a catch-up.
-            "c0> Update #0 s3 23B",
+            // the dependency, asks for a catch-up (and, lacking nothing the
+            // server lacks, sends no update back).
+            "c0> Update #0 s2 23B",
             "c1> StatusRequest",
-            "s>0 Ack #0 3/0",
+            "s>0 Ack #0 2/0",
             "s>1 Broadcast #0 23B",
             "s>1 SyncChunk #0 Delta 23B",
             "s>1 SyncDone #0",
-            "c1> Update #0 s2 1B",
             "c1> SyncDone #0",
-            "s>1 Ack #0 2/0",
         ]
     );
     assert_eq!(n.server_text("doc"), "12");

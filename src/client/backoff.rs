@@ -7,9 +7,10 @@ use crate::rng::Rng;
 /// The reconnect policy.
 ///
 /// The delay before attempt `n` (counting from 1) is drawn uniformly from
-/// `[min, min(max, min * 2^(n-1))]`, so it is always within `[min, max]`,
-/// grows exponentially, and clients that lost the same server spread out
-/// instead of reconnecting in lock step.
+/// `[min, min(max, min * 2^n)]` with the session's seeded RNG, so it is
+/// always within `[min, max]`, grows exponentially, and clients that lost
+/// the same server spread out instead of reconnecting in lock step — from
+/// the first attempt on, which is drawn from `[min, 2 * min]`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -53,7 +54,9 @@ impl Backoff {
             return None;
         }
         let min = self.min.min(self.max);
-        let shift = attempt.saturating_sub(1).min(63);
+        // Even the first attempt gets a range as wide as `min`: clients cut
+        // off together must not all come back after exactly `min`.
+        let shift = attempt.min(63);
         let min_ns = u64::try_from(min.as_nanos()).unwrap_or(u64::MAX);
         let max_ns = u64::try_from(self.max.as_nanos()).unwrap_or(u64::MAX);
         let cap = min_ns.saturating_mul(1u64 << shift).min(max_ns).max(min_ns);
@@ -88,6 +91,20 @@ mod tests {
     }
 
     #[test]
+    fn the_first_delay_is_jittered_too() {
+        let policy = Backoff::default();
+        let firsts: std::collections::BTreeSet<Duration> = (0..64)
+            .map(|seed| policy.delay(1, &mut Rng::new(seed)).unwrap())
+            .collect();
+        assert!(firsts.len() > 60, "{} distinct first delays", firsts.len());
+        assert!(
+            firsts
+                .iter()
+                .all(|d| *d >= policy.min && *d <= policy.min * 2)
+        );
+    }
+
+    #[test]
     fn gives_up_after_the_cap() {
         let policy = Backoff {
             max_attempts: Some(2),
@@ -111,8 +128,11 @@ mod tests {
         let m1 = mean(1, &mut rng);
         let m4 = mean(4, &mut rng);
         let m20 = mean(20, &mut rng);
-        assert!((m1 - 0.1).abs() < 1e-9, "attempt 1 is exactly min: {m1}");
-        assert!(m4 > 0.3 && m4 < 0.6, "attempt 4 averages (0.1+0.8)/2: {m4}");
+        assert!(
+            m1 > 0.13 && m1 < 0.17,
+            "attempt 1 averages (0.1+0.2)/2: {m1}"
+        );
+        assert!(m4 > 0.7 && m4 < 1.0, "attempt 4 averages (0.1+1.6)/2: {m4}");
         assert!(
             m20 > 4.5 && m20 < 5.6,
             "capped at max, averages ~5 s: {m20}"

@@ -35,7 +35,13 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     /// How often to ping; `None` uses the heartbeat the server announces.
     pub ping_interval: Option<Duration>,
-    /// The connection is declared dead after this long without any input.
+    /// The connection is declared dead (closed with
+    /// [`CloseReason::DeadConnection`](crate::wire::CloseReason::DeadConnection),
+    /// then reconnected) after this long without a whole, valid frame.
+    /// Bytes alone do not count: a frame that never completes (a corrupted
+    /// length, a peer trickling bytes) cannot keep a connection alive. It
+    /// must exceed the time one frame of up to `limits.max_frame_len` takes
+    /// to arrive. Default 6 s.
     pub dead_after: Duration,
     /// Presence changes are sent at most this often; the latest change is
     /// always sent (trailing edge). Default 50 ms.
@@ -49,7 +55,9 @@ pub struct ClientConfig {
     /// Reconnect policy after a lost connection; `None` disables automatic
     /// reconnection.
     pub reconnect: Option<Backoff>,
-    /// Seed for the session's randomness (reconnect jitter).
+    /// Seed for the session's randomness (reconnect jitter, the first delay
+    /// included). Clients that share a seed reconnect in lock step after
+    /// losing the same server: give each its own (e.g. from OS entropy).
     pub seed: u64,
 }
 

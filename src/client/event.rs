@@ -84,6 +84,27 @@ pub enum ClientEvent {
         /// Detail.
         message: String,
     },
+    /// Local updates the server will never take were dropped from the
+    /// outbox: the server granted this session read-only access (or refused
+    /// one of its writes as read-only). The edits remain in the local
+    /// document but will not reach the server or other clients; an
+    /// application may tell the user, or keep them elsewhere.
+    /// [`ClientSession::flush_local`](super::ClientSession::flush_local)
+    /// then returns [`CommandError::ReadOnly`] for the document.
+    UpdatesRejected {
+        /// The document.
+        name: Arc<str>,
+        /// Sequence number of the first dropped update.
+        first_seq: u64,
+        /// Sequence number of the last dropped update.
+        last_seq: u64,
+        /// How many updates were dropped.
+        count: usize,
+        /// Their bytes.
+        bytes: usize,
+        /// Why the server refuses them ([`ErrorCode::ReadOnly`]).
+        code: ErrorCode,
+    },
     /// The connection ended (exactly once per connection).
     Closed {
         /// Why.

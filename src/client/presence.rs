@@ -56,10 +56,17 @@ impl Presence {
     }
 
     /// Applies a server delta; returns the entries that changed the view.
+    ///
+    /// The view is bounded whatever the server sends: at most `max_states`
+    /// peers (an honest server keeps no more per document; entries for new
+    /// peers past it are ignored until some leave) and states of at most
+    /// `max_len` bytes (longer ones are ignored).
     pub(crate) fn apply(
         &mut self,
         own: Option<SessionId>,
         entries: Vec<AwarenessEntry>,
+        max_states: usize,
+        max_len: usize,
     ) -> Vec<AwarenessEntry> {
         let mut changed = Vec::new();
         for e in entries {
@@ -68,10 +75,10 @@ impl Presence {
             }
             match &e.state {
                 Some(state) => {
-                    if self
-                        .peers
-                        .get(&e.session)
-                        .is_some_and(|(c, _)| *c > e.clock)
+                    let known = self.peers.get(&e.session);
+                    if known.is_some_and(|(c, _)| *c > e.clock)
+                        || state.len() > max_len
+                        || (known.is_none() && self.peers.len() >= max_states)
                     {
                         continue;
                     }

@@ -19,6 +19,15 @@ use crate::wire::{
 use super::presence::{Peer, Presence};
 use super::{AppTarget, ClientConfig, ClientEvent, CommandError, Status};
 
+/// The smallest frame limit a server may announce in `Welcome` (the server
+/// refuses a `Hello` announcing less, for the same reason): below it every
+/// message would be cut into absurdly many fragments.
+pub(crate) const MIN_SERVER_FRAME_LEN: u32 = 1024;
+
+/// What one held broadcast costs beyond its bytes (its `Vec` and allocation),
+/// charged against the held-bytes bound so that empty broadcasts count too.
+const HELD_OVERHEAD: usize = 32;
+
 /// Where one document is in its sync with the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -71,6 +80,9 @@ struct TransferBuf {
     kind: SyncKind,
     total: u64,
     data: Vec<u8>,
+    /// This connection asked the server to resume it (rather than it
+    /// starting here).
+    resumed: bool,
 }
 
 struct ClientDoc {
@@ -83,7 +95,12 @@ struct ClientDoc {
     outbox_bytes: usize,
     next_seq: u64,
     transfer: Option<TransferBuf>,
-    /// Broadcasts received while syncing, applied after the transfer.
+    /// Broadcasts received while syncing, applied after the transfer. All
+    /// documents together hold at most `Limits::max_pending_bytes` (each
+    /// broadcast charged its length plus `HELD_OVERHEAD`, see
+    /// `ClientSession::held_bytes`); past it the document drops what it
+    /// holds and asks for what it lacks once the sync is done
+    /// (`held_overflow`).
     held: Vec<Vec<u8>>,
     held_bytes: usize,
     held_overflow: bool,
@@ -114,14 +131,37 @@ impl ClientDoc {
         }
     }
 
+    /// Empties the outbox of updates the server will never take, returning
+    /// the event that reports them (`None`: it was empty).
+    fn reject_outbox(&mut self, code: ErrorCode) -> Option<ClientEvent> {
+        let first_seq = self.outbox.front()?.0;
+        let last_seq = self.outbox.back().map_or(first_seq, |(s, _)| *s);
+        let event = ClientEvent::UpdatesRejected {
+            name: Arc::clone(&self.name),
+            first_seq,
+            last_seq,
+            count: self.outbox.len(),
+            bytes: self.outbox_bytes,
+            code,
+        };
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+        Some(event)
+    }
+
+    /// Frees the held broadcasts; returns the bytes they were charged.
+    fn drop_held(&mut self) -> usize {
+        self.held = Vec::new();
+        std::mem::take(&mut self.held_bytes)
+    }
+
     fn reset_connection(&mut self) {
         if self.status != DocStatus::Refused {
             self.status = DocStatus::Waiting;
         }
         self.handle = None;
         // A partial transfer is kept: the next Open asks to resume it.
-        self.held.clear();
-        self.held_bytes = 0;
+        self.drop_held();
         self.held_overflow = false;
         self.status_requested = None;
     }
@@ -156,7 +196,10 @@ pub struct ClientSession {
     handles: BTreeMap<DocId, Arc<str>>,
     epoch: Instant,
     now: Instant,
-    last_rx: Instant,
+    /// When the last whole, valid frame arrived. Liveness counts frames,
+    /// not bytes: a frame that never completes (a corrupted length, a peer
+    /// trickling bytes) does not keep the connection alive.
+    last_frame: Instant,
     next_ping: Option<Instant>,
     ping_interval: Duration,
     session: Option<SessionId>,
@@ -165,6 +208,8 @@ pub struct ClientSession {
     rng: Rng,
     /// Failed or short-lived connection attempts in a row.
     attempts: u32,
+    /// Sum of every document's `held_bytes`.
+    held_bytes: usize,
     connected_at: Option<Instant>,
 }
 
@@ -183,7 +228,7 @@ impl ClientSession {
             handles: BTreeMap::new(),
             epoch: now,
             now,
-            last_rx: now,
+            last_frame: now,
             next_ping: None,
             ping_interval: config.ping_interval.unwrap_or(Duration::from_secs(2)),
             session: None,
@@ -191,6 +236,7 @@ impl ClientSession {
             scratch: Vec::new(),
             rng: Rng::new(config.seed),
             attempts: 0,
+            held_bytes: 0,
             connected_at: None,
             config,
         }
@@ -276,7 +322,7 @@ impl ClientSession {
         }
         self.inbound = Inbound::new(self.config.framing);
         self.outbound.reset(&self.config.limits);
-        self.last_rx = self.now;
+        self.last_frame = self.now;
         self.next_ping = None;
         let compression = if self.config.offer_deflate {
             vec![Compression::Deflate, Compression::None]
@@ -367,6 +413,7 @@ impl ClientSession {
             .docs
             .remove(name)
             .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?;
+        self.held_bytes -= doc.held_bytes;
         if let Some(handle) = doc.handle {
             self.handles.remove(&handle);
             if self.phase == Phase::Connected {
@@ -513,12 +560,14 @@ impl ClientSession {
             return;
         }
         self.stats.bytes_in += bytes.len() as u64;
-        self.last_rx = self.now;
         let mut msgs = std::mem::take(&mut self.scratch);
         msgs.clear();
-        let fed = self
-            .inbound
-            .feed(bytes, &self.config.limits, &mut self.inflate, &mut msgs);
+        let fed =
+            self.inbound
+                .feed_frames(bytes, &self.config.limits, &mut self.inflate, &mut msgs);
+        if matches!(fed, Ok(n) if n > 0) {
+            self.last_frame = self.now;
+        }
         for msg in msgs.drain(..) {
             if !matches!(self.phase, Phase::Handshaking { .. } | Phase::Connected) {
                 break;
@@ -637,6 +686,7 @@ impl ClientSession {
         self.handles.clear();
         self.session = None;
         self.next_ping = None;
+        self.held_bytes = 0;
         for doc in self.docs.values_mut() {
             doc.reset_connection();
             // Our state is re-published on the next connection.
@@ -728,6 +778,8 @@ impl ClientSession {
                 {
                     d.handle = None;
                     d.status = DocStatus::Refused;
+                    let freed = d.drop_held();
+                    self.held_bytes -= freed;
                 }
             }
             Message::Error {
@@ -783,6 +835,17 @@ impl ClientSession {
                 ),
             );
         }
+        // Our frames are cut to the server's limit (a larger one is capped
+        // by our own); one below the minimum would fragment everything.
+        if limits.max_frame_len < MIN_SERVER_FRAME_LEN {
+            return self.fail(
+                CloseReason::ProtocolError,
+                CloseCause::Protocol(format!(
+                    "server max_frame_len {} is below {MIN_SERVER_FRAME_LEN}",
+                    limits.max_frame_len
+                )),
+            );
+        }
         self.outbound
             .negotiate(limits, compression, self.config.compress_threshold);
         self.session = Some(session);
@@ -812,11 +875,14 @@ impl ClientSession {
                 doc.status = DocStatus::Opening;
                 resume = doc
                     .transfer
-                    .as_ref()
+                    .as_mut()
                     .filter(|t| !t.data.is_empty())
-                    .map(|t| Resume {
-                        transfer: t.id,
-                        offset: t.data.len() as u64,
+                    .map(|t| {
+                        t.resumed = true;
+                        Resume {
+                            transfer: t.id,
+                            offset: t.data.len() as u64,
+                        }
                     });
             }
             self.send(&Message::Open {
@@ -838,14 +904,16 @@ impl ClientSession {
         if doc.status == DocStatus::Opening {
             doc.status = DocStatus::Syncing;
         }
-        if access != Access::ReadWrite {
-            doc.outbox.clear();
-            doc.outbox_bytes = 0;
-        }
+        let rejected = if access == Access::ReadWrite {
+            None
+        } else {
+            doc.reject_outbox(ErrorCode::ReadOnly)
+        };
         let name = Arc::clone(&doc.name);
         self.handles.insert(handle, Arc::clone(&name));
         self.events
             .push_back(ClientEvent::DocumentOpened { name, access });
+        self.events.extend(rejected);
         self.flush_presence();
     }
 
@@ -871,6 +939,7 @@ impl ClientSession {
             );
         };
         if total > max {
+            doc.transfer = None;
             let name = Arc::clone(&doc.name);
             return self.fail(
                 CloseReason::LimitExceeded,
@@ -885,6 +954,7 @@ impl ClientSession {
                 kind,
                 total,
                 data: Vec::new(),
+                resumed: false,
             });
         }
         let ok = match &mut doc.transfer {
@@ -899,6 +969,10 @@ impl ClientSession {
             _ => false,
         };
         if !ok {
+            // A transfer that went wrong cannot be resumed (after a server
+            // restart, a resumed id may name another payload): the next
+            // connection syncs afresh instead of failing the same way again.
+            doc.transfer = None;
             self.fail(
                 CloseReason::ProtocolError,
                 CloseCause::Protocol("sync chunk out of order".into()),
@@ -922,7 +996,7 @@ impl ClientSession {
         let transfer = doc.transfer.take();
         let held = std::mem::take(&mut doc.held);
         let overflow = std::mem::replace(&mut doc.held_overflow, false);
-        doc.held_bytes = 0;
+        self.held_bytes -= std::mem::take(&mut doc.held_bytes);
         let Some(d) = registry.get(&name) else {
             return;
         };
@@ -937,6 +1011,7 @@ impl ClientSession {
         let Some(d) = registry.get(&name) else {
             return;
         };
+        let mut refetch = overflow;
         if let Some(t) = transfer {
             if t.data.len() as u64 != t.total {
                 return self.fail(
@@ -952,6 +1027,9 @@ impl ClientSession {
                 },
             };
             if let Some(e) = result {
+                // A resumed transfer whose parts do not fit together: ask
+                // once for a fresh sync (not resumed, so it cannot recur).
+                refetch |= t.resumed;
                 self.events.push_back(ClientEvent::DocumentError {
                     name: Some(Arc::clone(&name)),
                     seq: None,
@@ -983,7 +1061,7 @@ impl ClientSession {
             doc: handle,
             version: Bytes(version.clone()),
         });
-        if overflow {
+        if refetch {
             self.send(&Message::StatusRequest {
                 doc: handle,
                 version: Bytes(version),
@@ -1009,10 +1087,17 @@ impl ClientSession {
         if doc.access != Access::ReadWrite {
             return;
         }
+        let acks_awaited = !doc.outbox.is_empty();
         let name = Arc::clone(&doc.name);
         let Some(d) = registry.get(&name) else {
             return;
         };
+        // Nothing the server lacks and no acknowledgement awaited: no update
+        // (an unacknowledged outbox still gets one, whose cumulative ack
+        // settles it).
+        if !acks_awaited && d.contained_in(server_version) {
+            return;
+        }
         let delta = match d.delta_since(server_version) {
             Ok(delta) => delta,
             Err(_) => d.snapshot(),
@@ -1032,17 +1117,27 @@ impl ClientSession {
     }
 
     fn on_broadcast<R: Registry>(&mut self, handle: DocId, data: Vec<u8>, registry: &mut R) {
-        let max_held = self.config.limits.max_transfer_len as usize;
+        let max_held = self.config.limits.max_pending_bytes;
+        let held_total = self.held_bytes;
         let Some(doc) = self.doc_by_handle(handle) else {
             // A broadcast racing our CloseDoc; harmless.
             return;
         };
         if doc.status != DocStatus::Synced {
-            if doc.held_bytes + data.len() > max_held {
+            let cost = data.len().saturating_add(HELD_OVERHEAD);
+            if doc.held_overflow {
+                return;
+            }
+            if held_total.saturating_add(cost) > max_held {
+                // The sync is followed by a catch-up request instead: what
+                // is held is of no more use, free it now.
                 doc.held_overflow = true;
+                let freed = doc.drop_held();
+                self.held_bytes -= freed;
             } else {
-                doc.held_bytes += data.len();
+                doc.held_bytes += cost;
                 doc.held.push(data);
+                self.held_bytes += cost;
             }
             return;
         }
@@ -1127,7 +1222,10 @@ impl ClientSession {
     }
 
     fn on_pong(&mut self, echo: u64) {
-        let sent = self.epoch + Duration::from_micros(echo);
+        // `echo` is the peer's copy of our timestamp: anything may come back.
+        let Some(sent) = self.epoch.checked_add(Duration::from_micros(echo)) else {
+            return;
+        };
         if let Some(sample) = self.now.checked_duration_since(sent) {
             self.stats.rtt = Some(match self.stats.rtt {
                 None => sample,
@@ -1158,8 +1256,8 @@ impl ClientSession {
                 }
                 (ErrorCode::ReadOnly, _) => {
                     doc.access = Access::ReadOnly;
-                    doc.outbox.clear();
-                    doc.outbox_bytes = 0;
+                    let rejected = doc.reject_outbox(ErrorCode::ReadOnly);
+                    self.events.extend(rejected);
                 }
                 _ => {}
             }
@@ -1307,11 +1405,13 @@ impl ClientSession {
 
     fn on_awareness(&mut self, handle: DocId, entries: Vec<AwarenessEntry>) {
         let own = self.session;
+        let limits = &self.config.limits;
+        let (max_states, max_len) = (limits.max_presence_states, limits.max_presence_len);
         let Some(doc) = self.doc_by_handle(handle) else {
             return;
         };
         let name = Arc::clone(&doc.name);
-        for e in doc.presence.apply(own, entries) {
+        for e in doc.presence.apply(own, entries, max_states, max_len) {
             self.events.push_back(ClientEvent::PresenceChanged {
                 name: Arc::clone(&name),
                 session: e.session,
@@ -1350,7 +1450,7 @@ impl ClientSession {
             }
             Phase::Connected => {
                 if self
-                    .last_rx
+                    .last_frame
                     .checked_add(self.config.dead_after)
                     .is_some_and(|t| self.now >= t)
                 {
@@ -1376,7 +1476,7 @@ impl ClientSession {
         match self.phase {
             Phase::Handshaking { deadline } => deadline,
             Phase::Connected => [
-                self.last_rx.checked_add(self.config.dead_after),
+                self.last_frame.checked_add(self.config.dead_after),
                 self.next_ping,
                 self.next_presence_send(),
             ]

@@ -250,8 +250,16 @@ fn each_subscriber_hears_its_own_handle() {
     n.take_transcript();
     n.edit(2, "shared", "x");
     let lines = n.take_transcript();
-    for want in ["c2> Update #2 ", "s>2 Ack #2 ", "s>0 Broadcast #0 ", "s>1 Broadcast #1 "] {
-        assert!(lines.iter().any(|l| l.starts_with(want)), "{want}: {lines:#?}");
+    for want in [
+        "c2> Update #2 ",
+        "s>2 Ack #2 ",
+        "s>0 Broadcast #0 ",
+        "s>1 Broadcast #1 ",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(want)),
+            "{want}: {lines:#?}"
+        );
     }
     n.edit(0, "shared", "y");
     n.edit(1, "shared", "z");

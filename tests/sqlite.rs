@@ -801,7 +801,10 @@ fn commits_handed_over_during_a_transaction_share_the_next_one() {
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(done[0].through, CommitId(4));
     assert_eq!(done[0].result, Ok(()));
-    assert!(!reg.list().contains(&"d".to_string()), "unloaded once on disk");
+    assert!(
+        !reg.list().contains(&"d".to_string()),
+        "unloaded once on disk"
+    );
     assert_eq!(reg.open("d").unwrap().text(), "d", "reloaded from the file");
     // Nothing new: everything is on disk.
     assert_eq!(reg.commit(), Ok(Commit::Durable));

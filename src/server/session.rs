@@ -874,6 +874,9 @@ mod tests {
         assert_eq!(subs.open(sub(8)), DocId(4));
         assert!(subs.remove(&DocId(0)).is_none());
         assert_eq!(subs.open(sub(9)), DocId(0));
-        assert_eq!(std::mem::size_of::<Slot>(), std::mem::size_of::<Subscription>());
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            std::mem::size_of::<Subscription>()
+        );
     }
 }

@@ -951,7 +951,10 @@ impl<A: Authorizer> Hub<A> {
             None => s.docs.open(sub),
         };
         self.directory.subscribe(index, conn, doc);
-        let name = self.directory.name(index).map_or_else(|| name.into(), Arc::clone);
+        let name = self
+            .directory
+            .name(index)
+            .map_or_else(|| name.into(), Arc::clone);
         self.send(
             conn,
             &Message::Opened {
@@ -960,12 +963,11 @@ impl<A: Authorizer> Hub<A> {
                 access,
             },
         );
-        self.events
-            .push_back(ServerEvent::DocumentOpened {
-                conn,
-                name: Arc::clone(&name),
-                access,
-            });
+        self.events.push_back(ServerEvent::DocumentOpened {
+            conn,
+            name: Arc::clone(&name),
+            access,
+        });
         self.send_presence_snapshot(conn, doc);
         // Resume an interrupted transfer from the client's last complete
         // chunk, then catch up with what changed since it was computed.

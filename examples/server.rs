@@ -8,8 +8,11 @@
 //! cargo run --example server --features tokio,yrs,loro,automerge,sqlite -- --addr 0.0.0.0:9000 --crdt loro
 //! ```
 //!
-//! Logs clients, documents, updates and errors; `RUST_LOG=debug` shows
-//! more. Stop it with Ctrl-C: sessions are closed with a close frame first.
+//! Logs clients, documents and errors within the server's log limits
+//! (`ServerOptions::log_limits`: per connection and kind of line, and in
+//! total, with counts of the lines left out), so no client can fill the
+//! disk; `RUST_LOG=debug` shows updates too, `RUST_LOG=warn` less. Stop it with
+//! Ctrl-C: sessions are closed with a close frame first.
 
 use std::time::Duration;
 
@@ -19,10 +22,10 @@ use crdt_socket_sync::adapters::loro::LoroDocument;
 use crdt_socket_sync::adapters::yrs::YrsDocument;
 use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
-use crdt_socket_sync::server::{AllowAll, ServerConfig, ServerEvent, StaticTokens};
+use crdt_socket_sync::server::{AllowAll, ServerConfig, StaticTokens};
 use crdt_socket_sync::store::SqliteRegistry;
+use crdt_socket_sync::transport::ServerOptions;
 use crdt_socket_sync::transport::tokio::WebSocketServer;
-use crdt_socket_sync::transport::{ServerOptions, TransportEvent};
 use crdt_socket_sync::wire::Access;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -175,46 +178,17 @@ async fn serve<R: Registry + Send + 'static>(
         args.crdt,
         args.storage
     );
+    // The hub task logs the events (within its log limits); this loop only
+    // keeps the channel drained.
     let mut events = server.take_events().expect("events");
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            event = events.recv() => match event {
-                Some(e) => report(e),
-                None => break,
-            },
+            event = events.recv() => if event.is_none() { break },
         }
     }
     println!("stopping...");
     let reg = server.stop().await?;
-    println!(
-        "stopped; {} documents loaded: {:?}",
-        reg.list().len(),
-        reg.list()
-    );
+    println!("stopped; {} documents loaded", reg.list().len());
     Ok(())
-}
-
-/// The events the hub task does not already log at `info`.
-fn report(event: TransportEvent) {
-    match event {
-        TransportEvent::Hub(ServerEvent::UpdatesApplied {
-            conn,
-            name,
-            applied,
-            duplicates,
-            pending,
-            ..
-        }) => tracing::info!(
-            "conn {}: {applied} update(s) applied to {name:?} ({duplicates} duplicate, {pending} pending)",
-            conn.0
-        ),
-        TransportEvent::Hub(ServerEvent::DocumentSynced { conn, name }) => {
-            tracing::info!("conn {}: {name:?} in sync", conn.0)
-        }
-        TransportEvent::Hub(ServerEvent::CatchUpQueued { conn, name }) => {
-            tracing::info!("conn {}: catch-up for {name:?} queued", conn.0)
-        }
-        _ => {}
-    }
 }

@@ -32,6 +32,15 @@ pub enum CloseCause {
     Protocol(String),
     /// The transport went away without a `Close`.
     TransportLost,
+    /// Part of a frame or of a fragmented message was held past its
+    /// deadline (server:
+    /// [`ServerConfig::incomplete_input_timeout`](crate::server::ServerConfig::incomplete_input_timeout),
+    /// or the idle timeout, which only whole frames restart). The peer is
+    /// sent `Close` with `IdleTimeout`.
+    IncompleteInput {
+        /// Bytes held for the incomplete input when it was dropped.
+        held: usize,
+    },
 }
 
 impl core::fmt::Display for CloseCause {
@@ -45,6 +54,9 @@ impl core::fmt::Display for CloseCause {
             CloseCause::Inbound(e) => write!(f, "bad input: {e}"),
             CloseCause::Protocol(m) => write!(f, "protocol violation: {m}"),
             CloseCause::TransportLost => f.write_str("transport lost"),
+            CloseCause::IncompleteInput { held } => {
+                write!(f, "input left incomplete too long ({held} bytes held)")
+            }
         }
     }
 }

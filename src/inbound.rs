@@ -1,11 +1,28 @@
 //! Turning received bytes into messages: framing for the transport kind, and
-//! reassembly of fragmented messages (bounded by [`Limits::max_message_len`]).
+//! reassembly of fragmented messages.
+//!
+//! What a connection can make its receive side hold, and for how long:
+//! - before the handshake (including the rest of the input that carries
+//!   the `Hello`), frames of at most [`Limits::max_handshake_frame_len`]
+//!   (on the wire and inflated), and no fragmented message at all;
+//! - after it, one partial frame (stream framing: at most twice the bytes
+//!   received, never more than the frame) and one fragmented message of at
+//!   most [`Limits::max_message_len`], all connections of a server together
+//!   at most [`Limits::max_reassembly_bytes`] of them;
+//! - each incomplete input carries the time its first byte came, so its
+//!   owner can close a session that does not complete it in time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use thiserror::Error;
 
 use crate::Limits;
 use crate::wire::compress::InflateScratch;
-use crate::wire::{DocId, FrameError, Message, StreamReader, decode_frame, single_update};
+use crate::wire::{
+    DocId, FrameError, Message, StreamReader, decode_frame, grown_capacity, single_update,
+};
 
 /// How the transport delimits frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,12 +57,106 @@ pub enum InboundError {
     /// A reassembled message does not decode.
     #[error("reassembled message does not decode: {0}")]
     Decode(postcard::Error),
+    /// A `Fragment` arrived before the handshake completed: a peer not yet
+    /// authenticated may not make the server reassemble anything.
+    #[error("fragment before the handshake")]
+    FragmentBeforeHandshake,
+    /// Fragmented messages being reassembled on this server already hold
+    /// [`Limits::max_reassembly_bytes`].
+    #[error("fragmented messages already hold the server's {limit} bytes for reassembly")]
+    ReassemblyFull {
+        /// The limit.
+        limit: usize,
+    },
 }
 
+/// Bytes of fragmented messages being reassembled by the sessions sharing
+/// it (a hub's), against [`Limits::max_reassembly_bytes`]. Each partial
+/// message charges the capacity of its buffer as it grows and gives it back
+/// when dropped (completed, refused, or with its session), so the count
+/// cannot drift whatever way a session ends.
+#[derive(Debug)]
+pub(crate) struct ReassemblyBudget {
+    limit: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl ReassemblyBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        ReassemblyBudget {
+            limit,
+            held: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Bytes held now by every partial message charged to this budget.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// A fragmented message being reassembled (boxed: a session that has none
+/// pays one pointer).
 struct Partial {
     id: u32,
     total: u64,
     data: Vec<u8>,
+    /// When its first fragment came (`None`: the owner keeps no clock).
+    since: Option<Instant>,
+    /// Where `data`'s capacity is charged, if anywhere, and how much.
+    budget: Option<Arc<AtomicUsize>>,
+    charged: usize,
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(held) = &self.budget {
+            held.fetch_sub(self.charged, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Partial {
+    /// Makes room for `additional` more bytes: doubling as `Vec` does but
+    /// never past `total`, and charged to the budget first.
+    fn reserve(
+        &mut self,
+        additional: usize,
+        budget: Option<&ReassemblyBudget>,
+    ) -> Result<(), InboundError> {
+        let total = usize::try_from(self.total).unwrap_or(usize::MAX);
+        let target = grown_capacity(self.data.len(), self.data.capacity(), additional, total);
+        if target <= self.data.capacity() {
+            return Ok(());
+        }
+        if let Some(budget) = budget {
+            let extra = target - self.charged;
+            let held = budget.held.load(Ordering::Relaxed);
+            if held.saturating_add(extra) > budget.limit {
+                return Err(InboundError::ReassemblyFull {
+                    limit: budget.limit,
+                });
+            }
+        }
+        self.data.reserve_exact(target - self.data.len());
+        if let Some(budget) = budget {
+            let capacity = self.data.capacity();
+            budget
+                .held
+                .fetch_add(capacity - self.charged, Ordering::Relaxed);
+            self.charged = capacity;
+            self.budget.get_or_insert_with(|| Arc::clone(&budget.held));
+        }
+        Ok(())
+    }
+}
+
+/// A stream's partial frame and when its first byte came (boxed: see
+/// [`Decoder`]).
+#[derive(Default)]
+struct Stream {
+    reader: StreamReader,
+    since: Option<Instant>,
 }
 
 enum Decoder {
@@ -53,7 +164,42 @@ enum Decoder {
     Message,
     /// Boxed: the partial frame's buffer and header, which every WebSocket
     /// session would otherwise carry.
-    Stream(Box<StreamReader>),
+    Stream(Box<Stream>),
+}
+
+/// What governs one input beyond the limits (a server's rules; a client
+/// applies none of them).
+#[derive(Clone, Copy)]
+pub(crate) struct Rules<'a> {
+    /// The handshake is not complete: every frame of the input is held to
+    /// [`Limits::max_handshake_frame_len`] and fragments are refused. This
+    /// covers frames after a `Hello` in the same input too: the `Hello` is
+    /// not accepted yet, and a client waits for `Welcome` before sending
+    /// more.
+    pub(crate) handshake: bool,
+    /// When the input came: incomplete input begun now is stamped with it.
+    pub(crate) now: Option<Instant>,
+    /// Where fragmented messages charge their buffers.
+    pub(crate) budget: Option<&'a ReassemblyBudget>,
+}
+
+impl Rules<'_> {
+    /// No handshake limits, no clock, no shared budget.
+    pub(crate) const NONE: Rules<'static> = Rules {
+        handshake: false,
+        now: None,
+        budget: None,
+    };
+}
+
+/// `limits` narrowed to what is accepted before the handshake.
+fn handshake_limits(limits: &Limits) -> Limits {
+    let max = limits.max_handshake_frame_len;
+    Limits {
+        max_frame_len: limits.max_frame_len.min(max),
+        max_decompressed_len: limits.max_decompressed_len.min(max),
+        ..*limits
+    }
 }
 
 /// A session's receive side. The limits and the memory to inflate frames
@@ -77,13 +223,43 @@ impl Inbound {
         }
     }
 
-    /// Bytes held for incomplete frames and fragmented messages.
+    /// Bytes held for incomplete input: the capacity of the partial frame's
+    /// buffer and of the fragmented message's.
     pub(crate) fn buffered(&self) -> usize {
         let frame = match &self.decoder {
             Decoder::Message => 0,
-            Decoder::Stream(d) => d.buffered(),
+            Decoder::Stream(d) => d.reader.capacity(),
         };
-        frame + self.partial.as_ref().map_or(0, |p| p.data.len())
+        frame + self.partial.as_ref().map_or(0, |p| p.data.capacity())
+    }
+
+    /// When the oldest incomplete input (a partial frame or fragmented
+    /// message) began, if it was stamped.
+    pub(crate) fn incomplete_since(&self) -> Option<Instant> {
+        let frame = match &self.decoder {
+            Decoder::Message => None,
+            Decoder::Stream(d) => d.since,
+        };
+        let message = self.partial.as_ref().and_then(|p| p.since);
+        match (frame, message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether part of a frame or of a fragmented message is held.
+    pub(crate) fn is_incomplete(&self) -> bool {
+        self.partial.is_some()
+            || matches!(&self.decoder, Decoder::Stream(d) if !d.reader.at_frame_start())
+    }
+
+    /// Drops whatever incomplete input is held (the session is closed: no
+    /// more input will complete it).
+    pub(crate) fn discard(&mut self) {
+        if let Decoder::Stream(d) = &mut self.decoder {
+            **d = Stream::default();
+        }
+        self.partial = None;
     }
 
     /// Heap bytes held between inputs: the stream reader and its partial
@@ -93,7 +269,7 @@ impl Inbound {
     pub(crate) fn held(&self) -> usize {
         let frame = match &self.decoder {
             Decoder::Message => 0,
-            Decoder::Stream(d) => core::mem::size_of::<StreamReader>() + d.capacity(),
+            Decoder::Stream(d) => core::mem::size_of::<Stream>() + d.reader.capacity(),
         };
         let partial = self
             .partial
@@ -101,6 +277,10 @@ impl Inbound {
             .map_or(0, |p| core::mem::size_of::<Partial>() + p.data.capacity());
         frame + partial
     }
+
+    /// What [`Inbound::held`] counts for a stream with nothing buffered.
+    #[cfg(test)]
+    pub(crate) const STREAM_STATE: usize = core::mem::size_of::<Stream>();
 
     /// `bytes` as one borrowed `Update` when it is a whole frame holding
     /// just that (with stream framing: when nothing of an earlier frame is
@@ -115,31 +295,14 @@ impl Inbound {
             // A read holding exactly one whole frame (a small update on a
             // quiet stream) takes the same path; anything else is decoded
             // the stream's way.
-            Decoder::Stream(d) if d.at_frame_start() => single_update(bytes, limits),
+            Decoder::Stream(d) if d.reader.at_frame_start() => single_update(bytes, limits),
             Decoder::Stream(_) => None,
         }
     }
 
-    /// Decodes `bytes`, appending complete messages to `out`. Messages
-    /// decoded before an error are appended too (they were valid and
-    /// checksummed).
-    ///
-    /// Decodes straight into `out` (no buffer of its own: a session keeps no
-    /// allocation here between inputs) and then replaces the fragments with
-    /// the messages they complete.
-    pub(crate) fn feed(
-        &mut self,
-        bytes: &[u8],
-        limits: &Limits,
-        inflate: &mut InflateScratch,
-        out: &mut Vec<Message>,
-    ) -> Result<(), InboundError> {
-        self.feed_frames(bytes, limits, inflate, out).map(drop)
-    }
-
-    /// [`Inbound::feed`], returning how many whole, valid frames `bytes`
-    /// completed (liveness counts these, not bytes: a frame that never
-    /// completes must not keep a connection alive).
+    /// [`Inbound::feed_with`] under no [`Rules`], returning how many whole,
+    /// valid frames `bytes` completed (liveness counts these, not bytes: a
+    /// frame that never completes must not keep a connection alive).
     pub(crate) fn feed_frames(
         &mut self,
         bytes: &[u8],
@@ -147,19 +310,56 @@ impl Inbound {
         inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
     ) -> Result<usize, InboundError> {
+        self.feed_with(bytes, limits, Rules::NONE, inflate, out)
+    }
+
+    /// Decodes `bytes`, appending complete messages to `out`, and returns
+    /// how many whole valid frames they held (a frame holding only a
+    /// fragment counts: it is whole). Messages decoded before an error are
+    /// appended too (they were valid and checksummed).
+    ///
+    /// Decodes straight into `out` (no buffer of its own: a session keeps no
+    /// allocation here between inputs) and then replaces the fragments with
+    /// the messages they complete.
+    pub(crate) fn feed_with(
+        &mut self,
+        bytes: &[u8],
+        limits: &Limits,
+        rules: Rules<'_>,
+        inflate: &mut InflateScratch,
+        out: &mut Vec<Message>,
+    ) -> Result<usize, InboundError> {
         let start = out.len();
+        let narrow = rules.handshake.then(|| handshake_limits(limits));
+        let frame_limits = narrow.as_ref().unwrap_or(limits);
         let mut frames = 0;
         let decoded = match &mut self.decoder {
-            Decoder::Message => decode_frame(bytes, limits, inflate, out).map(|()| frames = 1),
+            Decoder::Message => {
+                let decoded = decode_frame(bytes, frame_limits, inflate, out);
+                if decoded.is_ok() {
+                    frames = 1;
+                }
+                decoded
+            }
             Decoder::Stream(d) => {
                 let mut input = bytes;
-                loop {
-                    match d.decode(&mut input, limits, inflate, out) {
+                let decoded = loop {
+                    match d.reader.decode(&mut input, frame_limits, inflate, out) {
                         Ok(true) => frames += 1,
                         Ok(false) => break Ok(()),
                         Err(e) => break Err(e),
                     }
-                }
+                };
+                // A partial frame left now began in this input if a frame
+                // completed in it, else it is the one held before.
+                d.since = if d.reader.at_frame_start() {
+                    None
+                } else if frames > 0 {
+                    rules.now
+                } else {
+                    d.since.or(rules.now)
+                };
+                decoded
             }
         };
         if out[start..]
@@ -175,15 +375,24 @@ impl Inbound {
                         total,
                         data,
                     } => {
-                        if let Some(m) = reassemble(
-                            &mut self.partial,
-                            limits.max_message_len,
+                        if rules.handshake {
+                            return Err(InboundError::FragmentBeforeHandshake);
+                        }
+                        let fragment = Fragment {
                             id,
                             offset,
                             total,
-                            data.0,
-                        )? {
-                            out.push(m);
+                            data: &data.0,
+                        };
+                        match reassemble(&mut self.partial, limits.max_message_len, fragment, rules)
+                        {
+                            Ok(Some(m)) => out.push(m),
+                            Ok(None) => {}
+                            Err(e) => {
+                                // Nothing will complete it now.
+                                self.partial = None;
+                                return Err(e);
+                            }
                         }
                     }
                     other => out.push(other),
@@ -195,14 +404,26 @@ impl Inbound {
     }
 }
 
-fn reassemble(
-    slot: &mut Option<Box<Partial>>,
-    limit: u64,
+/// One received fragment.
+struct Fragment<'a> {
     id: u32,
     offset: u64,
     total: u64,
-    data: Vec<u8>,
+    data: &'a [u8],
+}
+
+fn reassemble(
+    slot: &mut Option<Box<Partial>>,
+    limit: u64,
+    fragment: Fragment<'_>,
+    rules: Rules<'_>,
 ) -> Result<Option<Message>, InboundError> {
+    let Fragment {
+        id,
+        offset,
+        total,
+        data,
+    } = fragment;
     if total > limit {
         return Err(InboundError::MessageTooLarge { len: total, limit });
     }
@@ -223,6 +444,9 @@ fn reassemble(
                 id,
                 total,
                 data: Vec::new(),
+                since: rules.now,
+                budget: None,
+                charged: 0,
             }))
         }
     };
@@ -232,7 +456,8 @@ fn reassemble(
     if offset + data.len() as u64 > total {
         return Err(InboundError::BadFragment("fragment past declared total"));
     }
-    partial.data.extend_from_slice(&data);
+    partial.reserve(data.len(), rules.budget)?;
+    partial.data.extend_from_slice(data);
     if (partial.data.len() as u64) < total {
         return Ok(None);
     }
@@ -243,5 +468,79 @@ fn reassemble(
         Ok(Message::Fragment { .. }) => Err(InboundError::BadFragment("nested fragment")),
         Ok(m) => Ok(Some(m)),
         Err(e) => Err(InboundError::Decode(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Bytes, Encoder};
+
+    fn fragment(id: u32, offset: u64, len: usize, total: u64) -> Vec<u8> {
+        let msg = Message::Fragment {
+            id,
+            offset,
+            total,
+            data: Bytes(vec![0; len]),
+        };
+        let mut out = Vec::new();
+        Encoder::new(&Limits::default())
+            .encode(&[msg], &mut out)
+            .unwrap();
+        out
+    }
+
+    /// A partial message charges its buffer's capacity to the budget and
+    /// gives it back however it goes: refused, or dropped with its owner.
+    #[test]
+    fn the_budget_is_given_back_whatever_happens() {
+        let limits = Limits::default();
+        let budget = ReassemblyBudget::new(1 << 20);
+        let rules = Rules {
+            handshake: false,
+            now: None,
+            budget: Some(&budget),
+        };
+        let mut inflate = InflateScratch::default();
+        let mut out = Vec::new();
+        let mut a = Inbound::new(Framing::Message);
+        let mut b = Inbound::new(Framing::Stream);
+        for k in 0..3 {
+            let f = fragment(1, k * 1000, 1000, 100_000);
+            assert_eq!(
+                a.feed_with(&f, &limits, rules, &mut inflate, &mut out),
+                Ok(1)
+            );
+            assert_eq!(
+                b.feed_with(&f, &limits, rules, &mut inflate, &mut out),
+                Ok(1)
+            );
+        }
+        assert!(out.is_empty());
+        assert!(a.buffered() >= 3000 && a.buffered() <= 6000);
+        assert_eq!(budget.held(), a.buffered() + b.buffered());
+        // Another message interleaved: refused, and its room given back.
+        let bad = fragment(2, 0, 10, 100);
+        let refused = a.feed_with(&bad, &limits, rules, &mut inflate, &mut out);
+        assert!(matches!(refused, Err(InboundError::BadFragment(_))));
+        assert_eq!(a.buffered(), 0);
+        assert_eq!(budget.held(), b.buffered());
+        drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// With no budget (a client) a message is still reassembled in a
+    /// buffer that grows with what came.
+    #[test]
+    fn reassembly_grows_with_what_came() {
+        let limits = Limits::default();
+        let mut inflate = InflateScratch::default();
+        let mut out = Vec::new();
+        let mut inbound = Inbound::new(Framing::Message);
+        let f = fragment(1, 0, 100, 64 << 20);
+        inbound
+            .feed_frames(&f, &limits, &mut inflate, &mut out)
+            .unwrap();
+        assert!(inbound.buffered() <= 200, "{}", inbound.buffered());
     }
 }

@@ -21,11 +21,28 @@ pub struct Limits {
     pub max_frame_len: u32,
     /// Largest frame body after inflating a compressed frame. Default 4 MiB.
     pub max_decompressed_len: u32,
-    /// Most messages batched in one frame. Default 1024.
+    /// Most messages batched in one frame, each element of a list message
+    /// (`UpdateBatch`, `RelayPush`) counting as one: checked against the
+    /// count a list declares before it is decoded. Default 1024.
     pub max_messages_per_frame: u32,
     /// Largest single message once reassembled from
-    /// [`Fragment`](crate::wire::Message::Fragment)s. Default 64 MiB.
+    /// [`Fragment`](crate::wire::Message::Fragment)s: what one connection
+    /// may hold of a message being reassembled. Default 64 MiB.
     pub max_message_len: u64,
+    /// Server: bytes all connections together may hold of fragmented
+    /// messages being reassembled (the buffers' capacity). A fragment that
+    /// would take more closes its session with `LimitExceeded`
+    /// ([`InboundError::ReassemblyFull`](crate::InboundError::ReassemblyFull)).
+    /// Deflated fragments inflate up to a thousand times, so this, not the
+    /// bytes received, is what bounds the memory fragments can pin.
+    /// Default 128 MiB.
+    pub max_reassembly_bytes: usize,
+    /// Server: largest frame accepted before the handshake completes, on
+    /// the wire and once inflated (the smaller of this and
+    /// `max_frame_len` / `max_decompressed_len` applies). A `Hello` with a
+    /// 512-byte peer id and a few KiB of token fits; a peer without a
+    /// token cannot make the server hold more. Default 16 KiB.
+    pub max_handshake_frame_len: u32,
     /// Largest initial-sync transfer (delta or snapshot) a client accepts.
     /// Default 1 GiB.
     pub max_transfer_len: u64,
@@ -65,6 +82,16 @@ pub struct Limits {
     pub max_app_message_len: usize,
     /// Application messages per second per session. Default 100.
     pub app_rate: u32,
+    /// Sync payloads (deltas or snapshots, for `Open`, `StatusRequest` and
+    /// catch-ups) computed per second per session, bursts up to the same
+    /// number. Requests past it wait (the last one per document is kept)
+    /// until the bucket refills. At least 1 is used. Default 256.
+    pub sync_rate: u32,
+    /// Updates a session may send that its documents refuse as invalid:
+    /// past it the session is closed with `ProtocolError` (a client that
+    /// keeps sending what the CRDT cannot read is broken or hostile).
+    /// Default 64.
+    pub max_invalid_updates: u32,
     /// Bytes of recent multi-chunk sync payloads a server keeps so cut-off
     /// clients can resume them. Default 64 MiB.
     pub max_transfer_cache_bytes: usize,
@@ -83,6 +110,8 @@ impl Default for Limits {
             max_decompressed_len: 4 << 20,
             max_messages_per_frame: 1024,
             max_message_len: 64 << 20,
+            max_reassembly_bytes: 128 << 20,
+            max_handshake_frame_len: 16 << 10,
             max_transfer_len: 1 << 30,
             max_outbound_bytes: 8 << 20,
             max_outbound_messages: 65_536,
@@ -96,6 +125,8 @@ impl Default for Limits {
             presence_rate: 30,
             max_app_message_len: 64 << 10,
             app_rate: 100,
+            sync_rate: 256,
+            max_invalid_updates: 64,
             max_transfer_cache_bytes: 64 << 20,
             max_commits_in_flight: 256,
         }

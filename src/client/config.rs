@@ -57,7 +57,9 @@ pub struct ClientConfig {
     pub reconnect: Option<Backoff>,
     /// Seed for the session's randomness (reconnect jitter, the first delay
     /// included). Clients that share a seed reconnect in lock step after
-    /// losing the same server: give each its own (e.g. from OS entropy).
+    /// losing the same server. The session uses it as given (deterministic);
+    /// the WebSocket transports replace 0, the default, with a seed from the
+    /// OS.
     pub seed: u64,
 }
 

@@ -28,8 +28,19 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// The ping interval announced to clients.
     pub heartbeat: Duration,
-    /// A session that sent nothing for this long is closed.
+    /// A session that sent no whole valid frame for this long is closed
+    /// (bytes of a frame that never completes do not count).
     pub idle_timeout: Duration,
+    /// A session holding an incomplete input this long after its first
+    /// byte arrived is closed with
+    /// [`CloseCause::IncompleteInput`](crate::CloseCause::IncompleteInput)
+    /// (`IdleTimeout` on the wire): a fragmented message, or a frame begun
+    /// on a stream. A peer must send any one message within this time (at
+    /// the default 64 MiB `max_message_len`, about 2.2 MB/s for the
+    /// largest). A stream's partial frame is also bounded by
+    /// `idle_timeout`, since only whole frames count as traffic. Default
+    /// 30 s.
+    pub incomplete_input_timeout: Duration,
     /// Updates still missing dependencies this long after the last
     /// `OutOfSync` trigger another one.
     pub resync_after: Duration,
@@ -59,7 +70,9 @@ pub struct ServerConfig {
     /// # let _ = config;
     /// ```
     pub unload_after: Option<Duration>,
-    /// Seed for session and transfer ids.
+    /// Seed for session and transfer ids. The hub uses it as given
+    /// (deterministic); the WebSocket transports replace 0, the default,
+    /// with a seed from the OS on every start.
     pub seed: u64,
 }
 
@@ -73,6 +86,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            incomplete_input_timeout: Duration::from_secs(30),
             resync_after: Duration::from_secs(5),
             presence_ttl: Duration::from_secs(30),
             prune_interval: None,

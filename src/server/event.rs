@@ -103,7 +103,9 @@ pub enum ServerEvent {
         /// Bytes queued for it at that moment.
         queued: usize,
     },
-    /// A lagging subscriber drained its queue; its catch-up was queued.
+    /// A catch-up was queued: a lagging subscriber drained its queue, or a
+    /// sync held back (the session's queue was full, a transfer was still
+    /// being sent, or its `Limits::sync_rate` was spent) went ahead.
     CatchUpQueued {
         /// The connection.
         conn: ConnId,
@@ -117,6 +119,14 @@ pub enum ServerEvent {
         name: Arc<str>,
         /// Size of the snapshot taken.
         snapshot_bytes: usize,
+    },
+    /// A document's CRDT panicked (in `apply`, a delta, a snapshot...): the
+    /// document is out of service until the hub restarts. Its subscribers
+    /// got an [`ErrorCode::Internal`] error and were unsubscribed; opens of
+    /// it are refused. Every other document and session goes on.
+    DocumentFailed {
+        /// The document.
+        name: Arc<str>,
     },
     /// The registry's storage failed outside any one session's request.
     StorageError {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::Limits;
 use crate::awareness::RateLimit;
 use crate::close::CloseCause;
-use crate::inbound::{Inbound, InboundError};
+use crate::inbound::{Inbound, InboundError, ReassemblyBudget, Rules};
 use crate::outbound::{Common, Priority, Queue, QueueFull};
 use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
@@ -278,19 +278,16 @@ impl Subscriptions {
             .enumerate()
             .filter_map(|(i, s)| Some((DocId(i as u32), s.sub()?)))
     }
-
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (DocId, &mut Subscription)> {
-        self.0.iter_mut().enumerate().filter_map(|(i, s)| match s {
-            Slot::Open(sub) => Some((DocId(i as u32), sub)),
-            _ => None,
-        })
-    }
 }
 
-/// A session's rate limits ([`ServerSession::rates`]).
+/// A session's rate limits and budgets ([`ServerSession::rates`]).
 pub(crate) struct Rates {
     pub(crate) presence: RateLimit,
     pub(crate) app: RateLimit,
+    /// Sync payloads (deltas, snapshots) computed for this session.
+    pub(crate) sync: RateLimit,
+    /// Updates from this session its documents refused as invalid.
+    pub(crate) invalid_updates: u32,
 }
 
 /// A sync payload being sent in chunks as the outbound queue drains.
@@ -428,7 +425,10 @@ impl ServerSession {
         self.outbound.len()
     }
 
-    /// Bytes of received input held for incomplete frames or fragments.
+    /// Bytes held for received input that is not complete yet: a partial
+    /// frame (stream framing) and a fragmented message being reassembled
+    /// (their buffers' capacity, which is what they cost). Nothing once
+    /// the session is closed.
     pub fn buffered_input(&self) -> usize {
         self.inbound.buffered()
     }
@@ -451,28 +451,56 @@ impl ServerSession {
             Box::new(Rates {
                 presence: RateLimit::new(limits.presence_rate, now),
                 app: RateLimit::new(limits.app_rate, now),
+                sync: RateLimit::new(limits.sync_rate.max(1), now),
+                invalid_updates: 0,
             })
         })
     }
 
-    /// Input arrived at `now`: the idle deadline restarts from it. (The
-    /// session keeps no clock: the hub's, which never goes backwards, is
-    /// passed where one is needed.)
+    /// Whether the sync rate limit would let a sync be computed at `now`,
+    /// without taking the token.
+    pub(crate) fn sync_token_available(&self, now: Instant) -> bool {
+        self.rates.as_ref().is_none_or(|r| {
+            let mut probe = r.sync;
+            probe.allow(now)
+        })
+    }
+
+    /// A whole valid frame arrived at `now`: the idle deadline restarts
+    /// from it. Only whole frames count, so a peer cannot keep a session
+    /// alive with the bytes of a frame it never finishes. (The session
+    /// keeps no clock: the hub's, which never goes backwards, is passed
+    /// where one is needed.)
     pub(crate) fn received_at(&mut self, now: Instant) {
         self.last_rx = now;
     }
 
-    /// Decodes `bytes` within `limits`, inflating with `inflate` (both the
+    /// Decodes `bytes` received at `now` within `limits`, inflating with
+    /// `inflate` and charging fragmented messages to `budget` (all the
     /// hub's: a session keeps no copy of the limits and no inflate memory).
+    /// Before the handshake, frames are held to
+    /// [`Limits::max_handshake_frame_len`] and fragments refused. Returns
+    /// the whole valid frames decoded, which restart the idle deadline.
     pub(crate) fn feed(
         &mut self,
         bytes: &[u8],
+        now: Instant,
         limits: &Limits,
+        budget: &ReassemblyBudget,
         inflate: &mut InflateScratch,
         out: &mut Vec<Message>,
-    ) -> Result<(), InboundError> {
+    ) -> Result<usize, InboundError> {
         self.stats.bytes_in += bytes.len() as u64;
-        self.inbound.feed(bytes, limits, inflate, out)
+        let rules = Rules {
+            handshake: matches!(self.phase, Phase::Handshake { .. }),
+            now: Some(now),
+            budget: Some(budget),
+        };
+        let frames = self.inbound.feed_with(bytes, limits, rules, inflate, out)?;
+        if frames > 0 {
+            self.received_at(now);
+        }
+        Ok(frames)
     }
 
     /// [`Inbound::single_update`], counted like [`ServerSession::feed`].
@@ -519,6 +547,7 @@ impl ServerSession {
         self.send(&close, common);
         self.phase = Phase::Closed;
         self.transfers.clear();
+        self.inbound.discard();
         true
     }
 
@@ -526,9 +555,23 @@ impl ServerSession {
     pub(crate) fn next_timeout(&self, config: &ServerConfig) -> Option<Instant> {
         match self.phase {
             Phase::Handshake { deadline } => deadline,
-            Phase::Active => self.last_rx.checked_add(config.idle_timeout),
+            Phase::Active => {
+                let idle = self.last_rx.checked_add(config.idle_timeout);
+                match self.incomplete_deadline(config) {
+                    Some(t) => Some(idle.map_or(t, |idle| idle.min(t))),
+                    None => idle,
+                }
+            }
             Phase::Closed => None,
         }
+    }
+
+    /// When the oldest incomplete input held (a partial frame or a
+    /// fragmented message) has been held too long.
+    fn incomplete_deadline(&self, config: &ServerConfig) -> Option<Instant> {
+        self.inbound
+            .incomplete_since()?
+            .checked_add(config.incomplete_input_timeout)
     }
 
     /// Fires the deadlines expired at `now`; returns the cause when the
@@ -550,10 +593,24 @@ impl ServerSession {
                 if self
                     .last_rx
                     .checked_add(config.idle_timeout)
-                    .is_some_and(|t| now >= t) =>
+                    .is_some_and(|t| now >= t)
+                    || self.incomplete_deadline(config).is_some_and(|t| now >= t) =>
             {
-                self.close(CloseReason::IdleTimeout, "no traffic", common);
-                Some(CloseCause::Local(CloseReason::IdleTimeout))
+                // Idle with part of a frame or message held: the peer
+                // started something it does not finish.
+                let cause = if self.inbound.is_incomplete() {
+                    CloseCause::IncompleteInput {
+                        held: self.inbound.buffered(),
+                    }
+                } else {
+                    CloseCause::Local(CloseReason::IdleTimeout)
+                };
+                let message = match cause {
+                    CloseCause::IncompleteInput { .. } => "incomplete input held too long",
+                    _ => "no traffic",
+                };
+                self.close(CloseReason::IdleTimeout, message, common);
+                Some(cause)
             }
             _ => None,
         }
@@ -759,7 +816,7 @@ mod tests {
             // A stream session keeps its reader (the partial frame), empty.
             let reader = match framing {
                 Framing::Message => 0,
-                _ => std::mem::size_of::<crate::wire::StreamReader>(),
+                _ => Inbound::STREAM_STATE,
             };
             assert_eq!(session_holds(&hub), reader, "{framing:?}");
             let shared = hub.inflate_held();

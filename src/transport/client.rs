@@ -87,7 +87,10 @@ impl core::fmt::Display for DialError {
 pub struct ClientOptions {
     /// The session's configuration: peer id, token, limits, backoff
     /// (`reconnect`), timeouts, compression. Its `framing` is forced to
-    /// [`Framing::Message`](crate::Framing::Message).
+    /// [`Framing::Message`](crate::Framing::Message). A `seed` of 0 (the
+    /// default) is replaced by one from OS entropy, so clients that lose
+    /// the server together do not reconnect in lockstep; any other value is
+    /// used as is (reproducible reconnect jitter, for tests).
     pub session: ClientConfig,
     /// Documents opened before the first connection.
     pub documents: Vec<String>,
@@ -418,6 +421,16 @@ pub(crate) struct Parts<R> {
     pub(crate) first: oneshot::Receiver<Result<(), ClientError>>,
 }
 
+/// The configuration the client task gives its [`ClientSession`]: the
+/// options' one, with WebSocket framing and, unless a seed was set, a seed
+/// from the OS (see [`ClientOptions::session`]).
+fn session_config(options: &ClientOptions) -> ClientConfig {
+    let mut config = options.session.clone();
+    config.framing = crate::Framing::Message;
+    config.seed = super::transport_seed(config.seed);
+    config
+}
+
 /// Builds the client task for runtime `RT`.
 pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
     url: &str,
@@ -425,8 +438,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
     options: ClientOptions,
 ) -> Result<Parts<R>, ClientError> {
     super::check_url(url)?;
-    let mut config = options.session.clone();
-    config.framing = crate::Framing::Message;
+    let config = session_config(&options);
     let dial = DialSettings {
         max_message: super::max_ws_message(&config.limits),
         #[cfg(feature = "tls")]
@@ -758,5 +770,28 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
             self.timer = next.map(|at| (at, RT::sleep_until(at)));
         }
         keep_going
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two default clients that lose the server together must not retry
+    /// in lockstep: their reconnect jitter comes from the session's seed.
+    #[test]
+    fn default_clients_get_different_seeds_and_a_fixed_seed_is_kept() {
+        let a = session_config(&ClientOptions::default());
+        let b = session_config(&ClientOptions::default());
+        assert_ne!(a.seed, b.seed, "two default clients share seed {}", a.seed);
+        let fixed = ClientOptions {
+            session: ClientConfig {
+                seed: 42,
+                ..ClientConfig::default()
+            },
+            ..ClientOptions::default()
+        };
+        assert_eq!(session_config(&fixed).seed, 42);
+        assert_eq!(session_config(&fixed).framing, crate::Framing::Message);
     }
 }

@@ -16,6 +16,7 @@ use crate::registry::Registry;
 use crate::server::{Authorizer, ConnId, Hub, ServerConfig, ServerEvent};
 
 use super::ServerError;
+use super::log_limit::{LineKind, LogLimiter, LogLimits, Suppressed, write_suppressed};
 
 mod connection;
 pub(crate) use connection::{ConnTask, Connection};
@@ -37,7 +38,12 @@ const LOG: &str = "crdt_socket_sync::transport::server";
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// The hub's configuration (limits, timeouts, heartbeat, compression).
-    /// Its `framing` is forced to [`Framing::Message`].
+    /// Its `framing` is forced to [`Framing::Message`]. A `seed` of 0 (the
+    /// default) is replaced by one from OS entropy each time the server
+    /// starts, so session ids are unpredictable and transfer ids do not
+    /// repeat across restarts (a client resuming an interrupted sync after
+    /// a restart is never served another payload under its old id); any
+    /// other value is used as is (reproducible ids, for tests).
     pub hub: ServerConfig,
     /// Only WebSocket upgrades on this URL path are accepted (others get
     /// HTTP 404); `None` accepts any path.
@@ -99,6 +105,12 @@ pub struct ServerOptions {
     /// ignores it (TLS is the axum server's business there).
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How many log lines the hub task writes about what peers do
+    /// (connections, documents opened, errors...): per connection and kind
+    /// of line, and in total, per window, with a count of the lines left
+    /// out. No peer can make the server's log grow faster than
+    /// [`LogLimits::total`] lines per [`LogLimits::window`].
+    pub log_limits: LogLimits,
 }
 
 impl Default for ServerOptions {
@@ -118,6 +130,7 @@ impl Default for ServerOptions {
             own_thread: false,
             #[cfg(feature = "tls")]
             tls: None,
+            log_limits: LogLimits::default(),
         }
     }
 }
@@ -417,7 +430,7 @@ impl HubHandle {
     }
 
     pub(crate) async fn refused(&self, addr: Option<SocketAddr>, reason: RefuseReason) {
-        tracing::info!(target: LOG, ?addr, ?reason, "connection refused");
+        // Logged by the hub task, under its log limits.
         let _ = self.to_hub.send(HubInput::Refused(addr, reason)).await;
     }
 
@@ -474,6 +487,7 @@ impl<R: Registry + Send + 'static> HubService<R> {
     {
         let mut options = options;
         options.hub.framing = Framing::Message;
+        options.hub.seed = super::transport_seed(options.hub.seed);
         let (to_hub, rx) = mpsc::channel(options.input_capacity.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(options.event_capacity.max(1));
         let hub = Hub::new(options.hub.clone(), authorizer);
@@ -493,6 +507,8 @@ impl<R: Registry + Send + 'static> HubService<R> {
             closing: false,
             dirty: BTreeSet::new(),
             visit: Vec::new(),
+            logs: LogLimiter::new(options.log_limits),
+            suppressed: Vec::new(),
         };
         let task = tokio::spawn(task.run(rx, committed));
         let handle = HubHandle {
@@ -614,6 +630,10 @@ struct HubTask<R, A> {
     /// work per batch independent of the number of idle connections.
     dirty: BTreeSet<ConnId>,
     visit: Vec<ConnId>,
+    /// Caps the log lines peers cause.
+    logs: LogLimiter,
+    /// Scratch for the counts of left-out log lines.
+    suppressed: Vec<Suppressed>,
 }
 
 impl<R: Registry, A: Authorizer> HubTask<R, A> {
@@ -673,7 +693,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 self.visit = self.conns.keys().copied().collect();
             }
             self.pump(false);
-            self.forward_events();
+            self.forward_events(now);
             self.pump(true);
             self.visit.clear();
             if let Some(until) = stopping
@@ -721,7 +741,9 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                     return false;
                 }
                 let conn = self.hub.accept(now);
-                tracing::info!(target: LOG, conn = conn.0, ?addr, "client connected");
+                if self.logs.admit(now, Some(conn), LineKind::Connected) {
+                    tracing::info!(target: LOG, conn = conn.0, ?addr, "client connected");
+                }
                 self.conns.insert(
                     conn,
                     ConnState {
@@ -755,6 +777,9 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 false
             }
             HubInput::Refused(addr, reason) => {
+                if self.logs.admit(now, None, LineKind::Refused) {
+                    tracing::info!(target: LOG, ?addr, ?reason, "connection refused");
+                }
                 self.emit(TransportEvent::Refused { addr, reason });
                 false
             }
@@ -859,21 +884,74 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
         }
     }
 
-    fn forward_events(&mut self) {
+    fn forward_events(&mut self, now: Instant) {
+        self.logs.tick(now, &mut self.suppressed);
         while let Some(event) = self.hub.poll_event() {
-            log_event(&self.hub, &event);
-            if let ServerEvent::ClientDisconnected { conn, cause } = &event
-                && let Some(c) = self.conns.get_mut(conn)
+            if let Some((conn, kind)) = log_line(&event)
+                && self.logs.admit(now, conn, kind)
             {
-                c.close = Some(Box::new(super::close_for(cause)));
+                log_event(&event);
+            }
+            if let ServerEvent::ClientDisconnected { conn, cause } = &event {
+                self.logs.closed(*conn, &mut self.suppressed);
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.close = Some(Box::new(super::close_for(cause)));
+                }
             }
             self.emit(TransportEvent::Hub(event));
+        }
+        for s in self.suppressed.drain(..) {
+            write_suppressed(&s);
         }
     }
 }
 
-/// Readable `tracing` output for the hub's events.
-fn log_event<A>(_hub: &Hub<A>, event: &ServerEvent) {
+/// What a log line about `event` would be about, or `None` when `tracing`
+/// would not write it (its level is off): such lines cost nothing, so they
+/// do not use up the limits.
+fn log_line(event: &ServerEvent) -> Option<(Option<ConnId>, LineKind)> {
+    use tracing::Level;
+    let (conn, kind, level) = match event {
+        ServerEvent::HandshakeCompleted { conn, .. } => {
+            (Some(*conn), LineKind::HandshakeCompleted, Level::INFO)
+        }
+        ServerEvent::HandshakeRejected { conn, .. } => {
+            (Some(*conn), LineKind::HandshakeRejected, Level::WARN)
+        }
+        ServerEvent::DocumentOpened { conn, .. } => {
+            (Some(*conn), LineKind::DocumentOpened, Level::INFO)
+        }
+        ServerEvent::DocumentSynced { conn, .. } => {
+            (Some(*conn), LineKind::DocumentSynced, Level::DEBUG)
+        }
+        ServerEvent::UpdatesApplied { conn, .. } => {
+            (Some(*conn), LineKind::UpdatesApplied, Level::DEBUG)
+        }
+        ServerEvent::DocumentError { conn, .. } => {
+            (Some(*conn), LineKind::DocumentError, Level::WARN)
+        }
+        ServerEvent::SubscriberLagging { conn, .. } => {
+            (Some(*conn), LineKind::SubscriberLagging, Level::WARN)
+        }
+        ServerEvent::StorageError { .. } => (None, LineKind::StorageError, Level::ERROR),
+        ServerEvent::ClientDisconnected { conn, .. } => {
+            (Some(*conn), LineKind::Disconnected, Level::INFO)
+        }
+        _ => (None, LineKind::Other, Level::TRACE),
+    };
+    let on = match level {
+        Level::ERROR => tracing::enabled!(target: LOG, Level::ERROR),
+        Level::WARN => tracing::enabled!(target: LOG, Level::WARN),
+        Level::INFO => tracing::enabled!(target: LOG, Level::INFO),
+        Level::DEBUG => tracing::enabled!(target: LOG, Level::DEBUG),
+        _ => tracing::enabled!(target: LOG, Level::TRACE),
+    };
+    on.then_some((conn, kind))
+}
+
+/// Readable `tracing` output for the hub's events (levels as in
+/// [`log_line`]).
+fn log_event(event: &ServerEvent) {
     match event {
         ServerEvent::HandshakeCompleted {
             conn,
@@ -917,6 +995,9 @@ fn log_event<A>(_hub: &Hub<A>, event: &ServerEvent) {
         }
         ServerEvent::StorageError { name, message } => {
             tracing::error!(target: LOG, doc = ?name, %message, "storage error")
+        }
+        ServerEvent::DocumentFailed { name } => {
+            tracing::error!(target: LOG, doc = %name, "document failed: its CRDT panicked")
         }
         ServerEvent::ClientDisconnected { conn, cause } => {
             tracing::info!(target: LOG, conn = conn.0, %cause, "client disconnected")

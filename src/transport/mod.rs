@@ -84,10 +84,14 @@ mod hibernate;
 #[cfg(feature = "tokio")]
 mod hub_task;
 #[cfg(feature = "tokio")]
+mod log_limit;
+#[cfg(feature = "tokio")]
 pub use hub_task::{
     ConnStats, HubHandle, HubService, HubStats, RefuseReason, ServerEvents, ServerOptions,
     TransportEvent,
 };
+#[cfg(feature = "tokio")]
+pub use log_limit::LogLimits;
 
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -206,6 +210,7 @@ pub(crate) fn close_for(cause: &CloseCause) -> (u16, String) {
         CloseCause::Peer { .. } | CloseCause::TransportLost => 1000,
         CloseCause::Rejected { .. } => 1008,
         CloseCause::Inbound(_) | CloseCause::Protocol(_) => 1002,
+        CloseCause::IncompleteInput { .. } => close_code(CloseReason::IdleTimeout),
     };
     let mut text = cause.to_string();
     // A close frame's reason is at most 123 bytes.
@@ -276,6 +281,33 @@ pub(crate) fn dial_error(e: tungstenite::Error) -> DialError {
         }
     }
     DialError::Other(e.to_string())
+}
+
+/// The seed a transport hands the core for a configured `seed`: that value
+/// when it is non-zero (a fixed seed, for tests and replays), otherwise 64
+/// bits of OS entropy.
+///
+/// The core is deterministic: the same seed gives the same session ids,
+/// transfer ids and reconnect jitter. Left at the default of 0 in a real
+/// deployment, every server run would hand out the same transfer ids (a
+/// client resuming a transfer after a restart could be served another
+/// payload under its old id) and every client would retry in lockstep after
+/// an outage. So the transports treat 0 as "pick one".
+pub(crate) fn transport_seed(configured: u64) -> u64 {
+    if configured != 0 {
+        return configured;
+    }
+    match getrandom::u64() {
+        Ok(seed) => seed,
+        Err(e) => {
+            // No OS entropy (very unusual): std's hasher keys are drawn from
+            // the OS once per thread and differ per `RandomState`, which
+            // still tells runs and clients apart.
+            tracing::warn!(target: "crdt_socket_sync::transport", error = %e, "no OS entropy for the seed; using std's hasher keys");
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+        }
+    }
 }
 
 /// Upper bound for a WebSocket message: a frame at the limit plus slack.
@@ -368,5 +400,22 @@ impl Iterator for Fragments {
             opcode,
             end == len,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_zero_draws_from_the_os_and_any_other_seed_is_kept() {
+        let drawn: Vec<u64> = (0..4).map(|_| transport_seed(0)).collect();
+        for (i, a) in drawn.iter().enumerate() {
+            for b in &drawn[i + 1..] {
+                assert_ne!(a, b, "two OS seeds collided: {drawn:?}");
+            }
+        }
+        assert_eq!(transport_seed(1), 1);
+        assert_eq!(transport_seed(u64::MAX), u64::MAX);
     }
 }

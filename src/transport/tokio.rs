@@ -583,4 +583,29 @@ mod tests {
         drop(task);
         service.stop().await.unwrap();
     }
+
+    /// Session ids (and transfer ids, from the same generator) come from
+    /// the hub's seed: two servers started with the default options must
+    /// not hand out the same ones, or a transfer id of the last run could
+    /// resume a different payload after a restart.
+    #[tokio::test]
+    async fn two_default_servers_hand_out_different_session_ids() {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let registry = MemoryRegistry::new(|_: &str| OpLog::new(0));
+            let server =
+                WebSocketServer::start("127.0.0.1:0", registry, AllowAll, ServerOptions::default())
+                    .await
+                    .unwrap();
+            let docs = MemoryRegistry::new(|_: &str| OpLog::new(1));
+            let (client, _events) = connect(&server.url(), docs, ClientOptions::default())
+                .await
+                .unwrap();
+            let id = client.with_session(|s, _| s.session_id()).await.unwrap();
+            ids.push(id.expect("connected"));
+            client.close().await.unwrap();
+            server.stop().await.unwrap();
+        }
+        assert_ne!(ids[0], ids[1], "both servers assigned {:?}", ids[0]);
+    }
 }

@@ -252,41 +252,75 @@ fn read_frame(
 /// more than the allocation).
 const KEEP_PARTIAL_CAPACITY: usize = 4 * 1024;
 
+/// The capacity a buffer of `len` bytes and `capacity` should have to take
+/// `additional` more: unchanged if they fit, else grown as `Vec` grows (at
+/// least doubling, so appending costs amortized O(1)) but never past `cap`
+/// (unless the bytes themselves need more). A buffer grown this way holds
+/// at most twice what it received, and never more than the `cap` it is
+/// known to need.
+pub(crate) fn grown_capacity(len: usize, capacity: usize, additional: usize, cap: usize) -> usize {
+    let need = len.saturating_add(additional);
+    if need <= capacity {
+        return capacity;
+    }
+    need.max(capacity.saturating_mul(2)).min(cap.max(need))
+}
+
+/// Makes room in `buf` for `additional` more bytes ([`grown_capacity`]).
+fn grow_within(buf: &mut Vec<u8>, additional: usize, cap: usize) {
+    let target = grown_capacity(buf.len(), buf.capacity(), additional, cap);
+    if target > buf.capacity() {
+        buf.reserve_exact(target - buf.len());
+    }
+}
+
 /// Decodes the messages of a verified, inflated frame body. On error nothing
 /// is appended to `out`.
+///
+/// `max_messages_per_frame` counts what the receiver pays for: a message
+/// carrying a list (`UpdateBatch`, `RelayPush`) counts one per element. The
+/// count a list declares is checked before the list is decoded, so a frame
+/// of four million empty updates is refused before one is materialised.
 fn decode_messages(
     mut body: &[u8],
     limits: &Limits,
     out: &mut Vec<Message>,
 ) -> Result<(), FrameError> {
     let before = out.len();
+    let limit = limits.max_messages_per_frame;
+    let too_many = |out: &mut Vec<Message>| {
+        out.truncate(before);
+        Err(FrameError::TooManyMessages { limit })
+    };
     let mut count = 0u32;
     while !body.is_empty() {
-        if count == limits.max_messages_per_frame {
-            out.truncate(before);
-            return Err(FrameError::TooManyMessages {
-                limit: limits.max_messages_per_frame,
-            });
+        let left = u64::from(limit - count);
+        if left == 0 || hot::declared_elements(body).is_some_and(|n| n > left) {
+            return too_many(out);
         }
         // Live traffic skips serde; anything else (or anything unusual)
         // goes to postcard.
-        if let Some((m, rest)) = hot::decode(body) {
-            out.push(m);
-            body = rest;
-            count += 1;
-            continue;
+        let (m, rest) = match hot::decode(body) {
+            Some(decoded) => decoded,
+            None => match postcard::take_from_bytes::<Message>(body) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    out.truncate(before);
+                    return Err(FrameError::Decode(e));
+                }
+            },
+        };
+        let cost = match &m {
+            Message::UpdateBatch { data, .. } => data.len().max(1),
+            Message::RelayPush { blobs, .. } => blobs.len().max(1),
+            _ => 1,
+        };
+        if cost as u64 > left {
+            return too_many(out);
         }
-        match postcard::take_from_bytes::<Message>(body) {
-            Ok((m, rest)) => {
-                out.push(m);
-                body = rest;
-                count += 1;
-            }
-            Err(e) => {
-                out.truncate(before);
-                return Err(FrameError::Decode(e));
-            }
-        }
+        out.push(m);
+        body = rest;
+        count += cost as u32;
     }
     Ok(())
 }
@@ -436,7 +470,6 @@ impl StreamReader {
     }
 
     /// Bytes allocated for the partial frame.
-    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.partial.capacity()
     }
@@ -489,8 +522,6 @@ impl StreamReader {
             self.partial.push(byte);
             *input = rest;
             if let Some(header) = Header::parse(&self.partial, limits)? {
-                self.partial
-                    .reserve_exact(header.frame_len() - self.partial.len());
                 self.header = Some(header);
             }
         }
@@ -499,6 +530,10 @@ impl StreamReader {
         };
         let want = header.frame_len() - self.partial.len();
         let take = want.min(input.len());
+        // The declared length was checked against the limits but is not
+        // reserved: a peer that sends a header and stalls pins only what it
+        // sent.
+        grow_within(&mut self.partial, take, header.frame_len());
         self.partial.extend_from_slice(&input[..take]);
         *input = &input[take..];
         if take < want {
@@ -547,6 +582,37 @@ mod tests {
             }
         }
         out.len()
+    }
+
+    /// A header declaring a large frame reserves nothing: the buffer grows
+    /// with the bytes that came, at most twice them (and never past the
+    /// frame), so a peer that sends a header and stalls pins a few bytes.
+    #[test]
+    fn a_declared_length_reserves_nothing() {
+        let limits = Limits::default();
+        let mut inflate = InflateScratch::default();
+        let mut out = Vec::new();
+        let big = frame(1_000_000);
+        let mut reader = StreamReader::default();
+        let mut received = 0;
+        for piece in [&big[..4], &big[4..100], &big[100..70_000], &big[70_000..]] {
+            let mut input = piece;
+            while !input.is_empty() {
+                reader
+                    .decode(&mut input, &limits, &mut inflate, &mut out)
+                    .unwrap();
+            }
+            received += piece.len();
+            if received < big.len() {
+                assert_eq!(reader.buffered(), received);
+                assert!(
+                    reader.capacity() <= 2 * received.max(32),
+                    "{} held after {received} bytes",
+                    reader.capacity()
+                );
+            }
+        }
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

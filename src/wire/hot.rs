@@ -13,6 +13,8 @@ use super::message::{Bytes, DocId, Message};
 
 // Variant tags: the declaration order of `Message`.
 const UPDATE: u8 = 0;
+const UPDATE_BATCH: u8 = 1;
+const RELAY_PUSH: u8 = 22;
 const BROADCAST: u8 = 2;
 const ACK: u8 = 3;
 const PING: u8 = 4;
@@ -152,6 +154,42 @@ fn take_varint(input: &mut &[u8], max_bits: u32) -> Option<u64> {
     None
 }
 
+/// How many elements the list-carrying message at the start of `body`
+/// declares (`UpdateBatch`, `RelayPush`), read from its length prefix
+/// before anything is decoded: each element costs the receiver about what a
+/// message does, so a frame's message limit counts them. `None` for other
+/// messages (they count one) or a prefix that does not parse (postcard then
+/// refuses the message). Varints are read as leniently as postcard reads
+/// them, so the count is the one postcard would decode.
+pub(crate) fn declared_elements(body: &[u8]) -> Option<u64> {
+    let (&tag, mut rest) = body.split_first()?;
+    match tag {
+        UPDATE_BATCH => {
+            peek_varint(&mut rest, 5)?; // doc
+            peek_varint(&mut rest, 10)?; // first_seq
+        }
+        RELAY_PUSH => {
+            peek_varint(&mut rest, 5)?; // room
+        }
+        _ => return None,
+    }
+    peek_varint(&mut rest, 10)
+}
+
+/// Reads a varint of at most `max_len` bytes, canonical or not; bits past
+/// 64 are dropped (such a count is refused either way).
+fn peek_varint(input: &mut &[u8], max_len: usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    for (i, &b) in input.iter().enumerate().take(max_len) {
+        v |= u64::from(b & 0x7f).checked_shl(7 * i as u32).unwrap_or(0);
+        if b & 0x80 == 0 {
+            *input = &input[i + 1..];
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// Decodes a hot message at the start of `body`, returning it and the rest;
 /// `None` when `body` does not start with a plainly valid hot message (the
 /// caller then asks postcard).
@@ -252,6 +290,33 @@ mod tests {
             assert!(single_update(&two).is_none());
             assert!(single_update(&bytes[..bytes.len() - 1]).is_none());
         }
+    }
+
+    #[test]
+    fn declared_elements_match_postcard() {
+        let batch = |n: usize| Message::UpdateBatch {
+            doc: DocId(300),
+            first_seq: u64::MAX,
+            data: vec![Bytes(vec![1]); n],
+        };
+        for n in [0, 1, 127, 128, 5000] {
+            let bytes = postcard::to_allocvec(&batch(n)).unwrap();
+            assert_eq!(declared_elements(&bytes), Some(n as u64));
+            let push = Message::RelayPush {
+                room: DocId(u32::MAX),
+                blobs: vec![Bytes::default(); n],
+            };
+            let bytes = postcard::to_allocvec(&push).unwrap();
+            assert_eq!(declared_elements(&bytes), Some(n as u64));
+        }
+        let ping = postcard::to_allocvec(&Message::Ping { t: 1 }).unwrap();
+        assert_eq!(declared_elements(&ping), None);
+        // A declared count with nothing behind it is still a count.
+        assert_eq!(
+            declared_elements(&[UPDATE_BATCH, 0, 0, 0xff, 0xff, 0x7f]),
+            Some(0x1f_ffff)
+        );
+        assert_eq!(declared_elements(&[UPDATE_BATCH, 0x80]), None);
     }
 
     #[test]

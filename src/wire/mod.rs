@@ -15,7 +15,7 @@ mod message;
 pub use codec::{
     DEFAULT_COMPRESS_THRESHOLD, Encoder, MessageDecoder, StreamDecoder, encode_message,
 };
-pub(crate) use codec::{StreamReader, decode_frame, message_len, single_update};
+pub(crate) use codec::{StreamReader, decode_frame, grown_capacity, message_len, single_update};
 pub use error::{EncodeError, FrameError};
 pub use message::{
     Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PeerLimits,

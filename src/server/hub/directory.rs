@@ -121,8 +121,11 @@ impl Directory {
         self.get(index).map(|e| &e.name)
     }
 
-    pub(crate) fn entries(&self) -> impl Iterator<Item = &DocEntry> {
-        self.slots.iter().flatten()
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (DocIndex, &DocEntry)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((DocIndex(i as u32), e.as_ref()?)))
     }
 
     /// The index of `name`, adding it (in a free slot) if needed.

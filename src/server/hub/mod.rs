@@ -4,12 +4,14 @@
 //! routes between them; it borrows the [`Registry`] for each call that may
 //! touch documents. It performs no I/O and reads no clock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
+use crate::inbound::{InboundError, ReassemblyBudget};
 use crate::outbound::{Common, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
@@ -41,6 +43,11 @@ const MIN_PEER_FRAME: u32 = 1024;
 /// cover an adapter that handles several inputs before draining, and hold
 /// at most 64 KiB, where one spare per session held up to 4 KiB each.
 const SPARE_BUFFERS: usize = 16;
+
+/// Document errors reported to the sender of one input; past it they are
+/// counted and reported once, so an input's errors cost a bounded number of
+/// frames and events whatever it carries.
+const MAX_ERRORS_PER_INPUT: u32 = 8;
 
 /// Many server sessions sharing documents (CRDT-aware mode).
 ///
@@ -100,10 +107,27 @@ pub struct Hub<A> {
     /// decoded: one for the hub rather than up to ~74 KiB in every session
     /// that once received a compressed frame.
     inflate: InflateScratch,
+    /// What the sessions' fragmented messages hold, against
+    /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
+    reassembly: ReassemblyBudget,
     /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
     /// acknowledgements wait for the disk, oldest first; at most
     /// `Limits::max_commits_in_flight`.
     in_flight: VecDeque<InFlight>,
+    /// The connection whose input is being handled, the errors reported
+    /// to it so far and those left unreported ([`MAX_ERRORS_PER_INPUT`]).
+    input: Option<ConnId>,
+    input_errors: u32,
+    input_errors_dropped: u32,
+    /// Syncs the current input asked for (`Open`, `StatusRequest`), one per
+    /// document, the latest version winning: computed once the input is
+    /// handled, so repeated requests cost one computation.
+    syncs_requested: Vec<(DocId, Vec<u8>)>,
+    /// When a sync held back by its session's sync rate may go ahead.
+    sync_retry: Option<Instant>,
+    /// Documents whose CRDT panicked: never touched again while the hub
+    /// runs; opens are refused with [`ErrorCode::Internal`].
+    failed: BTreeSet<Arc<str>>,
 }
 
 /// The acknowledgements waiting for one registry commit: per (session,
@@ -145,6 +169,7 @@ impl<A: Authorizer> Hub<A> {
             config.presence_ttl,
         );
         let max_cache = config.limits.max_transfer_cache_bytes;
+        let max_reassembly = config.limits.max_reassembly_bytes;
         let common = Common::new(&config.limits, config.compress_threshold, SPARE_BUFFERS);
         Hub {
             config,
@@ -167,7 +192,14 @@ impl<A: Authorizer> Hub<A> {
             outcomes: Vec::new(),
             common,
             inflate: InflateScratch::default(),
+            reassembly: ReassemblyBudget::new(max_reassembly),
             in_flight: VecDeque::new(),
+            input: None,
+            input_errors: 0,
+            input_errors_dropped: 0,
+            syncs_requested: Vec::new(),
+            sync_retry: None,
+            failed: BTreeSet::new(),
         }
     }
 
@@ -220,6 +252,13 @@ impl<A: Authorizer> Hub<A> {
     #[cfg(test)]
     pub(crate) fn inflate_held(&self) -> usize {
         self.inflate.held()
+    }
+
+    /// Bytes held by fragmented messages being reassembled, over every
+    /// session: at most
+    /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
+    pub fn reassembly_bytes(&self) -> usize {
+        self.reassembly.held()
     }
 
     /// Bytes held by the cache of resumable sync transfers.
@@ -317,28 +356,62 @@ impl<A: Authorizer> Hub<A> {
         R: Registry,
     {
         let now = self.clock(now);
+        if self.sessions.get(&conn).is_none_or(|s| s.is_closed()) {
+            return;
+        }
+        self.input = Some(conn);
+        self.input_errors = 0;
+        self.input_errors_dropped = 0;
+        self.syncs_requested.clear();
+        self.handle_frames(conn, now, bytes, registry);
+        self.run_requested_syncs(conn, registry);
+        self.input = None;
+        if self.input_errors_dropped > 0 {
+            let n = self.input_errors_dropped;
+            let message = format!("{n} more errors caused by one input were not reported");
+            self.doc_error(conn, None, None, ErrorCode::LimitExceeded, message);
+        }
+    }
+
+    /// Decodes and handles one input of `conn`, an open session.
+    fn handle_frames<R: Registry>(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        bytes: &[u8],
+        registry: &mut R,
+    ) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if session.is_closed() {
-            return;
-        }
-        session.received_at(now);
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
         if session.phase == Phase::Active
             && let Some((doc, seq, data)) = session.feed_single_update(bytes, &self.config.limits)
         {
+            session.received_at(now);
             return self.apply_one(conn, doc, seq, data, registry);
         }
         let mut msgs = std::mem::take(&mut self.scratch);
         msgs.clear();
-        let fed = session.feed(bytes, &self.config.limits, &mut self.inflate, &mut msgs);
+        // Restarts the idle deadline only if a whole valid frame came.
+        let fed = session.feed(
+            bytes,
+            now,
+            &self.config.limits,
+            &self.reassembly,
+            &mut self.inflate,
+            &mut msgs,
+        );
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.
         self.dispatch(conn, &mut msgs, registry);
         if let Err(e) = fed {
-            self.fail(conn, CloseReason::ProtocolError, CloseCause::Inbound(e));
+            let reason = match e {
+                InboundError::ReassemblyFull { .. } => CloseReason::LimitExceeded,
+                _ => CloseReason::ProtocolError,
+            };
+            self.fail(conn, reason, CloseCause::Inbound(e));
         }
         self.scratch = msgs;
     }
@@ -415,6 +488,9 @@ impl<A: Authorizer> Hub<A> {
     pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
         let now = self.clock(now);
         self.unload_idle(now, registry);
+        if self.sync_retry.is_some_and(|t| now >= t) {
+            self.sync_retry = None;
+        }
         self.run_catch_ups(registry);
         self.expire_presence(now);
         if self.next_prune.is_some_and(|t| now >= t) {
@@ -443,7 +519,7 @@ impl<A: Authorizer> Hub<A> {
             && self
                 .sessions
                 .values()
-                .any(|s| s.phase == Phase::Active && self.catch_up_due(s))
+                .any(|s| s.phase == Phase::Active && self.catch_up_due(s, now))
         {
             return Some(now);
         }
@@ -451,6 +527,7 @@ impl<A: Authorizer> Hub<A> {
             .values()
             .filter_map(|s| s.next_timeout(&self.config))
             .chain(self.next_prune)
+            .chain(self.sync_retry)
             .chain(self.presence.next_expiry())
             .chain(self.directory.next_unload())
             .min()
@@ -623,6 +700,13 @@ impl<A: Authorizer> Hub<A> {
         code: ErrorCode,
         message: String,
     ) {
+        if self.input == Some(conn) {
+            if self.input_errors >= MAX_ERRORS_PER_INPUT {
+                self.input_errors_dropped += 1;
+                return;
+            }
+            self.input_errors += 1;
+        }
         self.send(
             conn,
             &Message::Error {
@@ -835,7 +919,7 @@ impl<A: Authorizer> Hub<A> {
                 if self.sub_mut(conn, doc).is_none() {
                     return self.unknown_doc(conn, doc);
                 }
-                self.start_sync(conn, doc, &version, registry);
+                self.request_sync(conn, doc, version.0);
             }
             Message::CloseDoc { doc } => self.unsubscribe(conn, doc),
             Message::RefreshToken { token } => self.on_refresh(conn, &token),
@@ -928,7 +1012,18 @@ impl<A: Authorizer> Hub<A> {
             let msg = format!("{} may not open {name:?}", identity.0);
             return self.refuse_open(conn, name, ErrorCode::Forbidden, msg);
         };
-        if let Err(e) = registry.open(&name) {
+        if self.failed.contains(name.as_str()) {
+            let msg = format!("document {name:?} failed and is unavailable");
+            return self.refuse_open(conn, name, ErrorCode::Internal, msg);
+        }
+        // A CRDT that panics while loading fails this open only.
+        let opened = catch_unwind(AssertUnwindSafe(|| registry.open(&name).map(|_| ())));
+        let Ok(opened) = opened else {
+            let msg = format!("document {name:?} failed to load");
+            self.failed.insert(name.as_str().into());
+            return self.refuse_open(conn, name, ErrorCode::Internal, msg);
+        };
+        if let Err(e) = opened {
             let code = match e {
                 RegistryError::NotFound(_) => ErrorCode::DocumentNotFound,
                 RegistryError::InvalidName(_) => ErrorCode::LimitExceeded,
@@ -993,9 +1088,10 @@ impl<A: Authorizer> Hub<A> {
                 name,
                 offset: r.offset,
             });
-            return self.queue_sync(conn, doc, &cached.version, registry);
+            // After the resumed transfer: computed once it was sent.
+            return self.note_sync(doc, cached.version);
         }
-        self.start_sync(conn, doc, version, registry);
+        self.request_sync(conn, doc, version.0.clone());
     }
 
     fn refuse_open(&mut self, conn: ConnId, name: String, code: ErrorCode, message: String) {
@@ -1036,19 +1132,80 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
-    /// Replaces any transfer in progress for `doc` with a new sync from
-    /// `version`.
-    fn start_sync<R: Registry>(
-        &mut self,
-        conn: ConnId,
-        doc: DocId,
-        version: &[u8],
-        registry: &mut R,
-    ) {
+    /// `conn` asks for what it lacks of `doc` since `version` (`Open`,
+    /// `StatusRequest`): the transfer in progress for `doc` is dropped, and
+    /// the sync is computed once the current input is handled
+    /// ([`Hub::run_requested_syncs`]). Requests for one document within
+    /// one input replace each other: the last one is computed, once.
+    fn request_sync(&mut self, conn: ConnId, doc: DocId, version: Vec<u8>) {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.transfers.cancel(doc);
         }
-        self.queue_sync(conn, doc, version, registry);
+        self.note_sync(doc, version);
+    }
+
+    /// Records that the current input asked for a sync of `doc` from
+    /// `version`, replacing an earlier request for `doc`.
+    fn note_sync(&mut self, doc: DocId, version: Vec<u8>) {
+        match self.syncs_requested.iter_mut().find(|(d, _)| *d == doc) {
+            Some(due) => due.1 = version,
+            None => self.syncs_requested.push((doc, version)),
+        }
+    }
+
+    /// Starts the syncs the input of `conn` asked for, in order: each is
+    /// computed now if the session may take it ([`Hub::sync_gate`]), else
+    /// it waits as the subscription's due catch-up ([`Hub::run_catch_ups`]).
+    fn run_requested_syncs<R: Registry>(&mut self, conn: ConnId, registry: &mut R) {
+        let mut requested = std::mem::take(&mut self.syncs_requested);
+        for (doc, version) in requested.drain(..) {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                break;
+            };
+            if s.is_closed() {
+                break;
+            }
+            let Some(sub) = s.docs.get_mut(&doc) else {
+                continue;
+            };
+            // This sync covers whatever catch-up was due.
+            sub.take_lagging();
+            if self.sync_gate(conn) {
+                self.queue_sync(conn, doc, &version, registry);
+            } else if let Some(sub) = self.sub_mut(conn, doc) {
+                sub.set_lagging(version);
+            }
+        }
+        self.syncs_requested = requested;
+    }
+
+    /// Whether a sync payload may be computed for `conn` now, taking a
+    /// token of its sync rate if so. A session holds at most one computed
+    /// payload beyond its bounded queue: a sync is computed only when no
+    /// transfer waits for room and the queue is below its low-water mark,
+    /// and at most `Limits::sync_rate` per second. One held back by the
+    /// rate sets the hub's retry deadline.
+    fn sync_gate(&mut self, conn: ConnId) -> bool {
+        let (Some(now), low) = (self.now, self.low_water()) else {
+            return false;
+        };
+        let limits = &self.config.limits;
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        if s.phase != Phase::Active || !s.transfers.is_empty() || s.outbound.bytes() > low {
+            return false;
+        }
+        if s.rates(limits, now).sync.allow(now) {
+            return true;
+        }
+        let refill = Duration::from_secs(1) / limits.sync_rate.max(1);
+        let retry = now.checked_add(refill);
+        self.sync_retry = match (self.sync_retry, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        false
     }
 
     /// Queues what the client at `version` lacks: a delta, or a snapshot when
@@ -1067,7 +1224,9 @@ impl<A: Authorizer> Hub<A> {
         let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
         };
-        let server_version = d.version();
+        let Ok(server_version) = catch_unwind(AssertUnwindSafe(|| d.version())) else {
+            return self.sender_doc_panicked(conn, doc);
+        };
         // Clients joining together from the same version share one payload
         // (and its transfer id, so any of them can resume it).
         let shared = self
@@ -1077,9 +1236,12 @@ impl<A: Authorizer> Hub<A> {
         let (id, kind, payload, fresh) = match shared {
             Some((id, kind, payload)) => (id, kind, payload, false),
             None => {
-                let (kind, payload) = match d.delta_since(version) {
+                let computed = catch_unwind(AssertUnwindSafe(|| match d.delta_since(version) {
                     Ok(delta) => (SyncKind::Delta, delta),
                     Err(_) => (SyncKind::Snapshot, d.snapshot()),
+                }));
+                let Ok((kind, payload)) = computed else {
+                    return self.sender_doc_panicked(conn, doc);
                 };
                 (self.rng.next_u64(), kind, Arc::new(payload), true)
             }
@@ -1091,6 +1253,7 @@ impl<A: Authorizer> Hub<A> {
         if fresh && payload.len() > s.outbound.max_chunk(&self.common) {
             self.transfers.insert(
                 id,
+                conn,
                 CachedTransfer {
                     doc: key,
                     kind,
@@ -1227,7 +1390,7 @@ impl<A: Authorizer> Hub<A> {
         // catch-up from the version before this batch.
         let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
         let high = self.high_water();
-        let pre_version = entry
+        let catch_up = entry
             .subscribers
             .iter()
             .filter(|(_, c)| *c != conn)
@@ -1235,29 +1398,33 @@ impl<A: Authorizer> Hub<A> {
             .any(|(h, s)| {
                 s.outbound.bytes() + incoming > high
                     && s.docs.get(&h).is_some_and(|sub| !sub.is_lagging())
-            })
-            .then(|| d.version());
-        let held_before = d.pending_bytes();
+            });
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
-        if let [(_, one)] = updates {
-            outcomes.push(d.apply(one));
-        } else {
-            let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| *b).collect();
-            d.apply_batch(&slices, &mut outcomes);
-        }
-        let server_version = if outcomes
-            .iter()
-            .any(|o| matches!(o, ApplyOutcome::Pending { .. }))
-        {
-            Some(d.version())
-        } else {
-            None
+        // A CRDT that panics fails its document, not the hub.
+        let applied = catch_unwind(AssertUnwindSafe(|| {
+            let pre_version = catch_up.then(|| d.version());
+            let held_before = d.pending_bytes();
+            if let [(_, one)] = updates {
+                outcomes.push(d.apply(one));
+            } else {
+                let slices: Vec<&[u8]> = updates.iter().map(|(_, b)| *b).collect();
+                d.apply_batch(&slices, &mut outcomes);
+            }
+            let server_version = outcomes
+                .iter()
+                .any(|o| matches!(o, ApplyOutcome::Pending { .. }))
+                .then(|| d.version());
+            (pre_version, server_version, held_before, d.pending_bytes())
+        }));
+        let Ok((pre_version, server_version, held_before, held)) = applied else {
+            outcomes.clear();
+            self.outcomes = outcomes;
+            return self.sender_doc_panicked(conn, doc);
         };
         // Updates waiting for missing dependencies are bounded: a session
         // whose updates grow the held bytes past the limit is closed (its
         // client re-syncs on reconnect); others go on.
-        let held = d.pending_bytes();
         let over_pending = held > held_before && held > self.config.limits.max_pending_bytes;
         self.settle_batch(
             conn,
@@ -1295,6 +1462,8 @@ impl<A: Authorizer> Hub<A> {
         registry: &mut R,
     ) {
         let sub = self.sessions.get(&conn).and_then(|s| s.docs.get(&doc));
+        // The sender first: a session that may not write this document
+        // costs no look at the others (the general path reports why).
         let Some(entry) = sub
             .filter(|sub| sub.access == Access::ReadWrite)
             .and_then(|sub| self.directory.get(sub.index))
@@ -1311,12 +1480,14 @@ impl<A: Authorizer> Hub<A> {
                     .get(&c)
                     .is_some_and(|s| s.outbound.bytes() + incoming > high)
         });
-        let usual = !near_high;
         let d = match registry.get(&entry.name) {
-            Some(d) if usual && d.pending_bytes() == 0 => d,
+            Some(d) if !near_high && d.pending_bytes() == 0 => d,
             _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
         };
-        let outcome = d.apply(data);
+        // A CRDT that panics fails its document, not the hub.
+        let Ok(outcome) = catch_unwind(AssertUnwindSafe(|| d.apply(data))) else {
+            return self.sender_doc_panicked(conn, doc);
+        };
         let name = Arc::clone(&entry.name);
         if !matches!(outcome, ApplyOutcome::Applied) || d.pending_bytes() != 0 {
             // Held, duplicate or invalid: the general bookkeeping.
@@ -1372,6 +1543,35 @@ impl<A: Authorizer> Hub<A> {
         );
     }
 
+    /// The CRDT of `doc` panicked: the document may be in any state, so it
+    /// is never touched again while the hub runs. Its subscribers get an
+    /// [`ErrorCode::Internal`] error and are unsubscribed (`CloseDoc`),
+    /// opens of it are refused; every other document and session goes on.
+    fn doc_panicked(&mut self, index: DocIndex) {
+        let Some(entry) = self.directory.get(index) else {
+            return;
+        };
+        let name = Arc::clone(&entry.name);
+        self.failed.insert(Arc::clone(&name));
+        let subscribers: Vec<(DocId, ConnId)> = entry.subscribers.iter().collect();
+        let message = format!("document {name:?} failed: its CRDT panicked");
+        for (doc, conn) in subscribers {
+            // Reported while the handle still names the document; the
+            // handle is retired (the client may still be sending under it).
+            self.doc_error(conn, Some(doc), None, ErrorCode::Internal, message.clone());
+            self.revoke(conn, doc);
+            self.send(conn, &Message::CloseDoc { doc });
+        }
+        self.events.push_back(ServerEvent::DocumentFailed { name });
+    }
+
+    /// [`Hub::doc_panicked`] for the document `conn` has open as `doc`.
+    fn sender_doc_panicked(&mut self, conn: ConnId, doc: DocId) {
+        if let Some(index) = self.index_of(conn, doc) {
+            self.doc_panicked(index);
+        }
+    }
+
     /// The store refused update `seq` (applied and forwarded all the same):
     /// a document error to its sender.
     fn storage_error(&mut self, conn: ConnId, doc: DocId, seq: u64, e: &impl ToString) {
@@ -1409,7 +1609,10 @@ impl<A: Authorizer> Hub<A> {
             last_seq,
         } = settled;
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
-        let mut rejected = Vec::new();
+        // The first refused update and how many were refused: one error
+        // per batch, however many it carried.
+        let mut rejected = None;
+        let mut invalid = 0u32;
         let mut storage_error = None;
         for (&(seq, data), outcome) in updates.iter().zip(outcomes.drain(..)) {
             match outcome {
@@ -1425,17 +1628,27 @@ impl<A: Authorizer> Hub<A> {
                     self.fan_out(conn, doc, data, pre_version.as_deref());
                 }
                 ApplyOutcome::Duplicate => duplicates += 1,
-                ApplyOutcome::Invalid(e) => rejected.push((seq, e)),
+                ApplyOutcome::Invalid(e) => {
+                    invalid += 1;
+                    rejected.get_or_insert((seq, e));
+                }
             }
         }
-        for (seq, e) in rejected {
+        let mut too_many_invalid = false;
+        if let Some((seq, e)) = rejected {
+            let message = if invalid == 1 {
+                e.to_string()
+            } else {
+                format!("{invalid} updates refused, the first: {e}")
+            };
             self.doc_error(
                 conn,
                 Some(doc),
                 Some(seq),
                 ErrorCode::InvalidUpdate,
-                e.to_string(),
+                message,
             );
+            too_many_invalid = self.count_invalid(conn, invalid);
         }
         if let Some((seq, e)) = storage_error {
             self.storage_error(conn, doc, seq, &e);
@@ -1492,6 +1705,25 @@ impl<A: Authorizer> Hub<A> {
                 CloseCause::Local(CloseReason::LimitExceeded),
             );
         }
+        if too_many_invalid {
+            let limit = self.config.limits.max_invalid_updates;
+            self.fail(
+                conn,
+                CloseReason::ProtocolError,
+                CloseCause::Protocol(format!("more than {limit} invalid updates")),
+            );
+        }
+    }
+
+    /// Adds `n` to the invalid updates `conn` sent; whether that is more
+    /// than `Limits::max_invalid_updates`.
+    fn count_invalid(&mut self, conn: ConnId, n: u32) -> bool {
+        let (Some(now), Some(s)) = (self.now, self.sessions.get_mut(&conn)) else {
+            return false;
+        };
+        let rates = s.rates(&self.config.limits, now);
+        rates.invalid_updates = rates.invalid_updates.saturating_add(n);
+        rates.invalid_updates > self.config.limits.max_invalid_updates
     }
 
     /// Sends `data` from `from` (its handle `doc`) to every other
@@ -1596,32 +1828,57 @@ impl<A: Authorizer> Hub<A> {
         self.config.limits.max_outbound_bytes / 4
     }
 
-    fn catch_up_due(&self, s: &ServerSession) -> bool {
-        s.outbound.bytes() <= self.low_water() && s.docs.values().any(Subscription::is_lagging)
+    /// Whether `s` has a catch-up (or a sync held back) that
+    /// [`Hub::sync_gate`] would let through at `now`.
+    fn catch_up_due(&self, s: &ServerSession, now: Instant) -> bool {
+        self.catch_up_waiting(s) && s.sync_token_available(now)
     }
 
-    /// Sends one coalesced catch-up to every lagging subscriber whose queue
-    /// drained.
+    /// Whether `s` has a catch-up due and room for it (its sync rate
+    /// aside).
+    fn catch_up_waiting(&self, s: &ServerSession) -> bool {
+        s.phase == Phase::Active
+            && s.transfers.is_empty()
+            && s.outbound.bytes() <= self.low_water()
+            && s.docs.values().any(Subscription::is_lagging)
+    }
+
+    /// Sends the due catch-ups (lagging subscribers, syncs held back) of
+    /// every session whose queue drained, one at a time per session while
+    /// [`Hub::sync_gate`] lets them through.
     fn run_catch_ups<R: Registry>(&mut self, registry: &mut R) {
-        let due: Vec<(ConnId, DocId, Vec<u8>)> = self
+        // Those held back by their rate only set the retry deadline.
+        let due: Vec<ConnId> = self
             .sessions
-            .iter_mut()
-            .filter(|(_, s)| s.phase == Phase::Active)
-            .filter(|(_, s)| s.outbound.bytes() <= self.config.limits.max_outbound_bytes / 4)
-            .flat_map(|(conn, s)| {
-                s.docs
-                    .iter_mut()
-                    .filter_map(move |(doc, sub)| sub.take_lagging().map(|v| (conn, doc, v)))
-            })
+            .values()
+            .filter(|s| self.catch_up_waiting(s))
+            .map(|s| s.conn)
             .collect();
-        for (conn, doc, since) in due {
-            if let Some(name) = self.doc_name(conn, doc).cloned() {
-                self.events
-                    .push_back(ServerEvent::CatchUpQueued { conn, name });
+        for conn in due {
+            while let Some(doc) = self.next_lagging(conn) {
+                if !self.sync_gate(conn) {
+                    break;
+                }
+                let Some(since) = self.sub_mut(conn, doc).and_then(|sub| sub.take_lagging()) else {
+                    break;
+                };
+                if let Some(name) = self.doc_name(conn, doc).cloned() {
+                    self.events
+                        .push_back(ServerEvent::CatchUpQueued { conn, name });
+                }
+                self.queue_sync(conn, doc, &since, registry);
+                self.send_presence_snapshot(conn, doc);
             }
-            self.start_sync(conn, doc, &since, registry);
-            self.send_presence_snapshot(conn, doc);
         }
+    }
+
+    /// A document of `conn` whose catch-up is due.
+    fn next_lagging(&self, conn: ConnId) -> Option<DocId> {
+        let s = self.sessions.get(&conn)?;
+        s.docs
+            .iter()
+            .find(|(_, sub)| sub.is_lagging())
+            .map(|(doc, _)| doc)
     }
 
     /// Prunes every document down to the version all its subscribers
@@ -1629,7 +1886,8 @@ impl<A: Authorizer> Hub<A> {
     /// snapshot. Documents with a subscriber that has not confirmed any
     /// version are left alone.
     fn prune<R: Registry>(&mut self, registry: &mut R) {
-        for entry in self.directory.entries() {
+        let mut panicked = Vec::new();
+        for (index, entry) in self.directory.entries() {
             if entry.subscribers.is_empty() {
                 continue;
             }
@@ -1651,13 +1909,19 @@ impl<A: Authorizer> Hub<A> {
             let Some(d) = registry.get(&entry.name) else {
                 continue;
             };
-            let Some(common) = d.common_version(&versions) else {
-                continue;
+            // A CRDT that panics fails its document, not the hub.
+            let pruned = catch_unwind(AssertUnwindSafe(|| {
+                let common = d.common_version(&versions)?;
+                (d.prune_to(&common) == Ok(true)).then(|| d.snapshot())
+            }));
+            let snapshot = match pruned {
+                Ok(Some(snapshot)) => snapshot,
+                Ok(None) => continue,
+                Err(_) => {
+                    panicked.push(index);
+                    continue;
+                }
             };
-            if d.prune_to(&common) != Ok(true) {
-                continue;
-            }
-            let snapshot = d.snapshot();
             let snapshot_bytes = snapshot.len();
             if let Err(e) = registry.snapshot_taken(&entry.name, &snapshot) {
                 self.events.push_back(ServerEvent::StorageError {
@@ -1670,6 +1934,9 @@ impl<A: Authorizer> Hub<A> {
                 name: Arc::clone(&entry.name),
                 snapshot_bytes,
             });
+        }
+        for index in panicked {
+            self.doc_panicked(index);
         }
     }
 

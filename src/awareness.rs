@@ -40,6 +40,10 @@ pub enum PresenceError {
     },
 }
 
+/// Encoded bytes of an [`AwarenessEntry`] besides its identity and state,
+/// at most: session id, clock, option tag and two length prefixes.
+const ENTRY_OVERHEAD: usize = 32;
+
 #[derive(Clone, Debug)]
 struct Entry {
     identity: String,
@@ -171,6 +175,56 @@ impl PresenceTable {
             self.docs.remove(&doc);
         }
         Some(leave(session, e))
+    }
+
+    /// The current states of `doc` for a session joining it, in pieces of
+    /// about `piece` encoded bytes (at least one state each), and no more
+    /// than about `budget` bytes in all: only what the joiner has room for
+    /// is copied.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use crdt_socket_sync::awareness::PresenceTable;
+    /// use crdt_socket_sync::wire::{Bytes, DocId, SessionId};
+    ///
+    /// let now = Instant::now();
+    /// let mut table = PresenceTable::new(16, 1024, Duration::from_secs(30));
+    /// for s in 0..10 {
+    ///     let state = Some(Bytes::from(vec![0; 1000]));
+    ///     table.set(DocId(0), SessionId(s), "p", 1, state, now).unwrap();
+    /// }
+    /// let pieces = table.snapshot(DocId(0), 2500, 5000);
+    /// assert_eq!(pieces.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+    /// assert_eq!(table.snapshot(DocId(0), 100_000, usize::MAX)[0].len(), 10);
+    /// ```
+    pub fn snapshot(&self, doc: DocId, piece: usize, budget: usize) -> Vec<Vec<AwarenessEntry>> {
+        let mut pieces = Vec::new();
+        let Some(states) = self.docs.get(&doc) else {
+            return pieces;
+        };
+        let (mut current, mut current_len, mut total) = (Vec::new(), 0usize, 0usize);
+        for (s, e) in states {
+            let len = ENTRY_OVERHEAD + e.identity.len() + e.state.len();
+            total = total.saturating_add(len);
+            if total > budget {
+                break;
+            }
+            if !current.is_empty() && current_len + len > piece {
+                pieces.push(std::mem::take(&mut current));
+                current_len = 0;
+            }
+            current_len += len;
+            current.push(AwarenessEntry {
+                session: *s,
+                identity: e.identity.clone(),
+                clock: e.clock,
+                state: Some(e.state.clone()),
+            });
+        }
+        if !current.is_empty() {
+            pieces.push(current);
+        }
+        pieces
     }
 
     /// Every current state of `doc`, for a session joining it.

@@ -19,7 +19,8 @@ pub enum CloseCause {
         message: String,
     },
     /// The server refused the handshake (client side) or this server refused
-    /// it (server side).
+    /// it, or a token refresh (server side, with
+    /// [`RejectCode::Unauthorized`]).
     Rejected {
         /// Why.
         code: RejectCode,

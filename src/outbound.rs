@@ -24,14 +24,35 @@ use crate::wire::{Bytes, Compression, DocId, EncodeError, Message, PeerLimits};
 /// Bytes of envelope a `Fragment` adds around its data, at most.
 const FRAGMENT_OVERHEAD: usize = 32;
 
-/// Whether a message counts against the queue's bounds.
+/// Which bound a message is held to.
+///
+/// Every message a server queues counts against its session's bounds
+/// (`max_outbound_bytes`, `max_outbound_messages`); the priority says how
+/// close to them it may go and what a refusal means. Only a final `Close`
+/// passes them: at most one per session, and short
+/// ([`MAX_CLOSE_TEXT`]), so a queue never holds more than its limit plus
+/// one `Close`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Priority {
     /// Updates and other bulk: refused when the queue is full.
     Data,
-    /// Small protocol messages (acks, pongs, errors, close): always queued.
+    /// What the peer may not miss (acks, `Opened`, `SyncDone`, pongs,
+    /// errors answering its own requests): refused when the queue is full,
+    /// like data. A server then closes the session as a slow consumer: its
+    /// peer sends requests but does not read the answers.
+    Reply,
+    /// Presence and application messages: refused past the high-water mark
+    /// (half the bounds), so they never crowd out what may not be dropped.
+    Ephemeral,
+    /// Always queued: a server session's final `Close` (the reserve above
+    /// the bounds), and a client's own control messages (its outbox is
+    /// bounded instead).
     Control,
 }
+
+/// Longest detail text of a `Close` a server queues (longer text is cut):
+/// the `Close` is the one message allowed past a queue's bound.
+pub(crate) const MAX_CLOSE_TEXT: usize = 256;
 
 /// The queue refused a message because it is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +185,37 @@ impl Queue {
         self.bytes.saturating_add(extra) <= common.max_bytes && self.msgs < common.max_msgs
     }
 
+    /// Whether `extra` more bytes would stay below the high-water mark (half
+    /// the bounds), where ephemeral messages stop.
+    pub(crate) fn below_high_water(&self, extra: usize, common: &Common) -> bool {
+        self.admits(extra, 1, Priority::Ephemeral, common)
+    }
+
+    /// Whether `extra` more bytes in `msgs` messages may be queued with
+    /// `priority`: one comparison of each bound.
+    #[inline]
+    fn admits(&self, extra: usize, msgs: u32, priority: Priority, common: &Common) -> bool {
+        let (max_bytes, max_msgs) = match priority {
+            Priority::Data | Priority::Reply => (common.max_bytes, common.max_msgs),
+            Priority::Ephemeral => (common.max_bytes / 2, common.max_msgs / 2),
+            Priority::Control => return true,
+        };
+        self.bytes.saturating_add(extra) <= max_bytes && self.msgs.saturating_add(msgs) <= max_msgs
+    }
+
+    /// The bytes and messages a message of `size` encoded bytes adds: more
+    /// than `size` when it is split into fragments.
+    fn cost(&self, size: usize, common: &Common) -> (usize, u32) {
+        if size <= self.max_body() {
+            return (size, 1);
+        }
+        let pieces = size.div_ceil(self.max_chunk(common));
+        (
+            size.saturating_add(pieces.saturating_mul(FRAGMENT_OVERHEAD)),
+            u32::try_from(pieces).unwrap_or(u32::MAX),
+        )
+    }
+
     fn max_body(&self) -> usize {
         (self.max_frame_len as usize).saturating_sub(MAX_HEADER_LEN + CRC_LEN)
     }
@@ -202,13 +254,19 @@ impl Queue {
         })
     }
 
-    /// Queues `Message::Ack { doc, applied, durable }` (a control message:
-    /// always queued), encoded without building the message.
-    pub(crate) fn push_ack(&mut self, doc: DocId, applied: u64, durable: u64, common: &mut Common) {
+    /// Queues `Message::Ack { doc, applied, durable }` (a [`Priority::Reply`]),
+    /// encoded without building the message.
+    pub(crate) fn push_ack(
+        &mut self,
+        doc: DocId,
+        applied: u64,
+        durable: u64,
+        common: &mut Common,
+    ) -> Result<(), QueueFull> {
         let size = hot::ack_len(doc, applied, durable);
-        let _ = self.push_with(size, Priority::Control, common, |out| {
+        self.push_with(size, Priority::Reply, common, |out| {
             hot::encode_ack(doc, applied, durable, out)
-        });
+        })
     }
 
     /// Queues a message of `size` encoded bytes that `encode` appends.
@@ -219,14 +277,18 @@ impl Queue {
         common: &mut Common,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), QueueFull> {
-        if priority == Priority::Data && !self.has_room(size, common) {
-            return Err(QueueFull);
-        }
         if size > self.max_body() {
+            let (bytes, msgs) = self.cost(size, common);
+            if !self.admits(bytes, msgs, priority, common) {
+                return Err(QueueFull);
+            }
             let mut encoded = Vec::with_capacity(size);
             encode(&mut encoded);
             self.push_fragments(&encoded, common);
             return Ok(());
+        }
+        if !self.admits(size, 1, priority, common) {
+            return Err(QueueFull);
         }
         let max_body = self.max_body();
         let max_per_frame = common.max_msgs_per_frame;
@@ -254,17 +316,33 @@ impl Queue {
         Ok(())
     }
 
+    /// Queues bytes encoded once for many queues, as [`Priority::Data`].
     pub(crate) fn push_shared(
         &mut self,
         encoded: &Arc<[u8]>,
         common: &Common,
     ) -> Result<(), QueueFull> {
-        if !self.has_room(encoded.len(), common) {
-            return Err(QueueFull);
-        }
+        self.push_shared_with(encoded, Priority::Data, common)
+    }
+
+    /// Queues bytes encoded once for many queues, held to `priority`'s
+    /// bound.
+    pub(crate) fn push_shared_with(
+        &mut self,
+        encoded: &Arc<[u8]>,
+        priority: Priority,
+        common: &Common,
+    ) -> Result<(), QueueFull> {
         if encoded.len() > self.max_body() {
+            let (bytes, msgs) = self.cost(encoded.len(), common);
+            if !self.admits(bytes, msgs, priority, common) {
+                return Err(QueueFull);
+            }
             self.push_fragments(encoded, common);
             return Ok(());
+        }
+        if !self.admits(encoded.len(), 1, priority, common) {
+            return Err(QueueFull);
         }
         self.bytes += encoded.len();
         self.msgs += 1;
@@ -683,7 +761,7 @@ mod tests {
         let mut queues: Vec<Queue> = (0..3).map(|_| Queue::new(&Limits::default())).collect();
         let mut round = |sp: &mut Common| {
             for (i, q) in queues.iter_mut().enumerate() {
-                q.push_ack(DocId(0), i as u64, 0, sp);
+                q.push_ack(DocId(0), i as u64, 0, sp).unwrap();
             }
             let mut out = Vec::new();
             for q in &mut queues {
@@ -739,6 +817,48 @@ mod tests {
         q.push(&Message::Ping { t: 0 }, Priority::Control, &mut sp)
             .unwrap();
         assert_eq!(q.len(), 2);
+    }
+
+    /// Replies count against the full bound, ephemeral messages against
+    /// half of it; a fragmented message is counted with its envelopes, so
+    /// nothing but a `Close` ever takes a queue past its limit.
+    #[test]
+    fn replies_and_ephemeral_messages_are_bounded_too() {
+        let limits = Limits {
+            max_outbound_bytes: 4000,
+            max_frame_len: 1024,
+            ..Limits::default()
+        };
+        let (mut q, mut sp) = (Queue::new(&limits), common(&limits));
+        let msg = |n: usize| Message::Broadcast {
+            doc: DocId(0),
+            data: Bytes(vec![1; n]),
+        };
+        // Ephemeral: up to half.
+        while q.push(&msg(100), Priority::Ephemeral, &mut sp).is_ok() {}
+        assert!(q.bytes() <= 2000 && q.bytes() > 1800, "{}", q.bytes());
+        assert_eq!(
+            q.push_shared_with(&encode_shared(&msg(60)), Priority::Ephemeral, &sp),
+            Err(QueueFull)
+        );
+        // Replies: up to the limit, acks included.
+        while q.push(&msg(100), Priority::Reply, &mut sp).is_ok() {}
+        assert!(q.bytes() <= 4000);
+        while q.push_ack(DocId(0), 1, 1, &mut sp).is_ok() {}
+        assert!(q.bytes() <= 4000 && q.bytes() > 3990, "{}", q.bytes());
+        // A fragmented message that would pass the limit is refused whole.
+        let mut empty = Queue::new(&limits);
+        assert_eq!(
+            empty.push(&msg(3990), Priority::Reply, &mut sp),
+            Err(QueueFull),
+            "3990 bytes fit, not with their fragment envelopes"
+        );
+        assert_eq!(empty.bytes(), 0);
+        empty.push(&msg(3800), Priority::Reply, &mut sp).unwrap();
+        assert!(empty.bytes() <= 4000 && empty.len() > 1);
+        // The Close always fits.
+        q.push(&Message::Ping { t: 0 }, Priority::Control, &mut sp)
+            .unwrap();
     }
 
     #[test]

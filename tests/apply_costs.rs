@@ -60,7 +60,7 @@ struct Rules;
 
 impl Authorizer for Rules {
     fn authenticate(&mut self, peer: &str, _token: &[u8]) -> Result<Identity, String> {
-        Ok(Identity(peer.to_string()))
+        Ok(Identity::new(peer))
     }
     fn authorize(&mut self, _identity: &Identity, doc: &str) -> Option<Access> {
         Some(if doc.starts_with("ro") {

@@ -332,7 +332,7 @@ impl Authorizer for Scoped {
         _peer: &str,
         token: &[u8],
     ) -> Result<crdt_socket_sync::server::Identity, String> {
-        Ok(crdt_socket_sync::server::Identity(
+        Ok(crdt_socket_sync::server::Identity::new(
             String::from_utf8_lossy(token).into_owned(),
         ))
     }
@@ -342,7 +342,7 @@ impl Authorizer for Scoped {
         identity: &crdt_socket_sync::server::Identity,
         doc: &str,
     ) -> Option<Access> {
-        (identity.0 == "all" || doc.starts_with('b')).then_some(Access::ReadWrite)
+        (identity.name() == "all" || doc.starts_with('b')).then_some(Access::ReadWrite)
     }
 }
 
@@ -391,4 +391,60 @@ fn a_revoked_handle_is_not_reused_until_the_client_closes_it() {
     // Once the client closes the revoked handle, it is free again.
     close_doc(&mut hub, &mut reg, conn, now, a);
     assert_eq!(open(&mut hub, &mut reg, conn, now, "b2"), a);
+}
+
+/// An application message routed to a session reaches it only when the two
+/// share a document: the same handle number on different documents (both
+/// connections' first document is handle 0) is not sharing one.
+#[test]
+fn equal_handles_on_different_documents_share_nothing() {
+    use crdt_socket_sync::wire::{ErrorCode, Route, SessionId};
+    let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+    let mut reg = server_registry();
+    let now = Instant::now();
+    let welcome = |hub: &mut Hub<AllowAll>, reg: &mut Reg, peer: &str| {
+        let conn = hub.accept(now);
+        hub.handle_input(conn, now, &frame(&[hello(peer, b"")]), reg);
+        let session = drain(hub, conn)
+            .into_iter()
+            .find_map(|m| match m {
+                Message::Welcome { session, .. } => Some(session),
+                _ => None,
+            })
+            .unwrap();
+        (conn, session)
+    };
+    let (a, _) = welcome(&mut hub, &mut reg, "a");
+    let (b, b_session) = welcome(&mut hub, &mut reg, "b");
+    assert_eq!(open(&mut hub, &mut reg, a, now, "x"), DocId(0));
+    assert_eq!(open(&mut hub, &mut reg, b, now, "y"), DocId(0));
+    let app = |to: SessionId| {
+        frame(&[Message::App {
+            kind: 1,
+            route: Route::Session(to),
+            from: None,
+            data: Bytes(b"hi".to_vec()),
+        }])
+    };
+    hub.handle_input(a, now, &app(b_session), &mut reg);
+    let back = drain(&mut hub, a);
+    assert!(
+        back.iter().any(|m| matches!(
+            m,
+            Message::Error {
+                code: ErrorCode::UnknownSession,
+                ..
+            }
+        )),
+        "{back:?}"
+    );
+    assert!(drain(&mut hub, b).is_empty(), "nothing reached b");
+    // Sharing a document (under different handles) they can.
+    assert_eq!(open(&mut hub, &mut reg, b, now, "x"), DocId(1));
+    hub.handle_input(a, now, &app(b_session), &mut reg);
+    let got = drain(&mut hub, b);
+    assert!(
+        got.iter().any(|m| matches!(m, Message::App { .. })),
+        "{got:?}"
+    );
 }

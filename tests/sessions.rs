@@ -34,7 +34,7 @@ fn golden_handshake() {
     let sev = n.take_server_events();
     assert!(matches!(sev[0], ServerEvent::ClientConnected { .. }));
     assert!(
-        matches!(&sev[1], ServerEvent::HandshakeCompleted { identity, .. } if identity.0 == "alice")
+        matches!(&sev[1], ServerEvent::HandshakeCompleted { identity, .. } if identity.name() == "alice")
     );
 }
 

@@ -10,7 +10,7 @@ use crate::Limits;
 use crate::awareness::RateLimit;
 use crate::close::CloseCause;
 use crate::inbound::{Inbound, InboundError, ReassemblyBudget, Rules};
-use crate::outbound::{Common, Priority, Queue, QueueFull};
+use crate::outbound::{Common, MAX_CLOSE_TEXT, Priority, Queue, QueueFull};
 use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
@@ -514,10 +514,15 @@ impl ServerSession {
         Some(update)
     }
 
-    /// Queues `msg`, encoded into one of the hub's spare buffers.
-    pub(crate) fn send(&mut self, msg: &Message, common: &mut Common) {
-        // Control messages are small and always queued.
-        let _ = self.outbound.push(msg, Priority::Control, common);
+    /// Queues `msg`, a reply the peer may not miss ([`Priority::Reply`]),
+    /// encoded into one of the hub's spare buffers. Refused when the queue
+    /// is full (the caller closes the session: its peer does not read).
+    /// Nothing is queued after the `Close` of a closed session.
+    pub(crate) fn send(&mut self, msg: &Message, common: &mut Common) -> Result<(), QueueFull> {
+        if self.phase == Phase::Closed {
+            return Ok(());
+        }
+        self.outbound.push(msg, Priority::Reply, common)
     }
 
     /// Queues bytes encoded once for many sessions, if they fit.
@@ -540,11 +545,17 @@ impl ServerSession {
         if self.phase == Phase::Closed {
             return false;
         }
+        let mut end = message.len().min(MAX_CLOSE_TEXT);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
         let close = Message::Close {
             reason,
-            message: message.to_string(),
+            message: message[..end].to_string(),
         };
-        self.send(&close, common);
+        // The one message allowed past the bound (the reserve): at most one
+        // per session, and short.
+        let _ = self.outbound.push(&close, Priority::Control, common);
         self.phase = Phase::Closed;
         self.transfers.clear();
         self.inbound.discard();
@@ -617,13 +628,14 @@ impl ServerSession {
     }
 
     /// Moves chunks of pending transfers into the outbound queue while it
-    /// has room; finishes each transfer with `SyncDone`.
+    /// is below its high-water mark (the other half is room for replies,
+    /// which may not be dropped); finishes each transfer with `SyncDone`.
     pub(crate) fn pump_transfers(&mut self, common: &mut Common) {
         let chunk = self.outbound.max_chunk(common);
         while let Some(t) = self.transfers.front_mut() {
             while t.offset < t.payload.len() {
                 let end = (t.offset + chunk).min(t.payload.len());
-                if !self.outbound.has_room(end - t.offset, common) {
+                if !self.outbound.below_high_water(end - t.offset, common) {
                     return;
                 }
                 let msg = Message::SyncChunk {
@@ -643,8 +655,14 @@ impl ServerSession {
                 doc: t.doc,
                 version: Bytes(std::mem::take(&mut t.version)),
             };
+            if self.outbound.push(&done, Priority::Reply, common).is_err() {
+                // Sent after the next drain.
+                if let Message::SyncDone { version, .. } = done {
+                    t.version = version.0;
+                }
+                return;
+            }
             self.transfers.pop_front();
-            self.send(&done, common);
         }
     }
 
@@ -723,8 +741,8 @@ mod tests {
             code: crate::wire::ErrorCode::Internal,
             message: "x".repeat(1500),
         };
-        s.send(&big, &mut common);
-        s.send(&Message::Pong { echo: 1 }, &mut common);
+        s.send(&big, &mut common).unwrap();
+        s.send(&Message::Pong { echo: 1 }, &mut common).unwrap();
         let frame = s.poll_frame(&mut common).unwrap();
         assert!(frame.len() > 1500);
         assert!(s.poll_frame(&mut common).is_none());

@@ -958,7 +958,7 @@ fn log_event(event: &ServerEvent) {
             session,
             identity,
         } => {
-            tracing::info!(target: LOG, conn = conn.0, session = session.0, identity = %identity.0, "handshake completed")
+            tracing::info!(target: LOG, conn = conn.0, session = session.0, identity = %identity.name(), "handshake completed")
         }
         ServerEvent::HandshakeRejected {
             conn,

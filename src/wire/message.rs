@@ -228,7 +228,7 @@ pub enum CloseReason {
     ServerShutdown,
     /// A configured limit was exceeded.
     LimitExceeded,
-    /// The handshake was rejected.
+    /// The handshake was rejected, or a later token refresh was.
     Rejected,
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
 use crate::inbound::{InboundError, ReassemblyBudget};
-use crate::outbound::{Common, encode_broadcast_shared};
+use crate::outbound::{Common, Priority, encode_broadcast_shared};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::compress::InflateScratch;
@@ -651,11 +651,46 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
+    /// Queues a reply `conn` may not miss. Its queue is bounded like data:
+    /// a peer that sends requests and does not read the answers is closed
+    /// as a slow consumer when the next would pass its limit.
     fn send(&mut self, conn: ConnId, msg: &Message) {
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            s.send(msg, &mut self.common);
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if s.send(msg, &mut self.common).is_ok() {
+            self.marks.ready(s);
+        } else {
+            self.slow_consumer(conn);
+        }
+    }
+
+    /// Queues `msg` for `conn` if its queue is below its high-water mark;
+    /// `false` when it was dropped (presence, application messages).
+    fn send_ephemeral(&mut self, conn: ConnId, msg: &Message) -> bool {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        if s.is_closed() {
+            return false;
+        }
+        let queued = s
+            .outbound
+            .push(msg, Priority::Ephemeral, &mut self.common)
+            .is_ok();
+        if queued {
             self.marks.ready(s);
         }
+        queued
+    }
+
+    /// Closes `conn`, whose queue cannot take what it may not miss.
+    fn slow_consumer(&mut self, conn: ConnId) {
+        self.fail(
+            conn,
+            CloseReason::SlowConsumer,
+            CloseCause::Local(CloseReason::SlowConsumer),
+        );
     }
 
     /// Closes `conn` (queueing `Close` with `reason`) and reports `cause`.
@@ -842,7 +877,10 @@ impl<A: Authorizer> Hub<A> {
             .find(|v| versions.contains(v))
             .copied()
         else {
-            let msg = format!("client speaks {versions:?}, server speaks {PROTOCOL_VERSIONS:?}");
+            // At most a few of the peer's versions in the text (it is
+            // logged and sent back).
+            let shown = &versions[..versions.len().min(8)];
+            let msg = format!("client speaks {shown:?}, server speaks {PROTOCOL_VERSIONS:?}");
             return self.reject(conn, RejectCode::UnsupportedVersion, msg);
         };
         if peer.len() > self.config.limits.max_name_len {
@@ -863,7 +901,7 @@ impl<A: Authorizer> Hub<A> {
         } else {
             Compression::None
         };
-        let session = SessionId(self.rng.next_u64());
+        let session = self.new_session_id();
         let heartbeat_ms = u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX);
         let server_limits = self.config.limits.peer_limits();
         let Some(s) = self.sessions.get_mut(&conn) else {
@@ -871,12 +909,12 @@ impl<A: Authorizer> Hub<A> {
         };
         s.phase = Phase::Active;
         s.session = session;
-        self.by_session.insert(session, conn);
-        let Some(s) = self.sessions.get_mut(&conn) else {
-            return;
-        };
         s.identity = Some(identity.clone());
         s.peer = peer;
+        // The client offered the compression it accepts, so even the frame
+        // carrying the Welcome may use it.
+        s.outbound.negotiate(limits, compression);
+        self.by_session.insert(session, conn);
         let welcome = Message::Welcome {
             version,
             session,
@@ -884,16 +922,27 @@ impl<A: Authorizer> Hub<A> {
             limits: server_limits,
             heartbeat_ms,
         };
-        s.send(&welcome, &mut self.common);
-        // The client offered the compression it accepts, so even the frame
-        // carrying the Welcome may use it.
-        s.outbound.negotiate(limits, compression);
-        self.marks.ready(s);
+        self.send(conn, &welcome);
         self.events.push_back(ServerEvent::HandshakeCompleted {
             conn,
             session,
             identity,
         });
+    }
+
+    /// A session id no live session has, never zero (the id of a session
+    /// before its handshake): random, from the seeded generator, so ids
+    /// tell nothing about other sessions or how many there were.
+    fn new_session_id(&mut self) -> SessionId {
+        loop {
+            let id = SessionId(self.rng.next_u64());
+            // The generator's outputs do not repeat within 2^64 draws
+            // (SplitMix64 is a bijection of a counter), so this skips at
+            // most the live ids.
+            if id.0 != 0 && !self.by_session.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     fn on_message<R: Registry>(&mut self, conn: ConnId, msg: Message, registry: &mut R) {
@@ -1009,7 +1058,7 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         let Some(access) = self.auth.authorize(&identity, &name) else {
-            let msg = format!("{} may not open {name:?}", identity.0);
+            let msg = format!("{} may not open {name:?}", identity.name());
             return self.refuse_open(conn, name, ErrorCode::Forbidden, msg);
         };
         if self.failed.contains(name.as_str()) {
@@ -1279,6 +1328,14 @@ impl<A: Authorizer> Hub<A> {
         }
     }
 
+    /// A new token for `conn`. It takes effect before the next message:
+    /// a token that no longer authenticates (revoked, expired, unknown)
+    /// closes the session (`Close(Rejected)`, cause
+    /// [`CloseCause::Rejected`] with [`RejectCode::Unauthorized`]: the
+    /// credential is gone, so is the session); otherwise every open
+    /// document is authorized again for the new identity, and one it may no
+    /// longer open is closed (`Error(Forbidden)` then `CloseDoc`), one whose
+    /// access changed is announced with a new `Opened`.
     fn on_refresh(&mut self, conn: ConnId, token: &[u8]) {
         let Some(s) = self.sessions.get(&conn) else {
             return;
@@ -1286,7 +1343,13 @@ impl<A: Authorizer> Hub<A> {
         let identity = match self.auth.authenticate(&s.peer, token) {
             Ok(id) => id,
             Err(why) => {
-                return self.doc_error(conn, None, None, ErrorCode::Forbidden, why);
+                let message = format!("token refresh refused: {why}");
+                let code = RejectCode::Unauthorized;
+                return self.fail(
+                    conn,
+                    CloseReason::Rejected,
+                    CloseCause::Rejected { code, message },
+                );
             }
         };
         let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (d, sub.access)).collect();
@@ -1989,6 +2052,7 @@ impl<A: Authorizer> Hub<A> {
             advanced.retain(|a| sorted.binary_search(a).is_err());
         }
         let mut waiting = Vec::new();
+        let mut slow = Vec::new();
         for (conn, doc) in due.drain(..) {
             // One lookup per ack: this runs after every batch of input.
             let Some(s) = self.sessions.get_mut(&conn) else {
@@ -2004,8 +2068,16 @@ impl<A: Authorizer> Hub<A> {
                 waiting.push((conn, doc, sub.last_seq));
             }
             let (applied, durable) = (sub.last_seq, sub.durable_seq);
-            s.outbound.push_ack(doc, applied, durable, &mut self.common);
+            if s.outbound
+                .push_ack(doc, applied, durable, &mut self.common)
+                .is_err()
+            {
+                slow.push(conn);
+            }
             self.marks.ready(s);
+        }
+        for conn in slow {
+            self.slow_consumer(conn);
         }
         self.acks_due = due;
         for (conn, doc) in advanced {

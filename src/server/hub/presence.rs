@@ -6,10 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::awareness::PresenceError;
-use crate::outbound::encode_shared;
+use crate::outbound::{Priority, encode_shared};
 use crate::wire::{AwarenessEntry, Bytes, DocId, ErrorCode, Message, Route, SessionId};
 
 use super::{Authorizer, ConnId, DocIndex, Hub, ServerEvent};
+
+/// Bytes of presence states per `Awareness` message of a snapshot, about:
+/// each piece fits a default frame, and a joiner with little room gets
+/// some states rather than none.
+const PRESENCE_PIECE: usize = 16 << 10;
 
 /// An application message as the server's hook sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,11 +69,14 @@ impl<A: Authorizer> Hub<A> {
     }
 
     /// Sends an application message from the server to one connection.
-    pub fn send_app(&mut self, conn: ConnId, kind: u32, data: Vec<u8>) {
+    /// Like every application message it is dropped when the connection's
+    /// queue is past its high-water mark (half `max_outbound_bytes`):
+    /// returns whether it was queued.
+    pub fn send_app(&mut self, conn: ConnId, kind: u32, data: Vec<u8>) -> bool {
         let Some(session) = self.sessions.get(&conn).map(|s| s.session) else {
-            return;
+            return false;
         };
-        self.send(
+        self.send_ephemeral(
             conn,
             &Message::App {
                 kind,
@@ -76,14 +84,15 @@ impl<A: Authorizer> Hub<A> {
                 from: None,
                 data: Bytes(data),
             },
-        );
+        )
     }
 
     /// Sends an application message from the server to every subscriber of
-    /// document `name`.
-    pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) {
+    /// document `name`. Subscribers whose queue is past its high-water mark
+    /// miss it: returns how many did.
+    pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) -> usize {
         let Some(index) = self.directory.index(name) else {
-            return;
+            return 0;
         };
         let data = Bytes(data);
         self.share(index, None, |doc| {
@@ -93,7 +102,7 @@ impl<A: Authorizer> Hub<A> {
                 from: None,
                 data: data.clone(),
             })
-        });
+        })
     }
 
     /// Current presence states of document `name`.
@@ -105,18 +114,20 @@ impl<A: Authorizer> Hub<A> {
 
     /// Queues a message for every subscriber of the document at `index`
     /// but `except`, encoded by `encode` once per distinct handle among
-    /// them. Presence and app traffic is ephemeral: a subscriber whose queue
-    /// is full or lagging misses it (it gets a fresh presence snapshot with
-    /// its catch-up).
+    /// them; returns how many missed it. Presence and app traffic is
+    /// ephemeral: a subscriber that is lagging or past its high-water mark
+    /// misses it (a lagging one gets a fresh presence snapshot with its
+    /// catch-up), so it never crowds out what a session may not miss.
     fn share(
         &mut self,
         index: DocIndex,
         except: Option<ConnId>,
         encode: impl Fn(DocId) -> Arc<[u8]>,
-    ) {
+    ) -> usize {
         let Some(entry) = self.directory.get(index) else {
-            return;
+            return 0;
         };
+        let mut missed = 0;
         for (doc, run) in entry.subscribers.runs() {
             if run.iter().all(|(_, c)| Some(*c) == except) {
                 continue;
@@ -130,13 +141,20 @@ impl<A: Authorizer> Hub<A> {
                     continue;
                 };
                 if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
+                    missed += 1;
                     continue;
                 }
-                if s.send_shared(&encoded, &self.common).is_ok() {
+                let queued =
+                    s.outbound
+                        .push_shared_with(&encoded, Priority::Ephemeral, &self.common);
+                if queued.is_ok() {
                     self.marks.ready(s);
+                } else {
+                    missed += 1;
                 }
             }
         }
+        missed
     }
 
     fn share_presence(
@@ -156,15 +174,22 @@ impl<A: Authorizer> Hub<A> {
         });
     }
 
-    /// Sends `conn` every presence state of its document `doc` (on join and
-    /// catch-up).
+    /// Sends `conn` the presence states of its document `doc` (on join and
+    /// catch-up), as many as fit below its high-water mark, in pieces of
+    /// about [`PRESENCE_PIECE`] bytes: a queue never passes its bound for
+    /// them, and only what fits is copied.
     pub(super) fn send_presence_snapshot(&mut self, conn: ConnId, doc: DocId) {
-        let Some(index) = self.index_of(conn, doc) else {
+        let Some(s) = self.sessions.get(&conn) else {
             return;
         };
-        let entries = self.presence.states(index.key());
-        if !entries.is_empty() {
-            self.send(conn, &Message::Awareness { doc, entries });
+        let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
+            return;
+        };
+        let room = self.high_water().saturating_sub(s.outbound.bytes());
+        for entries in self.presence.snapshot(index.key(), PRESENCE_PIECE, room) {
+            if !self.send_ephemeral(conn, &Message::Awareness { doc, entries }) {
+                return;
+            }
         }
     }
 
@@ -245,7 +270,11 @@ impl<A: Authorizer> Hub<A> {
             );
         }
         let session = s.session;
-        let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+        let identity = s
+            .identity
+            .as_ref()
+            .map(|i| i.name().to_string())
+            .unwrap_or_default();
         match self
             .presence
             .set(index.key(), session, &identity, clock, state, now)
@@ -297,7 +326,23 @@ impl<A: Authorizer> Hub<A> {
             None => None,
         };
         let from = s.session;
-        let identity = s.identity.as_ref().map(|i| i.0.clone()).unwrap_or_default();
+        let identity = s
+            .identity
+            .as_ref()
+            .map(|i| i.name().to_string())
+            .unwrap_or_default();
+        // Resolved before the hook: a session `conn` may not reach is
+        // unknown, whatever the hook would say.
+        let to = match route {
+            Route::Session(target) => match self.reachable(conn, target) {
+                Some(to) => Some(to),
+                None => {
+                    let msg = format!("session {:#x} is not connected", target.0);
+                    return self.doc_error(conn, None, None, ErrorCode::UnknownSession, msg);
+                }
+            },
+            _ => None,
+        };
         let verdict = match &mut self.app_hook {
             Some(hook) => hook(&AppMessage {
                 conn,
@@ -326,27 +371,26 @@ impl<A: Authorizer> Hub<A> {
                     data: data.0,
                 });
             }
-            Route::Session(target) => {
-                let Some(to) = self.by_session.get(&target).copied() else {
-                    let msg = format!("session {:#x} is not connected", target.0);
-                    return self.doc_error(conn, None, None, ErrorCode::UnknownSession, msg);
+            Route::Session(_) => {
+                let Some(to) = to else {
+                    return;
                 };
-                self.send(
-                    to,
-                    &Message::App {
-                        kind,
-                        route,
-                        from: Some(from),
-                        data,
-                    },
-                );
+                let msg = Message::App {
+                    kind,
+                    route,
+                    from: Some(from),
+                    data,
+                };
+                if !self.send_ephemeral(to, &msg) {
+                    self.backpressure(conn, None, kind, 1);
+                }
             }
             Route::Document(_) => {
                 let Some(index) = index else {
                     return;
                 };
                 // Each recipient gets the route under its own handle.
-                self.share(index, Some(conn), |doc| {
+                let missed = self.share(index, Some(conn), |doc| {
                     encode_shared(&Message::App {
                         kind,
                         route: Route::Document(doc),
@@ -354,7 +398,61 @@ impl<A: Authorizer> Hub<A> {
                         data: data.clone(),
                     })
                 });
+                if missed > 0 {
+                    self.backpressure(conn, doc, kind, missed);
+                }
             }
         }
+    }
+
+    /// The connection behind session id `target`, if it shares an open
+    /// document with `conn`. Any other session, connected or not, is
+    /// unknown to `conn`: the answer tells it nothing about sessions it
+    /// cannot already see (in presence, or as senders on its documents).
+    fn reachable(&self, conn: ConnId, target: SessionId) -> Option<ConnId> {
+        let to = self.by_session.get(&target).copied()?;
+        let a = self.sessions.get(&conn)?;
+        let b = self.sessions.get(&to)?;
+        // Handles are per connection: compare the documents behind them.
+        // At most `max_docs_per_connection` each: one sort, one search per
+        // document of the other.
+        let mut mine: Vec<DocIndex> = a.docs.values().map(|sub| sub.index).collect();
+        mine.sort_unstable();
+        if b.docs
+            .values()
+            .any(|sub| mine.binary_search(&sub.index).is_ok())
+        {
+            return Some(to);
+        }
+        None
+    }
+
+    /// Tells `conn` that its application message of `kind` did not reach
+    /// `missed` recipients whose queues are full. At most one report per
+    /// message, which the app rate limit bounds, and the report is itself
+    /// ephemeral: a sender that does not read misses reports, never grows
+    /// its queue past its high-water mark with them.
+    fn backpressure(&mut self, conn: ConnId, doc: Option<DocId>, kind: u32, missed: usize) {
+        let message = format!(
+            "application message of kind {kind} not delivered to {missed} recipient(s): their queues are full"
+        );
+        let code = ErrorCode::Backpressure;
+        self.send_ephemeral(
+            conn,
+            &Message::Error {
+                doc,
+                seq: None,
+                code,
+                message: message.clone(),
+            },
+        );
+        let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
+        self.events.push_back(ServerEvent::DocumentError {
+            conn,
+            name,
+            seq: None,
+            code,
+            message,
+        });
     }
 }

@@ -8,6 +8,10 @@
 //!   any fan-out returning owned frames must do.
 //! * **memory**: heap growth per idle connection (accepted, handshaken, one
 //!   document open and synced), counted by a global allocator wrapper.
+//! * **timers**: the cost of `poll_timeout` and of a `handle_timeout` with
+//!   nothing due, with 1,000 / 10,000 / 100,000 idle handshaken connections,
+//!   and after 1 long-lived plus 200,000 short-lived connections (with the
+//!   heap the churn left behind). Printed, not asserted.
 //!
 //! `cargo bench --bench hub` runs criterion on the fan-out, then prints a
 //! summary table (frames/s, baseline, ratio) and the memory figures. Without
@@ -456,6 +460,86 @@ fn memory(conns: usize, framing: Framing) {
     black_box((&hub, &reg, ids));
 }
 
+// ---------------------------------------------------------------------------
+// Timers: what finding and firing deadlines costs with many connections.
+// ---------------------------------------------------------------------------
+
+/// Drains transmits and events without asking for the deadline (whose cost
+/// is what is measured).
+fn drain_outputs(hub: &mut Hub<AllowAll>) {
+    while let Some(f) = hub.poll_transmit() {
+        black_box(f);
+    }
+    while let Some(e) = hub.poll_event() {
+        black_box(e);
+    }
+}
+
+/// Nanoseconds per call of `f`, best of a few rounds of `calls` calls.
+fn ns_per_call(calls: u32, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        for _ in 0..calls {
+            f();
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / f64::from(calls));
+    }
+    best
+}
+
+fn timers(sizes: &[usize], churn: usize) {
+    let now = Instant::now();
+    let f = ClientFrames::new();
+    println!();
+    println!("timers (idle handshaken connections; ns per call, best of 5 rounds)");
+    println!(
+        "{:>8} {:>16} {:>22}",
+        "conns", "poll_timeout", "handle_timeout (none)"
+    );
+    for &n in sizes {
+        let mut hub = Hub::new(config(Framing::Message), AllowAll);
+        let mut reg: Reg = MemoryRegistry::new(|_: &str| Counters::default());
+        for _ in 0..n {
+            let conn = hub.accept(now);
+            hub.handle_input(conn, now, &f.hello, &mut reg);
+            drain_outputs(&mut hub);
+        }
+        let calls = (2_000_000 / n as u32).clamp(20, 100_000);
+        let poll = ns_per_call(calls, || {
+            black_box(hub.poll_timeout());
+        });
+        let fire = ns_per_call(calls, || hub.handle_timeout(now, &mut reg));
+        assert_eq!(hub.connections(), n);
+        println!("{n:>8} {poll:>16.0} {fire:>22.0}");
+    }
+    // One long-lived connection, then `churn` connections that each come
+    // and go while it stays.
+    let mut hub = Hub::new(config(Framing::Message), AllowAll);
+    let mut reg: Reg = MemoryRegistry::new(|_: &str| Counters::default());
+    let live_conn = hub.accept(now);
+    hub.handle_input(live_conn, now, &f.hello, &mut reg);
+    drain_outputs(&mut hub);
+    COUNTING.store(true, Ordering::Relaxed);
+    let start = live();
+    for _ in 0..churn {
+        let conn = hub.accept(now);
+        hub.connection_lost(conn, now);
+        drain_outputs(&mut hub);
+    }
+    let grown = live() - start;
+    COUNTING.store(false, Ordering::Relaxed);
+    assert_eq!(hub.connections(), 1);
+    let poll = ns_per_call(20, || {
+        black_box(hub.poll_timeout());
+    });
+    let fire = ns_per_call(20, || hub.handle_timeout(now, &mut reg));
+    println!(
+        "1 live + {churn} short-lived connections: poll_timeout {poll:.0} ns, \
+         handle_timeout (none) {fire:.0} ns, heap left behind {grown} B"
+    );
+}
+
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default().configure_from_args();
@@ -466,7 +550,9 @@ fn main() {
         println!();
         memory(10_000, Framing::Message);
         memory(10_000, Framing::Stream);
+        timers(&[1_000, 10_000, 100_000], 200_000);
     } else {
         memory(1_000, Framing::Message);
+        timers(&[1_000], 1_000);
     }
 }

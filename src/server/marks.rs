@@ -1,7 +1,9 @@
 //! Which connections need the caller's attention: those with frames to send
-//! (drained by [`Hub::poll_transmit`](super::Hub::poll_transmit)) and those
+//! (drained by [`Hub::poll_transmit`](super::Hub::poll_transmit)), those
 //! whose output, closed state or `wants_input` changed since the last
-//! [`Hub::take_touched`](super::Hub::take_touched).
+//! [`Hub::take_touched`](super::Hub::take_touched), and lagging subscribers
+//! whose queue drained, due for a catch-up at the next
+//! [`Hub::handle_timeout`](super::Hub::handle_timeout).
 //!
 //! A fan-out marks every recipient, so marking must be cheap: each session
 //! carries two flags saying whether it is already listed, which makes a mark
@@ -9,7 +11,7 @@
 //! first-marked first, which is as deterministic as the id order it
 //! replaces.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use super::ConnId;
 use super::ServerSession;
@@ -24,6 +26,15 @@ pub(crate) struct Marks {
     /// Sessions touched since the last `take_touched`
     /// (`ServerSession::in_touched`).
     touched: Vec<ConnId>,
+    /// Sessions with a lagging subscription (`ServerSession::lagging`), no
+    /// transfer waiting and their queue down to the low-water mark: their
+    /// catch-up is due. Listed when a drain (or the lagging itself) finds
+    /// them there, so neither `poll_timeout` nor `handle_timeout` looks at
+    /// the others.
+    catch_ups: BTreeSet<ConnId>,
+    /// Sessions whose due catch-up their sync rate held back: listed again
+    /// when the hub's sync retry deadline comes.
+    rate_held: BTreeSet<ConnId>,
 }
 
 impl Marks {
@@ -68,6 +79,35 @@ impl Marks {
         }
     }
 
+    /// `s` may have a lagging subscription and its queue may have drained:
+    /// list its catch-up as due when both hold. One branch for sessions
+    /// that do not lag, so every drain can call it.
+    pub(crate) fn drained(&mut self, s: &ServerSession, low_water: usize) {
+        if s.lagging && s.transfers.is_empty() && s.outbound.bytes() <= low_water {
+            self.catch_ups.insert(s.conn);
+        }
+    }
+
+    /// `conn`'s catch-up is due but its sync rate held it back.
+    pub(crate) fn hold_for_rate(&mut self, conn: ConnId) {
+        self.rate_held.insert(conn);
+    }
+
+    /// The sync retry deadline came: the catch-ups held back are due again.
+    pub(crate) fn retry_held(&mut self) {
+        self.catch_ups.append(&mut self.rate_held);
+    }
+
+    /// Whether some catch-up is due.
+    pub(crate) fn catch_up_due(&self) -> bool {
+        !self.catch_ups.is_empty()
+    }
+
+    /// The sessions whose catch-up is due, in id order; unlisted.
+    pub(crate) fn take_catch_ups(&mut self) -> BTreeSet<ConnId> {
+        std::mem::take(&mut self.catch_ups)
+    }
+
     /// Moves the touched sessions still present into `out`.
     pub(crate) fn take_touched(&mut self, sessions: &mut Sessions, out: &mut Vec<ConnId>) {
         for conn in self.touched.drain(..) {
@@ -86,6 +126,10 @@ impl Marks {
         }
         if s.in_touched {
             self.touched.retain(|c| *c != s.conn);
+        }
+        if s.lagging {
+            self.catch_ups.remove(&s.conn);
+            self.rate_held.remove(&s.conn);
         }
     }
 }

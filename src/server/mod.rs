@@ -7,7 +7,7 @@ mod event;
 mod hub;
 mod marks;
 mod session;
-mod sessions;
+pub(crate) mod sessions;
 mod transfer_cache;
 
 pub use auth::{AllowAll, Authorizer, Identity, StaticTokens};

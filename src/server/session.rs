@@ -366,6 +366,9 @@ pub struct ServerSession {
     pub(crate) in_ready: bool,
     /// Listed in the hub's touched list.
     pub(crate) in_touched: bool,
+    /// Some subscription was set lagging since the last catch-up: the hub
+    /// lists the session's catch-up as due when its queue drains.
+    pub(crate) lagging: bool,
 }
 
 impl ServerSession {
@@ -387,6 +390,7 @@ impl ServerSession {
             rates: None,
             in_ready: false,
             in_touched: false,
+            lagging: false,
         }
     }
 
@@ -454,15 +458,6 @@ impl ServerSession {
                 sync: RateLimit::new(limits.sync_rate.max(1), now),
                 invalid_updates: 0,
             })
-        })
-    }
-
-    /// Whether the sync rate limit would let a sync be computed at `now`,
-    /// without taking the token.
-    pub(crate) fn sync_token_available(&self, now: Instant) -> bool {
-        self.rates.as_ref().is_none_or(|r| {
-            let mut probe = r.sync;
-            probe.allow(now)
         })
     }
 

@@ -78,12 +78,6 @@ pub struct ServerOptions {
     pub max_batch: usize,
     /// How long `stop` waits for close frames to leave. Default 2 s.
     pub shutdown_grace: Duration,
-    /// How late the hub's timers (handshake and idle timeouts, pings,
-    /// catch-ups of lagging subscribers) may fire. Finding the next deadline
-    /// ([`Hub::poll_timeout`]) looks at every session, so under load the hub
-    /// task does it at most once per `timer_slack` instead of after every
-    /// batch of inputs. Default 25 ms; zero asks after every batch.
-    pub timer_slack: Duration,
     /// Run the tokio [`WebSocketServer`](super::tokio::WebSocketServer)
     /// (accept loop, hub task, connection tasks) on a thread of its own with
     /// a current-thread runtime, instead of on the runtime that calls
@@ -126,7 +120,6 @@ impl Default for ServerOptions {
             event_capacity: 4096,
             max_batch: 256,
             shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
-            timer_slack: Duration::from_millis(25),
             own_thread: false,
             #[cfg(feature = "tls")]
             tls: None,
@@ -540,56 +533,40 @@ enum Wake {
     Committed,
 }
 
-/// When the hub task wakes up for the hub's deadlines.
-///
-/// [`Hub::poll_timeout`] scans every session, so while inputs keep arriving
-/// it is asked at most once per [`ServerOptions::timer_slack`]; in between,
-/// the task wakes at the last answer or at the end of the slack, whichever
-/// comes first, and asks again. A deadline that an input moved earlier
-/// therefore fires at most `timer_slack` late; an idle hub asks once after
-/// its last input and then sleeps until its deadline.
+/// When the hub task wakes up for the hub's deadlines. The hub is asked
+/// ([`Hub::poll_timeout`], a few lookups whatever the number of
+/// connections) after every batch, so a deadline an input moved earlier is
+/// armed at once; the sleep is re-armed only when the wake-up moved.
+#[derive(Default)]
 struct Timer {
-    slack: Duration,
-    /// The hub's deadline when it was last asked, and when that was.
+    /// The hub's deadline when it was last asked.
     hub: Option<Instant>,
-    polled_at: Option<Instant>,
     /// What the sleep is armed for (`None`: not armed, or it fired).
     armed: Option<Instant>,
 }
 
 impl Timer {
-    fn new(slack: Duration) -> Self {
-        Timer {
-            slack,
-            hub: None,
-            polled_at: None,
-            armed: None,
-        }
-    }
-
     /// Whether the hub's deadline has come (`fired`: the instant the sleep
     /// that just completed was armed for).
     fn due(&self, now: Instant, fired: Option<Instant>) -> bool {
         self.hub.is_some_and(|d| now >= d || fired == Some(d))
     }
 
-    /// The hub handled its timeouts (or is shutting down): ask it again.
-    fn handled(&mut self) {
-        self.hub = None;
-        self.polled_at = None;
-    }
-
-    /// The instant to wake up at, asking the hub (`poll`) only when its last
-    /// answer is older than the slack.
-    fn next(&mut self, now: Instant, poll: impl FnOnce() -> Option<Instant>) -> Option<Instant> {
-        if let Some(recheck) = self.polled_at.and_then(|t| t.checked_add(self.slack))
-            && now < recheck
-        {
-            return Some(self.hub.map_or(recheck, |d| d.min(recheck)));
+    /// Records the hub's deadline (`hub`) and the end of a shutdown
+    /// (`until`); returns the instant to re-arm the sleep for when the
+    /// wake-up moved (or the sleep fired), `None` when the armed sleep
+    /// stands or nothing is due.
+    fn update(&mut self, hub: Option<Instant>, until: Option<Instant>) -> Option<Instant> {
+        self.hub = hub;
+        let next = match (hub, until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next == self.armed {
+            return None;
         }
-        self.hub = poll();
-        self.polled_at = Some(now);
-        self.hub
+        self.armed = next;
+        next
     }
 }
 
@@ -638,7 +615,7 @@ struct HubTask<R, A> {
 
 impl<R: Registry, A: Authorizer> HubTask<R, A> {
     async fn run(mut self, mut rx: mpsc::Receiver<HubInput>, committed: Arc<Notify>) -> R {
-        let mut timer = Timer::new(self.options.timer_slack);
+        let mut timer = Timer::default();
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut stopping: Option<Instant> = None;
@@ -674,7 +651,6 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
             self.hub.poll_commits(&mut self.registry);
             if timer.due(now, fired) {
                 self.hub.handle_timeout(now, &mut self.registry);
-                timer.handled();
             }
             if self.closing && stopping.is_none() {
                 tracing::info!(target: LOG, connections = self.conns.len(), "shutting down");
@@ -701,19 +677,8 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
             {
                 break;
             }
-            if stopping.is_some() {
-                timer.handled();
-            }
-            let mut next = timer.next(now, || self.hub.poll_timeout());
-            if let Some(until) = stopping {
-                next = Some(next.map_or(until, |n| n.min(until)));
-            }
-            // Re-arm the sleep only when the wake-up moved.
-            if next != timer.armed {
-                timer.armed = next;
-                if let Some(at) = next {
-                    sleep.as_mut().reset(at.into());
-                }
+            if let Some(at) = timer.update(self.hub.poll_timeout(), stopping) {
+                sleep.as_mut().reset(at.into());
             }
         }
         // Whatever is left: the connection tasks see their channels close
@@ -1010,46 +975,33 @@ fn log_event(event: &ServerEvent) {
 mod tests {
     use super::*;
 
+    /// The sleep follows the hub's deadline both ways (an input may move
+    /// it earlier), is re-armed after it fired even for the same instant,
+    /// and is left alone otherwise.
     #[test]
-    fn the_hub_is_asked_for_its_deadline_at_most_once_per_slack() {
-        let slack = Duration::from_millis(25);
+    fn the_timer_is_rearmed_when_the_deadline_moves() {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        let mut timer = Timer::new(slack);
-        let mut asked = 0;
-        // First batch: asks; the hub's deadline is 1 s away.
-        assert_eq!(
-            timer.next(t0, || {
-                asked += 1;
-                Some(ms(1000))
-            }),
-            Some(ms(1000))
-        );
-        // Batches within the slack do not ask, but wake at its end to ask
-        // again (an input may have moved the deadline earlier).
-        for n in [1, 10, 24] {
-            assert_eq!(timer.next(ms(n), || unreachable!()), Some(ms(25)));
-        }
-        assert!(
-            !timer.due(ms(25), Some(ms(25))),
-            "a recheck is not a deadline"
-        );
-        assert_eq!(
-            timer.next(ms(25), || {
-                asked += 1;
-                Some(ms(40))
-            }),
-            Some(ms(40))
-        );
-        assert_eq!(asked, 2);
-        // A deadline inside the slack is kept.
-        assert_eq!(timer.next(ms(30), || unreachable!()), Some(ms(40)));
-        assert!(timer.due(ms(40), Some(ms(40))));
-        assert!(timer.due(ms(41), None));
-        // Once handled, the next batch asks at once.
-        timer.handled();
-        assert_eq!(timer.next(ms(41), || None), None);
-        assert!(!timer.due(ms(100), None));
+        let mut timer = Timer::default();
+        assert_eq!(timer.update(Some(ms(1000)), None), Some(ms(1000)));
+        assert_eq!(timer.update(Some(ms(1000)), None), None, "unchanged");
+        assert_eq!(timer.update(Some(ms(40)), None), Some(ms(40)), "earlier");
+        assert_eq!(timer.update(Some(ms(90)), None), Some(ms(90)), "later");
+        assert!(!timer.due(ms(89), None));
+        // The sleep fired: due, and armed again even if the hub still says
+        // the same instant.
+        let fired = timer.armed.take();
+        assert!(timer.due(ms(90), fired));
+        assert!(timer.due(ms(91), None));
+        assert_eq!(timer.update(Some(ms(90)), None), Some(ms(90)));
+        // Shutting down: whichever comes first.
+        assert_eq!(timer.update(Some(ms(90)), Some(ms(50))), Some(ms(50)));
+        assert_eq!(timer.update(None, Some(ms(50))), None);
+        // Nothing due: the armed instant is dropped (the select ignores the
+        // sleep), and nothing is due.
+        assert_eq!(timer.update(None, None), None);
+        assert_eq!(timer.armed, None);
+        assert!(!timer.due(ms(10_000), None));
     }
 
     fn reassemble(frames: impl Iterator<Item = tungstenite::Message>) -> (usize, Vec<u8>) {
@@ -1098,19 +1050,5 @@ mod tests {
         // of malloc's 128-byte class.
         assert!(shared <= 96, "ConnShared of {shared} bytes");
         assert!(state <= 32, "ConnState of {state} bytes");
-    }
-
-    #[test]
-    fn zero_slack_asks_after_every_batch() {
-        let t0 = Instant::now();
-        let mut timer = Timer::new(Duration::ZERO);
-        let mut asked = 0;
-        for _ in 0..3 {
-            timer.next(t0, || {
-                asked += 1;
-                None
-            });
-        }
-        assert_eq!(asked, 3);
     }
 }

@@ -23,9 +23,9 @@
 //!   [`Hub::flush`](crate::server::Hub::flush) once (group commit: one
 //!   storage commit and one ack per document for the whole batch), then
 //!   moves the frames of the connections the batch touched into their
-//!   outgoing queues, then forwards events. It asks the hub for its next
-//!   deadline at most once per [`ServerOptions::timer_slack`] while inputs
-//!   keep coming (the question looks at every session).
+//!   outgoing queues, then forwards events, then asks the hub for its next
+//!   deadline (a few lookups, whatever the number of connections) and
+//!   re-arms its timer when that moved.
 //! * A **connection task** per socket reads WebSocket messages into the hub
 //!   task's input channel and writes the frames the hub task queued for it
 //!   (taking the whole queue at once: an idle connection holds no queue

@@ -29,6 +29,8 @@ use crate::awareness::PresenceTable;
 
 mod directory;
 mod presence;
+#[cfg(test)]
+mod timer_tests;
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
 use directory::Directory;
 pub(crate) use directory::DocIndex;
@@ -75,8 +77,8 @@ pub struct Hub<A> {
     config: ServerConfig,
     auth: A,
     rng: Rng,
-    /// Boxed: B-tree nodes hold 11 slots and are often half full, so
-    /// inline sessions (~560 bytes) would waste about as much as they use.
+    /// Boxed, so a free slot costs a few words rather than a session, and
+    /// filed by deadline.
     sessions: Sessions,
     /// The documents open on some connection (or lingering before they
     /// leave); connections name them by their own handles.
@@ -85,8 +87,9 @@ pub struct Hub<A> {
     /// Connections with output, and those touched since the last
     /// [`Hub::take_touched`].
     marks: Marks,
-    next_conn: u64,
     now: Option<Instant>,
+    /// Reused buffer for the sessions whose deadline came.
+    expired: Vec<ConnId>,
     /// (session, document) pairs whose cumulative ack is due after this
     /// input; a few at a time, so a `Vec`.
     acks_due: Vec<(ConnId, DocId)>,
@@ -179,8 +182,8 @@ impl<A: Authorizer> Hub<A> {
             directory: Directory::default(),
             events: VecDeque::new(),
             marks: Marks::default(),
-            next_conn: 0,
             now: None,
+            expired: Vec::new(),
             acks_due: Vec::new(),
             batch: Vec::new(),
             transfers: TransferCache::new(max_cache),
@@ -294,12 +297,21 @@ impl<A: Authorizer> Hub<A> {
 
     /// Registers a new transport; the client must send `Hello` before the
     /// handshake timeout.
+    ///
+    /// # Panics
+    ///
+    /// When 2^32 - 1 connections are held at once (the transports cap them
+    /// far below: `ServerOptions::max_connections`).
     pub fn accept(&mut self, now: Instant) -> ConnId {
         let now = self.clock(now);
-        let conn = ConnId(self.next_conn);
-        self.next_conn += 1;
-        self.sessions
-            .insert(conn, Box::new(ServerSession::new(conn, &self.config, now)));
+        let config = &self.config;
+        let conn = self
+            .sessions
+            .insert(
+                |conn| Box::new(ServerSession::new(conn, config, now)),
+                |s| s.next_timeout(config),
+            )
+            .expect("fewer than 2^32 - 1 connections at once");
         self.events.push_back(ServerEvent::ClientConnected { conn });
         if let Some(s) = self.sessions.get_mut(&conn) {
             self.marks.touch(s);
@@ -355,6 +367,18 @@ impl<A: Authorizer> Hub<A> {
     ) where
         R: Registry,
     {
+        self.input(conn, now, bytes, registry);
+        // The handshake's end or a partial frame may have moved the
+        // deadline earlier; a document closed (its transfer cancelled) may
+        // have let a catch-up through.
+        self.reschedule(conn);
+        if let Some(s) = self.sessions.get(&conn) {
+            self.marks
+                .drained(s, self.config.limits.max_outbound_bytes / 4);
+        }
+    }
+
+    fn input<R: Registry>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R) {
         let now = self.clock(now);
         if self.sessions.get(&conn).is_none_or(|s| s.is_closed()) {
             return;
@@ -490,6 +514,7 @@ impl<A: Authorizer> Hub<A> {
         self.unload_idle(now, registry);
         if self.sync_retry.is_some_and(|t| now >= t) {
             self.sync_retry = None;
+            self.marks.retry_held();
         }
         self.run_catch_ups(registry);
         self.expire_presence(now);
@@ -500,37 +525,58 @@ impl<A: Authorizer> Hub<A> {
                 .and_then(|every| now.checked_add(every));
             self.prune(registry);
         }
+        // Only the sessions filed under an instant that came; in id order,
+        // the order their closes are reported in.
+        let mut expired = std::mem::take(&mut self.expired);
+        self.sessions.take_expired(now, &mut expired);
+        expired.sort_unstable();
         let mut closed = Vec::new();
-        for (conn, s) in self.sessions.iter_mut() {
-            let conn = &conn;
-            if let Some(cause) = s.on_timeout(&self.config, now, &mut self.common) {
-                closed.push((*conn, cause));
+        for &conn in &expired {
+            if let Some(s) = self.sessions.get_mut(&conn)
+                && let Some(cause) = s.on_timeout(&self.config, now, &mut self.common)
+            {
+                closed.push((conn, cause));
             }
         }
         for (conn, cause) in closed {
             self.after_close(conn, cause);
         }
+        for conn in expired.drain(..) {
+            self.reschedule(conn);
+        }
+        self.expired = expired;
     }
 
     /// The earliest deadline of any session, if any. It is "now" while a
     /// lagging subscriber's queue has drained and its catch-up is due.
+    /// Costs a few lookups, whatever the number of connections: callers may
+    /// ask after every input.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if let Some(now) = self.now
-            && self
-                .sessions
-                .values()
-                .any(|s| s.phase == Phase::Active && self.catch_up_due(s, now))
+            && self.marks.catch_up_due()
         {
             return Some(now);
         }
         self.sessions
-            .values()
-            .filter_map(|s| s.next_timeout(&self.config))
+            .next_deadline()
+            .into_iter()
             .chain(self.next_prune)
             .chain(self.sync_retry)
             .chain(self.presence.next_expiry())
             .chain(self.directory.next_unload())
             .min()
+    }
+
+    /// Files `conn` under its session's next deadline when that is earlier
+    /// than the instant it is filed under. Whatever can move a session's
+    /// deadline earlier calls it (input, the end of the handshake); moves
+    /// later need nothing (see [`Sessions`]).
+    fn reschedule(&mut self, conn: ConnId) {
+        let at = self
+            .sessions
+            .get(&conn)
+            .and_then(|s| s.next_timeout(&self.config));
+        self.sessions.schedule(conn, at);
     }
 
     /// The next frame to send, with its connection.
@@ -569,6 +615,8 @@ impl<A: Authorizer> Hub<A> {
             let s = self.sessions.get_mut(&conn)?;
             if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
+                self.marks
+                    .drained(s, self.config.limits.max_outbound_bytes / 4);
                 return Some(conn);
             }
         }
@@ -577,9 +625,13 @@ impl<A: Authorizer> Hub<A> {
     /// Like [`Hub::poll_transmit_for`], appending the frame to `buf`;
     /// `false` when `conn` has nothing to send.
     pub fn poll_transmit_for_into(&mut self, conn: ConnId, buf: &mut Vec<u8>) -> bool {
-        self.sessions
-            .get_mut(&conn)
-            .is_some_and(|s| s.poll_frame_into(buf, &mut self.common))
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return false;
+        };
+        let sent = s.poll_frame_into(buf, &mut self.common);
+        self.marks
+            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        sent
     }
 
     /// The next frame to send on `conn` (for adapters with a task per
@@ -587,7 +639,11 @@ impl<A: Authorizer> Hub<A> {
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Vec<u8>> {
         // An emptied session stays listed as ready until `poll_transmit`
         // reaches it: unlisting here would cost a search.
-        self.sessions.get_mut(&conn)?.poll_frame(&mut self.common)
+        let s = self.sessions.get_mut(&conn)?;
+        let frame = s.poll_frame(&mut self.common);
+        self.marks
+            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        frame
     }
 
     /// The next event.
@@ -1221,8 +1277,15 @@ impl<A: Authorizer> Hub<A> {
             sub.take_lagging();
             if self.sync_gate(conn) {
                 self.queue_sync(conn, doc, &version, registry);
-            } else if let Some(sub) = self.sub_mut(conn, doc) {
+            } else if let Some(s) = self.sessions.get_mut(&conn)
+                && let Some(sub) = s.docs.get_mut(&doc)
+            {
                 sub.set_lagging(version);
+                s.lagging = true;
+                // Held back by its rate, not by room: listed now (a drain
+                // would never come).
+                self.marks
+                    .drained(s, self.config.limits.max_outbound_bytes / 4);
             }
         }
         self.syncs_requested = requested;
@@ -1828,6 +1891,11 @@ impl<A: Authorizer> Hub<A> {
                     && let Some(v) = pre_version
                 {
                     sub.set_lagging(v.to_vec());
+                    s.lagging = true;
+                    // A queue already drained (the update alone passes the
+                    // high-water mark) gets its catch-up without a drain.
+                    self.marks
+                        .drained(s, self.config.limits.max_outbound_bytes / 4);
                     self.events.push_back(ServerEvent::SubscriberLagging {
                         conn,
                         name: Arc::clone(&entry.name),
@@ -1891,35 +1959,41 @@ impl<A: Authorizer> Hub<A> {
         self.config.limits.max_outbound_bytes / 4
     }
 
-    /// Whether `s` has a catch-up (or a sync held back) that
-    /// [`Hub::sync_gate`] would let through at `now`.
-    fn catch_up_due(&self, s: &ServerSession, now: Instant) -> bool {
-        self.catch_up_waiting(s) && s.sync_token_available(now)
-    }
-
     /// Whether `s` has a catch-up due and room for it (its sync rate
-    /// aside).
+    /// aside): it lags, no transfer waits for room and its queue is below
+    /// the low-water mark.
     fn catch_up_waiting(&self, s: &ServerSession) -> bool {
         s.phase == Phase::Active
             && s.transfers.is_empty()
             && s.outbound.bytes() <= self.low_water()
-            && s.docs.values().any(Subscription::is_lagging)
+            && s.docs.iter().any(|(_, sub)| sub.is_lagging())
     }
 
     /// Sends the due catch-ups (lagging subscribers, syncs held back) of
-    /// every session whose queue drained, one at a time per session while
-    /// [`Hub::sync_gate`] lets them through.
+    /// the sessions [`Marks`] lists as drained, one at a time per session
+    /// while [`Hub::sync_gate`] lets them through; the other sessions are
+    /// not looked at. A session held back by its sync rate waits for the
+    /// retry deadline ([`Marks::hold_for_rate`]); one held back by a full
+    /// queue or a pending transfer is listed again by the drain that makes
+    /// room.
     fn run_catch_ups<R: Registry>(&mut self, registry: &mut R) {
-        // Those held back by their rate only set the retry deadline.
-        let due: Vec<ConnId> = self
-            .sessions
-            .values()
-            .filter(|s| self.catch_up_waiting(s))
-            .map(|s| s.conn)
-            .collect();
-        for conn in due {
-            while let Some(doc) = self.next_lagging(conn) {
+        if !self.marks.catch_up_due() {
+            return;
+        }
+        for conn in self.marks.take_catch_ups() {
+            loop {
+                let Some(doc) = self.next_lagging(conn) else {
+                    if let Some(s) = self.sessions.get_mut(&conn) {
+                        s.lagging = false;
+                    }
+                    break;
+                };
                 if !self.sync_gate(conn) {
+                    if let Some(s) = self.sessions.get(&conn)
+                        && self.catch_up_waiting(s)
+                    {
+                        self.marks.hold_for_rate(conn);
+                    }
                     break;
                 }
                 let Some(since) = self.sub_mut(conn, doc).and_then(|sub| sub.take_lagging()) else {

@@ -21,7 +21,7 @@
 //! The default implementations map onto `flush` (every commit completes
 //! before `commit` returns), so registries without a committer need nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -109,10 +109,17 @@ pub trait Registry {
     /// Names of the documents open in memory, sorted.
     fn list(&self) -> Vec<String>;
 
-    /// Drops a document from memory (a durable registry keeps it stored).
-    /// Returns whether it was unloaded; a registry without storage keeps
-    /// the document and returns `false`.
-    fn unload(&mut self, name: &str) -> bool;
+    /// The server no longer needs document `name` in memory (the hub calls
+    /// it once the document left its directory, see
+    /// [`ServerConfig::unload_after`](crate::server::ServerConfig::unload_after)).
+    /// A registry drops it when that loses nothing: a durable one keeps it
+    /// stored (and, when writes of it are not on disk yet, drops it once
+    /// they are); a memory one keeps documents that hold data. Returns
+    /// whether it was dropped now. The default keeps everything.
+    fn unload(&mut self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
 
     /// Deletes a document everywhere. Returns whether it existed.
     fn remove(&mut self, name: &str) -> bool;
@@ -206,6 +213,10 @@ pub type DocFactory<D> = Box<dyn FnMut(&str) -> D + Send>;
 /// ```
 pub struct MemoryRegistry<D> {
     docs: BTreeMap<String, D>,
+    /// Documents created by [`Registry::open`] (not inserted by the
+    /// application): [`Registry::unload`] forgets them while they hold
+    /// nothing.
+    created: BTreeSet<String>,
     factory: DocFactory<D>,
     policy: OpenPolicy,
     max_name_len: usize,
@@ -217,6 +228,7 @@ impl<D: Document> MemoryRegistry<D> {
     pub fn new(factory: impl FnMut(&str) -> D + Send + 'static) -> Self {
         MemoryRegistry {
             docs: BTreeMap::new(),
+            created: BTreeSet::new(),
             factory: Box::new(factory),
             policy: OpenPolicy::Create,
             max_name_len: 512,
@@ -230,7 +242,9 @@ impl<D: Document> MemoryRegistry<D> {
 
     /// Adds (or replaces) a document under `name`.
     pub fn insert(&mut self, name: impl Into<String>, doc: D) {
-        self.docs.insert(name.into(), doc);
+        let name = name.into();
+        self.created.remove(&name);
+        self.docs.insert(name, doc);
     }
 
     /// Number of documents in memory.
@@ -260,6 +274,7 @@ impl<D: Document> Registry for MemoryRegistry<D> {
             }
             let doc = (self.factory)(name);
             self.docs.insert(name.to_string(), doc);
+            self.created.insert(name.to_string());
         }
         self.docs
             .get_mut(name)
@@ -274,14 +289,54 @@ impl<D: Document> Registry for MemoryRegistry<D> {
         self.docs.keys().cloned().collect()
     }
 
+    /// Forgets `name` if [`Registry::open`] created it and it still holds
+    /// nothing (its version is a new document's, nothing held for missing
+    /// dependencies). Memory is the only storage: a document holding data,
+    /// or one the application inserted, stays.
     fn unload(&mut self, name: &str) -> bool {
-        // Memory is the only storage: unloading would lose the document, so
-        // it stays loaded.
-        let _ = name;
-        false
+        if !self.created.contains(name) {
+            return false;
+        }
+        let Some(doc) = self.docs.get(name) else {
+            return false;
+        };
+        if doc.pending_bytes() != 0 || doc.version() != (self.factory)(name).version() {
+            return false;
+        }
+        self.docs.remove(name);
+        self.created.remove(name);
+        true
     }
 
     fn remove(&mut self, name: &str) -> bool {
+        self.created.remove(name);
         self.docs.remove(name).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::OpLog;
+
+    /// Memory is the only storage: unloading forgets only documents that
+    /// `open` created and that hold nothing.
+    #[test]
+    fn a_memory_registry_unloads_only_what_holds_nothing() {
+        let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
+        reg.open("empty").unwrap();
+        let mut author = OpLog::new(1);
+        author.edit(b"x");
+        let update = author.take_local_update().unwrap();
+        reg.open("written").unwrap().apply(&update);
+        reg.insert("inserted", OpLog::new(0));
+        assert!(reg.unload("empty"));
+        assert!(!reg.unload("written"));
+        assert!(!reg.unload("inserted"), "the application put it there");
+        assert!(!reg.unload("missing"));
+        assert_eq!(reg.list(), ["inserted", "written"]);
+        assert_eq!(reg.created.len(), 1);
+        assert!(reg.remove("written"));
+        assert!(reg.created.is_empty());
     }
 }

@@ -338,9 +338,20 @@ fn unload_refuses_documents_with_uncommitted_updates() {
     reg.open(DOC).unwrap().apply(&u);
     reg.update_applied(DOC, &u).unwrap();
     assert!(!reg.unload(DOC), "its update is not committed yet");
+    assert_eq!(reg.list(), [DOC], "still loaded");
     assert_eq!(reg.flush(), Ok(true));
-    assert!(reg.unload(DOC));
+    assert!(reg.list().is_empty(), "dropped once its update is on disk");
     assert_eq!(reg.open(DOC).unwrap().text(), "x");
+    // Opened again before its writes are on disk: it stays.
+    author.edit(b"y");
+    let u = author.take_local_update().unwrap();
+    reg.open(DOC).unwrap().apply(&u);
+    reg.update_applied(DOC, &u).unwrap();
+    assert!(!reg.unload(DOC));
+    reg.open(DOC).unwrap();
+    assert_eq!(reg.flush(), Ok(true));
+    assert_eq!(reg.list(), [DOC]);
+    assert!(reg.unload(DOC));
 }
 
 #[test]
@@ -790,7 +801,10 @@ fn commits_handed_over_during_a_transaction_share_the_next_one() {
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(done[0].through, CommitId(4));
     assert_eq!(done[0].result, Ok(()));
-    assert!(reg.unload("d"));
+    assert!(
+        !reg.list().contains(&"d".to_string()),
+        "unloaded once on disk"
+    );
     assert_eq!(reg.open("d").unwrap().text(), "d", "reloaded from the file");
     // Nothing new: everything is on disk.
     assert_eq!(reg.commit(), Ok(Commit::Durable));

@@ -52,6 +52,24 @@ pub struct ServerConfig {
     /// never prunes, so clients that are offline but will come back can
     /// always be served a delta.
     pub prune_interval: Option<Duration>,
+    /// How long a document nobody has open stays loaded before it leaves
+    /// the hub's directory and the registry is told to unload it
+    /// ([`Registry::unload`](crate::registry::Registry::unload)): a client
+    /// that reconnects or reopens it within this time finds it loaded.
+    /// `None`: documents stay loaded until the application unloads them.
+    /// Default 1 s: long enough for a reconnect after a blip, short enough
+    /// that a client cycling through documents keeps at most a second's
+    /// worth of them loaded.
+    ///
+    /// ```
+    /// use crdt_socket_sync::server::ServerConfig;
+    /// use std::time::Duration;
+    /// // Unload as soon as the last subscriber leaves (at the next
+    /// // `handle_timeout`, which `poll_timeout` asks for at once).
+    /// let config = ServerConfig { unload_after: Some(Duration::ZERO), ..ServerConfig::default() };
+    /// # let _ = config;
+    /// ```
+    pub unload_after: Option<Duration>,
     /// Seed for session and transfer ids. The hub uses it as given
     /// (deterministic); the WebSocket transports replace 0, the default,
     /// with a seed from the OS on every start.
@@ -72,6 +90,7 @@ impl Default for ServerConfig {
             resync_after: Duration::from_secs(5),
             presence_ttl: Duration::from_secs(30),
             prune_interval: None,
+            unload_after: Some(Duration::from_secs(1)),
             seed: 0,
         }
     }

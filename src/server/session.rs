@@ -14,6 +14,7 @@ use crate::outbound::{Common, MAX_CLOSE_TEXT, Priority, Queue, QueueFull};
 use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
+use super::hub::DocIndex;
 use super::{ConnId, Identity, ServerConfig};
 
 /// Where a session is in its life.
@@ -50,12 +51,13 @@ pub struct SessionStats {
 /// A session's subscription to one document.
 ///
 /// One is kept per open document of every idle connection: the state only a
-/// subscription in trouble needs is boxed ([`Recovery`]), which keeps an
-/// entry at 48 bytes (it was 96).
+/// subscription in trouble needs is boxed ([`Recovery`]), and the handle is
+/// the entry's position in [`Subscriptions`], which keeps an entry at 48
+/// bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct Subscription {
-    /// The document (the key in [`Subscriptions`], set once).
-    doc: DocId,
+    /// The document in the hub's directory (set once).
+    pub(crate) index: DocIndex,
     pub(crate) access: Access,
     /// Highest client sequence number received.
     pub(crate) last_seq: u64,
@@ -84,11 +86,11 @@ struct Recovery {
 }
 
 impl Subscription {
-    /// A fresh subscription to `doc` with `access`: nothing received, not
-    /// synced.
-    pub(crate) fn new(doc: DocId, access: Access) -> Self {
+    /// A fresh subscription to the document at `index` with `access`:
+    /// nothing received, not synced.
+    pub(crate) fn new(index: DocIndex, access: Access) -> Self {
         Subscription {
-            doc,
+            index,
             access,
             last_seq: 0,
             durable_seq: 0,
@@ -149,65 +151,132 @@ impl Subscription {
     }
 }
 
-/// A session's subscriptions, sorted by document. A vector rather than a
-/// `BTreeMap`: a connection has a few documents, and a B-tree's first leaf
-/// costs about 1 KiB per idle connection where this costs one entry.
+/// A session's subscriptions, indexed by the session's own document handle
+/// (the `doc` of its messages, like a QUIC stream id): a new document gets
+/// the smallest free handle, so a connection's first 128 documents take
+/// one byte on the wire, and handles say nothing about other connections.
+/// Nothing is kept past the highest handle in use. A vector rather than a
+/// map: a connection has a few documents, a lookup is an index, and a
+/// B-tree's first leaf costs about 1 KiB per idle connection where this
+/// costs one entry.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Subscriptions(Vec<Subscription>);
+pub(crate) struct Subscriptions(Vec<Slot>);
+
+/// One handle of a session.
+#[derive(Clone, Debug)]
+enum Slot {
+    Free,
+    Open(Subscription),
+    /// Closed by the server (access revoked) while the client may still
+    /// send under it: not given out again until the client closes it too
+    /// (`CloseDoc`) or disconnects, so its late updates cannot land in
+    /// another document. Counts as open against the limit.
+    Retired,
+}
+
+impl Slot {
+    fn sub(&self) -> Option<&Subscription> {
+        match self {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
+        }
+    }
+}
 
 impl Subscriptions {
-    fn find(&self, doc: &DocId) -> Result<usize, usize> {
-        self.0.binary_search_by_key(doc, |s| s.doc)
-    }
-
     pub(crate) fn get(&self, doc: &DocId) -> Option<&Subscription> {
-        self.find(doc).ok().map(|i| &self.0[i])
+        self.0.get(doc.0 as usize)?.sub()
     }
 
     pub(crate) fn get_mut(&mut self, doc: &DocId) -> Option<&mut Subscription> {
-        self.find(doc).ok().map(|i| &mut self.0[i])
-    }
-
-    pub(crate) fn contains_key(&self, doc: &DocId) -> bool {
-        self.find(doc).is_ok()
-    }
-
-    /// Adds `sub`, or replaces the subscription to its document.
-    pub(crate) fn insert(&mut self, sub: Subscription) {
-        match self.find(&sub.doc) {
-            Ok(i) => self.0[i] = sub,
-            Err(i) => {
-                // The first few grow one entry at a time: `Vec`'s first
-                // growth makes room for four (192 bytes), and most sessions
-                // hold one or two.
-                if self.0.len() < 4 {
-                    self.0.reserve_exact(1);
-                }
-                self.0.insert(i, sub)
-            }
+        match self.0.get_mut(doc.0 as usize)? {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
         }
     }
 
+    /// The handle under which the document at `index` is open.
+    pub(crate) fn handle_of(&self, index: DocIndex) -> Option<DocId> {
+        self.iter().find(|(_, s)| s.index == index).map(|(d, _)| d)
+    }
+
+    /// Adds `sub` under the smallest free handle, which it returns.
+    pub(crate) fn open(&mut self, sub: Subscription) -> DocId {
+        let free = self.0.iter().position(|s| matches!(s, Slot::Free));
+        let at = free.unwrap_or(self.0.len());
+        if at == self.0.len() {
+            // The first few grow one entry at a time: `Vec`'s first
+            // growth makes room for four (192 bytes), and most sessions
+            // hold one or two.
+            if self.0.len() < 4 {
+                self.0.reserve_exact(1);
+            }
+            self.0.push(Slot::Open(sub));
+        } else {
+            self.0[at] = Slot::Open(sub);
+        }
+        // At most `max_docs_per_connection` handles are in use at once.
+        DocId(u32::try_from(at).unwrap_or(u32::MAX))
+    }
+
+    /// Replaces the subscription under handle `doc` (the client opened the
+    /// document again).
+    pub(crate) fn replace(&mut self, doc: DocId, sub: Subscription) {
+        if let Some(slot @ Slot::Open(_)) = self.0.get_mut(doc.0 as usize) {
+            *slot = Slot::Open(sub);
+        }
+    }
+
+    /// Removes the subscription under `doc`, freeing the handle (also a
+    /// retired one, which returns `None`).
     pub(crate) fn remove(&mut self, doc: &DocId) -> Option<Subscription> {
-        let i = self.find(doc).ok()?;
-        let sub = self.0.remove(i);
+        let slot = std::mem::replace(self.0.get_mut(doc.0 as usize)?, Slot::Free);
+        while self.0.last().is_some_and(|s| matches!(s, Slot::Free)) {
+            self.0.pop();
+        }
         if self.0.is_empty() {
             // Nothing held for a connection that closed its documents.
             self.0 = Vec::new();
         }
-        Some(sub)
+        match slot {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
+        }
     }
 
+    /// Removes the subscription under `doc` and retires the handle.
+    pub(crate) fn retire(&mut self, doc: &DocId) -> Option<Subscription> {
+        let slot = self.0.get_mut(doc.0 as usize)?;
+        if !matches!(slot, Slot::Open(_)) {
+            return None;
+        }
+        match std::mem::replace(slot, Slot::Retired) {
+            Slot::Open(sub) => Some(sub),
+            _ => None,
+        }
+    }
+
+    /// Handles in use, retired ones included (a scan: at most
+    /// `max_docs_per_connection` entries, counted when a document is
+    /// opened).
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.0.iter().filter(|s| !matches!(s, Slot::Free)).count()
     }
 
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &DocId> {
-        self.0.iter().map(|s| &s.doc)
+    /// Open documents' handles.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = DocId> + '_ {
+        self.iter().map(|(d, _)| d)
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&DocId, &Subscription)> {
-        self.0.iter().map(|s| (&s.doc, s))
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Subscription> {
+        self.0.iter().filter_map(Slot::sub)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (DocId, &Subscription)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((DocId(i as u32), s.sub()?)))
     }
 }
 
@@ -377,7 +446,7 @@ impl ServerSession {
 
     /// Documents this session has open.
     pub fn open_documents(&self) -> usize {
-        self.docs.len()
+        self.docs.values().count()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -641,7 +710,7 @@ mod tests {
     use super::*;
 
     fn sub(doc: u32) -> Subscription {
-        Subscription::new(DocId(doc), Access::ReadWrite)
+        Subscription::new(DocIndex(doc), Access::ReadWrite)
     }
 
     /// A session whose queue drained keeps no room for messages.
@@ -842,18 +911,49 @@ mod tests {
     #[test]
     fn subscriptions_keep_no_spare_room() {
         let mut subs = Subscriptions::default();
-        for (n, doc) in [3, 1, 2].into_iter().enumerate() {
-            subs.insert(sub(doc));
+        for (n, index) in [3, 1, 2].into_iter().enumerate() {
+            assert_eq!(subs.open(sub(index)), DocId(n as u32));
             assert_eq!(subs.0.capacity(), n + 1);
         }
-        assert_eq!(subs.keys().map(|d| d.0).collect::<Vec<_>>(), [1, 2, 3]);
-        for doc in 4..40 {
-            subs.insert(sub(doc));
+        assert_eq!(subs.keys().map(|d| d.0).collect::<Vec<_>>(), [0, 1, 2]);
+        for index in 4..40 {
+            subs.open(sub(index));
         }
         assert_eq!(subs.len(), 39);
-        for doc in 1..40 {
+        for doc in 0..39 {
             assert!(subs.remove(&DocId(doc)).is_some());
         }
         assert_eq!(subs.0.capacity(), 0);
+    }
+
+    /// A new document takes the smallest free handle; freed handles at the
+    /// end keep nothing.
+    #[test]
+    fn handles_are_the_smallest_free() {
+        let mut subs = Subscriptions::default();
+        for index in 0..5 {
+            assert_eq!(subs.open(sub(index)), DocId(index));
+        }
+        assert!(subs.remove(&DocId(1)).is_some());
+        assert!(subs.remove(&DocId(3)).is_some());
+        assert!(subs.remove(&DocId(3)).is_none());
+        assert_eq!(subs.len(), 3);
+        assert_eq!(subs.handle_of(DocIndex(4)), Some(DocId(4)));
+        assert_eq!(subs.open(sub(9)), DocId(1));
+        assert_eq!(subs.get(&DocId(1)).map(|s| s.index), Some(DocIndex(9)));
+        assert!(subs.remove(&DocId(4)).is_some());
+        assert_eq!(subs.0.len(), 3, "trailing free handles are dropped");
+        assert_eq!(subs.open(sub(7)), DocId(3));
+        // A retired handle is not given out until the client closes it.
+        assert!(subs.retire(&DocId(0)).is_some());
+        assert!(subs.get(&DocId(0)).is_none());
+        assert_eq!(subs.len(), 4);
+        assert_eq!(subs.open(sub(8)), DocId(4));
+        assert!(subs.remove(&DocId(0)).is_none());
+        assert_eq!(subs.open(sub(9)), DocId(0));
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            std::mem::size_of::<Subscription>()
+        );
     }
 }

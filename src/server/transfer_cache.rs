@@ -109,6 +109,21 @@ impl TransferCache {
             .find(|(_, t)| t.doc == doc && t.from == from && t.version == version)
     }
 
+    /// Drops the entries of `doc` (it left the hub's directory: its key
+    /// may name another document next).
+    pub(crate) fn forget(&mut self, doc: DocId) {
+        let bytes = &mut self.bytes;
+        self.entries.retain(|_, e| {
+            let keep = e.transfer.doc != doc;
+            if !keep {
+                *bytes -= e.transfer.payload.len();
+            }
+            keep
+        });
+        let entries = &self.entries;
+        self.order.retain(|id| entries.contains_key(id));
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<&CachedTransfer> {
         self.entries.get(&id).map(|e| &e.transfer)
     }

@@ -362,6 +362,13 @@ struct Loaded<D> {
     uses: u64,
     /// `(uses, when)` when `unload_idle` last saw the counter change.
     idle_mark: Option<(u64, Instant)>,
+    /// The file has its `docs` row, or the next commit writes it. A
+    /// document only opened is not: its row is staged with its first
+    /// write, so opening names writes nothing.
+    stored: bool,
+    /// [`Registry::unload`] was asked while writes were not on disk: it is
+    /// dropped once they are (unless opened again before).
+    unload_wanted: bool,
 }
 
 impl<D> Loaded<D> {
@@ -378,6 +385,8 @@ impl<D> Loaded<D> {
             needs_snapshot: false,
             uses: 0,
             idle_mark: None,
+            stored: true,
+            unload_wanted: false,
         }
     }
 }
@@ -555,6 +564,9 @@ pub struct SqliteRegistry<D> {
     /// Names removed while their `Remove` is not on disk yet, with the
     /// commit holding it: not loadable.
     removed: BTreeMap<String, u64>,
+    /// Documents to drop once their writes are on disk
+    /// ([`Loaded::unload_wanted`]).
+    unload_due: Vec<String>,
     /// An update could not be staged since the last flush: that flush fails.
     unstaged: Option<String>,
     /// The newest commit id handed to the committer.
@@ -630,6 +642,7 @@ impl<D: Document> SqliteRegistry<D> {
             heal_due: Vec::new(),
             compact_due: Vec::new(),
             removed: BTreeMap::new(),
+            unload_due: Vec::new(),
             unstaged: None,
             last_commit: 0,
             reporting: false,
@@ -672,7 +685,8 @@ impl<D: Document> SqliteRegistry<D> {
     }
 
     /// Names of every stored document (loaded or not), sorted. Documents
-    /// created since the last commit are included.
+    /// written since the last commit are included; documents only opened
+    /// (never written) are not stored.
     pub fn stored(&mut self) -> Result<Vec<String>, RegistryError> {
         let mut names: BTreeSet<String> = self
             .query(|c| {
@@ -686,7 +700,12 @@ impl<D: Document> SqliteRegistry<D> {
         for r in self.removed.keys() {
             names.remove(r);
         }
-        names.extend(self.docs.keys().cloned());
+        names.extend(
+            self.docs
+                .iter()
+                .filter(|(_, l)| l.stored)
+                .map(|(name, _)| name.clone()),
+        );
         Ok(names.into_iter().collect())
     }
 
@@ -776,10 +795,48 @@ impl<D: Document> SqliteRegistry<D> {
     }
 
     fn stage(&mut self, name: &str, op: DocOp) {
+        self.ensure_stored(name);
         self.staged.push_op(op);
         if let Some(l) = self.docs.get_mut(name) {
             l.written_in = self.last_commit + 1;
         }
+    }
+
+    /// Stages the `docs` row of loaded document `name` if the file does
+    /// not have it yet (its first write).
+    fn ensure_stored(&mut self, name: &str) {
+        if let Some(l) = self.docs.get_mut(name)
+            && !l.stored
+        {
+            l.stored = true;
+            l.written_in = self.last_commit + 1;
+            let op = DocOp::Create {
+                id: l.id,
+                name: name.to_string(),
+            };
+            self.staged.push_op(op);
+        }
+    }
+
+    /// Drops the documents [`Registry::unload`] was asked for whose writes
+    /// reached the disk since.
+    fn unload_when_durable(&mut self) {
+        if self.unload_due.is_empty() {
+            return;
+        }
+        let durable = self.shared.durable_through.load(Ordering::Acquire);
+        let docs = &mut self.docs;
+        self.unload_due.retain(|name| match docs.get(name) {
+            Some(l) if l.unload_wanted => {
+                if l.unloadable(durable) {
+                    docs.remove(name);
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        });
     }
 
     /// Marks `name` as holding an update that could not be staged.
@@ -1395,14 +1452,12 @@ impl<D: Document> Registry for SqliteRegistry<D> {
                     let id = self.next_id;
                     self.next_id += 1;
                     let doc = (self.factory)(name);
-                    self.docs.insert(name.to_string(), Loaded::new(id, doc));
-                    self.stage(
-                        name,
-                        DocOp::Create {
-                            id,
-                            name: name.to_string(),
-                        },
-                    );
+                    // Its row is written with its first write.
+                    let l = Loaded {
+                        stored: false,
+                        ..Loaded::new(id, doc)
+                    };
+                    self.docs.insert(name.to_string(), l);
                     let l = self
                         .docs
                         .get_mut(name)
@@ -1417,6 +1472,7 @@ impl<D: Document> Registry for SqliteRegistry<D> {
             .get_mut(name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         l.uses += 1;
+        l.unload_wanted = false;
         Ok(&mut l.doc)
     }
 
@@ -1430,13 +1486,23 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         self.docs.keys().cloned().collect()
     }
 
-    /// Drops `name` from memory; it stays stored. Refused (`false`) while it
-    /// has writes not yet on disk: flush first.
+    /// Drops `name` from memory; it stays stored (a document never written
+    /// was never stored and is gone). While it has writes not yet on disk
+    /// it stays (`false`) and is dropped once a later commit, flush or
+    /// [`Registry::poll_commit`] finds them on disk, unless it is opened
+    /// again before.
     fn unload(&mut self, name: &str) -> bool {
         let durable = self.shared.durable_through.load(Ordering::Acquire);
-        if self.docs.get(name).is_some_and(|l| l.unloadable(durable)) {
+        let Some(l) = self.docs.get_mut(name) else {
+            return false;
+        };
+        if l.unloadable(durable) {
             self.docs.remove(name);
             return true;
+        }
+        if !l.unload_wanted {
+            l.unload_wanted = true;
+            self.unload_due.push(name.to_string());
         }
         false
     }
@@ -1447,6 +1513,8 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     fn remove(&mut self, name: &str) -> bool {
         self.forget_removed();
         let id = match self.docs.remove(name) {
+            // Never written: nothing stored to delete.
+            Some(l) if !l.stored => return true,
             Some(l) => Some(l.id),
             None if self.removed.contains_key(name) => None,
             None => self
@@ -1473,15 +1541,19 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         let waiting = self.staged.bytes + self.shared.in_flight_bytes.load(Ordering::Acquire);
         let next_commit = self.last_commit + 1;
         let compact_after = self.config.compact_after;
-        let Some(l) = self.docs.get_mut(name) else {
+        if !self.docs.contains_key(name) {
             return Err(RegistryError::NotFound(name.to_string()));
-        };
+        }
         let len = u32::try_from(update.len())
             .ok()
             .filter(|len| *len < u32::MAX - 4);
         let Some(len) = len else {
             self.needs_snapshot(name);
             return Err(RegistryError::Storage("update larger than 4 GiB".into()));
+        };
+        self.ensure_stored(name);
+        let Some(l) = self.docs.get_mut(name) else {
+            return Err(RegistryError::NotFound(name.to_string()));
         };
         if waiting + update.len() > self.config.max_staged_bytes {
             // Applied in memory but not staged: this flush fails, the next
@@ -1537,6 +1609,7 @@ impl<D: Document> Registry for SqliteRegistry<D> {
         if let Some(id) = commit {
             self.wait_for(id)?;
         }
+        self.unload_when_durable();
         match unstaged {
             Some(why) => Err(RegistryError::Storage(storage(&self.path, why))),
             None => Ok(true),
@@ -1553,6 +1626,7 @@ impl<D: Document> Registry for SqliteRegistry<D> {
             self.shared.state().report = true;
         }
         let commit = self.hand_over()?;
+        self.unload_when_durable();
         if let Some(why) = self.unstaged.take() {
             return Err(RegistryError::Storage(storage(&self.path, why)));
         }
@@ -1560,7 +1634,11 @@ impl<D: Document> Registry for SqliteRegistry<D> {
     }
 
     fn poll_commit(&mut self) -> Option<CommitDone> {
-        self.shared.state().completions.pop_front()
+        let done = self.shared.state().completions.pop_front();
+        if done.is_some() {
+            self.unload_when_durable();
+        }
+        done
     }
 
     fn set_commit_waker(&mut self, waker: CommitWaker) {

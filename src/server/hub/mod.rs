@@ -27,10 +27,13 @@ use super::sessions::Sessions;
 use super::transfer_cache::{CachedTransfer, TransferCache};
 use crate::awareness::PresenceTable;
 
+mod directory;
 mod presence;
 #[cfg(test)]
 mod timer_tests;
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
+use directory::Directory;
+pub(crate) use directory::DocIndex;
 pub use presence::{AppHook, AppMessage, AppVerdict};
 
 /// Smallest frame limit a client may announce.
@@ -47,47 +50,6 @@ const SPARE_BUFFERS: usize = 16;
 /// counted and reported once, so an input's errors cost a bounded number of
 /// frames and events whatever it carries.
 const MAX_ERRORS_PER_INPUT: u32 = 8;
-
-struct DocEntry {
-    name: Arc<str>,
-    subscribers: Subscribers,
-}
-
-/// The connections subscribed to a document, sorted. A vector, not a
-/// B-tree: every update walks it (fan-out), while joins and leaves are
-/// rarer.
-#[derive(Default)]
-struct Subscribers(Vec<ConnId>);
-
-impl Subscribers {
-    fn insert(&mut self, conn: ConnId) {
-        if let Err(i) = self.0.binary_search(&conn) {
-            self.0.insert(i, conn);
-        }
-    }
-
-    fn remove(&mut self, conn: &ConnId) {
-        if let Ok(i) = self.0.binary_search(conn) {
-            self.0.remove(i);
-        }
-    }
-
-    fn contains(&self, conn: &ConnId) -> bool {
-        self.0.binary_search(conn).is_ok()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, ConnId> {
-        self.0.iter()
-    }
-}
 
 /// Many server sessions sharing documents (CRDT-aware mode).
 ///
@@ -118,8 +80,9 @@ pub struct Hub<A> {
     /// Boxed, so a free slot costs a few words rather than a session, and
     /// filed by deadline.
     sessions: Sessions,
-    docs: Vec<DocEntry>,
-    by_name: BTreeMap<Arc<str>, DocId>,
+    /// The documents open on some connection (or lingering before they
+    /// leave); connections name them by their own handles.
+    directory: Directory,
     events: VecDeque<ServerEvent>,
     /// Connections with output, and those touched since the last
     /// [`Hub::take_touched`].
@@ -216,8 +179,7 @@ impl<A: Authorizer> Hub<A> {
             auth: authorizer,
             rng,
             sessions: Sessions::default(),
-            docs: Vec::new(),
-            by_name: BTreeMap::new(),
+            directory: Directory::default(),
             events: VecDeque::new(),
             marks: Marks::default(),
             now: None,
@@ -274,9 +236,27 @@ impl<A: Authorizer> Hub<A> {
 
     /// Sessions subscribed to document `name`.
     pub fn subscribers(&self, name: &str) -> usize {
-        self.by_name
-            .get(name)
-            .map_or(0, |id| self.docs[id.0 as usize].subscribers.len())
+        self.directory
+            .index(name)
+            .and_then(|i| self.directory.get(i))
+            .map_or(0, |e| e.subscribers.len())
+    }
+
+    /// Documents in the hub's directory: those some connection has open,
+    /// and those closed less than
+    /// [`ServerConfig::unload_after`] ago. Each stays loaded in the
+    /// registry while it is listed here; once it leaves, the registry is
+    /// told to unload it ([`Registry::unload`]).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use crdt_socket_sync::server::{AllowAll, Hub, ServerConfig};
+    /// let config = ServerConfig { unload_after: Some(Duration::ZERO), ..ServerConfig::default() };
+    /// let hub = Hub::new(config, AllowAll);
+    /// assert_eq!(hub.documents(), 0);
+    /// ```
+    pub fn documents(&self) -> usize {
+        self.directory.len()
     }
 
     /// Heap bytes held by the inflate scratch lent to the sessions.
@@ -297,9 +277,16 @@ impl<A: Authorizer> Hub<A> {
         self.transfers.bytes()
     }
 
-    /// The name behind a document handle.
-    pub fn doc_name(&self, doc: DocId) -> Option<&Arc<str>> {
-        self.docs.get(doc.0 as usize).map(|d| &d.name)
+    /// The name of the document connection `conn` has open under handle
+    /// `doc` (handles are per connection).
+    pub fn doc_name(&self, conn: ConnId, doc: DocId) -> Option<&Arc<str>> {
+        let index = self.sessions.get(&conn)?.docs.get(&doc)?.index;
+        self.directory.name(index)
+    }
+
+    /// The directory index of the document `conn` has open under `doc`.
+    fn index_of(&self, conn: ConnId, doc: DocId) -> Option<DocIndex> {
+        Some(self.sessions.get(&conn)?.docs.get(&doc)?.index)
     }
 
     fn clock(&mut self, now: Instant) -> Instant {
@@ -528,10 +515,11 @@ impl<A: Authorizer> Hub<A> {
         self.in_flight.len()
     }
 
-    /// Fires expired deadlines (handshake and idle timeouts). Calling it
-    /// early or twice does nothing.
+    /// Fires expired deadlines (handshake and idle timeouts, documents
+    /// leaving). Calling it early or twice does nothing.
     pub fn handle_timeout<R: Registry>(&mut self, now: Instant, registry: &mut R) {
         let now = self.clock(now);
+        self.unload_idle(now, registry);
         if self.sync_retry.is_some_and(|t| now >= t) {
             self.sync_retry = None;
             self.marks.retry_held();
@@ -583,6 +571,7 @@ impl<A: Authorizer> Hub<A> {
             .chain(self.next_prune)
             .chain(self.sync_retry)
             .chain(self.presence.next_expiry())
+            .chain(self.directory.next_unload())
             .min()
     }
 
@@ -786,7 +775,7 @@ impl<A: Authorizer> Hub<A> {
         let docs: Vec<DocId> = self
             .sessions
             .get(&conn)
-            .map(|s| s.docs.keys().copied().collect())
+            .map(|s| s.docs.keys().collect())
             .unwrap_or_default();
         for doc in docs {
             self.unsubscribe(conn, doc);
@@ -826,7 +815,7 @@ impl<A: Authorizer> Hub<A> {
                 message: message.clone(),
             },
         );
-        let name = doc.and_then(|d| self.doc_name(d).cloned());
+        let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
         self.events.push_back(ServerEvent::DocumentError {
             conn,
             name,
@@ -1034,7 +1023,7 @@ impl<A: Authorizer> Hub<A> {
                 let first = !sub.synced;
                 sub.synced = true;
                 sub.client_version = Some(version.0.into_boxed_slice());
-                if first && let Some(name) = self.doc_name(doc).cloned() {
+                if first && let Some(name) = self.doc_name(conn, doc).cloned() {
                     self.events
                         .push_back(ServerEvent::DocumentSynced { conn, name });
                 }
@@ -1101,20 +1090,6 @@ impl<A: Authorizer> Hub<A> {
         );
     }
 
-    fn doc_id(&mut self, name: &str) -> DocId {
-        if let Some(id) = self.by_name.get(name) {
-            return *id;
-        }
-        let id = DocId(self.docs.len() as u32);
-        let name: Arc<str> = name.into();
-        self.docs.push(DocEntry {
-            name: Arc::clone(&name),
-            subscribers: Subscribers::default(),
-        });
-        self.by_name.insert(name, id);
-        id
-    }
-
     fn on_open<R: Registry>(
         &mut self,
         conn: ConnId,
@@ -1131,9 +1106,12 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get(&conn) else {
             return;
         };
-        let existing = self.by_name.get(name.as_str()).copied();
-        let already = existing.is_some_and(|id| s.docs.contains_key(&id));
-        if !already && s.docs.len() >= limits.max_docs_per_connection {
+        // Opening a document again keeps its handle (and starts over).
+        let already = self
+            .directory
+            .index(&name)
+            .and_then(|i| s.docs.handle_of(i));
+        if already.is_none() && s.docs.len() >= limits.max_docs_per_connection {
             let msg = format!(
                 "at most {} documents per connection",
                 limits.max_docs_per_connection
@@ -1168,12 +1146,23 @@ impl<A: Authorizer> Hub<A> {
             let msg = e.to_string();
             return self.refuse_open(conn, name, code, msg);
         }
-        let doc = self.doc_id(&name);
-        self.docs[doc.0 as usize].subscribers.insert(conn);
-        let name = Arc::clone(&self.docs[doc.0 as usize].name);
-        if let Some(s) = self.sessions.get_mut(&conn) {
-            s.docs.insert(Subscription::new(doc, access));
-        }
+        let index = self.directory.insert(&name);
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let sub = Subscription::new(index, access);
+        let doc = match already {
+            Some(doc) => {
+                s.docs.replace(doc, sub);
+                doc
+            }
+            None => s.docs.open(sub),
+        };
+        self.directory.subscribe(index, conn, doc);
+        let name = self
+            .directory
+            .name(index)
+            .map_or_else(|| name.into(), Arc::clone);
         self.send(
             conn,
             &Message::Opened {
@@ -1182,14 +1171,17 @@ impl<A: Authorizer> Hub<A> {
                 access,
             },
         );
-        self.events
-            .push_back(ServerEvent::DocumentOpened { conn, name, access });
+        self.events.push_back(ServerEvent::DocumentOpened {
+            conn,
+            name: Arc::clone(&name),
+            access,
+        });
         self.send_presence_snapshot(conn, doc);
         // Resume an interrupted transfer from the client's last complete
         // chunk, then catch up with what changed since it was computed.
         if let Some(r) = resume
             && let Some(cached) = self.transfers.get(r.transfer)
-            && cached.doc == doc
+            && cached.doc == index.key()
             && r.offset <= cached.payload.len() as u64
         {
             let cached = cached.clone();
@@ -1206,7 +1198,7 @@ impl<A: Authorizer> Hub<A> {
             }
             self.events.push_back(ServerEvent::TransferResumed {
                 conn,
-                name: Arc::clone(&self.docs[doc.0 as usize].name),
+                name,
                 offset: r.offset,
             });
             // After the resumed transfer: computed once it was sent.
@@ -1242,7 +1234,7 @@ impl<A: Authorizer> Hub<A> {
         seq: Option<u64>,
         registry: &'r mut R,
     ) -> Option<(Arc<str>, &'r mut R::Doc)> {
-        let name = self.doc_name(doc).cloned()?;
+        let name = self.doc_name(conn, doc).cloned()?;
         match registry.get(&name) {
             Some(d) => Some((name, d)),
             None => {
@@ -1346,17 +1338,20 @@ impl<A: Authorizer> Hub<A> {
         version: &[u8],
         registry: &mut R,
     ) {
+        let Some(key) = self.index_of(conn, doc).map(DocIndex::key) else {
+            return;
+        };
         let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
         };
         let Ok(server_version) = catch_unwind(AssertUnwindSafe(|| d.version())) else {
-            return self.doc_panicked(doc);
+            return self.sender_doc_panicked(conn, doc);
         };
         // Clients joining together from the same version share one payload
         // (and its transfer id, so any of them can resume it).
         let shared = self
             .transfers
-            .find(doc, version, &server_version)
+            .find(key, version, &server_version)
             .map(|(id, t)| (id, t.kind, Arc::clone(&t.payload)));
         let (id, kind, payload, fresh) = match shared {
             Some((id, kind, payload)) => (id, kind, payload, false),
@@ -1366,7 +1361,7 @@ impl<A: Authorizer> Hub<A> {
                     Err(_) => (SyncKind::Snapshot, d.snapshot()),
                 }));
                 let Ok((kind, payload)) = computed else {
-                    return self.doc_panicked(doc);
+                    return self.sender_doc_panicked(conn, doc);
                 };
                 (self.rng.next_u64(), kind, Arc::new(payload), true)
             }
@@ -1380,7 +1375,7 @@ impl<A: Authorizer> Hub<A> {
                 id,
                 conn,
                 CachedTransfer {
-                    doc,
+                    doc: key,
                     kind,
                     payload: Arc::clone(&payload),
                     version: server_version.clone(),
@@ -1428,12 +1423,12 @@ impl<A: Authorizer> Hub<A> {
                 );
             }
         };
-        let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (*d, sub.access)).collect();
+        let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (d, sub.access)).collect();
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.identity = Some(identity.clone());
         }
         for (doc, old) in docs {
-            let Some(name) = self.doc_name(doc).cloned() else {
+            let Some(name) = self.doc_name(conn, doc).cloned() else {
                 continue;
             };
             match self.auth.authorize(&identity, &name) {
@@ -1452,6 +1447,7 @@ impl<A: Authorizer> Hub<A> {
                     );
                 }
                 None => {
+                    // Reported while the handle still names the document.
                     self.doc_error(
                         conn,
                         Some(doc),
@@ -1459,7 +1455,7 @@ impl<A: Authorizer> Hub<A> {
                         ErrorCode::Forbidden,
                         "access revoked by the new token".into(),
                     );
-                    self.unsubscribe(conn, doc);
+                    self.revoke(conn, doc);
                     self.send(conn, &Message::CloseDoc { doc });
                 }
             }
@@ -1514,9 +1510,10 @@ impl<A: Authorizer> Hub<A> {
                 format!("{n} update(s) refused: read-only access"),
             );
         }
-        let Some(name) = self.docs.get(doc.0 as usize).map(|e| Arc::clone(&e.name)) else {
+        let Some(entry) = self.directory.get(sub.index) else {
             return self.unknown_doc(conn, doc);
         };
+        let name = Arc::clone(&entry.name);
         let Some(d) = registry.get(&name) else {
             let msg = "document not loaded".to_string();
             return self.doc_error(conn, Some(doc), first_seq, ErrorCode::Internal, msg);
@@ -1527,14 +1524,14 @@ impl<A: Authorizer> Hub<A> {
         // catch-up from the version before this batch.
         let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
         let high = self.high_water();
-        let catch_up = self.docs[doc.0 as usize]
+        let catch_up = entry
             .subscribers
             .iter()
-            .filter(|c| **c != conn)
-            .filter_map(|c| self.sessions.get(c))
-            .any(|s| {
+            .filter(|(_, c)| *c != conn)
+            .filter_map(|(h, c)| Some((h, self.sessions.get(&c)?)))
+            .any(|(h, s)| {
                 s.outbound.bytes() + incoming > high
-                    && s.docs.get(&doc).is_some_and(|sub| !sub.is_lagging())
+                    && s.docs.get(&h).is_some_and(|sub| !sub.is_lagging())
             });
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
@@ -1557,7 +1554,7 @@ impl<A: Authorizer> Hub<A> {
         let Ok((pre_version, server_version, held_before, held)) = applied else {
             outcomes.clear();
             self.outcomes = outcomes;
-            return self.doc_panicked(doc);
+            return self.sender_doc_panicked(conn, doc);
         };
         // Updates waiting for missing dependencies are bounded: a session
         // whose updates grow the held bytes past the limit is closed (its
@@ -1598,25 +1595,23 @@ impl<A: Authorizer> Hub<A> {
         data: &[u8],
         registry: &mut R,
     ) {
+        let sub = self.sessions.get(&conn).and_then(|s| s.docs.get(&doc));
         // The sender first: a session that may not write this document
         // costs no look at the others (the general path reports why).
-        let writable = self
-            .sessions
-            .get(&conn)
-            .and_then(|s| s.docs.get(&doc))
-            .is_some_and(|sub| sub.access == Access::ReadWrite);
-        let entry = match self.docs.get(doc.0 as usize) {
-            Some(entry) if writable => entry,
-            _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
+        let Some(entry) = sub
+            .filter(|sub| sub.access == Access::ReadWrite)
+            .and_then(|sub| self.directory.get(sub.index))
+        else {
+            return self.apply_batch(conn, doc, &[(seq, data)], registry);
         };
         // The same test as `apply_batch`'s catch-up check, for everyone.
         let high = self.high_water();
         let incoming = data.len() + 16;
-        let near_high = entry.subscribers.iter().any(|c| {
-            *c != conn
+        let near_high = entry.subscribers.iter().any(|(_, c)| {
+            c != conn
                 && self
                     .sessions
-                    .get(c)
+                    .get(&c)
                     .is_some_and(|s| s.outbound.bytes() + incoming > high)
         });
         let d = match registry.get(&entry.name) {
@@ -1625,7 +1620,7 @@ impl<A: Authorizer> Hub<A> {
         };
         // A CRDT that panics fails its document, not the hub.
         let Ok(outcome) = catch_unwind(AssertUnwindSafe(|| d.apply(data))) else {
-            return self.doc_panicked(doc);
+            return self.sender_doc_panicked(conn, doc);
         };
         let name = Arc::clone(&entry.name);
         if !matches!(outcome, ApplyOutcome::Applied) || d.pending_bytes() != 0 {
@@ -1686,23 +1681,29 @@ impl<A: Authorizer> Hub<A> {
     /// is never touched again while the hub runs. Its subscribers get an
     /// [`ErrorCode::Internal`] error and are unsubscribed (`CloseDoc`),
     /// opens of it are refused; every other document and session goes on.
-    fn doc_panicked(&mut self, doc: DocId) {
-        let Some(name) = self.doc_name(doc).cloned() else {
+    fn doc_panicked(&mut self, index: DocIndex) {
+        let Some(entry) = self.directory.get(index) else {
             return;
         };
+        let name = Arc::clone(&entry.name);
         self.failed.insert(Arc::clone(&name));
-        let subscribers: Vec<ConnId> = self.docs[doc.0 as usize]
-            .subscribers
-            .iter()
-            .copied()
-            .collect();
+        let subscribers: Vec<(DocId, ConnId)> = entry.subscribers.iter().collect();
         let message = format!("document {name:?} failed: its CRDT panicked");
-        for conn in subscribers {
-            self.unsubscribe(conn, doc);
+        for (doc, conn) in subscribers {
+            // Reported while the handle still names the document; the
+            // handle is retired (the client may still be sending under it).
             self.doc_error(conn, Some(doc), None, ErrorCode::Internal, message.clone());
+            self.revoke(conn, doc);
             self.send(conn, &Message::CloseDoc { doc });
         }
         self.events.push_back(ServerEvent::DocumentFailed { name });
+    }
+
+    /// [`Hub::doc_panicked`] for the document `conn` has open as `doc`.
+    fn sender_doc_panicked(&mut self, conn: ConnId, doc: DocId) {
+        if let Some(index) = self.index_of(conn, doc) {
+            self.doc_panicked(index);
+        }
     }
 
     /// The store refused update `seq` (applied and forwarded all the same):
@@ -1859,58 +1860,66 @@ impl<A: Authorizer> Hub<A> {
         rates.invalid_updates > self.config.limits.max_invalid_updates
     }
 
-    /// Sends `data` to every other subscriber of `doc`, encoded once.
-    /// Subscribers over their high-water mark stop receiving individual
-    /// updates and are marked for a catch-up from `pre_version`.
+    /// Sends `data` from `from` (its handle `doc`) to every other
+    /// subscriber, encoded once per distinct handle among them (usually
+    /// once). Subscribers over their high-water mark stop receiving
+    /// individual updates and are marked for a catch-up from `pre_version`.
     fn fan_out(&mut self, from: ConnId, doc: DocId, data: &[u8], pre_version: Option<&[u8]>) {
-        let entry = &self.docs[doc.0 as usize];
-        let recipients = entry.subscribers.len() - usize::from(entry.subscribers.contains(&from));
-        if recipients == 0 {
+        let Some(entry) = self.index_of(from, doc).and_then(|i| self.directory.get(i)) else {
             return;
-        }
+        };
         let high = self.high_water();
-        // Encoded once for many recipients; a single recipient gets it
-        // encoded straight into its queue.
-        let shared = (recipients > 1).then(|| encode_broadcast_shared(doc, data));
         let mut slow = Vec::new();
-        for conn in entry.subscribers.iter().copied().filter(|c| *c != from) {
-            let Some(s) = self.sessions.get_mut(&conn) else {
-                continue;
-            };
-            let queued = s.outbound.bytes();
-            let Some(sub) = s.docs.get_mut(&doc) else {
-                continue;
-            };
-            if sub.is_lagging() {
+        for (handle, run) in entry.subscribers.runs() {
+            // Runs are sorted by connection: the sender is found by search.
+            let sender = handle == doc && run.binary_search(&(doc, from)).is_ok();
+            let recipients = run.len() - usize::from(sender);
+            if recipients == 0 {
                 continue;
             }
-            let len = shared
-                .as_ref()
-                .map_or_else(|| crate::wire::hot::broadcast_len(doc, data), |e| e.len());
-            if queued + len > high
-                && let Some(v) = pre_version
-            {
-                sub.set_lagging(v.to_vec());
-                s.lagging = true;
-                // A queue already drained (the update alone passes the
-                // high-water mark) gets its catch-up without a drain.
-                self.marks
-                    .drained(s, self.config.limits.max_outbound_bytes / 4);
-                self.events.push_back(ServerEvent::SubscriberLagging {
-                    conn,
-                    name: Arc::clone(&entry.name),
-                    queued,
-                });
-                continue;
-            }
-            let sent = match &shared {
-                Some(encoded) => s.send_shared(encoded, &self.common),
-                None => s.outbound.push_broadcast(doc, data, &mut self.common),
-            };
-            if sent.is_err() {
-                slow.push(conn);
-            } else {
-                self.marks.ready(s);
+            // Encoded once for many recipients; a single recipient gets it
+            // encoded straight into its queue.
+            let shared = (recipients > 1).then(|| encode_broadcast_shared(handle, data));
+            let len = shared.as_ref().map_or_else(
+                || crate::wire::hot::broadcast_len(handle, data),
+                |e| e.len(),
+            );
+            for &(_, conn) in run.iter().filter(|(_, c)| !sender || *c != from) {
+                let Some(s) = self.sessions.get_mut(&conn) else {
+                    continue;
+                };
+                let queued = s.outbound.bytes();
+                let Some(sub) = s.docs.get_mut(&handle) else {
+                    continue;
+                };
+                if sub.is_lagging() {
+                    continue;
+                }
+                if queued + len > high
+                    && let Some(v) = pre_version
+                {
+                    sub.set_lagging(v.to_vec());
+                    s.lagging = true;
+                    // A queue already drained (the update alone passes the
+                    // high-water mark) gets its catch-up without a drain.
+                    self.marks
+                        .drained(s, self.config.limits.max_outbound_bytes / 4);
+                    self.events.push_back(ServerEvent::SubscriberLagging {
+                        conn,
+                        name: Arc::clone(&entry.name),
+                        queued,
+                    });
+                    continue;
+                }
+                let sent = match &shared {
+                    Some(encoded) => s.send_shared(encoded, &self.common),
+                    None => s.outbound.push_broadcast(handle, data, &mut self.common),
+                };
+                if sent.is_err() {
+                    slow.push(conn);
+                } else {
+                    self.marks.ready(s);
+                }
             }
         }
         for conn in slow {
@@ -1919,6 +1928,31 @@ impl<A: Authorizer> Hub<A> {
                 CloseReason::SlowConsumer,
                 CloseCause::Local(CloseReason::SlowConsumer),
             );
+        }
+    }
+
+    /// Drops the acknowledgements due to `conn` for its handle `doc`, which
+    /// it closed: the handle may name another document next. Those waiting
+    /// for a commit are looked for only when some were (`in_flight`).
+    fn forget_acks(&mut self, conn: ConnId, doc: DocId, in_flight: bool) {
+        self.acks_due.retain(|a| *a != (conn, doc));
+        if in_flight {
+            for commit in &mut self.in_flight {
+                commit.acks.retain(|a| (a.0, a.1) != (conn, doc));
+                commit.distinct = commit.distinct.min(commit.acks.len());
+            }
+        }
+    }
+
+    /// Takes the documents whose unload linger ended out of the directory
+    /// and tells the registry to unload them (it keeps what only it holds:
+    /// a memory registry its written documents, a durable one its writes
+    /// not yet on disk until they are).
+    fn unload_idle<R: Registry>(&mut self, now: Instant, registry: &mut R) {
+        while let Some((index, name)) = self.directory.pop_expired(now) {
+            // Nothing server-wide may outlive the document's slot.
+            self.transfers.forget(index.key());
+            registry.unload(&name);
         }
     }
 
@@ -1973,7 +2007,7 @@ impl<A: Authorizer> Hub<A> {
                 let Some(since) = self.sub_mut(conn, doc).and_then(|sub| sub.take_lagging()) else {
                     break;
                 };
-                if let Some(name) = self.doc_name(doc).cloned() {
+                if let Some(name) = self.doc_name(conn, doc).cloned() {
                     self.events
                         .push_back(ServerEvent::CatchUpQueued { conn, name });
                 }
@@ -1989,7 +2023,7 @@ impl<A: Authorizer> Hub<A> {
         s.docs
             .iter()
             .find(|(_, sub)| sub.is_lagging())
-            .map(|(doc, _)| *doc)
+            .map(|(doc, _)| doc)
     }
 
     /// Prunes every document down to the version all its subscribers
@@ -1998,17 +2032,16 @@ impl<A: Authorizer> Hub<A> {
     /// version are left alone.
     fn prune<R: Registry>(&mut self, registry: &mut R) {
         let mut panicked = Vec::new();
-        for entry in &self.docs {
+        for (index, entry) in self.directory.entries() {
             if entry.subscribers.is_empty() {
                 continue;
             }
-            let doc = self.by_name[&entry.name];
             let versions: Option<Vec<&[u8]>> = entry
                 .subscribers
                 .iter()
-                .map(|c| {
+                .map(|(doc, c)| {
                     self.sessions
-                        .get(c)?
+                        .get(&c)?
                         .docs
                         .get(&doc)?
                         .client_version
@@ -2030,7 +2063,7 @@ impl<A: Authorizer> Hub<A> {
                 Ok(Some(snapshot)) => snapshot,
                 Ok(None) => continue,
                 Err(_) => {
-                    panicked.push(doc);
+                    panicked.push(index);
                     continue;
                 }
             };
@@ -2047,8 +2080,8 @@ impl<A: Authorizer> Hub<A> {
                 snapshot_bytes,
             });
         }
-        for doc in panicked {
-            self.doc_panicked(doc);
+        for index in panicked {
+            self.doc_panicked(index);
         }
     }
 
@@ -2234,7 +2267,7 @@ impl<A> core::fmt::Debug for Hub<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Hub")
             .field("sessions", &self.sessions.len())
-            .field("docs", &self.docs.len())
+            .field("docs", &self.directory.len())
             .finish()
     }
 }

@@ -9,7 +9,7 @@ use crate::awareness::PresenceError;
 use crate::outbound::{Priority, encode_shared};
 use crate::wire::{AwarenessEntry, Bytes, DocId, ErrorCode, Message, Route, SessionId};
 
-use super::{Authorizer, ConnId, Hub, ServerEvent};
+use super::{Authorizer, ConnId, DocIndex, Hub, ServerEvent};
 
 /// Bytes of presence states per `Awareness` message of a snapshot, about:
 /// each piece fits a default frame, and a joiner with little room gets
@@ -91,101 +91,152 @@ impl<A: Authorizer> Hub<A> {
     /// document `name`. Subscribers whose queue is past its high-water mark
     /// miss it: returns how many did.
     pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) -> usize {
-        let Some(doc) = self.by_name.get(name).copied() else {
+        let Some(index) = self.directory.index(name) else {
             return 0;
         };
-        let encoded = encode_shared(&Message::App {
-            kind,
-            route: Route::Document(doc),
-            from: None,
-            data: Bytes(data),
-        });
-        self.share(doc, None, &encoded)
+        let data = Bytes(data);
+        self.share(index, None, |doc| {
+            encode_shared(&Message::App {
+                kind,
+                route: Route::Document(doc),
+                from: None,
+                data: data.clone(),
+            })
+        })
     }
 
     /// Current presence states of document `name`.
     pub fn presence(&self, name: &str) -> Vec<AwarenessEntry> {
-        self.by_name
-            .get(name)
-            .map_or_else(Vec::new, |doc| self.presence.states(*doc))
+        self.directory
+            .index(name)
+            .map_or_else(Vec::new, |index| self.presence.states(index.key()))
     }
 
-    /// Queues pre-encoded bytes for every subscriber of `doc` but `except`;
-    /// returns how many missed them. Presence and app traffic is ephemeral:
-    /// a subscriber that is lagging or past its high-water mark misses it
-    /// (a lagging one gets a fresh presence snapshot with its catch-up), so
-    /// it never crowds out what a session may not miss.
-    fn share(&mut self, doc: DocId, except: Option<ConnId>, encoded: &Arc<[u8]>) -> usize {
-        let Some(entry) = self.docs.get(doc.0 as usize) else {
+    /// Queues a message for every subscriber of the document at `index`
+    /// but `except`, encoded by `encode` once per distinct handle among
+    /// them; returns how many missed it. Presence and app traffic is
+    /// ephemeral: a subscriber that is lagging or past its high-water mark
+    /// misses it (a lagging one gets a fresh presence snapshot with its
+    /// catch-up), so it never crowds out what a session may not miss.
+    fn share(
+        &mut self,
+        index: DocIndex,
+        except: Option<ConnId>,
+        encode: impl Fn(DocId) -> Arc<[u8]>,
+    ) -> usize {
+        let Some(entry) = self.directory.get(index) else {
             return 0;
         };
         let mut missed = 0;
-        for conn in entry.subscribers.iter().copied() {
-            if Some(conn) == except {
+        for (doc, run) in entry.subscribers.runs() {
+            if run.iter().all(|(_, c)| Some(*c) == except) {
                 continue;
             }
-            let Some(s) = self.sessions.get_mut(&conn) else {
-                continue;
-            };
-            if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
-                missed += 1;
-                continue;
-            }
-            let queued = s
-                .outbound
-                .push_shared_with(encoded, Priority::Ephemeral, &self.common);
-            if queued.is_ok() {
-                self.marks.ready(s);
-            } else {
-                missed += 1;
+            let encoded = encode(doc);
+            for &(_, conn) in run {
+                if Some(conn) == except {
+                    continue;
+                }
+                let Some(s) = self.sessions.get_mut(&conn) else {
+                    continue;
+                };
+                if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
+                    missed += 1;
+                    continue;
+                }
+                let queued =
+                    s.outbound
+                        .push_shared_with(&encoded, Priority::Ephemeral, &self.common);
+                if queued.is_ok() {
+                    self.marks.ready(s);
+                } else {
+                    missed += 1;
+                }
             }
         }
         missed
     }
 
-    fn share_presence(&mut self, doc: DocId, except: Option<ConnId>, entries: Vec<AwarenessEntry>) {
+    fn share_presence(
+        &mut self,
+        index: DocIndex,
+        except: Option<ConnId>,
+        entries: Vec<AwarenessEntry>,
+    ) {
         if entries.is_empty() {
             return;
         }
-        let encoded = encode_shared(&Message::Awareness { doc, entries });
-        self.share(doc, except, &encoded);
+        self.share(index, except, |doc| {
+            encode_shared(&Message::Awareness {
+                doc,
+                entries: entries.clone(),
+            })
+        });
     }
 
-    /// Sends `conn` the presence states of `doc` (on join and catch-up), as
-    /// many as fit below its high-water mark, in pieces of about
-    /// [`PRESENCE_PIECE`] bytes: a queue never passes its bound for them,
-    /// and only what fits is copied.
+    /// Sends `conn` the presence states of its document `doc` (on join and
+    /// catch-up), as many as fit below its high-water mark, in pieces of
+    /// about [`PRESENCE_PIECE`] bytes: a queue never passes its bound for
+    /// them, and only what fits is copied.
     pub(super) fn send_presence_snapshot(&mut self, conn: ConnId, doc: DocId) {
         let Some(s) = self.sessions.get(&conn) else {
             return;
         };
+        let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
+            return;
+        };
         let room = self.high_water().saturating_sub(s.outbound.bytes());
-        for entries in self.presence.snapshot(doc, PRESENCE_PIECE, room) {
+        for entries in self.presence.snapshot(index.key(), PRESENCE_PIECE, room) {
             if !self.send_ephemeral(conn, &Message::Awareness { doc, entries }) {
                 return;
             }
         }
     }
 
-    /// Removes `conn`'s subscription to `doc`, with its presence state.
+    /// Removes `conn`'s subscription to its document `doc` (the client
+    /// closed it, or disconnected), freeing the handle.
     pub(super) fn unsubscribe(&mut self, conn: ConnId, doc: DocId) {
+        self.leave(conn, doc, false);
+    }
+
+    /// Removes `conn`'s subscription to its document `doc` on the server's
+    /// initiative (access revoked): the handle stays retired until the
+    /// client closes it, so updates it sent before it heard cannot land in
+    /// a document opened next under the same handle.
+    pub(super) fn revoke(&mut self, conn: ConnId, doc: DocId) {
+        self.leave(conn, doc, true);
+    }
+
+    /// Removes the subscription with its presence state and the
+    /// acknowledgements still due for it (the handle may name another
+    /// document next). The last subscriber leaving starts the document's
+    /// unload linger.
+    fn leave(&mut self, conn: ConnId, doc: DocId, retire: bool) {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        s.docs.remove(&doc);
+        let sub = if retire {
+            s.docs.retire(&doc)
+        } else {
+            s.docs.remove(&doc)
+        };
+        let Some(sub) = sub else {
+            return;
+        };
         s.transfers.cancel(doc);
         let session = s.session;
-        if let Some(entry) = self.docs.get_mut(doc.0 as usize) {
-            entry.subscribers.remove(&conn);
+        self.forget_acks(conn, doc, sub.last_seq > sub.durable_seq);
+        if let Some(leave) = self.presence.remove(sub.index.key(), session) {
+            self.share_presence(sub.index, Some(conn), vec![leave]);
         }
-        if let Some(leave) = self.presence.remove(doc, session) {
-            self.share_presence(doc, Some(conn), vec![leave]);
-        }
+        let linger = self.config.unload_after;
+        self.directory
+            .unsubscribe(sub.index, conn, doc, self.now, linger);
     }
 
     pub(super) fn expire_presence(&mut self, now: Instant) {
-        for (doc, leave) in self.presence.expire(now) {
-            self.share_presence(doc, None, vec![leave]);
+        for (key, leave) in self.presence.expire(now) {
+            self.share_presence(DocIndex::from_key(key), None, vec![leave]);
         }
     }
 
@@ -202,9 +253,9 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if !s.docs.contains_key(&doc) {
+        let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
             return self.unknown_doc(conn, doc);
-        }
+        };
         let rate = &mut s.rates(&self.config.limits, now).presence;
         if !rate.allow(now) {
             let e = PresenceError::RateLimited {
@@ -226,9 +277,9 @@ impl<A: Authorizer> Hub<A> {
             .unwrap_or_default();
         match self
             .presence
-            .set(doc, session, &identity, clock, state, now)
+            .set(index.key(), session, &identity, clock, state, now)
         {
-            Ok(Some(delta)) => self.share_presence(doc, Some(conn), vec![delta]),
+            Ok(Some(delta)) => self.share_presence(index, Some(conn), vec![delta]),
             Ok(None) => {}
             Err(e) => self.doc_error(
                 conn,
@@ -267,11 +318,13 @@ impl<A: Authorizer> Hub<A> {
             );
             return self.doc_error(conn, doc, None, ErrorCode::LimitExceeded, msg);
         }
-        if let Some(doc) = doc
-            && !s.docs.contains_key(&doc)
-        {
-            return self.unknown_doc(conn, doc);
-        }
+        let index = match doc {
+            Some(doc) => match s.docs.get(&doc) {
+                Some(sub) => Some(sub.index),
+                None => return self.unknown_doc(conn, doc),
+            },
+            None => None,
+        };
         let from = s.session;
         let identity = s
             .identity
@@ -332,16 +385,21 @@ impl<A: Authorizer> Hub<A> {
                     self.backpressure(conn, None, kind, 1);
                 }
             }
-            Route::Document(doc) => {
-                let encoded = encode_shared(&Message::App {
-                    kind,
-                    route,
-                    from: Some(from),
-                    data,
+            Route::Document(_) => {
+                let Some(index) = index else {
+                    return;
+                };
+                // Each recipient gets the route under its own handle.
+                let missed = self.share(index, Some(conn), |doc| {
+                    encode_shared(&Message::App {
+                        kind,
+                        route: Route::Document(doc),
+                        from: Some(from),
+                        data: data.clone(),
+                    })
                 });
-                let missed = self.share(doc, Some(conn), &encoded);
                 if missed > 0 {
-                    self.backpressure(conn, Some(doc), kind, missed);
+                    self.backpressure(conn, doc, kind, missed);
                 }
             }
         }
@@ -355,19 +413,16 @@ impl<A: Authorizer> Hub<A> {
         let to = self.by_session.get(&target).copied()?;
         let a = self.sessions.get(&conn)?;
         let b = self.sessions.get(&to)?;
-        // Both sorted by document: one merge, at most the two sessions'
-        // documents long.
-        let (mut x, mut y) = (a.docs.keys().peekable(), b.docs.keys().peekable());
-        while let (Some(d), Some(e)) = (x.peek(), y.peek()) {
-            match d.cmp(e) {
-                std::cmp::Ordering::Less => {
-                    x.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    y.next();
-                }
-                std::cmp::Ordering::Equal => return Some(to),
-            }
+        // Handles are per connection: compare the documents behind them.
+        // At most `max_docs_per_connection` each: one sort, one search per
+        // document of the other.
+        let mut mine: Vec<DocIndex> = a.docs.values().map(|sub| sub.index).collect();
+        mine.sort_unstable();
+        if b.docs
+            .values()
+            .any(|sub| mine.binary_search(&sub.index).is_ok())
+        {
+            return Some(to);
         }
         None
     }
@@ -391,7 +446,7 @@ impl<A: Authorizer> Hub<A> {
                 message: message.clone(),
             },
         );
-        let name = doc.and_then(|d| self.doc_name(d).cloned());
+        let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
         self.events.push_back(ServerEvent::DocumentError {
             conn,
             name,

@@ -448,3 +448,29 @@ fn equal_handles_on_different_documents_share_nothing() {
         "{got:?}"
     );
 }
+
+/// Our client answers a document the server closed on its own (access
+/// revoked) with its own `CloseDoc`, so the retired handle is free again and
+/// does not count against `max_docs_per_connection` for the rest of the
+/// connection.
+#[test]
+fn a_client_frees_the_handles_the_server_retired() {
+    let mut net = Net::new(ServerConfig::default(), Scoped);
+    let mut config = client_config("c");
+    config.token = b"all".to_vec();
+    let c = net.add_client(config);
+    net.connect(c);
+    net.open(c, "a");
+    net.open(c, "b");
+    // The new token keeps "b" and revokes "a" (handle 0).
+    net.clients[c].session.refresh_token(b"b-only".to_vec());
+    net.run();
+    net.take_transcript();
+    // The next document gets handle 0 again: the client closed it.
+    net.open(c, "b2");
+    let transcript = net.take_transcript();
+    assert!(
+        transcript.iter().any(|l| l.contains("Opened b2#0")),
+        "the retired handle 0 was not freed: {transcript:?}"
+    );
+}

@@ -773,13 +773,17 @@ impl ClientSession {
             Message::SyncDone { doc, version } => self.on_sync_done(doc, &version, registry),
             Message::OutOfSync { doc, version } => self.send_missing(doc, &version, registry),
             Message::CloseDoc { doc } => {
-                if let Some(name) = self.handles.remove(&doc)
-                    && let Some(d) = self.docs.get_mut(&name)
-                {
-                    d.handle = None;
-                    d.status = DocStatus::Refused;
-                    let freed = d.drop_held();
-                    self.held_bytes -= freed;
+                if let Some(name) = self.handles.remove(&doc) {
+                    if let Some(d) = self.docs.get_mut(&name) {
+                        d.handle = None;
+                        d.status = DocStatus::Refused;
+                        let freed = d.drop_held();
+                        self.held_bytes -= freed;
+                    }
+                    // The server retires a handle it closed on its own until
+                    // we close it too (an update of ours may still be on its
+                    // way under it): closing frees it for the next document.
+                    self.send(&Message::CloseDoc { doc });
                 }
             }
             Message::Error {

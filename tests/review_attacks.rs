@@ -1,0 +1,328 @@
+//! Adversarial review of the issue 16 hardening: inputs that still let one
+//! peer cost the server more than a small documented bound. Every test
+//! asserts the bound that SHOULD hold, so it fails on the code it was
+//! written against; the figures measured are in each test's comment.
+//!
+//! Memory is measured with a counting global allocator (live bytes), so the
+//! tests that measure it take `SERIAL` (tests run on several threads).
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Reg, frame, hello, server_registry};
+use crdt_socket_sync::Limits;
+use crdt_socket_sync::server::{
+    AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig, ServerEvent,
+};
+use crdt_socket_sync::wire::{Access, Bytes, DocId, ErrorCode, Message, MessageDecoder};
+
+// ---- a counting allocator ----
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Serializes the tests that read `LIVE`.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn live() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+const MIB: isize = 1 << 20;
+
+// ---- a hub driven by hand ----
+
+struct Raw<A> {
+    hub: Hub<A>,
+    reg: Reg,
+    now: Instant,
+    events: usize,
+}
+
+impl<A: Authorizer> Raw<A> {
+    fn new(auth: A) -> Self {
+        Raw {
+            hub: Hub::new(ServerConfig::default(), auth),
+            reg: server_registry(),
+            now: Instant::now(),
+            events: 0,
+        }
+    }
+
+    fn connect(&mut self, peer: &str, token: &[u8]) -> ConnId {
+        let conn = self.hub.accept(self.now);
+        self.input(conn, &[hello(peer, token)]);
+        let welcome = self.read(conn);
+        assert!(matches!(welcome.as_slice(), [Message::Welcome { .. }]));
+        conn
+    }
+
+    fn input_bytes(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
+        self.hub.handle_input(conn, self.now, bytes, &mut self.reg);
+        let mut n = 0;
+        while self.hub.poll_event().is_some() {
+            n += 1;
+        }
+        self.events += n;
+        n
+    }
+
+    fn input(&mut self, conn: ConnId, msgs: &[Message]) -> usize {
+        self.input_bytes(conn, &frame(msgs))
+    }
+
+    fn read(&mut self, conn: ConnId) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut decoder = MessageDecoder::new(Limits {
+            max_frame_len: u32::MAX,
+            max_decompressed_len: u32::MAX,
+            max_messages_per_frame: u32::MAX,
+            ..Limits::default()
+        });
+        while let Some(f) = self.hub.poll_transmit_for(conn) {
+            decoder.decode(&f, &mut out).unwrap();
+        }
+        out
+    }
+
+    /// Opens `names` in frames of 256 and reads everything; the handles.
+    fn open_many(&mut self, conn: ConnId, names: &[String]) -> Vec<DocId> {
+        let mut docs = Vec::new();
+        for chunk in names.chunks(256) {
+            let msgs: Vec<Message> = chunk.iter().map(|n| open(n, &[])).collect();
+            self.input(conn, &msgs);
+            for m in self.read(conn) {
+                if let Message::Opened { doc, .. } = m {
+                    docs.push(doc);
+                }
+            }
+            // Lets the sync rate refill.
+            self.now += Duration::from_secs(2);
+            self.hub.handle_timeout(self.now, &mut self.reg);
+            let _ = self.read(conn);
+        }
+        docs
+    }
+
+    fn is_open(&self, conn: ConnId) -> bool {
+        !self.hub.is_closed(conn)
+    }
+}
+
+fn open(name: &str, version: &[u8]) -> Message {
+    Message::Open {
+        name: name.into(),
+        version: Bytes(version.to_vec()),
+        resume: None,
+    }
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+// ---- finding 1: peer-chosen versions are stored per subscription, unbounded ----
+
+/// `SyncDone { version }` stores the peer's version in the subscription
+/// (`sub.client_version`, src/server/hub/mod.rs `on_message`), with no
+/// limit on its length: one connection with 1,024 open documents pins
+/// 1,024 × (up to `max_message_len`, 64 MiB, through fragments) = 64 GiB.
+/// Any token that can open a document (read-only is enough) does it.
+///
+/// Measured: 48 documents × 900 KiB versions → +42 MiB live heap held
+/// by one connection after its inputs (the bound should be a few MiB).
+#[test]
+fn sync_done_versions_are_bounded_per_connection() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = Raw::new(AllowAll);
+    let c = r.connect("attacker", b"");
+    let docs = r.open_many(c, &names("d", 48));
+    assert_eq!(docs.len(), 48);
+    let before = live();
+    for &doc in &docs {
+        let f = frame(&[Message::SyncDone {
+            doc,
+            version: Bytes(vec![0xAB; 900 << 10]),
+        }]);
+        r.input_bytes(c, &f);
+        drop(f);
+        let _ = r.read(c);
+    }
+    let held = live() - before;
+    eprintln!(
+        "SyncDone: connection open: {}, held {} KiB",
+        r.is_open(c),
+        held / 1024
+    );
+    assert!(
+        held < 4 * MIB || !r.is_open(c),
+        "one connection pins {} MiB of peer versions",
+        held / MIB
+    );
+}
+
+/// `StatusRequest { version }` (and `Open { version }`) on a document whose
+/// sync the session's rate holds back stores the peer's version as the due
+/// catch-up (`Subscription::set_lagging`, src/server/hub/mod.rs
+/// `run_requested_syncs`), unbounded in length, per document.
+///
+/// Measured: 48 documents × 900 KiB → +42 MiB held by one connection.
+#[test]
+fn lagging_versions_are_bounded_per_connection() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = Raw::new(AllowAll);
+    let c = r.connect("attacker", b"");
+    let docs = r.open_many(c, &names("d", 48));
+    // Exhaust the sync rate (256/s): every later request lags.
+    let burn: Vec<Message> = (0..256)
+        .map(|i| Message::StatusRequest {
+            doc: docs[i % docs.len()],
+            version: Bytes::default(),
+        })
+        .collect();
+    for _ in 0..8 {
+        r.input(c, &burn);
+        let _ = r.read(c);
+    }
+    let before = live();
+    for &doc in &docs {
+        let f = frame(&[Message::StatusRequest {
+            doc,
+            version: Bytes(vec![0xAB; 900 << 10]),
+        }]);
+        r.input_bytes(c, &f);
+        drop(f);
+    }
+    let held = live() - before;
+    eprintln!(
+        "StatusRequest: connection open: {}, held {} KiB",
+        r.is_open(c),
+        held / 1024
+    );
+    assert!(
+        held < 4 * MIB || !r.is_open(c),
+        "one connection pins {} MiB of lagging versions",
+        held / MIB
+    );
+}
+
+// ---- finding 2: RefreshToken re-authorizes every open document, per message ----
+
+/// An authorizer that counts its calls.
+struct Counted {
+    authorize: &'static AtomicU64,
+    authenticate: &'static AtomicU64,
+}
+
+impl Authorizer for Counted {
+    fn authenticate(&mut self, peer: &str, _token: &[u8]) -> Result<Identity, String> {
+        self.authenticate.fetch_add(1, Ordering::Relaxed);
+        Ok(Identity::new(peer))
+    }
+    fn authorize(&mut self, _identity: &Identity, _doc: &str) -> Option<Access> {
+        self.authorize.fetch_add(1, Ordering::Relaxed);
+        Some(Access::ReadWrite)
+    }
+}
+
+/// One frame of 1,024 `RefreshToken`s (a few KiB) from a connection with
+/// 1,024 open documents calls `Authorizer::authorize` 1,024 × 1,024 times
+/// (`Hub::on_refresh`), plus 1,024 `authenticate` calls (a JWT verification
+/// or a database look-up each, in a real server). No rate limits refresh.
+///
+/// Measured: 1,048,576 authorize calls and 1,024 authenticate calls for a
+/// frame of 7 KiB; ~0.2 s of hub CPU with a trivial authorizer (debug).
+#[test]
+fn a_frame_of_token_refreshes_costs_a_bounded_number_of_authorizations() {
+    static AUTHORIZE: AtomicU64 = AtomicU64::new(0);
+    static AUTHENTICATE: AtomicU64 = AtomicU64::new(0);
+    let mut r = Raw::new(Counted {
+        authorize: &AUTHORIZE,
+        authenticate: &AUTHENTICATE,
+    });
+    let c = r.connect("attacker", b"t");
+    let docs = r.open_many(c, &names("d", 1024));
+    assert_eq!(docs.len(), 1024);
+    let refreshes: Vec<Message> = (0..1024)
+        .map(|_| Message::RefreshToken {
+            token: Bytes(b"t".to_vec()),
+        })
+        .collect();
+    let f = frame(&refreshes);
+    let (a0, n0) = (
+        AUTHORIZE.load(Ordering::Relaxed),
+        AUTHENTICATE.load(Ordering::Relaxed),
+    );
+    let t = Instant::now();
+    r.input_bytes(c, &f);
+    let took = t.elapsed();
+    let authorized = AUTHORIZE.load(Ordering::Relaxed) - a0;
+    let authenticated = AUTHENTICATE.load(Ordering::Relaxed) - n0;
+    eprintln!(
+        "RefreshToken x1024: frame {} B, authorize {authorized}, authenticate {authenticate}, {took:?}",
+        f.len(),
+        authenticate = authenticated
+    );
+    // Linear in the input with a small factor: a few calls per message.
+    assert!(
+        authorized <= 4 * 1024,
+        "{authorized} authorize calls for one {}-byte frame",
+        f.len()
+    );
+}
+
+// ---- finding 3: the client's own Error reports bypass the per-input event cap ----
+
+/// `Message::Error` from a client becomes a `ServerEvent::DocumentError`
+/// each, without the per-input cap (`MAX_ERRORS_PER_INPUT`, 8) that the
+/// server's own errors have (src/server/hub/mod.rs `on_message`, the
+/// `Message::Error` arm pushes to `self.events` directly). Each event keeps
+/// the peer's message text: one 4 MiB frame → 1,024 events holding 4 MiB.
+///
+/// Measured: 1,024 events for one 3.6 KiB frame.
+#[test]
+fn client_error_reports_are_capped_per_input() {
+    let mut r = Raw::new(AllowAll);
+    let c = r.connect("attacker", b"");
+    let errs: Vec<Message> = (0..1024)
+        .map(|_| Message::Error {
+            doc: None,
+            seq: None,
+            code: ErrorCode::Internal,
+            message: String::new(),
+        })
+        .collect();
+    let f = frame(&errs);
+    let events = r.input_bytes(c, &f);
+    eprintln!("Error x1024: frame {} B → {events} events", f.len());
+    assert!(events <= 16, "{events} events for one {}-byte frame", f.len());
+}

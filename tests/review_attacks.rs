@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{Reg, frame, hello, server_registry};
 use crdt_socket_sync::Limits;
 use crdt_socket_sync::server::{
-    AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig, ServerEvent,
+    AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig,
 };
 use crdt_socket_sync::wire::{Access, Bytes, DocId, ErrorCode, Message, MessageDecoder};
 
@@ -325,4 +325,142 @@ fn client_error_reports_are_capped_per_input() {
     let events = r.input_bytes(c, &f);
     eprintln!("Error x1024: frame {} B → {events} events", f.len());
     assert!(events <= 16, "{events} events for one {}-byte frame", f.len());
+}
+
+// ---- finding 4: the unload linger lets one connection keep unlimited documents loaded ----
+
+/// A connection opens 1,024 distinct documents and closes them again, in
+/// one frame, over and over within the unload linger (1 s). Each closed
+/// document stays in the hub's directory and the registry until the linger
+/// ends (`Directory::unsubscribe` / `unload_idle`), and nothing counts them
+/// against the connection: `max_docs_per_connection` only counts what is
+/// open *now*. The documents one peer keeps loaded are its bandwidth × 1 s.
+/// Every `Open` also costs a registry open (SQLite: a `load` query) and a
+/// `DocumentOpened` event.
+///
+/// Measured (20 frames of 512 × (Open + CloseDoc) with ~505-byte names,
+/// 257 KiB each, 5 MiB in all, no time passing): 10,240 documents in the
+/// directory and the registry, +20 MiB live heap (OpLog documents, names in
+/// the directory and registry, 10,240 `DocumentOpened` events); the
+/// connection stays open. At 100 MB/s that is ~200,000 documents, ~400 MiB.
+#[test]
+fn documents_cycled_within_the_linger_are_bounded_per_connection() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = Raw::new(AllowAll);
+    let c = r.connect("attacker", b"");
+    let before = live();
+    let pad = "x".repeat(500);
+    let mut sent = 0;
+    for round in 0..20 {
+        let mut msgs: Vec<Message> = (0..512)
+            .map(|i| open(&format!("{pad}-{round}-{i}"), &[]))
+            .collect();
+        // The handles of a connection with nothing open are 0..512 (a
+        // handle is reused once closed).
+        msgs.extend((0..512).map(|i| Message::CloseDoc { doc: DocId(i) }));
+        let f = frame(&msgs);
+        sent += f.len();
+        r.input_bytes(c, &f);
+        let _ = r.read(c);
+        if !r.is_open(c) {
+            break;
+        }
+    }
+    let held = live() - before;
+    let docs = r.hub.documents();
+    eprintln!(
+        "cycling: sent {} KiB, {docs} documents held, {} KiB live, open: {}",
+        sent / 1024,
+        held / 1024,
+        r.is_open(c)
+    );
+    assert!(
+        docs <= 2 * Limits::default().max_docs_per_connection,
+        "one connection keeps {docs} documents loaded"
+    );
+}
+
+// ---- finding 5: the shared reassembly budget lets two peers lock out everyone's large messages ----
+
+fn deflated(msgs: &[Message]) -> Vec<u8> {
+    use crdt_socket_sync::wire::{Compression, Encoder};
+    let mut encoder = Encoder::new(&Limits::default());
+    encoder.set_compression(Compression::Deflate, 1024);
+    let mut out = Vec::new();
+    encoder.encode(msgs, &mut out).unwrap();
+    out
+}
+
+fn fragment(id: u32, k: u64, len: usize, total: u64) -> Message {
+    Message::Fragment {
+        id,
+        offset: k * len as u64,
+        total,
+        data: Bytes(vec![0; len]),
+    }
+}
+
+/// `max_reassembly_bytes` (128 MiB) is shared by all connections, and a
+/// fragment that would pass it closes the connection it *arrived on*
+/// (src/inbound.rs `Partial::reserve`). Two authenticated connections (any
+/// token, read-only too) that each start a 64 MiB message and never finish
+/// it (~130 KB of deflated fragments each) hold the whole budget for
+/// `incomplete_input_timeout` (30 s), then reconnect: every honest client
+/// that sends a fragmented message (a large offline backlog, a snapshot) is
+/// closed with `LimitExceeded`, and on reconnect again. Scaled down here
+/// (4 MiB messages, 8 MiB budget); same mechanism as the defaults.
+///
+/// Measured: 33 KiB of deflated fragments from the two attackers hold the
+/// whole 8 MiB budget (7 MiB sent, capacity doubling to 4 MiB each); the
+/// honest client's 1 MiB message in 2 fragments is refused and the honest
+/// connection closed (`ReassemblyFull`); both attackers stay open.
+#[test]
+fn two_peers_holding_the_reassembly_budget_do_not_close_honest_clients() {
+    let limits = Limits {
+        max_message_len: 4 << 20,
+        max_reassembly_bytes: 8 << 20,
+        ..Limits::default()
+    };
+    let mut r = Raw::new(AllowAll);
+    r.hub = Hub::new(
+        ServerConfig {
+            limits,
+            ..ServerConfig::default()
+        },
+        AllowAll,
+    );
+    let a = r.connect("a", b"");
+    let b = r.connect("b", b"");
+    let honest = r.connect("honest", b"");
+    let piece = 512 << 10;
+    let mut sent = 0;
+    for attacker in [a, b] {
+        // 3.5 MiB of a 4 MiB message: held until the incomplete-input timeout.
+        for k in 0..7 {
+            let f = deflated(&[fragment(1, k, piece, 4 << 20)]);
+            sent += f.len();
+            r.input_bytes(attacker, &f);
+        }
+    }
+    eprintln!(
+        "reassembly: attackers sent {} KiB, hold {} KiB of {} KiB",
+        sent / 1024,
+        r.hub.reassembly_bytes() / 1024,
+        limits.max_reassembly_bytes / 1024
+    );
+    // An honest 1 MiB message, in two fragments.
+    for k in 0..2 {
+        let f = deflated(&[fragment(9, k, piece, 1 << 20)]);
+        r.input_bytes(honest, &f);
+    }
+    eprintln!(
+        "reassembly: honest open {}, a open {}, b open {}",
+        r.is_open(honest),
+        r.is_open(a),
+        r.is_open(b)
+    );
+    assert!(
+        r.is_open(honest),
+        "two peers' unfinished fragments closed an honest client"
+    );
 }

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{Reg, frame, hello, server_registry};
 use crdt_socket_sync::Limits;
-use crdt_socket_sync::server::{
-    AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig,
-};
+use crdt_socket_sync::server::{AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig};
 use crdt_socket_sync::wire::{Access, Bytes, DocId, ErrorCode, Message, MessageDecoder};
 
 // ---- a counting allocator ----
@@ -41,7 +39,10 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         p
     }
@@ -260,7 +261,8 @@ impl Authorizer for Counted {
 /// or a database look-up each, in a real server). No rate limits refresh.
 ///
 /// Measured: 1,048,576 authorize calls and 1,024 authenticate calls for a
-/// frame of 7 KiB; ~0.2 s of hub CPU with a trivial authorizer (debug).
+/// frame of 3 KiB; 77-90 ms of hub CPU with a trivial counting authorizer
+/// (debug build); a real authenticator (JWT, database) multiplies it.
 #[test]
 fn a_frame_of_token_refreshes_costs_a_bounded_number_of_authorizations() {
     static AUTHORIZE: AtomicU64 = AtomicU64::new(0);
@@ -308,7 +310,7 @@ fn a_frame_of_token_refreshes_costs_a_bounded_number_of_authorizations() {
 /// `Message::Error` arm pushes to `self.events` directly). Each event keeps
 /// the peer's message text: one 4 MiB frame → 1,024 events holding 4 MiB.
 ///
-/// Measured: 1,024 events for one 3.6 KiB frame.
+/// Measured: 1,024 events for one 5 KiB frame.
 #[test]
 fn client_error_reports_are_capped_per_input() {
     let mut r = Raw::new(AllowAll);
@@ -324,7 +326,11 @@ fn client_error_reports_are_capped_per_input() {
     let f = frame(&errs);
     let events = r.input_bytes(c, &f);
     eprintln!("Error x1024: frame {} B → {events} events", f.len());
-    assert!(events <= 16, "{events} events for one {}-byte frame", f.len());
+    assert!(
+        events <= 16,
+        "{events} events for one {}-byte frame",
+        f.len()
+    );
 }
 
 // ---- finding 4: the unload linger lets one connection keep unlimited documents loaded ----
@@ -462,5 +468,85 @@ fn two_peers_holding_the_reassembly_budget_do_not_close_honest_clients() {
     assert!(
         r.is_open(honest),
         "two peers' unfinished fragments closed an honest client"
+    );
+}
+
+// ---- finding 6 (client): partial sync transfers are bounded per document only ----
+
+/// `Limits::max_transfer_len` (1 GiB) bounds one transfer; a client keeps a
+/// partial transfer per document (`on_chunk`, src/client/session.rs), so a
+/// hostile server that starts a `total = max_transfer_len` transfer on
+/// every open document and never finishes pins documents × 1 GiB in the
+/// client. Scaled down: 1 MiB limit, 8 documents.
+///
+/// Measured: 8 partial transfers of 900 KiB each, 7.2 MiB held against a
+/// 1 MiB `max_transfer_len`; the client stays connected.
+#[test]
+fn a_hostile_server_cannot_pin_a_transfer_per_document() {
+    use crdt_socket_sync::client::{ClientConfig, ClientSession};
+    use crdt_socket_sync::wire::{Compression, PeerLimits, SessionId, SyncKind};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let limits = Limits {
+        max_transfer_len: 1 << 20,
+        ..Limits::default()
+    };
+    let mut now = Instant::now();
+    let mut c = ClientSession::new(
+        ClientConfig {
+            limits,
+            ..common::client_config("victim")
+        },
+        now,
+    );
+    let mut reg = common::client_registry(1);
+    let names = names("doc", 8);
+    for n in &names {
+        c.open(&mut reg, n, now).unwrap();
+    }
+    c.connect(now);
+    while c.poll_transmit().is_some() {}
+    let welcome = Message::Welcome {
+        version: 1,
+        session: SessionId(1),
+        compression: Compression::None,
+        limits: PeerLimits {
+            max_frame_len: 1 << 20,
+            max_decompressed_len: 4 << 20,
+        },
+        heartbeat_ms: 2000,
+    };
+    c.handle_input(now, &frame(&[welcome]), &mut reg);
+    for (i, n) in names.iter().enumerate() {
+        let opened = Message::Opened {
+            name: n.clone(),
+            doc: DocId(i as u32),
+            access: Access::ReadWrite,
+        };
+        c.handle_input(now, &frame(&[opened]), &mut reg);
+    }
+    while c.poll_transmit().is_some() {}
+    while c.poll_event().is_some() {}
+    let before = live();
+    for i in 0..8u32 {
+        let f = frame(&[Message::SyncChunk {
+            doc: DocId(i),
+            transfer: 77 + u64::from(i),
+            kind: SyncKind::Snapshot,
+            offset: 0,
+            total: 1 << 20,
+            data: Bytes(vec![1; 900 << 10]),
+        }]);
+        c.handle_input(now, &f, &mut reg);
+        drop(f);
+        now += Duration::from_millis(1);
+    }
+    while c.poll_transmit().is_some() {}
+    while c.poll_event().is_some() {}
+    let held = live() - before;
+    eprintln!("client transfers: held {} KiB", held / 1024);
+    assert!(
+        held <= 2 * (1 << 20),
+        "a hostile server pins {} KiB of partial transfers (limit 1 MiB each)",
+        held / 1024
     );
 }

@@ -101,6 +101,25 @@ pub struct Limits {
     /// one (they become durable when the newer commit does, a little later
     /// but never too early). Default 256.
     pub max_commits_in_flight: usize,
+    /// Server: longest client-supplied version it keeps for a document
+    /// after the request that carried it, in bytes. A server keeps up to
+    /// two such versions per open document (the one a client reported with
+    /// `SyncDone`, and the one a sync held back by `sync_rate` is due
+    /// from), so one connection pins at most
+    /// `max_docs_per_connection × 2 × max_stored_version_len` bytes of them
+    /// (8 MiB with the defaults, the order of `max_outbound_bytes`). A
+    /// longer `SyncDone` version is not kept: that subscriber then never
+    /// lets its document be pruned (nothing is known of what it holds). A
+    /// held-back sync from a longer version is served whole, as to a client
+    /// that holds nothing.
+    /// Default 4 KiB.
+    pub max_stored_version_len: usize,
+    /// Server: token refreshes (`RefreshToken`) a session may send per
+    /// second, bursts up to the same number. Past it the session is closed
+    /// with `LimitExceeded`: each refresh costs an authentication and may
+    /// authorize every open document again, and a client refreshing that
+    /// often is broken or hostile. At least 1 is used. Default 1.
+    pub refresh_rate: u32,
 }
 
 impl Default for Limits {
@@ -129,6 +148,8 @@ impl Default for Limits {
             max_invalid_updates: 64,
             max_transfer_cache_bytes: 64 << 20,
             max_commits_in_flight: 256,
+            max_stored_version_len: 4 << 10,
+            refresh_rate: 1,
         }
     }
 }

@@ -65,7 +65,8 @@ impl core::fmt::Display for Identity {
 /// Decides who may connect and what each session may do per document.
 ///
 /// Called by the hub during the handshake, on every `Open`, and again for
-/// every open document when the client refreshes its token.
+/// every open document when a token refresh changes the session's identity
+/// (name or grant: `authorize` decides from the identity alone).
 ///
 /// ```
 /// use crdt_socket_sync::server::{Authorizer, Identity};

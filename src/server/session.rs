@@ -286,6 +286,8 @@ pub(crate) struct Rates {
     pub(crate) app: RateLimit,
     /// Sync payloads (deltas, snapshots) computed for this session.
     pub(crate) sync: RateLimit,
+    /// Token refreshes (`RefreshToken`) from this session.
+    pub(crate) refresh: RateLimit,
     /// Updates from this session its documents refused as invalid.
     pub(crate) invalid_updates: u32,
 }
@@ -463,6 +465,7 @@ impl ServerSession {
                 presence: RateLimit::new(limits.presence_rate, now),
                 app: RateLimit::new(limits.app_rate, now),
                 sync: RateLimit::new(limits.sync_rate.max(1), now),
+                refresh: RateLimit::new(limits.refresh_rate.max(1), now),
                 invalid_updates: 0,
             })
         })

@@ -51,6 +51,21 @@ const SPARE_BUFFERS: usize = 16;
 /// frames and events whatever it carries.
 const MAX_ERRORS_PER_INPUT: u32 = 8;
 
+/// Bytes of a client's own error report kept in its
+/// [`ServerEvent::DocumentError`].
+const MAX_PEER_ERROR_TEXT: usize = 256;
+
+/// Shortens `text` to at most `max` bytes, at a character boundary.
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 /// Many server sessions sharing documents (CRDT-aware mode).
 ///
 /// Drive it as the crate docs describe: after every call that mutates it,
@@ -1017,12 +1032,16 @@ impl<A: Authorizer> Hub<A> {
                 resume,
             } => self.on_open(conn, name, &version, resume, registry),
             Message::SyncDone { doc, version } => {
+                let max = self.config.limits.max_stored_version_len;
                 let Some(sub) = self.sub_mut(conn, doc) else {
                     return self.unknown_doc(conn, doc);
                 };
                 let first = !sub.synced;
                 sub.synced = true;
-                sub.client_version = Some(version.0.into_boxed_slice());
+                // A version too long to keep is dropped: with none known,
+                // this subscriber keeps the document from being pruned.
+                sub.client_version =
+                    (version.0.len() <= max).then(|| version.0.into_boxed_slice());
                 if first && let Some(name) = self.doc_name(conn, doc).cloned() {
                     self.events
                         .push_back(ServerEvent::DocumentSynced { conn, name });
@@ -1039,8 +1058,20 @@ impl<A: Authorizer> Hub<A> {
             Message::Ping { t } => self.send(conn, &Message::Pong { echo: t }),
             Message::Pong { .. } => {}
             Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
-            Message::Error { code, message, .. } => {
-                // A client-side error report; nothing to undo here.
+            Message::Error {
+                code, mut message, ..
+            } => {
+                // A client-side error report; nothing to undo here. It
+                // counts against the same per-input cap as the server's
+                // own errors, and keeps only the start of its text.
+                if self.input == Some(conn) {
+                    if self.input_errors >= MAX_ERRORS_PER_INPUT {
+                        self.input_errors_dropped += 1;
+                        return;
+                    }
+                    self.input_errors += 1;
+                }
+                truncate_at_char(&mut message, MAX_PEER_ERROR_TEXT);
                 self.events.push_back(ServerEvent::DocumentError {
                     conn,
                     name: None,
@@ -1288,6 +1319,15 @@ impl<A: Authorizer> Hub<A> {
             } else if let Some(s) = self.sessions.get_mut(&conn)
                 && let Some(sub) = s.docs.get_mut(&doc)
             {
+                // The requested version is the peer's: one too long to keep
+                // is replaced by the empty version (the catch-up is then
+                // everything), so a held-back sync pins at most
+                // `max_stored_version_len` bytes.
+                let version = if version.len() <= self.config.limits.max_stored_version_len {
+                    version
+                } else {
+                    Vec::new()
+                };
                 sub.set_lagging(version);
                 s.lagging = true;
                 // Held back by its rate, not by room: listed now (a drain
@@ -1406,11 +1446,24 @@ impl<A: Authorizer> Hub<A> {
     /// credential is gone, so is the session); otherwise every open
     /// document is authorized again for the new identity, and one it may no
     /// longer open is closed (`Error(Forbidden)` then `CloseDoc`), one whose
-    /// access changed is announced with a new `Opened`.
+    /// access changed is announced with a new `Opened`. An unchanged
+    /// identity (name and grant) changes nothing. More than
+    /// `Limits::refresh_rate` refreshes a second close the session with
+    /// `LimitExceeded`.
     fn on_refresh(&mut self, conn: ConnId, token: &[u8]) {
-        let Some(s) = self.sessions.get(&conn) else {
+        let (Some(now), Some(s)) = (self.now, self.sessions.get_mut(&conn)) else {
             return;
         };
+        // Each refresh costs an authentication and possibly an
+        // authorization per open document: past `Limits::refresh_rate` the
+        // client is broken or hostile.
+        if !s.rates(&self.config.limits, now).refresh.allow(now) {
+            return self.fail(
+                conn,
+                CloseReason::LimitExceeded,
+                CloseCause::Local(CloseReason::LimitExceeded),
+            );
+        }
         let identity = match self.auth.authenticate(&s.peer, token) {
             Ok(id) => id,
             Err(why) => {
@@ -1423,6 +1476,11 @@ impl<A: Authorizer> Hub<A> {
                 );
             }
         };
+        // The same identity (name and grant) is authorized as before: the
+        // authorizer decides from the identity alone.
+        if s.identity.as_ref() == Some(&identity) {
+            return;
+        }
         let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (d, sub.access)).collect();
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.identity = Some(identity.clone());

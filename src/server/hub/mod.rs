@@ -1040,8 +1040,7 @@ impl<A: Authorizer> Hub<A> {
                 sub.synced = true;
                 // A version too long to keep is dropped: with none known,
                 // this subscriber keeps the document from being pruned.
-                sub.client_version =
-                    (version.0.len() <= max).then(|| version.0.into_boxed_slice());
+                sub.client_version = (version.0.len() <= max).then(|| version.0.into_boxed_slice());
                 if first && let Some(name) = self.doc_name(conn, doc).cloned() {
                     self.events
                         .push_back(ServerEvent::DocumentSynced { conn, name });

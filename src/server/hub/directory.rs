@@ -231,7 +231,8 @@ impl Directory {
     }
 
     /// Lingering documents charged to `conn` (see [`Directory::unsubscribe`]).
-    pub(crate) fn charged_to(&self, conn: ConnId) -> usize {
+    #[cfg(test)]
+    fn charged_to(&self, conn: ConnId) -> usize {
         self.charged.get(&conn).map_or(0, BTreeSet::len)
     }
 

@@ -57,9 +57,14 @@ pub struct ServerConfig {
     /// ([`Registry::unload`](crate::registry::Registry::unload)): a client
     /// that reconnects or reopens it within this time finds it loaded.
     /// `None`: documents stay loaded until the application unloads them.
-    /// Default 1 s: long enough for a reconnect after a blip, short enough
-    /// that a client cycling through documents keeps at most a second's
-    /// worth of them loaded.
+    /// Default 1 s: long enough for a reconnect after a blip.
+    ///
+    /// Lingering documents are charged to the connection whose leaving
+    /// started their linger, at most
+    /// [`Limits::max_docs_per_connection`](crate::Limits::max_docs_per_connection)
+    /// each: past that, the one that would leave first leaves at once, so
+    /// a client cycling through documents keeps at most that many loaded
+    /// besides those it has open.
     ///
     /// ```
     /// use crdt_socket_sync::server::ServerConfig;

@@ -42,6 +42,9 @@ pub(crate) struct DocEntry {
     /// When the document leaves, if nobody subscribes again before.
     /// `None` while subscribed (or never, per the policy).
     unload_at: Option<Instant>,
+    /// The connection whose leaving started the linger, while the
+    /// document counts against its lingering allowance.
+    charged_to: Option<ConnId>,
 }
 
 /// The connections subscribed to a document with their handles for it,
@@ -100,6 +103,13 @@ pub(crate) struct Directory {
     by_name: BTreeMap<Arc<str>, DocIndex>,
     /// Documents nobody subscribes to, by when they leave.
     idle: BTreeSet<(Instant, DocIndex)>,
+    /// The lingering documents charged to each connection (the last
+    /// subscriber to leave them), by when they leave: at most the cap
+    /// given to [`Directory::unsubscribe`] each, so a peer opening and
+    /// closing documents cannot keep more than that many loaded past its
+    /// open ones. Entries outlive the connection until their documents
+    /// leave.
+    charged: BTreeMap<ConnId, BTreeSet<(Instant, DocIndex)>>,
     len: usize,
 }
 
@@ -138,6 +148,7 @@ impl Directory {
             name: Arc::clone(&name),
             subscribers: Subscribers::default(),
             unload_at: None,
+            charged_to: None,
         };
         let index = match self.free.pop_first() {
             Some(i) => {
@@ -165,11 +176,17 @@ impl Directory {
         entry.subscribers.insert(conn, handle);
         if let Some(at) = entry.unload_at.take() {
             self.idle.remove(&(at, index));
+            if let Some(by) = entry.charged_to.take() {
+                uncharge(&mut self.charged, by, (at, index));
+            }
         }
     }
 
     /// `conn` no longer subscribes (under `handle`); the last subscriber
-    /// leaving starts the linger (`None`: the document stays).
+    /// leaving starts the linger (`None`: the document stays), charged to
+    /// `conn`. Past `cap` lingering documents charged to `conn`, the one
+    /// that would leave first is due at once (at `now`): the next
+    /// [`Directory::pop_expired`] takes it.
     pub(crate) fn unsubscribe(
         &mut self,
         index: DocIndex,
@@ -177,6 +194,7 @@ impl Directory {
         handle: DocId,
         now: Option<Instant>,
         linger: Option<Duration>,
+        cap: usize,
     ) {
         let Some(Some(entry)) = self.slots.get_mut(index.0 as usize) else {
             return;
@@ -186,11 +204,36 @@ impl Directory {
             return;
         }
         // A linger too long to represent never ends.
-        let at = now.zip(linger).and_then(|(now, d)| now.checked_add(d));
-        if let Some(at) = at {
-            entry.unload_at = Some(at);
-            self.idle.insert((at, index));
+        let (Some(now), Some(at)) = (now, now.zip(linger).and_then(|(now, d)| now.checked_add(d)))
+        else {
+            return;
+        };
+        entry.unload_at = Some(at);
+        entry.charged_to = Some(conn);
+        self.idle.insert((at, index));
+        let charged = self.charged.entry(conn).or_default();
+        charged.insert((at, index));
+        if charged.len() <= cap {
+            return;
         }
+        let Some((oldest_at, oldest)) = charged.pop_first() else {
+            return;
+        };
+        if charged.is_empty() {
+            self.charged.remove(&conn);
+        }
+        self.idle.remove(&(oldest_at, oldest));
+        self.idle.insert((now, oldest));
+        if let Some(Some(entry)) = self.slots.get_mut(oldest.0 as usize) {
+            entry.unload_at = Some(now);
+            entry.charged_to = None;
+        }
+    }
+
+    /// Lingering documents charged to `conn` (see [`Directory::unsubscribe`]).
+    #[cfg(test)]
+    fn charged_to(&self, conn: ConnId) -> usize {
+        self.charged.get(&conn).map_or(0, BTreeSet::len)
     }
 
     /// When the next idle document leaves.
@@ -207,6 +250,9 @@ impl Directory {
         }
         self.idle.pop_first();
         let entry = self.slots.get_mut(index.0 as usize)?.take()?;
+        if let Some(by) = entry.charged_to {
+            uncharge(&mut self.charged, by, (at, index));
+        }
         self.by_name.remove(&entry.name);
         self.free.insert(index.0);
         self.len -= 1;
@@ -219,6 +265,21 @@ impl Directory {
             self.slots = Vec::new();
         }
         Some((index, entry.name))
+    }
+}
+
+/// Takes `key` out of the documents charged to `conn`, dropping its set
+/// once empty.
+fn uncharge(
+    charged: &mut BTreeMap<ConnId, BTreeSet<(Instant, DocIndex)>>,
+    conn: ConnId,
+    key: (Instant, DocIndex),
+) {
+    if let Some(set) = charged.get_mut(&conn) {
+        set.remove(&key);
+        if set.is_empty() {
+            charged.remove(&conn);
+        }
     }
 }
 
@@ -236,7 +297,7 @@ mod tests {
         assert_eq!((a, b, d.len()), (DocIndex(0), DocIndex(1), 2));
         d.subscribe(a, ConnId(1), DocId(0));
         d.subscribe(b, ConnId(1), DocId(1));
-        d.unsubscribe(a, ConnId(1), DocId(0), Some(t0), linger);
+        d.unsubscribe(a, ConnId(1), DocId(0), Some(t0), linger, 8);
         assert_eq!(d.next_unload(), Some(t0 + Duration::from_secs(2)));
         assert!(d.pop_expired(t0 + Duration::from_secs(1)).is_none());
         let (index, name) = d.pop_expired(t0 + Duration::from_secs(2)).unwrap();
@@ -244,18 +305,50 @@ mod tests {
         assert_eq!(d.index("a"), None);
         assert_eq!(d.insert("c"), DocIndex(0), "slot reused");
         // Subscribing again cancels the departure.
-        d.unsubscribe(b, ConnId(1), DocId(1), Some(t0), linger);
+        d.unsubscribe(b, ConnId(1), DocId(1), Some(t0), linger, 8);
         d.subscribe(b, ConnId(2), DocId(0));
         assert_eq!(d.next_unload(), None);
-        d.unsubscribe(b, ConnId(2), DocId(0), Some(t0), linger);
+        d.unsubscribe(b, ConnId(2), DocId(0), Some(t0), linger, 8);
         d.subscribe(DocIndex(0), ConnId(2), DocId(1));
-        d.unsubscribe(DocIndex(0), ConnId(2), DocId(1), Some(t0), linger);
+        d.unsubscribe(DocIndex(0), ConnId(2), DocId(1), Some(t0), linger, 8);
         let later = t0 + Duration::from_secs(9);
         assert!(d.pop_expired(later).is_some());
         assert!(d.pop_expired(later).is_some());
         assert!(d.pop_expired(later).is_none());
         assert_eq!(d.len(), 0);
-        assert!(d.slots.capacity() == 0 && d.free.is_empty());
+        assert!(d.slots.capacity() == 0 && d.free.is_empty() && d.charged.is_empty());
+    }
+
+    #[test]
+    fn lingering_documents_past_the_cap_are_due_at_once() {
+        let t0 = Instant::now();
+        let linger = Some(Duration::from_secs(60));
+        let mut d = Directory::default();
+        let (conn, other) = (ConnId(1), ConnId(2));
+        for i in 0..5u32 {
+            let index = d.insert(&format!("d{i}"));
+            d.subscribe(index, conn, DocId(0));
+            let now = t0 + Duration::from_millis(u64::from(i));
+            d.unsubscribe(index, conn, DocId(0), Some(now), linger, 2);
+        }
+        assert_eq!((d.len(), d.charged_to(conn)), (5, 2));
+        // The three oldest are due at once, the two newest linger.
+        let now = t0 + Duration::from_millis(4);
+        let due: Vec<String> = std::iter::from_fn(|| d.pop_expired(now))
+            .map(|(_, name)| name.to_string())
+            .collect();
+        assert_eq!(due, ["d0", "d1", "d2"]);
+        assert_eq!((d.len(), d.charged_to(conn)), (2, 2));
+        // Another connection's reopen takes one off `conn`'s charge; its
+        // own leaving charges it to that connection.
+        let d3 = d.index("d3").unwrap();
+        d.subscribe(d3, other, DocId(7));
+        assert_eq!(d.charged_to(conn), 1);
+        d.unsubscribe(d3, other, DocId(7), Some(now), linger, 2);
+        assert_eq!((d.charged_to(conn), d.charged_to(other)), (1, 1));
+        let later = now + Duration::from_secs(61);
+        assert_eq!(std::iter::from_fn(|| d.pop_expired(later)).count(), 2);
+        assert!(d.charged.is_empty() && d.len() == 0);
     }
 
     #[test]

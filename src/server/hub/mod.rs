@@ -411,6 +411,8 @@ impl<A: Authorizer> Hub<A> {
         self.input_errors_dropped = 0;
         self.syncs_requested.clear();
         self.handle_frames(conn, now, bytes, registry);
+        // Documents closed past the lingering allowance leave at once.
+        self.unload_idle(now, registry);
         self.run_requested_syncs(conn, registry);
         self.input = None;
         if self.input_errors_dropped > 0 {
@@ -1128,6 +1130,11 @@ impl<A: Authorizer> Hub<A> {
         resume: Option<Resume>,
         registry: &mut R,
     ) {
+        // Documents closed past the lingering allowance leave before
+        // another loads, so one input cannot pile them up.
+        if let Some(now) = self.now {
+            self.unload_idle(now, registry);
+        }
         let limits = self.config.limits;
         if name.is_empty() || name.len() > limits.max_name_len {
             let msg = format!("document name must be 1..={} bytes", limits.max_name_len);

@@ -230,8 +230,9 @@ impl<A: Authorizer> Hub<A> {
             self.share_presence(sub.index, Some(conn), vec![leave]);
         }
         let linger = self.config.unload_after;
+        let cap = self.config.limits.max_docs_per_connection;
         self.directory
-            .unsubscribe(sub.index, conn, doc, self.now, linger);
+            .unsubscribe(sub.index, conn, doc, self.now, linger, cap);
     }
 
     pub(super) fn expire_presence(&mut self, now: Instant) {

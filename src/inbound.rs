@@ -126,7 +126,11 @@ impl Charges {
 
     /// The largest holder other than `owner`.
     fn largest_other(&self, owner: u64) -> Option<(usize, u64)> {
-        self.by_size.iter().rev().find(|(_, o)| *o != owner).copied()
+        self.by_size
+            .iter()
+            .rev()
+            .find(|(_, o)| *o != owner)
+            .copied()
     }
 }
 
@@ -188,7 +192,11 @@ impl Partial {
     /// Makes room for `additional` more bytes: doubling as `Vec` does but
     /// never past `total`, and charged to the budget first, revoking larger
     /// holders' charges if that is what makes it fit.
-    fn reserve(&mut self, additional: usize, charge: Option<Charge<'_>>) -> Result<(), InboundError> {
+    fn reserve(
+        &mut self,
+        additional: usize,
+        charge: Option<Charge<'_>>,
+    ) -> Result<(), InboundError> {
         let total = usize::try_from(self.total).unwrap_or(usize::MAX);
         let target = grown_capacity(self.data.len(), self.data.capacity(), additional, total);
         if target <= self.data.capacity() {

@@ -8,12 +8,14 @@
 //! - after it, one partial frame (stream framing: at most twice the bytes
 //!   received, never more than the frame) and one fragmented message of at
 //!   most [`Limits::max_message_len`], all connections of a server together
-//!   at most [`Limits::max_reassembly_bytes`] of them;
+//!   at most [`Limits::max_reassembly_bytes`] of them (when that is full,
+//!   the largest holders give way to a smaller message: see
+//!   [`ReassemblyBudget`]);
 //! - each incomplete input carries the time its first byte came, so its
 //!   owner can close a session that does not complete it in time.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use thiserror::Error;
@@ -62,7 +64,9 @@ pub enum InboundError {
     #[error("fragment before the handshake")]
     FragmentBeforeHandshake,
     /// Fragmented messages being reassembled on this server already hold
-    /// [`Limits::max_reassembly_bytes`].
+    /// [`Limits::max_reassembly_bytes`], and this connection's was the
+    /// larger: either its fragment found no larger holder to give way, or
+    /// it was the largest holder and gave way to a smaller message.
     #[error("fragmented messages already hold the server's {limit} bytes for reassembly")]
     ReassemblyFull {
         /// The limit.
@@ -72,27 +76,96 @@ pub enum InboundError {
 
 /// Bytes of fragmented messages being reassembled by the sessions sharing
 /// it (a hub's), against [`Limits::max_reassembly_bytes`]. Each partial
-/// message charges the capacity of its buffer as it grows and gives it back
-/// when dropped (completed, refused, or with its session), so the count
-/// cannot drift whatever way a session ends.
+/// message charges the capacity of its buffer, under its owner's key, as it
+/// grows, and gives it back when dropped (completed, refused, or with its
+/// session), so the count cannot drift whatever way a session ends.
+///
+/// When a reservation would pass the limit, the holders that hold more
+/// than the requester would after it are revoked, largest first, until it
+/// fits (their owners are listed by [`ReassemblyBudget::take_revoked`], to
+/// be closed); if none does, the requester is refused. So a peer holding
+/// the budget cannot cost a peer whose message is smaller than its own.
 #[derive(Debug)]
 pub(crate) struct ReassemblyBudget {
     limit: usize,
-    held: Arc<AtomicUsize>,
+    charges: Arc<Mutex<Charges>>,
+}
+
+/// What the partial messages of a budget hold. Locked for a few map
+/// operations and one reservation; a poisoned lock is recovered (every
+/// update leaves the counts consistent before anything that could panic).
+#[derive(Debug, Default)]
+struct Charges {
+    /// Sum of `by_owner`.
+    held: usize,
+    /// Each holder's charge (an owner has at most one partial message).
+    by_owner: BTreeMap<u64, usize>,
+    /// The same charges ordered by size: the largest holder in `O(log n)`.
+    by_size: BTreeSet<(usize, u64)>,
+    /// Owners whose charge was revoked and who have not been closed yet.
+    revoked: Vec<u64>,
+}
+
+impl Charges {
+    fn set(&mut self, owner: u64, charge: usize) {
+        self.remove(owner);
+        self.by_owner.insert(owner, charge);
+        self.by_size.insert((charge, owner));
+        self.held = self.held.saturating_add(charge);
+    }
+
+    /// Forgets `owner`'s charge, returning it (0 if it had none).
+    fn remove(&mut self, owner: u64) -> usize {
+        let Some(charge) = self.by_owner.remove(&owner) else {
+            return 0;
+        };
+        self.by_size.remove(&(charge, owner));
+        self.held = self.held.saturating_sub(charge);
+        charge
+    }
+
+    /// The largest holder other than `owner`.
+    fn largest_other(&self, owner: u64) -> Option<(usize, u64)> {
+        self.by_size
+            .iter()
+            .rev()
+            .find(|(_, o)| *o != owner)
+            .copied()
+    }
+}
+
+fn lock(charges: &Mutex<Charges>) -> MutexGuard<'_, Charges> {
+    // The counts are consistent between operations: usable if poisoned.
+    charges.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ReassemblyBudget {
     pub(crate) fn new(limit: usize) -> Self {
         ReassemblyBudget {
             limit,
-            held: Arc::new(AtomicUsize::new(0)),
+            charges: Arc::default(),
         }
     }
 
     /// Bytes held now by every partial message charged to this budget.
     pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        lock(&self.charges).held
     }
+
+    /// The owners whose partial message lost its charge to a smaller one
+    /// since the last call: the caller closes them (their buffers are
+    /// released with their sessions; until then they are refused more).
+    pub(crate) fn take_revoked(&self) -> Vec<u64> {
+        std::mem::take(&mut lock(&self.charges).revoked)
+    }
+}
+
+/// Where a partial message is charged: a budget, and the key its owner is
+/// known by there (a hub's connection id).
+#[derive(Clone, Copy)]
+pub(crate) struct Charge<'a> {
+    pub(crate) budget: &'a ReassemblyBudget,
+    pub(crate) owner: u64,
 }
 
 /// A fragmented message being reassembled (boxed: a session that has none
@@ -103,50 +176,60 @@ struct Partial {
     data: Vec<u8>,
     /// When its first fragment came (`None`: the owner keeps no clock).
     since: Option<Instant>,
-    /// Where `data`'s capacity is charged, if anywhere, and how much.
-    budget: Option<Arc<AtomicUsize>>,
-    charged: usize,
+    /// Where `data`'s capacity is charged, if anywhere, and under which key.
+    budget: Option<(Arc<Mutex<Charges>>, u64)>,
 }
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if let Some(held) = &self.budget {
-            held.fetch_sub(self.charged, Ordering::Relaxed);
+        if let Some((charges, owner)) = &self.budget {
+            lock(charges).remove(*owner);
         }
     }
 }
 
 impl Partial {
     /// Makes room for `additional` more bytes: doubling as `Vec` does but
-    /// never past `total`, and charged to the budget first.
+    /// never past `total`, and charged to the budget first, revoking larger
+    /// holders' charges if that is what makes it fit.
     fn reserve(
         &mut self,
         additional: usize,
-        budget: Option<&ReassemblyBudget>,
+        charge: Option<Charge<'_>>,
     ) -> Result<(), InboundError> {
         let total = usize::try_from(self.total).unwrap_or(usize::MAX);
         let target = grown_capacity(self.data.len(), self.data.capacity(), additional, total);
         if target <= self.data.capacity() {
             return Ok(());
         }
-        if let Some(budget) = budget {
-            let extra = target - self.charged;
-            let held = budget.held.load(Ordering::Relaxed);
-            if held.saturating_add(extra) > budget.limit {
-                return Err(InboundError::ReassemblyFull {
-                    limit: budget.limit,
-                });
+        let Some(Charge { budget, owner }) = charge else {
+            self.data.reserve_exact(target - self.data.len());
+            return Ok(());
+        };
+        let full = InboundError::ReassemblyFull {
+            limit: budget.limit,
+        };
+        let mut charges = lock(&budget.charges);
+        let charged = charges.by_owner.get(&owner).copied();
+        if charged.is_none() && self.budget.is_some() {
+            // Revoked: its owner is about to be closed.
+            return Err(full);
+        }
+        let extra = target - charged.unwrap_or(0);
+        while charges.held.saturating_add(extra) > budget.limit {
+            match charges.largest_other(owner) {
+                Some((size, victim)) if size > target => {
+                    charges.remove(victim);
+                    charges.revoked.push(victim);
+                }
+                _ => return Err(full),
             }
         }
         self.data.reserve_exact(target - self.data.len());
-        if let Some(budget) = budget {
-            let capacity = self.data.capacity();
-            budget
-                .held
-                .fetch_add(capacity - self.charged, Ordering::Relaxed);
-            self.charged = capacity;
-            self.budget.get_or_insert_with(|| Arc::clone(&budget.held));
-        }
+        charges.set(owner, self.data.capacity());
+        drop(charges);
+        self.budget
+            .get_or_insert_with(|| (Arc::clone(&budget.charges), owner));
         Ok(())
     }
 }
@@ -180,7 +263,7 @@ pub(crate) struct Rules<'a> {
     /// When the input came: incomplete input begun now is stamped with it.
     pub(crate) now: Option<Instant>,
     /// Where fragmented messages charge their buffers.
-    pub(crate) budget: Option<&'a ReassemblyBudget>,
+    pub(crate) budget: Option<Charge<'a>>,
 }
 
 impl Rules<'_> {
@@ -445,7 +528,6 @@ fn reassemble(
                 data: Vec::new(),
                 since: rules.now,
                 budget: None,
-                charged: 0,
             }))
         }
     };
@@ -495,10 +577,13 @@ mod tests {
     fn the_budget_is_given_back_whatever_happens() {
         let limits = Limits::default();
         let budget = ReassemblyBudget::new(1 << 20);
-        let rules = Rules {
+        let rules = |owner| Rules {
             handshake: false,
             now: None,
-            budget: Some(&budget),
+            budget: Some(Charge {
+                budget: &budget,
+                owner,
+            }),
         };
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
@@ -507,11 +592,11 @@ mod tests {
         for k in 0..3 {
             let f = fragment(1, k * 1000, 1000, 100_000);
             assert_eq!(
-                a.feed_with(&f, &limits, rules, &mut inflate, &mut out),
+                a.feed_with(&f, &limits, rules(1), &mut inflate, &mut out),
                 Ok(1)
             );
             assert_eq!(
-                b.feed_with(&f, &limits, rules, &mut inflate, &mut out),
+                b.feed_with(&f, &limits, rules(2), &mut inflate, &mut out),
                 Ok(1)
             );
         }
@@ -520,11 +605,66 @@ mod tests {
         assert_eq!(budget.held(), a.buffered() + b.buffered());
         // Another message interleaved: refused, and its room given back.
         let bad = fragment(2, 0, 10, 100);
-        let refused = a.feed_with(&bad, &limits, rules, &mut inflate, &mut out);
+        let refused = a.feed_with(&bad, &limits, rules(1), &mut inflate, &mut out);
         assert!(matches!(refused, Err(InboundError::BadFragment(_))));
         assert_eq!(a.buffered(), 0);
         assert_eq!(budget.held(), b.buffered());
         drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// A reservation that would pass the budget takes the room of the
+    /// largest holder when it holds more than the requester would, and is
+    /// refused otherwise; the counts stay exact either way.
+    #[test]
+    fn the_largest_holder_gives_way_to_a_smaller_message() {
+        let limits = Limits::default();
+        let budget = ReassemblyBudget::new(64 << 10);
+        let rules = |owner| Rules {
+            handshake: false,
+            now: None,
+            budget: Some(Charge {
+                budget: &budget,
+                owner,
+            }),
+        };
+        let mut inflate = InflateScratch::default();
+        let mut out = Vec::new();
+        let mut big = Inbound::new(Framing::Message);
+        let mut small = Inbound::new(Framing::Message);
+        let mut same = Inbound::new(Framing::Message);
+        for k in 0..12 {
+            let f = fragment(1, k * 4096, 4096, 60_000);
+            big.feed_with(&f, &limits, rules(1), &mut inflate, &mut out)
+                .unwrap();
+        }
+        assert_eq!(budget.held(), big.buffered());
+        assert!(big.buffered() > 48 << 10);
+        // 16 KiB of a 20 KiB message does not fit beside it: `big` loses its
+        // charge (its owner closes it), and gives nothing back twice.
+        for k in 0..4 {
+            let f = fragment(1, k * 4096, 4096, 20_000);
+            small
+                .feed_with(&f, &limits, rules(2), &mut inflate, &mut out)
+                .unwrap();
+        }
+        assert_eq!(budget.take_revoked(), [1]);
+        assert!(budget.take_revoked().is_empty());
+        assert_eq!(budget.held(), small.buffered());
+        drop(big);
+        assert_eq!(budget.held(), small.buffered());
+        // A message as large as the largest holder's is refused, not swapped.
+        for k in 0..12 {
+            let f = fragment(1, k * 4096, 4096, 60_000);
+            let fed = same.feed_with(&f, &limits, rules(3), &mut inflate, &mut out);
+            if fed.is_err() {
+                assert!(matches!(fed, Err(InboundError::ReassemblyFull { .. })));
+                break;
+            }
+        }
+        assert!(budget.take_revoked().is_empty());
+        assert_eq!(budget.held(), small.buffered());
+        drop(small);
         assert_eq!(budget.held(), 0);
     }
 

@@ -30,9 +30,13 @@ pub struct Limits {
     /// may hold of a message being reassembled. Default 64 MiB.
     pub max_message_len: u64,
     /// Server: bytes all connections together may hold of fragmented
-    /// messages being reassembled (the buffers' capacity). A fragment that
-    /// would take more closes its session with `LimitExceeded`
-    /// ([`InboundError::ReassemblyFull`](crate::InboundError::ReassemblyFull)).
+    /// messages being reassembled (the buffers' capacity). When a fragment
+    /// would take more, the connections holding more than its own message
+    /// would are closed, largest first, until it fits; if they do not make
+    /// room, the fragment's own session is closed instead. Either way with
+    /// `LimitExceeded`
+    /// ([`InboundError::ReassemblyFull`](crate::InboundError::ReassemblyFull)),
+    /// so peers holding the budget cannot close one whose message is smaller.
     /// Deflated fragments inflate up to a thousand times, so this, not the
     /// bytes received, is what bounds the memory fragments can pin.
     /// Default 128 MiB.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::Limits;
 use crate::awareness::RateLimit;
 use crate::close::CloseCause;
-use crate::inbound::{Inbound, InboundError, ReassemblyBudget, Rules};
+use crate::inbound::{Charge, Inbound, InboundError, ReassemblyBudget, Rules};
 use crate::outbound::{Common, MAX_CLOSE_TEXT, Priority, Queue, QueueFull};
 use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
@@ -481,8 +481,10 @@ impl ServerSession {
     }
 
     /// Decodes `bytes` received at `now` within `limits`, inflating with
-    /// `inflate` and charging fragmented messages to `budget` (all the
-    /// hub's: a session keeps no copy of the limits and no inflate memory).
+    /// `inflate` and charging fragmented messages to `budget` under its
+    /// connection id (all the hub's: a session keeps no copy of the limits
+    /// and no inflate memory). Making room may revoke larger holders'
+    /// charges: the caller closes them ([`ReassemblyBudget::take_revoked`]).
     /// Before the handshake, frames are held to
     /// [`Limits::max_handshake_frame_len`] and fragments refused. Returns
     /// the whole valid frames decoded, which restart the idle deadline.
@@ -499,7 +501,10 @@ impl ServerSession {
         let rules = Rules {
             handshake: matches!(self.phase, Phase::Handshake { .. }),
             now: Some(now),
-            budget: Some(budget),
+            budget: Some(Charge {
+                budget,
+                owner: self.conn.0,
+            }),
         };
         let frames = self.inbound.feed_with(bytes, limits, rules, inflate, out)?;
         if frames > 0 {

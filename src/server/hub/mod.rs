@@ -452,6 +452,14 @@ impl<A: Authorizer> Hub<A> {
             &mut self.inflate,
             &mut msgs,
         );
+        // Connections whose partial messages were larger than the one that
+        // needed their room: closed before anything else runs, which
+        // releases their buffers.
+        for victim in self.reassembly.take_revoked() {
+            let limit = self.config.limits.max_reassembly_bytes;
+            let cause = CloseCause::Inbound(InboundError::ReassemblyFull { limit });
+            self.fail(ConnId(victim), CloseReason::LimitExceeded, cause);
+        }
         // Messages decoded before a bad frame are still processed: they were
         // valid and checksummed.
         self.dispatch(conn, &mut msgs, registry);

@@ -213,7 +213,11 @@ fn the_budget_is_given_back_however_a_transfer_ends() {
         d.c.open(&mut d.reg, name, d.now).unwrap();
     }
     d.connect();
-    d.feed(&[opened("closed", 0), opened("broken", 1), opened("refused", 2)]);
+    d.feed(&[
+        opened("closed", 0),
+        opened("broken", 1),
+        opened("refused", 2),
+    ]);
     // Closed by the application while partial.
     d.feed(&[chunk(0, 1, 0, &garbage, limit - 1)]);
     d.c.close_doc("closed").unwrap();

@@ -47,8 +47,17 @@ pub struct Limits {
     /// 512-byte peer id and a few KiB of token fits; a peer without a
     /// token cannot make the server hold more. Default 16 KiB.
     pub max_handshake_frame_len: u32,
-    /// Largest initial-sync transfer (delta or snapshot) a client accepts.
-    /// Default 1 GiB.
+    /// Client: largest initial-sync transfer (delta or snapshot) it
+    /// accepts, and the most bytes of unfinished transfers it holds for
+    /// all its documents together, including those kept across
+    /// reconnections to be resumed. A transfer declared larger closes the
+    /// connection (`LimitExceeded`). A chunk that would pass the total
+    /// drops the other documents' unfinished transfers, largest first: an
+    /// honest server sends one transfer at a time, so what is dropped is
+    /// one kept for resumption (or a hostile server's). A document whose
+    /// transfer was dropped discards the rest of it and, after its
+    /// `SyncDone`, asks for what it still lacks; one kept for resumption is
+    /// synced afresh on the next connection. Default 1 GiB.
     pub max_transfer_len: u64,
     /// Bytes a session may hold queued for sending before it refuses more
     /// (client: `Backpressure`; server: the subscriber is treated as slow).

@@ -94,7 +94,14 @@ struct ClientDoc {
     outbox: VecDeque<(u64, Vec<u8>)>,
     outbox_bytes: usize,
     next_seq: u64,
+    /// A partial initial-sync transfer, kept across reconnections to be
+    /// resumed. Its bytes count towards `ClientSession::transfer_bytes`.
     transfer: Option<TransferBuf>,
+    /// A transfer of this connection dropped to keep every document's
+    /// partial transfers within `Limits::max_transfer_len`: the rest of its
+    /// chunks are discarded and its `SyncDone` is followed by a catch-up
+    /// request instead.
+    transfer_dropped: Option<u64>,
     /// Broadcasts received while syncing, applied after the transfer. All
     /// documents together hold at most `Limits::max_pending_bytes` (each
     /// broadcast charged its length plus `HELD_OVERHEAD`, see
@@ -122,6 +129,7 @@ impl ClientDoc {
             outbox_bytes: 0,
             next_seq: 1,
             transfer: None,
+            transfer_dropped: None,
             held: Vec::new(),
             held_bytes: 0,
             held_overflow: false,
@@ -155,6 +163,11 @@ impl ClientDoc {
         std::mem::take(&mut self.held_bytes)
     }
 
+    /// Frees the partial transfer; returns the bytes it was charged.
+    fn drop_transfer(&mut self) -> usize {
+        self.transfer.take().map_or(0, |t| t.data.len())
+    }
+
     fn reset_connection(&mut self) {
         if self.status != DocStatus::Refused {
             self.status = DocStatus::Waiting;
@@ -163,6 +176,8 @@ impl ClientDoc {
         // A partial transfer is kept: the next Open asks to resume it.
         self.drop_held();
         self.held_overflow = false;
+        // The next Open asks for a fresh sync of a dropped transfer.
+        self.transfer_dropped = None;
         self.status_requested = None;
     }
 }
@@ -210,6 +225,10 @@ pub struct ClientSession {
     attempts: u32,
     /// Sum of every document's `held_bytes`.
     held_bytes: usize,
+    /// Bytes of every document's partial transfer together (kept across
+    /// reconnections, as the transfers are); at most
+    /// `Limits::max_transfer_len`.
+    transfer_bytes: usize,
     connected_at: Option<Instant>,
 }
 
@@ -237,6 +256,7 @@ impl ClientSession {
             rng: Rng::new(config.seed),
             attempts: 0,
             held_bytes: 0,
+            transfer_bytes: 0,
             connected_at: None,
             config,
         }
@@ -414,6 +434,7 @@ impl ClientSession {
             .remove(name)
             .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?;
         self.held_bytes -= doc.held_bytes;
+        self.transfer_bytes -= doc.transfer.as_ref().map_or(0, |t| t.data.len());
         if let Some(handle) = doc.handle {
             self.handles.remove(&handle);
             if self.phase == Phase::Connected {
@@ -751,10 +772,15 @@ impl ClientSession {
                 code,
                 message,
             } => {
+                let mut freed = 0;
                 let name = self.docs.get_mut(name.as_str()).map(|d| {
+                    // A refused document is not opened again: what it
+                    // holds for a resumption is of no more use.
                     d.status = DocStatus::Refused;
+                    freed = d.drop_transfer();
                     Arc::clone(&d.name)
                 });
+                self.transfer_bytes -= freed;
                 self.events.push_back(ClientEvent::DocumentError {
                     name,
                     seq: None,
@@ -779,6 +805,8 @@ impl ClientSession {
                         d.status = DocStatus::Refused;
                         let freed = d.drop_held();
                         self.held_bytes -= freed;
+                        let freed = d.drop_transfer();
+                        self.transfer_bytes -= freed;
                     }
                     // The server retires a handle it closed on its own until
                     // we close it too (an update of ours may still be on its
@@ -942,9 +970,10 @@ impl ClientSession {
                 CloseCause::Protocol("sync chunk for an unknown document".into()),
             );
         };
+        let name = Arc::clone(&doc.name);
         if total > max {
-            doc.transfer = None;
-            let name = Arc::clone(&doc.name);
+            let freed = doc.drop_transfer();
+            self.transfer_bytes -= freed;
             return self.fail(
                 CloseReason::LimitExceeded,
                 CloseCause::Protocol(format!(
@@ -952,7 +981,15 @@ impl ClientSession {
                 )),
             );
         }
+        if offset != 0 && doc.transfer_dropped == Some(id) {
+            // The rest of a transfer dropped for the budget: the document
+            // catches up after its `SyncDone` instead.
+            return;
+        }
+        let mut freed = 0;
         if offset == 0 {
+            freed = doc.drop_transfer();
+            doc.transfer_dropped = None;
             doc.transfer = Some(TransferBuf {
                 id,
                 kind,
@@ -961,26 +998,71 @@ impl ClientSession {
                 resumed: false,
             });
         }
-        let ok = match &mut doc.transfer {
-            Some(t) if t.id == id && t.total == total && t.data.len() as u64 == offset => {
-                if offset + data.len() as u64 > total {
-                    false
-                } else {
-                    t.data.extend_from_slice(&data);
-                    true
-                }
+        let fits = match &doc.transfer {
+            Some(t) => {
+                t.id == id
+                    && t.total == total
+                    && t.data.len() as u64 == offset
+                    && offset.saturating_add(data.len() as u64) <= total
             }
-            _ => false,
+            None => false,
         };
-        if !ok {
+        if !fits {
             // A transfer that went wrong cannot be resumed (after a server
             // restart, a resumed id may name another payload): the next
             // connection syncs afresh instead of failing the same way again.
-            doc.transfer = None;
-            self.fail(
+            freed += doc.drop_transfer();
+            self.transfer_bytes -= freed;
+            return self.fail(
                 CloseReason::ProtocolError,
                 CloseCause::Protocol("sync chunk out of order".into()),
             );
+        }
+        self.transfer_bytes -= freed;
+        // This transfer's bytes after the chunk are at most `total`, so
+        // dropping the others always makes room.
+        let budget = usize::try_from(max).unwrap_or(usize::MAX);
+        let needed = self.transfer_bytes.saturating_add(data.len());
+        if needed > budget {
+            self.drop_other_transfers(&name, needed - budget);
+        }
+        if let Some(t) = self
+            .docs
+            .get_mut(&name)
+            .and_then(|doc| doc.transfer.as_mut())
+        {
+            t.data.extend_from_slice(&data);
+            self.transfer_bytes += data.len();
+        }
+    }
+
+    /// Drops the partial transfers of documents other than `keep`, largest
+    /// first, until at least `excess` bytes are freed. An honest server
+    /// sends one transfer at a time, so what is dropped is a transfer kept
+    /// from an earlier connection for resumption (or a hostile server's).
+    fn drop_other_transfers(&mut self, keep: &str, excess: usize) {
+        let mut partial: Vec<(usize, Arc<str>)> = self
+            .docs
+            .iter()
+            .filter(|(name, _)| &***name != keep)
+            .filter_map(|(name, doc)| Some((doc.transfer.as_ref()?.data.len(), Arc::clone(name))))
+            .collect();
+        // Largest first; ties in name order (deterministic).
+        partial.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut freed = 0;
+        for (_, name) in partial {
+            if freed >= excess {
+                break;
+            }
+            let Some(doc) = self.docs.get_mut(&name) else {
+                continue;
+            };
+            // The server may still send the rest (this connection's Open
+            // asked to resume it): those chunks are discarded.
+            doc.transfer_dropped = doc.transfer.as_ref().map(|t| t.id);
+            let bytes = doc.drop_transfer();
+            self.transfer_bytes -= bytes;
+            freed += bytes;
         }
     }
 
@@ -998,9 +1080,11 @@ impl ClientSession {
         };
         let name = Arc::clone(&doc.name);
         let transfer = doc.transfer.take();
+        let dropped = doc.transfer_dropped.take().is_some();
         let held = std::mem::take(&mut doc.held);
         let overflow = std::mem::replace(&mut doc.held_overflow, false);
         self.held_bytes -= std::mem::take(&mut doc.held_bytes);
+        self.transfer_bytes -= transfer.as_ref().map_or(0, |t| t.data.len());
         let Some(d) = registry.get(&name) else {
             return;
         };
@@ -1015,7 +1099,7 @@ impl ClientSession {
         let Some(d) = registry.get(&name) else {
             return;
         };
-        let mut refetch = overflow;
+        let mut refetch = overflow || dropped;
         if let Some(t) = transfer {
             if t.data.len() as u64 != t.total {
                 return self.fail(

@@ -94,6 +94,9 @@ pub(crate) struct ReassemblyBudget {
 /// What the partial messages of a budget hold. Locked for a few map
 /// operations and one reservation; a poisoned lock is recovered (every
 /// update leaves the counts consistent before anything that could panic).
+/// A lock rather than a `RefCell` only because a hub must be `Send` (the
+/// transports move it into a task); one thread drives a hub, so it is
+/// never contended, and only fragmented messages touch it.
 #[derive(Debug, Default)]
 struct Charges {
     /// Sum of `by_owner`.

@@ -75,32 +75,13 @@ type Source = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
 /// The cases measure one server process each: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn features() -> String {
-    let all = [
-        ("arbitrary", cfg!(feature = "arbitrary")),
-        ("sim", cfg!(feature = "sim")),
-        ("yrs", cfg!(feature = "yrs")),
-        ("loro", cfg!(feature = "loro")),
-        ("automerge", cfg!(feature = "automerge")),
-        ("conformance", cfg!(feature = "conformance")),
-        ("tokio", cfg!(feature = "tokio")),
-        ("tls", cfg!(feature = "tls")),
-        ("smol", cfg!(feature = "smol")),
-        ("axum", cfg!(feature = "axum")),
-        ("sqlite", cfg!(feature = "sqlite")),
-    ];
-    all.iter()
-        .filter(|(_, on)| *on)
-        .map(|(f, _)| *f)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn server_binary() -> PathBuf {
     static BIN: Mutex<Option<PathBuf>> = Mutex::new(None);
     let mut bin = BIN.lock().unwrap_or_else(|e| e.into_inner());
-    bin.get_or_insert_with(|| crash_kit::example_binary("CSS_ABUSE_SERVER", "server", &features()))
-        .clone()
+    bin.get_or_insert_with(|| {
+        crash_kit::example_binary("CSS_ABUSE_SERVER", "server", &crash_kit::test_features())
+    })
+    .clone()
 }
 
 /// The server's log, as counted by the thread reading its output.

@@ -3,16 +3,19 @@
 //! computations, held payloads. Also: a panicking CRDT fails its document
 //! alone.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{decode_frame as decode, frame};
 use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::server::{Authorizer, ConnId, Hub, Identity, ServerConfig, ServerEvent};
 use crdt_socket_sync::testing::OpLog;
 use crdt_socket_sync::wire::{
-    Access, Bytes, Compression, DocId, Encoder, ErrorCode, Message, MessageDecoder, PeerLimits,
+    Access, Bytes, Compression, DocId, Encoder, ErrorCode, Message, PeerLimits,
 };
 use crdt_socket_sync::{CloseCause, Limits};
 
@@ -80,25 +83,6 @@ struct Harness {
     now: Instant,
     syncs: Arc<AtomicUsize>,
     conns: Vec<ConnId>,
-}
-
-fn decode(frame: &[u8]) -> Vec<Message> {
-    let mut out = Vec::new();
-    MessageDecoder::new(Limits {
-        max_frame_len: u32::MAX,
-        ..Limits::default()
-    })
-    .decode(frame, &mut out)
-    .expect("the hub's frames decode");
-    out
-}
-
-fn frame(msgs: &[Message]) -> Vec<u8> {
-    let mut out = Vec::new();
-    Encoder::new(&Limits::default())
-        .encode(msgs, &mut out)
-        .unwrap();
-    out
 }
 
 fn open(name: &str, version: &[u8]) -> Message {

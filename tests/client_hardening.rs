@@ -5,93 +5,17 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::client_rig::{Driven, welcome};
 use common::*;
-use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession, CommandError, Status};
+use crdt_socket_sync::client::{ClientConfig, ClientEvent, CommandError, Status};
 use crdt_socket_sync::registry::Registry;
 use crdt_socket_sync::server::{AllowAll, ServerConfig};
 use crdt_socket_sync::wire::{
-    Access, AwarenessEntry, Bytes, Compression, DocId, ErrorCode, Message, MessageDecoder,
-    PeerLimits, SessionId, SyncKind,
+    Access, AwarenessEntry, Bytes, DocId, ErrorCode, Message, SessionId, SyncKind,
 };
 use crdt_socket_sync::{CloseCause, Framing, Limits};
-
-/// One client session and its registry, fed frames the test writes as the
-/// server.
-struct Driven {
-    c: ClientSession,
-    reg: Reg,
-    now: Instant,
-}
-
-fn welcome(max_frame_len: u32) -> Message {
-    Message::Welcome {
-        version: 1,
-        session: SessionId(1),
-        compression: Compression::None,
-        limits: PeerLimits {
-            max_frame_len,
-            max_decompressed_len: 4 << 20,
-        },
-        heartbeat_ms: 2000,
-    }
-}
-
-impl Driven {
-    fn new(config: ClientConfig) -> Self {
-        let now = Instant::now();
-        Driven {
-            c: ClientSession::new(config, now),
-            reg: client_registry(1),
-            now,
-        }
-    }
-
-    /// Connects and answers the `Hello` with a `Welcome`; returns what the
-    /// client sent after it (its `Open`s).
-    fn connect(&mut self) -> Vec<Message> {
-        self.c.connect(self.now);
-        let hello = self.sent();
-        assert!(matches!(hello[..], [Message::Hello { .. }]), "{hello:?}");
-        self.feed(&[welcome(1 << 20)]);
-        self.sent()
-    }
-
-    fn feed(&mut self, msgs: &[Message]) {
-        let f = frame(msgs);
-        self.c.handle_input(self.now, &f, &mut self.reg);
-    }
-
-    /// Every message the client queued, decoded.
-    fn sent(&mut self) -> Vec<Message> {
-        let mut out = Vec::new();
-        let mut dec = MessageDecoder::new(Limits {
-            max_frame_len: u32::MAX,
-            ..Limits::default()
-        });
-        while let Some(f) = self.c.poll_transmit() {
-            dec.decode(&f, &mut out).unwrap();
-        }
-        out
-    }
-
-    fn events(&mut self) -> Vec<ClientEvent> {
-        std::iter::from_fn(|| self.c.poll_event()).collect()
-    }
-
-    /// Waits out the reconnect delay and takes the `Dial`.
-    fn redial(&mut self) {
-        let at = self.c.poll_timeout().expect("a reconnect is scheduled");
-        self.now = self.now.max(at);
-        self.c.handle_timeout(self.now);
-        let ev = self.events();
-        assert!(
-            ev.iter().any(|e| matches!(e, ClientEvent::Dial { .. })),
-            "{ev:?}"
-        );
-    }
-}
 
 fn config() -> ClientConfig {
     client_config("c")

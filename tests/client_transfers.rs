@@ -5,58 +5,28 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::client_rig::Driven;
 use common::*;
-use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession, Status};
+use crdt_socket_sync::client::{ClientConfig, ClientEvent, Status};
 use crdt_socket_sync::document::Document;
 use crdt_socket_sync::registry::Registry;
-use crdt_socket_sync::wire::{
-    Access, Bytes, Compression, DocId, Message, MessageDecoder, PeerLimits, SessionId, SyncKind,
-};
+use crdt_socket_sync::wire::{Access, Bytes, DocId, Message, SyncKind};
 use crdt_socket_sync::{CloseCause, Limits};
 
-struct Driven {
-    c: ClientSession,
-    reg: Reg,
-    now: Instant,
+/// A hand-driven client whose transfers share `max_transfer_len`.
+fn driven(max_transfer_len: u64) -> Driven {
+    Driven::new(ClientConfig {
+        limits: Limits {
+            max_transfer_len,
+            ..Limits::default()
+        },
+        ..client_config("c")
+    })
 }
 
 impl Driven {
-    fn new(max_transfer_len: u64) -> Self {
-        let now = Instant::now();
-        let config = ClientConfig {
-            limits: Limits {
-                max_transfer_len,
-                ..Limits::default()
-            },
-            ..client_config("c")
-        };
-        Driven {
-            c: ClientSession::new(config, now),
-            reg: client_registry(1),
-            now,
-        }
-    }
-
-    /// Connects and answers the `Hello`; returns the client's `Open`s.
-    fn connect(&mut self) -> Vec<Message> {
-        self.c.connect(self.now);
-        let hello = self.sent();
-        assert!(matches!(hello[..], [Message::Hello { .. }]), "{hello:?}");
-        self.feed(&[Message::Welcome {
-            version: 1,
-            session: SessionId(1),
-            compression: Compression::None,
-            limits: PeerLimits {
-                max_frame_len: 1 << 20,
-                max_decompressed_len: 4 << 20,
-            },
-            heartbeat_ms: 2000,
-        }]);
-        self.sent()
-    }
-
     fn reconnect(&mut self) -> Vec<Message> {
         self.c.transport_lost(self.now);
         let at = self.c.poll_timeout().expect("a reconnect is scheduled");
@@ -64,27 +34,6 @@ impl Driven {
         self.c.handle_timeout(self.now);
         self.events();
         self.connect()
-    }
-
-    fn feed(&mut self, msgs: &[Message]) {
-        let f = frame(msgs);
-        self.c.handle_input(self.now, &f, &mut self.reg);
-    }
-
-    fn sent(&mut self) -> Vec<Message> {
-        let mut out = Vec::new();
-        let mut dec = MessageDecoder::new(Limits {
-            max_frame_len: u32::MAX,
-            ..Limits::default()
-        });
-        while let Some(f) = self.c.poll_transmit() {
-            dec.decode(&f, &mut out).unwrap();
-        }
-        out
-    }
-
-    fn events(&mut self) -> Vec<ClientEvent> {
-        std::iter::from_fn(|| self.c.poll_event()).collect()
     }
 
     fn text(&mut self, name: &str) -> String {
@@ -148,7 +97,7 @@ fn a_transfer_dropped_for_the_budget_catches_up_after_its_sync_done() {
     let (sb, pb) = server_doc(8, 20);
     // Room for b's whole transfer but not for half of a's besides it.
     let limit = pb.len() + pa.len() / 4;
-    let mut d = Driven::new(limit as u64);
+    let mut d = driven(limit as u64);
     d.c.open(&mut d.reg, "a", d.now).unwrap();
     d.c.open(&mut d.reg, "b", d.now).unwrap();
     d.connect();
@@ -174,7 +123,7 @@ fn a_transfer_kept_for_resumption_counts_towards_the_budget() {
     let (sa, pa) = server_doc(7, 20);
     let (sb, pb) = server_doc(8, 20);
     let limit = pb.len() + pa.len() / 4;
-    let mut d = Driven::new(limit as u64);
+    let mut d = driven(limit as u64);
     d.c.open(&mut d.reg, "a", d.now).unwrap();
     d.c.open(&mut d.reg, "b", d.now).unwrap();
     d.connect();
@@ -208,7 +157,7 @@ fn the_budget_is_given_back_however_a_transfer_ends() {
     let (sy, py) = server_doc(8, 20);
     let limit = px.len() + py.len();
     let garbage = vec![0u8; limit];
-    let mut d = Driven::new(limit as u64);
+    let mut d = driven(limit as u64);
     for name in ["closed", "broken", "refused", "x", "y"] {
         d.c.open(&mut d.reg, name, d.now).unwrap();
     }

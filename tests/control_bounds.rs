@@ -11,14 +11,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::{Reg, frame, hello, server_registry};
+use common::{Reg, frame, hello, read_hub_output, server_registry};
 use crdt_socket_sync::registry::Registry as _;
 use crdt_socket_sync::server::{
     AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig, ServerEvent, StaticTokens,
 };
 use crdt_socket_sync::wire::{
-    Access, Bytes, CloseReason, DocId, ErrorCode, Message, MessageDecoder, RejectCode, Route,
-    SessionId,
+    Access, Bytes, CloseReason, DocId, ErrorCode, Message, RejectCode, Route, SessionId,
 };
 use crdt_socket_sync::{CloseCause, Limits};
 
@@ -91,17 +90,7 @@ impl<A: Authorizer> Raw<A> {
 
     /// Everything queued for `conn`, decoded.
     fn read(&mut self, conn: ConnId) -> Vec<Message> {
-        let mut out = Vec::new();
-        let mut decoder = MessageDecoder::new(Limits {
-            max_frame_len: u32::MAX,
-            max_decompressed_len: u32::MAX,
-            max_messages_per_frame: u32::MAX,
-            ..Limits::default()
-        });
-        while let Some(f) = self.hub.poll_transmit_for(conn) {
-            decoder.decode(&f, &mut out).unwrap();
-        }
-        out
+        read_hub_output(&mut self.hub, conn)
     }
 
     fn queued(&self, conn: ConnId) -> usize {

@@ -72,31 +72,8 @@ fn lengths(doc: &YrsDocument) -> Vec<u32> {
         .collect()
 }
 
-/// The features this test was built with, for building the example with
-/// the same ones (so cargo reuses the library instead of building another).
-fn features() -> String {
-    let all = [
-        ("arbitrary", cfg!(feature = "arbitrary")),
-        ("sim", cfg!(feature = "sim")),
-        ("yrs", cfg!(feature = "yrs")),
-        ("loro", cfg!(feature = "loro")),
-        ("automerge", cfg!(feature = "automerge")),
-        ("conformance", cfg!(feature = "conformance")),
-        ("tokio", cfg!(feature = "tokio")),
-        ("tls", cfg!(feature = "tls")),
-        ("smol", cfg!(feature = "smol")),
-        ("axum", cfg!(feature = "axum")),
-        ("sqlite", cfg!(feature = "sqlite")),
-    ];
-    all.iter()
-        .filter(|(_, on)| *on)
-        .map(|(f, _)| *f)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn server_binary() -> PathBuf {
-    crash_kit::example_binary("CSS_CRASH_WS_SERVER", "server", &features())
+    crash_kit::example_binary("CSS_CRASH_WS_SERVER", "server", &crash_kit::test_features())
 }
 
 /// Starts the server and waits until it serves. Its output is drained by a

@@ -9,30 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use crdt_socket_sync::server::{AllowAll, ConnId, Hub, Phase, ServerConfig, ServerEvent};
-use crdt_socket_sync::wire::{Bytes, Compression, Encoder, FrameError, Message, PROTOCOL_VERSIONS};
+use crdt_socket_sync::wire::{Bytes, Compression, FrameError, Message, PROTOCOL_VERSIONS};
 use crdt_socket_sync::{CloseCause, Framing, InboundError, Limits};
 
 fn hub(config: ServerConfig) -> (Hub<AllowAll>, Reg) {
     (Hub::new(config, AllowAll), server_registry())
-}
-
-/// `msgs` in one frame, deflated when at least 1 KiB.
-fn deflated(msgs: &[Message]) -> Vec<u8> {
-    let mut encoder = Encoder::new(&Limits::default());
-    encoder.set_compression(Compression::Deflate, 1024);
-    let mut out = Vec::new();
-    encoder.encode(msgs, &mut out).unwrap();
-    out
-}
-
-/// Fragment `k` of a message of `total` bytes, `len` bytes long.
-fn fragment(id: u32, k: u64, len: usize, total: u64) -> Message {
-    Message::Fragment {
-        id,
-        offset: k * len as u64,
-        total,
-        data: Bytes(vec![0; len]),
-    }
 }
 
 fn causes(hub: &mut Hub<AllowAll>) -> Vec<(ConnId, CloseCause)> {

@@ -13,10 +13,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Reg, frame, hello, server_registry};
+use common::client_rig::welcome;
+use common::{Reg, deflated, fragment, frame, hello, read_hub_output, server_registry};
 use crdt_socket_sync::Limits;
 use crdt_socket_sync::server::{AllowAll, Authorizer, ConnId, Hub, Identity, ServerConfig};
-use crdt_socket_sync::wire::{Access, Bytes, DocId, ErrorCode, Message, MessageDecoder};
+use crdt_socket_sync::wire::{Access, Bytes, DocId, ErrorCode, Message};
 
 // ---- a counting allocator ----
 
@@ -102,17 +103,7 @@ impl<A: Authorizer> Raw<A> {
     }
 
     fn read(&mut self, conn: ConnId) -> Vec<Message> {
-        let mut out = Vec::new();
-        let mut decoder = MessageDecoder::new(Limits {
-            max_frame_len: u32::MAX,
-            max_decompressed_len: u32::MAX,
-            max_messages_per_frame: u32::MAX,
-            ..Limits::default()
-        });
-        while let Some(f) = self.hub.poll_transmit_for(conn) {
-            decoder.decode(&f, &mut out).unwrap();
-        }
-        out
+        read_hub_output(&mut self.hub, conn)
     }
 
     /// Opens `names` in frames of 256 and reads everything; the handles.
@@ -388,24 +379,6 @@ fn documents_cycled_within_the_linger_are_bounded_per_connection() {
 
 // ---- finding 5: the shared reassembly budget lets two peers lock out everyone's large messages ----
 
-fn deflated(msgs: &[Message]) -> Vec<u8> {
-    use crdt_socket_sync::wire::{Compression, Encoder};
-    let mut encoder = Encoder::new(&Limits::default());
-    encoder.set_compression(Compression::Deflate, 1024);
-    let mut out = Vec::new();
-    encoder.encode(msgs, &mut out).unwrap();
-    out
-}
-
-fn fragment(id: u32, k: u64, len: usize, total: u64) -> Message {
-    Message::Fragment {
-        id,
-        offset: k * len as u64,
-        total,
-        data: Bytes(vec![0; len]),
-    }
-}
-
 /// `max_reassembly_bytes` (128 MiB) is shared by all connections, and a
 /// fragment that would pass it closes the connection it *arrived on*
 /// (src/inbound.rs `Partial::reserve`). Two authenticated connections (any
@@ -484,7 +457,7 @@ fn two_peers_holding_the_reassembly_budget_do_not_close_honest_clients() {
 #[test]
 fn a_hostile_server_cannot_pin_a_transfer_per_document() {
     use crdt_socket_sync::client::{ClientConfig, ClientSession};
-    use crdt_socket_sync::wire::{Compression, PeerLimits, SessionId, SyncKind};
+    use crdt_socket_sync::wire::SyncKind;
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let limits = Limits {
         max_transfer_len: 1 << 20,
@@ -505,16 +478,7 @@ fn a_hostile_server_cannot_pin_a_transfer_per_document() {
     }
     c.connect(now);
     while c.poll_transmit().is_some() {}
-    let welcome = Message::Welcome {
-        version: 1,
-        session: SessionId(1),
-        compression: Compression::None,
-        limits: PeerLimits {
-            max_frame_len: 1 << 20,
-            max_decompressed_len: 4 << 20,
-        },
-        heartbeat_ms: 2000,
-    };
+    let welcome = welcome(1 << 20);
     c.handle_input(now, &frame(&[welcome]), &mut reg);
     for (i, n) in names.iter().enumerate() {
         let opened = Message::Opened {

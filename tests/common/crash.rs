@@ -66,3 +66,27 @@ impl Rng {
         self.0
     }
 }
+
+/// The features this test was built with, for building an example with
+/// the same ones (so cargo reuses the library instead of building another).
+#[allow(dead_code)] // not every crash test builds its example this way
+pub fn test_features() -> String {
+    let all = [
+        ("arbitrary", cfg!(feature = "arbitrary")),
+        ("sim", cfg!(feature = "sim")),
+        ("yrs", cfg!(feature = "yrs")),
+        ("loro", cfg!(feature = "loro")),
+        ("automerge", cfg!(feature = "automerge")),
+        ("conformance", cfg!(feature = "conformance")),
+        ("tokio", cfg!(feature = "tokio")),
+        ("tls", cfg!(feature = "tls")),
+        ("smol", cfg!(feature = "smol")),
+        ("axum", cfg!(feature = "axum")),
+        ("sqlite", cfg!(feature = "sqlite")),
+    ];
+    all.iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| *f)
+        .collect::<Vec<_>>()
+        .join(",")
+}

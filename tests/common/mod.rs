@@ -3,6 +3,7 @@
 //! transcript strings for golden tests.
 #![allow(dead_code)]
 
+pub mod client_rig;
 pub mod trace;
 
 use std::collections::VecDeque;
@@ -12,7 +13,7 @@ use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession};
 use crdt_socket_sync::registry::MemoryRegistry;
 use crdt_socket_sync::server::{Authorizer, ConnId, Hub, ServerConfig, ServerEvent};
 pub use crdt_socket_sync::testing::OpLog;
-use crdt_socket_sync::wire::{Bytes, Encoder, Message, MessageDecoder, PeerLimits};
+use crdt_socket_sync::wire::{Bytes, Compression, Encoder, Message, MessageDecoder, PeerLimits};
 use crdt_socket_sync::{Limits, Output};
 
 pub type Reg = MemoryRegistry<OpLog>;
@@ -65,8 +66,8 @@ pub fn describe(m: &Message) -> String {
     }
 }
 
-/// Decodes one frame into descriptions.
-pub fn frame_text(frame: &[u8]) -> Vec<String> {
+/// Decodes one frame, with no frame length limit.
+pub fn decode_frame(frame: &[u8]) -> Vec<Message> {
     let mut out = Vec::new();
     MessageDecoder::new(Limits {
         max_frame_len: u32::MAX,
@@ -74,7 +75,27 @@ pub fn frame_text(frame: &[u8]) -> Vec<String> {
     })
     .decode(frame, &mut out)
     .expect("frames we produce decode");
-    out.iter().map(describe).collect()
+    out
+}
+
+/// Decodes one frame into descriptions.
+pub fn frame_text(frame: &[u8]) -> Vec<String> {
+    decode_frame(frame).iter().map(describe).collect()
+}
+
+/// Everything the hub queued for `conn`, decoded without limits.
+pub fn read_hub_output<A: Authorizer>(hub: &mut Hub<A>, conn: ConnId) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut decoder = MessageDecoder::new(Limits {
+        max_frame_len: u32::MAX,
+        max_decompressed_len: u32::MAX,
+        max_messages_per_frame: u32::MAX,
+        ..Limits::default()
+    });
+    while let Some(f) = hub.poll_transmit_for(conn) {
+        decoder.decode(&f, &mut out).unwrap();
+    }
+    out
 }
 
 /// One hub and several clients over in-memory message pipes, with a virtual
@@ -367,6 +388,25 @@ pub fn frame(msgs: &[Message]) -> Vec<u8> {
         .encode(msgs, &mut out)
         .unwrap();
     out
+}
+
+/// `msgs` in one frame, deflated when at least 1 KiB.
+pub fn deflated(msgs: &[Message]) -> Vec<u8> {
+    let mut encoder = Encoder::new(&Limits::default());
+    encoder.set_compression(Compression::Deflate, 1024);
+    let mut out = Vec::new();
+    encoder.encode(msgs, &mut out).unwrap();
+    out
+}
+
+/// Fragment `k` of a message of `total` bytes, `len` bytes long.
+pub fn fragment(id: u32, k: u64, len: usize, total: u64) -> Message {
+    Message::Fragment {
+        id,
+        offset: k * len as u64,
+        total,
+        data: Bytes(vec![0; len]),
+    }
 }
 
 /// The `Hello` of a hand-driven ("raw") connection.

@@ -757,3 +757,51 @@ fn write_fuzz_seeds() {
         std::fs::write(dir.join(name), bytes).expect("writes the seed");
     }
 }
+
+/// Before the handshake, one input causes at most a handshake outcome and a
+/// close, whatever it carries (the README's security table): a good `Hello`
+/// followed by a frame's worth of pings, a refused `Hello`, requests before
+/// any `Hello`, and garbage.
+#[test]
+fn an_input_before_the_handshake_causes_at_most_two_events() {
+    let auth = || StaticTokens::default().with("rw", "writer", Access::ReadWrite);
+    let pings: Vec<Message> = (0..60).map(|t| Message::Ping { t }).collect();
+    let frame = |msgs: &[Message]| {
+        let mut out = Vec::new();
+        Encoder::new(&limits()).encode(msgs, &mut out).unwrap();
+        out
+    };
+    let inputs: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "hello then pings",
+            frame(&[&[hello("rw")][..], &pings].concat()),
+        ),
+        (
+            "refused hello then pings",
+            frame(&[&[hello("nope")][..], &pings].concat()),
+        ),
+        (
+            "requests before hello",
+            frame(&[open("a"), open("b"), Message::Ping { t: 1 }]),
+        ),
+        ("garbage", vec![0x5a; 300]),
+    ];
+    for (what, input) in inputs {
+        let config = ServerConfig {
+            limits: limits(),
+            ..ServerConfig::default()
+        };
+        let mut hub = Hub::new(config, auth());
+        let mut reg = MemoryRegistry::new(|_: &str| OpLog::new(0));
+        let now = Instant::now();
+        let conn = hub.accept(now);
+        while hub.poll_event().is_some() {}
+        hub.handle_input(conn, now, &input, &mut reg);
+        let mut events = Vec::new();
+        while let Some(e) = hub.poll_event() {
+            events.push(e);
+        }
+        assert!(events.len() <= 2, "{what}: {events:?}");
+        assert!(!events.is_empty(), "{what}: the input had an outcome");
+    }
+}

@@ -14,7 +14,7 @@ use crate::outbound::{Common, MAX_CLOSE_TEXT, Priority, Queue, QueueFull};
 use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
-use super::hub::DocIndex;
+use super::hub::{DocIndex, truncate_at_char};
 use super::{ConnId, Identity, ServerConfig};
 
 /// Where a session is in its life.
@@ -555,14 +555,9 @@ impl ServerSession {
         if self.phase == Phase::Closed {
             return false;
         }
-        let mut end = message.len().min(MAX_CLOSE_TEXT);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let close = Message::Close {
-            reason,
-            message: message[..end].to_string(),
-        };
+        let mut message = message.to_string();
+        truncate_at_char(&mut message, MAX_CLOSE_TEXT);
+        let close = Message::Close { reason, message };
         // The one message allowed past the bound (the reserve): at most one
         // per session, and short.
         let _ = self.outbound.push(&close, Priority::Control, common);

@@ -614,16 +614,12 @@ impl ServerSession {
             {
                 // Idle with part of a frame or message held: the peer
                 // started something it does not finish.
-                let cause = if self.inbound.is_incomplete() {
-                    CloseCause::IncompleteInput {
-                        held: self.inbound.buffered(),
-                    }
+                let (cause, message) = if self.inbound.is_incomplete() {
+                    let held = self.inbound.buffered();
+                    let cause = CloseCause::IncompleteInput { held };
+                    (cause, "incomplete input held too long")
                 } else {
-                    CloseCause::Local(CloseReason::IdleTimeout)
-                };
-                let message = match cause {
-                    CloseCause::IncompleteInput { .. } => "incomplete input held too long",
-                    _ => "no traffic",
+                    (CloseCause::Local(CloseReason::IdleTimeout), "no traffic")
                 };
                 self.close(CloseReason::IdleTimeout, message, common);
                 Some(cause)

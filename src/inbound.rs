@@ -327,10 +327,7 @@ impl Inbound {
             Decoder::Stream(d) => d.since,
         };
         let message = self.partial.as_ref().and_then(|p| p.since);
-        match (frame, message) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        frame.into_iter().chain(message).min()
     }
 
     /// Whether part of a frame or of a fragmented message is held.

@@ -571,20 +571,22 @@ mod tests {
         out
     }
 
+    /// Server rules after the handshake, charging `owner`'s fragments to
+    /// `budget`.
+    fn charged(budget: &ReassemblyBudget, owner: u64) -> Rules<'_> {
+        Rules {
+            budget: Some(Charge { budget, owner }),
+            ..Rules::NONE
+        }
+    }
+
     /// A partial message charges its buffer's capacity to the budget and
     /// gives it back however it goes: refused, or dropped with its owner.
     #[test]
     fn the_budget_is_given_back_whatever_happens() {
         let limits = Limits::default();
         let budget = ReassemblyBudget::new(1 << 20);
-        let rules = |owner| Rules {
-            handshake: false,
-            now: None,
-            budget: Some(Charge {
-                budget: &budget,
-                owner,
-            }),
-        };
+        let rules = |owner| charged(&budget, owner);
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
         let mut a = Inbound::new(Framing::Message);
@@ -620,14 +622,7 @@ mod tests {
     fn the_largest_holder_gives_way_to_a_smaller_message() {
         let limits = Limits::default();
         let budget = ReassemblyBudget::new(64 << 10);
-        let rules = |owner| Rules {
-            handshake: false,
-            now: None,
-            budget: Some(Charge {
-                budget: &budget,
-                owner,
-            }),
-        };
+        let rules = |owner| charged(&budget, owner);
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
         let mut big = Inbound::new(Framing::Message);

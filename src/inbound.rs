@@ -460,14 +460,15 @@ impl Inbound {
                         if rules.handshake {
                             return Err(InboundError::FragmentBeforeHandshake);
                         }
-                        let fragment = Fragment {
+                        match reassemble(
+                            &mut self.partial,
+                            limits.max_message_len,
                             id,
                             offset,
                             total,
-                            data: &data.0,
-                        };
-                        match reassemble(&mut self.partial, limits.max_message_len, fragment, rules)
-                        {
+                            &data.0,
+                            rules,
+                        ) {
                             Ok(Some(m)) => out.push(m),
                             Ok(None) => {}
                             Err(e) => {
@@ -486,26 +487,15 @@ impl Inbound {
     }
 }
 
-/// One received fragment.
-struct Fragment<'a> {
-    id: u32,
-    offset: u64,
-    total: u64,
-    data: &'a [u8],
-}
-
 fn reassemble(
     slot: &mut Option<Box<Partial>>,
     limit: u64,
-    fragment: Fragment<'_>,
+    id: u32,
+    offset: u64,
+    total: u64,
+    data: &[u8],
     rules: Rules<'_>,
 ) -> Result<Option<Message>, InboundError> {
-    let Fragment {
-        id,
-        offset,
-        total,
-        data,
-    } = fragment;
     if total > limit {
         return Err(InboundError::MessageTooLarge { len: total, limit });
     }

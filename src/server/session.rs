@@ -573,10 +573,9 @@ impl ServerSession {
             Phase::Handshake { deadline } => deadline,
             Phase::Active => {
                 let idle = self.last_rx.checked_add(config.idle_timeout);
-                match self.incomplete_deadline(config) {
-                    Some(t) => Some(idle.map_or(t, |idle| idle.min(t))),
-                    None => idle,
-                }
+                idle.into_iter()
+                    .chain(self.incomplete_deadline(config))
+                    .min()
             }
             Phase::Closed => None,
         }

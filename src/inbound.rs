@@ -327,10 +327,7 @@ impl Inbound {
             Decoder::Stream(d) => d.since,
         };
         let message = self.partial.as_ref().and_then(|p| p.since);
-        match (frame, message) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        frame.into_iter().chain(message).min()
     }
 
     /// Whether part of a frame or of a fragmented message is held.
@@ -463,14 +460,15 @@ impl Inbound {
                         if rules.handshake {
                             return Err(InboundError::FragmentBeforeHandshake);
                         }
-                        let fragment = Fragment {
+                        match reassemble(
+                            &mut self.partial,
+                            limits.max_message_len,
                             id,
                             offset,
                             total,
-                            data: &data.0,
-                        };
-                        match reassemble(&mut self.partial, limits.max_message_len, fragment, rules)
-                        {
+                            &data.0,
+                            rules,
+                        ) {
                             Ok(Some(m)) => out.push(m),
                             Ok(None) => {}
                             Err(e) => {
@@ -489,26 +487,15 @@ impl Inbound {
     }
 }
 
-/// One received fragment.
-struct Fragment<'a> {
-    id: u32,
-    offset: u64,
-    total: u64,
-    data: &'a [u8],
-}
-
 fn reassemble(
     slot: &mut Option<Box<Partial>>,
     limit: u64,
-    fragment: Fragment<'_>,
+    id: u32,
+    offset: u64,
+    total: u64,
+    data: &[u8],
     rules: Rules<'_>,
 ) -> Result<Option<Message>, InboundError> {
-    let Fragment {
-        id,
-        offset,
-        total,
-        data,
-    } = fragment;
     if total > limit {
         return Err(InboundError::MessageTooLarge { len: total, limit });
     }
@@ -574,20 +561,22 @@ mod tests {
         out
     }
 
+    /// Server rules after the handshake, charging `owner`'s fragments to
+    /// `budget`.
+    fn charged(budget: &ReassemblyBudget, owner: u64) -> Rules<'_> {
+        Rules {
+            budget: Some(Charge { budget, owner }),
+            ..Rules::NONE
+        }
+    }
+
     /// A partial message charges its buffer's capacity to the budget and
     /// gives it back however it goes: refused, or dropped with its owner.
     #[test]
     fn the_budget_is_given_back_whatever_happens() {
         let limits = Limits::default();
         let budget = ReassemblyBudget::new(1 << 20);
-        let rules = |owner| Rules {
-            handshake: false,
-            now: None,
-            budget: Some(Charge {
-                budget: &budget,
-                owner,
-            }),
-        };
+        let rules = |owner| charged(&budget, owner);
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
         let mut a = Inbound::new(Framing::Message);
@@ -623,14 +612,7 @@ mod tests {
     fn the_largest_holder_gives_way_to_a_smaller_message() {
         let limits = Limits::default();
         let budget = ReassemblyBudget::new(64 << 10);
-        let rules = |owner| Rules {
-            handshake: false,
-            now: None,
-            budget: Some(Charge {
-                budget: &budget,
-                owner,
-            }),
-        };
+        let rules = |owner| charged(&budget, owner);
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
         let mut big = Inbound::new(Framing::Message);

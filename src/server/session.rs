@@ -14,7 +14,7 @@ use crate::outbound::{Common, MAX_CLOSE_TEXT, Priority, Queue, QueueFull};
 use crate::wire::compress::InflateScratch;
 use crate::wire::{Access, Bytes, CloseReason, DocId, Message, SessionId, SyncKind};
 
-use super::hub::DocIndex;
+use super::hub::{DocIndex, truncate_at_char};
 use super::{ConnId, Identity, ServerConfig};
 
 /// Where a session is in its life.
@@ -555,14 +555,9 @@ impl ServerSession {
         if self.phase == Phase::Closed {
             return false;
         }
-        let mut end = message.len().min(MAX_CLOSE_TEXT);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let close = Message::Close {
-            reason,
-            message: message[..end].to_string(),
-        };
+        let mut message = message.to_string();
+        truncate_at_char(&mut message, MAX_CLOSE_TEXT);
+        let close = Message::Close { reason, message };
         // The one message allowed past the bound (the reserve): at most one
         // per session, and short.
         let _ = self.outbound.push(&close, Priority::Control, common);
@@ -578,10 +573,9 @@ impl ServerSession {
             Phase::Handshake { deadline } => deadline,
             Phase::Active => {
                 let idle = self.last_rx.checked_add(config.idle_timeout);
-                match self.incomplete_deadline(config) {
-                    Some(t) => Some(idle.map_or(t, |idle| idle.min(t))),
-                    None => idle,
-                }
+                idle.into_iter()
+                    .chain(self.incomplete_deadline(config))
+                    .min()
             }
             Phase::Closed => None,
         }
@@ -619,16 +613,12 @@ impl ServerSession {
             {
                 // Idle with part of a frame or message held: the peer
                 // started something it does not finish.
-                let cause = if self.inbound.is_incomplete() {
-                    CloseCause::IncompleteInput {
-                        held: self.inbound.buffered(),
-                    }
+                let (cause, message) = if self.inbound.is_incomplete() {
+                    let held = self.inbound.buffered();
+                    let cause = CloseCause::IncompleteInput { held };
+                    (cause, "incomplete input held too long")
                 } else {
-                    CloseCause::Local(CloseReason::IdleTimeout)
-                };
-                let message = match cause {
-                    CloseCause::IncompleteInput { .. } => "incomplete input held too long",
-                    _ => "no traffic",
+                    (CloseCause::Local(CloseReason::IdleTimeout), "no traffic")
                 };
                 self.close(CloseReason::IdleTimeout, message, common);
                 Some(cause)

@@ -295,20 +295,26 @@ fn decode_messages(
     let mut count = 0u32;
     while !body.is_empty() {
         let left = u64::from(limit - count);
-        if left == 0 || hot::declared_elements(body).is_some_and(|n| n > left) {
+        if left == 0 {
             return too_many(out);
         }
         // Live traffic skips serde; anything else (or anything unusual)
         // goes to postcard.
         let (m, rest) = match hot::decode(body) {
+            // Hot messages carry no list: each counts one.
             Some(decoded) => decoded,
-            None => match postcard::take_from_bytes::<Message>(body) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    out.truncate(before);
-                    return Err(FrameError::Decode(e));
+            None => {
+                if hot::declared_elements(body).is_some_and(|n| n > left) {
+                    return too_many(out);
                 }
-            },
+                match postcard::take_from_bytes::<Message>(body) {
+                    Ok(decoded) => decoded,
+                    Err(e) => {
+                        out.truncate(before);
+                        return Err(FrameError::Decode(e));
+                    }
+                }
+            }
         };
         let cost = match &m {
             Message::UpdateBatch { data, .. } => data.len().max(1),

@@ -71,7 +71,7 @@ const MAX_ERRORS_PER_INPUT: u32 = 8;
 const MAX_PEER_ERROR_TEXT: usize = 256;
 
 /// Shortens `text` to at most `max` bytes, at a character boundary.
-fn truncate_at_char(text: &mut String, max: usize) {
+pub(crate) fn truncate_at_char(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {

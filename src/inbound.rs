@@ -319,6 +319,16 @@ impl Inbound {
         frame + self.partial.as_ref().map_or(0, |p| p.data.capacity())
     }
 
+    /// Bytes of incomplete input actually received: a partial frame's and a
+    /// fragmented message's, without the room reserved for more.
+    pub(crate) fn received(&self) -> usize {
+        let frame = match &self.decoder {
+            Decoder::Message => 0,
+            Decoder::Stream(d) => d.reader.buffered(),
+        };
+        frame + self.partial.as_ref().map_or(0, |p| p.data.len())
+    }
+
     /// When the oldest incomplete input (a partial frame or fragmented
     /// message) began, if it was stamped.
     pub(crate) fn incomplete_since(&self) -> Option<Instant> {

@@ -267,7 +267,7 @@ pub const EVENTS_PER_UNIT: usize = 3;
 /// `1 + n / MIN_FRAME_LEN` frames.
 pub const MIN_FRAME_LEN: usize = 6;
 /// Heap bytes the receive side of a session may hold beyond twice what it
-/// buffered: the stream reader itself and the small partial-frame buffer it
+/// received: the stream reader itself and the small partial-frame buffer it
 /// keeps between frames.
 pub const HELD_INPUT_SLACK: usize = 8 * 1024;
 
@@ -286,8 +286,9 @@ pub enum BudgetKind {
     /// A session buffered more than one partial frame plus one fragmented
     /// message (`max_frame_len + max_message_len`).
     BufferedInput,
-    /// A session's receive side reserved more than twice what it buffered
-    /// plus [`HELD_INPUT_SLACK`]: memory reserved on a peer's say-so.
+    /// A session's receive side held more than twice the bytes of
+    /// incomplete input it received plus [`HELD_INPUT_SLACK`]: memory
+    /// reserved on a peer's say-so.
     Reservation,
     /// One input caused more events than
     /// [`EVENTS_PER_INPUT`] + [`EVENTS_PER_UNIT`] × units it can carry + one
@@ -349,7 +350,7 @@ impl std::error::Error for BudgetExceeded {}
 ///   frame, control messages included);
 /// - before the handshake, buffered input ≤ `max_frame_len` (one partial
 ///   frame, no reassembly); after it, ≤ `max_frame_len + max_message_len`;
-/// - memory held for input ≤ 2 × buffered + [`HELD_INPUT_SLACK`] (nothing
+/// - memory held for input ≤ 2 × received + [`HELD_INPUT_SLACK`] (nothing
 ///   reserved from a declared length);
 /// - events caused by the input ≤ [`EVENTS_PER_INPUT`] + [`EVENTS_PER_UNIT`]
 ///   × `max_messages_per_frame` × frames the input can complete (one per
@@ -487,7 +488,7 @@ impl Budget {
                 at.0,
                 at.1,
                 s.held_input(),
-                s.buffered_input()
+                s.received_input()
                     .saturating_mul(2)
                     .saturating_add(HELD_INPUT_SLACK),
             )?;

@@ -439,6 +439,13 @@ impl ServerSession {
         self.inbound.buffered()
     }
 
+    /// Bytes of incomplete input received and held (a partial frame and a
+    /// fragmented message being reassembled), without the room reserved
+    /// around them: what the peer actually sent of them.
+    pub fn received_input(&self) -> usize {
+        self.inbound.received()
+    }
+
     /// Heap bytes held for received input: the buffer of a partial frame
     /// (what it reserved, not only what arrived) and of a fragmented message
     /// being reassembled. What a peer's unfinished input costs the server.

@@ -517,3 +517,45 @@ impl Budget {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::registry::MemoryRegistry;
+    use crate::server::{AllowAll, Hub, ServerConfig};
+
+    /// The checker reports the bound an input broke: a checker that never
+    /// did would pass every budget test.
+    #[test]
+    fn a_broken_bound_is_reported() {
+        let now = Instant::now();
+        let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+        let mut reg = MemoryRegistry::new(|_| OpLog::new(0));
+        let budget = Budget::new(&hub);
+        let e = budget.check(&hub, 0, usize::MAX).unwrap_err();
+        assert_eq!((e.kind, e.conn), (BudgetKind::Events, None));
+        assert_eq!(budget.check(&hub, 0, e.bound), Ok(()));
+        // A checker allowing no queued byte at all: the close frame the
+        // hub queues for garbage breaks it, for that session.
+        let conn = hub.accept(now);
+        budget.drain_events(&mut hub);
+        let strict = Budget {
+            limits: crate::Limits {
+                max_outbound_bytes: 0,
+                max_frame_len: 0,
+                ..budget.limits
+            },
+            ..budget.clone()
+        };
+        let e = strict
+            .input(&mut hub, conn, now, b"\x10garbage", &mut reg)
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.conn, e.input_len),
+            (BudgetKind::QueuedBytes, Some(conn), 8)
+        );
+        assert!(e.value > e.bound && e.to_string().contains("QueuedBytes"));
+    }
+}

@@ -13,16 +13,11 @@ use crate::rng::Rng;
 use crate::wire::compress::InflateScratch;
 use crate::wire::{
     Access, AwarenessEntry, Bytes, CloseReason, Compression, DocId, ErrorCode, Message,
-    PROTOCOL_VERSIONS, RejectCode, Resume, Route, SessionId, SyncKind,
+    PROTOCOL_VERSIONS, PeerLimits, RejectCode, Resume, Route, SessionId, SyncKind,
 };
 
 use super::presence::{Peer, Presence};
 use super::{AppTarget, ClientConfig, ClientEvent, CommandError, Status};
-
-/// The smallest frame limit a server may announce in `Welcome` (the server
-/// refuses a `Hello` announcing less, for the same reason): below it every
-/// message would be cut into absurdly many fragments.
-pub(crate) const MIN_SERVER_FRAME_LEN: u32 = 1024;
 
 /// What one held broadcast costs beyond its bytes (its `Vec` and allocation),
 /// charged against the held-bytes bound so that empty broadcasts count too.
@@ -869,12 +864,13 @@ impl ClientSession {
         }
         // Our frames are cut to the server's limit (a larger one is capped
         // by our own); one below the minimum would fragment everything.
-        if limits.max_frame_len < MIN_SERVER_FRAME_LEN {
+        if limits.max_frame_len < PeerLimits::MIN_FRAME_LEN {
             return self.fail(
                 CloseReason::ProtocolError,
                 CloseCause::Protocol(format!(
-                    "server max_frame_len {} is below {MIN_SERVER_FRAME_LEN}",
-                    limits.max_frame_len
+                    "server max_frame_len {} is below {}",
+                    limits.max_frame_len,
+                    PeerLimits::MIN_FRAME_LEN
                 )),
             );
         }

@@ -899,6 +899,7 @@ fn log_line(event: &ServerEvent) -> Option<(Option<ConnId>, LineKind)> {
             (Some(*conn), LineKind::SubscriberLagging, Level::WARN)
         }
         ServerEvent::StorageError { .. } => (None, LineKind::StorageError, Level::ERROR),
+        ServerEvent::DocumentFailed { .. } => (None, LineKind::DocumentFailed, Level::ERROR),
         ServerEvent::ClientDisconnected { conn, .. } => {
             (Some(*conn), LineKind::Disconnected, Level::INFO)
         }
@@ -974,6 +975,18 @@ fn log_event(event: &ServerEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A document whose CRDT panicked is logged at `error`, whatever else
+    /// is off (not as a trace-level "hub event").
+    #[test]
+    fn a_failed_document_is_logged_at_error_level() {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::ERROR)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let failed = ServerEvent::DocumentFailed { name: "d".into() };
+        assert_eq!(log_line(&failed), Some((None, LineKind::DocumentFailed)));
+    }
 
     /// The sleep follows the hub's deadline both ways (an input may move
     /// it earlier), is re-armed after it fired even for the same instant,

@@ -66,6 +66,7 @@ pub(crate) enum LineKind {
     DocumentError,
     SubscriberLagging,
     StorageError,
+    DocumentFailed,
     Disconnected,
     Other,
 }
@@ -83,6 +84,7 @@ impl LineKind {
             LineKind::DocumentError => "document error",
             LineKind::SubscriberLagging => "subscriber lagging",
             LineKind::StorageError => "storage error",
+            LineKind::DocumentFailed => "document failed",
             LineKind::Disconnected => "client disconnected",
             LineKind::Other => "hub event",
         }

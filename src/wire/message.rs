@@ -127,6 +127,13 @@ pub struct PeerLimits {
     pub max_decompressed_len: u32,
 }
 
+impl PeerLimits {
+    /// The smallest `max_frame_len` either side accepts from the other
+    /// (the server in `Hello`, the client in `Welcome`): below it every
+    /// message would be cut into absurdly many fragments.
+    pub(crate) const MIN_FRAME_LEN: u32 = 1024;
+}
+
 /// What a session may do with a document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]

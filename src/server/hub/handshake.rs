@@ -58,8 +58,9 @@ impl<A: Authorizer> Hub<A> {
         if peer.len() > self.config.limits.max_name_len {
             return self.reject(conn, RejectCode::BadHello, "peer id too long".into());
         }
-        if limits.max_frame_len < MIN_PEER_FRAME {
-            let msg = format!("max_frame_len below {MIN_PEER_FRAME}");
+        let min = crate::wire::PeerLimits::MIN_FRAME_LEN;
+        if limits.max_frame_len < min {
+            let msg = format!("max_frame_len below {min}");
             return self.reject(conn, RejectCode::BadHello, msg);
         }
         let identity = match self.auth.authenticate(&peer, token) {

@@ -51,9 +51,6 @@ use directory::Directory;
 pub(crate) use directory::DocIndex;
 pub use presence::{AppHook, AppMessage, AppVerdict};
 
-/// Smallest frame limit a client may announce.
-const MIN_PEER_FRAME: u32 = 1024;
-
 /// Spare message buffers the hub keeps for all its sessions' queues (see
 /// [`Common`]). A keystroke takes two (the ack to its sender, the update to
 /// a single other subscriber) and the drain gives them back; sixteen also

@@ -54,6 +54,8 @@ impl Default for LogLimits {
 }
 
 /// What a log line is about; lines are limited per connection and kind.
+/// `Connected` stays first and `Other` last: [`LogLimiter::closed`] takes a
+/// connection's counts as the key range between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum LineKind {
     Connected,

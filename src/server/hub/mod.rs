@@ -817,15 +817,32 @@ impl<A: Authorizer> Hub<A> {
             }
             self.input_errors += 1;
         }
-        self.send(
-            conn,
-            &Message::Error {
-                doc,
-                seq,
-                code,
-                message: message.clone(),
-            },
-        );
+        self.report_error(conn, doc, seq, code, message, false);
+    }
+
+    /// Sends `conn` an `Error` and tells the application
+    /// ([`ServerEvent::DocumentError`]); an `ephemeral` one is dropped when
+    /// the queue is past its high-water mark.
+    fn report_error(
+        &mut self,
+        conn: ConnId,
+        doc: Option<DocId>,
+        seq: Option<u64>,
+        code: ErrorCode,
+        message: String,
+        ephemeral: bool,
+    ) {
+        let error = Message::Error {
+            doc,
+            seq,
+            code,
+            message: message.clone(),
+        };
+        if ephemeral {
+            self.send_ephemeral(conn, &error);
+        } else {
+            self.send(conn, &error);
+        }
         let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
         self.events.push_back(ServerEvent::DocumentError {
             conn,
@@ -834,6 +851,18 @@ impl<A: Authorizer> Hub<A> {
             code,
             message,
         });
+    }
+
+    /// Sends `conn` the `Opened` for its handle `doc` on `name`.
+    fn send_opened(&mut self, conn: ConnId, name: &str, doc: DocId, access: Access) {
+        self.send(
+            conn,
+            &Message::Opened {
+                name: name.to_string(),
+                doc,
+                access,
+            },
+        );
     }
 
     fn dispatch<R: Registry>(&mut self, conn: ConnId, msgs: &mut Vec<Message>, registry: &mut R) {

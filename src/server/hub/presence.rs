@@ -437,23 +437,6 @@ impl<A: Authorizer> Hub<A> {
         let message = format!(
             "application message of kind {kind} not delivered to {missed} recipient(s): their queues are full"
         );
-        let code = ErrorCode::Backpressure;
-        self.send_ephemeral(
-            conn,
-            &Message::Error {
-                doc,
-                seq: None,
-                code,
-                message: message.clone(),
-            },
-        );
-        let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
-        self.events.push_back(ServerEvent::DocumentError {
-            conn,
-            name,
-            seq: None,
-            code,
-            message,
-        });
+        self.report_error(conn, doc, None, ErrorCode::Backpressure, message, true);
     }
 }

@@ -84,14 +84,7 @@ impl<A: Authorizer> Hub<A> {
             .directory
             .name(index)
             .map_or_else(|| name.into(), Arc::clone);
-        self.send(
-            conn,
-            &Message::Opened {
-                name: name.to_string(),
-                doc,
-                access,
-            },
-        );
+        self.send_opened(conn, &name, doc, access);
         self.events.push_back(ServerEvent::DocumentOpened {
             conn,
             name: Arc::clone(&name),

@@ -8,8 +8,8 @@
 //! of decoded messages; each concern behind it has a file of its own:
 //! [`handshake`] (hello, token refresh), [`sync`] (open, syncs and
 //! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (applied and
-//! durable acknowledgements), [`presence`] (presence, application messages,
-//! leaving a document), [`directory`] (documents and their unload).
+//! durable acknowledgements), [`presence`] (presence, application
+//! messages), [`directory`] (documents, leaving them and their unload).
 //! It is over 800 lines because the hub still runs every session's logic:
 //! the rooms redesign gives sessions and documents state machines of their
 //! own and leaves the hub a router.
@@ -1030,18 +1030,6 @@ impl<A: Authorizer> Hub<A> {
             ErrorCode::UnknownDocument,
             format!("document handle {} is not open", doc.0),
         );
-    }
-
-    /// Takes the documents whose unload linger ended out of the directory
-    /// and tells the registry to unload them (it keeps what only it holds:
-    /// a memory registry its written documents, a durable one its writes
-    /// not yet on disk until they are).
-    fn unload_idle<R: Registry>(&mut self, now: Instant, registry: &mut R) {
-        while let Some((index, name)) = self.directory.pop_expired(now) {
-            // Nothing server-wide may outlive the document's slot.
-            self.transfers.forget(index.key());
-            registry.unload(&name);
-        }
     }
 
     /// Queue size above which a subscriber stops receiving individual

@@ -157,7 +157,7 @@ impl<A: Authorizer> Hub<A> {
         missed
     }
 
-    fn share_presence(
+    pub(super) fn share_presence(
         &mut self,
         index: DocIndex,
         except: Option<ConnId>,
@@ -191,48 +191,6 @@ impl<A: Authorizer> Hub<A> {
                 return;
             }
         }
-    }
-
-    /// Removes `conn`'s subscription to its document `doc` (the client
-    /// closed it, or disconnected), freeing the handle.
-    pub(super) fn unsubscribe(&mut self, conn: ConnId, doc: DocId) {
-        self.leave(conn, doc, false);
-    }
-
-    /// Removes `conn`'s subscription to its document `doc` on the server's
-    /// initiative (access revoked): the handle stays retired until the
-    /// client closes it, so updates it sent before it heard cannot land in
-    /// a document opened next under the same handle.
-    pub(super) fn revoke(&mut self, conn: ConnId, doc: DocId) {
-        self.leave(conn, doc, true);
-    }
-
-    /// Removes the subscription with its presence state and the
-    /// acknowledgements still due for it (the handle may name another
-    /// document next). The last subscriber leaving starts the document's
-    /// unload linger.
-    fn leave(&mut self, conn: ConnId, doc: DocId, retire: bool) {
-        let Some(s) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        let sub = if retire {
-            s.docs.retire(&doc)
-        } else {
-            s.docs.remove(&doc)
-        };
-        let Some(sub) = sub else {
-            return;
-        };
-        s.transfers.cancel(doc);
-        let session = s.session;
-        self.forget_acks(conn, doc, sub.last_seq > sub.durable_seq);
-        if let Some(leave) = self.presence.remove(sub.index.key(), session) {
-            self.share_presence(sub.index, Some(conn), vec![leave]);
-        }
-        let linger = self.config.unload_after;
-        let cap = self.config.limits.max_docs_per_connection;
-        self.directory
-            .unsubscribe(sub.index, conn, doc, self.now, linger, cap);
     }
 
     pub(super) fn expire_presence(&mut self, now: Instant) {

@@ -10,9 +10,6 @@
 //! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (applied and
 //! durable acknowledgements), [`presence`] (presence, application
 //! messages), [`directory`] (documents, leaving them and their unload).
-//! It is over 800 lines because the hub still runs every session's logic:
-//! the rooms redesign gives sessions and documents state machines of their
-//! own and leaves the hub a router.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -339,7 +339,7 @@ impl<A: Authorizer> Hub<A> {
     /// once it is closed.
     pub fn wants_input(&self, conn: ConnId) -> bool {
         self.sessions.get(&conn).is_some_and(|s| {
-            !s.is_closed() && s.outbound.bytes() <= self.config.limits.max_outbound_bytes / 2
+            !s.is_closed() && s.outbound.bytes() <= high_water(&self.config.limits)
         })
     }
 
@@ -379,8 +379,7 @@ impl<A: Authorizer> Hub<A> {
         // have let a catch-up through.
         self.reschedule(conn);
         if let Some(s) = self.sessions.get(&conn) {
-            self.marks
-                .drained(s, self.config.limits.max_outbound_bytes / 4);
+            self.marks.drained(s, low_water(&self.config.limits));
         }
     }
 
@@ -631,8 +630,7 @@ impl<A: Authorizer> Hub<A> {
             let s = self.sessions.get_mut(&conn)?;
             if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
-                self.marks
-                    .drained(s, self.config.limits.max_outbound_bytes / 4);
+                self.marks.drained(s, low_water(&self.config.limits));
                 return Some(conn);
             }
         }
@@ -645,8 +643,7 @@ impl<A: Authorizer> Hub<A> {
             return false;
         };
         let sent = s.poll_frame_into(buf, &mut self.common);
-        self.marks
-            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        self.marks.drained(s, low_water(&self.config.limits));
         sent
     }
 
@@ -657,8 +654,7 @@ impl<A: Authorizer> Hub<A> {
         // reaches it: unlisting here would cost a search.
         let s = self.sessions.get_mut(&conn)?;
         let frame = s.poll_frame(&mut self.common);
-        self.marks
-            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        self.marks.drained(s, low_water(&self.config.limits));
         frame
     }
 
@@ -1028,17 +1024,17 @@ impl<A: Authorizer> Hub<A> {
             format!("document handle {} is not open", doc.0),
         );
     }
+}
 
-    /// Queue size above which a subscriber stops receiving individual
-    /// updates (and `wants_input` turns false).
-    fn high_water(&self) -> usize {
-        self.config.limits.max_outbound_bytes / 2
-    }
+/// Queue size above which a subscriber stops receiving individual updates
+/// (and `wants_input` turns false).
+fn high_water(limits: &crate::Limits) -> usize {
+    limits.max_outbound_bytes / 2
+}
 
-    /// Queue size below which a lagging subscriber gets its catch-up.
-    fn low_water(&self) -> usize {
-        self.config.limits.max_outbound_bytes / 4
-    }
+/// Queue size below which a lagging subscriber gets its catch-up.
+fn low_water(limits: &crate::Limits) -> usize {
+    limits.max_outbound_bytes / 4
 }
 
 impl<A> core::fmt::Debug for Hub<A> {

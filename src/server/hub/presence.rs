@@ -9,7 +9,7 @@ use crate::awareness::PresenceError;
 use crate::outbound::{Priority, encode_shared};
 use crate::wire::{AwarenessEntry, Bytes, DocId, ErrorCode, Message, Route, SessionId};
 
-use super::{Authorizer, ConnId, DocIndex, Hub, ServerEvent};
+use super::{Authorizer, ConnId, DocIndex, Hub, ServerEvent, high_water};
 
 /// Bytes of presence states per `Awareness` message of a snapshot, about:
 /// each piece fits a default frame, and a joiner with little room gets
@@ -185,7 +185,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
             return;
         };
-        let room = self.high_water().saturating_sub(s.outbound.bytes());
+        let room = high_water(&self.config.limits).saturating_sub(s.outbound.bytes());
         for entries in self.presence.snapshot(index.key(), PRESENCE_PIECE, room) {
             if !self.send_ephemeral(conn, &Message::Awareness { doc, entries }) {
                 return;

@@ -182,7 +182,7 @@ impl Queue {
 
     /// Whether `extra` more bytes of data would still fit.
     pub(crate) fn has_room(&self, extra: usize, common: &Common) -> bool {
-        self.bytes.saturating_add(extra) <= common.max_bytes && self.msgs < common.max_msgs
+        self.admits(extra, 1, Priority::Data, common)
     }
 
     /// Whether `extra` more bytes would stay below the high-water mark (half
@@ -201,6 +201,18 @@ impl Queue {
             Priority::Control => return true,
         };
         self.bytes.saturating_add(extra) <= max_bytes && self.msgs.saturating_add(msgs) <= max_msgs
+    }
+
+    /// Whether a message of `size` encoded bytes may be queued with
+    /// `priority`, counted with its fragment envelopes when it is split.
+    #[inline]
+    fn admit(&self, size: usize, priority: Priority, common: &Common) -> Result<(), QueueFull> {
+        let (bytes, msgs) = self.cost(size, common);
+        if self.admits(bytes, msgs, priority, common) {
+            Ok(())
+        } else {
+            Err(QueueFull)
+        }
     }
 
     /// The bytes and messages a message of `size` encoded bytes adds: more
@@ -277,18 +289,12 @@ impl Queue {
         common: &mut Common,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), QueueFull> {
+        self.admit(size, priority, common)?;
         if size > self.max_body() {
-            let (bytes, msgs) = self.cost(size, common);
-            if !self.admits(bytes, msgs, priority, common) {
-                return Err(QueueFull);
-            }
             let mut encoded = Vec::with_capacity(size);
             encode(&mut encoded);
             self.push_fragments(&encoded, common);
             return Ok(());
-        }
-        if !self.admits(size, 1, priority, common) {
-            return Err(QueueFull);
         }
         let max_body = self.max_body();
         let max_per_frame = common.max_msgs_per_frame;
@@ -333,16 +339,10 @@ impl Queue {
         priority: Priority,
         common: &Common,
     ) -> Result<(), QueueFull> {
+        self.admit(encoded.len(), priority, common)?;
         if encoded.len() > self.max_body() {
-            let (bytes, msgs) = self.cost(encoded.len(), common);
-            if !self.admits(bytes, msgs, priority, common) {
-                return Err(QueueFull);
-            }
             self.push_fragments(encoded, common);
             return Ok(());
-        }
-        if !self.admits(encoded.len(), 1, priority, common) {
-            return Err(QueueFull);
         }
         self.bytes += encoded.len();
         self.msgs += 1;

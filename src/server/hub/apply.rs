@@ -80,7 +80,7 @@ impl<A: Authorizer> Hub<A> {
         // A subscriber about to pass its high-water mark switches to a
         // catch-up from the version before this batch.
         let incoming: usize = updates.iter().map(|(_, b)| b.len() + 16).sum();
-        let high = self.high_water();
+        let high = high_water(&self.config.limits);
         let catch_up = entry
             .subscribers
             .iter()
@@ -162,7 +162,7 @@ impl<A: Authorizer> Hub<A> {
             return self.apply_batch(conn, doc, &[(seq, data)], registry);
         };
         // The same test as `apply_batch`'s catch-up check, for everyone.
-        let high = self.high_water();
+        let high = high_water(&self.config.limits);
         let incoming = data.len() + 16;
         let near_high = entry.subscribers.iter().any(|(_, c)| {
             c != conn
@@ -431,7 +431,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(entry) = self.index_of(from, doc).and_then(|i| self.directory.get(i)) else {
             return;
         };
-        let high = self.high_water();
+        let high = high_water(&self.config.limits);
         let mut slow = Vec::new();
         for (handle, run) in entry.subscribers.runs() {
             // Runs are sorted by connection: the sender is found by search.
@@ -465,8 +465,7 @@ impl<A: Authorizer> Hub<A> {
                     s.lagging = true;
                     // A queue already drained (the update alone passes the
                     // high-water mark) gets its catch-up without a drain.
-                    self.marks
-                        .drained(s, self.config.limits.max_outbound_bytes / 4);
+                    self.marks.drained(s, low_water(&self.config.limits));
                     self.events.push_back(ServerEvent::SubscriberLagging {
                         conn,
                         name: Arc::clone(&entry.name),

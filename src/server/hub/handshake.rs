@@ -174,14 +174,7 @@ impl<A: Authorizer> Hub<A> {
                     if let Some(sub) = self.sub_mut(conn, doc) {
                         sub.access = access;
                     }
-                    self.send(
-                        conn,
-                        &Message::Opened {
-                            name: name.to_string(),
-                            doc,
-                            access,
-                        },
-                    );
+                    self.send_opened(conn, &name, doc, access);
                 }
                 None => {
                     // Reported while the handle still names the document.

@@ -8,11 +8,8 @@
 //! of decoded messages; each concern behind it has a file of its own:
 //! [`handshake`] (hello, token refresh), [`sync`] (open, syncs and
 //! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (applied and
-//! durable acknowledgements), [`presence`] (presence, application messages,
-//! leaving a document), [`directory`] (documents and their unload).
-//! It is over 800 lines because the hub still runs every session's logic:
-//! the rooms redesign gives sessions and documents state machines of their
-//! own and leaves the hub a router.
+//! durable acknowledgements), [`presence`] (presence, application
+//! messages), [`directory`] (documents, leaving them and their unload).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -339,7 +336,7 @@ impl<A: Authorizer> Hub<A> {
     /// once it is closed.
     pub fn wants_input(&self, conn: ConnId) -> bool {
         self.sessions.get(&conn).is_some_and(|s| {
-            !s.is_closed() && s.outbound.bytes() <= self.config.limits.max_outbound_bytes / 2
+            !s.is_closed() && s.outbound.bytes() <= high_water(&self.config.limits)
         })
     }
 
@@ -379,8 +376,7 @@ impl<A: Authorizer> Hub<A> {
         // have let a catch-up through.
         self.reschedule(conn);
         if let Some(s) = self.sessions.get(&conn) {
-            self.marks
-                .drained(s, self.config.limits.max_outbound_bytes / 4);
+            self.marks.drained(s, low_water(&self.config.limits));
         }
     }
 
@@ -631,8 +627,7 @@ impl<A: Authorizer> Hub<A> {
             let s = self.sessions.get_mut(&conn)?;
             if s.poll_frame_into(buf, &mut self.common) {
                 self.marks.sent_from_first(s);
-                self.marks
-                    .drained(s, self.config.limits.max_outbound_bytes / 4);
+                self.marks.drained(s, low_water(&self.config.limits));
                 return Some(conn);
             }
         }
@@ -645,8 +640,7 @@ impl<A: Authorizer> Hub<A> {
             return false;
         };
         let sent = s.poll_frame_into(buf, &mut self.common);
-        self.marks
-            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        self.marks.drained(s, low_water(&self.config.limits));
         sent
     }
 
@@ -657,8 +651,7 @@ impl<A: Authorizer> Hub<A> {
         // reaches it: unlisting here would cost a search.
         let s = self.sessions.get_mut(&conn)?;
         let frame = s.poll_frame(&mut self.common);
-        self.marks
-            .drained(s, self.config.limits.max_outbound_bytes / 4);
+        self.marks.drained(s, low_water(&self.config.limits));
         frame
     }
 
@@ -814,15 +807,32 @@ impl<A: Authorizer> Hub<A> {
             }
             self.input_errors += 1;
         }
-        self.send(
-            conn,
-            &Message::Error {
-                doc,
-                seq,
-                code,
-                message: message.clone(),
-            },
-        );
+        self.report_error(conn, doc, seq, code, message, false);
+    }
+
+    /// Sends `conn` an `Error` and tells the application
+    /// ([`ServerEvent::DocumentError`]); an `ephemeral` one is dropped when
+    /// the queue is past its high-water mark.
+    fn report_error(
+        &mut self,
+        conn: ConnId,
+        doc: Option<DocId>,
+        seq: Option<u64>,
+        code: ErrorCode,
+        message: String,
+        ephemeral: bool,
+    ) {
+        let error = Message::Error {
+            doc,
+            seq,
+            code,
+            message: message.clone(),
+        };
+        if ephemeral {
+            self.send_ephemeral(conn, &error);
+        } else {
+            self.send(conn, &error);
+        }
         let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
         self.events.push_back(ServerEvent::DocumentError {
             conn,
@@ -831,6 +841,18 @@ impl<A: Authorizer> Hub<A> {
             code,
             message,
         });
+    }
+
+    /// Sends `conn` the `Opened` for its handle `doc` on `name`.
+    fn send_opened(&mut self, conn: ConnId, name: &str, doc: DocId, access: Access) {
+        self.send(
+            conn,
+            &Message::Opened {
+                name: name.to_string(),
+                doc,
+                access,
+            },
+        );
     }
 
     fn dispatch<R: Registry>(&mut self, conn: ConnId, msgs: &mut Vec<Message>, registry: &mut R) {
@@ -999,29 +1021,17 @@ impl<A: Authorizer> Hub<A> {
             format!("document handle {} is not open", doc.0),
         );
     }
+}
 
-    /// Takes the documents whose unload linger ended out of the directory
-    /// and tells the registry to unload them (it keeps what only it holds:
-    /// a memory registry its written documents, a durable one its writes
-    /// not yet on disk until they are).
-    fn unload_idle<R: Registry>(&mut self, now: Instant, registry: &mut R) {
-        while let Some((index, name)) = self.directory.pop_expired(now) {
-            // Nothing server-wide may outlive the document's slot.
-            self.transfers.forget(index.key());
-            registry.unload(&name);
-        }
-    }
+/// Queue size above which a subscriber stops receiving individual updates
+/// (and `wants_input` turns false).
+fn high_water(limits: &crate::Limits) -> usize {
+    limits.max_outbound_bytes / 2
+}
 
-    /// Queue size above which a subscriber stops receiving individual
-    /// updates (and `wants_input` turns false).
-    fn high_water(&self) -> usize {
-        self.config.limits.max_outbound_bytes / 2
-    }
-
-    /// Queue size below which a lagging subscriber gets its catch-up.
-    fn low_water(&self) -> usize {
-        self.config.limits.max_outbound_bytes / 4
-    }
+/// Queue size below which a lagging subscriber gets its catch-up.
+fn low_water(limits: &crate::Limits) -> usize {
+    limits.max_outbound_bytes / 4
 }
 
 impl<A> core::fmt::Debug for Hub<A> {

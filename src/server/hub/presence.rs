@@ -9,7 +9,7 @@ use crate::awareness::PresenceError;
 use crate::outbound::{Priority, encode_shared};
 use crate::wire::{AwarenessEntry, Bytes, DocId, ErrorCode, Message, Route, SessionId};
 
-use super::{Authorizer, ConnId, DocIndex, Hub, ServerEvent};
+use super::{Authorizer, ConnId, DocIndex, Hub, ServerEvent, high_water};
 
 /// Bytes of presence states per `Awareness` message of a snapshot, about:
 /// each piece fits a default frame, and a joiner with little room gets
@@ -157,7 +157,7 @@ impl<A: Authorizer> Hub<A> {
         missed
     }
 
-    fn share_presence(
+    pub(super) fn share_presence(
         &mut self,
         index: DocIndex,
         except: Option<ConnId>,
@@ -185,54 +185,12 @@ impl<A: Authorizer> Hub<A> {
         let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
             return;
         };
-        let room = self.high_water().saturating_sub(s.outbound.bytes());
+        let room = high_water(&self.config.limits).saturating_sub(s.outbound.bytes());
         for entries in self.presence.snapshot(index.key(), PRESENCE_PIECE, room) {
             if !self.send_ephemeral(conn, &Message::Awareness { doc, entries }) {
                 return;
             }
         }
-    }
-
-    /// Removes `conn`'s subscription to its document `doc` (the client
-    /// closed it, or disconnected), freeing the handle.
-    pub(super) fn unsubscribe(&mut self, conn: ConnId, doc: DocId) {
-        self.leave(conn, doc, false);
-    }
-
-    /// Removes `conn`'s subscription to its document `doc` on the server's
-    /// initiative (access revoked): the handle stays retired until the
-    /// client closes it, so updates it sent before it heard cannot land in
-    /// a document opened next under the same handle.
-    pub(super) fn revoke(&mut self, conn: ConnId, doc: DocId) {
-        self.leave(conn, doc, true);
-    }
-
-    /// Removes the subscription with its presence state and the
-    /// acknowledgements still due for it (the handle may name another
-    /// document next). The last subscriber leaving starts the document's
-    /// unload linger.
-    fn leave(&mut self, conn: ConnId, doc: DocId, retire: bool) {
-        let Some(s) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        let sub = if retire {
-            s.docs.retire(&doc)
-        } else {
-            s.docs.remove(&doc)
-        };
-        let Some(sub) = sub else {
-            return;
-        };
-        s.transfers.cancel(doc);
-        let session = s.session;
-        self.forget_acks(conn, doc, sub.last_seq > sub.durable_seq);
-        if let Some(leave) = self.presence.remove(sub.index.key(), session) {
-            self.share_presence(sub.index, Some(conn), vec![leave]);
-        }
-        let linger = self.config.unload_after;
-        let cap = self.config.limits.max_docs_per_connection;
-        self.directory
-            .unsubscribe(sub.index, conn, doc, self.now, linger, cap);
     }
 
     pub(super) fn expire_presence(&mut self, now: Instant) {
@@ -437,23 +395,6 @@ impl<A: Authorizer> Hub<A> {
         let message = format!(
             "application message of kind {kind} not delivered to {missed} recipient(s): their queues are full"
         );
-        let code = ErrorCode::Backpressure;
-        self.send_ephemeral(
-            conn,
-            &Message::Error {
-                doc,
-                seq: None,
-                code,
-                message: message.clone(),
-            },
-        );
-        let name = doc.and_then(|d| self.doc_name(conn, d).cloned());
-        self.events.push_back(ServerEvent::DocumentError {
-            conn,
-            name,
-            seq: None,
-            code,
-            message,
-        });
+        self.report_error(conn, doc, None, ErrorCode::Backpressure, message, true);
     }
 }

@@ -84,14 +84,7 @@ impl<A: Authorizer> Hub<A> {
             .directory
             .name(index)
             .map_or_else(|| name.into(), Arc::clone);
-        self.send(
-            conn,
-            &Message::Opened {
-                name: name.to_string(),
-                doc,
-                access,
-            },
-        );
+        self.send_opened(conn, &name, doc, access);
         self.events.push_back(ServerEvent::DocumentOpened {
             conn,
             name: Arc::clone(&name),
@@ -228,8 +221,7 @@ impl<A: Authorizer> Hub<A> {
                 s.lagging = true;
                 // Held back by its rate, not by room: listed now (a drain
                 // would never come).
-                self.marks
-                    .drained(s, self.config.limits.max_outbound_bytes / 4);
+                self.marks.drained(s, low_water(&self.config.limits));
             }
         }
         self.syncs_requested = requested;
@@ -242,7 +234,7 @@ impl<A: Authorizer> Hub<A> {
     /// and at most `Limits::sync_rate` per second. One held back by the
     /// rate sets the hub's retry deadline.
     pub(super) fn sync_gate(&mut self, conn: ConnId) -> bool {
-        let (Some(now), low) = (self.now, self.low_water()) else {
+        let (Some(now), low) = (self.now, low_water(&self.config.limits)) else {
             return false;
         };
         let limits = &self.config.limits;
@@ -341,7 +333,7 @@ impl<A: Authorizer> Hub<A> {
     pub(super) fn catch_up_waiting(&self, s: &ServerSession) -> bool {
         s.phase == Phase::Active
             && s.transfers.is_empty()
-            && s.outbound.bytes() <= self.low_water()
+            && s.outbound.bytes() <= low_water(&self.config.limits)
             && s.docs.iter().any(|(_, sub)| sub.is_lagging())
     }
 

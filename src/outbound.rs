@@ -7,6 +7,9 @@
 //! updates do not each pay a header. A message too large for one frame is
 //! split into [`Message::Fragment`]s.
 //!
+//! Over 800 lines with its unit tests, which sit here because they check the
+//! queue's private accounting (bytes, messages, fragment envelopes).
+//!
 //! A queue's bounds and the spare buffers it encodes into are kept by its
 //! owner, not by the queue ([`Common`]): a hub lends one to all its
 //! sessions, so steady traffic allocates nothing while an idle connection

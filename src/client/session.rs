@@ -1,4 +1,9 @@
 //! The client session state machine.
+//!
+//! Over 800 lines: one state machine whose handlers share the per-document
+//! state (outbox, transfers, held broadcasts, presence); splitting it by
+//! message kind is planned with the rooms redesign, which gives the server
+//! session the same shape.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! The server side of one connection: framing, handshake state, liveness
 //! deadlines, the bounded outbound queue and the per-document subscriptions.
 //! Document work (apply, fan-out) is the [`Hub`](super::Hub)'s.
+//!
+//! Over 800 lines with its unit tests, which check private state (sizes,
+//! subscriptions, transfers) that integration tests cannot see.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

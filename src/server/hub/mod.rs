@@ -10,6 +10,10 @@
 //! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (applied and
 //! durable acknowledgements), [`presence`] (presence, application
 //! messages), [`directory`] (documents, leaving them and their unload).
+//!
+//! Over 800 lines because the hub still drives every session's logic
+//! (handshake, dispatch, deadlines) itself; giving sessions a state machine
+//! of their own (the rooms issue) moves that out.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -124,6 +124,17 @@ pub trait Registry {
     /// Deletes a document everywhere. Returns whether it existed.
     fn remove(&mut self, name: &str) -> bool;
 
+    /// Whether this registry stores documents durably, so that the server's
+    /// acknowledgements will report updates `durable` (after
+    /// [`Registry::flush`] or a completed [`Registry::commit`]). The hub
+    /// announces it in `Welcome`; a client waiting for durability against a
+    /// server that says `false` gets an error instead of waiting forever.
+    /// The default is `false` (memory only); the SQLite registry says
+    /// `true`.
+    fn is_durable(&self) -> bool {
+        false
+    }
+
     /// Storage hook: `update` was applied to document `name`. A durable
     /// registry appends it to its log (made durable by the next
     /// [`Registry::flush`]).

@@ -225,17 +225,21 @@ fn message() -> impl Strategy<Value = Message> {
             session(),
             compression(),
             peer_limits(),
-            num32()
+            num32(),
+            any::<bool>()
         )
-            .prop_map(|(version, session, compression, limits, heartbeat_ms)| {
-                Message::Welcome {
-                    version,
-                    session,
-                    compression,
-                    limits,
-                    heartbeat_ms,
+            .prop_map(
+                |(version, session, compression, limits, heartbeat_ms, durable)| {
+                    Message::Welcome {
+                        version,
+                        session,
+                        compression,
+                        limits,
+                        heartbeat_ms,
+                        durable,
+                    }
                 }
-            }),
+            ),
         (reject_code(), text()).prop_map(|(code, message)| Message::Reject { code, message }),
         bytes().prop_map(|token| Message::RefreshToken { token }),
         (text(), bytes(), prop::option::of(resume())).prop_map(|(name, version, resume)| {

@@ -42,6 +42,9 @@ pub enum ClientEvent {
         version: u16,
         /// The negotiated compression.
         compression: Compression,
+        /// Whether the server stores documents durably (its acknowledgements
+        /// will report updates `durable`).
+        durable: bool,
     },
     /// The server opened a document for this session (or changed its access).
     DocumentOpened {

@@ -230,6 +230,9 @@ pub struct ClientSession {
     /// `Limits::max_transfer_len`.
     transfer_bytes: usize,
     connected_at: Option<Instant>,
+    /// What the last `Welcome` said about durability (`None` before the
+    /// first handshake; kept while offline).
+    server_durable: Option<bool>,
 }
 
 impl ClientSession {
@@ -258,6 +261,7 @@ impl ClientSession {
             held_bytes: 0,
             transfer_bytes: 0,
             connected_at: None,
+            server_durable: None,
             config,
         }
     }
@@ -280,6 +284,13 @@ impl ClientSession {
     /// The session id of the current connection.
     pub fn session_id(&self) -> Option<SessionId> {
         self.session
+    }
+
+    /// Whether the server stores documents durably, as its last `Welcome`
+    /// announced; `None` before the first handshake. Against a server that
+    /// says `false`, acknowledgements never report updates durable.
+    pub fn server_durable(&self) -> Option<bool> {
+        self.server_durable
     }
 
     /// Counters.
@@ -734,12 +745,12 @@ impl ClientSession {
                     compression,
                     limits,
                     heartbeat_ms,
+                    durable,
                 } => self.on_welcome(
                     version,
                     session,
                     compression,
-                    limits,
-                    heartbeat_ms,
+                    (limits, heartbeat_ms, durable),
                     registry,
                 ),
                 Message::Reject { code, message } => {
@@ -853,8 +864,7 @@ impl ClientSession {
         version: u16,
         session: SessionId,
         compression: Compression,
-        limits: crate::wire::PeerLimits,
-        heartbeat_ms: u32,
+        (limits, heartbeat_ms, durable): (PeerLimits, u32, bool),
         registry: &mut R,
     ) {
         if !PROTOCOL_VERSIONS.contains(&version)
@@ -888,11 +898,13 @@ impl ClientSession {
             .unwrap_or(Duration::from_millis(u64::from(heartbeat_ms.max(100))));
         self.next_ping = self.now.checked_add(self.ping_interval);
         self.connected_at = Some(self.now);
+        self.server_durable = Some(durable);
         self.set_status(Phase::Connected);
         self.events.push_back(ClientEvent::Connected {
             session,
             version,
             compression,
+            durable,
         });
         let names: Vec<Arc<str>> = self.docs.keys().cloned().collect();
         for name in names {

@@ -1435,6 +1435,10 @@ fn write_doc_ops(
 impl<D: Document> Registry for SqliteRegistry<D> {
     type Doc = D;
 
+    fn is_durable(&self) -> bool {
+        true
+    }
+
     fn open(&mut self, name: &str) -> Result<&mut D, RegistryError> {
         if name.is_empty() || name.len() > self.max_name_len {
             return Err(RegistryError::InvalidName(format!(

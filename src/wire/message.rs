@@ -351,6 +351,11 @@ pub enum Message {
         /// How often the server expects traffic (ms); silence past a few
         /// intervals ends the session.
         heartbeat_ms: u32,
+        /// Whether the server stores documents durably, i.e. whether its
+        /// [`Message::Ack`]s will ever move `durable`. A client waiting for
+        /// durability against a server that says `false` gets an error
+        /// instead of waiting forever.
+        durable: bool,
     },
     /// S→C: the handshake failed; the server closes after sending this.
     Reject {

@@ -21,6 +21,7 @@ pub fn welcome(max_frame_len: u32) -> Message {
             max_decompressed_len: 4 << 20,
         },
         heartbeat_ms: 2000,
+        durable: false,
     }
 }
 

@@ -34,8 +34,12 @@ pub fn describe(m: &Message) -> String {
         Message::Welcome {
             version,
             compression,
+            durable,
             ..
-        } => format!("Welcome v{version} {compression:?}"),
+        } => {
+            let durable = if *durable { " durable" } else { "" };
+            format!("Welcome v{version} {compression:?}{durable}")
+        }
         Message::Reject { code, .. } => format!("Reject {code:?}"),
         Message::Open { name, .. } => format!("Open {name}"),
         Message::Opened { name, doc, access } => format!("Opened {name}#{} {access:?}", doc.0),

@@ -42,6 +42,7 @@ impl<A: Authorizer> Hub<A> {
         token: &Bytes,
         offered: &[Compression],
         limits: crate::wire::PeerLimits,
+        durable: bool,
     ) {
         let Some(version) = PROTOCOL_VERSIONS
             .iter()
@@ -94,6 +95,7 @@ impl<A: Authorizer> Hub<A> {
             compression,
             limits: server_limits,
             heartbeat_ms,
+            durable,
         };
         self.send(conn, &welcome);
         self.events.push_back(ServerEvent::HandshakeCompleted {

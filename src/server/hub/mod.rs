@@ -882,7 +882,10 @@ impl<A: Authorizer> Hub<A> {
                         token,
                         compression,
                         limits,
-                    } => self.on_hello(conn, &versions, peer, &token, &compression, limits),
+                    } => {
+                        let durable = registry.is_durable();
+                        self.on_hello(conn, &versions, peer, &token, &compression, limits, durable)
+                    }
                     Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
                     other => self.fail(
                         conn,

@@ -130,8 +130,7 @@ fn the_sqlite_registry_is_durable() {
     let dir = std::env::temp_dir().join(format!("welcome-durable-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("docs.db");
-    let mut reg =
-        crdt_socket_sync::store::SqliteRegistry::open(&path, |_| OpLog::new(0)).unwrap();
+    let mut reg = crdt_socket_sync::store::SqliteRegistry::open(&path, |_| OpLog::new(0)).unwrap();
     assert!(reg.is_durable());
     assert_eq!(handshake(&mut reg).server_durable(), Some(true));
     drop(reg);

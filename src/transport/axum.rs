@@ -30,7 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 
 use super::CLOSE_TRY_AGAIN_LATER;
-use super::hub_task::{HubHandle, Incoming, RefuseReason, WsFrame};
+use super::server::{Incoming, WsFrame};
+use super::{HubHandle, RefuseReason};
 
 impl WsFrame for Message {
     type Rest = std::iter::Empty<Message>;

@@ -20,8 +20,10 @@
 //!   [`Registry`](crate::registry::Registry); no lock is taken in the hot
 //!   path. It drains every input that is ready (up to
 //!   [`ServerOptions::max_batch`]), then calls
-//!   [`Hub::flush`](crate::server::Hub::flush) once (group commit: one
-//!   storage commit and one ack per document for the whole batch), then
+//!   [`Hub::commit`](crate::server::Hub::commit) once (group commit: one
+//!   storage commit and one ack per document for the whole batch; a registry
+//!   that commits in the background, such as the SQLite one, is not waited
+//!   for, and `durable` acks follow when its commit waker fires), then
 //!   moves the frames of the connections the batch touched into their
 //!   outgoing queues, then forwards events, then asks the hub for its next
 //!   deadline (a few lookups, whatever the number of connections) and
@@ -80,18 +82,12 @@ pub use client::{ClientEvents, ClientOptions, WebSocketClient};
 pub(crate) use client::{DialError, DialSettings};
 
 #[cfg(feature = "tokio")]
-mod hibernate;
+mod server;
 #[cfg(feature = "tokio")]
-mod hub_task;
-#[cfg(feature = "tokio")]
-mod log_limit;
-#[cfg(feature = "tokio")]
-pub use hub_task::{
-    ConnStats, HubHandle, HubService, HubStats, RefuseReason, ServerEvents, ServerOptions,
-    TransportEvent,
+pub use server::{
+    ConnStats, HubHandle, HubService, HubStats, LogLimits, RefuseReason, ServerError, ServerEvents,
+    ServerOptions, TransportEvent,
 };
-#[cfg(feature = "tokio")]
-pub use log_limit::LogLimits;
 
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -164,23 +160,6 @@ pub enum ClientError {
     Command(#[from] CommandError),
     /// The client task has ended (after `close`, or the runtime shut down).
     #[error("the client task has stopped")]
-    Stopped,
-}
-
-/// Errors of the WebSocket server.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// Binding the listening socket failed.
-    #[error("could not bind {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The hub task has ended (or panicked).
-    #[error("the hub task has stopped")]
     Stopped,
 }
 

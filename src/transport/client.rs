@@ -139,8 +139,8 @@ enum Command<R> {
 /// task over a bounded channel. The task owns the
 /// [`ClientSession`] and the client's documents (`R`).
 ///
-/// Create one with [`tokio::connect`](super::tokio::connect) or
-/// [`smol::connect`](super::smol::connect).
+/// Create one with `transport::tokio::connect` (feature `tokio`) or
+/// `transport::smol::connect` (feature `smol`).
 ///
 /// ```no_run
 /// # #[cfg(all(feature = "tokio", feature = "yrs"))]

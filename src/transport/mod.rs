@@ -123,7 +123,7 @@ pub enum ClientError {
     },
     /// The TLS handshake of a `wss://` connection failed: the server's
     /// certificate is not trusted by the client's roots
-    /// ([`ClientOptions::tls`]), does not name the URL's host, has expired,
+    /// (`ClientOptions::tls`), does not name the URL's host, has expired,
     /// or the server does not speak TLS.
     #[error("TLS with {url} failed: {reason}")]
     Tls {

@@ -157,7 +157,7 @@ pub enum RefuseReason {
     /// The HTTP/WebSocket upgrade failed or timed out.
     Handshake(String),
     /// The TLS handshake failed or timed out (server with
-    /// [`ServerOptions::tls`]), e.g. the client does not trust the
+    /// `ServerOptions::tls`, feature `tls`), e.g. the client does not trust the
     /// certificate or spoke plain `ws://`.
     Tls(String),
     /// The server is stopping.
@@ -590,7 +590,7 @@ impl<R: Registry + Send + 'static> WebSocketServer<R> {
     }
 
     /// The URL of the endpoint (with the configured path): `wss://` when
-    /// the server terminates TLS ([`ServerOptions::tls`]), `ws://`
+    /// the server terminates TLS (`ServerOptions::tls`, feature `tls`), `ws://`
     /// otherwise. The host is the bound IP address; a certificate issued
     /// for a DNS name needs that name in the URL instead.
     pub fn url(&self) -> String {

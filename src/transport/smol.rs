@@ -1,5 +1,5 @@
 //! The WebSocket client on smol (feature `smol`; `wss://` with feature
-//! `tls`, through futures-rustls with [`ClientOptions::tls`] or the webpki
+//! `tls`, through futures-rustls with `ClientOptions::tls` or the webpki
 //! roots), through async-tungstenite. It behaves like the tokio client: the
 //! same [`WebSocketClient`] handle, events, reconnection and backoff.
 //!

@@ -6,9 +6,19 @@
 //! layout and the measured overhead.
 
 mod codec;
+// The frame layout and deflate helpers are internals: the encoder and the
+// decoders are the API. Tests craft frames by hand through them (`testing`).
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod compress;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod compress;
 mod error;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod frame;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod frame;
 pub(crate) mod hot;
 mod message;
 

@@ -362,7 +362,6 @@ pub fn drain_client(c: &mut ClientSession) -> (Vec<Vec<u8>>, Vec<ClientEvent>, O
             Some(Output::Event(e)) => ev.push(e),
             Some(Output::Timeout(t)) => return (tx, ev, Some(t)),
             None => return (tx, ev, None),
-            Some(_) => unreachable!(),
         }
     }
 }

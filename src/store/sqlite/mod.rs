@@ -33,7 +33,8 @@
 //! memory, staging, the `Registry` contract), its committer thread
 //! (`committer`: the hand-over queue and the transactions), the file format
 //! the registry writes (`journal`: schema, journal rows and their folding,
-//! loading a document back) and [`SqliteRelayStore`] (`relay`). This file
+//! loading a document back) and `SqliteRelayStore` (`relay`, feature
+//! `unstable-relay`). This file
 //! holds what they share: the configuration, the counters and opening the
 //! file.
 
@@ -45,9 +46,11 @@ use rusqlite::{Connection, OpenFlags};
 mod committer;
 mod journal;
 mod registry;
+#[cfg(feature = "unstable-relay")]
 mod relay;
 
 pub use registry::SqliteRegistry;
+#[cfg(feature = "unstable-relay")]
 pub use relay::SqliteRelayStore;
 
 /// Schema version written to `PRAGMA user_version`.
@@ -67,7 +70,7 @@ pub enum Synchronous {
     Normal,
 }
 
-/// Settings of [`SqliteRegistry`] and [`SqliteRelayStore`].
+/// Settings of [`SqliteRegistry`] and `SqliteRelayStore`.
 ///
 /// ```
 /// use crdt_socket_sync::store::{SqliteConfig, Synchronous};
@@ -116,20 +119,27 @@ impl Default for SqliteConfig {
     }
 }
 
-/// Counters of a [`SqliteRegistry`] or [`SqliteRelayStore`].
+/// Counters of a [`SqliteRegistry`] or `SqliteRelayStore`.
 ///
 /// ```
-/// use crdt_socket_sync::store::{RelayStore, SqliteRelayStore};
+/// use crdt_socket_sync::document::Document;
+/// use crdt_socket_sync::registry::Registry;
+/// use crdt_socket_sync::store::SqliteRegistry;
+/// use crdt_socket_sync::testing::OpLog;
 /// let path = std::env::temp_dir().join(format!("css-stats-{}.sqlite", std::process::id()));
-/// # let _ = std::fs::remove_file(&path);
-/// let mut store = SqliteRelayStore::open(&path).unwrap();
-/// for blob in [b"a", b"b", b"c"] {
-///     store.append("room", blob).unwrap();
+/// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
+/// let mut reg = SqliteRegistry::open(&path, |_: &str| OpLog::new(0)).unwrap();
+/// let mut author = OpLog::new(7);
+/// for text in [b"a", b"b", b"c"] {
+///     author.edit(text);
+///     let update = author.take_local_update().unwrap();
+///     reg.open("notes").unwrap().apply(&update);
+///     reg.update_applied("notes", &update).unwrap();
 /// }
-/// store.flush().unwrap();
-/// let stats = store.stats();
+/// reg.flush().unwrap();
+/// let stats = reg.stats();
 /// assert_eq!((stats.commits, stats.appended), (1, 3)); // group commit
-/// # drop(store);
+/// # drop(reg);
 /// # for ext in ["", "-wal", "-shm"] { let _ = std::fs::remove_file(format!("{}{ext}", path.display())); }
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -225,12 +235,4 @@ fn connect(path: &Path, config: &SqliteConfig, schema: &str) -> Result<Connectio
     ))
     .map_err(|e| storage(path, e))?;
     Ok(conn)
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }

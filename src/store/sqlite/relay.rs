@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteConfig, SqliteStats, connect, storage, to_i64, to_u64};
-use crate::store::{RelayEntry, RelaySnapshot, RelayStore, RelayStoreError, check_room};
+use super::{SqliteConfig, SqliteStats, connect, storage};
+use crate::store::relay::check_room;
+use crate::store::{RelayEntry, RelaySnapshot, RelayStore, RelayStoreError};
 
 const RELAY_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS relay_rooms (
@@ -452,10 +453,18 @@ impl std::fmt::Debug for SqliteRelayStore {
     }
 }
 
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::relay_store_contract;
+    use crate::store::relay::relay_store_contract;
 
     pub(crate) fn temp_path(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

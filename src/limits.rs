@@ -123,7 +123,7 @@ pub struct Limits {
     /// Application messages per second per session. Default 100.
     pub app_rate: u32,
     /// *Enforced by: server.*
-    /// Sync payloads (deltas or snapshots, for `Open`, `StatusRequest` and
+    /// Sync payloads (deltas or snapshots, for `Open`, `SyncRequest` and
     /// catch-ups) computed per second per session, bursts up to the same
     /// number. Requests past it wait (the last one per document is kept)
     /// until the bucket refills. At least 1 is used. Default 256.

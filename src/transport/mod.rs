@@ -4,7 +4,7 @@
 //! They are thin: every protocol decision stays in [`Hub`](crate::server::Hub)
 //! and [`ClientSession`](crate::client::ClientSession); the adapters move
 //! bytes, read the clock and arm timers. One WebSocket binary message carries
-//! exactly one frame ([`Framing::Message`](crate::Framing::Message)).
+//! exactly one frame ([`Framing::Datagram`](crate::Framing::Datagram)).
 //!
 //! ## Server ([`tokio::WebSocketServer`], feature `tokio`)
 //!

@@ -46,12 +46,12 @@ const LOG: &str = "crdt_socket_sync::transport::server";
 ///     max_connections: 500,
 ///     ..ServerOptions::default()
 /// };
-/// assert_eq!(options.hub.framing, crdt_socket_sync::Framing::Message);
+/// assert_eq!(options.hub.framing, crdt_socket_sync::Framing::Datagram);
 /// ```
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// The hub's configuration (limits, timeouts, heartbeat, compression).
-    /// Its `framing` is forced to [`Framing::Message`]. A `seed` of 0 (the
+    /// Its `framing` is forced to [`Framing::Datagram`]. A `seed` of 0 (the
     /// default) is replaced by one from OS entropy each time the server
     /// starts, so session ids are unpredictable and transfer ids do not
     /// repeat across restarts (a client resuming an interrupted sync after
@@ -388,7 +388,7 @@ impl<R: Registry + Send + 'static> HubService<R> {
         A: Authorizer + Send + 'static,
     {
         let mut options = options;
-        options.hub.framing = Framing::Message;
+        options.hub.framing = Framing::Datagram;
         options.hub.seed = super::transport_seed(options.hub.seed);
         let (to_hub, rx) = mpsc::channel(options.input_capacity.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(options.event_capacity.max(1));

@@ -34,4 +34,8 @@ pub use message::{
 
 /// Protocol versions this crate speaks (of the message layer, negotiated in
 /// the handshake; the frame format has its own version in every frame).
-pub const PROTOCOL_VERSIONS: &[u16] = &[1];
+///
+/// A peer that speaks none of them (such as a version-1 client, whose
+/// messages differ: no `VersionReport` or `SyncRequest`) is refused with
+/// [`RejectCode::UnsupportedVersion`] in the handshake.
+pub const PROTOCOL_VERSIONS: &[u16] = &[2];

@@ -69,8 +69,6 @@
 //! Logging goes through `tracing` (targets `crdt_socket_sync::transport::*`),
 //! never from the core.
 
-use std::time::Duration;
-
 use thiserror::Error;
 
 use crate::client::CommandError;
@@ -294,21 +292,11 @@ pub(crate) fn max_ws_message(limits: &crate::Limits) -> usize {
     limits.max_frame_len as usize + 1024
 }
 
-/// How long [`tokio::WebSocketServer::stop`] waits for close frames to
-/// leave by default.
-pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
 /// Read buffer of every client WebSocket. tungstenite's default (128 KiB,
 /// zeroed when allocated) dominated both the memory of an idle connection and
 /// the CPU profile (`memset`) under load (`benches/results/profile.md`);
 /// frames are small, and large ones just take more reads.
 pub(crate) const WS_READ_BUFFER: usize = 4096;
-
-/// Read buffer of every server-side WebSocket: allocated each time an idle
-/// plain-TCP connection wakes (and for the life of a TLS or axum one), and
-/// zeroed before each read. Updates and acks are a few dozen bytes; a large
-/// frame (an upload) just takes one read per 512 bytes.
-pub(crate) const WS_SERVER_READ_BUFFER: usize = 512;
 
 /// Largest WebSocket frame the server and the clients write: larger
 /// messages (a document sync, a large upload) go out fragmented, so
@@ -340,6 +328,7 @@ impl Fragments {
 
     /// `data` as its first WebSocket frame and, when it is larger than
     /// [`WS_FRAGMENT`], the frames after it.
+    #[cfg(feature = "tokio")]
     pub(crate) fn split(data: Vec<u8>) -> (tungstenite::Message, Option<Self>) {
         let mut parts = Self::new(data);
         match parts.next() {

@@ -36,6 +36,16 @@ pub use log_limit::LogLimits;
 
 const LOG: &str = "crdt_socket_sync::transport::server";
 
+/// How long [`WebSocketServer::stop`] waits for close frames to leave by
+/// default.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Read buffer of every server-side WebSocket: allocated each time an idle
+/// plain-TCP connection wakes (and for the life of a TLS or axum one), and
+/// zeroed before each read. Updates and acks are a few dozen bytes; a large
+/// frame (an upload) just takes one read per 512 bytes.
+pub(crate) const WS_SERVER_READ_BUFFER: usize = 512;
+
 /// Options of the WebSocket server (and of the axum endpoint).
 ///
 /// ```
@@ -132,7 +142,7 @@ impl Default for ServerOptions {
             outgoing_bytes: 1 << 20,
             event_capacity: 4096,
             max_batch: 256,
-            shutdown_grace: super::DEFAULT_SHUTDOWN_GRACE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             own_thread: false,
             #[cfg(feature = "tls")]
             tls: None,

@@ -38,7 +38,7 @@ pub(crate) fn server_ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
-        .read_buffer_size(crate::transport::WS_SERVER_READ_BUFFER)
+        .read_buffer_size(super::WS_SERVER_READ_BUFFER)
         .write_buffer_size(0)
 }
 

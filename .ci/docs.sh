@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Docs and packaging checks: the API docs build without warnings (broken
-# intra-doc links included) with the default features and with all of them,
+# intra-doc links included) with the default features, with all of them and
+# with a few single features,
 # and the package ships the library alone (no bench results, images,
 # Python caches, traces or fuzz corpus).
 set -euo pipefail
@@ -10,6 +11,11 @@ echo "==> docs, default features"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 echo "==> docs, all features"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+# Links that only resolve with a sibling feature break with partial sets.
+for features in tokio smol sqlite unstable-relay yrs; do
+    echo "==> docs, feature $features alone"
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features "$features"
+done
 
 echo "==> cargo package --list"
 list="$(cargo package --list --allow-dirty)"

@@ -6,7 +6,7 @@
 //! bytes, read the clock and arm timers. One WebSocket binary message carries
 //! exactly one frame ([`Framing::Datagram`](crate::Framing::Datagram)).
 //!
-//! ## Server ([`tokio::WebSocketServer`], feature `tokio`)
+//! ## Server (`tokio::WebSocketServer`, feature `tokio`)
 //!
 //! ```text
 //!  accept loop ──spawns──▶ connection task (one per socket, owns it)
@@ -19,7 +19,7 @@
 //! * The **hub task** owns the [`Hub`](crate::server::Hub) and the
 //!   [`Registry`](crate::registry::Registry); no lock is taken in the hot
 //!   path. It drains every input that is ready (up to
-//!   [`ServerOptions::max_batch`]), then calls
+//!   `ServerOptions::max_batch`), then calls
 //!   [`Hub::commit`](crate::server::Hub::commit) once (group commit: one
 //!   storage commit and one ack per document for the whole batch; a registry
 //!   that commits in the background, such as the SQLite one, is not waited
@@ -34,7 +34,7 @@
 //!   allocation). When the hub says a connection does not want input (its
 //!   queue is over the high-water mark) the task stops reading that socket
 //!   until the hub resumes it. When a connection's outgoing queue is full
-//!   ([`ServerOptions::outgoing_capacity`]), its frames stay in the hub's
+//!   (`ServerOptions::outgoing_capacity`), its frames stay in the hub's
 //!   bounded queue, where the core coalesces them for a slow reader; server
 //!   memory per connection stays bounded. The task is a future written by
 //!   hand (the handshakes run boxed; 144 bytes, a 256-byte task).
@@ -51,9 +51,9 @@
 //!   task), plus the hub's session.
 //! * The tasks wake each other for every update. On a multi-threaded runtime
 //!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
-//!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is
+//!   or `ServerOptions::own_thread` (the server on a thread of its own), is
 //!   cheaper per delivered update (`benches/results/profile.md`).
-//! * [`tokio::WebSocketServer::stop`] closes every session with
+//! * `tokio::WebSocketServer::stop` closes every session with
 //!   `ServerShutdown` (a protocol `Close`, then a WebSocket close frame),
 //!   flushes the registry and hands it back, so a new server can start with
 //!   it.

@@ -76,7 +76,7 @@ impl Runtime for Smol {
 
 /// Connects a client to `url` on smol's global executor. Resolves once the
 /// handshake succeeded, or with a typed error; then reconnects by itself
-/// (see [`tokio::connect`](super::tokio::connect) for the details, which
+/// (see `transport::tokio::connect` for the details, which
 /// are the same).
 pub async fn connect<R: Registry + Send + 'static>(
     url: &str,

@@ -200,10 +200,19 @@ impl WasmClient {
         self.session.transport_lost(Instant::now());
     }
 
-    /// The socket asked for by a `dial` event never opened.
+    /// The socket asked for by a `dial` event, or the first socket, never
+    /// opened: schedules the next attempt (with backoff and jitter).
     #[wasm_bindgen(js_name = dialFailed)]
     pub fn dial_failed(&mut self) {
-        self.session.dial_failed(Instant::now());
+        let now = Instant::now();
+        if self.session.status() == Status::Idle {
+            // The session only schedules redials after a lost connection; a
+            // first socket that never opened counts as one.
+            self.session.connect(now);
+            self.session.transport_lost(now);
+        } else {
+            self.session.dial_failed(now);
+        }
     }
 
     /// One WebSocket message from the server.

@@ -18,7 +18,9 @@ const nameInput = $('name')
 $('docname').textContent = docName
 $('url').textContent = wsUrl
 nameInput.value = params.get('name') || `guest-${doc.clientID % 1000}`
-const me = { name: nameInput.value, color: colors[doc.clientID % colors.length] }
+let hash = 0
+for (const c of nameInput.value) hash = (hash * 31 + c.charCodeAt(0)) >>> 0
+const me = { name: nameInput.value, color: colors[hash % colors.length] }
 
 // ---- textarea <-> Y.Text ----
 const LOCAL = 'textarea'
@@ -117,3 +119,4 @@ provider.on('status', ({ status }) => {
 provider.on('unacknowledged', (n) => { $('unacked').textContent = String(n) })
 
 window.demo = { Y, doc, ytext, provider, area }
+provider.whenSynced().then(() => { window.demo.syncedAt = performance.now() })

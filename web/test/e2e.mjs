@@ -31,11 +31,6 @@ const features = 'tokio,yrs,loro,automerge,sqlite,axum'
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium'
 const results = {}
 
-const watchdog = setTimeout(() => {
-  console.error('e2e: watchdog: the run took over 4 minutes')
-  process.exit(2)
-}, 240_000)
-
 function check (cond, what) {
   if (!cond) throw new Error(`check failed: ${what}`)
   console.log(`  ok: ${what}`)
@@ -49,6 +44,12 @@ execFileSync('cargo', ['build', '--quiet', '--example', 'server', '--features', 
   ...(release ? ['--release'] : [])], { cwd: root, stdio: 'inherit' })
 const serverBin = join(target, release ? 'release' : 'debug', 'examples', 'server')
 const dataDir = join(target, `web-e2e-${process.pid}`)
+
+// Started after the build (which blocks the event loop).
+const watchdog = setTimeout(() => {
+  console.error('e2e: watchdog: the run took over 4 minutes')
+  process.exit(2)
+}, 240_000)
 mkdirSync(dataDir, { recursive: true })
 
 let server = null

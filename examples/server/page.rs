@@ -110,7 +110,10 @@ async fn file(axum::extract::Path(file): axum::extract::Path<String>, _req: Requ
     };
     match std::fs::read(&path) {
         Ok(bytes) => (
-            [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             bytes,
         )
             .into_response(),

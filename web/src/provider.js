@@ -286,10 +286,17 @@ export class SyncProvider extends Emitter {
     this._flushQueued = true
     queueMicrotask(() => {
       this._flushQueued = false
-      this._call(c => {
-        const seq = c.flushLocal()
-        if (seq !== undefined) this._lastSeq = seq
-      })
+      try {
+        this._call(c => {
+          const seq = c.flushLocal()
+          if (seq !== undefined) this._lastSeq = seq
+        })
+      } catch (err) {
+        // Read-only document or backpressure: the edit stays in the Y.Doc
+        // (the initial sync after the next reconnect sends what the server
+        // lacks), but this update left the outbox.
+        this.emit('error', { code: 'Local', message: String(err?.message ?? err) })
+      }
     })
   }
 

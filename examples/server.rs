@@ -8,7 +8,7 @@
 //! cargo run --example server --features tokio,yrs,loro,automerge,sqlite -- --addr 0.0.0.0:9000 --crdt loro
 //! ```
 //!
-//! Built with the `axum` feature as well, the same port also serves a
+//! With `--web` (and the `axum` feature) the same port also serves a
 //! collaborative demo page at `http://ADDR/` (a shared text, remote cursors
 //! and names, the connection status and the number of unacknowledged edits),
 //! running the client core compiled to WebAssembly (`web/`, built by
@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! bash web/build.sh
-//! cargo run --example server --features tokio,yrs,loro,automerge,sqlite,axum
+//! cargo run --example server --features tokio,yrs,loro,automerge,sqlite,axum -- --web
 //! ```
 //!
 //! Logs clients, documents and errors within the server's log limits
@@ -92,6 +92,10 @@ struct Args {
     /// as an application on a multi-threaded runtime would.
     #[arg(long)]
     own_thread: bool,
+    /// Also serve the demo page at `/` (and its files under `/web/`) on the
+    /// same port; needs the `axum` feature and `bash web/build.sh`.
+    #[arg(long)]
+    web: bool,
 }
 
 type Doc = Box<dyn Document + Send>;
@@ -161,13 +165,13 @@ fn server_options(args: &Args) -> ServerOptions {
 /// Serves the sync endpoint and the demo page (`page.rs`) on one axum
 /// router.
 #[cfg(feature = "axum")]
-async fn serve<R: Registry + Send + 'static>(
+async fn serve_web<R: Registry + Send + 'static>(
     args: &Args,
     reg: R,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use crdt_socket_sync::transport::HubService;
     if args.own_thread {
-        return Err("--own-thread needs the build without the demo page (feature axum)".into());
+        return Err("--own-thread and --web do not go together".into());
     }
     let options = server_options(args);
     let (service, mut events) = match &args.token {
@@ -216,11 +220,16 @@ async fn serve<R: Registry + Send + 'static>(
 #[path = "server/page.rs"]
 mod page;
 
-#[cfg(not(feature = "axum"))]
 async fn serve<R: Registry + Send + 'static>(
     args: &Args,
     reg: R,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    if args.web {
+        #[cfg(feature = "axum")]
+        return serve_web(args, reg).await;
+        #[cfg(not(feature = "axum"))]
+        return Err("--web needs the axum feature".into());
+    }
     use crdt_socket_sync::transport::tokio::WebSocketServer;
     let options = server_options(args);
     let mut server = match &args.token {

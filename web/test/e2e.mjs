@@ -1,5 +1,5 @@
-// The browser end to end: the demo server (examples/server.rs, SQLite,
-// feature axum) on 127.0.0.1, Debian's chromium driven by playwright-core,
+// The browser end to end: the demo server (examples/server.rs --web,
+// SQLite, feature axum) on 127.0.0.1, Debian's chromium driven by playwright-core,
 // headless. Needs `bash web/build.sh` first (web/pkg, web/node_modules).
 //
 //   node web/test/e2e.mjs            # the scenarios below, then the numbers
@@ -54,7 +54,7 @@ mkdirSync(dataDir, { recursive: true })
 
 let server = null
 async function startServer (addr = '127.0.0.1:0') {
-  const child = spawn(serverBin, ['--addr', addr, '--data-dir', dataDir], {
+  const child = spawn(serverBin, ['--web', '--addr', addr, '--data-dir', dataDir], {
     cwd: root, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, RUST_LOG: 'warn' }
   })
   const url = await new Promise((resolve, reject) => {

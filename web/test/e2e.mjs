@@ -6,7 +6,8 @@
 //
 // Scenarios: two pages type concurrently; one goes offline (its browser
 // context loses the network), keeps typing and comes back; a page reloads
-// mid-way and loses nothing acknowledged; presence shows both names; the
+// mid-way and loses nothing acknowledged; presence shows both names; an
+// application message goes from one page to the other; the
 // server is killed (SIGKILL) and restarted on the same SQLite file. After
 // each, both pages and a fresh page (what the server holds) have the same
 // text. Then it measures: wasm size gzipped, page load -> synced for the
@@ -144,6 +145,16 @@ try {
   await until(a, () => document.getElementById('peers').textContent.includes('bob'), null, 'alice sees bob')
   await until(b, () => document.getElementById('peers').textContent.includes('alice'), null, 'bob sees alice')
   check(true, 'each page lists the other name')
+
+  console.log('application messages')
+  await b.evaluate(() => {
+    window.messages = []
+    window.demo.provider.on('message', (m) => window.messages.push({ kind: m.kind, text: new TextDecoder().decode(m.data) }))
+  })
+  await a.evaluate(() => window.demo.provider.sendMessage(7, new TextEncoder().encode('hi bob')))
+  await until(b, () => window.messages.length > 0, null, 'bob gets the message')
+  const msg = await b.evaluate(() => window.messages[0])
+  check(msg.kind === 7 && msg.text === 'hi bob', 'an application message reaches the other page')
 
   console.log('one page goes offline, keeps typing, comes back')
   await ctxB.setOffline(true)

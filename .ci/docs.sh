@@ -12,7 +12,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 echo "==> docs, all features"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 # Links that only resolve with a sibling feature break with partial sets.
-for features in tokio smol sqlite unstable-relay yrs; do
+for features in tokio smol sqlite unstable-relay yrs wasm; do
     echo "==> docs, feature $features alone"
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features "$features"
 done

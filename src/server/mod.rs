@@ -1,6 +1,7 @@
 //! The server side: the [`Hub`] owning every [`ServerSession`], its
 //! configuration, events and authorization.
 
+mod acks;
 mod auth;
 mod config;
 mod event;

@@ -832,7 +832,9 @@ mod tests {
             let now = Instant::now();
             let conn = hub.accept(now);
             hub.handle_input(conn, now, &hello, &mut reg);
+            hub.commit(&mut reg);
             hub.handle_input(conn, now, &pings, &mut reg);
+            hub.commit(&mut reg);
             let mut decoder = MessageDecoder::new(Limits::default());
             let mut got = Vec::new();
             while let Some((_, f)) = hub.poll_transmit() {
@@ -851,6 +853,7 @@ mod tests {
             assert!(shared > state && shared <= state + KEEP_BUFFER_CAPACITY);
 
             hub.handle_input(conn, now, &big, &mut reg);
+            hub.commit(&mut reg);
             assert!(hub.session(conn).unwrap().phase() == Phase::Active);
             assert_eq!(session_holds(&hub), reader, "{framing:?}");
             assert_eq!(hub.inflate_held(), state, "the 1 MiB buffer was dropped");

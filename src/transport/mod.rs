@@ -20,8 +20,9 @@
 //!   [`Registry`](crate::registry::Registry); no lock is taken in the hot
 //!   path. It drains every input that is ready (up to
 //!   [`ServerOptions::max_batch`]), then calls
-//!   [`Hub::flush`](crate::server::Hub::flush) once (group commit: one
-//!   storage commit and one ack per document for the whole batch), then
+//!   [`Hub::commit`](crate::server::Hub::commit) once (group commit: one
+//!   storage commit handed to the registry without waiting for the disk,
+//!   and one ack per document for the whole batch), then
 //!   moves the frames of the connections the batch touched into their
 //!   outgoing queues, then forwards events, then asks the hub for its next
 //!   deadline (a few lookups, whatever the number of connections) and

@@ -4,8 +4,8 @@
 
 use super::*;
 
-/// What [`Hub::settle_batch`] needs to know about a batch just applied.
-pub(super) struct Settled {
+/// What [`Hub::after_apply`] needs to know about a batch just applied.
+pub(super) struct BatchApplied {
     /// The document's version before the batch, when a subscriber switches
     /// to a catch-up from it.
     pre_version: Option<Vec<u8>>,
@@ -117,13 +117,13 @@ impl<A: Authorizer> Hub<A> {
         // whose updates grow the held bytes past the limit is closed (its
         // client re-syncs on reconnect); others go on.
         let over_pending = held > held_before && held > self.config.limits.max_pending_bytes;
-        self.settle_batch(
+        self.after_apply(
             conn,
             doc,
             name,
             updates,
             &mut outcomes,
-            Settled {
+            BatchApplied {
                 pre_version,
                 server_version,
                 over_pending,
@@ -138,7 +138,7 @@ impl<A: Authorizer> Hub<A> {
     /// possible: one update, to a document the session may write, no
     /// subscriber near its high-water mark, nothing held for missing
     /// dependencies, applied cleanly. Anything else goes the general way
-    /// ([`Hub::apply_batch`], or [`Hub::settle_batch`] once applied).
+    /// ([`Hub::apply_batch`], or [`Hub::after_apply`] once applied).
     ///
     /// Why a second path: next to a real CRDT, whose own code evicts ours
     /// from the instruction cache between updates, every instruction here
@@ -191,13 +191,13 @@ impl<A: Authorizer> Hub<A> {
             let mut outcomes = std::mem::take(&mut self.outcomes);
             outcomes.clear();
             outcomes.push(outcome);
-            self.settle_batch(
+            self.after_apply(
                 conn,
                 doc,
                 name,
                 &[(seq, data)],
                 &mut outcomes,
-                Settled {
+                BatchApplied {
                     pre_version: None,
                     server_version,
                     over_pending,
@@ -273,9 +273,7 @@ impl<A: Authorizer> Hub<A> {
     /// Updates of `conn` on `doc` were handled: an ack is due at the next
     /// flush, and the application hears `event`.
     pub(super) fn applied(&mut self, conn: ConnId, doc: DocId, event: ServerEvent) {
-        if !self.acks_due.contains(&(conn, doc)) {
-            self.acks_due.push((conn, doc));
-        }
+        self.acks.note_applied(conn, doc);
         self.events.push_back(event);
     }
 
@@ -283,22 +281,22 @@ impl<A: Authorizer> Hub<A> {
     /// here): storage, fan-out, errors for the rejected ones, `OutOfSync`
     /// for a gap, the ack and the event.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn settle_batch<R: Registry>(
+    pub(super) fn after_apply<R: Registry>(
         &mut self,
         conn: ConnId,
         doc: DocId,
         name: Arc<str>,
         updates: &[(u64, &[u8])],
         outcomes: &mut Vec<ApplyOutcome>,
-        settled: Settled,
+        applied_batch: BatchApplied,
         registry: &mut R,
     ) {
-        let Settled {
+        let BatchApplied {
             pre_version,
             server_version,
             over_pending,
             last_seq,
-        } = settled;
+        } = applied_batch;
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
         // The first refused update and how many were refused: one error
         // per batch, however many it carried.

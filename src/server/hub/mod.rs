@@ -46,8 +46,8 @@ mod presence;
 mod sync;
 #[cfg(test)]
 mod timer_tests;
+use super::acks::AckTracker;
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
-use acks::InFlight;
 use directory::Directory;
 pub(crate) use directory::DocIndex;
 pub use presence::{AppHook, AppMessage, AppVerdict};
@@ -118,9 +118,9 @@ pub struct Hub<A> {
     now: Option<Instant>,
     /// Reused buffer for the sessions whose deadline came.
     expired: Vec<ConnId>,
-    /// (session, document) pairs whose cumulative ack is due after this
-    /// input; a few at a time, so a `Vec`.
-    acks_due: Vec<(ConnId, DocId)>,
+    /// Acknowledgements due at the next commit and those waiting for the
+    /// registry's commits.
+    acks: AckTracker,
     /// Reused buffer for the updates of one batch.
     batch: Vec<(u64, Bytes)>,
     transfers: TransferCache,
@@ -141,10 +141,6 @@ pub struct Hub<A> {
     /// What the sessions' fragmented messages hold, against
     /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
     reassembly: ReassemblyBudget,
-    /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
-    /// acknowledgements wait for the disk, oldest first; at most
-    /// `Limits::max_commits_in_flight`.
-    in_flight: VecDeque<InFlight>,
     /// The connection whose input is being handled, the errors reported
     /// to it so far and those left unreported ([`MAX_ERRORS_PER_INPUT`]).
     input: Option<ConnId>,
@@ -172,6 +168,7 @@ impl<A: Authorizer> Hub<A> {
         );
         let max_cache = config.limits.max_transfer_cache_bytes;
         let max_reassembly = config.limits.max_reassembly_bytes;
+        let acks = AckTracker::new(config.limits.max_commits_in_flight);
         let common = Common::new(&config.limits, config.compress_threshold, SPARE_BUFFERS);
         Hub {
             config,
@@ -183,7 +180,7 @@ impl<A: Authorizer> Hub<A> {
             marks: Marks::default(),
             now: None,
             expired: Vec::new(),
-            acks_due: Vec::new(),
+            acks,
             batch: Vec::new(),
             transfers: TransferCache::new(max_cache),
             next_prune: None,
@@ -195,7 +192,6 @@ impl<A: Authorizer> Hub<A> {
             common,
             inflate: InflateScratch::default(),
             reassembly: ReassemblyBudget::new(max_reassembly),
-            in_flight: VecDeque::new(),
             input: None,
             input_errors: 0,
             input_errors_dropped: 0,
@@ -349,29 +345,14 @@ impl<A: Authorizer> Hub<A> {
         self.sessions.get(&conn).is_none_or(|s| s.is_closed())
     }
 
-    /// Bytes received from `conn`. Updates it carries are applied, fanned
-    /// out and acknowledged; a durable registry commits them first
-    /// ([`Registry::flush`], waiting for the disk) so the ack can say
-    /// `durable`.
+    /// Bytes received from `conn`: decoded and handled. Updates it carries
+    /// are applied and fanned out at once; their acknowledgements wait for
+    /// the next [`Hub::commit`] (or [`Hub::flush`]), so handling input never
+    /// waits for the disk and an adapter that handles several inputs and
+    /// then commits gets one storage commit for all of them (group commit).
+    /// A loop that never commits sends no `Ack`s.
     pub fn handle_input<R>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R)
     where
-        R: Registry,
-    {
-        self.handle_input_deferred(conn, now, bytes, registry);
-        self.flush(registry);
-    }
-
-    /// Like [`Hub::handle_input`] but leaves the acknowledgements (and the
-    /// registry commit before them) to the next [`Hub::flush`] or
-    /// [`Hub::commit`]. An adapter that drains several inputs at once and
-    /// then flushes gets one storage commit for all of them (group commit).
-    pub fn handle_input_deferred<R>(
-        &mut self,
-        conn: ConnId,
-        now: Instant,
-        bytes: &[u8],
-        registry: &mut R,
-    ) where
         R: Registry,
     {
         self.input(conn, now, bytes, registry);
@@ -460,9 +441,9 @@ impl<A: Authorizer> Hub<A> {
     /// waiting for the disk) and queues one cumulative `Ack` per (session,
     /// document) that received updates since the last flush, `durable` when
     /// the commit succeeded. Acknowledgements still waiting for an earlier
-    /// [`Hub::commit`] are settled too (the flush put them on disk).
+    /// [`Hub::commit`] complete too (the flush put them on disk).
     pub fn flush<R: Registry>(&mut self, registry: &mut R) {
-        self.finish_acks(registry, true);
+        self.acknowledge(registry, true);
     }
 
     /// Like [`Hub::flush`] without waiting for the disk: hands the writes to
@@ -487,14 +468,14 @@ impl<A: Authorizer> Hub<A> {
     /// let conn = hub.accept(Instant::now());
     /// # let bytes: &[u8] = &[];
     /// // The server loop: a batch of inputs, one commit, then the outputs.
-    /// hub.handle_input_deferred(conn, Instant::now(), bytes, &mut reg);
+    /// hub.handle_input(conn, Instant::now(), bytes, &mut reg);
     /// hub.commit(&mut reg);
     /// // ...and whenever the registry's commit waker fires (or every loop):
     /// hub.poll_commits(&mut reg);
     /// # while hub.poll_transmit().is_some() {}
     /// ```
     pub fn commit<R: Registry>(&mut self, registry: &mut R) {
-        self.finish_acks(registry, false);
+        self.acknowledge(registry, false);
     }
 
     /// Takes the commits the registry completed ([`Registry::poll_commit`])
@@ -507,7 +488,8 @@ impl<A: Authorizer> Hub<A> {
         while let Some(done) = registry.poll_commit() {
             match done.result {
                 Ok(()) => {
-                    let advanced = self.settle(Some(done.through));
+                    let completed = self.acks.completed(Some(done.through));
+                    let advanced = self.mark_durable(completed);
                     for (conn, doc) in advanced {
                         self.send_ack(conn, doc);
                     }
@@ -520,7 +502,7 @@ impl<A: Authorizer> Hub<A> {
     /// Commits whose `durable` acknowledgements are still waiting for the
     /// registry.
     pub fn commits_in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.acks.in_flight()
     }
 
     /// Fires expired deadlines (handshake and idle timeouts, documents

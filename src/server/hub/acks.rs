@@ -70,7 +70,7 @@ impl<A: Authorizer> Hub<A> {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue;
             };
-            let Some(sub) = s.docs.get_mut(&doc) else {
+            let Some(sub) = s.docs_mut().get_mut(&doc) else {
                 continue;
             };
             if durable {
@@ -80,7 +80,7 @@ impl<A: Authorizer> Hub<A> {
                 waiting.push((conn, doc, sub.last_seq));
             }
             let (applied, durable) = (sub.last_seq, sub.durable_seq);
-            if s.outbound
+            if s.queue_mut()
                 .push_ack(doc, applied, durable, &mut self.common)
                 .is_err()
             {

@@ -53,7 +53,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(sub) = self
             .sessions
             .get_mut(&conn)
-            .and_then(|s| s.docs.get_mut(&doc))
+            .and_then(|s| s.docs_mut().get_mut(&doc))
         else {
             return self.unknown_doc(conn, doc);
         };
@@ -87,8 +87,8 @@ impl<A: Authorizer> Hub<A> {
             .filter(|(_, c)| *c != conn)
             .filter_map(|(h, c)| Some((h, self.sessions.get(&c)?)))
             .any(|(h, s)| {
-                s.outbound.bytes() + incoming > high
-                    && s.docs.get(&h).is_some_and(|sub| !sub.is_lagging())
+                s.queue().bytes() + incoming > high
+                    && s.docs().get(&h).is_some_and(|sub| !sub.is_lagging())
             });
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
@@ -152,7 +152,7 @@ impl<A: Authorizer> Hub<A> {
         data: &[u8],
         registry: &mut R,
     ) {
-        let sub = self.sessions.get(&conn).and_then(|s| s.docs.get(&doc));
+        let sub = self.sessions.get(&conn).and_then(|s| s.docs().get(&doc));
         // The sender first: a session that may not write this document
         // costs no look at the others (the general path reports why).
         let Some(entry) = sub
@@ -169,7 +169,7 @@ impl<A: Authorizer> Hub<A> {
                 && self
                     .sessions
                     .get(&c)
-                    .is_some_and(|s| s.outbound.bytes() + incoming > high)
+                    .is_some_and(|s| s.queue().bytes() + incoming > high)
         });
         let d = match registry.get(&entry.name) {
             Some(d) if !near_high && d.pending_bytes() == 0 => d,
@@ -210,8 +210,8 @@ impl<A: Authorizer> Hub<A> {
         }
         let stored = registry.update_applied(&name, data);
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.stats.updates_applied += 1;
-            if let Some(sub) = s.docs.get_mut(&doc) {
+            s.stats_mut().updates_applied += 1;
+            if let Some(sub) = s.docs_mut().get_mut(&doc) {
                 sub.last_seq = sub.last_seq.max(seq);
                 sub.set_out_of_sync_sent(None);
             }
@@ -348,9 +348,9 @@ impl<A: Authorizer> Hub<A> {
         let now = self.now;
         let mut out_of_sync = None;
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.stats.updates_applied += u64::from(applied);
-            s.stats.duplicates += u64::from(duplicates);
-            if let Some(sub) = s.docs.get_mut(&doc) {
+            s.stats_mut().updates_applied += u64::from(applied);
+            s.stats_mut().duplicates += u64::from(duplicates);
+            if let Some(sub) = s.docs_mut().get_mut(&doc) {
                 if let Some(version) = server_version {
                     let resend = sub.out_of_sync_sent().is_none_or(|at| {
                         at.checked_add(resync_after)
@@ -449,8 +449,8 @@ impl<A: Authorizer> Hub<A> {
                 let Some(s) = self.sessions.get_mut(&conn) else {
                     continue;
                 };
-                let queued = s.outbound.bytes();
-                let Some(sub) = s.docs.get_mut(&handle) else {
+                let queued = s.queue().bytes();
+                let Some(sub) = s.docs_mut().get_mut(&handle) else {
                     continue;
                 };
                 if sub.is_lagging() {
@@ -460,7 +460,7 @@ impl<A: Authorizer> Hub<A> {
                     && let Some(v) = pre_version
                 {
                     sub.set_lagging(v.to_vec());
-                    s.lagging = true;
+                    s.listed_mut().lagging = true;
                     // A queue already drained (the update alone passes the
                     // high-water mark) gets its catch-up without a drain.
                     self.marks.drained(s, low_water(&self.config.limits));
@@ -473,7 +473,7 @@ impl<A: Authorizer> Hub<A> {
                 }
                 let sent = match &shared {
                     Some(encoded) => s.send_shared(encoded, &self.common),
-                    None => s.outbound.push_broadcast(handle, data, &mut self.common),
+                    None => s.queue_mut().push_broadcast(handle, data, &mut self.common),
                 };
                 if sent.is_err() {
                     slow.push(conn);
@@ -507,7 +507,7 @@ impl<A: Authorizer> Hub<A> {
                 .map(|(doc, c)| {
                     self.sessions
                         .get(&c)?
-                        .docs
+                        .docs()
                         .get(&doc)?
                         .client_version
                         .as_deref()

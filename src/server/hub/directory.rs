@@ -309,15 +309,15 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         let sub = if retire {
-            s.docs.retire(&doc)
+            s.docs_mut().retire(&doc)
         } else {
-            s.docs.remove(&doc)
+            s.docs_mut().remove(&doc)
         };
         let Some(sub) = sub else {
             return;
         };
-        s.transfers.cancel(doc);
-        let session = s.session;
+        s.transfers_mut().cancel(doc);
+        let session = s.session_id();
         self.forget_acks(conn, doc, sub.last_seq > sub.durable_seq);
         if let Some(leave) = self.presence.remove(sub.index.key(), session) {
             self.share_presence(sub.index, Some(conn), vec![leave]);

@@ -1,19 +1,22 @@
-//! The hub: many server sessions, the document directory and fan-out.
+//! The hub: routes between the server sessions and the documents.
 //!
-//! The hub owns every [`ServerSession`] and routes between them; it borrows
-//! the [`Registry`] for each call that may touch documents. It performs no
-//! I/O and reads no clock.
+//! The hub accepts connections, feeds each one's input to its
+//! [`ServerSession`] (which decodes it and owns its handshake checks,
+//! limits, queue, handles and deadlines), authenticates the peer through
+//! the [`Authorizer`], and routes each decoded message to the session or to
+//! the document it is about. It borrows the [`Registry`] for each call that
+//! may touch documents, performs no I/O and reads no clock.
 //!
 //! This file holds the driving API (input, timers, output) and the dispatch
 //! of decoded messages; each concern behind it has a file of its own:
 //! [`handshake`] (hello, token refresh), [`sync`] (open, syncs and
-//! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (applied and
-//! durable acknowledgements), [`presence`] (presence, application
+//! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (the
+//! acknowledgements queued at commits, tracked by
+//! [`AckTracker`](super::acks)), [`presence`] (presence, application
 //! messages), [`directory`] (documents, leaving them and their unload).
 //!
-//! Over 800 lines because the hub still drives every session's logic
-//! (handshake, dispatch, deadlines) itself; giving sessions a state machine
-//! of their own (the rooms issue) moves that out.
+//! Over 800 lines: the driving API is one `impl` with its documentation
+//! and examples, and the dispatch routes every client message.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -28,8 +31,7 @@ use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::compress::InflateScratch;
 use crate::wire::{
-    Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
-    RejectCode, Resume, SessionId, SyncKind,
+    Access, Bytes, CloseReason, DocId, ErrorCode, Message, RejectCode, Resume, SessionId, SyncKind,
 };
 
 use super::marks::Marks;
@@ -275,13 +277,13 @@ impl<A: Authorizer> Hub<A> {
     /// The name of the document connection `conn` has open under handle
     /// `doc` (handles are per connection).
     pub fn doc_name(&self, conn: ConnId, doc: DocId) -> Option<&Arc<str>> {
-        let index = self.sessions.get(&conn)?.docs.get(&doc)?.index;
+        let index = self.sessions.get(&conn)?.docs().get(&doc)?.index;
         self.directory.name(index)
     }
 
     /// The directory index of the document `conn` has open under `doc`.
     fn index_of(&self, conn: ConnId, doc: DocId) -> Option<DocIndex> {
-        Some(self.sessions.get(&conn)?.docs.get(&doc)?.index)
+        Some(self.sessions.get(&conn)?.docs().get(&doc)?.index)
     }
 
     fn clock(&mut self, now: Instant) -> Instant {
@@ -335,9 +337,9 @@ impl<A: Authorizer> Hub<A> {
     /// is over half its limit (stop reading its socket until a drain), or
     /// once it is closed.
     pub fn wants_input(&self, conn: ConnId) -> bool {
-        self.sessions.get(&conn).is_some_and(|s| {
-            !s.is_closed() && s.outbound.bytes() <= high_water(&self.config.limits)
-        })
+        self.sessions
+            .get(&conn)
+            .is_some_and(|s| !s.is_closed() && s.queue().bytes() <= high_water(&self.config.limits))
     }
 
     /// Whether `conn` is closed (its remaining transmits still drain).
@@ -399,7 +401,7 @@ impl<A: Authorizer> Hub<A> {
         };
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
-        if session.phase == Phase::Active
+        if session.phase() == Phase::Active
             && let Some((doc, seq, data)) = session.feed_single_update(bytes, &self.config.limits)
         {
             session.received_at(now);
@@ -681,10 +683,11 @@ impl<A: Authorizer> Hub<A> {
     /// `ClientDisconnected` unless the session had already closed.
     pub fn connection_lost(&mut self, conn: ConnId, now: Instant) {
         self.clock(now);
-        if let Some(s) = self.sessions.get_mut(&conn)
-            && s.phase != Phase::Closed
+        if self
+            .sessions
+            .get_mut(&conn)
+            .is_some_and(|s| s.transport_lost())
         {
-            s.phase = Phase::Closed;
             self.after_close(conn, CloseCause::TransportLost);
         }
         if let Some(s) = self.sessions.remove(&conn) {
@@ -726,7 +729,7 @@ impl<A: Authorizer> Hub<A> {
             return false;
         }
         let queued = s
-            .outbound
+            .queue_mut()
             .push(msg, Priority::Ephemeral, &mut self.common)
             .is_ok();
         if queued {
@@ -762,13 +765,13 @@ impl<A: Authorizer> Hub<A> {
         let docs: Vec<DocId> = self
             .sessions
             .get(&conn)
-            .map(|s| s.docs.keys().collect())
+            .map(|s| s.docs().keys().collect())
             .unwrap_or_default();
         for doc in docs {
             self.unsubscribe(conn, doc);
         }
         if let Some(s) = self.sessions.get(&conn) {
-            let session = s.session;
+            let session = s.session_id();
             if self.by_session.get(&session) == Some(&conn) {
                 self.by_session.remove(&session);
             }
@@ -850,7 +853,7 @@ impl<A: Authorizer> Hub<A> {
                 break;
             }
             let handshaken = matches!(
-                self.sessions.get(&conn).map(|s| s.phase),
+                self.sessions.get(&conn).map(|s| s.phase()),
                 Some(Phase::Active)
             );
             if !handshaken {
@@ -858,15 +861,9 @@ impl<A: Authorizer> Hub<A> {
                     break;
                 }
                 match msg {
-                    Message::Hello {
-                        versions,
-                        peer,
-                        token,
-                        compression,
-                        limits,
-                    } => {
+                    hello @ Message::Hello { .. } => {
                         let durable = registry.is_durable();
-                        self.on_hello(conn, &versions, peer, &token, &compression, limits, durable)
+                        self.on_hello(conn, hello, durable)
                     }
                     Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
                     other => self.fail(
@@ -945,7 +942,15 @@ impl<A: Authorizer> Hub<A> {
             }
             Message::CloseDoc { doc } => self.unsubscribe(conn, doc),
             Message::RefreshToken { token } => self.on_refresh(conn, &token),
-            Message::Ping { t } => self.send(conn, &Message::Pong { echo: t }),
+            Message::Ping { t } => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    if s.on_ping(t, &mut self.common).is_ok() {
+                        self.marks.ready(s);
+                    } else {
+                        self.slow_consumer(conn);
+                    }
+                }
+            }
             Message::Pong { .. } => {}
             Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
             Message::Error {
@@ -998,7 +1003,7 @@ impl<A: Authorizer> Hub<A> {
     }
 
     fn sub_mut(&mut self, conn: ConnId, doc: DocId) -> Option<&mut Subscription> {
-        self.sessions.get_mut(&conn)?.docs.get_mut(&doc)
+        self.sessions.get_mut(&conn)?.docs_mut().get_mut(&doc)
     }
 
     fn unknown_doc(&mut self, conn: ConnId, doc: DocId) {

@@ -9,6 +9,7 @@ mod config;
 mod event;
 mod hub;
 mod marks;
+mod room;
 mod session;
 pub(crate) mod sessions;
 mod transfer_cache;

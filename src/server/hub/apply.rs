@@ -67,7 +67,7 @@ impl<A: Authorizer> Hub<A> {
                 format!("{n} update(s) refused: read-only access"),
             );
         }
-        let Some(entry) = self.directory.get(sub.index) else {
+        let Some(entry) = self.rooms.get(sub.index) else {
             return self.unknown_doc(conn, doc);
         };
         let name = Arc::clone(&entry.name);
@@ -93,7 +93,7 @@ impl<A: Authorizer> Hub<A> {
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
         // A CRDT that panics fails its document, not the hub.
-        let applied = catch_unwind(AssertUnwindSafe(|| {
+        let applied = guarded(|| {
             let pre_version = catch_up.then(|| d.version());
             let held_before = d.pending_bytes();
             if let [(_, one)] = updates {
@@ -107,7 +107,7 @@ impl<A: Authorizer> Hub<A> {
                 .any(|o| matches!(o, ApplyOutcome::Pending { .. }))
                 .then(|| d.version());
             (pre_version, server_version, held_before, d.pending_bytes())
-        }));
+        });
         let Ok((pre_version, server_version, held_before, held)) = applied else {
             outcomes.clear();
             self.outcomes = outcomes;
@@ -157,7 +157,7 @@ impl<A: Authorizer> Hub<A> {
         // costs no look at the others (the general path reports why).
         let Some(entry) = sub
             .filter(|sub| sub.access == Access::ReadWrite)
-            .and_then(|sub| self.directory.get(sub.index))
+            .and_then(|sub| self.rooms.get(sub.index))
         else {
             return self.apply_batch(conn, doc, &[(seq, data)], registry);
         };
@@ -176,7 +176,7 @@ impl<A: Authorizer> Hub<A> {
             _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
         };
         // A CRDT that panics fails its document, not the hub.
-        let Ok(outcome) = catch_unwind(AssertUnwindSafe(|| d.apply(data))) else {
+        let Ok(outcome) = guarded(|| d.apply(data)) else {
             return self.sender_doc_panicked(conn, doc);
         };
         let name = Arc::clone(&entry.name);
@@ -239,7 +239,7 @@ impl<A: Authorizer> Hub<A> {
     /// [`ErrorCode::Internal`] error and are unsubscribed (`CloseDoc`),
     /// opens of it are refused; every other document and session goes on.
     pub(super) fn doc_panicked(&mut self, index: DocIndex) {
-        let Some(entry) = self.directory.get(index) else {
+        let Some(entry) = self.rooms.get(index) else {
             return;
         };
         let name = Arc::clone(&entry.name);
@@ -426,7 +426,7 @@ impl<A: Authorizer> Hub<A> {
         data: &[u8],
         pre_version: Option<&[u8]>,
     ) {
-        let Some(entry) = self.index_of(from, doc).and_then(|i| self.directory.get(i)) else {
+        let Some(entry) = self.index_of(from, doc).and_then(|i| self.rooms.get(i)) else {
             return;
         };
         let high = high_water(&self.config.limits);
@@ -497,7 +497,7 @@ impl<A: Authorizer> Hub<A> {
     /// version are left alone.
     pub(super) fn prune<R: Registry>(&mut self, registry: &mut R) {
         let mut panicked = Vec::new();
-        for (index, entry) in self.directory.entries() {
+        for (index, entry) in self.rooms.entries() {
             if entry.subscribers.is_empty() {
                 continue;
             }
@@ -520,10 +520,10 @@ impl<A: Authorizer> Hub<A> {
                 continue;
             };
             // A CRDT that panics fails its document, not the hub.
-            let pruned = catch_unwind(AssertUnwindSafe(|| {
+            let pruned = guarded(|| {
                 let common = d.common_version(&versions)?;
                 (d.prune_to(&common) == Ok(true)).then(|| d.snapshot())
-            }));
+            });
             let snapshot = match pruned {
                 Ok(Some(snapshot)) => snapshot,
                 Ok(None) => continue,

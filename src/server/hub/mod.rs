@@ -13,13 +13,13 @@
 //! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (the
 //! acknowledgements queued at commits, tracked by
 //! [`AckTracker`](super::acks)), [`presence`] (presence, application
-//! messages), [`directory`] (documents, leaving them and their unload).
+//! messages), [`rooms`] (leaving rooms, closed rooms unloaded); the rooms
+//! themselves (subscribers, lifecycle) are [`Room`](super::room)s.
 //!
 //! Over 800 lines: the driving API is one `impl` with its documentation
 //! and examples, and the dispatch routes every client message.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,16 +42,15 @@ use crate::awareness::PresenceTable;
 
 mod acks;
 mod apply;
-mod directory;
 mod handshake;
 mod presence;
+mod rooms;
 mod sync;
 #[cfg(test)]
 mod timer_tests;
 use super::acks::AckTracker;
+use super::room::{DocIndex, Rooms, guarded};
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
-use directory::Directory;
-pub(crate) use directory::DocIndex;
 pub use presence::{AppHook, AppMessage, AppVerdict};
 
 /// Spare message buffers the hub keeps for all its sessions' queues (see
@@ -110,9 +109,9 @@ pub struct Hub<A> {
     /// Boxed, so a free slot costs a few words rather than a session, and
     /// filed by deadline.
     sessions: Sessions,
-    /// The documents open on some connection (or lingering before they
-    /// leave); connections name them by their own handles.
-    directory: Directory,
+    /// A room per document open on some connection (or lingering before
+    /// it closes); connections name them by their own handles.
+    rooms: Rooms,
     events: VecDeque<ServerEvent>,
     /// Connections with output, and those touched since the last
     /// [`Hub::take_touched`].
@@ -177,7 +176,7 @@ impl<A: Authorizer> Hub<A> {
             auth: authorizer,
             rng,
             sessions: Sessions::default(),
-            directory: Directory::default(),
+            rooms: Rooms::default(),
             events: VecDeque::new(),
             marks: Marks::default(),
             now: None,
@@ -233,13 +232,13 @@ impl<A: Authorizer> Hub<A> {
 
     /// Sessions subscribed to document `name`.
     pub fn subscribers(&self, name: &str) -> usize {
-        self.directory
+        self.rooms
             .index(name)
-            .and_then(|i| self.directory.get(i))
+            .and_then(|i| self.rooms.get(i))
             .map_or(0, |e| e.subscribers.len())
     }
 
-    /// Documents in the hub's directory: those some connection has open,
+    /// Rooms in the hub: documents some connection has open,
     /// and those closed less than
     /// [`ServerConfig::unload_after`] ago. Each stays loaded in the
     /// registry while it is listed here; once it leaves, the registry is
@@ -253,7 +252,7 @@ impl<A: Authorizer> Hub<A> {
     /// assert_eq!(hub.documents(), 0);
     /// ```
     pub fn documents(&self) -> usize {
-        self.directory.len()
+        self.rooms.len()
     }
 
     /// Heap bytes held by the inflate scratch lent to the sessions.
@@ -278,10 +277,10 @@ impl<A: Authorizer> Hub<A> {
     /// `doc` (handles are per connection).
     pub fn doc_name(&self, conn: ConnId, doc: DocId) -> Option<&Arc<str>> {
         let index = self.sessions.get(&conn)?.docs().get(&doc)?.index;
-        self.directory.name(index)
+        self.rooms.name(index)
     }
 
-    /// The directory index of the document `conn` has open under `doc`.
+    /// The room index of the document `conn` has open under `doc`.
     fn index_of(&self, conn: ConnId, doc: DocId) -> Option<DocIndex> {
         Some(self.sessions.get(&conn)?.docs().get(&doc)?.index)
     }
@@ -563,7 +562,7 @@ impl<A: Authorizer> Hub<A> {
             .chain(self.next_prune)
             .chain(self.sync_retry)
             .chain(self.presence.next_expiry())
-            .chain(self.directory.next_unload())
+            .chain(self.rooms.next_unload())
             .min()
     }
 
@@ -1032,7 +1031,7 @@ impl<A> core::fmt::Debug for Hub<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Hub")
             .field("sessions", &self.sessions.len())
-            .field("docs", &self.directory.len())
+            .field("docs", &self.rooms.len())
             .finish()
     }
 }

@@ -91,7 +91,7 @@ impl<A: Authorizer> Hub<A> {
     /// document `name`. Subscribers whose queue is past its high-water mark
     /// miss it: returns how many did.
     pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) -> usize {
-        let Some(index) = self.directory.index(name) else {
+        let Some(index) = self.rooms.index(name) else {
             return 0;
         };
         let data = Bytes(data);
@@ -107,7 +107,7 @@ impl<A: Authorizer> Hub<A> {
 
     /// Current presence states of document `name`.
     pub fn presence(&self, name: &str) -> Vec<AwarenessEntry> {
-        self.directory
+        self.rooms
             .index(name)
             .map_or_else(Vec::new, |index| self.presence.states(index.key()))
     }
@@ -124,7 +124,7 @@ impl<A: Authorizer> Hub<A> {
         except: Option<ConnId>,
         encode: impl Fn(DocId) -> Arc<[u8]>,
     ) -> usize {
-        let Some(entry) = self.directory.get(index) else {
+        let Some(entry) = self.rooms.get(index) else {
             return 0;
         };
         let mut missed = 0;

@@ -28,10 +28,7 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         // Opening a document again keeps its handle (and starts over).
-        let already = self
-            .directory
-            .index(&name)
-            .and_then(|i| s.docs().handle_of(i));
+        let already = self.rooms.index(&name).and_then(|i| s.docs().handle_of(i));
         if already.is_none() && s.docs().len() >= limits.max_docs_per_connection {
             let msg = format!(
                 "at most {} documents per connection",
@@ -51,7 +48,7 @@ impl<A: Authorizer> Hub<A> {
             return self.refuse_open(conn, name, ErrorCode::Internal, msg);
         }
         // A CRDT that panics while loading fails this open only.
-        let opened = catch_unwind(AssertUnwindSafe(|| registry.open(&name).map(|_| ())));
+        let opened = guarded(|| registry.open(&name).map(|_| ()));
         let Ok(opened) = opened else {
             let msg = format!("document {name:?} failed to load");
             self.failed.insert(name.as_str().into());
@@ -67,7 +64,7 @@ impl<A: Authorizer> Hub<A> {
             let msg = e.to_string();
             return self.refuse_open(conn, name, code, msg);
         }
-        let index = self.directory.insert(&name);
+        let index = self.rooms.insert(&name);
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
@@ -79,9 +76,9 @@ impl<A: Authorizer> Hub<A> {
             }
             None => s.docs_mut().open(sub),
         };
-        self.directory.subscribe(index, conn, doc);
+        self.rooms.subscribe(index, conn, doc);
         let name = self
-            .directory
+            .rooms
             .name(index)
             .map_or_else(|| name.into(), Arc::clone);
         self.send_opened(conn, &name, doc, access);
@@ -272,7 +269,7 @@ impl<A: Authorizer> Hub<A> {
         let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
         };
-        let Ok(server_version) = catch_unwind(AssertUnwindSafe(|| d.version())) else {
+        let Ok(server_version) = guarded(|| d.version()) else {
             return self.sender_doc_panicked(conn, doc);
         };
         // Clients joining together from the same version share one payload
@@ -284,10 +281,10 @@ impl<A: Authorizer> Hub<A> {
         let (id, kind, payload, fresh) = match shared {
             Some((id, kind, payload)) => (id, kind, payload, false),
             None => {
-                let computed = catch_unwind(AssertUnwindSafe(|| match d.delta_since(version) {
+                let computed = guarded(|| match d.delta_since(version) {
                     Ok(delta) => (SyncKind::Delta, delta),
                     Err(_) => (SyncKind::Snapshot, d.snapshot()),
-                }));
+                });
                 let Ok((kind, payload)) = computed else {
                     return self.sender_doc_panicked(conn, doc);
                 };

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::server::hub::DocIndex;
+use crate::server::room::DocIndex;
 use crate::wire::{Access, DocId};
 
 /// A session's subscription to one document.
@@ -14,7 +14,7 @@ use crate::wire::{Access, DocId};
 /// bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct Subscription {
-    /// The document in the hub's directory (set once).
+    /// The document's room in the hub (set once).
     pub(crate) index: DocIndex,
     pub(crate) access: Access,
     /// Highest client sequence number received.

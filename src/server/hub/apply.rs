@@ -417,8 +417,9 @@ impl<A: Authorizer> Hub<A> {
 
     /// Sends `data` from `from` (its handle `doc`) to every other
     /// subscriber, encoded once per distinct handle among them (usually
-    /// once). Subscribers over their high-water mark stop receiving
-    /// individual updates and are marked for a catch-up from `pre_version`.
+    /// once: [`Room::fan_out`](crate::server::room::Room::fan_out)).
+    /// Subscribers over their high-water mark stop receiving individual
+    /// updates and are marked for a catch-up from `pre_version`.
     pub(super) fn fan_out(
         &mut self,
         from: ConnId,
@@ -431,21 +432,9 @@ impl<A: Authorizer> Hub<A> {
         };
         let high = high_water(&self.config.limits);
         let mut slow = Vec::new();
-        for (handle, run) in entry.subscribers.runs() {
-            // Runs are sorted by connection: the sender is found by search.
-            let sender = handle == doc && run.binary_search(&(doc, from)).is_ok();
-            let recipients = run.len() - usize::from(sender);
-            if recipients == 0 {
-                continue;
-            }
-            // Encoded once for many recipients; a single recipient gets it
-            // encoded straight into its queue.
-            let shared = (recipients > 1).then(|| encode_broadcast_shared(handle, data));
-            let len = shared.as_ref().map_or_else(
-                || crate::wire::hot::broadcast_len(handle, data),
-                |e| e.len(),
-            );
-            for &(_, conn) in run.iter().filter(|(_, c)| !sender || *c != from) {
+        for delivery in entry.fan_out(from, doc, data) {
+            let (handle, len) = (delivery.handle, delivery.len);
+            for conn in delivery.recipients() {
                 let Some(s) = self.sessions.get_mut(&conn) else {
                     continue;
                 };
@@ -471,7 +460,7 @@ impl<A: Authorizer> Hub<A> {
                     });
                     continue;
                 }
-                let sent = match &shared {
+                let sent = match &delivery.shared {
                     Some(encoded) => s.send_shared(encoded, &self.common),
                     None => s.queue_mut().push_broadcast(handle, data, &mut self.common),
                 };

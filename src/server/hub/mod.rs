@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
 use crate::inbound::{InboundError, ReassemblyBudget};
-use crate::outbound::{Common, Priority, encode_broadcast_shared};
+use crate::outbound::{Common, Priority};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::compress::InflateScratch;

@@ -12,7 +12,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::outbound::encode_broadcast_shared;
 use crate::wire::DocId;
+use crate::wire::hot::broadcast_len;
 
 use super::ConnId;
 
@@ -112,7 +114,67 @@ impl Subscribers {
     }
 }
 
+/// One run of a fan-out ([`Room::fan_out`]): the subscribers that know
+/// the document under one handle, and the `Broadcast` for them.
+pub(crate) struct Delivery<'a> {
+    /// The recipients' handle for the document.
+    pub(crate) handle: DocId,
+    run: &'a [(DocId, ConnId)],
+    /// The sender, when it is in this run (it gets its `Ack`, not its own
+    /// update back).
+    skip: Option<ConnId>,
+    /// The `Broadcast` encoded once for the run's recipients, when there
+    /// are several; a single recipient gets it encoded straight into its
+    /// queue.
+    pub(crate) shared: Option<Arc<[u8]>>,
+    /// The encoded `Broadcast`'s length (what each recipient's queue takes).
+    pub(crate) len: usize,
+}
+
+impl Delivery<'_> {
+    /// The recipients of this run, the sender left out.
+    #[inline]
+    pub(crate) fn recipients(&self) -> impl Iterator<Item = ConnId> + '_ {
+        let skip = self.skip;
+        self.run
+            .iter()
+            .map(|&(_, c)| c)
+            .filter(move |c| Some(*c) != skip)
+    }
+}
+
 impl Room {
+    /// The deliveries of `data`, an update `from` sent under its handle
+    /// `doc`, to every other subscriber: one per distinct handle among
+    /// them (usually one), each encoded once.
+    #[inline]
+    pub(crate) fn fan_out<'a>(
+        &'a self,
+        from: ConnId,
+        doc: DocId,
+        data: &'a [u8],
+    ) -> impl Iterator<Item = Delivery<'a>> + 'a {
+        self.subscribers.runs().filter_map(move |(handle, run)| {
+            // Runs are sorted by connection: the sender is found by search.
+            let sender = handle == doc && run.binary_search(&(doc, from)).is_ok();
+            let recipients = run.len() - usize::from(sender);
+            if recipients == 0 {
+                return None;
+            }
+            let shared = (recipients > 1).then(|| encode_broadcast_shared(handle, data));
+            let len = shared
+                .as_ref()
+                .map_or_else(|| broadcast_len(handle, data), |e| e.len());
+            Some(Delivery {
+                handle,
+                run,
+                skip: sender.then_some(from),
+                shared,
+                len,
+            })
+        })
+    }
+
     /// A room for `name` with no subscribers.
     pub(crate) fn new(name: Arc<str>) -> Self {
         Room {
@@ -136,6 +198,62 @@ mod tests {
         let caught = guarded(|| -> u8 { panic!("a CRDT bug") });
         std::panic::set_hook(hook);
         assert_eq!(caught, Err(Panicked));
+    }
+
+    fn room(subscribers: &[(u64, u32)]) -> Room {
+        let mut room = Room::new("doc".into());
+        for &(conn, handle) in subscribers {
+            room.subscribers.insert(ConnId(conn), DocId(handle));
+        }
+        room
+    }
+
+    #[test]
+    fn fan_out_encodes_once_per_handle_and_skips_the_sender() {
+        let room = room(&[(1, 0), (2, 0), (3, 0), (4, 1), (5, 2), (6, 2)]);
+        let data = b"update";
+        let runs: Vec<(u32, Vec<u64>, bool)> = room
+            .fan_out(ConnId(1), DocId(0), data)
+            .map(|d| {
+                let to = d.recipients().map(|c| c.0).collect();
+                (d.handle.0, to, d.shared.is_some())
+            })
+            .collect();
+        // Handle 0: the sender left out, two recipients share one
+        // encoding; handle 1: one recipient, encoded into its queue.
+        assert_eq!(
+            runs,
+            [
+                (0, vec![2, 3], true),
+                (1, vec![4], false),
+                (2, vec![5, 6], true)
+            ]
+        );
+        for d in room.fan_out(ConnId(1), DocId(0), data) {
+            let mut expected = Vec::new();
+            crate::wire::hot::encode_broadcast(d.handle, data, &mut expected);
+            assert_eq!(d.len, expected.len());
+            if let Some(shared) = &d.shared {
+                assert_eq!(&shared[..], &expected[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_sender_alone_under_its_handle_gets_nothing() {
+        let room = room(&[(1, 0)]);
+        assert_eq!(room.fan_out(ConnId(1), DocId(0), b"x").count(), 0);
+        // The same connection id under another handle is another run.
+        let room = room_two();
+        let to: Vec<u64> = room
+            .fan_out(ConnId(1), DocId(0), b"x")
+            .flat_map(|d| d.recipients().map(|c| c.0).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(to, [2]);
+    }
+
+    fn room_two() -> Room {
+        room(&[(1, 0), (2, 3)])
     }
 
     #[test]

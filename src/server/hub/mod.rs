@@ -21,7 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
@@ -148,7 +150,7 @@ pub struct Hub<A> {
     input: Option<ConnId>,
     input_errors: u32,
     input_errors_dropped: u32,
-    /// Syncs the current input asked for (`Open`, `StatusRequest`), one per
+    /// Syncs the current input asked for (`Open`, `SyncRequest`), one per
     /// document, the latest version winning: computed once the input is
     /// handled, so repeated requests cost one computation.
     syncs_requested: Vec<(DocId, Vec<u8>)>,

@@ -100,7 +100,19 @@ impl<A: Authorizer> Hub<A> {
                         .push_back(ServerEvent::DocumentSynced { conn, name });
                 }
             }
-            Message::StatusRequest { doc, version } => {
+            Message::VersionReport { doc, version } => {
+                let max = self.config.limits.max_stored_version_len;
+                let Some(sub) = self.sub_mut(conn, doc) else {
+                    return self.unknown_doc(conn, doc);
+                };
+                // Only a synced subscriber's report counts: before its
+                // `SyncDone` the client does not hold the document yet.
+                if sub.synced {
+                    sub.client_version =
+                        (version.0.len() <= max).then(|| version.0.into_boxed_slice());
+                }
+            }
+            Message::SyncRequest { doc, version } => {
                 if self.sub_mut(conn, doc).is_none() {
                     return self.unknown_doc(conn, doc);
                 }

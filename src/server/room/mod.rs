@@ -8,9 +8,9 @@
 //! The CRDT calls the hub makes for a room go through [`guarded`]: a
 //! document whose CRDT panics fails alone, not the server.
 
+use crate::time::Instant;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::outbound::encode_broadcast_shared;
 use crate::wire::DocId;

@@ -11,7 +11,8 @@
 //! document it is about.
 
 use std::sync::Arc;
-use std::time::Instant;
+
+use crate::time::Instant;
 
 use crate::Limits;
 use crate::awareness::RateLimit;

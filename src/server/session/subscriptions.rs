@@ -1,7 +1,7 @@
 //! A session's subscriptions: one per open document, under the session's
 //! own handles.
 
-use std::time::Instant;
+use crate::time::Instant;
 
 use crate::server::room::DocIndex;
 use crate::wire::{Access, DocId};
@@ -34,7 +34,7 @@ pub(crate) struct Subscription {
 /// falling behind.
 #[derive(Clone, Debug, Default)]
 struct Recovery {
-    /// When an `OutOfSync` was sent that no cleanly applied update answered
+    /// When a `SyncRequest` was sent that no cleanly applied update answered
     /// yet.
     out_of_sync_sent: Option<Instant>,
     /// The subscriber fell behind: broadcasts are no longer queued for it,
@@ -58,13 +58,13 @@ impl Subscription {
         }
     }
 
-    /// When an `OutOfSync` was sent that no cleanly applied update answered
+    /// When a `SyncRequest` was sent that no cleanly applied update answered
     /// yet.
     pub(crate) fn out_of_sync_sent(&self) -> Option<Instant> {
         self.recovery.as_ref()?.out_of_sync_sent
     }
 
-    /// Records when an `OutOfSync` was sent (`None`: answered). Inlined:
+    /// Records when a `SyncRequest` was sent (`None`: answered). Inlined:
     /// every clean update calls it, and then it is one test.
     #[inline]
     pub(crate) fn set_out_of_sync_sent(&mut self, at: Option<Instant>) {

@@ -107,7 +107,7 @@ fn a_session_holds_no_inflate_memory() {
     );
     assert!(pings.len() < 2000 && big.len() < 10_000, "deflated");
 
-    for framing in [Framing::Message, Framing::Stream] {
+    for framing in [Framing::Datagram, Framing::Stream] {
         let config = ServerConfig {
             framing,
             ..ServerConfig::default()
@@ -130,7 +130,7 @@ fn a_session_holds_no_inflate_memory() {
         let session_holds = |hub: &Hub<AllowAll>| hub.session(conn).unwrap().inbound.held();
         // A stream session keeps its reader (the partial frame), empty.
         let reader = match framing {
-            Framing::Message => 0,
+            Framing::Datagram => 0,
             _ => Inbound::STREAM_STATE,
         };
         assert_eq!(session_holds(&hub), reader, "{framing:?}");

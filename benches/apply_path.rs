@@ -126,6 +126,7 @@ fn setup<D: Document + 'static>(
         for _ in 0..10 {
             while let Some(f) = s.poll_transmit() {
                 hub.handle_input(conn, now, &f, &mut reg);
+                hub.commit(&mut reg);
             }
             while let Some(f) = hub.poll_transmit_for(conn) {
                 s.handle_input(now, &f, &mut docs);
@@ -163,6 +164,7 @@ impl<D: Document> HubPath<D> {
         let mut buf = Vec::with_capacity(4096);
         for f in frames {
             self.hub.handle_input(self.sender, now, f, &mut self.reg);
+            self.hub.commit(&mut self.reg);
             while self.hub.poll_transmit_into(&mut buf).is_some() {
                 out += buf.len();
                 buf.clear();
@@ -182,6 +184,7 @@ impl<D: Document> HubPath<D> {
         let mut out = 0usize;
         for f in frames {
             self.hub.handle_input(self.sender, now, f, &mut self.reg);
+            self.hub.commit(&mut self.reg);
             while let Some((_, frame)) = self.hub.poll_transmit() {
                 out += frame.len();
             }
@@ -286,6 +289,7 @@ fn main() {
         let now = Instant::now();
         for f in &frames {
             hub.handle_input(sender, now, f, &mut reg);
+            hub.commit(&mut reg);
             while let Some(frame) = hub.poll_transmit_for(sub) {
                 s.handle_input(now, &frame, &mut docs);
             }

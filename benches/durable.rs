@@ -6,7 +6,7 @@
 //! updates per writer: a round is what a server loop receives from its 100
 //! clients between two commits. Timed, in wall-clock time: the server side
 //! only, as the hub task runs it: every frame of a round through
-//! `Hub::handle_input_deferred`, one commit, completed commits polled, the
+//! `Hub::handle_input`, one commit, completed commits polled, the
 //! acknowledgements drained; after the last round, until every update is
 //! acknowledged `durable` (SQLite) or applied (memory). The SQLite
 //! committer thread runs concurrently, on the same machine, inside the
@@ -74,6 +74,7 @@ fn settle<R: Registry<Doc = OpLog>>(hub: &mut Hub<AllowAll>, reg: &mut R, writer
             while let Some(frame) = w.session.poll_transmit() {
                 moved = true;
                 hub.handle_input(w.conn, Instant::now(), &frame, reg);
+                hub.flush(reg);
             }
         }
         while let Some((conn, frame)) = hub.poll_transmit() {
@@ -158,7 +159,7 @@ fn sample<R: Registry<Doc = OpLog>>(
     let t = Instant::now();
     for frames in &plan {
         for (conn, frame) in frames {
-            hub.handle_input_deferred(*conn, now, frame, reg);
+            hub.handle_input(*conn, now, frame, reg);
         }
         match drive {
             Drive::Commit => {

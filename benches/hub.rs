@@ -213,6 +213,7 @@ fn join(hub: &mut Hub<AllowAll>, reg: &mut Reg, now: Instant, f: &ClientFrames) 
     let conn = hub.accept(now);
     for bytes in [&f.hello, &f.open, &f.sync_done] {
         hub.handle_input(conn, now, bytes, reg);
+        hub.commit(reg);
     }
     drain(hub);
     conn
@@ -286,6 +287,7 @@ impl FanOut {
             for f in &self.batch {
                 self.hub
                     .handle_input(self.sender, self.now, f, &mut self.reg);
+                self.hub.commit(&mut self.reg);
                 frames += drain(&mut self.hub) as u64;
             }
             total += start.elapsed();
@@ -322,6 +324,7 @@ fn check_fan_out(n: usize) {
     let mut fo = FanOut::new(n);
     fo.hub
         .handle_input(fo.sender, fo.now, &update_frame(1), &mut fo.reg);
+    fo.hub.commit(&mut fo.reg);
     let mut broadcasts = 0;
     let mut acks = 0;
     let mut decoder = MessageDecoder::new(Limits::default());
@@ -432,16 +435,19 @@ fn memory(conns: usize, framing: Framing) {
     let accepted = live() - ids_bytes;
     for &id in &ids {
         hub.handle_input(id, now, &f.hello, &mut reg);
+        hub.commit(&mut reg);
     }
     drain(&mut hub);
     let hello = live() - ids_bytes;
     for &id in &ids {
         hub.handle_input(id, now, &f.open, &mut reg);
+        hub.commit(&mut reg);
     }
     drain(&mut hub);
     let opened = live() - ids_bytes;
     for &id in &ids {
         hub.handle_input(id, now, &f.sync_done, &mut reg);
+        hub.commit(&mut reg);
     }
     drain(&mut hub);
     let synced = live() - ids_bytes;
@@ -503,6 +509,7 @@ fn timers(sizes: &[usize], churn: usize) {
         for _ in 0..n {
             let conn = hub.accept(now);
             hub.handle_input(conn, now, &f.hello, &mut reg);
+            hub.commit(&mut reg);
             drain_outputs(&mut hub);
         }
         let calls = (2_000_000 / n as u32).clamp(20, 100_000);
@@ -519,6 +526,7 @@ fn timers(sizes: &[usize], churn: usize) {
     let mut reg: Reg = MemoryRegistry::new(|_: &str| Counters::default());
     let live_conn = hub.accept(now);
     hub.handle_input(live_conn, now, &f.hello, &mut reg);
+    hub.commit(&mut reg);
     drain_outputs(&mut hub);
     COUNTING.store(true, Ordering::Relaxed);
     let start = live();

@@ -290,6 +290,7 @@ fn serve(listener: TcpListener, stop: Arc<AtomicBool>) -> io::Result<(String, Ve
                     }
                     Ok(n) => {
                         hub.handle_input(id, Instant::now(), &buf[..n], &mut registry);
+                        hub.commit(&mut registry);
                         deadline = drain_hub(&mut hub, &mut conns, &mut log);
                         progressed = true;
                     }

@@ -6,7 +6,7 @@
 //! server:
 //!
 //! * Every pass reads what each socket has with
-//!   [`Hub::handle_input_deferred`], then calls [`Hub::commit`] once: the
+//!   [`Hub::handle_input`], then calls [`Hub::commit`] once: the
 //!   pass's updates go to the registry's committer thread and are
 //!   acknowledged `applied` at once. The committer writes everything handed
 //!   over since its last transaction in one transaction (one fsync; group
@@ -145,7 +145,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         break;
                     }
                     Ok(n) => {
-                        hub.handle_input_deferred(*id, now, &buf[..n], &mut registry);
+                        hub.handle_input(*id, now, &buf[..n], &mut registry);
                         received = true;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,

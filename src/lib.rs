@@ -37,7 +37,14 @@
 //!    panics on `Instant` arithmetic.
 //! 4. When `wants_input()` is `false`, the session's send queue is over its
 //!    high-water mark: stop reading the socket until you drained transmits.
-//! 5. A connection's `Closed` event (client) or `ClientDisconnected` event
+//! 5. On the server, input is applied and fanned out at once, but its
+//!    acknowledgements wait for a commit: after a batch of inputs call
+//!    [`server::Hub::commit`] (it hands the writes to the registry without
+//!    waiting for the disk and queues the `Ack`s), and call
+//!    [`server::Hub::poll_commits`] when the registry's commit waker fires
+//!    (or once per loop) for the `durable` ones. A loop that never commits
+//!    sends no `Ack`s, and clients keep resending what they sent.
+//! 6. A connection's `Closed` event (client) or `ClientDisconnected` event
 //!    (server) arrives exactly once; drain the remaining transmits (a
 //!    `Close` frame), then close the transport. A client session can then
 //!    `connect` again with a new transport; on the server call
@@ -96,6 +103,9 @@
 //!     while let Some(frame) = client.poll_transmit() {
 //!         hub.handle_input(conn, now, &frame, &mut server_docs);
 //!     }
+//!     // one commit per batch of input: it queues the acknowledgements
+//!     hub.commit(&mut server_docs);
+//!     hub.poll_commits(&mut server_docs);
 //!     while let Some((_conn, frame)) = hub.poll_transmit() {
 //!         client.handle_input(now, &frame, &mut client_docs);
 //!     }

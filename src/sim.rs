@@ -541,6 +541,7 @@ impl<D: SimDoc> Sim<D> {
                     while c.up.chunks.front().is_some_and(|x| x.0 <= now) {
                         if let Some((_, bytes)) = c.up.chunks.pop_front() {
                             self.hub.handle_input(conn, now, &bytes, &mut self.server);
+                            self.hub.commit(&mut self.server);
                             moved = true;
                         }
                     }

@@ -416,6 +416,7 @@ impl Budget {
         R: crate::registry::Registry,
     {
         hub.handle_input(conn, now, bytes, registry);
+        hub.commit(registry);
         let events: Vec<_> = std::iter::from_fn(|| hub.poll_event()).collect();
         self.check(hub, bytes.len(), events.len())?;
         Ok(events)

@@ -161,6 +161,7 @@ impl Harness {
 
     fn input(&mut self, conn: ConnId, bytes: &[u8]) {
         self.hub.handle_input(conn, self.now, bytes, &mut self.reg);
+        self.hub.commit(&mut self.reg);
     }
 
     fn drain(&mut self, conn: ConnId) -> Vec<Message> {

@@ -26,6 +26,7 @@ fn send_raw<A: crdt_socket_sync::server::Authorizer>(
     bytes: &[u8],
 ) -> Vec<String> {
     n.hub.handle_input(raw, n.now, bytes, &mut n.server_reg);
+    n.hub.commit(&mut n.server_reg);
     let mut out = Vec::new();
     while let Some(f) = n.hub.poll_transmit_for(raw) {
         out.extend(frame_text(&f));

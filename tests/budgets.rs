@@ -797,6 +797,7 @@ fn an_input_before_the_handshake_causes_at_most_two_events() {
         let conn = hub.accept(now);
         while hub.poll_event().is_some() {}
         hub.handle_input(conn, now, &input, &mut reg);
+        hub.commit(&mut reg);
         let mut events = Vec::new();
         while let Some(e) = hub.poll_event() {
             events.push(e);

@@ -64,6 +64,7 @@ impl<A: Authorizer> Raw<A> {
     fn input(&mut self, conn: ConnId, msgs: &[Message]) {
         self.hub
             .handle_input(conn, self.now, &frame(msgs), &mut self.reg);
+        self.hub.commit(&mut self.reg);
         while let Some(e) = self.hub.poll_event() {
             self.events.push(e);
         }

@@ -24,6 +24,7 @@ fn read_only() -> StaticTokens {
 fn connect<A: Authorizer, R: Registry>(hub: &mut Hub<A>, reg: &mut R, now: Instant) -> ConnId {
     let conn = hub.accept(now);
     hub.handle_input(conn, now, &frame(&[hello("reader", b"ro")]), reg);
+    hub.commit(reg);
     drain(hub, conn);
     conn
 }
@@ -58,6 +59,7 @@ fn open<A: Authorizer, R: Registry>(
     name: &str,
 ) -> DocId {
     hub.handle_input(conn, now, &frame(&[open_msg(name)]), reg);
+    hub.commit(reg);
     drain(hub, conn)
         .into_iter()
         .find_map(|m| match m {
@@ -75,6 +77,7 @@ fn close_doc<A: Authorizer, R: Registry>(
     doc: DocId,
 ) {
     hub.handle_input(conn, now, &frame(&[Message::CloseDoc { doc }]), reg);
+    hub.commit(reg);
     drain(hub, conn);
 }
 
@@ -302,6 +305,7 @@ fn sqlite_stores_no_row_for_documents_only_opened() {
     now += LATER;
     let writer = hub.accept(now);
     hub.handle_input(writer, now, &frame(&[hello("writer", b"rw")]), &mut reg);
+    hub.flush(&mut reg);
     drain(&mut hub, writer);
     let doc = open(&mut hub, &mut reg, writer, now, "kept");
     let mut edit = OpLog::new(7);
@@ -313,6 +317,7 @@ fn sqlite_stores_no_row_for_documents_only_opened() {
         data: Bytes(update),
     };
     hub.handle_input(writer, now, &frame(&[msg]), &mut reg);
+    hub.flush(&mut reg);
     close_doc(&mut hub, &mut reg, writer, now, doc);
     fire(&mut hub, &mut reg, now + Duration::from_secs(2));
     assert_eq!(hub.documents(), 0);
@@ -358,6 +363,7 @@ fn a_revoked_handle_is_not_reused_until_the_client_closes_it() {
     let now = Instant::now();
     let conn = hub.accept(now);
     hub.handle_input(conn, now, &frame(&[hello("c", b"all")]), &mut reg);
+    hub.commit(&mut reg);
     drain(&mut hub, conn);
     let a = open(&mut hub, &mut reg, conn, now, "a");
     assert_eq!(a, DocId(0));
@@ -378,6 +384,7 @@ fn a_revoked_handle_is_not_reused_until_the_client_closes_it() {
         },
     ]);
     hub.handle_input(conn, now, &input, &mut reg);
+    hub.commit(&mut reg);
     let out = drain(&mut hub, conn);
     let b = out
         .iter()
@@ -405,6 +412,7 @@ fn equal_handles_on_different_documents_share_nothing() {
     let welcome = |hub: &mut Hub<AllowAll>, reg: &mut Reg, peer: &str| {
         let conn = hub.accept(now);
         hub.handle_input(conn, now, &frame(&[hello(peer, b"")]), reg);
+        hub.commit(reg);
         let session = drain(hub, conn)
             .into_iter()
             .find_map(|m| match m {
@@ -427,6 +435,7 @@ fn equal_handles_on_different_documents_share_nothing() {
         }])
     };
     hub.handle_input(a, now, &app(b_session), &mut reg);
+    hub.commit(&mut reg);
     let back = drain(&mut hub, a);
     assert!(
         back.iter().any(|m| matches!(
@@ -442,6 +451,7 @@ fn equal_handles_on_different_documents_share_nothing() {
     // Sharing a document (under different handles) they can.
     assert_eq!(open(&mut hub, &mut reg, b, now, "x"), DocId(1));
     hub.handle_input(a, now, &app(b_session), &mut reg);
+    hub.commit(&mut reg);
     let got = drain(&mut hub, b);
     assert!(
         got.iter().any(|m| matches!(m, Message::App { .. })),

@@ -167,7 +167,7 @@ impl Rig {
         for p in &mut self.peers {
             while let Some(frame) = p.session.poll_transmit() {
                 self.hub
-                    .handle_input_deferred(p.conn, self.now, &frame, &mut self.reg);
+                    .handle_input(p.conn, self.now, &frame, &mut self.reg);
             }
         }
         if wait {
@@ -378,7 +378,7 @@ fn the_default_commit_is_synchronous() {
             session.flush_local(&mut reg, DOC, now).unwrap();
         }
         while let Some(frame) = session.poll_transmit() {
-            hub.handle_input_deferred(conn, now, &frame, &mut server);
+            hub.handle_input(conn, now, &frame, &mut server);
         }
         hub.commit(&mut server);
         hub.poll_commits(&mut server);

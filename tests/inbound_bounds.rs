@@ -34,6 +34,7 @@ fn drain(hub: &mut Hub<AllowAll>) {
 fn joined(hub: &mut Hub<AllowAll>, reg: &mut Reg, now: Instant) -> ConnId {
     let conn = hub.accept(now);
     hub.handle_input(conn, now, &frame(&[hello("p", b"t")]), reg);
+    hub.commit(reg);
     assert_eq!(hub.session(conn).unwrap().phase(), Phase::Active);
     drain(hub);
     conn
@@ -60,6 +61,7 @@ fn fragments_before_hello_pin_nothing() {
                     let f = deflated(&[fragment(1, k, piece, total)]);
                     sent += f.len();
                     hub.handle_input(conn, now, &f, &mut reg);
+                    hub.commit(&mut reg);
                 }
             }
             assert!(sent < 256 << 10, "{sent} bytes sent");
@@ -96,6 +98,7 @@ fn frames_before_hello_are_small() {
     let (mut h, mut reg) = hub(ServerConfig::default());
     let conn = h.accept(now);
     h.handle_input(conn, now, &frame(&[hello("p", &[7; 64 << 10])]), &mut reg);
+    h.commit(&mut reg);
     assert!(matches!(
         &causes(&mut h)[..],
         [(
@@ -111,6 +114,7 @@ fn frames_before_hello_are_small() {
     assert!(f.len() < 16 << 10);
     let conn = h.accept(now);
     h.handle_input(conn, now, &f, &mut reg);
+    h.commit(&mut reg);
     assert!(matches!(
         &causes(&mut h)[..],
         [(
@@ -129,6 +133,7 @@ fn frames_before_hello_are_small() {
     let conn = h.accept(now);
     let big = frame(&[hello("p", &[7; 1 << 19])]);
     h.handle_input(conn, now, &big[..4], &mut reg);
+    h.commit(&mut reg);
     assert_eq!(h.session(conn).unwrap().buffered_input(), 0);
     assert!(h.is_closed(conn));
 }
@@ -160,6 +165,7 @@ fn an_honest_hello_fits() {
             input.extend(frame(&pings));
         }
         h.handle_input(conn, now, &input, &mut reg);
+        h.commit(&mut reg);
         assert_eq!(
             h.session(conn).unwrap().phase(),
             Phase::Active,
@@ -172,6 +178,7 @@ fn an_honest_hello_fits() {
             &frame(&[fragment(1, 0, 40_000, 80_000)]),
             &mut reg,
         );
+        h.commit(&mut reg);
         let held = h.session(conn).unwrap().buffered_input();
         assert!((40_000..=80_000).contains(&held), "{held}");
         assert!(causes(&mut h).is_empty());
@@ -185,6 +192,7 @@ fn an_honest_hello_fits() {
     let mut input = frame(std::slice::from_ref(&hello));
     input.extend(frame(&[fragment(1, 0, 8_000, 80_000)]));
     h.handle_input(conn, now, &input, &mut reg);
+    h.commit(&mut reg);
     assert_eq!(h.session(conn).unwrap().buffered_input(), 0);
     assert_eq!(
         causes(&mut h)[..],
@@ -219,6 +227,7 @@ fn reassembly_is_bounded_per_connection_and_in_total() {
     // 3 MiB of a 4 MiB message each: the second passes 6 MiB in total.
     for k in 0..12 {
         h.handle_input(a, now, &deflated(&[fragment(1, k, piece, total)]), &mut reg);
+        h.commit(&mut reg);
         let got = (k as usize + 1) * piece;
         assert!(
             held(&h, a) >= got && held(&h, a) <= 2 * got,
@@ -229,6 +238,7 @@ fn reassembly_is_bounded_per_connection_and_in_total() {
     assert!(held(&h, a) <= 4 << 20);
     for k in 0..12 {
         h.handle_input(b, now, &deflated(&[fragment(1, k, piece, total)]), &mut reg);
+        h.commit(&mut reg);
         assert!(held(&h, a) + held(&h, b) <= 6 << 20);
     }
     assert!(h.is_closed(b));
@@ -247,6 +257,7 @@ fn reassembly_is_bounded_per_connection_and_in_total() {
     let c = joined(&mut h, &mut reg, now);
     for k in 0..12 {
         h.handle_input(c, now, &deflated(&[fragment(1, k, piece, total)]), &mut reg);
+        h.commit(&mut reg);
     }
     assert!(!h.is_closed(c));
     assert!(held(&h, c) >= 3 << 20);
@@ -258,6 +269,7 @@ fn reassembly_is_bounded_per_connection_and_in_total() {
         &deflated(&[fragment(1, 12, 1 << 20, total)]),
         &mut reg,
     );
+    h.commit(&mut reg);
     assert_eq!(held(&h, c), 0);
     assert_eq!(h.reassembly_bytes(), 0);
 }
@@ -285,6 +297,7 @@ fn a_trickled_frame_does_not_keep_a_session_alive() {
     let mut closed_at = None;
     for (i, byte) in update.iter().take(20).enumerate() {
         h.handle_input(conn, now, std::slice::from_ref(byte), &mut reg);
+        h.commit(&mut reg);
         now += Duration::from_secs(9);
         h.handle_timeout(now, &mut reg);
         if h.is_closed(conn) {
@@ -316,6 +329,7 @@ fn a_fragmented_message_must_complete_in_time() {
     let mut now = start;
     for k in 0..20 {
         h.handle_input(conn, now, &frame(&[fragment(3, k, 100, 1 << 20)]), &mut reg);
+        h.commit(&mut reg);
         now += Duration::from_secs(9);
         h.handle_timeout(now, &mut reg);
         if h.is_closed(conn) {
@@ -347,8 +361,10 @@ fn whole_frames_keep_a_session_alive() {
         let ping = frame(&[Message::Ping { t }]);
         let (a, b) = ping.split_at(2);
         h.handle_input(conn, now, a, &mut reg);
+        h.commit(&mut reg);
         now += Duration::from_secs(1);
         h.handle_input(conn, now, b, &mut reg);
+        h.commit(&mut reg);
         now += Duration::from_secs(8);
         h.handle_timeout(now, &mut reg);
     }

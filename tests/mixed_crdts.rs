@@ -63,6 +63,7 @@ fn pump<D: Document>(
     while let Some(f) = p.session.poll_transmit() {
         moved = true;
         hub.handle_input(p.conn, now, &f, server);
+        hub.commit(server);
     }
     while let Some(f) = hub.poll_transmit_for(p.conn) {
         moved = true;

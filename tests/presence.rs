@@ -211,6 +211,7 @@ fn size_and_rate_limits_are_typed_errors() {
         .encode(&msgs, &mut frame)
         .unwrap();
     n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
+    n.hub.commit(&mut n.server_reg);
     let errors: Vec<String> = n
         .take_server_events()
         .into_iter()

@@ -322,6 +322,7 @@ mod single_update_fast_path {
         let mut log = Vec::new();
         let step = |n: &mut Net<AllowAll>, bytes: &[u8], log: &mut Vec<String>| {
             n.hub.handle_input(raw, n.now, bytes, &mut n.server_reg);
+            n.hub.commit(&mut n.server_reg);
             while let Some((conn, f)) = n.hub.poll_transmit() {
                 log.extend(frame_text(&f).into_iter().map(|t| format!("{conn:?} {t}")));
             }

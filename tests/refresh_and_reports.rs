@@ -41,6 +41,7 @@ fn setup(calls: &'static AtomicU64) -> (Hub<ByGrant>, Reg, ConnId, Instant) {
         });
     }
     hub.handle_input(conn, now, &frame(&msgs), &mut reg);
+    hub.commit(&mut reg);
     drain(&mut hub, conn);
     (hub, reg, conn, now)
 }
@@ -64,6 +65,7 @@ fn a_refresh_to_the_same_identity_authorizes_nothing() {
     let (mut hub, mut reg, conn, now) = setup(&CALLS);
     let before = CALLS.load(Ordering::Relaxed);
     hub.handle_input(conn, now, &frame(&[refresh(b"a")]), &mut reg);
+    hub.commit(&mut reg);
     drain(&mut hub, conn);
     assert_eq!(CALLS.load(Ordering::Relaxed) - before, 0);
     assert!(!hub.is_closed(conn));
@@ -77,10 +79,12 @@ fn a_refresh_to_a_new_grant_authorizes_every_document_once() {
     let (mut hub, mut reg, conn, now) = setup(&CALLS);
     let before = CALLS.load(Ordering::Relaxed);
     hub.handle_input(conn, now, &frame(&[refresh(b"b")]), &mut reg);
+    hub.commit(&mut reg);
     drain(&mut hub, conn);
     assert_eq!(CALLS.load(Ordering::Relaxed) - before, DOCS as u64);
     let later = now + Duration::from_secs(1);
     hub.handle_input(conn, later, &frame(&[refresh(b"c")]), &mut reg);
+    hub.commit(&mut reg);
     drain(&mut hub, conn);
     assert_eq!(CALLS.load(Ordering::Relaxed) - before, 2 * DOCS as u64);
     assert!(!hub.is_closed(conn));
@@ -97,6 +101,7 @@ fn refreshes_past_the_rate_close_the_session() {
     let before = CALLS.load(Ordering::Relaxed);
     let msgs: Vec<Message> = (0..64u8).map(|i| refresh(&[b'b' + i])).collect();
     hub.handle_input(conn, now, &frame(&msgs), &mut reg);
+    hub.commit(&mut reg);
     let events = drain(&mut hub, conn);
     assert!(hub.is_closed(conn));
     assert_eq!(CALLS.load(Ordering::Relaxed) - before, DOCS as u64);
@@ -125,6 +130,7 @@ fn client_error_reports_keep_a_bounded_text() {
         message: "é".repeat(10_000),
     };
     hub.handle_input(conn, now, &frame(&[report]), &mut reg);
+    hub.commit(&mut reg);
     let events = drain(&mut hub, conn);
     let texts: Vec<&String> = events
         .iter()

@@ -90,6 +90,7 @@ impl<A: Authorizer> Raw<A> {
 
     fn input_bytes(&mut self, conn: ConnId, bytes: &[u8]) -> usize {
         self.hub.handle_input(conn, self.now, bytes, &mut self.reg);
+        self.hub.commit(&mut self.reg);
         let mut n = 0;
         while self.hub.poll_event().is_some() {
             n += 1;

@@ -81,6 +81,7 @@ fn golden_reject_unsupported_version() {
         )
         .unwrap();
     n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
+    n.hub.commit(&mut n.server_reg);
     let mut out = Vec::new();
     while let Some((_, f)) = n.hub.poll_transmit() {
         out.extend(frame_text(&f));
@@ -240,6 +241,7 @@ fn golden_read_only_refusal() {
         .unwrap();
     let conn = n.clients[1].conn.unwrap();
     n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
+    n.hub.commit(&mut n.server_reg);
     n.run();
     assert_eq!(n.take_transcript(), ["s>1 Error Some(0) Some(7) ReadOnly"]);
     // The reader still receives the writer's updates; its refused edit
@@ -1066,7 +1068,7 @@ fn deferred_input_acknowledges_on_flush_with_one_commit() {
                 &mut frame,
             )
             .unwrap();
-        n.hub.handle_input_deferred(conn, n.now, &frame, &mut reg);
+        n.hub.handle_input(conn, n.now, &frame, &mut reg);
     }
     assert!(
         n.hub.poll_transmit_for(conn).is_none(),
@@ -1102,6 +1104,7 @@ fn only_touched_connections_are_reported() {
     let frame = c.session.poll_transmit().unwrap();
     let conn = c.conn.unwrap();
     n.hub.handle_input(conn, n.now, &frame, &mut n.server_reg);
+    n.hub.commit(&mut n.server_reg);
     n.hub.take_touched(&mut touched);
     touched.sort();
     let expected = vec![n.clients[0].conn.unwrap(), n.clients[1].conn.unwrap()];

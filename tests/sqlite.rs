@@ -66,10 +66,11 @@ struct Peer {
 /// How the rig's server loop commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    /// `Hub::handle_input`: one commit (waiting for the disk) per frame.
+    /// `Hub::handle_input` and `Hub::flush` per frame: one commit (waiting
+    /// for the disk) per frame.
     Immediate,
-    /// A round delivers every client's frames with `handle_input_deferred`
-    /// and then calls `Hub::flush` once (group commit, waiting).
+    /// A round delivers every client's frames with `handle_input` and
+    /// then calls `Hub::flush` once (group commit, waiting).
     Deferred,
     /// Like `Deferred` with `Hub::commit` (no waiting); `Hub::poll_commits`
     /// when the registry's commit waker fires.
@@ -162,9 +163,10 @@ impl Rig {
                     if self.mode == Mode::Immediate {
                         self.hub
                             .handle_input(p.conn, self.now, &frame, &mut self.reg);
+                        self.hub.flush(&mut self.reg);
                     } else {
                         self.hub
-                            .handle_input_deferred(p.conn, self.now, &frame, &mut self.reg);
+                            .handle_input(p.conn, self.now, &frame, &mut self.reg);
                     }
                 }
             }
@@ -273,8 +275,7 @@ fn durable_acks_survive_dropping_the_registry_mid_stream() {
         // then the "process" dies (the registry is dropped uncommitted).
         for p in &mut rig.peers {
             while let Some(frame) = p.session.poll_transmit() {
-                rig.hub
-                    .handle_input_deferred(p.conn, rig.now, &frame, &mut rig.reg);
+                rig.hub.handle_input(p.conn, rig.now, &frame, &mut rig.reg);
             }
         }
         let durable: Vec<u32> = (0..3).map(|i| rig.durable_edits(i)).collect();
@@ -410,8 +411,7 @@ fn group_commit_one_transaction_per_hub_flush() {
     // Deliver every client's update without flushing...
     for p in &mut rig.peers {
         while let Some(frame) = p.session.poll_transmit() {
-            rig.hub
-                .handle_input_deferred(p.conn, rig.now, &frame, &mut rig.reg);
+            rig.hub.handle_input(p.conn, rig.now, &frame, &mut rig.reg);
         }
     }
     assert_eq!(

@@ -82,6 +82,7 @@ fn handshake(registry: &mut impl Registry) -> ClientSession {
     for _ in 0..4 {
         while let Some(frame) = client.poll_transmit() {
             hub.handle_input(conn, now, &frame, registry);
+            hub.flush(registry);
         }
         while let Some((_, frame)) = hub.poll_transmit() {
             client.handle_input(now, &frame, &mut client_reg);

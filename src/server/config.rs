@@ -53,7 +53,7 @@ pub struct ServerConfig {
     /// always be served a delta.
     pub prune_interval: Option<Duration>,
     /// How long a document nobody has open stays loaded before it leaves
-    /// the hub's directory and the registry is told to unload it
+    /// the hub's rooms and the registry is told to unload it
     /// ([`Registry::unload`](crate::registry::Registry::unload)): a client
     /// that reconnects or reopens it within this time finds it loaded.
     /// `None`: documents stay loaded until the application unloads them.

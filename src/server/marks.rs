@@ -40,18 +40,18 @@ pub(crate) struct Marks {
 impl Marks {
     /// `s` has output (and so is touched).
     pub(crate) fn ready(&mut self, s: &mut ServerSession) {
-        if !s.in_ready {
-            s.in_ready = true;
-            self.ready.push_back(s.conn);
+        if !s.listed().ready {
+            s.listed_mut().ready = true;
+            self.ready.push_back(s.conn());
         }
         self.touch(s);
     }
 
     /// Something about `s` changed that the caller should look at.
     pub(crate) fn touch(&mut self, s: &mut ServerSession) {
-        if !s.in_touched {
-            s.in_touched = true;
-            self.touched.push(s.conn);
+        if !s.listed().touched {
+            s.listed_mut().touched = true;
+            self.touched.push(s.conn());
         }
     }
 
@@ -62,7 +62,7 @@ impl Marks {
             let conn = *self.ready.front()?;
             match sessions.get_mut(&conn) {
                 Some(s) if s.has_output() => return Some(conn),
-                Some(s) => s.in_ready = false,
+                Some(s) => s.listed_mut().ready = false,
                 None => {}
             }
             self.ready.pop_front();
@@ -73,8 +73,8 @@ impl Marks {
     /// frame: unlist it now if it has nothing more, sparing the next call a
     /// second look at it.
     pub(crate) fn sent_from_first(&mut self, s: &mut ServerSession) {
-        if !s.has_output() && self.ready.front() == Some(&s.conn) {
-            s.in_ready = false;
+        if !s.has_output() && self.ready.front() == Some(&s.conn()) {
+            s.listed_mut().ready = false;
             self.ready.pop_front();
         }
     }
@@ -83,8 +83,8 @@ impl Marks {
     /// list its catch-up as due when both hold. One branch for sessions
     /// that do not lag, so every drain can call it.
     pub(crate) fn drained(&mut self, s: &ServerSession, low_water: usize) {
-        if s.lagging && s.transfers.is_empty() && s.outbound.bytes() <= low_water {
-            self.catch_ups.insert(s.conn);
+        if s.listed().lagging && s.transfers().is_empty() && s.queue().bytes() <= low_water {
+            self.catch_ups.insert(s.conn());
         }
     }
 
@@ -112,7 +112,7 @@ impl Marks {
     pub(crate) fn take_touched(&mut self, sessions: &mut Sessions, out: &mut Vec<ConnId>) {
         for conn in self.touched.drain(..) {
             if let Some(s) = sessions.get_mut(&conn) {
-                s.in_touched = false;
+                s.listed_mut().touched = false;
                 out.push(conn);
             }
         }
@@ -121,15 +121,15 @@ impl Marks {
     /// `conn`'s session is being removed: unlist it, so a caller that never
     /// drains one of the lists does not accumulate ids of closed connections.
     pub(crate) fn forget(&mut self, s: &ServerSession) {
-        if s.in_ready {
-            self.ready.retain(|c| *c != s.conn);
+        if s.listed().ready {
+            self.ready.retain(|c| *c != s.conn());
         }
-        if s.in_touched {
-            self.touched.retain(|c| *c != s.conn);
+        if s.listed().touched {
+            self.touched.retain(|c| *c != s.conn());
         }
-        if s.lagging {
-            self.catch_ups.remove(&s.conn);
-            self.rate_held.remove(&s.conn);
+        if s.listed().lagging {
+            self.catch_ups.remove(&s.conn());
+            self.rate_held.remove(&s.conn());
         }
     }
 }

@@ -1,11 +1,15 @@
-//! The server side: the [`Hub`] owning every [`ServerSession`], its
-//! configuration, events and authorization.
+//! The server side: a [`ServerSession`] per connection (its own state
+//! machine: handshake checks, limits, queue, document handles, deadlines),
+//! the [`Hub`] routing between sessions and documents, acknowledgement
+//! tracking (`acks`), configuration, events and authorization.
 
+mod acks;
 mod auth;
 mod config;
 mod event;
 mod hub;
 mod marks;
+mod room;
 mod session;
 pub(crate) mod sessions;
 mod transfer_cache;

@@ -150,7 +150,7 @@ impl Sessions {
         self.slots
             .iter()
             .filter_map(|s| s.session.as_deref())
-            .map(|s| s.conn)
+            .map(|s| s.conn())
     }
 
     /// Files `id` under `at` when that is earlier than the instant it is
@@ -215,11 +215,15 @@ impl Sessions {
                 continue;
             };
             if let Some(at) = slot.filed {
-                assert!(self.deadlines.contains(&(at, s.conn)));
+                assert!(self.deadlines.contains(&(at, s.conn())));
                 filed += 1;
             }
             if let Some(d) = deadline(s) {
-                assert!(slot.filed.is_some_and(|f| f <= d), "{:?} not filed", s.conn);
+                assert!(
+                    slot.filed.is_some_and(|f| f <= d),
+                    "{:?} not filed",
+                    s.conn()
+                );
             }
         }
         assert_eq!(filed, self.deadlines.len());
@@ -268,7 +272,7 @@ mod tests {
         let mut s = Sessions::default();
         let ids: Vec<ConnId> = (0..5).map(|_| add(&mut s, None)).collect();
         assert_eq!(ids, (0..5).map(ConnId).collect::<Vec<_>>());
-        assert_eq!(s.get(&ids[3]).map(|x| x.conn), Some(ids[3]));
+        assert_eq!(s.get(&ids[3]).map(|x| x.conn()), Some(ids[3]));
         s.remove(&ids[1]);
         s.remove(&ids[3]);
         assert!(s.get(&ids[1]).is_none() && s.remove(&ids[1]).is_none());
@@ -280,7 +284,7 @@ mod tests {
             s.get(&ids[3]).is_none(),
             "the old id does not reach the new session"
         );
-        assert_eq!(s.get(&a).map(|x| x.conn), Some(a));
+        assert_eq!(s.get(&a).map(|x| x.conn()), Some(a));
         assert_eq!((s.len(), s.slots()), (5, 5));
         assert_eq!(
             s.keys().collect::<Vec<_>>(),

@@ -109,7 +109,7 @@ impl TransferCache {
             .find(|(_, t)| t.doc == doc && t.from == from && t.version == version)
     }
 
-    /// Drops the entries of `doc` (it left the hub's directory: its key
+    /// Drops the entries of `doc` (its room closed: its key
     /// may name another document next).
     pub(crate) fn forget(&mut self, doc: DocId) {
         let bytes = &mut self.bytes;

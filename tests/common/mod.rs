@@ -224,6 +224,7 @@ impl<A: Authorizer> Net<A> {
                     if let Some(conn) = self.clients[i].conn {
                         self.hub
                             .handle_input(conn, self.now, &frame, &mut self.server_reg);
+                        self.hub.commit(&mut self.server_reg);
                     }
                 }
                 while let Some(e) = self.clients[i].session.poll_event() {

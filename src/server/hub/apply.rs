@@ -4,8 +4,8 @@
 
 use super::*;
 
-/// What [`Hub::settle_batch`] needs to know about a batch just applied.
-pub(super) struct Settled {
+/// What [`Hub::after_apply`] needs to know about a batch just applied.
+pub(super) struct BatchApplied {
     /// The document's version before the batch, when a subscriber switches
     /// to a catch-up from it.
     pre_version: Option<Vec<u8>>,
@@ -53,7 +53,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(sub) = self
             .sessions
             .get_mut(&conn)
-            .and_then(|s| s.docs.get_mut(&doc))
+            .and_then(|s| s.docs_mut().get_mut(&doc))
         else {
             return self.unknown_doc(conn, doc);
         };
@@ -67,7 +67,7 @@ impl<A: Authorizer> Hub<A> {
                 format!("{n} update(s) refused: read-only access"),
             );
         }
-        let Some(entry) = self.directory.get(sub.index) else {
+        let Some(entry) = self.rooms.get(sub.index) else {
             return self.unknown_doc(conn, doc);
         };
         let name = Arc::clone(&entry.name);
@@ -87,13 +87,13 @@ impl<A: Authorizer> Hub<A> {
             .filter(|(_, c)| *c != conn)
             .filter_map(|(h, c)| Some((h, self.sessions.get(&c)?)))
             .any(|(h, s)| {
-                s.outbound.bytes() + incoming > high
-                    && s.docs.get(&h).is_some_and(|sub| !sub.is_lagging())
+                s.queue().bytes() + incoming > high
+                    && s.docs().get(&h).is_some_and(|sub| !sub.is_lagging())
             });
         let mut outcomes = std::mem::take(&mut self.outcomes);
         outcomes.clear();
         // A CRDT that panics fails its document, not the hub.
-        let applied = catch_unwind(AssertUnwindSafe(|| {
+        let applied = guarded(|| {
             let pre_version = catch_up.then(|| d.version());
             let held_before = d.pending_bytes();
             if let [(_, one)] = updates {
@@ -107,7 +107,7 @@ impl<A: Authorizer> Hub<A> {
                 .any(|o| matches!(o, ApplyOutcome::Pending { .. }))
                 .then(|| d.version());
             (pre_version, server_version, held_before, d.pending_bytes())
-        }));
+        });
         let Ok((pre_version, server_version, held_before, held)) = applied else {
             outcomes.clear();
             self.outcomes = outcomes;
@@ -117,13 +117,13 @@ impl<A: Authorizer> Hub<A> {
         // whose updates grow the held bytes past the limit is closed (its
         // client re-syncs on reconnect); others go on.
         let over_pending = held > held_before && held > self.config.limits.max_pending_bytes;
-        self.settle_batch(
+        self.after_apply(
             conn,
             doc,
             name,
             updates,
             &mut outcomes,
-            Settled {
+            BatchApplied {
                 pre_version,
                 server_version,
                 over_pending,
@@ -138,7 +138,7 @@ impl<A: Authorizer> Hub<A> {
     /// possible: one update, to a document the session may write, no
     /// subscriber near its high-water mark, nothing held for missing
     /// dependencies, applied cleanly. Anything else goes the general way
-    /// ([`Hub::apply_batch`], or [`Hub::settle_batch`] once applied).
+    /// ([`Hub::apply_batch`], or [`Hub::after_apply`] once applied).
     ///
     /// Why a second path: next to a real CRDT, whose own code evicts ours
     /// from the instruction cache between updates, every instruction here
@@ -152,12 +152,12 @@ impl<A: Authorizer> Hub<A> {
         data: &[u8],
         registry: &mut R,
     ) {
-        let sub = self.sessions.get(&conn).and_then(|s| s.docs.get(&doc));
+        let sub = self.sessions.get(&conn).and_then(|s| s.docs().get(&doc));
         // The sender first: a session that may not write this document
         // costs no look at the others (the general path reports why).
         let Some(entry) = sub
             .filter(|sub| sub.access == Access::ReadWrite)
-            .and_then(|sub| self.directory.get(sub.index))
+            .and_then(|sub| self.rooms.get(sub.index))
         else {
             return self.apply_batch(conn, doc, &[(seq, data)], registry);
         };
@@ -169,14 +169,14 @@ impl<A: Authorizer> Hub<A> {
                 && self
                     .sessions
                     .get(&c)
-                    .is_some_and(|s| s.outbound.bytes() + incoming > high)
+                    .is_some_and(|s| s.queue().bytes() + incoming > high)
         });
         let d = match registry.get(&entry.name) {
             Some(d) if !near_high && d.pending_bytes() == 0 => d,
             _ => return self.apply_batch(conn, doc, &[(seq, data)], registry),
         };
         // A CRDT that panics fails its document, not the hub.
-        let Ok(outcome) = catch_unwind(AssertUnwindSafe(|| d.apply(data))) else {
+        let Ok(outcome) = guarded(|| d.apply(data)) else {
             return self.sender_doc_panicked(conn, doc);
         };
         let name = Arc::clone(&entry.name);
@@ -191,13 +191,13 @@ impl<A: Authorizer> Hub<A> {
             let mut outcomes = std::mem::take(&mut self.outcomes);
             outcomes.clear();
             outcomes.push(outcome);
-            self.settle_batch(
+            self.after_apply(
                 conn,
                 doc,
                 name,
                 &[(seq, data)],
                 &mut outcomes,
-                Settled {
+                BatchApplied {
                     pre_version: None,
                     server_version,
                     over_pending,
@@ -210,8 +210,8 @@ impl<A: Authorizer> Hub<A> {
         }
         let stored = registry.update_applied(&name, data);
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.stats.updates_applied += 1;
-            if let Some(sub) = s.docs.get_mut(&doc) {
+            s.stats_mut().updates_applied += 1;
+            if let Some(sub) = s.docs_mut().get_mut(&doc) {
                 sub.last_seq = sub.last_seq.max(seq);
                 sub.set_out_of_sync_sent(None);
             }
@@ -239,7 +239,7 @@ impl<A: Authorizer> Hub<A> {
     /// [`ErrorCode::Internal`] error and are unsubscribed (`CloseDoc`),
     /// opens of it are refused; every other document and session goes on.
     pub(super) fn doc_panicked(&mut self, index: DocIndex) {
-        let Some(entry) = self.directory.get(index) else {
+        let Some(entry) = self.rooms.get(index) else {
             return;
         };
         let name = Arc::clone(&entry.name);
@@ -273,9 +273,7 @@ impl<A: Authorizer> Hub<A> {
     /// Updates of `conn` on `doc` were handled: an ack is due at the next
     /// flush, and the application hears `event`.
     pub(super) fn applied(&mut self, conn: ConnId, doc: DocId, event: ServerEvent) {
-        if !self.acks_due.contains(&(conn, doc)) {
-            self.acks_due.push((conn, doc));
-        }
+        self.acks.note_applied(conn, doc);
         self.events.push_back(event);
     }
 
@@ -283,22 +281,22 @@ impl<A: Authorizer> Hub<A> {
     /// here): storage, fan-out, errors for the rejected ones, `SyncRequest`
     /// for a gap, the ack and the event.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn settle_batch<R: Registry>(
+    pub(super) fn after_apply<R: Registry>(
         &mut self,
         conn: ConnId,
         doc: DocId,
         name: Arc<str>,
         updates: &[(u64, &[u8])],
         outcomes: &mut Vec<ApplyOutcome>,
-        settled: Settled,
+        applied_batch: BatchApplied,
         registry: &mut R,
     ) {
-        let Settled {
+        let BatchApplied {
             pre_version,
             server_version,
             over_pending,
             last_seq,
-        } = settled;
+        } = applied_batch;
         let (mut applied, mut duplicates, mut pending) = (0u32, 0u32, 0u32);
         // The first refused update and how many were refused: one error
         // per batch, however many it carried.
@@ -350,9 +348,9 @@ impl<A: Authorizer> Hub<A> {
         let now = self.now;
         let mut out_of_sync = None;
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.stats.updates_applied += u64::from(applied);
-            s.stats.duplicates += u64::from(duplicates);
-            if let Some(sub) = s.docs.get_mut(&doc) {
+            s.stats_mut().updates_applied += u64::from(applied);
+            s.stats_mut().duplicates += u64::from(duplicates);
+            if let Some(sub) = s.docs_mut().get_mut(&doc) {
                 if let Some(version) = server_version {
                     let resend = sub.out_of_sync_sent().is_none_or(|at| {
                         at.checked_add(resync_after)
@@ -419,8 +417,9 @@ impl<A: Authorizer> Hub<A> {
 
     /// Sends `data` from `from` (its handle `doc`) to every other
     /// subscriber, encoded once per distinct handle among them (usually
-    /// once). Subscribers over their high-water mark stop receiving
-    /// individual updates and are marked for a catch-up from `pre_version`.
+    /// once: [`Room::fan_out`](crate::server::room::Room::fan_out)).
+    /// Subscribers over their high-water mark stop receiving individual
+    /// updates and are marked for a catch-up from `pre_version`.
     pub(super) fn fan_out(
         &mut self,
         from: ConnId,
@@ -428,31 +427,19 @@ impl<A: Authorizer> Hub<A> {
         data: &[u8],
         pre_version: Option<&[u8]>,
     ) {
-        let Some(entry) = self.index_of(from, doc).and_then(|i| self.directory.get(i)) else {
+        let Some(entry) = self.index_of(from, doc).and_then(|i| self.rooms.get(i)) else {
             return;
         };
         let high = high_water(&self.config.limits);
         let mut slow = Vec::new();
-        for (handle, run) in entry.subscribers.runs() {
-            // Runs are sorted by connection: the sender is found by search.
-            let sender = handle == doc && run.binary_search(&(doc, from)).is_ok();
-            let recipients = run.len() - usize::from(sender);
-            if recipients == 0 {
-                continue;
-            }
-            // Encoded once for many recipients; a single recipient gets it
-            // encoded straight into its queue.
-            let shared = (recipients > 1).then(|| encode_broadcast_shared(handle, data));
-            let len = shared.as_ref().map_or_else(
-                || crate::wire::hot::broadcast_len(handle, data),
-                |e| e.len(),
-            );
-            for &(_, conn) in run.iter().filter(|(_, c)| !sender || *c != from) {
+        for delivery in entry.fan_out(from, doc, data) {
+            let (handle, len) = (delivery.handle, delivery.len);
+            for conn in delivery.recipients() {
                 let Some(s) = self.sessions.get_mut(&conn) else {
                     continue;
                 };
-                let queued = s.outbound.bytes();
-                let Some(sub) = s.docs.get_mut(&handle) else {
+                let queued = s.queue().bytes();
+                let Some(sub) = s.docs_mut().get_mut(&handle) else {
                     continue;
                 };
                 if sub.is_lagging() {
@@ -462,7 +449,7 @@ impl<A: Authorizer> Hub<A> {
                     && let Some(v) = pre_version
                 {
                     sub.set_lagging(v.to_vec());
-                    s.lagging = true;
+                    s.listed_mut().lagging = true;
                     // A queue already drained (the update alone passes the
                     // high-water mark) gets its catch-up without a drain.
                     self.marks.drained(s, low_water(&self.config.limits));
@@ -473,9 +460,9 @@ impl<A: Authorizer> Hub<A> {
                     });
                     continue;
                 }
-                let sent = match &shared {
+                let sent = match &delivery.shared {
                     Some(encoded) => s.send_shared(encoded, &self.common),
-                    None => s.outbound.push_broadcast(handle, data, &mut self.common),
+                    None => s.queue_mut().push_broadcast(handle, data, &mut self.common),
                 };
                 if sent.is_err() {
                     slow.push(conn);
@@ -499,7 +486,7 @@ impl<A: Authorizer> Hub<A> {
     /// version are left alone.
     pub(super) fn prune<R: Registry>(&mut self, registry: &mut R) {
         let mut panicked = Vec::new();
-        for (index, entry) in self.directory.entries() {
+        for (index, entry) in self.rooms.entries() {
             if entry.subscribers.is_empty() {
                 continue;
             }
@@ -509,7 +496,7 @@ impl<A: Authorizer> Hub<A> {
                 .map(|(doc, c)| {
                     self.sessions
                         .get(&c)?
-                        .docs
+                        .docs()
                         .get(&doc)?
                         .client_version
                         .as_deref()
@@ -522,10 +509,10 @@ impl<A: Authorizer> Hub<A> {
                 continue;
             };
             // A CRDT that panics fails its document, not the hub.
-            let pruned = catch_unwind(AssertUnwindSafe(|| {
+            let pruned = guarded(|| {
                 let common = d.common_version(&versions)?;
                 (d.prune_to(&common) == Ok(true)).then(|| d.snapshot())
-            }));
+            });
             let snapshot = match pruned {
                 Ok(Some(snapshot)) => snapshot,
                 Ok(None) => continue,

@@ -5,11 +5,11 @@ use super::*;
 
 impl<A: Authorizer> Hub<A> {
     pub(super) fn on_peer_close(&mut self, conn: ConnId, reason: CloseReason, message: String) {
-        if let Some(s) = self.sessions.get_mut(&conn)
-            && s.phase != Phase::Closed
+        if self
+            .sessions
+            .get_mut(&conn)
+            .is_some_and(|s| s.on_peer_close())
         {
-            s.phase = Phase::Closed;
-            s.transfers.clear();
             self.after_close(conn, CloseCause::Peer { reason, message });
         }
     }
@@ -34,73 +34,49 @@ impl<A: Authorizer> Hub<A> {
         );
     }
 
-    // The Hello's fields arrive destructured from the decoded message; a
-    // parameter struct would only repackage them for this one call.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_hello(
-        &mut self,
-        conn: ConnId,
-        versions: &[u16],
-        peer: String,
-        token: &Bytes,
-        offered: &[Compression],
-        limits: crate::wire::PeerLimits,
-        durable: bool,
-    ) {
-        let Some(version) = PROTOCOL_VERSIONS
-            .iter()
-            .rev()
-            .find(|v| versions.contains(v))
-            .copied()
+    /// A `Hello` from `conn`: the session checks it, the authorizer
+    /// authenticates the peer, the session answers (`Welcome` or `Reject`).
+    pub(super) fn on_hello(&mut self, conn: ConnId, hello: Message, durable: bool) {
+        let Message::Hello {
+            versions,
+            peer,
+            token,
+            compression,
+            limits,
+        } = hello
         else {
-            // At most a few of the peer's versions in the text (it is
-            // logged and sent back).
-            let shown = &versions[..versions.len().min(8)];
-            let msg = format!("client speaks {shown:?}, server speaks {PROTOCOL_VERSIONS:?}");
-            return self.reject(conn, RejectCode::UnsupportedVersion, msg);
+            return;
         };
-        if peer.len() > self.config.limits.max_name_len {
-            return self.reject(conn, RejectCode::BadHello, "peer id too long".into());
-        }
-        let min = crate::wire::PeerLimits::MIN_FRAME_LEN;
-        if limits.max_frame_len < min {
-            let msg = format!("max_frame_len below {min}");
-            return self.reject(conn, RejectCode::BadHello, msg);
-        }
-        let identity = match self.auth.authenticate(&peer, token) {
+        let Some(s) = self.sessions.get(&conn) else {
+            return;
+        };
+        let terms = match s.check_hello(&versions, &peer, &compression, limits, &self.config) {
+            Ok(terms) => terms,
+            Err((code, message)) => return self.reject(conn, code, message),
+        };
+        let identity = match self.auth.authenticate(&peer, &token) {
             Ok(id) => id,
             Err(why) => return self.reject(conn, RejectCode::Unauthorized, why),
         };
-        let compression = if self.config.compression == Compression::Deflate
-            && offered.contains(&Compression::Deflate)
-        {
-            Compression::Deflate
-        } else {
-            Compression::None
-        };
         let session = self.new_session_id();
-        let heartbeat_ms = u32::try_from(self.config.heartbeat.as_millis()).unwrap_or(u32::MAX);
-        let server_limits = self.config.limits.peer_limits();
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        s.phase = Phase::Active;
-        s.session = session;
-        s.identity = Some(identity.clone());
-        s.peer = peer;
-        // The client offered the compression it accepts, so even the frame
-        // carrying the Welcome may use it.
-        s.outbound.negotiate(limits, compression);
-        self.by_session.insert(session, conn);
-        let welcome = Message::Welcome {
-            version,
+        let welcomed = s.accept(
+            terms,
+            peer,
             session,
-            compression,
-            limits: server_limits,
-            heartbeat_ms,
+            identity.clone(),
             durable,
-        };
-        self.send(conn, &welcome);
+            &self.config,
+            &mut self.common,
+        );
+        self.by_session.insert(session, conn);
+        if welcomed.is_ok() {
+            self.marks.ready(s);
+        } else {
+            self.slow_consumer(conn);
+        }
         self.events.push_back(ServerEvent::HandshakeCompleted {
             conn,
             session,
@@ -148,7 +124,7 @@ impl<A: Authorizer> Hub<A> {
                 CloseCause::Local(CloseReason::LimitExceeded),
             );
         }
-        let identity = match self.auth.authenticate(&s.peer, token) {
+        let identity = match self.auth.authenticate(s.peer(), token) {
             Ok(id) => id,
             Err(why) => {
                 let message = format!("token refresh refused: {why}");
@@ -162,12 +138,12 @@ impl<A: Authorizer> Hub<A> {
         };
         // The same identity (name and grant) is authorized as before: the
         // authorizer decides from the identity alone.
-        if s.identity.as_ref() == Some(&identity) {
+        if s.identity() == Some(&identity) {
             return;
         }
-        let docs: Vec<(DocId, Access)> = s.docs.iter().map(|(d, sub)| (d, sub.access)).collect();
+        let docs: Vec<(DocId, Access)> = s.docs().iter().map(|(d, sub)| (d, sub.access)).collect();
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.identity = Some(identity.clone());
+            s.set_identity(identity.clone());
         }
         for (doc, old) in docs {
             let Some(name) = self.doc_name(conn, doc).cloned() else {

@@ -1,22 +1,25 @@
-//! The hub: many server sessions, the document directory and fan-out.
+//! The hub: routes between the server sessions and the documents.
 //!
-//! The hub owns every [`ServerSession`] and routes between them; it borrows
-//! the [`Registry`] for each call that may touch documents. It performs no
-//! I/O and reads no clock.
+//! The hub accepts connections, feeds each one's input to its
+//! [`ServerSession`] (which decodes it and owns its handshake checks,
+//! limits, queue, handles and deadlines), authenticates the peer through
+//! the [`Authorizer`], and routes each decoded message to the session or to
+//! the document it is about. It borrows the [`Registry`] for each call that
+//! may touch documents, performs no I/O and reads no clock.
 //!
-//! This file holds the driving API (input, timers, output) and the dispatch
-//! of decoded messages; each concern behind it has a file of its own:
-//! [`handshake`] (hello, token refresh), [`sync`] (open, syncs and
-//! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (applied and
-//! durable acknowledgements), [`presence`] (presence, application
-//! messages), [`directory`] (documents, leaving them and their unload).
+//! This file holds the driving API (input, timers, output); each concern
+//! behind it has a file of its own: [`route`] (dispatch of decoded
+//! messages), [`handshake`] (hello, token refresh), [`sync`] (open, syncs and
+//! catch-ups), [`apply`] (updates, fan-out, pruning), [`acks`] (the
+//! acknowledgements queued at commits, tracked by
+//! [`AckTracker`](super::acks)), [`presence`] (presence, application
+//! messages), [`rooms`] (leaving rooms, closed rooms unloaded); the rooms
+//! themselves (subscribers, lifecycle) are [`Room`](super::room)s.
 //!
-//! Over 800 lines because the hub still drives every session's logic
-//! (handshake, dispatch, deadlines) itself; giving sessions a state machine
-//! of their own (the rooms issue) moves that out.
+//! Over 800 lines: the public driving API, each method with its contract
+//! and examples.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,13 +28,12 @@ use crate::time::Instant;
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};
 use crate::inbound::{InboundError, ReassemblyBudget};
-use crate::outbound::{Common, Priority, encode_broadcast_shared};
+use crate::outbound::{Common, Priority};
 use crate::registry::{Commit, CommitId, Registry, RegistryError};
 use crate::rng::Rng;
 use crate::wire::compress::InflateScratch;
 use crate::wire::{
-    Access, Bytes, CloseReason, Compression, DocId, ErrorCode, Message, PROTOCOL_VERSIONS,
-    RejectCode, Resume, SessionId, SyncKind,
+    Access, Bytes, CloseReason, DocId, ErrorCode, Message, RejectCode, Resume, SessionId, SyncKind,
 };
 
 use super::marks::Marks;
@@ -42,16 +44,16 @@ use crate::awareness::PresenceTable;
 
 mod acks;
 mod apply;
-mod directory;
 mod handshake;
 mod presence;
+mod rooms;
+mod route;
 mod sync;
 #[cfg(test)]
 mod timer_tests;
+use super::acks::AckTracker;
+use super::room::{DocIndex, Rooms, guarded};
 use super::{Authorizer, ConnId, ServerConfig, ServerEvent};
-use acks::InFlight;
-use directory::Directory;
-pub(crate) use directory::DocIndex;
 pub use presence::{AppHook, AppMessage, AppVerdict};
 
 /// Spare message buffers the hub keeps for all its sessions' queues (see
@@ -110,9 +112,9 @@ pub struct Hub<A> {
     /// Boxed, so a free slot costs a few words rather than a session, and
     /// filed by deadline.
     sessions: Sessions,
-    /// The documents open on some connection (or lingering before they
-    /// leave); connections name them by their own handles.
-    directory: Directory,
+    /// A room per document open on some connection (or lingering before
+    /// it closes); connections name them by their own handles.
+    rooms: Rooms,
     events: VecDeque<ServerEvent>,
     /// Connections with output, and those touched since the last
     /// [`Hub::take_touched`].
@@ -120,9 +122,9 @@ pub struct Hub<A> {
     now: Option<Instant>,
     /// Reused buffer for the sessions whose deadline came.
     expired: Vec<ConnId>,
-    /// (session, document) pairs whose cumulative ack is due after this
-    /// input; a few at a time, so a `Vec`.
-    acks_due: Vec<(ConnId, DocId)>,
+    /// Acknowledgements due at the next commit and those waiting for the
+    /// registry's commits.
+    acks: AckTracker,
     /// Reused buffer for the updates of one batch.
     batch: Vec<(u64, Bytes)>,
     transfers: TransferCache,
@@ -143,10 +145,6 @@ pub struct Hub<A> {
     /// What the sessions' fragmented messages hold, against
     /// [`Limits::max_reassembly_bytes`](crate::Limits::max_reassembly_bytes).
     reassembly: ReassemblyBudget,
-    /// Commits handed to the registry ([`Hub::commit`]) whose `durable`
-    /// acknowledgements wait for the disk, oldest first; at most
-    /// `Limits::max_commits_in_flight`.
-    in_flight: VecDeque<InFlight>,
     /// The connection whose input is being handled, the errors reported
     /// to it so far and those left unreported ([`MAX_ERRORS_PER_INPUT`]).
     input: Option<ConnId>,
@@ -174,18 +172,19 @@ impl<A: Authorizer> Hub<A> {
         );
         let max_cache = config.limits.max_transfer_cache_bytes;
         let max_reassembly = config.limits.max_reassembly_bytes;
+        let acks = AckTracker::new(config.limits.max_commits_in_flight);
         let common = Common::new(&config.limits, config.compress_threshold, SPARE_BUFFERS);
         Hub {
             config,
             auth: authorizer,
             rng,
             sessions: Sessions::default(),
-            directory: Directory::default(),
+            rooms: Rooms::default(),
             events: VecDeque::new(),
             marks: Marks::default(),
             now: None,
             expired: Vec::new(),
-            acks_due: Vec::new(),
+            acks,
             batch: Vec::new(),
             transfers: TransferCache::new(max_cache),
             next_prune: None,
@@ -197,7 +196,6 @@ impl<A: Authorizer> Hub<A> {
             common,
             inflate: InflateScratch::default(),
             reassembly: ReassemblyBudget::new(max_reassembly),
-            in_flight: VecDeque::new(),
             input: None,
             input_errors: 0,
             input_errors_dropped: 0,
@@ -237,13 +235,13 @@ impl<A: Authorizer> Hub<A> {
 
     /// Sessions subscribed to document `name`.
     pub fn subscribers(&self, name: &str) -> usize {
-        self.directory
+        self.rooms
             .index(name)
-            .and_then(|i| self.directory.get(i))
+            .and_then(|i| self.rooms.get(i))
             .map_or(0, |e| e.subscribers.len())
     }
 
-    /// Documents in the hub's directory: those some connection has open,
+    /// Rooms in the hub: documents some connection has open,
     /// and those closed less than
     /// [`ServerConfig::unload_after`] ago. Each stays loaded in the
     /// registry while it is listed here; once it leaves, the registry is
@@ -257,7 +255,7 @@ impl<A: Authorizer> Hub<A> {
     /// assert_eq!(hub.documents(), 0);
     /// ```
     pub fn documents(&self) -> usize {
-        self.directory.len()
+        self.rooms.len()
     }
 
     /// Heap bytes held by the inflate scratch lent to the sessions.
@@ -281,13 +279,13 @@ impl<A: Authorizer> Hub<A> {
     /// The name of the document connection `conn` has open under handle
     /// `doc` (handles are per connection).
     pub fn doc_name(&self, conn: ConnId, doc: DocId) -> Option<&Arc<str>> {
-        let index = self.sessions.get(&conn)?.docs.get(&doc)?.index;
-        self.directory.name(index)
+        let index = self.sessions.get(&conn)?.docs().get(&doc)?.index;
+        self.rooms.name(index)
     }
 
-    /// The directory index of the document `conn` has open under `doc`.
+    /// The room index of the document `conn` has open under `doc`.
     fn index_of(&self, conn: ConnId, doc: DocId) -> Option<DocIndex> {
-        Some(self.sessions.get(&conn)?.docs.get(&doc)?.index)
+        Some(self.sessions.get(&conn)?.docs().get(&doc)?.index)
     }
 
     fn clock(&mut self, now: Instant) -> Instant {
@@ -341,9 +339,9 @@ impl<A: Authorizer> Hub<A> {
     /// is over half its limit (stop reading its socket until a drain), or
     /// once it is closed.
     pub fn wants_input(&self, conn: ConnId) -> bool {
-        self.sessions.get(&conn).is_some_and(|s| {
-            !s.is_closed() && s.outbound.bytes() <= high_water(&self.config.limits)
-        })
+        self.sessions
+            .get(&conn)
+            .is_some_and(|s| !s.is_closed() && s.queue().bytes() <= high_water(&self.config.limits))
     }
 
     /// Whether `conn` is closed (its remaining transmits still drain).
@@ -351,29 +349,14 @@ impl<A: Authorizer> Hub<A> {
         self.sessions.get(&conn).is_none_or(|s| s.is_closed())
     }
 
-    /// Bytes received from `conn`. Updates it carries are applied, fanned
-    /// out and acknowledged; a durable registry commits them first
-    /// ([`Registry::flush`], waiting for the disk) so the ack can say
-    /// `durable`.
+    /// Bytes received from `conn`: decoded and handled. Updates it carries
+    /// are applied and fanned out at once; their acknowledgements wait for
+    /// the next [`Hub::commit`] (or [`Hub::flush`]), so handling input never
+    /// waits for the disk and an adapter that handles several inputs and
+    /// then commits gets one storage commit for all of them (group commit).
+    /// A loop that never commits sends no `Ack`s.
     pub fn handle_input<R>(&mut self, conn: ConnId, now: Instant, bytes: &[u8], registry: &mut R)
     where
-        R: Registry,
-    {
-        self.handle_input_deferred(conn, now, bytes, registry);
-        self.flush(registry);
-    }
-
-    /// Like [`Hub::handle_input`] but leaves the acknowledgements (and the
-    /// registry commit before them) to the next [`Hub::flush`] or
-    /// [`Hub::commit`]. An adapter that drains several inputs at once and
-    /// then flushes gets one storage commit for all of them (group commit).
-    pub fn handle_input_deferred<R>(
-        &mut self,
-        conn: ConnId,
-        now: Instant,
-        bytes: &[u8],
-        registry: &mut R,
-    ) where
         R: Registry,
     {
         self.input(conn, now, bytes, registry);
@@ -420,7 +403,7 @@ impl<A: Authorizer> Hub<A> {
         };
         // The hot path: a frame holding one update, applied and forwarded
         // straight from `bytes` (no message built, nothing allocated).
-        if session.phase == Phase::Active
+        if session.phase() == Phase::Active
             && let Some((doc, seq, data)) = session.feed_single_update(bytes, &self.config.limits)
         {
             session.received_at(now);
@@ -462,9 +445,9 @@ impl<A: Authorizer> Hub<A> {
     /// waiting for the disk) and queues one cumulative `Ack` per (session,
     /// document) that received updates since the last flush, `durable` when
     /// the commit succeeded. Acknowledgements still waiting for an earlier
-    /// [`Hub::commit`] are settled too (the flush put them on disk).
+    /// [`Hub::commit`] complete too (the flush put them on disk).
     pub fn flush<R: Registry>(&mut self, registry: &mut R) {
-        self.finish_acks(registry, true);
+        self.acknowledge(registry, true);
     }
 
     /// Like [`Hub::flush`] without waiting for the disk: hands the writes to
@@ -489,14 +472,14 @@ impl<A: Authorizer> Hub<A> {
     /// let conn = hub.accept(Instant::now());
     /// # let bytes: &[u8] = &[];
     /// // The server loop: a batch of inputs, one commit, then the outputs.
-    /// hub.handle_input_deferred(conn, Instant::now(), bytes, &mut reg);
+    /// hub.handle_input(conn, Instant::now(), bytes, &mut reg);
     /// hub.commit(&mut reg);
     /// // ...and whenever the registry's commit waker fires (or every loop):
     /// hub.poll_commits(&mut reg);
     /// # while hub.poll_transmit().is_some() {}
     /// ```
     pub fn commit<R: Registry>(&mut self, registry: &mut R) {
-        self.finish_acks(registry, false);
+        self.acknowledge(registry, false);
     }
 
     /// Takes the commits the registry completed ([`Registry::poll_commit`])
@@ -509,7 +492,8 @@ impl<A: Authorizer> Hub<A> {
         while let Some(done) = registry.poll_commit() {
             match done.result {
                 Ok(()) => {
-                    let advanced = self.settle(Some(done.through));
+                    let completed = self.acks.completed(Some(done.through));
+                    let advanced = self.mark_durable(completed);
                     for (conn, doc) in advanced {
                         self.send_ack(conn, doc);
                     }
@@ -522,7 +506,7 @@ impl<A: Authorizer> Hub<A> {
     /// Commits whose `durable` acknowledgements are still waiting for the
     /// registry.
     pub fn commits_in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.acks.in_flight()
     }
 
     /// Fires expired deadlines (handshake and idle timeouts, documents
@@ -581,7 +565,7 @@ impl<A: Authorizer> Hub<A> {
             .chain(self.next_prune)
             .chain(self.sync_retry)
             .chain(self.presence.next_expiry())
-            .chain(self.directory.next_unload())
+            .chain(self.rooms.next_unload())
             .min()
     }
 
@@ -701,10 +685,11 @@ impl<A: Authorizer> Hub<A> {
     /// `ClientDisconnected` unless the session had already closed.
     pub fn connection_lost(&mut self, conn: ConnId, now: Instant) {
         self.clock(now);
-        if let Some(s) = self.sessions.get_mut(&conn)
-            && s.phase != Phase::Closed
+        if self
+            .sessions
+            .get_mut(&conn)
+            .is_some_and(|s| s.transport_lost())
         {
-            s.phase = Phase::Closed;
             self.after_close(conn, CloseCause::TransportLost);
         }
         if let Some(s) = self.sessions.remove(&conn) {
@@ -746,7 +731,7 @@ impl<A: Authorizer> Hub<A> {
             return false;
         }
         let queued = s
-            .outbound
+            .queue_mut()
             .push(msg, Priority::Ephemeral, &mut self.common)
             .is_ok();
         if queued {
@@ -782,13 +767,13 @@ impl<A: Authorizer> Hub<A> {
         let docs: Vec<DocId> = self
             .sessions
             .get(&conn)
-            .map(|s| s.docs.keys().collect())
+            .map(|s| s.docs().keys().collect())
             .unwrap_or_default();
         for doc in docs {
             self.unsubscribe(conn, doc);
         }
         if let Some(s) = self.sessions.get(&conn) {
-            let session = s.session;
+            let session = s.session_id();
             if self.by_session.get(&session) == Some(&conn) {
                 self.by_session.remove(&session);
             }
@@ -860,188 +845,6 @@ impl<A: Authorizer> Hub<A> {
             },
         );
     }
-
-    fn dispatch<R: Registry>(&mut self, conn: ConnId, msgs: &mut Vec<Message>, registry: &mut R) {
-        let mut batch = std::mem::take(&mut self.batch);
-        batch.clear();
-        let mut batch_doc = DocId(0);
-        for msg in msgs.drain(..) {
-            if self.is_closed(conn) {
-                break;
-            }
-            let handshaken = matches!(
-                self.sessions.get(&conn).map(|s| s.phase),
-                Some(Phase::Active)
-            );
-            if !handshaken {
-                if !batch.is_empty() {
-                    break;
-                }
-                match msg {
-                    Message::Hello {
-                        versions,
-                        peer,
-                        token,
-                        compression,
-                        limits,
-                    } => {
-                        let durable = registry.is_durable();
-                        self.on_hello(conn, &versions, peer, &token, &compression, limits, durable)
-                    }
-                    Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
-                    other => self.fail(
-                        conn,
-                        CloseReason::ProtocolError,
-                        CloseCause::Protocol(format!("{} before the handshake", other.name())),
-                    ),
-                }
-                continue;
-            }
-            // Consecutive updates for one document are applied in one batch.
-            match msg {
-                Message::Update { doc, seq, data } => {
-                    if !batch.is_empty() && batch_doc != doc {
-                        self.apply_updates(conn, batch_doc, &mut batch, registry);
-                    }
-                    batch_doc = doc;
-                    batch.push((seq, data));
-                    continue;
-                }
-                Message::UpdateBatch {
-                    doc,
-                    first_seq,
-                    data,
-                } => {
-                    if !batch.is_empty() && batch_doc != doc {
-                        self.apply_updates(conn, batch_doc, &mut batch, registry);
-                    }
-                    batch_doc = doc;
-                    for (i, d) in data.into_iter().enumerate() {
-                        batch.push((first_seq.saturating_add(i as u64), d));
-                    }
-                    continue;
-                }
-                other => {
-                    if !batch.is_empty() {
-                        self.apply_updates(conn, batch_doc, &mut batch, registry);
-                    }
-                    self.on_message(conn, other, registry);
-                }
-            }
-        }
-        if !batch.is_empty() && !self.is_closed(conn) {
-            self.apply_updates(conn, batch_doc, &mut batch, registry);
-        }
-        self.batch = batch;
-    }
-
-    fn on_message<R: Registry>(&mut self, conn: ConnId, msg: Message, registry: &mut R) {
-        match msg {
-            Message::Open {
-                name,
-                version,
-                resume,
-            } => self.on_open(conn, name, &version, resume, registry),
-            Message::SyncDone { doc, version } => {
-                let max = self.config.limits.max_stored_version_len;
-                let Some(sub) = self.sub_mut(conn, doc) else {
-                    return self.unknown_doc(conn, doc);
-                };
-                let first = !sub.synced;
-                sub.synced = true;
-                // A version too long to keep is dropped: with none known,
-                // this subscriber keeps the document from being pruned.
-                sub.client_version = (version.0.len() <= max).then(|| version.0.into_boxed_slice());
-                if first && let Some(name) = self.doc_name(conn, doc).cloned() {
-                    self.events
-                        .push_back(ServerEvent::DocumentSynced { conn, name });
-                }
-            }
-            Message::VersionReport { doc, version } => {
-                let max = self.config.limits.max_stored_version_len;
-                let Some(sub) = self.sub_mut(conn, doc) else {
-                    return self.unknown_doc(conn, doc);
-                };
-                // Only a synced subscriber's report counts: before its
-                // `SyncDone` the client does not hold the document yet.
-                if sub.synced {
-                    sub.client_version =
-                        (version.0.len() <= max).then(|| version.0.into_boxed_slice());
-                }
-            }
-            Message::SyncRequest { doc, version } => {
-                if self.sub_mut(conn, doc).is_none() {
-                    return self.unknown_doc(conn, doc);
-                }
-                self.request_sync(conn, doc, version.0);
-            }
-            Message::CloseDoc { doc } => self.unsubscribe(conn, doc),
-            Message::RefreshToken { token } => self.on_refresh(conn, &token),
-            Message::Ping { t } => self.send(conn, &Message::Pong { echo: t }),
-            Message::Pong { .. } => {}
-            Message::Close { reason, message } => self.on_peer_close(conn, reason, message),
-            Message::Error {
-                code, mut message, ..
-            } => {
-                // A client-side error report; nothing to undo here. It
-                // counts against the same per-input cap as the server's
-                // own errors, and keeps only the start of its text.
-                if self.input == Some(conn) {
-                    if self.input_errors >= MAX_ERRORS_PER_INPUT {
-                        self.input_errors_dropped += 1;
-                        return;
-                    }
-                    self.input_errors += 1;
-                }
-                truncate_at_char(&mut message, MAX_PEER_ERROR_TEXT);
-                self.events.push_back(ServerEvent::DocumentError {
-                    conn,
-                    name: None,
-                    seq: None,
-                    code,
-                    message,
-                });
-            }
-            Message::AwarenessSet { doc, clock, state } => {
-                self.on_presence(conn, doc, clock, state)
-            }
-            Message::App {
-                kind, route, data, ..
-            } => self.on_app(conn, kind, route, data),
-            Message::RelayJoin { .. }
-            | Message::RelayPush { .. }
-            | Message::RelaySnapshot { .. }
-            | Message::RelayStateRequest { .. } => {
-                let what = msg.name();
-                self.doc_error(
-                    conn,
-                    None,
-                    None,
-                    ErrorCode::UnexpectedMessage,
-                    format!("{what} is not supported by this server"),
-                )
-            }
-            other => self.fail(
-                conn,
-                CloseReason::ProtocolError,
-                CloseCause::Protocol(format!("{} is not a client message", other.name())),
-            ),
-        }
-    }
-
-    fn sub_mut(&mut self, conn: ConnId, doc: DocId) -> Option<&mut Subscription> {
-        self.sessions.get_mut(&conn)?.docs.get_mut(&doc)
-    }
-
-    fn unknown_doc(&mut self, conn: ConnId, doc: DocId) {
-        self.doc_error(
-            conn,
-            Some(doc),
-            None,
-            ErrorCode::UnknownDocument,
-            format!("document handle {} is not open", doc.0),
-        );
-    }
 }
 
 /// Queue size above which a subscriber stops receiving individual updates
@@ -1059,7 +862,7 @@ impl<A> core::fmt::Debug for Hub<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Hub")
             .field("sessions", &self.sessions.len())
-            .field("docs", &self.directory.len())
+            .field("docs", &self.rooms.len())
             .finish()
     }
 }

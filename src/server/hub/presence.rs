@@ -73,7 +73,7 @@ impl<A: Authorizer> Hub<A> {
     /// queue is past its high-water mark (half `max_outbound_bytes`):
     /// returns whether it was queued.
     pub fn send_app(&mut self, conn: ConnId, kind: u32, data: Vec<u8>) -> bool {
-        let Some(session) = self.sessions.get(&conn).map(|s| s.session) else {
+        let Some(session) = self.sessions.get(&conn).map(|s| s.session_id()) else {
             return false;
         };
         self.send_ephemeral(
@@ -91,7 +91,7 @@ impl<A: Authorizer> Hub<A> {
     /// document `name`. Subscribers whose queue is past its high-water mark
     /// miss it: returns how many did.
     pub fn broadcast_app(&mut self, name: &str, kind: u32, data: Vec<u8>) -> usize {
-        let Some(index) = self.directory.index(name) else {
+        let Some(index) = self.rooms.index(name) else {
             return 0;
         };
         let data = Bytes(data);
@@ -107,7 +107,7 @@ impl<A: Authorizer> Hub<A> {
 
     /// Current presence states of document `name`.
     pub fn presence(&self, name: &str) -> Vec<AwarenessEntry> {
-        self.directory
+        self.rooms
             .index(name)
             .map_or_else(Vec::new, |index| self.presence.states(index.key()))
     }
@@ -124,7 +124,7 @@ impl<A: Authorizer> Hub<A> {
         except: Option<ConnId>,
         encode: impl Fn(DocId) -> Arc<[u8]>,
     ) -> usize {
-        let Some(entry) = self.directory.get(index) else {
+        let Some(entry) = self.rooms.get(index) else {
             return 0;
         };
         let mut missed = 0;
@@ -140,12 +140,12 @@ impl<A: Authorizer> Hub<A> {
                 let Some(s) = self.sessions.get_mut(&conn) else {
                     continue;
                 };
-                if s.docs.get(&doc).is_some_and(|sub| sub.is_lagging()) {
+                if s.docs().get(&doc).is_some_and(|sub| sub.is_lagging()) {
                     missed += 1;
                     continue;
                 }
                 let queued =
-                    s.outbound
+                    s.queue_mut()
                         .push_shared_with(&encoded, Priority::Ephemeral, &self.common);
                 if queued.is_ok() {
                     self.marks.ready(s);
@@ -182,10 +182,10 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get(&conn) else {
             return;
         };
-        let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
+        let Some(index) = s.docs().get(&doc).map(|sub| sub.index) else {
             return;
         };
-        let room = high_water(&self.config.limits).saturating_sub(s.outbound.bytes());
+        let room = high_water(&self.config.limits).saturating_sub(s.queue().bytes());
         for entries in self.presence.snapshot(index.key(), PRESENCE_PIECE, room) {
             if !self.send_ephemeral(conn, &Message::Awareness { doc, entries }) {
                 return;
@@ -212,7 +212,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        let Some(index) = s.docs.get(&doc).map(|sub| sub.index) else {
+        let Some(index) = s.docs().get(&doc).map(|sub| sub.index) else {
             return self.unknown_doc(conn, doc);
         };
         let rate = &mut s.rates(&self.config.limits, now).presence;
@@ -228,10 +228,9 @@ impl<A: Authorizer> Hub<A> {
                 e.to_string(),
             );
         }
-        let session = s.session;
+        let session = s.session_id();
         let identity = s
-            .identity
-            .as_ref()
+            .identity()
             .map(|i| i.name().to_string())
             .unwrap_or_default();
         match self
@@ -278,16 +277,15 @@ impl<A: Authorizer> Hub<A> {
             return self.doc_error(conn, doc, None, ErrorCode::LimitExceeded, msg);
         }
         let index = match doc {
-            Some(doc) => match s.docs.get(&doc) {
+            Some(doc) => match s.docs().get(&doc) {
                 Some(sub) => Some(sub.index),
                 None => return self.unknown_doc(conn, doc),
             },
             None => None,
         };
-        let from = s.session;
+        let from = s.session_id();
         let identity = s
-            .identity
-            .as_ref()
+            .identity()
             .map(|i| i.name().to_string())
             .unwrap_or_default();
         // Resolved before the hook: a session `conn` may not reach is
@@ -375,9 +373,9 @@ impl<A: Authorizer> Hub<A> {
         // Handles are per connection: compare the documents behind them.
         // At most `max_docs_per_connection` each: one sort, one search per
         // document of the other.
-        let mut mine: Vec<DocIndex> = a.docs.values().map(|sub| sub.index).collect();
+        let mut mine: Vec<DocIndex> = a.docs().values().map(|sub| sub.index).collect();
         mine.sort_unstable();
-        if b.docs
+        if b.docs()
             .values()
             .any(|sub| mine.binary_search(&sub.index).is_ok())
         {

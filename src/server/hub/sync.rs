@@ -28,18 +28,15 @@ impl<A: Authorizer> Hub<A> {
             return;
         };
         // Opening a document again keeps its handle (and starts over).
-        let already = self
-            .directory
-            .index(&name)
-            .and_then(|i| s.docs.handle_of(i));
-        if already.is_none() && s.docs.len() >= limits.max_docs_per_connection {
+        let already = self.rooms.index(&name).and_then(|i| s.docs().handle_of(i));
+        if already.is_none() && s.docs().len() >= limits.max_docs_per_connection {
             let msg = format!(
                 "at most {} documents per connection",
                 limits.max_docs_per_connection
             );
             return self.refuse_open(conn, name, ErrorCode::LimitExceeded, msg);
         }
-        let Some(identity) = s.identity.clone() else {
+        let Some(identity) = s.identity().cloned() else {
             return;
         };
         let Some(access) = self.auth.authorize(&identity, &name) else {
@@ -51,7 +48,7 @@ impl<A: Authorizer> Hub<A> {
             return self.refuse_open(conn, name, ErrorCode::Internal, msg);
         }
         // A CRDT that panics while loading fails this open only.
-        let opened = catch_unwind(AssertUnwindSafe(|| registry.open(&name).map(|_| ())));
+        let opened = guarded(|| registry.open(&name).map(|_| ()));
         let Ok(opened) = opened else {
             let msg = format!("document {name:?} failed to load");
             self.failed.insert(name.as_str().into());
@@ -67,21 +64,21 @@ impl<A: Authorizer> Hub<A> {
             let msg = e.to_string();
             return self.refuse_open(conn, name, code, msg);
         }
-        let index = self.directory.insert(&name);
+        let index = self.rooms.insert(&name);
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
         let sub = Subscription::new(index, access);
         let doc = match already {
             Some(doc) => {
-                s.docs.replace(doc, sub);
+                s.docs_mut().replace(doc, sub);
                 doc
             }
-            None => s.docs.open(sub),
+            None => s.docs_mut().open(sub),
         };
-        self.directory.subscribe(index, conn, doc);
+        self.rooms.subscribe(index, conn, doc);
         let name = self
-            .directory
+            .rooms
             .name(index)
             .map_or_else(|| name.into(), Arc::clone);
         self.send_opened(conn, &name, doc, access);
@@ -100,8 +97,8 @@ impl<A: Authorizer> Hub<A> {
         {
             let cached = cached.clone();
             if let Some(s) = self.sessions.get_mut(&conn) {
-                s.transfers.cancel(doc);
-                s.transfers.push_back(Transfer {
+                s.transfers_mut().cancel(doc);
+                s.transfers_mut().push_back(Transfer {
                     doc,
                     id: r.transfer,
                     kind: cached.kind,
@@ -172,7 +169,7 @@ impl<A: Authorizer> Hub<A> {
     /// one input replace each other: the last one is computed, once.
     pub(super) fn request_sync(&mut self, conn: ConnId, doc: DocId, version: Vec<u8>) {
         if let Some(s) = self.sessions.get_mut(&conn) {
-            s.transfers.cancel(doc);
+            s.transfers_mut().cancel(doc);
         }
         self.note_sync(doc, version);
     }
@@ -198,7 +195,7 @@ impl<A: Authorizer> Hub<A> {
             if s.is_closed() {
                 break;
             }
-            let Some(sub) = s.docs.get_mut(&doc) else {
+            let Some(sub) = s.docs_mut().get_mut(&doc) else {
                 continue;
             };
             // This sync covers whatever catch-up was due.
@@ -206,7 +203,7 @@ impl<A: Authorizer> Hub<A> {
             if self.sync_gate(conn) {
                 self.queue_sync(conn, doc, &version, registry);
             } else if let Some(s) = self.sessions.get_mut(&conn)
-                && let Some(sub) = s.docs.get_mut(&doc)
+                && let Some(sub) = s.docs_mut().get_mut(&doc)
             {
                 // The requested version is the peer's: one too long to keep
                 // is replaced by the empty version (the catch-up is then
@@ -218,7 +215,7 @@ impl<A: Authorizer> Hub<A> {
                     Vec::new()
                 };
                 sub.set_lagging(version);
-                s.lagging = true;
+                s.listed_mut().lagging = true;
                 // Held back by its rate, not by room: listed now (a drain
                 // would never come).
                 self.marks.drained(s, low_water(&self.config.limits));
@@ -241,7 +238,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return false;
         };
-        if s.phase != Phase::Active || !s.transfers.is_empty() || s.outbound.bytes() > low {
+        if s.phase() != Phase::Active || !s.transfers().is_empty() || s.queue().bytes() > low {
             return false;
         }
         if s.rates(limits, now).sync.allow(now) {
@@ -272,7 +269,7 @@ impl<A: Authorizer> Hub<A> {
         let Some((name, d)) = self.loaded(conn, doc, None, registry) else {
             return;
         };
-        let Ok(server_version) = catch_unwind(AssertUnwindSafe(|| d.version())) else {
+        let Ok(server_version) = guarded(|| d.version()) else {
             return self.sender_doc_panicked(conn, doc);
         };
         // Clients joining together from the same version share one payload
@@ -284,10 +281,10 @@ impl<A: Authorizer> Hub<A> {
         let (id, kind, payload, fresh) = match shared {
             Some((id, kind, payload)) => (id, kind, payload, false),
             None => {
-                let computed = catch_unwind(AssertUnwindSafe(|| match d.delta_since(version) {
+                let computed = guarded(|| match d.delta_since(version) {
                     Ok(delta) => (SyncKind::Delta, delta),
                     Err(_) => (SyncKind::Snapshot, d.snapshot()),
-                }));
+                });
                 let Ok((kind, payload)) = computed else {
                     return self.sender_doc_panicked(conn, doc);
                 };
@@ -298,7 +295,7 @@ impl<A: Authorizer> Hub<A> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if fresh && payload.len() > s.outbound.max_chunk(&self.common) {
+        if fresh && payload.len() > s.queue().max_chunk(&self.common) {
             self.transfers.insert(
                 id,
                 conn,
@@ -311,7 +308,7 @@ impl<A: Authorizer> Hub<A> {
                 },
             );
         }
-        s.transfers.push_back(Transfer {
+        s.transfers_mut().push_back(Transfer {
             doc,
             id,
             kind,
@@ -331,10 +328,10 @@ impl<A: Authorizer> Hub<A> {
     /// aside): it lags, no transfer waits for room and its queue is below
     /// the low-water mark.
     pub(super) fn catch_up_waiting(&self, s: &ServerSession) -> bool {
-        s.phase == Phase::Active
-            && s.transfers.is_empty()
-            && s.outbound.bytes() <= low_water(&self.config.limits)
-            && s.docs.iter().any(|(_, sub)| sub.is_lagging())
+        s.phase() == Phase::Active
+            && s.transfers().is_empty()
+            && s.queue().bytes() <= low_water(&self.config.limits)
+            && s.docs().iter().any(|(_, sub)| sub.is_lagging())
     }
 
     /// Sends the due catch-ups (lagging subscribers, syncs held back) of
@@ -352,7 +349,7 @@ impl<A: Authorizer> Hub<A> {
             loop {
                 let Some(doc) = self.next_lagging(conn) else {
                     if let Some(s) = self.sessions.get_mut(&conn) {
-                        s.lagging = false;
+                        s.listed_mut().lagging = false;
                     }
                     break;
                 };
@@ -380,7 +377,7 @@ impl<A: Authorizer> Hub<A> {
     /// A document of `conn` whose catch-up is due.
     pub(super) fn next_lagging(&self, conn: ConnId) -> Option<DocId> {
         let s = self.sessions.get(&conn)?;
-        s.docs
+        s.docs()
             .iter()
             .find(|(_, sub)| sub.is_lagging())
             .map(|(doc, _)| doc)

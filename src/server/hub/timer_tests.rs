@@ -51,17 +51,20 @@ fn drain(hub: &mut Hub<AllowAll>) -> Vec<ServerEvent> {
 fn join(hub: &mut Hub<AllowAll>, reg: &mut Reg, now: Instant) -> ConnId {
     let conn = hub.accept(now);
     hub.handle_input(conn, now, &hello(), reg);
+    hub.commit(reg);
     let open = frame(&[Message::Open {
         name: "d".into(),
         version: Bytes::default(),
         resume: None,
     }]);
     hub.handle_input(conn, now, &open, reg);
+    hub.commit(reg);
     let done = frame(&[Message::SyncDone {
         doc: DocId(0),
         version: Bytes::default(),
     }]);
     hub.handle_input(conn, now, &done, reg);
+    hub.commit(reg);
     conn
 }
 
@@ -75,6 +78,7 @@ fn churn_around_a_long_lived_connection_leaves_nothing_behind() {
     let mut reg = registry();
     let live = hub.accept(now);
     hub.handle_input(live, now, &hello(), &mut reg);
+    hub.commit(&mut reg);
     drain(&mut hub);
     for _ in 0..200_000 {
         let conn = hub.accept(now);
@@ -149,11 +153,13 @@ fn deadlines_move_both_ways() {
     // Handshake done: the idle deadline (1 s) is earlier than the
     // handshake's (5 s).
     hub.handle_input(a, t0, &hello(), &mut reg);
+    hub.commit(&mut reg);
     check_filed(&hub);
     assert_eq!(hub.poll_timeout(), Some(t0 + s));
     // Input at 0.5 s moves it later; firing the old one changes nothing.
     let ping = frame(&[Message::Ping { t: 1 }]);
     hub.handle_input(a, t0 + s / 2, &ping, &mut reg);
+    hub.commit(&mut reg);
     drain(&mut hub);
     hub.handle_timeout(t0 + s, &mut reg);
     assert!(!hub.is_closed(a));
@@ -204,6 +210,7 @@ fn a_due_catch_up_is_found_without_a_scan() {
             data: Bytes(data),
         }]);
         hub.handle_input(sender, now, &update, &mut reg);
+        hub.commit(&mut reg);
         while hub.poll_transmit_for(sender).is_some() {}
         while let Some(e) = hub.poll_event() {
             lagging |= matches!(e, ServerEvent::SubscriberLagging { conn, .. } if conn == reader);
@@ -265,6 +272,7 @@ fn a_catch_up_held_back_by_the_sync_rate_is_served_at_the_retry() {
     for step in 0..40 {
         if step < 3 {
             hub.handle_input(conn, now, &request, &mut reg);
+            hub.commit(&mut reg);
         }
         if hub.poll_timeout().is_some_and(|t| t <= now) {
             hub.handle_timeout(now, &mut reg);

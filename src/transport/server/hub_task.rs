@@ -304,8 +304,7 @@ impl<R: Registry, A: Authorizer> HubTask<R, A> {
                 false
             }
             HubInput::Frame(conn, bytes) => {
-                self.hub
-                    .handle_input_deferred(conn, now, &bytes, &mut self.registry);
+                self.hub.handle_input(conn, now, &bytes, &mut self.registry);
                 true
             }
             HubInput::Writable(conn) => {

@@ -1,12 +1,9 @@
-//! The hub's document directory: the documents some connection has open,
-//! or had open until less than the unload linger ago
-//! ([`ServerConfig::unload_after`](crate::server::ServerConfig::unload_after)).
-//!
-//! Connections name documents by their own handles ([`DocId`], per
-//! connection, like QUIC stream ids); the directory numbers them with a
-//! [`DocIndex`], a slot reused once its document leaves. Every subscriber is
-//! listed with its handle, so fan-out encodes a message once per distinct
-//! handle, not once per recipient.
+//! The rooms table and the rooms' lifecycle: a room opens with its first
+//! subscriber, lingers once the last one left
+//! ([`ServerConfig::unload_after`](crate::server::ServerConfig::unload_after)),
+//! and closes when the linger ends; the hub then tells the registry to
+//! unload the document. The lingering rooms charged to one connection are
+//! capped, so opening and closing documents cannot keep more loaded.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,91 +13,15 @@ use crate::time::Instant;
 
 use crate::wire::DocId;
 
-use crate::registry::Registry;
+use super::{ConnId, DocIndex, Room};
 
-use super::{Authorizer, ConnId, Hub};
-
-/// The hub's own number for a document in its directory: a slot, reused
-/// once the document leaves. Never on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct DocIndex(pub(crate) u32);
-
-impl DocIndex {
-    /// The key of the server-wide tables that name documents by a [`DocId`]
-    /// (presence, resumable transfers): the index, which no connection
-    /// sees. Such entries must not outlive the document's slot.
-    pub(crate) fn key(self) -> DocId {
-        DocId(self.0)
-    }
-
-    /// The index behind a [`DocIndex::key`].
-    pub(crate) fn from_key(key: DocId) -> Self {
-        DocIndex(key.0)
-    }
-}
-
-/// One document in the directory.
-pub(crate) struct DocEntry {
-    pub(crate) name: Arc<str>,
-    pub(crate) subscribers: Subscribers,
-    /// When the document leaves, if nobody subscribes again before.
-    /// `None` while subscribed (or never, per the policy).
-    unload_at: Option<Instant>,
-    /// The connection whose leaving started the linger, while the
-    /// document counts against its lingering allowance.
-    charged_to: Option<ConnId>,
-}
-
-/// The connections subscribed to a document with their handles for it,
-/// sorted by handle then connection: recipients sharing a handle (most
-/// do: connections number their few documents from 0) are adjacent, and
-/// fan-out encodes once per run. A vector, not a B-tree: every update walks
-/// it, while joins and leaves are rare.
+/// The rooms table: the documents loaded for the hub's connections, by
+/// [`DocIndex`] and by name, and the lifecycle of each room (subscribed,
+/// lingering once the last subscriber left, closed).
 #[derive(Default)]
-pub(crate) struct Subscribers(Vec<(DocId, ConnId)>);
-
-impl Subscribers {
-    fn insert(&mut self, conn: ConnId, handle: DocId) {
-        if let Err(i) = self.0.binary_search(&(handle, conn)) {
-            self.0.insert(i, (handle, conn));
-        }
-    }
-
-    fn remove(&mut self, conn: ConnId, handle: DocId) {
-        if let Ok(i) = self.0.binary_search(&(handle, conn)) {
-            self.0.remove(i);
-        }
-        if self.0.is_empty() {
-            self.0 = Vec::new();
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// `(handle, connection)` pairs, grouped by handle.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (DocId, ConnId)> + '_ {
-        self.0.iter().copied()
-    }
-
-    /// The subscribers in runs of one handle each.
-    pub(crate) fn runs(&self) -> impl Iterator<Item = (DocId, &[(DocId, ConnId)])> + '_ {
-        self.0
-            .chunk_by(|a, b| a.0 == b.0)
-            .map(|run| (run[0].0, run))
-    }
-}
-
-/// The documents loaded for the hub's connections.
-#[derive(Default)]
-pub(crate) struct Directory {
+pub(crate) struct Rooms {
     /// Indexed by [`DocIndex`]; `None`: a free slot (listed in `free`).
-    slots: Vec<Option<DocEntry>>,
+    slots: Vec<Option<Room>>,
     /// Free slots below the last one in use; the smallest is reused first,
     /// so slots stay dense.
     free: BTreeSet<u32>,
@@ -109,7 +30,7 @@ pub(crate) struct Directory {
     idle: BTreeSet<(Instant, DocIndex)>,
     /// The lingering documents charged to each connection (the last
     /// subscriber to leave them), by when they leave: at most the cap
-    /// given to [`Directory::unsubscribe`] each, so a peer opening and
+    /// given to [`Rooms::unsubscribe`] each, so a peer opening and
     /// closing documents cannot keep more than that many loaded past its
     /// open ones. Entries outlive the connection until their documents
     /// leave.
@@ -117,8 +38,8 @@ pub(crate) struct Directory {
     len: usize,
 }
 
-impl Directory {
-    /// Documents in the directory (including those waiting to leave).
+impl Rooms {
+    /// Rooms in the table (including those lingering).
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -127,7 +48,7 @@ impl Directory {
         self.by_name.get(name).copied()
     }
 
-    pub(crate) fn get(&self, index: DocIndex) -> Option<&DocEntry> {
+    pub(crate) fn get(&self, index: DocIndex) -> Option<&Room> {
         self.slots.get(index.0 as usize)?.as_ref()
     }
 
@@ -135,7 +56,7 @@ impl Directory {
         self.get(index).map(|e| &e.name)
     }
 
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (DocIndex, &DocEntry)> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (DocIndex, &Room)> {
         self.slots
             .iter()
             .enumerate()
@@ -148,12 +69,7 @@ impl Directory {
             return index;
         }
         let name: Arc<str> = name.into();
-        let entry = DocEntry {
-            name: Arc::clone(&name),
-            subscribers: Subscribers::default(),
-            unload_at: None,
-            charged_to: None,
-        };
+        let entry = Room::new(Arc::clone(&name));
         let index = match self.free.pop_first() {
             Some(i) => {
                 self.slots[i as usize] = Some(entry);
@@ -190,7 +106,7 @@ impl Directory {
     /// leaving starts the linger (`None`: the document stays), charged to
     /// `conn`. Past `cap` lingering documents charged to `conn`, the one
     /// that would leave first is due at once (at `now`): the next
-    /// [`Directory::pop_expired`] takes it.
+    /// [`Rooms::pop_expired`] takes it.
     pub(crate) fn unsubscribe(
         &mut self,
         index: DocIndex,
@@ -234,7 +150,7 @@ impl Directory {
         }
     }
 
-    /// Lingering documents charged to `conn` (see [`Directory::unsubscribe`]).
+    /// Lingering documents charged to `conn` (see [`Rooms::unsubscribe`]).
     #[cfg(test)]
     fn charged_to(&self, conn: ConnId) -> usize {
         self.charged.get(&conn).map_or(0, BTreeSet::len)
@@ -287,62 +203,6 @@ fn uncharge(
     }
 }
 
-impl<A: Authorizer> Hub<A> {
-    /// Removes `conn`'s subscription to its document `doc` (the client
-    /// closed it, or disconnected), freeing the handle.
-    pub(super) fn unsubscribe(&mut self, conn: ConnId, doc: DocId) {
-        self.leave(conn, doc, false);
-    }
-
-    /// Removes `conn`'s subscription to its document `doc` on the server's
-    /// initiative (access revoked): the handle stays retired until the
-    /// client closes it, so updates it sent before it heard cannot land in
-    /// a document opened next under the same handle.
-    pub(super) fn revoke(&mut self, conn: ConnId, doc: DocId) {
-        self.leave(conn, doc, true);
-    }
-
-    /// Removes the subscription with its presence state and the
-    /// acknowledgements still due for it (the handle may name another
-    /// document next). The last subscriber leaving starts the document's
-    /// unload linger.
-    fn leave(&mut self, conn: ConnId, doc: DocId, retire: bool) {
-        let Some(s) = self.sessions.get_mut(&conn) else {
-            return;
-        };
-        let sub = if retire {
-            s.docs.retire(&doc)
-        } else {
-            s.docs.remove(&doc)
-        };
-        let Some(sub) = sub else {
-            return;
-        };
-        s.transfers.cancel(doc);
-        let session = s.session;
-        self.forget_acks(conn, doc, sub.last_seq > sub.durable_seq);
-        if let Some(leave) = self.presence.remove(sub.index.key(), session) {
-            self.share_presence(sub.index, Some(conn), vec![leave]);
-        }
-        let linger = self.config.unload_after;
-        let cap = self.config.limits.max_docs_per_connection;
-        self.directory
-            .unsubscribe(sub.index, conn, doc, self.now, linger, cap);
-    }
-
-    /// Takes the documents whose unload linger ended out of the directory
-    /// and tells the registry to unload them (it keeps what only it holds:
-    /// a memory registry its written documents, a durable one its writes
-    /// not yet on disk until they are).
-    pub(super) fn unload_idle<R: Registry>(&mut self, now: Instant, registry: &mut R) {
-        while let Some((index, name)) = self.directory.pop_expired(now) {
-            // Nothing server-wide may outlive the document's slot.
-            self.transfers.forget(index.key());
-            registry.unload(&name);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +211,7 @@ mod tests {
     fn documents_leave_after_the_linger_and_slots_are_reused() {
         let t0 = Instant::now();
         let linger = Some(Duration::from_secs(2));
-        let mut d = Directory::default();
+        let mut d = Rooms::default();
         let a = d.insert("a");
         let b = d.insert("b");
         assert_eq!((a, b, d.len()), (DocIndex(0), DocIndex(1), 2));
@@ -383,7 +243,7 @@ mod tests {
     fn lingering_documents_past_the_cap_are_due_at_once() {
         let t0 = Instant::now();
         let linger = Some(Duration::from_secs(60));
-        let mut d = Directory::default();
+        let mut d = Rooms::default();
         let (conn, other) = (ConnId(1), ConnId(2));
         for i in 0..5u32 {
             let index = d.insert(&format!("d{i}"));
@@ -409,21 +269,5 @@ mod tests {
         let later = now + Duration::from_secs(61);
         assert_eq!(std::iter::from_fn(|| d.pop_expired(later)).count(), 2);
         assert!(d.charged.is_empty() && d.len() == 0);
-    }
-
-    #[test]
-    fn subscribers_run_by_handle() {
-        let mut s = Subscribers::default();
-        for (conn, handle) in [(3, 0), (1, 1), (2, 0), (4, 1), (5, 2)] {
-            s.insert(ConnId(conn), DocId(handle));
-        }
-        let runs: Vec<(u32, Vec<u64>)> = s
-            .runs()
-            .map(|(h, run)| (h.0, run.iter().map(|(_, c)| c.0).collect()))
-            .collect();
-        assert_eq!(runs, [(0, vec![2, 3]), (1, vec![1, 4]), (2, vec![5])]);
-        s.remove(ConnId(3), DocId(0));
-        s.remove(ConnId(3), DocId(1)); // not under that handle
-        assert_eq!(s.len(), 4);
     }
 }

@@ -45,18 +45,11 @@ fn text_of(doc: &mut YrsDocument) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    // A yrs client id (53 bits) that differs between runs.
-    let id = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64
-        ^ u64::from(std::process::id()))
-        & ((1 << 53) - 1);
-    let docs = MemoryRegistry::new(move |_: &str| YrsDocument::new(id));
+    let docs = MemoryRegistry::new(move |_: &str| YrsDocument::new());
     let options = ClientOptions {
         session: ClientConfig {
             peer: args.name.clone(),
             token: args.token.clone().into_bytes(),
-            seed: id,
             ..ClientConfig::default()
         },
         documents: vec![args.doc.clone()],

@@ -89,9 +89,9 @@ type Doc = Box<dyn Document + Send>;
 fn factory(crdt: Crdt) -> impl FnMut(&str) -> Doc + Send + 'static {
     move |_: &str| -> Doc {
         match crdt {
-            Crdt::Yrs => Box::new(YrsDocument::server(0)),
-            Crdt::Loro => Box::new(LoroDocument::new(0)),
-            Crdt::Automerge => Box::new(AutomergeDocument::new(0u64)),
+            Crdt::Yrs => Box::new(YrsDocument::server()),
+            Crdt::Loro => Box::new(LoroDocument::new()),
+            Crdt::Automerge => Box::new(AutomergeDocument::new()),
         }
     }
 }

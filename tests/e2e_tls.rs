@@ -25,7 +25,7 @@ const DOC: &str = "notes";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn registry(id: u64) -> Reg {
-    MemoryRegistry::new(move |_: &str| YrsDocument::new(id))
+    MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(id))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

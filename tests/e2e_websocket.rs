@@ -26,7 +26,7 @@ const DOC: &str = "notes";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn registry(id: u64) -> Reg {
-    MemoryRegistry::new(move |_: &str| YrsDocument::new(id))
+    MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(id))
 }
 
 fn text_of(doc: &YrsDocument) -> String {

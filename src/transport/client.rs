@@ -150,7 +150,7 @@ enum Command<R> {
 /// use crdt_socket_sync::transport::{tokio::connect, ClientOptions};
 /// use yrs::{Text, Transact};
 ///
-/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(7));
+/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 /// let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 /// let (client, mut events) = connect("ws://127.0.0.1:8080", docs, options).await?;
 /// client

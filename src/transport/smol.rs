@@ -12,7 +12,7 @@
 //! use yrs::{Text, Transact};
 //!
 //! smol::block_on(async {
-//!     let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(9));
+//!     let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 //!     let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 //!     let (client, _events) = connect("ws://127.0.0.1:8080", docs, options).await?;
 //!     client.with_doc("notes", |doc| {

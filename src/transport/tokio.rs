@@ -18,10 +18,10 @@
 //! use crdt_socket_sync::transport::tokio::{connect, WebSocketServer};
 //! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
 //!
-//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server());
 //! let options = ServerOptions { tls: Some(server_tls), ..ServerOptions::default() };
 //! let server = WebSocketServer::start("127.0.0.1:8443", registry, AllowAll, options).await?;
-//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 //! let options = ClientOptions { tls: Some(client_tls), ..ClientOptions::default() };
 //! let (client, _events) = connect("wss://localhost:8443", docs, options).await?;
 //! # Ok(()) }
@@ -39,10 +39,10 @@
 //! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
 //! use yrs::{Text, Transact};
 //!
-//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server());
 //! let server = WebSocketServer::start("127.0.0.1:8080", registry, AllowAll, ServerOptions::default()).await?;
 //!
-//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 //! let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 //! let (client, _events) = connect(&format!("ws://{}", server.local_addr()), docs, options).await?;
 //! client.with_doc("notes", |doc| {
@@ -88,7 +88,7 @@ const LOG: &str = "crdt_socket_sync::transport::server";
 /// use crdt_socket_sync::wire::Access;
 ///
 /// let auth = StaticTokens::default().with("s3cret", "alice", Access::ReadWrite);
-/// let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
+/// let registry = MemoryRegistry::new(|_: &str| YrsDocument::server());
 /// let options = ServerOptions { path: Some("/sync".into()), ..ServerOptions::default() };
 /// let mut server = WebSocketServer::start("127.0.0.1:0", registry, auth, options).await?;
 /// println!("listening on ws://{}/sync", server.local_addr());
@@ -503,7 +503,7 @@ impl Runtime for Tokio {
 /// use crdt_socket_sync::registry::MemoryRegistry;
 /// use crdt_socket_sync::transport::{tokio::connect, ClientOptions};
 ///
-/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(42));
+/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 /// let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 /// let (client, mut events) = connect("ws://127.0.0.1:8080", docs, options).await?;
 /// while let Some(event) = events.recv().await {

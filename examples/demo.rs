@@ -244,7 +244,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             match ev {
                 ClientEvent::RemoteUpdate { .. } => remote += 1,
                 ClientEvent::Acknowledged { .. } => acks += 1,
-                ClientEvent::Dial { .. } => reconnects += 1,
+                ClientEvent::Dial { attempt } if attempt > 0 => reconnects += 1,
                 _ => {}
             }
         }

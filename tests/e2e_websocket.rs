@@ -540,7 +540,11 @@ async fn connection_limit_path_and_origin_are_enforced() {
         "{err:?}"
     );
     let wrong = url.replace("/sync", "/other");
-    let err = connect(&wrong, registry(3), fast_options("c", ""))
+    let fail_fast = ClientOptions {
+        fail_fast: true,
+        ..fast_options("c", "")
+    };
+    let err = connect(&wrong, registry(3), fail_fast)
         .await
         .expect_err("path");
     assert!(matches!(err, ClientError::Dial { .. }), "{err:?}");

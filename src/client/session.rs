@@ -61,7 +61,11 @@ pub struct ClientStats {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    Idle,
+    /// Never connected. `dialing`: a `Dial` event asked for the first
+    /// transport and the application is opening it.
+    Idle {
+        dialing: bool,
+    },
     Handshaking {
         deadline: Option<Instant>,
     },
@@ -241,7 +245,7 @@ impl ClientSession {
         let inbound = Inbound::new(config.framing);
         let outbound = Outbound::new(&config.limits);
         ClientSession {
-            phase: Phase::Idle,
+            phase: Phase::Idle { dialing: false },
             inbound,
             inflate: InflateScratch::default(),
             outbound,
@@ -269,7 +273,7 @@ impl ClientSession {
     /// The current status.
     pub fn status(&self) -> Status {
         match self.phase {
-            Phase::Idle => Status::Idle,
+            Phase::Idle { .. } => Status::Idle,
             Phase::Handshaking { .. } => Status::Connecting,
             Phase::Connected => Status::Connected,
             Phase::Disconnected {
@@ -681,13 +685,86 @@ impl ClientSession {
         }
     }
 
-    /// The transport the application tried to open after a `Dial` event
-    /// could not be established: schedules the next attempt.
-    pub fn dial_failed(&mut self, now: Instant) {
+    /// Asks for a transport now: emits [`ClientEvent::Dial`], to be
+    /// answered with [`ClientSession::connect`] once the transport is up or
+    /// [`ClientSession::dial_failed`]. Works before the first connection
+    /// (`attempt` 0; a failed first dial is then retried with the backoff,
+    /// so a client can start before its server) and after
+    /// [`ClientSession::disconnect`] or [`ClientSession::transport_lost`]
+    /// (it skips the remaining backoff delay; the attempt count starts
+    /// again). Does nothing while connected, handshaking, already dialing
+    /// or closed.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use crdt_socket_sync::client::{ClientConfig, ClientEvent, ClientSession, Status};
+    ///
+    /// let now = Instant::now();
+    /// let mut client = ClientSession::new(ClientConfig::default(), now);
+    /// client.dial(now);
+    /// assert_eq!(client.poll_event(), Some(ClientEvent::Dial { attempt: 0 }));
+    /// client.dial_failed_because(now, "connection refused");
+    /// assert_eq!(client.status(), Status::Reconnecting); // retried after the backoff
+    /// assert!(matches!(client.poll_event(), Some(ClientEvent::DialFailed { attempt: 0, .. })));
+    /// ```
+    pub fn dial(&mut self, now: Instant) {
         self.tick(now);
-        if let Phase::Disconnected { dialing: true, .. } = self.phase {
-            self.schedule_reconnect();
+        match self.phase {
+            Phase::Idle { dialing: false } => {
+                self.phase = Phase::Idle { dialing: true };
+                self.events.push_back(ClientEvent::Dial { attempt: 0 });
+            }
+            Phase::Disconnected { dialing: false, .. } => {
+                self.attempts = 0;
+                self.set_status(Phase::Disconnected {
+                    reconnect_at: None,
+                    dialing: true,
+                });
+                self.events.push_back(ClientEvent::Dial { attempt: 0 });
+            }
+            _ => {}
         }
+    }
+
+    /// The transport the application tried to open after a `Dial` event
+    /// could not be established: reports [`ClientEvent::DialFailed`] and
+    /// schedules the next attempt (or gives up, per the backoff policy).
+    pub fn dial_failed(&mut self, now: Instant) {
+        self.dial_failure(now, None);
+    }
+
+    /// [`ClientSession::dial_failed`] with the reason the transport gave
+    /// (reported in [`ClientEvent::DialFailed`]).
+    pub fn dial_failed_because(&mut self, now: Instant, reason: impl Into<String>) {
+        self.dial_failure(now, Some(reason.into()));
+    }
+
+    fn dial_failure(&mut self, now: Instant, reason: Option<String>) {
+        self.tick(now);
+        if !matches!(
+            self.phase,
+            Phase::Disconnected { dialing: true, .. } | Phase::Idle { dialing: true }
+        ) {
+            return;
+        }
+        let attempt = self.attempts;
+        let at = self.events.len();
+        self.schedule_reconnect();
+        let retry_in = match self.phase {
+            Phase::Disconnected {
+                reconnect_at: Some(t),
+                ..
+            } => Some(t.saturating_duration_since(self.now)),
+            _ => None,
+        };
+        self.events.insert(
+            at,
+            ClientEvent::DialFailed {
+                attempt,
+                reason,
+                retry_in,
+            },
+        );
     }
 
     /// Ends the connection (queueing `Close` for the server) and cancels

@@ -102,6 +102,18 @@ pub struct ClientOptions {
     pub event_capacity: usize,
     /// Capacity of the command channel. Default 64.
     pub command_capacity: usize,
+    /// `false` (the default, offline first): when the server cannot be
+    /// reached, `connect` still returns the client, after the first failed
+    /// dial, and the client keeps dialing with its backoff
+    /// ([`ClientConfig::reconnect`]), reporting each failure as
+    /// [`ClientEvent::DialFailed`]. Its documents are open and take edits
+    /// meanwhile; they sync once the server is up. `true`: `connect`
+    /// returns the dial error instead (and the client task ends).
+    ///
+    /// Either way, a TLS failure (an untrusted or mismatched certificate)
+    /// or a refused handshake (bad token, version) on the first connection
+    /// is returned as an error: retrying would not fix it.
+    pub fail_fast: bool,
     /// The rustls client configuration used for `wss://` URLs (feature
     /// `tls`): custom roots (e.g. a private CA or a self-signed test
     /// certificate), client certificates, ALPN... `None` (the default)
@@ -119,6 +131,7 @@ impl Default for ClientOptions {
             dial_timeout: Duration::from_secs(10),
             event_capacity: 1024,
             command_capacity: 64,
+            fail_fast: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -383,7 +396,11 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
         rx.await.map_err(|_| ClientError::Stopped)
     }
 
-    /// Dials again after [`WebSocketClient::disconnect`].
+    /// Dials again after [`WebSocketClient::disconnect`] (or, while waiting
+    /// for a backoff delay, at once). A failed dial is reported as
+    /// [`ClientEvent::DialFailed`] and retried with the backoff, as after a
+    /// lost connection; [`ClientEvent::GaveUp`] when the policy's
+    /// `max_attempts` ran out.
     pub async fn reconnect(&self) -> Result<(), ClientError> {
         self.commands
             .send(Command::Reconnect)
@@ -468,6 +485,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         url: url.to_string(),
         dial_settings: dial,
         dial_timeout: options.dial_timeout,
+        fail_fast: options.fail_fast,
         session,
         registry,
         commands: cmd_rx,
@@ -510,6 +528,7 @@ struct Driver<RT: Runtime, R> {
     url: String,
     dial_settings: DialSettings,
     dial_timeout: Duration,
+    fail_fast: bool,
     session: ClientSession,
     registry: R,
     commands: mpsc::Receiver<Command<R>>,
@@ -550,7 +569,11 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
     }
 
     async fn run(mut self) {
-        self.start_dial();
+        // The `Dial` event this queues starts the first dial in `drain`.
+        self.session.dial(Instant::now());
+        if !self.drain().await {
+            return;
+        }
         loop {
             let step = self.next_step().await;
             let now = Instant::now();
@@ -570,8 +593,11 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                     self.done.push(tx);
                 }
                 Step::Command(Some(Command::Reconnect)) => {
+                    // A `Dial` event (unless connected or already dialing)
+                    // starts a dial in `drain`; a failed one is retried
+                    // with the backoff and reported as `DialFailed`.
                     if self.socket.is_none() && self.dial.is_none() {
-                        self.start_dial();
+                        self.session.dial(now);
                     }
                 }
                 Step::Command(Some(Command::Cut)) => {
@@ -595,7 +621,10 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                 }
                 Step::Dialed(Err(reason)) => {
                     tracing::warn!(target: "crdt_socket_sync::transport::client", url = %self.url, %reason, "dial failed");
-                    if let Some(first) = self.first.take() {
+                    // A certificate problem is not fixed by retrying: the
+                    // first connection reports it even when offline first.
+                    let fatal = self.fail_fast || matches!(reason, DialError::Tls(_));
+                    if fatal && let Some(first) = self.first.take() {
                         let url = self.url.clone();
                         let err = match reason {
                             DialError::Timeout => ClientError::Timeout(url),
@@ -605,7 +634,12 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                         let _ = first.send(Err(err));
                         break;
                     }
-                    self.session.dial_failed(now);
+                    // Offline first: `connect` returns now; the session
+                    // retries with its backoff.
+                    if let Some(first) = self.first.take() {
+                        let _ = first.send(Ok(()));
+                    }
+                    self.session.dial_failed_because(now, reason.to_string());
                 }
                 Step::Input(Some(Ok(msg))) => match msg {
                     WsMessage::Binary(bytes) => {
@@ -732,8 +766,10 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                     }
                 }
                 ClientEvent::Dial { attempt } => {
-                    tracing::info!(target: "crdt_socket_sync::transport::client", attempt, "reconnecting");
-                    self.start_dial();
+                    tracing::info!(target: "crdt_socket_sync::transport::client", attempt, "dialing");
+                    if self.socket.is_none() {
+                        self.start_dial();
+                    }
                 }
                 ClientEvent::Closed { cause } => {
                     tracing::info!(target: "crdt_socket_sync::transport::client", %cause, "connection closed");

@@ -75,7 +75,8 @@ impl Runtime for Smol {
 }
 
 /// Connects a client to `url` on smol's global executor. Resolves once the
-/// handshake succeeded, or with a typed error; then reconnects by itself
+/// handshake succeeded or, offline, after the first failed dial (unless
+/// [`ClientOptions::fail_fast`]); then reconnects by itself
 /// (see [`tokio::connect`](super::tokio::connect) for the details, which
 /// are the same).
 pub async fn connect<R: Registry + Send + 'static>(

@@ -487,10 +487,18 @@ impl Runtime for Tokio {
 }
 
 /// Connects a client to `url` (`ws://` or, with feature `tls`, `wss://`)
-/// on the current tokio runtime. Resolves once the handshake succeeded, or
-/// with a typed error (dial failure, timeout, rejected token...). From then
-/// on the client reconnects by itself, with the core's backoff, until
+/// on the current tokio runtime and spawns the client task. Resolves once
+/// the first handshake succeeded, or, when the server cannot be reached,
+/// after the first failed dial: the client is then offline (status
+/// `Reconnecting`), its documents open and taking edits, and it keeps
+/// dialing with its backoff, reporting each failure as
+/// [`ClientEvent::DialFailed`](crate::client::ClientEvent::DialFailed)
+/// ([`ClientOptions::fail_fast`] returns the dial error instead). A refused
+/// handshake (bad token, version, server at capacity) or a TLS failure is
+/// returned as an error. From then on the client reconnects by itself, with
+/// the core's backoff ([`Backoff`](crate::client::Backoff)), until
 /// [`WebSocketClient::disconnect`] or [`WebSocketClient::close`].
+/// [`WebSocketClient::connect`] is this same function.
 ///
 /// `registry` holds the client's documents; `options.documents` are opened
 /// before connecting.
@@ -529,7 +537,8 @@ pub async fn connect<R: Registry + Send + 'static>(
 }
 
 impl<R: Registry + Send + 'static> WebSocketClient<R> {
-    /// [`connect`] on tokio.
+    /// [`connect`](self::connect) on tokio: the same function, reachable
+    /// from the type.
     pub async fn connect(
         url: &str,
         registry: R,

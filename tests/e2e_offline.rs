@@ -191,3 +191,130 @@ async fn recovery_after_ten_server_restarts_is_sub_second() {
     assert!(median < Duration::from_secs(1), "median {median:?}");
     assert!(worst < Duration::from_millis(2600), "worst {worst:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_edit_is_never_made_and_a_queued_one_has_a_sequence_number() {
+    use crdt_socket_sync::Limits;
+    use crdt_socket_sync::client::{ClientConfig, CommandError};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let options = ClientOptions {
+        session: ClientConfig {
+            limits: Limits {
+                max_outbox_updates: 2,
+                ..Limits::default()
+            },
+            ..ClientConfig::default()
+        },
+        ..options()
+    };
+    // Offline: the outbox fills up.
+    let (client, _events) = connect(&format!("ws://{}", free_addr()), docs(), options)
+        .await
+        .unwrap();
+    let first = client
+        .with_doc(DOC, |doc| {
+            doc.get_or_insert_text("body")
+                .push(&mut doc.transact_mut(), "a");
+            "output"
+        })
+        .await
+        .unwrap();
+    assert_eq!((first.output, first.seq), ("output", Some(1)));
+    let nothing = client.with_doc(DOC, |_| ()).await.unwrap();
+    assert_eq!(nothing.seq, None, "no change, nothing sent");
+    append(&client, "b").await;
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    let refused = client
+        .with_doc(DOC, move |doc| {
+            flag.store(true, Ordering::SeqCst);
+            doc.get_or_insert_text("body")
+                .push(&mut doc.transact_mut(), "c");
+        })
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Command(CommandError::Backpressure { .. }))
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "the closure ran for a refused edit"
+    );
+    assert_eq!(client.read_doc(DOC, |d| text_of(d)).await.unwrap(), "ab");
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_fails_clearly_against_a_memory_only_server() {
+    let addr = free_addr();
+    let server = serve(&addr, MemoryRegistry::new(|_: &str| YrsDocument::server())).await;
+    // Asked before the server announced itself: answered on connecting.
+    let (client, _events) = connect(&format!("ws://{addr}"), docs(), options())
+        .await
+        .unwrap();
+    let edit = client
+        .with_doc(DOC, |doc| {
+            doc.get_or_insert_text("body")
+                .push(&mut doc.transact_mut(), "x");
+        })
+        .await
+        .unwrap();
+    let seq = edit.seq.expect("an edit");
+    let err = tokio::time::timeout(WAIT, client.durable(DOC, seq))
+        .await
+        .expect("answered, not left waiting")
+        .expect_err("memory only");
+    assert!(matches!(err, ClientError::NotDurable), "{err:?}");
+    assert!(err.to_string().contains("durabl"), "{err}");
+    client.close().await.unwrap();
+    server.stop().await.unwrap();
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_resolves_once_the_edit_is_on_the_servers_disk() {
+    use crdt_socket_sync::store::SqliteRegistry;
+
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("e2e-offline-durable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let reg =
+        SqliteRegistry::open(dir.join("server.sqlite"), |_: &str| YrsDocument::server()).unwrap();
+    let addr = free_addr();
+    let server = WebSocketServer::start(addr.clone(), reg, AllowAll, ServerOptions::default())
+        .await
+        .unwrap();
+    let (client, _events) = connect(&format!("ws://{addr}"), docs(), options())
+        .await
+        .unwrap();
+    for word in ["durable ", "twice"] {
+        let w = word.to_string();
+        let edit = client
+            .with_doc(DOC, move |doc| {
+                doc.get_or_insert_text("body")
+                    .push(&mut doc.transact_mut(), &w);
+            })
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, client.durable(DOC, edit.seq.unwrap()))
+            .await
+            .expect("durable in time")
+            .expect("durable");
+    }
+    // Already durable: answered at once.
+    client.durable(DOC, 1).await.unwrap();
+    client.close().await.unwrap();
+    server.stop().await.unwrap();
+    // On disk: a fresh registry on the same file has it.
+    let mut reopened =
+        SqliteRegistry::open(dir.join("server.sqlite"), |_: &str| YrsDocument::server()).unwrap();
+    assert_eq!(text_of(reopened.open(DOC).unwrap()), "durable twice");
+    drop(reopened);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -176,11 +176,22 @@ pub enum CommandError {
     /// The server granted read-only access.
     #[error("document {0:?} is read-only")]
     ReadOnly(String),
-    /// The outbox or send queue is full; retry after acknowledgements.
+    /// The document's outbox or the send queue is full, so the edit was
+    /// refused; retry after acknowledgements.
     #[error("backpressure on {name:?}: {queued} bytes queued, limit {limit}")]
     Backpressure {
         /// The document.
         name: String,
+        /// Bytes currently queued.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The send queue is full, so an application message
+    /// ([`ClientSession::send_app`](super::ClientSession::send_app)) was not
+    /// sent; retry once the transport drained it.
+    #[error("send queue full: {queued} bytes queued, limit {limit}")]
+    SendQueueFull {
         /// Bytes currently queued.
         queued: usize,
         /// The limit.

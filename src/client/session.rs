@@ -98,6 +98,9 @@ struct ClientDoc {
     outbox: VecDeque<(u64, Vec<u8>)>,
     outbox_bytes: usize,
     next_seq: u64,
+    /// The highest sequence number the server acknowledged as durable (its
+    /// acks are cumulative; kept across connections, as `next_seq` is).
+    durable_seq: u64,
     /// A partial initial-sync transfer, kept across reconnections to be
     /// resumed. Its bytes count towards `ClientSession::transfer_bytes`.
     transfer: Option<TransferBuf>,
@@ -132,6 +135,7 @@ impl ClientDoc {
             outbox: VecDeque::new(),
             outbox_bytes: 0,
             next_seq: 1,
+            durable_seq: 0,
             transfer: None,
             transfer_dropped: None,
             held: Vec::new(),
@@ -305,6 +309,14 @@ impl ClientSession {
     /// The sync status of a document.
     pub fn doc_status(&self, name: &str) -> Option<DocStatus> {
         self.docs.get(name).map(|d| d.status)
+    }
+
+    /// The highest sequence number of `name`'s local updates the server
+    /// acknowledged as durable (every update up to it is on the server's
+    /// disk); 0 before the first such acknowledgement, `None` for a
+    /// document not open here.
+    pub fn durable_seq(&self, name: &str) -> Option<u64> {
+        self.docs.get(name).map(|d| d.durable_seq)
     }
 
     /// Local updates of `name` not yet acknowledged by the server.
@@ -492,7 +504,13 @@ impl ClientSession {
         self.queue_update(name, update)
     }
 
-    fn check_writable(&self, name: &str) -> Result<(), CommandError> {
+    /// Whether a local edit of `name` would be taken now: the error
+    /// [`ClientSession::flush_local`] would return (unknown document,
+    /// read-only access, [`CommandError::Backpressure`], closed session).
+    /// Check it before editing the document, so that a refused edit is not
+    /// made at all (an edit made and then refused would still leave with
+    /// the next flush).
+    pub fn check_writable(&self, name: &str) -> Result<(), CommandError> {
         if self.phase == Phase::Closed {
             return Err(CommandError::Closed);
         }
@@ -1367,6 +1385,7 @@ impl ClientSession {
             doc.outbox_bytes -= update.len();
             doc.outbox.pop_front();
         }
+        doc.durable_seq = doc.durable_seq.max(durable);
         let name = Arc::clone(&doc.name);
         self.events.push_back(ClientEvent::Acknowledged {
             name,
@@ -1528,8 +1547,7 @@ impl ClientSession {
         };
         self.outbound
             .push(&msg, Priority::Data)
-            .map_err(|_| CommandError::Backpressure {
-                name: String::new(),
+            .map_err(|_| CommandError::SendQueueFull {
                 queued: self.outbound.bytes(),
                 limit: self.config.limits.max_outbound_bytes,
             })

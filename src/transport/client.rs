@@ -142,6 +142,11 @@ type Job<R> = Box<dyn FnOnce(&mut ClientSession, &mut R, Instant) + Send>;
 
 enum Command<R> {
     Run(Job<R>),
+    Durable {
+        name: String,
+        seq: u64,
+        tx: oneshot::Sender<Result<(), ClientError>>,
+    },
     Disconnect(oneshot::Sender<()>),
     Reconnect,
     Cut,
@@ -255,12 +260,32 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
     /// edit ([`ClientSession::flush_local`]). The document is opened (and
     /// starts syncing) if it was not. Offline, the edit waits in the outbox
     /// and goes out after reconnecting.
+    ///
+    /// Returns `f`'s output and the edit's sequence number, which
+    /// [`WebSocketClient::durable`] waits for (`None`: `f` changed
+    /// nothing). An edit the session cannot take — the document is
+    /// read-only, or its outbox or the send queue is full
+    /// ([`CommandError::Backpressure`]) — is refused *before* `f` runs,
+    /// so an error means the document was not touched; `Ok` means the edit
+    /// is queued. (Access the server has not announced yet is assumed
+    /// read-write; edits it later refuses are reported as
+    /// [`ClientEvent::UpdatesRejected`].)
     pub async fn with_doc<T: Send + 'static>(
         &self,
         name: &str,
         f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
-    ) -> Result<T, ClientError> {
-        self.on_doc(name, f, true).await
+    ) -> Result<Edit<T>, ClientError> {
+        let name = name.to_string();
+        self.run(move |session, registry, now| {
+            session.open(registry, &name, now)?;
+            session.check_writable(&name)?;
+            let doc = registry.open(&name).map_err(CommandError::from)?;
+            let output = f(doc);
+            let seq = session.flush_local(registry, &name, now)?;
+            Ok::<_, CommandError>(Edit { output, seq })
+        })
+        .await?
+        .map_err(ClientError::from)
     }
 
     /// Reads document `name` (opened if it was not) without sending
@@ -270,29 +295,53 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
         name: &str,
         f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
     ) -> Result<T, ClientError> {
-        self.on_doc(name, f, false).await
-    }
-
-    /// Runs `f` on document `name` (opened if it was not) on the client
-    /// task, then, with `flush`, sends what it changed.
-    async fn on_doc<T: Send + 'static>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
-        flush: bool,
-    ) -> Result<T, ClientError> {
         let name = name.to_string();
         self.run(move |session, registry, now| {
             session.open(registry, &name, now)?;
             let doc = registry.open(&name).map_err(CommandError::from)?;
-            let out = f(doc);
-            if flush {
-                session.flush_local(registry, &name, now)?;
-            }
-            Ok::<T, CommandError>(out)
+            Ok::<T, CommandError>(f(doc))
         })
         .await?
         .map_err(ClientError::from)
+    }
+
+    /// Waits until the server acknowledged local update `seq` of `name`
+    /// (from [`Edit::seq`]) as durable: it, and every earlier update of
+    /// the document, is on the server's disk. Waits across reconnections
+    /// (offline, until the server is back).
+    ///
+    /// Fails with [`ClientError::NotDurable`] when the server announced
+    /// that it stores nothing durably (at once if it already did, else on
+    /// connecting), [`ClientError::UpdateRejected`] when the server refused
+    /// the update, and [`ClientError::Stopped`] when the client closed.
+    /// Wrap it in your runtime's timeout to bound the wait.
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "tokio", feature = "yrs"))]
+    /// # async fn example(
+    /// #     client: crdt_socket_sync::transport::WebSocketClient<
+    /// #         crdt_socket_sync::registry::MemoryRegistry<crdt_socket_sync::adapters::yrs::YrsDocument>>,
+    /// # ) -> Result<(), crdt_socket_sync::transport::ClientError> {
+    /// use yrs::{Text, Transact};
+    /// let edit = client
+    ///     .with_doc("notes", |doc| doc.get_or_insert_text("body").push(&mut doc.transact_mut(), "hi"))
+    ///     .await?;
+    /// if let Some(seq) = edit.seq {
+    ///     client.durable("notes", seq).await?; // on the server's disk
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn durable(&self, name: &str, seq: u64) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Durable {
+                name: name.to_string(),
+                seq,
+                tx,
+            })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)?
     }
 
     /// Runs `f` on the client task with the session and the documents (for
@@ -429,6 +478,19 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
     }
 }
 
+/// What [`WebSocketClient::with_doc`] returns: the closure's output and the
+/// sequence number of the edit it made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Edit<T> {
+    /// What the closure returned.
+    pub output: T,
+    /// The edit's sequence number in the document's outbox, for
+    /// [`WebSocketClient::durable`]; `None` when the closure changed
+    /// nothing (nothing was sent).
+    pub seq: Option<u64>,
+}
+
 /// Spawnable parts of a new client: the handle, its events, the task and
 /// the receiver of the first connection's outcome.
 pub(crate) struct Parts<R> {
@@ -498,6 +560,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         timer: None,
         done: Vec::new(),
         last_close: None,
+        durable_waiters: Vec::new(),
     };
     Ok(Parts {
         client: WebSocketClient {
@@ -544,6 +607,17 @@ struct Driver<RT: Runtime, R> {
     done: Vec<oneshot::Sender<()>>,
     /// The server's WebSocket close code and reason, if it sent one.
     last_close: Option<(u16, String)>,
+    /// Callers of `durable`: document, sequence number, reply. Resolved
+    /// from the session's events in `drain` (before the lossy event
+    /// channel), so an application that does not read events still gets
+    /// its answer. At most one entry per waiting caller.
+    durable_waiters: Vec<DurableWaiter>,
+}
+
+struct DurableWaiter {
+    name: String,
+    seq: u64,
+    tx: oneshot::Sender<Result<(), ClientError>>,
 }
 
 impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
@@ -586,6 +660,9 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                 }
                 Step::Command(Some(Command::Run(job))) => {
                     job(&mut self.session, &mut self.registry, now)
+                }
+                Step::Command(Some(Command::Durable { name, seq, tx })) => {
+                    self.wait_durable(name, seq, tx)
                 }
                 Step::Command(Some(Command::Disconnect(tx))) => {
                     self.dial = None;
@@ -634,12 +711,14 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                         let _ = first.send(Err(err));
                         break;
                     }
-                    // Offline first: `connect` returns now; the session
-                    // retries with its backoff.
+                    self.session.dial_failed_because(now, reason.to_string());
+                    // Offline first: `connect` returns now, the status
+                    // already `Reconnecting`; the session retries with its
+                    // backoff.
                     if let Some(first) = self.first.take() {
+                        let _ = self.status.send(self.session.status());
                         let _ = first.send(Ok(()));
                     }
-                    self.session.dial_failed_because(now, reason.to_string());
                 }
                 Step::Input(Some(Ok(msg))) => match msg {
                     WsMessage::Binary(bytes) => {
@@ -679,6 +758,88 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
         let _ = self.status.send(self.session.status());
         for tx in self.done.drain(..) {
             let _ = tx.send(());
+        }
+    }
+
+    /// Answers a `durable` call at once when possible, else records it.
+    fn wait_durable(
+        &mut self,
+        name: String,
+        seq: u64,
+        tx: oneshot::Sender<Result<(), ClientError>>,
+    ) {
+        let answer = match self.session.durable_seq(&name) {
+            _ if self.session.status() == Status::Closed => Some(Err(ClientError::Stopped)),
+            None => Some(Err(ClientError::Command(CommandError::UnknownDocument(
+                name.clone(),
+            )))),
+            Some(durable) if durable >= seq => Some(Ok(())),
+            Some(_) if self.session.server_durable() == Some(false) => {
+                Some(Err(ClientError::NotDurable))
+            }
+            Some(_) => None,
+        };
+        match answer {
+            Some(answer) => {
+                let _ = tx.send(answer);
+            }
+            None => {
+                // Callers that gave up (a timeout dropped their receiver)
+                // leave: the list holds live waiters only.
+                self.durable_waiters.retain(|w| !w.tx.is_closed());
+                self.durable_waiters.push(DurableWaiter { name, seq, tx });
+            }
+        }
+    }
+
+    /// Resolves the `durable` waiters an event settles.
+    fn settle_durable(&mut self, event: &ClientEvent) {
+        if self.durable_waiters.is_empty() {
+            return;
+        }
+        let settle = |w: &DurableWaiter| -> Option<Result<(), ClientError>> {
+            match event {
+                ClientEvent::Acknowledged { name, durable, .. }
+                    if **name == *w.name && *durable >= w.seq =>
+                {
+                    Some(Ok(()))
+                }
+                ClientEvent::Connected { durable: false, .. } => Some(Err(ClientError::NotDurable)),
+                ClientEvent::UpdatesRejected {
+                    name,
+                    first_seq,
+                    last_seq,
+                    code,
+                    ..
+                } if **name == *w.name && (*first_seq..=*last_seq).contains(&w.seq) => {
+                    Some(Err(ClientError::UpdateRejected {
+                        name: w.name.clone(),
+                        seq: w.seq,
+                        code: *code,
+                    }))
+                }
+                ClientEvent::DocumentError {
+                    name: Some(name),
+                    seq: Some(seq),
+                    code,
+                    ..
+                } if **name == *w.name && *seq == w.seq => Some(Err(ClientError::UpdateRejected {
+                    name: w.name.clone(),
+                    seq: w.seq,
+                    code: *code,
+                })),
+                _ => None,
+            }
+        };
+        let mut i = 0;
+        while i < self.durable_waiters.len() {
+            match settle(&self.durable_waiters[i]) {
+                Some(answer) => {
+                    let w = self.durable_waiters.swap_remove(i);
+                    let _ = w.tx.send(answer);
+                }
+                None => i += 1,
+            }
         }
     }
 
@@ -749,6 +910,7 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
         }
         let mut keep_going = true;
         while let Some(event) = self.session.poll_event() {
+            self.settle_durable(&event);
             match &event {
                 ClientEvent::Status(s) => {
                     tracing::debug!(target: "crdt_socket_sync::transport::client", status = ?s, "status");

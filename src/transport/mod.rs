@@ -76,7 +76,7 @@ use crate::close::CloseCause;
 use crate::wire::{CloseReason, RejectCode};
 
 mod client;
-pub use client::{ClientEvents, ClientOptions, WebSocketClient};
+pub use client::{ClientEvents, ClientOptions, Edit, WebSocketClient};
 pub(crate) use client::{DialError, DialSettings};
 
 #[cfg(feature = "tokio")]
@@ -162,6 +162,24 @@ pub enum ClientError {
     /// A local command failed (unknown document, read-only, backpressure).
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// [`WebSocketClient::durable`] against a server that does not store
+    /// documents durably (its `Welcome` said so, e.g. a memory-only
+    /// registry): the edit is applied there, but no acknowledgement will
+    /// ever call it durable.
+    #[error("the server does not store documents durably: edits are never acknowledged as durable")]
+    NotDurable,
+    /// The server will never take this local update of `name` (read-only
+    /// access, or it refused the update as invalid), so it will never be
+    /// durable; see [`ClientEvent::UpdatesRejected`](crate::client::ClientEvent::UpdatesRejected).
+    #[error("update {seq} of {name:?} was rejected by the server ({code:?})")]
+    UpdateRejected {
+        /// The document.
+        name: String,
+        /// The update's sequence number.
+        seq: u64,
+        /// Why.
+        code: crate::wire::ErrorCode,
+    },
     /// The client task has ended (after `close`, or the runtime shut down).
     #[error("the client task has stopped")]
     Stopped,

@@ -487,7 +487,10 @@ impl ClientSession {
             return Err(CommandError::UnknownDocument(name.to_string()));
         };
         match d.take_local_update() {
-            Some(update) => self.queue_update(name, update).map(Some),
+            Some(update) => {
+                self.store(registry, name, &update);
+                self.queue_update(name, update).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -539,6 +542,31 @@ impl ClientSession {
             });
         }
         Ok(())
+    }
+
+    /// Storage hook of a durable client-side registry (e.g.
+    /// [`SqliteRegistry`](crate::store::SqliteRegistry)): hands what changed
+    /// document `name` — a local edit, or a remote update applied — to its
+    /// log ([`Registry::update_applied`]; a memory registry ignores it).
+    /// The driver makes it durable with [`Registry::flush`] or
+    /// [`Registry::commit`]. A failure is reported as a `Storage` document
+    /// error; the document in memory is unaffected.
+    fn store<R: Registry>(&mut self, registry: &mut R, name: &str, update: &[u8]) {
+        if let Err(e) = registry.update_applied(name, update) {
+            self.storage_failed(name, &e);
+        }
+    }
+
+    /// Reports a failure of the local registry's storage for `name` as a
+    /// [`ErrorCode::Storage`] document error (for drivers that flush it).
+    pub(crate) fn storage_failed(&mut self, name: &str, e: &crate::registry::RegistryError) {
+        let name = self.docs.get(name).map(|d| Arc::clone(&d.name));
+        self.events.push_back(ClientEvent::DocumentError {
+            name,
+            seq: None,
+            code: ErrorCode::Storage,
+            message: format!("local storage: {e}"),
+        });
     }
 
     /// Puts `update` in the outbox and, when the document is synced, on the
@@ -1208,6 +1236,9 @@ impl ClientSession {
             return;
         };
         let mut refetch = overflow || dropped;
+        // What to hand to a durable registry once `d` is released.
+        let mut store_transfer = None;
+        let mut store_held = Vec::new();
         if let Some(t) = transfer {
             if t.data.len() as u64 != t.total {
                 return self.fail(
@@ -1222,7 +1253,10 @@ impl ClientSession {
                     _ => None,
                 },
             };
-            if let Some(e) = result {
+            if result.is_none() {
+                store_transfer = Some(t.kind);
+                store_held.push(t.data);
+            } else if let Some(e) = result {
                 // A resumed transfer whose parts do not fit together: ask
                 // once for a fresh sync (not resumed, so it cannot recur).
                 refetch |= t.resumed;
@@ -1239,6 +1273,26 @@ impl ClientSession {
             let mut outcomes = Vec::with_capacity(slices.len());
             d.apply_batch(&slices, &mut outcomes);
             self.stats.remote_updates += outcomes.len() as u64;
+            for (h, outcome) in held.into_iter().zip(outcomes) {
+                if matches!(
+                    outcome,
+                    ApplyOutcome::Applied | ApplyOutcome::Pending { .. }
+                ) {
+                    store_held.push(h);
+                }
+            }
+        }
+        if store_transfer == Some(SyncKind::Snapshot) {
+            // The snapshot was merged into what the document held (offline
+            // edits included): store the merged state, not the server's.
+            let merged = d.snapshot();
+            store_held.remove(0);
+            if let Err(e) = registry.snapshot_taken(&name, &merged) {
+                self.storage_failed(&name, &e);
+            }
+        }
+        for update in &store_held {
+            self.store(registry, &name, update);
         }
         let first = self
             .docs
@@ -1343,23 +1397,28 @@ impl ClientSession {
         };
         let outcome = d.apply(&data);
         self.stats.remote_updates += 1;
+        let pending_version = matches!(outcome, ApplyOutcome::Pending { .. }).then(|| d.version());
+        if matches!(
+            outcome,
+            ApplyOutcome::Applied | ApplyOutcome::Pending { .. }
+        ) {
+            self.store(registry, &name, &data);
+        }
         if let Some(doc) = self.docs.get_mut(&name) {
             doc.version_dirty = true;
         }
-        if matches!(outcome, ApplyOutcome::Pending { .. }) {
-            let version = d.version();
-            if let Some(doc) = self.docs.get_mut(&name)
-                && doc.status_requested.is_none_or(|at| {
-                    at.checked_add(self.config.resync_after)
-                        .is_some_and(|t| self.now >= t)
-                })
-            {
-                doc.status_requested = Some(self.now);
-                self.send(&Message::StatusRequest {
-                    doc: handle,
-                    version: Bytes(version),
-                });
-            }
+        if let Some(version) = pending_version
+            && let Some(doc) = self.docs.get_mut(&name)
+            && doc.status_requested.is_none_or(|at| {
+                at.checked_add(self.config.resync_after)
+                    .is_some_and(|t| self.now >= t)
+            })
+        {
+            doc.status_requested = Some(self.now);
+            self.send(&Message::StatusRequest {
+                doc: handle,
+                version: Bytes(version),
+            });
         }
         if let ApplyOutcome::Invalid(e) = &outcome {
             self.events.push_back(ClientEvent::DocumentError {

@@ -282,6 +282,15 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
             let doc = registry.open(&name).map_err(CommandError::from)?;
             let output = f(doc);
             let seq = session.flush_local(registry, &name, now)?;
+            // A durable registry has the edit on the local disk before the
+            // caller hears of it. A failed write does not undo the edit
+            // (it is queued for the server): it is reported as an event.
+            if seq.is_some()
+                && registry.is_durable()
+                && let Err(e) = registry.flush()
+            {
+                session.storage_failed(&name, &e);
+            }
             Ok::<_, CommandError>(Edit { output, seq })
         })
         .await?
@@ -534,6 +543,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         },
     };
     let now = Instant::now();
+    let registry_durable = registry.is_durable();
     let mut session = ClientSession::new(config, now);
     for name in &options.documents {
         session.open(&mut registry, name, now)?;
@@ -561,6 +571,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         done: Vec::new(),
         last_close: None,
         durable_waiters: Vec::new(),
+        durable_registry: registry_durable,
     };
     Ok(Parts {
         client: WebSocketClient {
@@ -612,6 +623,10 @@ struct Driver<RT: Runtime, R> {
     /// channel), so an application that does not read events still gets
     /// its answer. At most one entry per waiting caller.
     durable_waiters: Vec<DurableWaiter>,
+    /// The registry stores documents durably (`Registry::is_durable`): the
+    /// task flushes it after every step, so what the session handed to it
+    /// is on the local disk.
+    durable_registry: bool,
 }
 
 struct DurableWaiter {
@@ -884,6 +899,13 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
     /// The driving contract: transmits, then events, then the timer.
     /// Returns `false` when the task should end.
     async fn drain(&mut self) -> bool {
+        // Remote updates the session handed to a durable registry since the
+        // last step (nothing staged: no disk write).
+        if self.durable_registry
+            && let Err(e) = self.registry.flush()
+        {
+            tracing::warn!(target: "crdt_socket_sync::transport::client", error = %e, "local registry flush failed");
+        }
         let mut wrote = false;
         while let Some(frame) = self.session.poll_transmit() {
             if let Some(s) = self.socket.as_mut() {

@@ -96,7 +96,18 @@ fn factory(crdt: Crdt) -> impl FnMut(&str) -> Doc + Send + 'static {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    // Errors in one line, with their Display text (not a Debug dump).
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let runtime = if args.workers == 0 {
         tokio::runtime::Builder::new_current_thread()

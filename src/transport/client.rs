@@ -785,9 +785,7 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
     ) {
         let answer = match self.session.durable_seq(&name) {
             _ if self.session.status() == Status::Closed => Some(Err(ClientError::Stopped)),
-            None => Some(Err(ClientError::Command(CommandError::UnknownDocument(
-                name.clone(),
-            )))),
+            None => Some(Err(ClientError::UnknownDocument(name.clone()))),
             Some(durable) if durable >= seq => Some(Ok(())),
             Some(_) if self.session.server_durable() == Some(false) => {
                 Some(Err(ClientError::NotDurable))

@@ -128,7 +128,7 @@ struct ClientDoc {
     held: Vec<Vec<u8>>,
     held_bytes: usize,
     held_overflow: bool,
-    /// When a `StatusRequest` for missing dependencies was last sent.
+    /// When a `SyncRequest` for missing dependencies was last sent.
     status_requested: Option<Instant>,
     /// The version changed since it was last reported to the server.
     version_dirty: bool,
@@ -463,7 +463,7 @@ impl ClientSession {
                 data,
             } => self.on_chunk(doc, transfer, kind, offset, total, data.0),
             Message::SyncDone { doc, version } => self.on_sync_done(doc, &version, registry),
-            Message::OutOfSync { doc, version } => self.send_missing(doc, &version, registry),
+            Message::SyncRequest { doc, version } => self.send_missing(doc, &version, registry),
             Message::CloseDoc { doc } => {
                 if let Some(name) = self.handles.remove(&doc) {
                     if let Some(d) = self.docs.get_mut(&name) {

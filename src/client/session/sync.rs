@@ -82,7 +82,7 @@ impl ClientSession {
             .get(name)
             .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?
             .version();
-        self.send(&Message::StatusRequest {
+        self.send(&Message::SyncRequest {
             doc: handle,
             version: Bytes(version),
         });
@@ -340,7 +340,7 @@ impl ClientSession {
             version: Bytes(version.clone()),
         });
         if refetch {
-            self.send(&Message::StatusRequest {
+            self.send(&Message::SyncRequest {
                 doc: handle,
                 version: Bytes(version),
             });
@@ -448,7 +448,7 @@ impl ClientSession {
             })
         {
             doc.status_requested = Some(self.now);
-            self.send(&Message::StatusRequest {
+            self.send(&Message::SyncRequest {
                 doc: handle,
                 version: Bytes(version),
             });
@@ -482,7 +482,7 @@ impl ClientSession {
         for (handle, name) in dirty {
             if let Some(d) = registry.get(&name) {
                 let version = Bytes(d.version());
-                self.send(&Message::SyncDone {
+                self.send(&Message::VersionReport {
                     doc: handle,
                     version,
                 });

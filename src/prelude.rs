@@ -6,8 +6,8 @@
 //! [`MemoryRegistry`], the server's authorizers, and, with their features,
 //! the adapters, the SQLite registry, the WebSocket client and server, and
 //! the axum route. Runtime-specific `connect` functions stay in
-//! [`transport::tokio`](crate::transport) and `transport::smol`;
-//! [`WebSocketClient::connect`] is the tokio one.
+//! `transport::tokio` and `transport::smol`; `WebSocketClient::connect`
+//! is the tokio one.
 //!
 //! The README's three integrations (an axum endpoint with SQLite, a tokio
 //! client that edits and awaits durability, a hand-written

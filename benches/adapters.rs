@@ -101,8 +101,8 @@ fn yrs_native(keys: &[Key]) -> Run {
 
 fn yrs_adapter(keys: &[Key]) -> Run {
     use yrs::{Text, Transact};
-    let mut a = YrsDocument::new(1);
-    let mut b = YrsDocument::new(2);
+    let mut a = YrsDocument::with_client_id(1);
+    let mut b = YrsDocument::with_client_id(2);
     let ta = a.get_or_insert_text("text");
     let mut run = Run::default();
     for k in keys {
@@ -160,8 +160,8 @@ fn loro_native(keys: &[Key]) -> Run {
 }
 
 fn loro_adapter(keys: &[Key]) -> Run {
-    let mut a = LoroDocument::new(1);
-    let mut b = LoroDocument::new(2);
+    let mut a = LoroDocument::with_peer_id(1);
+    let mut b = LoroDocument::with_peer_id(2);
     let ta = a.get_text("text");
     let mut run = Run::default();
     let mut buf = [0; 4];
@@ -251,9 +251,9 @@ fn automerge_native(keys: &[Key]) -> Run {
 
 fn automerge_adapter(keys: &[Key]) -> Run {
     let (genesis, text) = am_genesis();
-    let mut a = AutomergeDocument::new(1u64);
+    let mut a = AutomergeDocument::with_actor(1u64);
     a.load_snapshot(&genesis).expect("load");
-    let mut b = AutomergeDocument::new(2u64);
+    let mut b = AutomergeDocument::with_actor(2u64);
     b.load_snapshot(&genesis).expect("load");
     let mut run = Run::default();
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(AUTOMERGE_BATCH);

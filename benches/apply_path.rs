@@ -42,7 +42,7 @@ const ROUNDS: usize = 5;
 fn updates(n: usize) -> Vec<Vec<u8>> {
     use yrs::{Text, Transact};
     let t = trace::load("automerge-paper");
-    let mut doc = YrsDocument::new(7);
+    let mut doc = YrsDocument::with_client_id(7);
     let text = doc.get_or_insert_text("body");
     let mut out = Vec::new();
     for txn in t.txns.iter().take(n) {
@@ -149,7 +149,8 @@ struct HubPath<D: Document> {
 
 impl HubPath<YrsDocument> {
     fn new() -> Self {
-        let (hub, reg, sender, _sub, _s, _d) = setup(YrsDocument::server, YrsDocument::new);
+        let (hub, reg, sender, _sub, _s, _d) =
+            setup(|_| YrsDocument::server(), YrsDocument::with_client_id);
         HubPath { hub, reg, sender }
     }
 }
@@ -205,7 +206,7 @@ const SLICE: usize = 2_000;
 /// (reused transmit buffer), hub (owned frames).
 fn round(updates: &[Vec<u8>], frames: &[Vec<u8>]) -> [f64; 4] {
     let mut raw = Raw(yrs::Doc::with_client_id(1));
-    let mut adapter = Adapter(YrsDocument::server(1));
+    let mut adapter = Adapter(YrsDocument::server());
     let mut hub = HubPath::new();
     let mut owned = HubPath::new();
     let mut t = [Duration::ZERO; 4];
@@ -285,7 +286,7 @@ fn main() {
     // Sanity: the hub path really applies every update.
     {
         let (mut hub, mut reg, sender, sub, mut s, mut docs) =
-            setup(YrsDocument::server, YrsDocument::new);
+            setup(|_| YrsDocument::server(), YrsDocument::with_client_id);
         let now = Instant::now();
         for f in &frames {
             hub.handle_input(sender, now, f, &mut reg);

@@ -8,15 +8,23 @@
 //! ```
 //!
 //! Type a line and press Enter; the other terminals print the new text.
-//! Ctrl-D (end of input) leaves. The client reconnects by itself if the
-//! server goes away, and what you typed meanwhile is sent afterwards.
+//! Ctrl-D (end of input) leaves. The terminals may start in any order: a
+//! client started before the server edits offline and keeps dialing. It
+//! reconnects by itself if the server goes away, and what you typed
+//! meanwhile is sent afterwards.
+//!
+//! `--db FILE` (feature `sqlite`) keeps the documents in a local SQLite
+//! file: lines typed while offline survive a restart of the client (even a
+//! kill) and reach the server once it is back.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 use crdt_socket_sync::adapters::yrs::YrsDocument;
 use crdt_socket_sync::client::{ClientConfig, ClientEvent};
-use crdt_socket_sync::registry::MemoryRegistry;
-use crdt_socket_sync::transport::ClientOptions;
+use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::transport::tokio::connect;
+use crdt_socket_sync::transport::{ClientOptions, WebSocketClient};
 use tokio::io::AsyncBufReadExt;
 use yrs::{GetString, Text, Transact};
 
@@ -36,52 +44,86 @@ struct Args {
     /// Auth token, if the server wants one.
     #[arg(long, default_value = "")]
     token: String,
+    /// Keep the documents in this SQLite file (feature `sqlite`), so that
+    /// offline edits survive a restart of the client.
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
 }
+
+type Error = Box<dyn std::error::Error>;
 
 fn text_of(doc: &mut YrsDocument) -> String {
     doc.get_or_insert_text("body").get_string(&doc.transact())
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     let args = Args::parse();
-    // A yrs client id (53 bits) that differs between runs.
-    let id = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64
-        ^ u64::from(std::process::id()))
-        & ((1 << 53) - 1);
-    let docs = MemoryRegistry::new(move |_: &str| YrsDocument::new(id));
+    let outcome = match args.db.clone() {
+        None => run(&args, MemoryRegistry::new(|_: &str| YrsDocument::new())).await,
+        #[cfg(feature = "sqlite")]
+        Some(path) => {
+            match crdt_socket_sync::store::SqliteRegistry::open(&path, |_: &str| YrsDocument::new())
+            {
+                Ok(docs) => run(&args, docs).await,
+                Err(e) => Err(format!("opening {}: {e}", path.display()).into()),
+            }
+        }
+        #[cfg(not(feature = "sqlite"))]
+        Some(_) => Err("--db needs the `sqlite` feature".into()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run<R>(args: &Args, docs: R) -> Result<(), Error>
+where
+    R: Registry<Doc = YrsDocument> + Send + 'static,
+{
     let options = ClientOptions {
         session: ClientConfig {
             peer: args.name.clone(),
             token: args.token.clone().into_bytes(),
-            seed: id,
             ..ClientConfig::default()
         },
         documents: vec![args.doc.clone()],
         ..ClientOptions::default()
     };
+    // Returns at once when the server is not up yet: the client edits
+    // offline and keeps dialing.
     let (client, mut events) = connect(&args.url, docs, options).await?;
     client
         .set_presence(&args.doc, Some(args.name.clone().into_bytes()))
         .await?;
     println!(
-        "connected to {} as {:?}; joined {:?}. Type lines to append; Ctrl-D leaves.",
-        args.url, args.name, args.doc
+        "joined {:?} on {} as {:?} ({:?}). Type lines to append; Ctrl-D leaves.",
+        args.doc,
+        args.url,
+        args.name,
+        client.status()
     );
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut last_shown = None;
+    let mut dial_failures = 0u32;
     loop {
         tokio::select! {
             line = lines.next_line() => match line? {
                 Some(line) => {
                     let line = format!("{line}\n");
-                    client.with_doc(&args.doc, move |doc| {
+                    let edit = client.with_doc(&args.doc, move |doc| {
                         let body = doc.get_or_insert_text("body");
                         body.push(&mut doc.transact_mut(), &line);
                     }).await?;
+                    // With --db, the edit is on the local disk by now.
+                    if let Some(seq) = edit.seq {
+                        println!("[edit {seq} saved]");
+                    }
                     show(&client, &args.doc, &mut last_shown).await?;
                 }
                 None => break,
@@ -100,6 +142,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     println!("[here with you: {}]", if here.is_empty() { "nobody".into() } else { here.join(", ") });
                 }
                 Some(ClientEvent::Status(status)) => println!("[{status:?}]"),
+                Some(ClientEvent::Connected { .. }) => dial_failures = 0,
+                Some(ClientEvent::DialFailed { reason, .. }) => {
+                    // Say it once, not at every retry.
+                    if dial_failures == 0 {
+                        let reason = reason.unwrap_or_default();
+                        println!("[server unreachable ({reason}); editing offline, still dialing]");
+                    }
+                    dial_failures += 1;
+                }
+                Some(ClientEvent::GaveUp { attempts }) => println!("[gave up after {attempts} attempts]"),
                 Some(ClientEvent::DocumentError { message, .. }) => println!("[error: {message}]"),
                 Some(_) => {}
                 None => break,
@@ -111,11 +163,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Prints the document's text if it changed since it was last shown.
-async fn show(
-    client: &crdt_socket_sync::transport::WebSocketClient<MemoryRegistry<YrsDocument>>,
+async fn show<R>(
+    client: &WebSocketClient<R>,
     doc: &str,
     last: &mut Option<String>,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), Error>
+where
+    R: Registry<Doc = YrsDocument> + Send + 'static,
+{
     let text = client.read_doc(doc, text_of).await?;
     if last.as_ref() != Some(&text) {
         println!("----- {doc} -----\n{}-----", text);

@@ -173,7 +173,7 @@ async fn next_msg(
 
 async fn client(spec: Spec, ctl: Rc<Ctl>, st: Rc<St>) {
     let idx = spec.idx;
-    let mut reg = MemoryRegistry::new(move |_: &str| YrsDocument::new(idx + 1));
+    let mut reg = MemoryRegistry::new(move |_: &str| YrsDocument::new());
     let room = spec.room.clone();
     let mut config = ClientConfig {
         peer: format!("c{idx}"),
@@ -594,7 +594,7 @@ async fn idle(mut pool: Pool) -> Value {
 }
 
 fn text_len(update: &[u8]) -> u32 {
-    let mut d = YrsDocument::new(999_999);
+    let mut d = YrsDocument::new();
     d.apply(update);
     let t = d.get_or_insert_text("text");
     t.len(&d.transact())
@@ -728,7 +728,7 @@ fn random_text(len: usize, seed: u64) -> String {
 fn gen_docs(dir: &str, mb: usize) {
     std::fs::create_dir_all(dir).unwrap();
     let t = trace::load("automerge-paper");
-    let doc = YrsDocument::new(1);
+    let doc = YrsDocument::new();
     let text = doc.get_or_insert_text("text");
     for txn in &t.txns {
         let mut tx = doc.transact_mut();
@@ -743,7 +743,7 @@ fn gen_docs(dir: &str, mb: usize) {
     }
     assert_eq!(text.get_string(&doc.transact()), t.end_content);
     std::fs::write(format!("{dir}/paper.bin"), doc.snapshot()).unwrap();
-    let doc = YrsDocument::new(2);
+    let doc = YrsDocument::new();
     let text = doc.get_or_insert_text("text");
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..(mb * 1024 * 1024 / 1024) {

@@ -104,14 +104,25 @@ type Doc = Box<dyn Document + Send>;
 fn factory(crdt: Crdt) -> impl FnMut(&str) -> Doc + Send + 'static {
     move |_: &str| -> Doc {
         match crdt {
-            Crdt::Yrs => Box::new(YrsDocument::server(0)),
-            Crdt::Loro => Box::new(LoroDocument::new(0)),
-            Crdt::Automerge => Box::new(AutomergeDocument::new(0u64)),
+            Crdt::Yrs => Box::new(YrsDocument::server()),
+            Crdt::Loro => Box::new(LoroDocument::new()),
+            Crdt::Automerge => Box::new(AutomergeDocument::new()),
         }
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    // Errors in one line, with their Display text (not a Debug dump).
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let runtime = if args.workers == 0 {
         tokio::runtime::Builder::new_current_thread()

@@ -175,6 +175,7 @@ pub mod fuzzing;
 mod inbound;
 mod limits;
 mod outbound;
+pub mod prelude;
 pub mod registry;
 pub mod rng;
 pub mod server;

@@ -761,7 +761,7 @@ pub fn config_for_seed(seed: u64) -> SimConfig {
 #[cfg(feature = "yrs")]
 impl SimDoc for crate::adapters::yrs::YrsDocument {
     fn replica(client: u32) -> Self {
-        Self::new(u64::from(client) + 1)
+        Self::with_client_id(u64::from(client) + 1)
     }
     fn random_edit(&mut self, rng: &mut Rng, tag: u64) {
         use yrs::{Text, Transact};

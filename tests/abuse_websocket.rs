@@ -299,7 +299,7 @@ impl Honest {
                 documents: vec![HONEST_DOC.into()],
                 ..ClientOptions::default()
             };
-            let reg = MemoryRegistry::new(move |_: &str| YrsDocument::new(id));
+            let reg = MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(id));
             let (client, events) = connect(url, reg, options).await.expect("honest connects");
             // Keep the event channel drained.
             tokio::spawn(async move {
@@ -802,7 +802,7 @@ fn an_app_message_flood_at_a_slow_reader_stays_bounded() {
 fn a_frame_of_status_requests_against_a_large_document_stays_bounded() {
     let seen = run_case("status-requests", 10_000, |url| async move {
         // A 1 MB document, written by a client of its own in 100 KB edits.
-        let reg = MemoryRegistry::new(|_: &str| YrsDocument::new(99));
+        let reg = MemoryRegistry::new(|_: &str| YrsDocument::with_client_id(99));
         let options = ClientOptions {
             documents: vec!["big".into()],
             ..ClientOptions::default()

@@ -39,30 +39,45 @@ fn script(name: &str, n: usize) -> EditScript {
 
 #[test]
 fn yrs_sequential() {
-    conformance::run_all(YrsDocument::new, &script("automerge-paper", 6_000));
+    conformance::run_all(
+        YrsDocument::with_client_id,
+        &script("automerge-paper", 6_000),
+    );
 }
 
 #[test]
 fn yrs_concurrent() {
-    conformance::run_all(YrsDocument::new, &script("friendsforever", 6_000));
+    conformance::run_all(
+        YrsDocument::with_client_id,
+        &script("friendsforever", 6_000),
+    );
 }
 
 #[test]
 fn loro_sequential() {
-    conformance::run_all(LoroDocument::new, &script("automerge-paper", 6_000));
+    conformance::run_all(
+        LoroDocument::with_peer_id,
+        &script("automerge-paper", 6_000),
+    );
 }
 
 #[test]
 fn loro_concurrent() {
-    conformance::run_all(LoroDocument::new, &script("friendsforever", 4_000));
+    conformance::run_all(LoroDocument::with_peer_id, &script("friendsforever", 4_000));
 }
 
 #[test]
 fn automerge_sequential() {
-    conformance::run_all(AutomergeDocument::new, &script("automerge-paper", 1_500));
+    conformance::run_all(
+        AutomergeDocument::with_actor,
+        &script("automerge-paper", 1_500),
+    );
 }
 
 #[test]
 fn automerge_concurrent() {
-    conformance::run_all(AutomergeDocument::new, &script("friendsforever", 1_500));
+    conformance::run_all(
+        AutomergeDocument::with_actor,
+        &script("friendsforever", 1_500),
+    );
 }

@@ -107,8 +107,10 @@ fn start_server(bin: &Path, dir: &Path, port: u16) -> Child {
 
 /// The document as the data file holds it (the server is down).
 fn stored_lengths(dir: &Path) -> Vec<u32> {
-    let mut reg = SqliteRegistry::open(dir.join("yrs.sqlite"), |_: &str| YrsDocument::new(0))
-        .unwrap_or_else(|e| panic!("the data file reopens after a crash: {e}"));
+    let mut reg = SqliteRegistry::open(dir.join("yrs.sqlite"), |_: &str| {
+        YrsDocument::with_client_id(0)
+    })
+    .unwrap_or_else(|e| panic!("the data file reopens after a crash: {e}"));
     let doc = reg.open(DOC).expect("the document loads");
     lengths(doc)
 }
@@ -216,7 +218,7 @@ async fn durable_acks_survive_kill_9_of_the_websocket_server() {
             documents: vec![DOC.into()],
             ..ClientOptions::default()
         };
-        let reg = MemoryRegistry::new(move |_: &str| YrsDocument::new(i as u64 + 1));
+        let reg = MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(i as u64 + 1));
         let (client, events) = connect(&url, reg, options).await.expect("connects");
         let tally = Arc::new(Mutex::new(Tally::default()));
         tasks.push(tokio::spawn(acks(events, Arc::clone(&tally))));

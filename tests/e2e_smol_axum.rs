@@ -14,7 +14,7 @@ use yrs::{GetString, Text, Transact};
 type Reg = MemoryRegistry<YrsDocument>;
 
 fn registry(id: u64) -> Reg {
-    MemoryRegistry::new(move |_: &str| YrsDocument::new(id))
+    MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(id))
 }
 
 fn text_of(doc: &mut YrsDocument) -> String {

@@ -25,7 +25,7 @@ const DOC: &str = "notes";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn registry(id: u64) -> Reg {
-    MemoryRegistry::new(move |_: &str| YrsDocument::new(id))
+    MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(id))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -294,13 +294,17 @@ async fn untrusted_certificate_is_a_typed_tls_error() {
         "expected ClientError::Tls for a name not in the certificate, got {outcome:?}"
     );
 
-    // Plain ws:// to a TLS server fails (bounded) and reaches no session.
+    // Plain ws:// to a TLS server fails (bounded) and reaches no session
+    // (with `fail_fast`: offline first would keep dialing).
     let outcome = tokio::time::timeout(
         WAIT,
         connect(
             &format!("ws://127.0.0.1:{port}"),
             registry(6),
-            options("w", None),
+            ClientOptions {
+                fail_fast: true,
+                ..options("w", None)
+            },
         ),
     )
     .await

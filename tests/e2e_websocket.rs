@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crdt_socket_sync::adapters::yrs::YrsDocument;
-use crdt_socket_sync::client::{
-    Backoff, ClientConfig, ClientEvent, ClientSession, CommandError, Status,
-};
+use crdt_socket_sync::client::{Backoff, ClientConfig, ClientEvent, ClientSession, Status};
 use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::server::{AllowAll, Authorizer, ServerEvent, StaticTokens};
 use crdt_socket_sync::transport::tokio::{WebSocketServer, connect};
@@ -26,7 +24,7 @@ const DOC: &str = "notes";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn registry(id: u64) -> Reg {
-    MemoryRegistry::new(move |_: &str| YrsDocument::new(id))
+    MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(id))
 }
 
 fn text_of(doc: &YrsDocument) -> String {
@@ -509,10 +507,7 @@ async fn a_read_only_client_cannot_write() {
         })
         .await
         .expect_err("read-only");
-    assert!(
-        matches!(err, ClientError::Command(CommandError::ReadOnly(_))),
-        "{err:?}"
-    );
+    assert!(matches!(err, ClientError::ReadOnly(_)), "{err:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(text(&writer).await, "from the writer");
     let mut reg = server.stop().await.unwrap();
@@ -540,7 +535,11 @@ async fn connection_limit_path_and_origin_are_enforced() {
         "{err:?}"
     );
     let wrong = url.replace("/sync", "/other");
-    let err = connect(&wrong, registry(3), fast_options("c", ""))
+    let fail_fast = ClientOptions {
+        fail_fast: true,
+        ..fast_options("c", "")
+    };
+    let err = connect(&wrong, registry(3), fail_fast)
         .await
         .expect_err("path");
     assert!(matches!(err, ClientError::Dial { .. }), "{err:?}");

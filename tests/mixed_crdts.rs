@@ -80,20 +80,20 @@ fn yrs_and_loro_clients_converge_through_one_hub() {
     let mut server: MemoryRegistry<Box<dyn Document>> =
         MemoryRegistry::new(|name: &str| -> Box<dyn Document> {
             if name.starts_with("loro-") {
-                Box::new(LoroDocument::new(1))
+                Box::new(LoroDocument::with_peer_id(1))
             } else {
-                Box::new(YrsDocument::new(1))
+                Box::new(YrsDocument::with_client_id(1))
             }
         });
     let mut yrs_peers: Vec<Peer<YrsDocument>> = (0..3u64)
         .map(|i| {
-            let docs = MemoryRegistry::new(move |_: &str| YrsDocument::new(100 + i));
+            let docs = MemoryRegistry::new(move |_: &str| YrsDocument::with_client_id(100 + i));
             peer(&mut hub, docs, &format!("yrs{i}"), now, i)
         })
         .collect();
     let mut loro_peer = peer(
         &mut hub,
-        MemoryRegistry::new(|_: &str| LoroDocument::new(200)),
+        MemoryRegistry::new(|_: &str| LoroDocument::with_peer_id(200)),
         "loro",
         now,
         9,

@@ -1110,3 +1110,66 @@ fn only_touched_connections_are_reported() {
     let expected = vec![n.clients[0].conn.unwrap(), n.clients[1].conn.unwrap()];
     assert_eq!(touched, expected);
 }
+
+/// A dial the application asked for (first connection, or after a
+/// disconnect) that fails is reported and retried with the backoff, and
+/// giving up is an event too: never a silent single attempt.
+#[test]
+fn a_failed_dial_is_reported_retried_and_gives_up_with_an_event() {
+    use crdt_socket_sync::client::{Backoff, ClientSession};
+    let mut now = std::time::Instant::now();
+    let config = ClientConfig {
+        reconnect: Some(Backoff {
+            max_attempts: Some(2),
+            ..Backoff::default()
+        }),
+        seed: 7,
+        ..ClientConfig::default()
+    };
+    let mut c = ClientSession::new(config, now);
+    let drain = |c: &mut ClientSession| std::iter::from_fn(|| c.poll_event()).collect::<Vec<_>>();
+    c.dial(now);
+    assert_eq!(drain(&mut c), vec![ClientEvent::Dial { attempt: 0 }]);
+    for attempt in 0..=2u32 {
+        c.dial_failed_because(now, "connection refused");
+        let events = drain(&mut c);
+        let Some(ClientEvent::DialFailed {
+            attempt: a,
+            reason,
+            retry_in,
+        }) = events.first().cloned()
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!(a, attempt);
+        assert_eq!(reason.as_deref(), Some("connection refused"));
+        if attempt < 2 {
+            let wait = retry_in.expect("retried");
+            assert!(wait <= Backoff::default().max);
+            assert_eq!(c.status(), Status::Reconnecting);
+            now += wait;
+            assert_eq!(c.poll_timeout(), Some(now));
+            c.handle_timeout(now);
+            assert_eq!(
+                drain(&mut c),
+                vec![ClientEvent::Dial {
+                    attempt: attempt + 1
+                }]
+            );
+        } else {
+            assert_eq!(retry_in, None);
+            assert!(
+                events.contains(&ClientEvent::GaveUp { attempts: 2 }),
+                "{events:?}"
+            );
+            assert_eq!(c.status(), Status::Disconnected);
+            assert_eq!(c.poll_timeout(), None);
+        }
+    }
+    // After giving up, the application may ask again.
+    c.dial(now);
+    assert_eq!(
+        drain(&mut c).last(),
+        Some(&ClientEvent::Dial { attempt: 0 })
+    );
+}

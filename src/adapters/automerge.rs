@@ -7,24 +7,33 @@
 //! use crdt_socket_sync::adapters::automerge::AutomergeDocument;
 //! use crdt_socket_sync::document::{ApplyOutcome, Document};
 //!
-//! let mut alice = AutomergeDocument::new(1u64);
+//! let mut alice = AutomergeDocument::new(); // random actor id
 //! let mut tx = alice.doc_mut().transaction(); // native automerge API
 //! let body = tx.put_object(ROOT, "body", ObjType::Text).unwrap();
 //! tx.splice_text(&body, 0, 0, "hello").unwrap();
 //! tx.commit();
 //! let update = alice.take_local_update().expect("alice typed something");
 //!
-//! let mut bob = AutomergeDocument::new(2u64);
+//! let mut bob = AutomergeDocument::new();
 //! assert_eq!(bob.apply(&update), ApplyOutcome::Applied);
 //! assert_eq!(bob.doc().text(&body).unwrap(), "hello");
 //! assert_eq!(bob.version(), alice.version());
 //! assert_eq!(bob.take_local_update(), None);
 //! ```
+//!
+//! Above, Bob edits the text only after receiving Alice's: had both created
+//! `"body"` on their own, automerge would keep two objects, one hidden by
+//! the other, and the hidden side's typing would be lost from view. When
+//! every replica must be able to edit before it first synchronises (offline
+//! first), create the shared objects with
+//! [`AutomergeDocument::with_schema`] on every side.
 
 use std::collections::BTreeMap;
 
+use automerge::transaction::Transaction;
 use automerge::{
-    ActorId, Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc, VerificationMode,
+    ActorId, Automerge, AutomergeError, Change, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc,
+    VerificationMode,
 };
 
 use crate::document::{ApplyOutcome, Document, DocumentError};
@@ -35,6 +44,11 @@ const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const CHUNK_DOCUMENT: u8 = 0;
 /// Size of one change hash in a version.
 const HASH_LEN: usize = 32;
+/// The actor of the schema change of [`AutomergeDocument::with_schema`]:
+/// fixed, so that every replica builds the byte-identical change (same
+/// actor, sequence number 1, time 0, no dependencies, same operations) and
+/// automerge merges the copies as one.
+const SCHEMA_ACTOR: [u8; 16] = *b"cssync-schema-v1";
 
 /// An automerge [`Automerge`] document behind the [`Document`] trait.
 ///
@@ -59,13 +73,97 @@ pub struct AutomergeDocument {
     sent_heads: Vec<ChangeHash>,
     /// Changes held in automerge's queue: hash → encoded size.
     pending: BTreeMap<ChangeHash, usize>,
+    /// The schema change of [`AutomergeDocument::with_schema`], sent once
+    /// with the first local update (the server may not have it yet).
+    schema: Option<Vec<u8>>,
 }
 
 impl AutomergeDocument {
-    /// A new empty document writing as `actor` (for example a `u64`, whose
-    /// big-endian bytes become the actor id, or an [`ActorId`]).
-    pub fn new(actor: impl Into<Actor>) -> Self {
+    /// A new empty document writing as a random 16-byte actor id from the
+    /// operating system. Every replica needs its own actor id. Use this (or
+    /// [`AutomergeDocument::with_schema`]) in applications;
+    /// [`AutomergeDocument::with_actor`] is for tests.
+    ///
+    /// ```
+    /// use crdt_socket_sync::adapters::automerge::AutomergeDocument;
+    ///
+    /// let (a, b) = (AutomergeDocument::new(), AutomergeDocument::new());
+    /// assert_ne!(a.actor_id(), b.actor_id());
+    /// ```
+    pub fn new() -> Self {
+        Self::with_actor(random_actor())
+    }
+
+    /// A new empty document writing as a fixed `actor` (for example a
+    /// `u64`, whose big-endian bytes become the actor id, or an
+    /// [`ActorId`]), for tests and reproducible runs.
+    pub fn with_actor(actor: impl Into<Actor>) -> Self {
         Self::from_doc(Automerge::new().with_actor(actor.into().0))
+    }
+
+    /// A new document (random actor id) whose shared objects are created by
+    /// `schema`, identically on every replica that calls this with the same
+    /// closure.
+    ///
+    /// In automerge, two replicas that each `put_object(ROOT, "body", ..)`
+    /// create two different objects under one key; one wins and edits made
+    /// in the other are hidden. `with_schema` runs `schema` in a change
+    /// with a fixed actor, sequence number 1 and timestamp 0, so every
+    /// replica (clients and, if it wants, the server) builds the same
+    /// change with the same hash: the copies merge as one and all replicas
+    /// edit the same objects, even before they first synchronise. The
+    /// closure must be deterministic (same operations in the same order
+    /// everywhere). The schema change is sent with the first local update,
+    /// so a server that never ran it still receives it before the edits
+    /// that depend on it.
+    ///
+    /// ```
+    /// use automerge::transaction::Transactable;
+    /// use automerge::{ObjType, ReadDoc, ROOT};
+    /// use crdt_socket_sync::adapters::automerge::AutomergeDocument;
+    /// use crdt_socket_sync::document::Document;
+    ///
+    /// let schema = |tx: &mut automerge::transaction::Transaction<'_>| {
+    ///     tx.put_object(ROOT, "body", ObjType::Text)?;
+    ///     Ok(())
+    /// };
+    /// let mut alice = AutomergeDocument::with_schema(schema)?;
+    /// let mut bob = AutomergeDocument::with_schema(schema)?;
+    /// // Both type before they ever met.
+    /// for (doc, word) in [(&mut alice, "hello"), (&mut bob, "world")] {
+    ///     let (_, body) = doc.doc().get(ROOT, "body")?.unwrap();
+    ///     let mut tx = doc.doc_mut().transaction();
+    ///     tx.splice_text(&body, 0, 0, word)?;
+    ///     tx.commit();
+    /// }
+    /// let (a, b) = (alice.take_local_update().unwrap(), bob.take_local_update().unwrap());
+    /// alice.apply(&b);
+    /// bob.apply(&a);
+    /// let (_, body) = alice.doc().get(ROOT, "body")?.unwrap();
+    /// let text = alice.doc().text(&body)?;
+    /// assert!(text.contains("hello") && text.contains("world"));
+    /// assert_eq!(alice.version(), bob.version());
+    /// # Ok::<(), automerge::AutomergeError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// What `schema` returns.
+    pub fn with_schema<F>(schema: F) -> Result<Self, AutomergeError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<(), AutomergeError>,
+    {
+        let mut doc = Automerge::new().with_actor(ActorId::from(SCHEMA_ACTOR));
+        let mut tx = doc.transaction();
+        schema(&mut tx)?;
+        // Default commit options: timestamp 0 and no message, so the change
+        // bytes depend on the operations only.
+        tx.commit();
+        let change = doc.get_last_local_change().map(|c| c.raw_bytes().to_vec());
+        doc.set_actor(random_actor().0);
+        let mut me = Self::from_doc(doc);
+        me.schema = change;
+        Ok(me)
     }
 
     /// Wraps an existing document, writing with its actor id. Changes made
@@ -79,6 +177,7 @@ impl AutomergeDocument {
             sent_seq,
             sent_heads,
             pending: BTreeMap::new(),
+            schema: None,
         }
     }
 
@@ -121,7 +220,23 @@ impl AutomergeDocument {
     }
 }
 
-/// What [`AutomergeDocument::new`] accepts as an actor id.
+impl Default for AutomergeDocument {
+    /// [`AutomergeDocument::new`]: a random actor id.
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// 16 random bytes from the operating system (the size of the uuid actor
+/// ids automerge itself draws).
+fn random_actor() -> Actor {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&crate::adapters::random_id().to_be_bytes());
+    bytes[8..].copy_from_slice(&crate::adapters::random_id().to_be_bytes());
+    Actor(ActorId::from(bytes))
+}
+
+/// What [`AutomergeDocument::with_actor`] accepts as an actor id.
 #[derive(Clone, Debug)]
 pub struct Actor(pub ActorId);
 
@@ -342,6 +457,21 @@ impl Document for AutomergeDocument {
     }
 
     fn take_local_update(&mut self) -> Option<Vec<u8>> {
+        let own = self.take_own_changes();
+        match (self.schema.take(), own) {
+            (None, own) => own,
+            (Some(mut schema), Some(own)) => {
+                schema.extend_from_slice(&own);
+                Some(schema)
+            }
+            (Some(schema), None) => Some(schema),
+        }
+    }
+}
+
+impl AutomergeDocument {
+    /// This actor's changes since the last take, concatenated.
+    fn take_own_changes(&mut self) -> Option<Vec<u8>> {
         let last = self.doc.get_last_local_change()?;
         let seq = last.seq();
         if seq <= self.sent_seq {
@@ -421,4 +551,91 @@ fn splice(doc: &mut Automerge, pos: usize, del: usize, text: &str) {
     tx.splice_text(&obj, pos, del as isize, text)
         .expect("range within the text");
     tx.commit();
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ObjType, ROOT};
+
+    use super::*;
+
+    fn schema(tx: &mut Transaction<'_>) -> Result<(), AutomergeError> {
+        tx.put_object(ROOT, "body", ObjType::Text)?;
+        Ok(())
+    }
+
+    fn type_into(doc: &mut AutomergeDocument, word: &str) {
+        let (_, body) = doc.doc().get(ROOT, "body").unwrap().unwrap();
+        let mut tx = doc.doc_mut().transaction();
+        tx.splice_text(&body, 0, 0, word).unwrap();
+        tx.commit();
+    }
+
+    fn body(doc: &AutomergeDocument) -> String {
+        let (_, body) = doc.doc().get(ROOT, "body").unwrap().unwrap();
+        doc.doc().text(&body).unwrap()
+    }
+
+    #[test]
+    fn schema_replicas_edit_offline_and_a_plain_server_gets_everything() {
+        let mut alice = AutomergeDocument::with_schema(schema).unwrap();
+        let mut bob = AutomergeDocument::with_schema(schema).unwrap();
+        assert_ne!(alice.actor_id(), bob.actor_id());
+        assert_eq!(alice.version(), bob.version(), "same schema change");
+        type_into(&mut alice, "hello ");
+        type_into(&mut bob, "world");
+        // A server that never ran the schema.
+        let mut server = AutomergeDocument::new();
+        let a = alice.take_local_update().unwrap();
+        let b = bob.take_local_update().unwrap();
+        assert_eq!(server.apply(&a), ApplyOutcome::Applied);
+        assert_eq!(server.apply(&b), ApplyOutcome::Applied);
+        assert_eq!(server.pending_bytes(), 0);
+        let text = body(&server);
+        assert!(text.contains("hello ") && text.contains("world"), "{text}");
+        // The schema is sent once only.
+        type_into(&mut alice, "!");
+        let next = alice.take_local_update().unwrap();
+        assert!(next.len() < a.len(), "second update repeats the schema");
+        assert_eq!(server.apply(&next), ApplyOutcome::Applied);
+        let delta = server.delta_since(&bob.version()).unwrap();
+        bob.apply(&delta);
+        assert_eq!(body(&bob), body(&server));
+    }
+
+    #[test]
+    fn plain_replicas_creating_the_same_key_hide_one_side() {
+        // Why with_schema exists: two independent put_object calls make
+        // two objects, and one side's typing is not in the winner.
+        let mut alice = AutomergeDocument::new();
+        let mut bob = AutomergeDocument::new();
+        for d in [&mut alice, &mut bob] {
+            let mut tx = d.doc_mut().transaction();
+            schema(&mut tx).unwrap();
+            tx.commit();
+        }
+        type_into(&mut alice, "hello");
+        type_into(&mut bob, "world");
+        let (a, b) = (
+            alice.take_local_update().unwrap(),
+            bob.take_local_update().unwrap(),
+        );
+        alice.apply(&b);
+        bob.apply(&a);
+        let text = body(&alice);
+        assert!(
+            !(text.contains("hello") && text.contains("world")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn schema_errors_are_returned() {
+        let r = AutomergeDocument::with_schema(|tx| {
+            tx.insert(ROOT, 0, "not a list")?;
+            Ok(())
+        });
+        assert!(r.is_err());
+    }
 }

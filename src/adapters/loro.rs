@@ -4,11 +4,11 @@
 //! use crdt_socket_sync::adapters::loro::LoroDocument;
 //! use crdt_socket_sync::document::{ApplyOutcome, Document};
 //!
-//! let mut alice = LoroDocument::new(1);
+//! let mut alice = LoroDocument::new();
 //! alice.get_text("body").insert(0, "hello").unwrap(); // native loro API through Deref
 //! let update = alice.take_local_update().expect("alice typed something");
 //!
-//! let mut bob = LoroDocument::new(2);
+//! let mut bob = LoroDocument::new();
 //! assert_eq!(bob.apply(&update), ApplyOutcome::Applied);
 //! assert_eq!(bob.get_text("body").to_string(), "hello");
 //! assert_eq!(bob.version(), alice.version());
@@ -47,15 +47,36 @@ pub struct LoroDocument {
 }
 
 impl LoroDocument {
-    /// A new empty document with the given peer id.
+    /// A new empty document with a random peer id from the operating
+    /// system. Every replica needs its own peer id: two writers sharing one
+    /// diverge. Use this in applications; [`LoroDocument::with_peer_id`] is
+    /// for tests.
     ///
-    /// # Panics
+    /// ```
+    /// use crdt_socket_sync::adapters::loro::LoroDocument;
     ///
-    /// If loro refuses the peer id (`u64::MAX` is reserved).
-    pub fn new(peer_id: u64) -> Self {
+    /// assert_ne!(LoroDocument::new().peer_id(), LoroDocument::new().peer_id());
+    /// ```
+    pub fn new() -> Self {
+        Self::with_peer_id(crate::adapters::random_id())
+    }
+
+    /// A new empty document with a fixed peer id, for tests and
+    /// reproducible runs (applications use [`LoroDocument::new`]).
+    ///
+    /// loro reserves `u64::MAX`; it becomes `u64::MAX - 1`.
+    ///
+    /// ```
+    /// use crdt_socket_sync::adapters::loro::LoroDocument;
+    ///
+    /// assert_eq!(LoroDocument::with_peer_id(7).peer_id(), 7);
+    /// assert_eq!(LoroDocument::with_peer_id(u64::MAX).peer_id(), u64::MAX - 1);
+    /// ```
+    pub fn with_peer_id(peer_id: u64) -> Self {
+        let peer_id = peer_id.min(PeerID::MAX - 1);
         let doc = LoroDoc::new();
         doc.set_peer_id(peer_id)
-            .unwrap_or_else(|e| panic!("loro refused peer id {peer_id}: {e}"));
+            .expect("every peer id below u64::MAX is accepted");
         Self::from_doc(doc)
     }
 
@@ -106,6 +127,13 @@ impl LoroDocument {
             self.sent = end;
         }
         Ok(status)
+    }
+}
+
+impl Default for LoroDocument {
+    /// [`LoroDocument::new`]: a random peer id.
+    fn default() -> Self {
+        Self::new()
     }
 }
 

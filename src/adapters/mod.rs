@@ -10,8 +10,13 @@
 //! collects what the user typed since the last call, and
 //! [`apply`](crate::document::Document::apply) integrates remote updates.
 //!
-//! Replica ids (yrs client id, loro peer id, automerge actor id) are always
-//! supplied by the caller; the adapters use no clock and no randomness.
+//! Replica ids (yrs client id, loro peer id, automerge actor id) are drawn
+//! from the operating system's random source by the default constructors
+//! (`YrsDocument::new`, `LoroDocument::new`, `AutomergeDocument::new`), so
+//! several clients built from the same code never share an id (a shared id
+//! makes replicas diverge silently). Tests and reproducible runs pick fixed
+//! ids with `with_client_id`, `with_peer_id` and `with_actor`. Apart from
+//! that id the adapters use no clock and no randomness.
 //!
 //! Versions are canonical: two replicas holding the same operations report
 //! byte-identical versions, whatever order they received them in.
@@ -28,6 +33,29 @@ pub mod automerge;
 pub mod loro;
 #[cfg(feature = "yrs")]
 pub mod yrs;
+
+/// A random `u64` from the operating system (`getrandom`), for replica ids.
+///
+/// Should the OS source fail (it does not on supported platforms), the
+/// id is derived from the wall clock, the process id and a process-wide
+/// counter instead: still distinct per call and per process.
+#[cfg(any(feature = "yrs", feature = "loro", feature = "automerge"))]
+pub(crate) fn random_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    getrandom::u64().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // splitmix64 finalizer spreads the inputs over all bits.
+        let mut z =
+            nanos ^ (u64::from(std::process::id()) << 32) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
 
 /// Appends `value` as an unsigned LEB128 varint (lib0 `writeVarUint`).
 #[cfg(feature = "yrs")]

@@ -5,14 +5,14 @@
 //! use crdt_socket_sync::document::{ApplyOutcome, Document};
 //! use yrs::{GetString, Text, Transact};
 //!
-//! let alice = YrsDocument::new(1);
+//! let alice = YrsDocument::new();
 //! let text = alice.get_or_insert_text("body"); // native yrs API through Deref
 //! text.insert(&mut alice.transact_mut(), 0, "hello");
 //!
 //! let mut alice = alice;
 //! let update = alice.take_local_update().expect("alice typed something");
 //!
-//! let mut bob = YrsDocument::new(2);
+//! let mut bob = YrsDocument::new();
 //! assert_eq!(bob.apply(&update), ApplyOutcome::Applied);
 //! let body = bob.get_or_insert_text("body");
 //! assert_eq!(body.get_string(&bob.transact()), "hello");
@@ -65,18 +65,45 @@ pub struct YrsDocument {
 }
 
 impl YrsDocument {
-    /// A new empty document with the given client id and yrs' default
-    /// options otherwise (UTF-8 byte offsets, garbage collection on).
+    /// A new empty document with a random client id from the operating
+    /// system (below 2^53, safe for Yjs peers) and yrs' default options
+    /// otherwise (UTF-8 byte offsets, garbage collection on).
     ///
-    /// # Panics
+    /// Every replica needs its own client id: two writers sharing one
+    /// diverge silently. Use this in applications;
+    /// [`YrsDocument::with_client_id`] is for tests.
     ///
-    /// If `client_id` does not fit in 53 bits (yrs' limit, shared with Yjs).
-    pub fn new(client_id: u64) -> Self {
+    /// ```
+    /// use crdt_socket_sync::adapters::yrs::YrsDocument;
+    ///
+    /// let (a, b) = (YrsDocument::new(), YrsDocument::new());
+    /// assert!(a.client_id() < 1 << 53);
+    /// assert_ne!(a.client_id(), b.client_id());
+    /// ```
+    pub fn new() -> Self {
+        Self::with_client_id(crate::adapters::random_id())
+    }
+
+    /// A new empty document with a fixed client id, for tests and
+    /// reproducible runs (applications use [`YrsDocument::new`]).
+    ///
+    /// yrs (like Yjs) keeps client ids below 2^53: larger values are
+    /// reduced to their low 53 bits, so `with_client_id(1 << 53 | 7)`
+    /// writes as client 7.
+    ///
+    /// ```
+    /// use crdt_socket_sync::adapters::yrs::YrsDocument;
+    ///
+    /// assert_eq!(YrsDocument::with_client_id(7).client_id(), 7);
+    /// assert_eq!(YrsDocument::with_client_id(1 << 53 | 7).client_id(), 7);
+    /// ```
+    pub fn with_client_id(client_id: u64) -> Self {
         Self::with_options(default_options(client_id))
     }
 
     /// A new empty document for a server (or any replica changed only
-    /// through [`Document::apply`]): like [`YrsDocument::new`] but without
+    /// through [`Document::apply`]): like [`YrsDocument::new`] (random
+    /// client id) but without
     /// capturing local edits, so [`Document::take_local_update`] always
     /// returns `None`.
     ///
@@ -92,24 +119,20 @@ impl YrsDocument {
     /// use crdt_socket_sync::document::{ApplyOutcome, Document};
     /// use yrs::{GetString, Text, Transact};
     ///
-    /// let mut client = YrsDocument::new(1);
+    /// let mut client = YrsDocument::with_client_id(1);
     /// let text = client.get_or_insert_text("body");
     /// text.insert(&mut client.transact_mut(), 0, "hi");
     /// let update = client.take_local_update().unwrap();
     ///
-    /// let mut server = YrsDocument::server(0);
+    /// let mut server = YrsDocument::server();
     /// assert_eq!(server.apply(&update), ApplyOutcome::Applied);
     /// let body = server.get_or_insert_text("body");
     /// assert_eq!(body.get_string(&server.transact()), "hi");
     /// assert_eq!(server.take_local_update(), None);
     /// ```
-    ///
-    /// # Panics
-    ///
-    /// If `client_id` does not fit in 53 bits.
-    pub fn server(client_id: u64) -> Self {
+    pub fn server() -> Self {
         YrsDocument {
-            doc: Doc::with_options(default_options(client_id)),
+            doc: Doc::with_options(default_options(crate::adapters::random_id())),
             local: None,
             held: 0,
         }
@@ -163,12 +186,10 @@ impl YrsDocument {
     }
 }
 
-/// The options of [`YrsDocument::new`] and [`YrsDocument::server`].
+/// The options of [`YrsDocument::new`] and [`YrsDocument::server`]; the
+/// client id is reduced to its low 53 bits (yrs' and Yjs' limit).
 fn default_options(client_id: u64) -> Options {
-    assert!(
-        client_id <= MAX_CLIENT_ID,
-        "yrs client ids are 53-bit, got {client_id}"
-    );
+    let client_id = client_id & MAX_CLIENT_ID;
     let client = ClientID::new(client_id);
     // A deterministic guid: yrs would draw a random one, and it only names
     // the document for sub-document bookkeeping.
@@ -176,6 +197,13 @@ fn default_options(client_id: u64) -> Options {
     options.offset_kind = OffsetKind::Bytes;
     options.cleanup_formatting = true;
     options
+}
+
+impl Default for YrsDocument {
+    /// [`YrsDocument::new`]: a random client id.
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Deref for YrsDocument {
@@ -448,8 +476,8 @@ mod tests {
     #[test]
     fn local_capture_skips_remote_transactions() {
         use yrs::Text;
-        let a = YrsDocument::new(1);
-        let mut b = YrsDocument::new(2);
+        let a = YrsDocument::with_client_id(1);
+        let mut b = YrsDocument::with_client_id(2);
         a.get_or_insert_text("t")
             .insert(&mut a.transact_mut(), 0, "abc");
         let mut a = a;
@@ -463,7 +491,7 @@ mod tests {
     #[test]
     fn server_copy_applies_like_a_tracked_one_and_reports_no_local_updates() {
         use yrs::{GetString, Text};
-        let a = YrsDocument::new(1);
+        let a = YrsDocument::with_client_id(1);
         let text = a.get_or_insert_text("t");
         let mut updates = Vec::new();
         let mut a = a;
@@ -471,8 +499,8 @@ mod tests {
             text.insert(&mut a.transact_mut(), i as u32, s);
             updates.push(a.take_local_update().unwrap());
         }
-        let mut tracked = YrsDocument::new(2);
-        let mut server = YrsDocument::server(3);
+        let mut tracked = YrsDocument::with_client_id(2);
+        let mut server = YrsDocument::server();
         for u in updates.iter().rev() {
             assert_eq!(server.apply(u), tracked.apply(u));
         }
@@ -483,5 +511,18 @@ mod tests {
         t.insert(&mut server.transact_mut(), 0, "z");
         assert_eq!(server.take_local_update(), None);
         assert!(t.get_string(&server.transact()).starts_with('z'));
+    }
+
+    #[test]
+    fn default_ids_are_random_and_yjs_safe_and_fixed_ids_are_reduced() {
+        let ids: std::collections::BTreeSet<u64> =
+            (0..64).map(|_| YrsDocument::new().client_id()).collect();
+        assert_eq!(ids.len(), 64);
+        assert!(ids.iter().all(|&id| id <= MAX_CLIENT_ID));
+        assert!(YrsDocument::server().client_id() <= MAX_CLIENT_ID);
+        assert_eq!(
+            YrsDocument::with_client_id(u64::MAX).client_id(),
+            MAX_CLIENT_ID
+        );
     }
 }

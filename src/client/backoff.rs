@@ -26,12 +26,16 @@ use crate::rng::Rng;
 pub struct Backoff {
     /// Shortest delay. Default 100 ms.
     pub min: Duration,
-    /// Longest delay. Default 10 s.
+    /// Longest delay. Default 2.5 s: an interactive client should be back
+    /// within a few seconds of its server.
     pub max: Duration,
     /// Give up after this many failed attempts in a row (`None`: never).
     pub max_attempts: Option<u32>,
-    /// A connection that stayed up this long resets the attempt counter.
-    /// Default 10 s.
+    /// A connection whose handshake succeeded and that then stayed up this
+    /// long resets the attempt counter, so the next loss is retried after
+    /// `min` again. Default 1 s: a server that restarts now and then is
+    /// rejoined quickly each time, while one that accepts and drops every
+    /// connection at once still backs off.
     pub reset_after: Duration,
 }
 
@@ -39,9 +43,9 @@ impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             min: Duration::from_millis(100),
-            max: Duration::from_secs(10),
+            max: Duration::from_millis(2500),
             max_attempts: None,
-            reset_after: Duration::from_secs(10),
+            reset_after: Duration::from_secs(1),
         }
     }
 }
@@ -134,8 +138,8 @@ mod tests {
         );
         assert!(m4 > 0.7 && m4 < 1.0, "attempt 4 averages (0.1+1.6)/2: {m4}");
         assert!(
-            m20 > 4.5 && m20 < 5.6,
-            "capped at max, averages ~5 s: {m20}"
+            m20 > 1.2 && m20 < 1.4,
+            "capped at max, averages (0.1+2.5)/2: {m20}"
         );
     }
 }

@@ -136,12 +136,28 @@ pub enum ClientEvent {
         /// Payload.
         data: Vec<u8>,
     },
-    /// The backoff delay elapsed: open a new transport now, then call
+    /// Open a new transport now, then call
     /// [`ClientSession::connect`](super::ClientSession::connect) (or
-    /// [`ClientSession::dial_failed`](super::ClientSession::dial_failed)).
+    /// [`ClientSession::dial_failed`](super::ClientSession::dial_failed)):
+    /// the backoff delay elapsed, or the application asked with
+    /// [`ClientSession::dial`](super::ClientSession::dial).
     Dial {
-        /// Reconnect attempt number, from 1.
+        /// Reconnect attempt number, from 1; 0 for a dial asked for with
+        /// [`ClientSession::dial`](super::ClientSession::dial) (the first
+        /// connection, or a reconnect after a disconnect).
         attempt: u32,
+    },
+    /// The transport asked for by a [`ClientEvent::Dial`] could not be
+    /// opened (the server is down or unreachable). The session retries by
+    /// itself after `retry_in`; `None`: no retry (the backoff gave up, see
+    /// [`ClientEvent::GaveUp`], or reconnection is disabled).
+    DialFailed {
+        /// The `attempt` of the failed `Dial`.
+        attempt: u32,
+        /// Why, as the transport reported it.
+        reason: Option<String>,
+        /// When the next dial is asked for.
+        retry_in: Option<std::time::Duration>,
     },
     /// The reconnect policy gave up after this many attempts.
     GaveUp {
@@ -160,11 +176,22 @@ pub enum CommandError {
     /// The server granted read-only access.
     #[error("document {0:?} is read-only")]
     ReadOnly(String),
-    /// The outbox or send queue is full; retry after acknowledgements.
+    /// The document's outbox or the send queue is full, so the edit was
+    /// refused; retry after acknowledgements.
     #[error("backpressure on {name:?}: {queued} bytes queued, limit {limit}")]
     Backpressure {
         /// The document.
         name: String,
+        /// Bytes currently queued.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The send queue is full, so an application message
+    /// ([`ClientSession::send_app`](super::ClientSession::send_app)) was not
+    /// sent; retry once the transport drained it.
+    #[error("send queue full: {queued} bytes queued, limit {limit}")]
+    SendQueueFull {
         /// Bytes currently queued.
         queued: usize,
         /// The limit.

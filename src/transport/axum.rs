@@ -14,7 +14,7 @@
 //! use crdt_socket_sync::server::AllowAll;
 //! use crdt_socket_sync::transport::{axum::sync_route, HubService, ServerOptions};
 //!
-//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server());
 //! let (service, _events) = HubService::spawn(registry, AllowAll, ServerOptions::default());
 //! let app = Router::new()
 //!     .route("/health", axum::routing::get(|| async { "ok" }))

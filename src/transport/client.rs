@@ -102,6 +102,18 @@ pub struct ClientOptions {
     pub event_capacity: usize,
     /// Capacity of the command channel. Default 64.
     pub command_capacity: usize,
+    /// `false` (the default, offline first): when the server cannot be
+    /// reached, `connect` still returns the client, after the first failed
+    /// dial, and the client keeps dialing with its backoff
+    /// ([`ClientConfig::reconnect`]), reporting each failure as
+    /// [`ClientEvent::DialFailed`]. Its documents are open and take edits
+    /// meanwhile; they sync once the server is up. `true`: `connect`
+    /// returns the dial error instead (and the client task ends).
+    ///
+    /// Either way, a TLS failure (an untrusted or mismatched certificate)
+    /// or a refused handshake (bad token, version) on the first connection
+    /// is returned as an error: retrying would not fix it.
+    pub fail_fast: bool,
     /// The rustls client configuration used for `wss://` URLs (feature
     /// `tls`): custom roots (e.g. a private CA or a self-signed test
     /// certificate), client certificates, ALPN... `None` (the default)
@@ -119,6 +131,7 @@ impl Default for ClientOptions {
             dial_timeout: Duration::from_secs(10),
             event_capacity: 1024,
             command_capacity: 64,
+            fail_fast: false,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -129,6 +142,11 @@ type Job<R> = Box<dyn FnOnce(&mut ClientSession, &mut R, Instant) + Send>;
 
 enum Command<R> {
     Run(Job<R>),
+    Durable {
+        name: String,
+        seq: u64,
+        tx: oneshot::Sender<Result<(), ClientError>>,
+    },
     Disconnect(oneshot::Sender<()>),
     Reconnect,
     Cut,
@@ -150,7 +168,7 @@ enum Command<R> {
 /// use crdt_socket_sync::transport::{tokio::connect, ClientOptions};
 /// use yrs::{Text, Transact};
 ///
-/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(7));
+/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 /// let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 /// let (client, mut events) = connect("ws://127.0.0.1:8080", docs, options).await?;
 /// client
@@ -242,12 +260,41 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
     /// edit ([`ClientSession::flush_local`]). The document is opened (and
     /// starts syncing) if it was not. Offline, the edit waits in the outbox
     /// and goes out after reconnecting.
+    ///
+    /// Returns `f`'s output and the edit's sequence number, which
+    /// [`WebSocketClient::durable`] waits for (`None`: `f` changed
+    /// nothing). An edit the session cannot take — the document is
+    /// read-only, or its outbox or the send queue is full
+    /// ([`CommandError::Backpressure`]) — is refused *before* `f` runs,
+    /// so an error means the document was not touched; `Ok` means the edit
+    /// is queued. (Access the server has not announced yet is assumed
+    /// read-write; edits it later refuses are reported as
+    /// [`ClientEvent::UpdatesRejected`].)
     pub async fn with_doc<T: Send + 'static>(
         &self,
         name: &str,
         f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
-    ) -> Result<T, ClientError> {
-        self.on_doc(name, f, true).await
+    ) -> Result<Edit<T>, ClientError> {
+        let name = name.to_string();
+        self.run(move |session, registry, now| {
+            session.open(registry, &name, now)?;
+            session.check_writable(&name)?;
+            let doc = registry.open(&name).map_err(CommandError::from)?;
+            let output = f(doc);
+            let seq = session.flush_local(registry, &name, now)?;
+            // A durable registry has the edit on the local disk before the
+            // caller hears of it. A failed write does not undo the edit
+            // (it is queued for the server): it is reported as an event.
+            if seq.is_some()
+                && registry.is_durable()
+                && let Err(e) = registry.flush()
+            {
+                session.storage_failed(&name, &e);
+            }
+            Ok::<_, CommandError>(Edit { output, seq })
+        })
+        .await?
+        .map_err(ClientError::from)
     }
 
     /// Reads document `name` (opened if it was not) without sending
@@ -257,29 +304,53 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
         name: &str,
         f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
     ) -> Result<T, ClientError> {
-        self.on_doc(name, f, false).await
-    }
-
-    /// Runs `f` on document `name` (opened if it was not) on the client
-    /// task, then, with `flush`, sends what it changed.
-    async fn on_doc<T: Send + 'static>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut R::Doc) -> T + Send + 'static,
-        flush: bool,
-    ) -> Result<T, ClientError> {
         let name = name.to_string();
         self.run(move |session, registry, now| {
             session.open(registry, &name, now)?;
             let doc = registry.open(&name).map_err(CommandError::from)?;
-            let out = f(doc);
-            if flush {
-                session.flush_local(registry, &name, now)?;
-            }
-            Ok::<T, CommandError>(out)
+            Ok::<T, CommandError>(f(doc))
         })
         .await?
         .map_err(ClientError::from)
+    }
+
+    /// Waits until the server acknowledged local update `seq` of `name`
+    /// (from [`Edit::seq`]) as durable: it, and every earlier update of
+    /// the document, is on the server's disk. Waits across reconnections
+    /// (offline, until the server is back).
+    ///
+    /// Fails with [`ClientError::NotDurable`] when the server announced
+    /// that it stores nothing durably (at once if it already did, else on
+    /// connecting), [`ClientError::UpdateRejected`] when the server refused
+    /// the update, and [`ClientError::Stopped`] when the client closed.
+    /// Wrap it in your runtime's timeout to bound the wait.
+    ///
+    /// ```no_run
+    /// # #[cfg(all(feature = "tokio", feature = "yrs"))]
+    /// # async fn example(
+    /// #     client: crdt_socket_sync::transport::WebSocketClient<
+    /// #         crdt_socket_sync::registry::MemoryRegistry<crdt_socket_sync::adapters::yrs::YrsDocument>>,
+    /// # ) -> Result<(), crdt_socket_sync::transport::ClientError> {
+    /// use yrs::{Text, Transact};
+    /// let edit = client
+    ///     .with_doc("notes", |doc| doc.get_or_insert_text("body").push(&mut doc.transact_mut(), "hi"))
+    ///     .await?;
+    /// if let Some(seq) = edit.seq {
+    ///     client.durable("notes", seq).await?; // on the server's disk
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn durable(&self, name: &str, seq: u64) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Durable {
+                name: name.to_string(),
+                seq,
+                tx,
+            })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)?
     }
 
     /// Runs `f` on the client task with the session and the documents (for
@@ -383,7 +454,11 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
         rx.await.map_err(|_| ClientError::Stopped)
     }
 
-    /// Dials again after [`WebSocketClient::disconnect`].
+    /// Dials again after [`WebSocketClient::disconnect`] (or, while waiting
+    /// for a backoff delay, at once). A failed dial is reported as
+    /// [`ClientEvent::DialFailed`] and retried with the backoff, as after a
+    /// lost connection; [`ClientEvent::GaveUp`] when the policy's
+    /// `max_attempts` ran out.
     pub async fn reconnect(&self) -> Result<(), ClientError> {
         self.commands
             .send(Command::Reconnect)
@@ -410,6 +485,19 @@ impl<R: Registry + Send + 'static> WebSocketClient<R> {
             .map_err(|_| ClientError::Stopped)?;
         rx.await.map_err(|_| ClientError::Stopped)
     }
+}
+
+/// What [`WebSocketClient::with_doc`] returns: the closure's output and the
+/// sequence number of the edit it made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Edit<T> {
+    /// What the closure returned.
+    pub output: T,
+    /// The edit's sequence number in the document's outbox, for
+    /// [`WebSocketClient::durable`]; `None` when the closure changed
+    /// nothing (nothing was sent).
+    pub seq: Option<u64>,
 }
 
 /// Spawnable parts of a new client: the handle, its events, the task and
@@ -455,6 +543,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         },
     };
     let now = Instant::now();
+    let registry_durable = registry.is_durable();
     let mut session = ClientSession::new(config, now);
     for name in &options.documents {
         session.open(&mut registry, name, now)?;
@@ -468,6 +557,7 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         url: url.to_string(),
         dial_settings: dial,
         dial_timeout: options.dial_timeout,
+        fail_fast: options.fail_fast,
         session,
         registry,
         commands: cmd_rx,
@@ -480,6 +570,8 @@ pub(crate) fn build<RT: Runtime, R: Registry + Send + 'static>(
         timer: None,
         done: Vec::new(),
         last_close: None,
+        durable_waiters: Vec::new(),
+        durable_registry: registry_durable,
     };
     Ok(Parts {
         client: WebSocketClient {
@@ -510,6 +602,7 @@ struct Driver<RT: Runtime, R> {
     url: String,
     dial_settings: DialSettings,
     dial_timeout: Duration,
+    fail_fast: bool,
     session: ClientSession,
     registry: R,
     commands: mpsc::Receiver<Command<R>>,
@@ -525,6 +618,21 @@ struct Driver<RT: Runtime, R> {
     done: Vec<oneshot::Sender<()>>,
     /// The server's WebSocket close code and reason, if it sent one.
     last_close: Option<(u16, String)>,
+    /// Callers of `durable`: document, sequence number, reply. Resolved
+    /// from the session's events in `drain` (before the lossy event
+    /// channel), so an application that does not read events still gets
+    /// its answer. At most one entry per waiting caller.
+    durable_waiters: Vec<DurableWaiter>,
+    /// The registry stores documents durably (`Registry::is_durable`): the
+    /// task flushes it after every step, so what the session handed to it
+    /// is on the local disk.
+    durable_registry: bool,
+}
+
+struct DurableWaiter {
+    name: String,
+    seq: u64,
+    tx: oneshot::Sender<Result<(), ClientError>>,
 }
 
 impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
@@ -550,7 +658,11 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
     }
 
     async fn run(mut self) {
-        self.start_dial();
+        // The `Dial` event this queues starts the first dial in `drain`.
+        self.session.dial(Instant::now());
+        if !self.drain().await {
+            return;
+        }
         loop {
             let step = self.next_step().await;
             let now = Instant::now();
@@ -564,14 +676,20 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                 Step::Command(Some(Command::Run(job))) => {
                     job(&mut self.session, &mut self.registry, now)
                 }
+                Step::Command(Some(Command::Durable { name, seq, tx })) => {
+                    self.wait_durable(name, seq, tx)
+                }
                 Step::Command(Some(Command::Disconnect(tx))) => {
                     self.dial = None;
                     self.session.disconnect(now);
                     self.done.push(tx);
                 }
                 Step::Command(Some(Command::Reconnect)) => {
+                    // A `Dial` event (unless connected or already dialing)
+                    // starts a dial in `drain`; a failed one is retried
+                    // with the backoff and reported as `DialFailed`.
                     if self.socket.is_none() && self.dial.is_none() {
-                        self.start_dial();
+                        self.session.dial(now);
                     }
                 }
                 Step::Command(Some(Command::Cut)) => {
@@ -595,7 +713,10 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                 }
                 Step::Dialed(Err(reason)) => {
                     tracing::warn!(target: "crdt_socket_sync::transport::client", url = %self.url, %reason, "dial failed");
-                    if let Some(first) = self.first.take() {
+                    // A certificate problem is not fixed by retrying: the
+                    // first connection reports it even when offline first.
+                    let fatal = self.fail_fast || matches!(reason, DialError::Tls(_));
+                    if fatal && let Some(first) = self.first.take() {
                         let url = self.url.clone();
                         let err = match reason {
                             DialError::Timeout => ClientError::Timeout(url),
@@ -605,7 +726,14 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                         let _ = first.send(Err(err));
                         break;
                     }
-                    self.session.dial_failed(now);
+                    self.session.dial_failed_because(now, reason.to_string());
+                    // Offline first: `connect` returns now, the status
+                    // already `Reconnecting`; the session retries with its
+                    // backoff.
+                    if let Some(first) = self.first.take() {
+                        let _ = self.status.send(self.session.status());
+                        let _ = first.send(Ok(()));
+                    }
                 }
                 Step::Input(Some(Ok(msg))) => match msg {
                     WsMessage::Binary(bytes) => {
@@ -645,6 +773,86 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
         let _ = self.status.send(self.session.status());
         for tx in self.done.drain(..) {
             let _ = tx.send(());
+        }
+    }
+
+    /// Answers a `durable` call at once when possible, else records it.
+    fn wait_durable(
+        &mut self,
+        name: String,
+        seq: u64,
+        tx: oneshot::Sender<Result<(), ClientError>>,
+    ) {
+        let answer = match self.session.durable_seq(&name) {
+            _ if self.session.status() == Status::Closed => Some(Err(ClientError::Stopped)),
+            None => Some(Err(ClientError::UnknownDocument(name.clone()))),
+            Some(durable) if durable >= seq => Some(Ok(())),
+            Some(_) if self.session.server_durable() == Some(false) => {
+                Some(Err(ClientError::NotDurable))
+            }
+            Some(_) => None,
+        };
+        match answer {
+            Some(answer) => {
+                let _ = tx.send(answer);
+            }
+            None => {
+                // Callers that gave up (a timeout dropped their receiver)
+                // leave: the list holds live waiters only.
+                self.durable_waiters.retain(|w| !w.tx.is_closed());
+                self.durable_waiters.push(DurableWaiter { name, seq, tx });
+            }
+        }
+    }
+
+    /// Resolves the `durable` waiters an event settles.
+    fn settle_durable(&mut self, event: &ClientEvent) {
+        if self.durable_waiters.is_empty() {
+            return;
+        }
+        let settle = |w: &DurableWaiter| -> Option<Result<(), ClientError>> {
+            match event {
+                ClientEvent::Acknowledged { name, durable, .. }
+                    if **name == *w.name && *durable >= w.seq =>
+                {
+                    Some(Ok(()))
+                }
+                ClientEvent::Connected { durable: false, .. } => Some(Err(ClientError::NotDurable)),
+                ClientEvent::UpdatesRejected {
+                    name,
+                    first_seq,
+                    last_seq,
+                    code,
+                    ..
+                } if **name == *w.name && (*first_seq..=*last_seq).contains(&w.seq) => {
+                    Some(Err(ClientError::UpdateRejected {
+                        name: w.name.clone(),
+                        seq: w.seq,
+                        code: *code,
+                    }))
+                }
+                ClientEvent::DocumentError {
+                    name: Some(name),
+                    seq: Some(seq),
+                    code,
+                    ..
+                } if **name == *w.name && *seq == w.seq => Some(Err(ClientError::UpdateRejected {
+                    name: w.name.clone(),
+                    seq: w.seq,
+                    code: *code,
+                })),
+                _ => None,
+            }
+        };
+        let mut i = 0;
+        while i < self.durable_waiters.len() {
+            match settle(&self.durable_waiters[i]) {
+                Some(answer) => {
+                    let w = self.durable_waiters.swap_remove(i);
+                    let _ = w.tx.send(answer);
+                }
+                None => i += 1,
+            }
         }
     }
 
@@ -689,6 +897,13 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
     /// The driving contract: transmits, then events, then the timer.
     /// Returns `false` when the task should end.
     async fn drain(&mut self) -> bool {
+        // Remote updates the session handed to a durable registry since the
+        // last step (nothing staged: no disk write).
+        if self.durable_registry
+            && let Err(e) = self.registry.flush()
+        {
+            tracing::warn!(target: "crdt_socket_sync::transport::client", error = %e, "local registry flush failed");
+        }
         let mut wrote = false;
         while let Some(frame) = self.session.poll_transmit() {
             if let Some(s) = self.socket.as_mut() {
@@ -715,6 +930,7 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
         }
         let mut keep_going = true;
         while let Some(event) = self.session.poll_event() {
+            self.settle_durable(&event);
             match &event {
                 ClientEvent::Status(s) => {
                     tracing::debug!(target: "crdt_socket_sync::transport::client", status = ?s, "status");
@@ -732,8 +948,10 @@ impl<RT: Runtime, R: Registry + Send + 'static> Driver<RT, R> {
                     }
                 }
                 ClientEvent::Dial { attempt } => {
-                    tracing::info!(target: "crdt_socket_sync::transport::client", attempt, "reconnecting");
-                    self.start_dial();
+                    tracing::info!(target: "crdt_socket_sync::transport::client", attempt, "dialing");
+                    if self.socket.is_none() {
+                        self.start_dial();
+                    }
                 }
                 ClientEvent::Closed { cause } => {
                     tracing::info!(target: "crdt_socket_sync::transport::client", %cause, "connection closed");

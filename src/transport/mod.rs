@@ -76,7 +76,7 @@ use crate::close::CloseCause;
 use crate::wire::{CloseReason, RejectCode};
 
 mod client;
-pub use client::{ClientEvents, ClientOptions, WebSocketClient};
+pub use client::{ClientEvents, ClientOptions, Edit, WebSocketClient};
 pub(crate) use client::{DialError, DialSettings};
 
 #[cfg(feature = "tokio")]
@@ -153,12 +153,92 @@ pub enum ClientError {
         /// The close reason text.
         reason: String,
     },
-    /// A local command failed (unknown document, read-only, backpressure).
+    /// The document was never opened on this client.
+    #[error("document {0:?} is not open")]
+    UnknownDocument(String),
+    /// The server granted read-only access to the document: the edit was
+    /// refused (and not made).
+    #[error("document {0:?} is read-only")]
+    ReadOnly(String),
+    /// The document's outbox or the send queue is full: the edit was
+    /// refused (and not made); retry after acknowledgements.
+    #[error("backpressure on {name:?}: {queued} bytes queued, limit {limit}")]
+    Backpressure {
+        /// The document.
+        name: String,
+        /// Bytes currently queued.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The send queue is full: the application message was not sent.
+    #[error("send queue full: {queued} bytes queued, limit {limit}")]
+    SendQueueFull {
+        /// Bytes currently queued.
+        queued: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A configured limit forbids it (name length, documents per
+    /// connection, message size).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// The command needs a live connection.
+    #[error("not connected")]
+    NotConnected,
+    /// The client's registry refused (e.g. its storage failed).
     #[error(transparent)]
-    Command(#[from] CommandError),
+    Registry(#[from] crate::registry::RegistryError),
+    /// [`WebSocketClient::durable`] against a server that does not store
+    /// documents durably (its `Welcome` said so, e.g. a memory-only
+    /// registry): the edit is applied there, but no acknowledgement will
+    /// ever call it durable.
+    #[error("the server does not store documents durably: edits are never acknowledged as durable")]
+    NotDurable,
+    /// The server will never take this local update of `name` (read-only
+    /// access, or it refused the update as invalid), so it will never be
+    /// durable; see [`ClientEvent::UpdatesRejected`](crate::client::ClientEvent::UpdatesRejected).
+    #[error("update {seq} of {name:?} was rejected by the server ({code:?})")]
+    UpdateRejected {
+        /// The document.
+        name: String,
+        /// The update's sequence number.
+        seq: u64,
+        /// Why.
+        code: crate::wire::ErrorCode,
+    },
     /// The client task has ended (after `close`, or the runtime shut down).
     #[error("the client task has stopped")]
     Stopped,
+}
+
+/// Flattens the session's command errors into [`ClientError`]'s own
+/// variants, so callers match one level (`ClientError::ReadOnly(_)`); a
+/// closed session is [`ClientError::Stopped`]. Exhaustive on purpose: a new
+/// `CommandError` variant needs its own `ClientError` one.
+impl From<CommandError> for ClientError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownDocument(name) => ClientError::UnknownDocument(name),
+            CommandError::ReadOnly(name) => ClientError::ReadOnly(name),
+            CommandError::Backpressure {
+                name,
+                queued,
+                limit,
+            } => ClientError::Backpressure {
+                name,
+                queued,
+                limit,
+            },
+            CommandError::SendQueueFull { queued, limit } => {
+                ClientError::SendQueueFull { queued, limit }
+            }
+            CommandError::LimitExceeded(what) => ClientError::LimitExceeded(what),
+            CommandError::NotConnected => ClientError::NotConnected,
+            CommandError::Closed => ClientError::Stopped,
+            CommandError::Registry(e) => ClientError::Registry(e),
+        }
+    }
 }
 
 /// The WebSocket close code used for a protocol close reason.

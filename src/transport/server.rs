@@ -458,7 +458,7 @@ pub enum ServerError {
 /// use crdt_socket_sync::wire::Access;
 ///
 /// let auth = StaticTokens::default().with("s3cret", "alice", Access::ReadWrite);
-/// let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
+/// let registry = MemoryRegistry::new(|_: &str| YrsDocument::server());
 /// let options = ServerOptions { path: Some("/sync".into()), ..ServerOptions::default() };
 /// let mut server = WebSocketServer::start("127.0.0.1:0", registry, auth, options).await?;
 /// println!("listening on ws://{}/sync", server.local_addr());

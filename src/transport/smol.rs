@@ -12,7 +12,7 @@
 //! use yrs::{Text, Transact};
 //!
 //! smol::block_on(async {
-//!     let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(9));
+//!     let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 //!     let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 //!     let (client, _events) = connect("ws://127.0.0.1:8080", docs, options).await?;
 //!     client.with_doc("notes", |doc| {
@@ -75,7 +75,8 @@ impl Runtime for Smol {
 }
 
 /// Connects a client to `url` on smol's global executor. Resolves once the
-/// handshake succeeded, or with a typed error; then reconnects by itself
+/// handshake succeeded or, offline, after the first failed dial (unless
+/// [`ClientOptions::fail_fast`]); then reconnects by itself
 /// (see `transport::tokio::connect` for the details, which
 /// are the same).
 pub async fn connect<R: Registry + Send + 'static>(

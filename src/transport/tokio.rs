@@ -18,10 +18,10 @@
 //! use crdt_socket_sync::transport::tokio::{connect, WebSocketServer};
 //! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
 //!
-//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server());
 //! let options = ServerOptions { tls: Some(server_tls), ..ServerOptions::default() };
 //! let server = WebSocketServer::start("127.0.0.1:8443", registry, AllowAll, options).await?;
-//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 //! let options = ClientOptions { tls: Some(client_tls), ..ClientOptions::default() };
 //! let (client, _events) = connect("wss://localhost:8443", docs, options).await?;
 //! # Ok(()) }
@@ -39,10 +39,10 @@
 //! use crdt_socket_sync::transport::{ClientOptions, ServerOptions};
 //! use yrs::{Text, Transact};
 //!
-//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server(0));
+//! let registry = MemoryRegistry::new(|_: &str| YrsDocument::server());
 //! let server = WebSocketServer::start("127.0.0.1:8080", registry, AllowAll, ServerOptions::default()).await?;
 //!
-//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(1));
+//! let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 //! let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 //! let (client, _events) = connect(&format!("ws://{}", server.local_addr()), docs, options).await?;
 //! client.with_doc("notes", |doc| {
@@ -108,10 +108,18 @@ impl Runtime for Tokio {
 }
 
 /// Connects a client to `url` (`ws://` or, with feature `tls`, `wss://`)
-/// on the current tokio runtime. Resolves once the handshake succeeded, or
-/// with a typed error (dial failure, timeout, rejected token...). From then
-/// on the client reconnects by itself, with the core's backoff, until
+/// on the current tokio runtime and spawns the client task. Resolves once
+/// the first handshake succeeded, or, when the server cannot be reached,
+/// after the first failed dial: the client is then offline (status
+/// `Reconnecting`), its documents open and taking edits, and it keeps
+/// dialing with its backoff, reporting each failure as
+/// [`ClientEvent::DialFailed`](crate::client::ClientEvent::DialFailed)
+/// ([`ClientOptions::fail_fast`] returns the dial error instead). A refused
+/// handshake (bad token, version, server at capacity) or a TLS failure is
+/// returned as an error. From then on the client reconnects by itself, with
+/// the core's backoff ([`Backoff`](crate::client::Backoff)), until
 /// [`WebSocketClient::disconnect`] or [`WebSocketClient::close`].
+/// [`WebSocketClient::connect`] is this same function.
 ///
 /// `registry` holds the client's documents; `options.documents` are opened
 /// before connecting.
@@ -124,7 +132,7 @@ impl Runtime for Tokio {
 /// use crdt_socket_sync::registry::MemoryRegistry;
 /// use crdt_socket_sync::transport::{tokio::connect, ClientOptions};
 ///
-/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new(42));
+/// let docs = MemoryRegistry::new(|_: &str| YrsDocument::new());
 /// let options = ClientOptions { documents: vec!["notes".into()], ..ClientOptions::default() };
 /// let (client, mut events) = connect("ws://127.0.0.1:8080", docs, options).await?;
 /// while let Some(event) = events.recv().await {
@@ -150,7 +158,8 @@ pub async fn connect<R: Registry + Send + 'static>(
 }
 
 impl<R: Registry + Send + 'static> WebSocketClient<R> {
-    /// [`connect`] on tokio.
+    /// [`connect`](self::connect) on tokio: the same function, reachable
+    /// from the type.
     pub async fn connect(
         url: &str,
         registry: R,

@@ -143,6 +143,19 @@ fn event_js(event: ClientEvent) -> JsValue {
         ClientEvent::Dial { attempt } => {
             object(&[("type", "dial".into()), ("attempt", attempt.into())])
         }
+        ClientEvent::DialFailed {
+            attempt,
+            reason,
+            retry_in,
+        } => object(&[
+            ("type", "dialfailed".into()),
+            ("attempt", attempt.into()),
+            ("reason", reason.map_or(JsValue::NULL, |r| r.into())),
+            (
+                "retryInMs",
+                retry_in.map_or(JsValue::NULL, |d| (d.as_millis() as f64).into()),
+            ),
+        ]),
         ClientEvent::GaveUp { attempts } => {
             object(&[("type", "gaveup".into()), ("attempts", attempts.into())])
         }

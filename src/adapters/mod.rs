@@ -28,6 +28,8 @@ pub mod automerge;
 pub mod loro;
 #[cfg(feature = "yrs")]
 pub mod yrs;
+#[cfg(feature = "yrs")]
+mod yrs_check;
 
 /// Appends `value` as an unsigned LEB128 varint (lib0 `writeVarUint`).
 #[cfg(feature = "yrs")]

@@ -119,6 +119,7 @@
 //! | `arbitrary` | `arbitrary::Arbitrary` for the wire types (fuzzing) |
 //! | `sim` | [`sim`]: the deterministic network simulator used by tests, fuzzing and benches |
 //! | `yrs` | `adapters::yrs::YrsDocument`, a [`document::Document`] over a yrs `Doc` |
+//! | `yrs` (also) | `ywebsocket`: y-websocket's protocol translated for the hub, so Yjs apps connect unchanged (served by the tokio server on `ServerOptions::yjs_path`) |
 //! | `loro` | `adapters::loro::LoroDocument`, over a `loro::LoroDoc` |
 //! | `automerge` | `adapters::automerge::AutomergeDocument`, over an `automerge::Automerge` (Rust ≥ 1.90) |
 //! | `conformance` | `conformance`, the suite every `Document` implementation must pass |
@@ -152,6 +153,8 @@ pub mod testing;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 pub mod transport;
 pub mod wire;
+#[cfg(feature = "yrs")]
+pub mod ywebsocket;
 
 pub use close::CloseCause;
 pub use inbound::{Framing, InboundError};

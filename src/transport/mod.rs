@@ -85,6 +85,8 @@ mod hibernate;
 mod hub_task;
 #[cfg(feature = "tokio")]
 mod log_limit;
+#[cfg(all(feature = "tokio", feature = "yrs"))]
+mod yjs;
 #[cfg(feature = "tokio")]
 pub use hub_task::{
     ConnStats, HubHandle, HubService, HubStats, RefuseReason, ServerEvents, ServerOptions,

@@ -52,6 +52,14 @@ pub struct YjsConfig {
     /// arrive before the handshake ends); past it the connection closes.
     /// Default 1 MiB.
     pub max_held_bytes: usize,
+    /// Milliseconds since the Unix epoch when the session starts (the
+    /// transport reads the wall clock; the core reads none). Yjs clients
+    /// keep the clock of every awareness client id they saw, across
+    /// reconnections, and ignore a state whose clock is not higher; the
+    /// clocks the translator gives other sessions' states are this plus the
+    /// milliseconds elapsed (made strictly increasing), so a reconnecting
+    /// client accepts them. Default 0.
+    pub wall_clock_ms: u64,
 }
 
 impl Default for YjsConfig {
@@ -61,6 +69,7 @@ impl Default for YjsConfig {
             client_idle_timeout: Duration::from_secs(60),
             keepalive: Duration::from_secs(10),
             max_held_bytes: 1 << 20,
+            wall_clock_ms: 0,
         }
     }
 }
@@ -197,6 +206,7 @@ pub struct YjsSession {
     peers: BTreeMap<SessionId, Known>,
     last_from_client: Instant,
     last_to_client: Instant,
+    started: Instant,
     close: Option<(CloseReason, String)>,
 }
 
@@ -227,6 +237,7 @@ impl YjsSession {
             peers: BTreeMap::new(),
             last_from_client: now,
             last_to_client: now,
+            started: now,
             close: None,
             config,
         };
@@ -524,7 +535,12 @@ impl YjsSession {
             }
             let state = e.state.filter(|s| is_json(s));
             let known_clock = self.peers.get(&e.session).map(|k| k.clock);
-            let clock = known_clock.map_or(1, |c| c + 1);
+            let elapsed = now.saturating_duration_since(self.started).as_millis();
+            let wall = self
+                .config
+                .wall_clock_ms
+                .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX));
+            let clock = known_clock.map_or(wall, |c| wall.max(c + 1));
             if state.is_none() {
                 if known_clock.is_none() {
                     continue;

@@ -10,6 +10,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use futures_util::{Sink, Stream};
+use std::future::Future;
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
@@ -78,6 +79,8 @@ pub(crate) struct YjsSocket<S> {
     session: Box<YjsSession>,
     /// The WebSocket close sent after the translator closed the connection.
     close_sent: bool,
+    /// Armed at the session's `poll_timeout` (its heartbeat).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> YjsSocket<S> {
@@ -95,6 +98,37 @@ impl<S> YjsSocket<S> {
             inner,
             session: Box::new(session),
             close_sent: false,
+            timer: None,
+        }
+    }
+}
+
+impl<S> YjsSocket<S> {
+    /// Runs the session's heartbeat when due and re-arms the timer for the
+    /// next one (registering the task's waker).
+    fn tick(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let Some(deadline) = self.session.poll_timeout() else {
+                self.timer = None;
+                return;
+            };
+            let now = Instant::now();
+            if deadline <= now {
+                // Moves the deadline past `now`.
+                self.session.handle_timeout(now);
+                continue;
+            }
+            let at = tokio::time::Instant::from_std(deadline);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            self.session.handle_timeout(Instant::now().max(deadline));
         }
     }
 }
@@ -123,7 +157,19 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        this.tick(cx);
         loop {
+            // What the heartbeat (or a translated input) has for the client
+            // goes now, not with the hub's next frame.
+            if this.session.has_client_output() {
+                match this.drain(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Pending => {}
+                }
+            }
             if let Some(frame) = this.session.poll_to_server() {
                 return Poll::Ready(Some(Ok(Message::Binary(frame.into()))));
             }

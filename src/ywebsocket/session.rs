@@ -34,18 +34,18 @@ pub const YJS_PEER: &str = "y-websocket";
 /// assert_eq!(config.client_idle_timeout.as_secs(), 60);
 /// ```
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct YjsConfig {
     /// The hub's limits: the frames built for the hub stay within them,
     /// and awareness updates carry at most `max_presence_states` entries.
     pub limits: Limits,
-    /// The translator answers the hub's pings for the Yjs client (which has
-    /// no such message) only while the client sent something within this
-    /// long; past it the hub's idle deadline closes the connection. Yjs
-    /// providers renew their awareness every 15 s. Default 60 s.
+    /// The translator pings the hub for the Yjs client (y-protocols has no
+    /// ping) every heartbeat the `Welcome` asks for, but only while the
+    /// client sent something within this long; past it the hub's idle
+    /// deadline closes the connection (`IdleTimeout`). Yjs providers renew
+    /// their awareness every 15 s. Default 60 s.
     pub client_idle_timeout: Duration,
     /// When nothing went to the client for this long, an empty awareness
-    /// update goes (at the hub's next ping): y-websocket providers reconnect
+    /// update goes (at the next heartbeat): y-websocket providers reconnect
     /// after 30 s without a message. Default 10 s.
     pub keepalive: Duration,
     /// Bytes of client messages held until the hub opened the room (they
@@ -131,7 +131,9 @@ struct Known {
 /// and the hub's frames for this connection ([`YjsSession::handle_server`]);
 /// send what [`YjsSession::poll_to_server`] returns to the hub (as this
 /// connection's input) and what [`YjsSession::poll_to_client`] returns to
-/// the Yjs client. [`YjsSession::closed`] says when the connection is over.
+/// the Yjs client; call [`YjsSession::handle_timeout`] at
+/// [`YjsSession::poll_timeout`]. [`YjsSession::closed`] says when the
+/// connection is over.
 ///
 /// Memory per connection: its queues hold what one input produced (the
 /// adapter drains them after each call), a sync transfer or fragmented
@@ -207,6 +209,9 @@ pub struct YjsSession {
     last_from_client: Instant,
     last_to_client: Instant,
     started: Instant,
+    /// The hub's heartbeat (from its `Welcome`) and when to ping next.
+    heartbeat: Duration,
+    next_ping: Option<Instant>,
     close: Option<(CloseReason, String)>,
 }
 
@@ -238,6 +243,8 @@ impl YjsSession {
             last_from_client: now,
             last_to_client: now,
             started: now,
+            heartbeat: Duration::from_secs(2),
+            next_ping: None,
             close: None,
             config,
         };
@@ -266,6 +273,11 @@ impl YjsSession {
     /// The next frame for the hub (this connection's input).
     pub fn poll_to_server(&mut self) -> Option<Vec<u8>> {
         self.to_server.pop_front()
+    }
+
+    /// Whether messages wait for the Yjs client.
+    pub fn has_client_output(&self) -> bool {
+        !self.to_client.is_empty()
     }
 
     /// The next y-protocols message for the Yjs client.
@@ -362,6 +374,40 @@ impl YjsSession {
         Ok(())
     }
 
+    /// When [`YjsSession::handle_timeout`] is next due (`None`: closed, or
+    /// not yet welcomed).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        self.next_ping
+    }
+
+    /// The heartbeat: pings the hub for a client heard from within
+    /// [`YjsConfig::client_idle_timeout`], and sends the client an empty
+    /// awareness update when nothing went to it for
+    /// [`YjsConfig::keepalive`]. Early or spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(due) = self.next_ping else {
+            return;
+        };
+        if now < due || self.phase == Phase::Closed {
+            return;
+        }
+        if now.saturating_duration_since(self.last_from_client) <= self.config.client_idle_timeout {
+            let t = now.saturating_duration_since(self.started).as_micros();
+            self.send(&Message::Ping {
+                t: u64::try_from(t).unwrap_or(u64::MAX),
+            });
+        }
+        if now.saturating_duration_since(self.last_to_client) >= self.config.keepalive {
+            let mut empty = Vec::new();
+            encode_awareness(&[], &mut empty);
+            self.tell_client(YMessage::Awareness(&empty), now);
+        }
+        self.next_ping = now.checked_add(self.heartbeat);
+    }
+
     /// One frame from the hub for this connection.
     pub fn handle_server(&mut self, frame: &[u8], now: Instant) -> Result<(), YjsError> {
         let mut decoded = std::mem::take(&mut self.decoded);
@@ -383,9 +429,14 @@ impl YjsSession {
     fn server_message(&mut self, msg: Message, now: Instant) -> Result<(), YjsError> {
         match msg {
             Message::Welcome {
-                session, limits, ..
+                session,
+                limits,
+                heartbeat_ms,
+                ..
             } => {
                 self.session = Some(session);
+                self.heartbeat = Duration::from_millis(u64::from(heartbeat_ms.max(100)));
+                self.next_ping = now.checked_add(self.heartbeat);
                 self.encoder.apply_peer_limits(limits);
                 if self.phase == Phase::Handshake {
                     self.phase = Phase::Opening;
@@ -417,17 +468,7 @@ impl YjsSession {
             }
             Message::Broadcast { data, .. } => self.tell_client(YMessage::Update(&data), now),
             Message::Awareness { entries, .. } => self.server_awareness(entries, now),
-            Message::Ping { t } => {
-                let idle = now.saturating_duration_since(self.last_from_client);
-                if idle <= self.config.client_idle_timeout {
-                    self.send(&Message::Pong { echo: t });
-                }
-                if now.saturating_duration_since(self.last_to_client) >= self.config.keepalive {
-                    let mut empty = Vec::new();
-                    encode_awareness(&[], &mut empty);
-                    self.tell_client(YMessage::Awareness(&empty), now);
-                }
-            }
+            Message::Ping { t } => self.send(&Message::Pong { echo: t }),
             Message::Close { reason, message } => {
                 self.phase = Phase::Closed;
                 self.close = Some((reason, message));

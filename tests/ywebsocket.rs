@@ -34,12 +34,21 @@ struct Rig {
     ydoc: yrs::Doc,
     /// Awareness states the Yjs client was told of: (client, state).
     yjs_awareness: Vec<(u64, String)>,
+    /// The Yjs connection reads nothing (a stalled reader).
+    stalled: bool,
+    /// Bytes and count of y-protocols messages the Yjs client received.
+    yjs_received: usize,
+    yjs_messages: usize,
 }
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_config(ServerConfig::default())
+    }
+
+    fn with_config(config: ServerConfig) -> Rig {
         let now = Instant::now();
-        let mut hub = Hub::new(ServerConfig::default(), AllowAll);
+        let mut hub = Hub::new(config, AllowAll);
         let native_conn = hub.accept(now);
         let mut native = ClientSession::new(
             ClientConfig {
@@ -65,6 +74,9 @@ impl Rig {
             yjs_conn,
             ydoc,
             yjs_awareness: Vec::new(),
+            stalled: false,
+            yjs_received: 0,
+            yjs_messages: 0,
         };
         let sv = rig.ydoc.transact().state_vector().encode_v1();
         rig.client_sends(YMessage::SyncStep1(&sv));
@@ -115,17 +127,21 @@ impl Rig {
                 self.hub
                     .handle_input(self.yjs_conn, self.now, &frame, &mut self.server_docs);
             }
-            while let Some((conn, frame)) = self.hub.poll_transmit() {
+            while let Some(frame) = self.hub.poll_transmit_for(self.native_conn) {
                 moved = true;
-                if conn == self.native_conn {
-                    self.native
-                        .handle_input(self.now, &frame, &mut self.native_docs);
-                } else if conn == self.yjs_conn {
-                    let _ = self.yjs.handle_server(&frame, self.now);
-                }
+                self.native
+                    .handle_input(self.now, &frame, &mut self.native_docs);
+            }
+            while !self.stalled
+                && let Some(frame) = self.hub.poll_transmit_for(self.yjs_conn)
+            {
+                moved = true;
+                let _ = self.yjs.handle_server(&frame, self.now);
             }
             while let Some(msg) = self.yjs.poll_to_client() {
                 moved = true;
+                self.yjs_received += msg.len();
+                self.yjs_messages += 1;
                 self.yjs_receives(&msg);
             }
             while self.native.poll_event().is_some() {}
@@ -228,6 +244,39 @@ fn awareness_crosses_both_ways() {
         .unwrap();
     rig.run();
     assert!(rig.yjs_awareness.is_empty(), "{:?}", rig.yjs_awareness);
+}
+
+#[test]
+fn a_stalled_yjs_reader_gets_one_coalesced_catch_up() {
+    use crdt_socket_sync::Limits;
+    let limits = Limits {
+        max_outbound_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let mut rig = Rig::with_config(ServerConfig {
+        limits,
+        ..ServerConfig::default()
+    });
+    rig.stalled = true;
+    let line = "x".repeat(1000);
+    let mut typed = 0;
+    for _ in 0..400 {
+        rig.native_types(&line);
+        typed += line.len();
+    }
+    // The hub held at most its queue bound for the stalled reader.
+    let held = rig.hub.session(rig.yjs_conn).unwrap().queued_bytes();
+    assert!(held <= limits.max_outbound_bytes, "{held} bytes queued");
+    let before = rig.yjs_messages;
+    rig.stalled = false;
+    rig.advance(Duration::from_secs(1));
+    rig.advance(Duration::from_secs(6));
+    assert_eq!(rig.yjs_text(), rig.native_text());
+    assert_eq!(rig.yjs_text().len(), typed);
+    // What fit in the queue, then one catch-up, instead of 400 updates.
+    let messages = rig.yjs_messages - before;
+    assert!(messages < 100, "{messages} messages for 400 updates");
+    assert!(rig.yjs_received < typed + 64 * 1024, "{} bytes for {typed}", rig.yjs_received);
 }
 
 // ---- bad input: every message type, and what it may cost ----

@@ -276,7 +276,11 @@ fn a_stalled_yjs_reader_gets_one_coalesced_catch_up() {
     // What fit in the queue, then one catch-up, instead of 400 updates.
     let messages = rig.yjs_messages - before;
     assert!(messages < 100, "{messages} messages for 400 updates");
-    assert!(rig.yjs_received < typed + 64 * 1024, "{} bytes for {typed}", rig.yjs_received);
+    assert!(
+        rig.yjs_received < typed + 64 * 1024,
+        "{} bytes for {typed}",
+        rig.yjs_received
+    );
 }
 
 // ---- bad input: every message type, and what it may cost ----

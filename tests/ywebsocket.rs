@@ -413,20 +413,30 @@ fn awareness_speaks_for_one_client_id_and_within_limits() {
     assert_eq!(reason, Some(CloseReason::ProtocolError));
 }
 
+fn config_with(max_held_bytes: usize) -> YjsConfig {
+    YjsConfig {
+        max_held_bytes,
+        ..YjsConfig::default()
+    }
+}
+
 #[test]
 fn too_much_input_before_the_room_opens_closes_with_limit_exceeded() {
     let now = Instant::now();
-    let config = YjsConfig {
-        max_held_bytes: 1000,
-        ..YjsConfig::default()
-    };
-    let mut yjs = YjsSession::new("room", Vec::new(), config, now);
+    let mut yjs = YjsSession::new("room", Vec::new(), config_with(1000), now);
     let mut update = Vec::new();
     YMessage::Update(&[0u8; 400]).encode(&mut update);
     // No Welcome yet: updates are held, up to the limit.
     assert!(yjs.handle_client(&update, now).is_ok());
     assert!(yjs.handle_client(&update, now).is_ok());
     assert!(yjs.handle_client(&update, now).is_err());
+    // Tiny messages are charged their allocation too.
+    let mut yjs = YjsSession::new("room", Vec::new(), config_with(1000), now);
+    let mut sent = 0;
+    while yjs.handle_client(&[3], now).is_ok() {
+        sent += 1;
+        assert!(sent < 100, "{sent} one-byte messages held in 1000 bytes");
+    }
     assert_eq!(
         yjs.closed().map(|(r, _)| *r),
         Some(CloseReason::LimitExceeded)

@@ -10,6 +10,10 @@
 //! - any count larger than the bytes left after it (every element takes at
 //!   least one byte), so what yrs reserves is linear in the update's size;
 //! - `Any` values nested deeper than [`MAX_ANY_DEPTH`];
+//! - clocks past `u32::MAX` (a client's first clock plus the lengths of its
+//!   blocks, a deleted range's start plus its length): yrs adds them in
+//!   `u32`, which panics with overflow checks on and wraps (a reversed
+//!   range) without;
 //! - anything malformed or truncated (yrs would refuse it too).
 //!
 //! Cost: one pass over the bytes, O(n) time, O(1) memory and a recursion
@@ -37,9 +41,12 @@ pub(crate) fn check_update_v1(update: &[u8]) -> Result<(), CheckError> {
     for _ in 0..clients {
         let blocks = r.count(1)?;
         r.uvar()?; // client
-        r.uvar()?; // clock
+        let mut clock = r.uvar()?;
         for _ in 0..blocks {
-            block(&mut r)?;
+            clock = clock.saturating_add(block(&mut r)?);
+        }
+        if clock > u64::from(u32::MAX) {
+            return Err("clock past u32::MAX");
         }
     }
     // The delete set.
@@ -48,8 +55,11 @@ pub(crate) fn check_update_v1(update: &[u8]) -> Result<(), CheckError> {
         r.uvar()?; // client
         let ranges = r.count(2)?;
         for _ in 0..ranges {
-            r.uvar()?; // clock
-            r.uvar()?; // length
+            let start = r.uvar()?;
+            let len = r.uvar()?;
+            if start.saturating_add(len) > u64::from(u32::MAX) {
+                return Err("deleted range past u32::MAX");
+            }
         }
     }
     Ok(())
@@ -63,11 +73,11 @@ const HAS_PARENT_SUB: u8 = 0b0010_0000;
 const GC: u8 = 0;
 const SKIP: u8 = 10;
 
-fn block(r: &mut Reader<'_>) -> Result<(), CheckError> {
+/// Checks one block; returns an upper bound of its length in clock ticks.
+fn block(r: &mut Reader<'_>) -> Result<u64, CheckError> {
     let info = r.u8()?;
     if info == GC || info == SKIP {
-        r.uvar()?; // length
-        return Ok(());
+        return r.uvar();
     }
     if info & HAS_ORIGIN != 0 {
         r.id()?;
@@ -88,31 +98,35 @@ fn block(r: &mut Reader<'_>) -> Result<(), CheckError> {
     content(r, info & 0b1111)
 }
 
-fn content(r: &mut Reader<'_>, kind: u8) -> Result<(), CheckError> {
+/// Checks an item's content; returns an upper bound of its length (a
+/// string counts its bytes, at least its UTF-16 units or characters).
+fn content(r: &mut Reader<'_>, kind: u8) -> Result<u64, CheckError> {
     match kind {
         // deleted: a length
-        1 => r.uvar().map(drop),
+        1 => r.uvar(),
         // JSON: yrs reads the declared count plus one strings
         2 => {
             let n = r.count(1)?;
             for _ in 0..=n {
                 r.string()?;
             }
-            Ok(())
+            Ok(n + 1)
         }
-        // binary, string, embed (JSON text)
-        3..=5 => r.string(),
+        // string
+        4 => r.string(),
+        // binary, embed (JSON text)
+        3 | 5 => r.string().map(|_| 1),
         // format: key and JSON text
         6 => {
             r.string()?;
-            r.string()
+            r.string().map(|_| 1)
         }
         // type: a type ref, XML elements with their tag name
         7 => {
             if r.u8()? == 3 {
                 r.string()?;
             }
-            Ok(())
+            Ok(1)
         }
         // Any values
         8 => {
@@ -120,12 +134,12 @@ fn content(r: &mut Reader<'_>, kind: u8) -> Result<(), CheckError> {
             for _ in 0..n {
                 any(r, 0)?;
             }
-            Ok(())
+            Ok(n)
         }
         // sub-document: guid and options
         9 => {
             r.string()?;
-            any(r, 0)
+            any(r, 0).map(|()| 1)
         }
         _ => Err("unknown content"),
     }
@@ -144,7 +158,7 @@ fn any(r: &mut Reader<'_>, depth: u32) -> Result<(), CheckError> {
         124 => r.skip(4),
         123 | 122 => r.skip(8),
         // string, buffer
-        119 | 116 => r.string(),
+        119 | 116 => r.string().map(drop),
         // map: entries of key and value
         118 => {
             let n = r.count(2)?;
@@ -208,11 +222,12 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// A length-prefixed string or buffer.
-    fn string(&mut self) -> Result<(), CheckError> {
+    /// A length-prefixed string or buffer; returns its length.
+    fn string(&mut self) -> Result<u64, CheckError> {
         let len = self.uvar()?;
-        let len = usize::try_from(len).map_err(|_| "length too large")?;
-        self.skip(len)
+        let n = usize::try_from(len).map_err(|_| "length too large")?;
+        self.skip(n)?;
+        Ok(len)
     }
 
     /// An item id: client and clock.
@@ -237,5 +252,13 @@ mod tests {
         }
         deep.extend([126, 0]);
         assert_eq!(check_update_v1(&deep), Err("values nested too deep"));
+        // A deleted range ending past u32::MAX (found by the fuzzer: yrs
+        // adds start and length in u32).
+        let ds = [0, 1, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 2];
+        assert_eq!(check_update_v1(&ds), Err("deleted range past u32::MAX"));
+        assert!(check_update_v1(&[0, 1, 1, 1, 0xfe, 0xff, 0xff, 0xff, 0x0f, 1]).is_ok());
+        // A client whose blocks run past u32::MAX.
+        let gc = [1, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 2, 0];
+        assert_eq!(check_update_v1(&gc), Err("clock past u32::MAX"));
     }
 }

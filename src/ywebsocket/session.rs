@@ -23,6 +23,10 @@ use crate::wire::{
 use super::json::is_json;
 use super::protocol::{AwarenessEntries, AwarenessEntry, YDecodeError, YMessage, encode_awareness};
 
+/// Bytes charged against [`YjsConfig::max_held_bytes`] per held message
+/// besides its own (its `Vec` and the allocator's share).
+const HELD_OVERHEAD: usize = 48;
+
 /// The peer name a translated connection announces in its `Hello`.
 pub const YJS_PEER: &str = "y-websocket";
 
@@ -49,8 +53,8 @@ pub struct YjsConfig {
     /// after 30 s without a message. Default 10 s.
     pub keepalive: Duration,
     /// Bytes of client messages held until the hub opened the room (they
-    /// arrive before the handshake ends); past it the connection closes.
-    /// Default 1 MiB.
+    /// arrive before the handshake ends), each charged 48 bytes more for
+    /// its allocation; past it the connection closes. Default 1 MiB.
     pub max_held_bytes: usize,
     /// Milliseconds since the Unix epoch when the session starts (the
     /// transport reads the wall clock; the core reads none). Yjs clients
@@ -191,7 +195,6 @@ pub struct YjsSession {
     seq: u64,
     encoder: Encoder,
     inflate: InflateScratch,
-    decoded: Vec<Message>,
     to_server: VecDeque<Vec<u8>>,
     to_client: VecDeque<Vec<u8>>,
     /// Transfer id, total and bytes of the sync transfer being received.
@@ -230,7 +233,6 @@ impl YjsSession {
             seq: 0,
             encoder,
             inflate: InflateScratch::default(),
-            decoded: Vec::new(),
             to_server: VecDeque::new(),
             to_client: VecDeque::new(),
             transfer: None,
@@ -318,7 +320,9 @@ impl YjsSession {
                     return Ok(());
                 }
             }
-            self.held_bytes += bytes.len();
+            // Each held message also costs its allocation: a flood of
+            // one-byte messages is charged for that too.
+            self.held_bytes += bytes.len() + HELD_OVERHEAD;
             if self.held_bytes > self.config.max_held_bytes {
                 return Err(YjsError::TooMuchEarlyInput);
             }
@@ -410,16 +414,16 @@ impl YjsSession {
 
     /// One frame from the hub for this connection.
     pub fn handle_server(&mut self, frame: &[u8], now: Instant) -> Result<(), YjsError> {
-        let mut decoded = std::mem::take(&mut self.decoded);
-        decoded.clear();
+        // A buffer of its own per frame: a session kept per idle
+        // connection holds none.
+        let mut decoded = Vec::new();
         let result = decode_frame(frame, &self.config.limits, &mut self.inflate, &mut decoded)
             .map_err(|e| YjsError::Hub(e.to_string()));
         let result = result.and_then(|()| {
             decoded
-                .drain(..)
+                .into_iter()
                 .try_for_each(|m| self.server_message(m, now))
         });
-        self.decoded = decoded;
         if let Err(e) = &result {
             self.fail(e);
         }

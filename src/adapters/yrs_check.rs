@@ -14,6 +14,8 @@
 //!   blocks, a deleted range's start plus its length): yrs adds them in
 //!   `u32`, which panics with overflow checks on and wraps (a reversed
 //!   range) without;
+//! - client ids over 53 bits (yrs' and Yjs' limit; yrs asserts it in debug
+//!   builds and folds larger ones together in release builds);
 //! - anything malformed or truncated (yrs would refuse it too).
 //!
 //! Cost: one pass over the bytes, O(n) time, O(1) memory and a recursion
@@ -40,7 +42,7 @@ pub(crate) fn check_update_v1(update: &[u8]) -> Result<(), CheckError> {
     let clients = r.count(3)?;
     for _ in 0..clients {
         let blocks = r.count(1)?;
-        r.uvar()?; // client
+        r.client()?;
         let mut clock = r.uvar()?;
         for _ in 0..blocks {
             clock = clock.saturating_add(block(&mut r)?);
@@ -52,7 +54,7 @@ pub(crate) fn check_update_v1(update: &[u8]) -> Result<(), CheckError> {
     // The delete set.
     let clients = r.count(2)?;
     for _ in 0..clients {
-        r.uvar()?; // client
+        r.client()?;
         let ranges = r.count(2)?;
         for _ in 0..ranges {
             let start = r.uvar()?;
@@ -230,9 +232,18 @@ impl Reader<'_> {
         Ok(len)
     }
 
+    /// A client id: at most 53 bits.
+    fn client(&mut self) -> Result<u64, CheckError> {
+        let client = self.uvar()?;
+        if client >> 53 != 0 {
+            return Err("client id over 53 bits");
+        }
+        Ok(client)
+    }
+
     /// An item id: client and clock.
     fn id(&mut self) -> Result<(), CheckError> {
-        self.uvar()?;
+        self.client()?;
         self.uvar().map(drop)
     }
 }
@@ -260,5 +271,10 @@ mod tests {
         // A client whose blocks run past u32::MAX.
         let gc = [1, 1, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 2, 0];
         assert_eq!(check_update_v1(&gc), Err("clock past u32::MAX"));
+        // A client id over 53 bits (found by the fuzzer: yrs asserts it).
+        let mut big = vec![1, 1];
+        big.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]); // 2^53
+        big.extend([0, 0, 2, 0]);
+        assert_eq!(check_update_v1(&big), Err("client id over 53 bits"));
     }
 }

@@ -220,7 +220,7 @@ fn join(hub: &mut Hub<AllowAll>, reg: &mut Reg, now: Instant, f: &ClientFrames) 
 
 /// A hub with a sender (returned) and `n` other synced subscribers.
 fn fan_out_hub(n: usize, now: Instant) -> (Hub<AllowAll>, Reg, ConnId) {
-    let mut hub = Hub::new(config(Framing::Message), AllowAll);
+    let mut hub = Hub::new(config(Framing::Datagram), AllowAll);
     let mut reg: Reg = MemoryRegistry::new(|_: &str| Counters::default());
     let f = ClientFrames::new();
     let sender = join(&mut hub, &mut reg, now, &f);
@@ -498,7 +498,7 @@ fn timers(sizes: &[usize], churn: usize) {
         "conns", "poll_timeout", "handle_timeout (none)"
     );
     for &n in sizes {
-        let mut hub = Hub::new(config(Framing::Message), AllowAll);
+        let mut hub = Hub::new(config(Framing::Datagram), AllowAll);
         let mut reg: Reg = MemoryRegistry::new(|_: &str| Counters::default());
         for _ in 0..n {
             let conn = hub.accept(now);
@@ -515,7 +515,7 @@ fn timers(sizes: &[usize], churn: usize) {
     }
     // One long-lived connection, then `churn` connections that each come
     // and go while it stays.
-    let mut hub = Hub::new(config(Framing::Message), AllowAll);
+    let mut hub = Hub::new(config(Framing::Datagram), AllowAll);
     let mut reg: Reg = MemoryRegistry::new(|_: &str| Counters::default());
     let live_conn = hub.accept(now);
     hub.handle_input(live_conn, now, &f.hello, &mut reg);
@@ -548,11 +548,11 @@ fn main() {
     if bench_mode {
         summary(Duration::from_millis(600));
         println!();
-        memory(10_000, Framing::Message);
+        memory(10_000, Framing::Datagram);
         memory(10_000, Framing::Stream);
         timers(&[1_000, 10_000, 100_000], 200_000);
     } else {
-        memory(1_000, Framing::Message);
+        memory(1_000, Framing::Datagram);
         timers(&[1_000], 1_000);
     }
 }

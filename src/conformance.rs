@@ -24,6 +24,9 @@
 //!
 //! Failures panic with a message naming the check, like `assert!`.
 //!
+//! Over 800 lines as one file on purpose: the checks are one suite over one
+//! [`Replay`] and its private helpers, and each stays short.
+//!
 //! ```
 //! use crdt_socket_sync::conformance::{self, EditScript, TextEditor};
 //! use crdt_socket_sync::document::{ApplyOutcome, Document, DocumentError};

@@ -4,7 +4,7 @@
 //! [`Document`]. Versions, updates and snapshots are opaque bytes whose
 //! meaning belongs to the implementation (a yrs state vector, a loro version
 //! vector, automerge heads...). Adapters for yrs, loro and automerge live in
-//! [`crate::adapters`] behind cargo features.
+//! the `adapters` module, behind cargo features.
 //!
 //! Implementations must be deterministic: no clocks, no hidden randomness.
 //! Actor/client ids are supplied by the caller when the document is created.

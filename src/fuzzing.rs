@@ -224,7 +224,7 @@ pub fn server_messages(messages: Vec<crate::wire::Message>) {
 #[cfg(feature = "arbitrary")]
 pub fn server_frames(messages: Vec<crate::wire::Message>) {
     use crate::wire::{Bytes, Message};
-    let mut h = Harness::new(crate::inbound::Framing::Message);
+    let mut h = Harness::new(crate::inbound::Framing::Datagram);
     let raw = h.hub.accept(h.now);
     let hello = fuzz_hello();
     let open = Message::Open {

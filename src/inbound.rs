@@ -30,10 +30,11 @@ use crate::wire::{
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Framing {
-    /// Each `handle_input` call carries exactly one frame (WebSocket
-    /// binary messages, QUIC datagrams...).
+    /// Each `handle_input` call carries exactly one frame (a WebSocket
+    /// binary message, a QUIC datagram...): the transport keeps the
+    /// boundaries.
     #[default]
-    Message,
+    Datagram,
     /// Input is a byte stream split anywhere (TCP, pipes).
     Stream,
 }
@@ -247,7 +248,7 @@ struct Stream {
 
 enum Decoder {
     /// Nothing is kept between frames.
-    Message,
+    Datagram,
     /// Boxed: the partial frame's buffer and header, which every WebSocket
     /// session would otherwise carry.
     Stream(Box<Stream>),
@@ -300,7 +301,7 @@ pub(crate) struct Inbound {
 impl Inbound {
     pub(crate) fn new(framing: Framing) -> Self {
         let decoder = match framing {
-            Framing::Message => Decoder::Message,
+            Framing::Datagram => Decoder::Datagram,
             Framing::Stream => Decoder::Stream(Box::default()),
         };
         Inbound {
@@ -313,7 +314,7 @@ impl Inbound {
     /// buffer and of the fragmented message's.
     pub(crate) fn buffered(&self) -> usize {
         let frame = match &self.decoder {
-            Decoder::Message => 0,
+            Decoder::Datagram => 0,
             Decoder::Stream(d) => d.reader.capacity(),
         };
         frame + self.partial.as_ref().map_or(0, |p| p.data.capacity())
@@ -323,7 +324,7 @@ impl Inbound {
     /// fragmented message's, without the room reserved for more.
     pub(crate) fn received(&self) -> usize {
         let frame = match &self.decoder {
-            Decoder::Message => 0,
+            Decoder::Datagram => 0,
             Decoder::Stream(d) => d.reader.buffered(),
         };
         frame + self.partial.as_ref().map_or(0, |p| p.data.len())
@@ -333,7 +334,7 @@ impl Inbound {
     /// message) began, if it was stamped.
     pub(crate) fn incomplete_since(&self) -> Option<Instant> {
         let frame = match &self.decoder {
-            Decoder::Message => None,
+            Decoder::Datagram => None,
             Decoder::Stream(d) => d.since,
         };
         let message = self.partial.as_ref().and_then(|p| p.since);
@@ -360,7 +361,7 @@ impl Inbound {
     /// inflating: that memory is lent by the caller.
     pub(crate) fn held(&self) -> usize {
         let frame = match &self.decoder {
-            Decoder::Message => 0,
+            Decoder::Datagram => 0,
             Decoder::Stream(d) => core::mem::size_of::<Stream>() + d.reader.capacity(),
         };
         let partial = self
@@ -383,7 +384,7 @@ impl Inbound {
         limits: &Limits,
     ) -> Option<(DocId, u64, &'a [u8])> {
         match &self.decoder {
-            Decoder::Message => single_update(bytes, limits),
+            Decoder::Datagram => single_update(bytes, limits),
             // A read holding exactly one whole frame (a small update on a
             // quiet stream) takes the same path; anything else is decoded
             // the stream's way.
@@ -426,7 +427,7 @@ impl Inbound {
         let frame_limits = narrow.as_ref().unwrap_or(limits);
         let mut frames = 0;
         let decoded = match &mut self.decoder {
-            Decoder::Message => {
+            Decoder::Datagram => {
                 let decoded = decode_frame(bytes, frame_limits, inflate, out);
                 if decoded.is_ok() {
                     frames = 1;
@@ -589,7 +590,7 @@ mod tests {
         let rules = |owner| charged(&budget, owner);
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
-        let mut a = Inbound::new(Framing::Message);
+        let mut a = Inbound::new(Framing::Datagram);
         let mut b = Inbound::new(Framing::Stream);
         for k in 0..3 {
             let f = fragment(1, k * 1000, 1000, 100_000);
@@ -625,9 +626,9 @@ mod tests {
         let rules = |owner| charged(&budget, owner);
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
-        let mut big = Inbound::new(Framing::Message);
-        let mut small = Inbound::new(Framing::Message);
-        let mut same = Inbound::new(Framing::Message);
+        let mut big = Inbound::new(Framing::Datagram);
+        let mut small = Inbound::new(Framing::Datagram);
+        let mut same = Inbound::new(Framing::Datagram);
         for k in 0..12 {
             let f = fragment(1, k * 4096, 4096, 60_000);
             big.feed_with(&f, &limits, rules(1), &mut inflate, &mut out)
@@ -670,7 +671,7 @@ mod tests {
         let limits = Limits::default();
         let mut inflate = InflateScratch::default();
         let mut out = Vec::new();
-        let mut inbound = Inbound::new(Framing::Message);
+        let mut inbound = Inbound::new(Framing::Datagram);
         let f = fragment(1, 0, 100, 64 << 20);
         inbound
             .feed_frames(&f, &limits, &mut inflate, &mut out)

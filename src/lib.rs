@@ -11,8 +11,12 @@
 //! - [`document::Document`] and [`registry::Registry`]: the CRDT and the set
 //!   of documents, behind traits, borrowed per call. Adapters for yrs, loro
 //!   and automerge are cargo features.
-//! - [`store`]: storage behind the server: the [`store::RelayStore`] trait
-//!   for relay mode and, with the `sqlite` feature, durable SQLite stores.
+//! - `transport` (features `tokio`, `smol`, `axum`, `tls`): where most
+//!   applications start. A WebSocket server (`transport::tokio::WebSocketServer`,
+//!   or an axum route) and WebSocket clients (`transport::WebSocketClient`)
+//!   around the core, which move bytes, read the clock and arm timers.
+//! - `store` (features `sqlite`, `unstable-relay`): storage behind the
+//!   server: a durable SQLite registry, and relay-mode logs.
 //! - [`wire`]: the messages and the frame codec (postcard bodies, a CRC32
 //!   over every frame, bounded deflate, batching).
 //!
@@ -117,7 +121,10 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `arbitrary` | `arbitrary::Arbitrary` for the wire types (fuzzing) |
-//! | `sim` | [`sim`]: the deterministic network simulator used by tests, fuzzing and benches |
+//! | `sim` | `sim`: the deterministic network simulator used by tests, fuzzing and benches (implies `testing`) |
+//! | `testing` | `testing`: `OpLog`, a minimal CRDT, and the cost-model `Budget`; `wire::frame` and `wire::compress` internals for crafting frames. For tests, not applications |
+//! | `fuzzing` | `fuzzing`: the bodies of the cargo-fuzz targets (implies `testing`) |
+//! | `unstable-relay` | `store::RelayStore`, `store::MemoryRelayStore` and, with `sqlite`, `store::SqliteRelayStore`: relay-mode storage, not served yet, may change in a minor release |
 //! | `yrs` | `adapters::yrs::YrsDocument`, a [`document::Document`] over a yrs `Doc` |
 //! | `yrs` (also) | `ywebsocket`: y-websocket's protocol translated for the hub, so Yjs apps connect unchanged (served by the tokio server on `ServerOptions::yjs_path`) |
 //! | `loro` | `adapters::loro::LoroDocument`, over a `loro::LoroDoc` |
@@ -127,18 +134,26 @@
 //! | `tls` (alias `rustls`) | `wss://` in the clients through rustls (webpki roots, or `ClientOptions::tls`), TLS termination in the tokio server (`ServerOptions::tls`, tokio-rustls); no OpenSSL |
 //! | `smol` | `transport::smol`: the WebSocket client on smol (async-tungstenite) |
 //! | `axum` | `transport::axum`: mount the sync endpoint on an axum route (implies `tokio`) |
-//! | `sqlite` | `store::SqliteRegistry` and `store::SqliteRelayStore`: durable storage in an embedded SQLite file (bundled; Rust ≥ 1.89) |
+//! | `sqlite` | `store::SqliteRegistry`: durable storage in an embedded SQLite file (bundled; Rust ≥ 1.89) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(any(feature = "yrs", feature = "loro", feature = "automerge"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "yrs", feature = "loro", feature = "automerge")))
+)]
 pub mod adapters;
 pub mod awareness;
 pub mod client;
 mod close;
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 pub mod document;
+#[cfg(feature = "fuzzing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fuzzing")))]
 pub mod fuzzing;
 mod inbound;
 mod limits;
@@ -147,13 +162,20 @@ pub mod registry;
 pub mod rng;
 pub mod server;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
+#[cfg(any(feature = "sqlite", feature = "unstable-relay"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "unstable-relay"))))]
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 #[cfg(any(feature = "tokio", feature = "smol"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
 pub mod transport;
 pub mod wire;
 #[cfg(feature = "yrs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "yrs")))]
 pub mod ywebsocket;
 
 pub use close::CloseCause;
@@ -162,8 +184,33 @@ pub use limits::Limits;
 
 /// One output of a session, for callers that prefer a single `poll_output`
 /// loop to the separate `poll_transmit` / `poll_event` / `poll_timeout`.
+///
+/// Exhaustive: these three are everything a session can ask of its driver
+/// (new kinds of events are variants of `E`, not of `Output`), so a
+/// `match` needs no wildcard arm. `poll_output` returns `None` when nothing
+/// is queued and no timer is armed.
+///
+/// ```
+/// use std::time::Instant;
+/// use crdt_socket_sync::client::{ClientConfig, ClientSession};
+///
+/// let now = Instant::now();
+/// let mut client = ClientSession::new(ClientConfig::default(), now);
+/// client.connect(now);
+/// let mut frames = Vec::new();
+/// while let Some(output) = client.poll_output() {
+///     match output {
+///         crdt_socket_sync::Output::Transmit(frame) => frames.push(frame),
+///         crdt_socket_sync::Output::Event(event) => println!("{event:?}"),
+///         crdt_socket_sync::Output::Timeout(at) => {
+///             assert!(at >= now); // arm the timer, then wait for input
+///             break;
+///         }
+///     }
+/// }
+/// assert!(!frames.is_empty()); // the `Hello`
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Output<T, E> {
     /// Bytes to send.
     Transmit(T),

@@ -17,7 +17,7 @@
 //!
 //! Cases: garbage speakers; the amplification frames (an `UpdateBatch` of
 //! 4 M empty updates deflated into ~18 KB, an application-message flood at
-//! a slow reader on another document, 1,024 `StatusRequest`s in one frame
+//! a slow reader on another document, 1,024 `SyncRequest`s in one frame
 //! against a 1 MB document); protocol fragments before `Hello`; 1,000
 //! silent sockets; a peer cycling 20,000 documents. Every loop is bounded
 //! in count and time; the cases run one at a time (they measure one
@@ -797,7 +797,7 @@ fn an_app_message_flood_at_a_slow_reader_stays_bounded() {
     );
 }
 
-/// Item 5: 1,024 `StatusRequest`s in one frame against a 1 MB document.
+/// Item 5: 1,024 `SyncRequest`s in one frame against a 1 MB document.
 #[test]
 fn a_frame_of_status_requests_against_a_large_document_stays_bounded() {
     let seen = run_case("status-requests", 10_000, |url| async move {
@@ -856,7 +856,7 @@ fn a_frame_of_status_requests_against_a_large_document_stays_bounded() {
             _ => panic!("the document opens"),
         };
         let requests: Vec<Message> = (0..1024)
-            .map(|_| Message::StatusRequest {
+            .map(|_| Message::SyncRequest {
                 doc,
                 version: Bytes(vec![0]),
             })

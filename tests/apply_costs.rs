@@ -129,7 +129,7 @@ impl Harness {
         let conn = self.hub.accept(self.now);
         self.conns.push(conn);
         let hello = Message::Hello {
-            versions: vec![1],
+            versions: crdt_socket_sync::wire::PROTOCOL_VERSIONS.to_vec(),
             peer: peer.into(),
             token: Bytes::default(),
             compression: vec![Compression::Deflate],
@@ -434,7 +434,7 @@ fn a_flood_of_invalid_updates_closes_the_session() {
 
 // ---- item 5: resync is not a CPU amplifier ----
 
-/// One frame of 1,024 `StatusRequest`s against a 1 MB document computes at
+/// One frame of 1,024 `SyncRequest`s against a 1 MB document computes at
 /// most one delta.
 #[test]
 fn status_requests_in_one_frame_compute_one_sync() {
@@ -445,7 +445,7 @@ fn status_requests_in_one_frame_compute_one_sync() {
     let doc = h.open(c, "big", &version);
     let before = h.syncs();
     let requests: Vec<Message> = (0..1024)
-        .map(|_| Message::StatusRequest {
+        .map(|_| Message::SyncRequest {
             doc,
             version: Bytes(version.clone()),
         })
@@ -482,7 +482,7 @@ fn status_requests_over_many_inputs_are_rate_limited() {
     let version = h.reg.get("big").unwrap().version();
     let doc = h.open(c, "big", &version);
     let before = h.syncs();
-    let f = frame(&[Message::StatusRequest {
+    let f = frame(&[Message::SyncRequest {
         doc,
         version: Bytes(version.clone()),
     }]);
@@ -699,7 +699,7 @@ fn one_session_cannot_evict_the_transfers_others_may_resume() {
         h.now += Duration::from_millis(10);
         h.send(
             b,
-            &frame(&[Message::StatusRequest {
+            &frame(&[Message::SyncRequest {
                 doc,
                 version: Bytes(version),
             }]),

@@ -46,7 +46,7 @@ fn attacker_limits() -> Limits {
 type Work = Arc<AtomicUsize>;
 
 /// An [`OpLog`] that counts the syncs computed from it: the CPU a
-/// `StatusRequest` or an `Open` costs the hub.
+/// `SyncRequest` or an `Open` costs the hub.
 struct Metered {
     inner: OpLog,
     work: Work,
@@ -153,7 +153,7 @@ impl World {
                 framing: if stream {
                     Framing::Stream
                 } else {
-                    Framing::Message
+                    Framing::Datagram
                 },
                 ..ServerConfig::default()
             },
@@ -307,7 +307,7 @@ impl World {
     }
 
     /// Runs `step`, then checks the syncs it computed: at most one per
-    /// `Open` and one per document named in a `StatusRequest`, plus one.
+    /// `Open` and one per document named in a `SyncRequest`, plus one.
     fn run(&mut self, step: &Step) -> Result<(), String> {
         let before = self.work.load(Ordering::Relaxed);
         let allowed = self.step(step)?;
@@ -356,7 +356,7 @@ impl World {
             Step::StatusFlood { conn, n } => {
                 let c = self.pick(*conn);
                 let doc = self.handle(c, "a")?;
-                let request = Message::StatusRequest {
+                let request = Message::SyncRequest {
                     doc,
                     version: Bytes::default(),
                 };
@@ -427,7 +427,7 @@ impl World {
 }
 
 /// Syncs the messages of one send may compute: one per `Open` and one per
-/// document named in a `StatusRequest`, plus one.
+/// document named in a `SyncRequest`, plus one.
 fn sync_allowance(msgs: &[Message]) -> usize {
     let opens = msgs
         .iter()
@@ -436,7 +436,7 @@ fn sync_allowance(msgs: &[Message]) -> usize {
     let mut docs: Vec<DocId> = msgs
         .iter()
         .filter_map(|m| match m {
-            Message::StatusRequest { doc, .. } => Some(*doc),
+            Message::SyncRequest { doc, .. } => Some(*doc),
             _ => None,
         })
         .collect();
@@ -484,7 +484,7 @@ enum Step {
         n: usize,
         deflate: bool,
     },
-    /// Item 5: `n` `StatusRequest`s for one document in one frame.
+    /// Item 5: `n` `SyncRequest`s for one document in one frame.
     StatusFlood {
         conn: usize,
         n: usize,
@@ -549,7 +549,7 @@ fn message() -> impl Strategy<Value = Message> {
             version,
             resume: None
         }),
-        (doc(), bytes(24)).prop_map(|(doc, version)| Message::StatusRequest { doc, version }),
+        (doc(), bytes(24)).prop_map(|(doc, version)| Message::SyncRequest { doc, version }),
         doc().prop_map(|doc| Message::CloseDoc { doc }),
         (doc(), any::<u32>(), prop::option::of(bytes(5000)))
             .prop_map(|(doc, clock, state)| { Message::AwarenessSet { doc, clock, state } }),
@@ -672,7 +672,7 @@ fn app_flood_to_another_session_within_budget() {
     });
 }
 
-/// Item 5: many `StatusRequest`s for one document in one frame.
+/// Item 5: many `SyncRequest`s for one document in one frame.
 #[test]
 fn status_request_flood_within_budget() {
     check(Step::StatusFlood { conn: 2, n: 64 });

@@ -363,7 +363,7 @@ fn broadcasts_held_while_syncing_are_bounded_and_resynced() {
     let sent = d.sent();
     assert!(
         sent.iter()
-            .any(|m| matches!(m, Message::StatusRequest { .. })),
+            .any(|m| matches!(m, Message::SyncRequest { .. })),
         "{sent:?}"
     );
 }
@@ -433,7 +433,7 @@ fn a_resumed_payload_that_does_not_apply_is_fetched_afresh_once() {
     let sent = d.sent();
     let requests = sent
         .iter()
-        .filter(|m| matches!(m, Message::StatusRequest { .. }))
+        .filter(|m| matches!(m, Message::SyncRequest { .. }))
         .count();
     assert_eq!(requests, 1, "a fresh sync is asked for once: {sent:?}");
     // The fresh sync (a new transfer from offset 0) completes it.
@@ -447,7 +447,7 @@ fn a_resumed_payload_that_does_not_apply_is_fetched_afresh_once() {
     assert!(
         !sent
             .iter()
-            .any(|m| matches!(m, Message::StatusRequest { .. })),
+            .any(|m| matches!(m, Message::SyncRequest { .. })),
         "{sent:?}"
     );
 }
@@ -514,7 +514,7 @@ fn broadcasts_held_by_default_are_bounded_by_max_pending_bytes() {
     assert!(
         d.sent()
             .iter()
-            .any(|m| matches!(m, Message::StatusRequest { .. }))
+            .any(|m| matches!(m, Message::SyncRequest { .. }))
     );
 }
 
@@ -557,7 +557,7 @@ fn broadcasts_held_are_bounded_across_documents() {
         resyncs += d
             .sent()
             .iter()
-            .filter(|m| matches!(m, Message::StatusRequest { .. }))
+            .filter(|m| matches!(m, Message::SyncRequest { .. }))
             .count();
     }
     // The first three fit (3 x 64 KiB + overhead < 256 KiB); every later

@@ -81,7 +81,7 @@ fn sync_done(doc: u32, server: &OpLog) -> Message {
 fn status_requests(msgs: &[Message]) -> Vec<u32> {
     msgs.iter()
         .filter_map(|m| match m {
-            Message::StatusRequest { doc, .. } => Some(doc.0),
+            Message::SyncRequest { doc, .. } => Some(doc.0),
             _ => None,
         })
         .collect()

@@ -45,7 +45,7 @@ fn joined(hub: &mut Hub<AllowAll>, reg: &mut Reg, now: Instant) -> ConnId {
 /// one for its frame's size, a small one for coming before `Hello`.
 #[test]
 fn fragments_before_hello_pin_nothing() {
-    for framing in [Framing::Message, Framing::Stream] {
+    for framing in [Framing::Datagram, Framing::Stream] {
         let (mut hub, mut reg) = hub(ServerConfig {
             framing,
             ..ServerConfig::default()
@@ -148,7 +148,7 @@ fn an_honest_hello_fits() {
         compression: vec![Compression::Deflate],
         limits: Limits::default().peer_limits(),
     };
-    for framing in [Framing::Message, Framing::Stream] {
+    for framing in [Framing::Datagram, Framing::Stream] {
         let (mut h, mut reg) = hub(ServerConfig {
             framing,
             ..ServerConfig::default()

@@ -359,7 +359,7 @@ mod single_update_fast_path {
             op
         };
         for (framing, split) in [
-            (Framing::Message, false),
+            (Framing::Datagram, false),
             (Framing::Stream, false),
             (Framing::Stream, true),
         ] {
@@ -382,7 +382,7 @@ mod single_update_fast_path {
             inputs in prop::collection::vec((0u32..3, 0u64..8, payload()), 1..24)
         ) {
             let general = run(Framing::Stream, true, &inputs);
-            let fast = run(Framing::Message, false, &inputs);
+            let fast = run(Framing::Datagram, false, &inputs);
             prop_assert_eq!(&fast, &general);
             // A stream read holding exactly one frame takes the shortcut too.
             let stream_fast = run(Framing::Stream, false, &inputs);

@@ -169,9 +169,19 @@ fn sync_done_versions_are_bounded_per_connection() {
         drop(f);
         let _ = r.read(c);
     }
+    // The periodic report stores the same field.
+    for &doc in &docs {
+        let f = frame(&[Message::VersionReport {
+            doc,
+            version: Bytes(vec![0xCD; 900 << 10]),
+        }]);
+        r.input_bytes(c, &f);
+        drop(f);
+        let _ = r.read(c);
+    }
     let held = live() - before;
     eprintln!(
-        "SyncDone: connection open: {}, held {} KiB",
+        "SyncDone + VersionReport: connection open: {}, held {} KiB",
         r.is_open(c),
         held / 1024
     );
@@ -182,7 +192,7 @@ fn sync_done_versions_are_bounded_per_connection() {
     );
 }
 
-/// `StatusRequest { version }` (and `Open { version }`) on a document whose
+/// `SyncRequest { version }` (and `Open { version }`) on a document whose
 /// sync the session's rate holds back stores the peer's version as the due
 /// catch-up (`Subscription::set_lagging`, src/server/hub/mod.rs
 /// `run_requested_syncs`), unbounded in length, per document.
@@ -196,7 +206,7 @@ fn lagging_versions_are_bounded_per_connection() {
     let docs = r.open_many(c, &names("d", 48));
     // Exhaust the sync rate (256/s): every later request lags.
     let burn: Vec<Message> = (0..256)
-        .map(|i| Message::StatusRequest {
+        .map(|i| Message::SyncRequest {
             doc: docs[i % docs.len()],
             version: Bytes::default(),
         })
@@ -207,7 +217,7 @@ fn lagging_versions_are_bounded_per_connection() {
     }
     let before = live();
     for &doc in &docs {
-        let f = frame(&[Message::StatusRequest {
+        let f = frame(&[Message::SyncRequest {
             doc,
             version: Bytes(vec![0xAB; 900 << 10]),
         }]);
@@ -216,7 +226,7 @@ fn lagging_versions_are_bounded_per_connection() {
     }
     let held = live() - before;
     eprintln!(
-        "StatusRequest: connection open: {}, held {} KiB",
+        "SyncRequest: connection open: {}, held {} KiB",
         r.is_open(c),
         held / 1024
     );

@@ -24,13 +24,13 @@ fn golden_handshake() {
     n.connect(0);
     assert_eq!(
         n.take_transcript(),
-        ["c0> Hello[1] alice", "s>0 Welcome v1 None"]
+        ["c0> Hello[2] alice", "s>0 Welcome v2 None"]
     );
     assert_eq!(n.clients[0].session.status(), Status::Connected);
     let ev = n.take_events(0);
     assert_eq!(ev[0], ClientEvent::Status(Status::Connecting));
     assert_eq!(ev[1], ClientEvent::Status(Status::Connected));
-    assert!(matches!(ev[2], ClientEvent::Connected { version: 1, .. }));
+    assert!(matches!(ev[2], ClientEvent::Connected { version: 2, .. }));
     let sev = n.take_server_events();
     assert!(matches!(sev[0], ServerEvent::ClientConnected { .. }));
     assert!(
@@ -48,7 +48,7 @@ fn golden_deflate_negotiated_when_both_offer_it() {
     n.connect(0);
     assert_eq!(
         n.take_transcript(),
-        ["c0> Hello[1] alice", "s>0 Welcome v1 Deflate"]
+        ["c0> Hello[2] alice", "s>0 Welcome v2 Deflate"]
     );
     // A large update is compressed on the wire and still arrives intact.
     n.open(0, "doc");
@@ -110,7 +110,7 @@ fn golden_reject_bad_token() {
     assert_eq!(
         n.take_transcript(),
         [
-            "c0> Hello[1] mallory",
+            "c0> Hello[2] mallory",
             "s>0 Reject Unauthorized",
             "s>0 Close Rejected"
         ]
@@ -141,8 +141,8 @@ fn golden_open_and_initial_sync_both_ways() {
     assert_eq!(
         n.take_transcript(),
         [
-            "c0> Hello[1] alice",
-            "s>0 Welcome v1 None",
+            "c0> Hello[2] alice",
+            "s>0 Welcome v2 None",
             "c0> Open notes",
             "s>0 Opened notes#0 ReadWrite",
             "s>0 SyncChunk #0 Delta 18B",
@@ -811,14 +811,14 @@ fn golden_out_of_sync_recovery() {
         [
             // The server holds the op pending and asks for what it lacks.
             "c0> Update #0 s1 12B",
-            "s>0 OutOfSync",
+            "s>0 SyncRequest #0",
             "s>0 Ack #0 1/0",
             "s>1 Broadcast #0 12B",
             // a answers with everything the server lacks; b, also missing
             // the dependency, asks for a catch-up (and, lacking nothing the
             // server lacks, sends no update back).
             "c0> Update #0 s2 23B",
-            "c1> StatusRequest",
+            "c1> SyncRequest #0",
             "s>0 Ack #0 2/0",
             "s>1 Broadcast #0 23B",
             "s>1 SyncChunk #0 Delta 23B",
@@ -855,7 +855,9 @@ fn golden_pruning_once_every_subscriber_confirmed() {
     n.advance(Duration::from_secs(1));
     let t = n.take_transcript();
     assert_eq!(
-        t.iter().filter(|l| l.ends_with("SyncDone #0")).count(),
+        t.iter()
+            .filter(|l| l.starts_with('c') && l.ends_with("VersionReport #0"))
+            .count(),
         2,
         "{t:?}"
     );
@@ -932,7 +934,7 @@ fn a_persisting_gap_is_re_requested_after_the_deadline_only() {
         n.run();
         n.take_transcript()
             .iter()
-            .filter(|l| l.contains("OutOfSync"))
+            .filter(|l| l.starts_with("s>") && l.contains("SyncRequest"))
             .count()
     };
     assert_eq!(out_of_sync(&mut n, 2), 1);

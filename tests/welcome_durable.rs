@@ -59,7 +59,7 @@ fn golden_memory_server_announces_not_durable() {
     n.connect(0);
     assert_eq!(
         n.take_transcript(),
-        ["c0> Hello[1] alice", "s>0 Welcome v1 None"]
+        ["c0> Hello[2] alice", "s>0 Welcome v2 None"]
     );
     assert_eq!(n.clients[0].session.server_durable(), Some(false));
     let ev = n.take_events(0);

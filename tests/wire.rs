@@ -49,8 +49,8 @@ const VARIANTS: [&str; 31] = [
     "Opened",
     "SyncChunk",
     "SyncDone",
-    "StatusRequest",
-    "OutOfSync",
+    "SyncRequest",
+    "VersionReport",
     "CloseDoc",
     "AwarenessSet",
     "Awareness",
@@ -265,8 +265,8 @@ fn message() -> impl Strategy<Value = Message> {
             }
         ),
         (doc(), bytes()).prop_map(|(doc, version)| Message::SyncDone { doc, version }),
-        (doc(), bytes()).prop_map(|(doc, version)| Message::StatusRequest { doc, version }),
-        (doc(), bytes()).prop_map(|(doc, version)| Message::OutOfSync { doc, version }),
+        (doc(), bytes()).prop_map(|(doc, version)| Message::SyncRequest { doc, version }),
+        (doc(), bytes()).prop_map(|(doc, version)| Message::VersionReport { doc, version }),
         doc().prop_map(|doc| Message::CloseDoc { doc }),
         (doc(), num32(), prop::option::of(bytes()))
             .prop_map(|(doc, clock, state)| { Message::AwarenessSet { doc, clock, state } }),

@@ -2,9 +2,9 @@
 //! and automerge, each behind the cargo feature of the same name.
 //!
 //! Every adapter wraps the library's native document, so applications keep
-//! editing with the library's own API ([`yrs::YrsDocument`] derefs to
-//! `yrs::Doc`, [`loro::LoroDocument`] to `loro::LoroDoc`,
-//! [`automerge::AutomergeDocument`] hands out `&mut automerge::Automerge`).
+//! editing with the library's own API (`yrs::YrsDocument` derefs to
+//! `yrs::Doc`, `loro::LoroDocument` to `loro::LoroDoc`,
+//! `automerge::AutomergeDocument` hands out `&mut automerge::Automerge`).
 //! The sync sessions then talk to it through the trait:
 //! [`take_local_update`](crate::document::Document::take_local_update)
 //! collects what the user typed since the last call, and

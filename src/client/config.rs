@@ -69,7 +69,7 @@ impl Default for ClientConfig {
             peer: String::new(),
             token: Vec::new(),
             limits: Limits::default(),
-            framing: Framing::Message,
+            framing: Framing::Datagram,
             offer_deflate: true,
             compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
             handshake_timeout: Duration::from_secs(5),

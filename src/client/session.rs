@@ -111,7 +111,7 @@ struct ClientDoc {
     held: Vec<Vec<u8>>,
     held_bytes: usize,
     held_overflow: bool,
-    /// When a `StatusRequest` for missing dependencies was last sent.
+    /// When a `SyncRequest` for missing dependencies was last sent.
     status_requested: Option<Instant>,
     /// The version changed since it was last reported to the server.
     version_dirty: bool,
@@ -565,7 +565,7 @@ impl ClientSession {
             .get(name)
             .ok_or_else(|| CommandError::UnknownDocument(name.to_string()))?
             .version();
-        self.send(&Message::StatusRequest {
+        self.send(&Message::SyncRequest {
             doc: handle,
             version: Bytes(version),
         });
@@ -808,7 +808,7 @@ impl ClientSession {
                 data,
             } => self.on_chunk(doc, transfer, kind, offset, total, data.0),
             Message::SyncDone { doc, version } => self.on_sync_done(doc, &version, registry),
-            Message::OutOfSync { doc, version } => self.send_missing(doc, &version, registry),
+            Message::SyncRequest { doc, version } => self.send_missing(doc, &version, registry),
             Message::CloseDoc { doc } => {
                 if let Some(name) = self.handles.remove(&doc) {
                     if let Some(d) = self.docs.get_mut(&name) {
@@ -1163,7 +1163,7 @@ impl ClientSession {
             version: Bytes(version.clone()),
         });
         if refetch {
-            self.send(&Message::StatusRequest {
+            self.send(&Message::SyncRequest {
                 doc: handle,
                 version: Bytes(version),
             });
@@ -1260,7 +1260,7 @@ impl ClientSession {
                 })
             {
                 doc.status_requested = Some(self.now);
-                self.send(&Message::StatusRequest {
+                self.send(&Message::SyncRequest {
                     doc: handle,
                     version: Bytes(version),
                 });
@@ -1314,7 +1314,7 @@ impl ClientSession {
         for (handle, name) in dirty {
             if let Some(d) = registry.get(&name) {
                 let version = Bytes(d.version());
-                self.send(&Message::SyncDone {
+                self.send(&Message::VersionReport {
                     doc: handle,
                     version,
                 });

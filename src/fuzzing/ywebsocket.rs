@@ -25,8 +25,8 @@ const CLOSE_FRAME: usize = 160;
 ///   decode to the same message, and an awareness update never yields more
 ///   entries than a third of its bytes;
 /// - the translator: one client message puts at most its own size plus
-///   [`FRAME_OVERHEAD`] on the way to the hub, per frame (and a
-///   [`CLOSE_FRAME`] when it ends the connection), and at most as many
+///   64 bytes on the way to the hub, per frame (and a 160-byte `Close`
+///   when it ends the connection), and at most as many
 ///   frames as its size needs;
 /// - the hub: its cost model ([`Budget`]) for every frame the translator
 ///   hands it;

@@ -42,7 +42,7 @@ pub struct ServerConfig {
     /// 30 s.
     pub incomplete_input_timeout: Duration,
     /// Updates still missing dependencies this long after the last
-    /// `OutOfSync` trigger another one.
+    /// `SyncRequest` trigger another one.
     pub resync_after: Duration,
     /// A presence state not renewed for this long is removed. Default 30 s
     /// (clients renew every 10 s by default).
@@ -85,7 +85,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             limits: Limits::default(),
-            framing: Framing::Message,
+            framing: Framing::Datagram,
             compression: Compression::Deflate,
             compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
             handshake_timeout: Duration::from_secs(5),

@@ -79,7 +79,7 @@ pub(crate) struct Subscription {
 /// falling behind.
 #[derive(Clone, Debug, Default)]
 struct Recovery {
-    /// When an `OutOfSync` was sent that no cleanly applied update answered
+    /// When a `SyncRequest` was sent that no cleanly applied update answered
     /// yet.
     out_of_sync_sent: Option<Instant>,
     /// The subscriber fell behind: broadcasts are no longer queued for it,
@@ -103,13 +103,13 @@ impl Subscription {
         }
     }
 
-    /// When an `OutOfSync` was sent that no cleanly applied update answered
+    /// When a `SyncRequest` was sent that no cleanly applied update answered
     /// yet.
     pub(crate) fn out_of_sync_sent(&self) -> Option<Instant> {
         self.recovery.as_ref()?.out_of_sync_sent
     }
 
-    /// Records when an `OutOfSync` was sent (`None`: answered). Inlined:
+    /// Records when a `SyncRequest` was sent (`None`: answered). Inlined:
     /// every clean update calls it, and then it is one test.
     #[inline]
     pub(crate) fn set_out_of_sync_sent(&mut self, at: Option<Instant>) {
@@ -822,7 +822,7 @@ mod tests {
         );
         assert!(pings.len() < 2000 && big.len() < 10_000, "deflated");
 
-        for framing in [Framing::Message, Framing::Stream] {
+        for framing in [Framing::Datagram, Framing::Stream] {
             let config = ServerConfig {
                 framing,
                 ..ServerConfig::default()
@@ -843,7 +843,7 @@ mod tests {
             let session_holds = |hub: &Hub<AllowAll>| hub.session(conn).unwrap().inbound.held();
             // A stream session keeps its reader (the partial frame), empty.
             let reader = match framing {
-                Framing::Message => 0,
+                Framing::Datagram => 0,
                 _ => Inbound::STREAM_STATE,
             };
             assert_eq!(session_holds(&hub), reader, "{framing:?}");

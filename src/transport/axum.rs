@@ -30,7 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 
 use super::CLOSE_TRY_AGAIN_LATER;
-use super::hub_task::{HubHandle, Incoming, RefuseReason, WsFrame};
+use super::server::{Incoming, WsFrame};
+use super::{HubHandle, RefuseReason};
 
 impl WsFrame for Message {
     type Rest = std::iter::Empty<Message>;
@@ -77,7 +78,7 @@ pub async fn upgrade(handle: HubHandle, ws: WebSocketUpgrade, headers: &HeaderMa
     let ws = ws
         .max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(super::WS_SERVER_READ_BUFFER)
+        .read_buffer_size(super::server::WS_SERVER_READ_BUFFER)
         .write_buffer_size(0);
     ws.on_upgrade(move |mut socket: WebSocket| async move {
         match handle.try_admit() {

@@ -87,7 +87,7 @@ impl core::fmt::Display for DialError {
 pub struct ClientOptions {
     /// The session's configuration: peer id, token, limits, backoff
     /// (`reconnect`), timeouts, compression. Its `framing` is forced to
-    /// [`Framing::Message`](crate::Framing::Message). A `seed` of 0 (the
+    /// [`Framing::Datagram`](crate::Framing::Datagram). A `seed` of 0 (the
     /// default) is replaced by one from OS entropy, so clients that lose
     /// the server together do not reconnect in lockstep; any other value is
     /// used as is (reproducible reconnect jitter, for tests).
@@ -139,8 +139,8 @@ enum Command<R> {
 /// task over a bounded channel. The task owns the
 /// [`ClientSession`] and the client's documents (`R`).
 ///
-/// Create one with [`tokio::connect`](super::tokio::connect) or
-/// [`smol::connect`](super::smol::connect).
+/// Create one with `transport::tokio::connect` (feature `tokio`) or
+/// `transport::smol::connect` (feature `smol`).
 ///
 /// ```no_run
 /// # #[cfg(all(feature = "tokio", feature = "yrs"))]
@@ -426,7 +426,7 @@ pub(crate) struct Parts<R> {
 /// from the OS (see [`ClientOptions::session`]).
 fn session_config(options: &ClientOptions) -> ClientConfig {
     let mut config = options.session.clone();
-    config.framing = crate::Framing::Message;
+    config.framing = crate::Framing::Datagram;
     config.seed = super::transport_seed(config.seed);
     config
 }
@@ -792,6 +792,6 @@ mod tests {
             ..ClientOptions::default()
         };
         assert_eq!(session_config(&fixed).seed, 42);
-        assert_eq!(session_config(&fixed).framing, crate::Framing::Message);
+        assert_eq!(session_config(&fixed).framing, crate::Framing::Datagram);
     }
 }

@@ -4,9 +4,9 @@
 //! They are thin: every protocol decision stays in [`Hub`](crate::server::Hub)
 //! and [`ClientSession`](crate::client::ClientSession); the adapters move
 //! bytes, read the clock and arm timers. One WebSocket binary message carries
-//! exactly one frame ([`Framing::Message`](crate::Framing::Message)).
+//! exactly one frame ([`Framing::Datagram`](crate::Framing::Datagram)).
 //!
-//! ## Server ([`tokio::WebSocketServer`], feature `tokio`)
+//! ## Server (`tokio::WebSocketServer`, feature `tokio`)
 //!
 //! ```text
 //!  accept loop ──spawns──▶ connection task (one per socket, owns it)
@@ -19,9 +19,11 @@
 //! * The **hub task** owns the [`Hub`](crate::server::Hub) and the
 //!   [`Registry`](crate::registry::Registry); no lock is taken in the hot
 //!   path. It drains every input that is ready (up to
-//!   [`ServerOptions::max_batch`]), then calls
-//!   [`Hub::flush`](crate::server::Hub::flush) once (group commit: one
-//!   storage commit and one ack per document for the whole batch), then
+//!   `ServerOptions::max_batch`), then calls
+//!   [`Hub::commit`](crate::server::Hub::commit) once (group commit: one
+//!   storage commit and one ack per document for the whole batch; a registry
+//!   that commits in the background, such as the SQLite one, is not waited
+//!   for, and `durable` acks follow when its commit waker fires), then
 //!   moves the frames of the connections the batch touched into their
 //!   outgoing queues, then forwards events, then asks the hub for its next
 //!   deadline (a few lookups, whatever the number of connections) and
@@ -32,7 +34,7 @@
 //!   allocation). When the hub says a connection does not want input (its
 //!   queue is over the high-water mark) the task stops reading that socket
 //!   until the hub resumes it. When a connection's outgoing queue is full
-//!   ([`ServerOptions::outgoing_capacity`]), its frames stay in the hub's
+//!   (`ServerOptions::outgoing_capacity`), its frames stay in the hub's
 //!   bounded queue, where the core coalesces them for a slow reader; server
 //!   memory per connection stays bounded. The task is a future written by
 //!   hand (the handshakes run boxed; 144 bytes, a 256-byte task).
@@ -49,9 +51,9 @@
 //!   task), plus the hub's session.
 //! * The tasks wake each other for every update. On a multi-threaded runtime
 //!   those wake-ups cross threads, which costs CPU; a current-thread runtime,
-//!   or [`ServerOptions::own_thread`] (the server on a thread of its own), is
+//!   or `ServerOptions::own_thread` (the server on a thread of its own), is
 //!   cheaper per delivered update (`benches/results/profile.md`).
-//! * [`tokio::WebSocketServer::stop`] closes every session with
+//! * `tokio::WebSocketServer::stop` closes every session with
 //!   `ServerShutdown` (a protocol `Close`, then a WebSocket close frame),
 //!   flushes the registry and hands it back, so a new server can start with
 //!   it.
@@ -67,8 +69,6 @@
 //! Logging goes through `tracing` (targets `crdt_socket_sync::transport::*`),
 //! never from the core.
 
-use std::time::Duration;
-
 use thiserror::Error;
 
 use crate::client::CommandError;
@@ -80,20 +80,14 @@ pub use client::{ClientEvents, ClientOptions, WebSocketClient};
 pub(crate) use client::{DialError, DialSettings};
 
 #[cfg(feature = "tokio")]
-mod hibernate;
-#[cfg(feature = "tokio")]
-mod hub_task;
-#[cfg(feature = "tokio")]
-mod log_limit;
+mod server;
 #[cfg(all(feature = "tokio", feature = "yrs"))]
 mod yjs;
 #[cfg(feature = "tokio")]
-pub use hub_task::{
-    ConnStats, HubHandle, HubService, HubStats, RefuseReason, ServerEvents, ServerOptions,
-    TransportEvent,
+pub use server::{
+    ConnStats, HubHandle, HubService, HubStats, LogLimits, RefuseReason, ServerError, ServerEvents,
+    ServerOptions, TransportEvent,
 };
-#[cfg(feature = "tokio")]
-pub use log_limit::LogLimits;
 
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -129,7 +123,7 @@ pub enum ClientError {
     },
     /// The TLS handshake of a `wss://` connection failed: the server's
     /// certificate is not trusted by the client's roots
-    /// ([`ClientOptions::tls`]), does not name the URL's host, has expired,
+    /// (`ClientOptions::tls`), does not name the URL's host, has expired,
     /// or the server does not speak TLS.
     #[error("TLS with {url} failed: {reason}")]
     Tls {
@@ -166,23 +160,6 @@ pub enum ClientError {
     Command(#[from] CommandError),
     /// The client task has ended (after `close`, or the runtime shut down).
     #[error("the client task has stopped")]
-    Stopped,
-}
-
-/// Errors of the WebSocket server.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum ServerError {
-    /// Binding the listening socket failed.
-    #[error("could not bind {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// The hub task has ended (or panicked).
-    #[error("the hub task has stopped")]
     Stopped,
 }
 
@@ -317,21 +294,11 @@ pub(crate) fn max_ws_message(limits: &crate::Limits) -> usize {
     limits.max_frame_len as usize + 1024
 }
 
-/// How long [`tokio::WebSocketServer::stop`] waits for close frames to
-/// leave by default.
-pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-
 /// Read buffer of every client WebSocket. tungstenite's default (128 KiB,
 /// zeroed when allocated) dominated both the memory of an idle connection and
 /// the CPU profile (`memset`) under load (`benches/results/profile.md`);
 /// frames are small, and large ones just take more reads.
 pub(crate) const WS_READ_BUFFER: usize = 4096;
-
-/// Read buffer of every server-side WebSocket: allocated each time an idle
-/// plain-TCP connection wakes (and for the life of a TLS or axum one), and
-/// zeroed before each read. Updates and acks are a few dozen bytes; a large
-/// frame (an upload) just takes one read per 512 bytes.
-pub(crate) const WS_SERVER_READ_BUFFER: usize = 512;
 
 /// Largest WebSocket frame the server and the clients write: larger
 /// messages (a document sync, a large upload) go out fragmented, so
@@ -363,6 +330,7 @@ impl Fragments {
 
     /// `data` as its first WebSocket frame and, when it is larger than
     /// [`WS_FRAGMENT`], the frames after it.
+    #[cfg(feature = "tokio")]
     pub(crate) fn split(data: Vec<u8>) -> (tungstenite::Message, Option<Self>) {
         let mut parts = Self::new(data);
         match parts.next() {

@@ -1,5 +1,5 @@
 //! The WebSocket client on smol (feature `smol`; `wss://` with feature
-//! `tls`, through futures-rustls with [`ClientOptions::tls`] or the webpki
+//! `tls`, through futures-rustls with `ClientOptions::tls` or the webpki
 //! roots), through async-tungstenite. It behaves like the tokio client: the
 //! same [`WebSocketClient`] handle, events, reconnection and backoff.
 //!
@@ -76,7 +76,7 @@ impl Runtime for Smol {
 
 /// Connects a client to `url` on smol's global executor. Resolves once the
 /// handshake succeeded, or with a typed error; then reconnects by itself
-/// (see [`tokio::connect`](super::tokio::connect) for the details, which
+/// (see `transport::tokio::connect` for the details, which
 /// are the same).
 pub async fn connect<R: Registry + Send + 'static>(
     url: &str,

@@ -3,7 +3,7 @@
 //! and the hub see a native connection, while a
 //! [`YjsSession`](crate::ywebsocket::YjsSession) translates both ways.
 //!
-//! [`ServerOptions::yjs_path`]: super::ServerOptions::yjs_path
+//! [`ServerOptions::yjs_path`]: crate::transport::ServerOptions::yjs_path
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

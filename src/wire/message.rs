@@ -405,28 +405,35 @@ pub enum Message {
         /// The bytes.
         data: Bytes,
     },
-    /// Both: the sender finished sending what the receiver lacks; `version`
-    /// is the sender's version, so the receiver can send back what the
-    /// sender lacks.
+    /// Both: the sender finished sending what the receiver lacks (the end
+    /// of an initial sync or a catch-up); `version` is the sender's version,
+    /// so the receiver can send back what the sender lacks. Sent once per
+    /// sync, never as a periodic report ([`Message::VersionReport`]).
     SyncDone {
         /// The document.
         doc: DocId,
         /// The sender's version.
         version: Bytes,
     },
-    /// C→S: "send me what I lack since `version`" (out-of-sync recovery).
-    StatusRequest {
+    /// Both: "send me what I lack since `version`" (the sender's version).
+    /// A client sends it when it holds updates whose dependencies are
+    /// missing or asks for a re-sync; the server sends it when a client's
+    /// updates depend on what it does not have. The receiver answers with
+    /// what the sender lacks: the server with a sync transfer ending in
+    /// [`Message::SyncDone`], the client with updates.
+    SyncRequest {
+        /// The document.
+        doc: DocId,
+        /// The sender's version.
+        version: Bytes,
+    },
+    /// C→S: the client's current version of a synced document, sent
+    /// periodically when it changed, so the server knows what every
+    /// subscriber holds (history pruning). Asks for nothing in return.
+    VersionReport {
         /// The document.
         doc: DocId,
         /// The client's version.
-        version: Bytes,
-    },
-    /// S→C: the server is missing dependencies of this client's updates;
-    /// the client should send what the server lacks since `version`.
-    OutOfSync {
-        /// The document.
-        doc: DocId,
-        /// The server's version.
         version: Bytes,
     },
     /// Both: unsubscribe from a document (the connection stays open).
@@ -601,8 +608,8 @@ impl Message {
             Message::Opened { .. } => "Opened",
             Message::SyncChunk { .. } => "SyncChunk",
             Message::SyncDone { .. } => "SyncDone",
-            Message::StatusRequest { .. } => "StatusRequest",
-            Message::OutOfSync { .. } => "OutOfSync",
+            Message::SyncRequest { .. } => "SyncRequest",
+            Message::VersionReport { .. } => "VersionReport",
             Message::CloseDoc { .. } => "CloseDoc",
             Message::AwarenessSet { .. } => "AwarenessSet",
             Message::Awareness { .. } => "Awareness",

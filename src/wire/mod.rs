@@ -6,9 +6,19 @@
 //! layout and the measured overhead.
 
 mod codec;
+// The frame layout and deflate helpers are internals: the encoder and the
+// decoders are the API. Tests craft frames by hand through them (`testing`).
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod compress;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod compress;
 mod error;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod frame;
+#[cfg(not(feature = "testing"))]
+pub(crate) mod frame;
 pub(crate) mod hot;
 mod message;
 
@@ -24,4 +34,8 @@ pub use message::{
 
 /// Protocol versions this crate speaks (of the message layer, negotiated in
 /// the handshake; the frame format has its own version in every frame).
-pub const PROTOCOL_VERSIONS: &[u16] = &[1];
+///
+/// A peer that speaks none of them (such as a version-1 client, whose
+/// messages differ: no `VersionReport` or `SyncRequest`) is refused with
+/// [`RejectCode::UnsupportedVersion`] in the handshake.
+pub const PROTOCOL_VERSIONS: &[u16] = &[2];

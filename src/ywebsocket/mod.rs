@@ -11,11 +11,9 @@
 //!   [`ClientSession`](crate::client::ClientSession) edit the same yrs
 //!   document, and every hub limit applies to it.
 //!
-//! The tokio server serves it on [`ServerOptions::yjs_path`] (feature
-//! `tokio`): `new WebsocketProvider("ws://host/yjs", "room", doc)` opens
-//! document `room`.
-//!
-//! [`ServerOptions::yjs_path`]: crate::transport::ServerOptions
+//! The tokio server serves it on `transport::ServerOptions::yjs_path`
+//! (feature `tokio`): `new WebsocketProvider("ws://host/yjs", "room", doc)`
+//! opens document `room`.
 
 mod json;
 mod protocol;

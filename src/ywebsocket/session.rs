@@ -3,7 +3,7 @@
 //!
 //! The translator stands where a native client would: it sends the hub a
 //! `Hello` and an `Open` for the room, turns the Yjs client's sync steps,
-//! updates and awareness into `Update`s, `StatusRequest`s and
+//! updates and awareness into `Update`s, `SyncRequest`s and
 //! `AwarenessSet`s, and the hub's sync transfers, broadcasts and presence
 //! back into y-protocols messages. yrs versions and updates are the same
 //! lib0 v1 bytes Yjs speaks, so payloads pass through untouched; every
@@ -330,7 +330,7 @@ impl YjsSession {
             return Ok(());
         };
         match msg {
-            YMessage::SyncStep1(sv) => self.send(&Message::StatusRequest {
+            YMessage::SyncStep1(sv) => self.send(&Message::SyncRequest {
                 doc,
                 version: Bytes::from(sv),
             }),
@@ -466,7 +466,7 @@ impl YjsSession {
                 data,
                 ..
             } => self.sync_chunk(transfer, offset, total, &data, now)?,
-            Message::SyncDone { version, .. } | Message::OutOfSync { version, .. } => {
+            Message::SyncDone { version, .. } | Message::SyncRequest { version, .. } => {
                 // The client answers with what the hub lacks (step 2).
                 self.tell_client(YMessage::SyncStep1(&version), now);
             }

@@ -13,7 +13,7 @@ use super::{Reg, client_registry, frame};
 /// limit.
 pub fn welcome(max_frame_len: u32) -> Message {
     Message::Welcome {
-        version: 1,
+        version: 2,
         session: SessionId(1),
         compression: Compression::None,
         limits: PeerLimits {

@@ -48,6 +48,8 @@ pub fn describe(m: &Message) -> String {
             doc, kind, total, ..
         } => format!("SyncChunk #{} {kind:?} {total}B", doc.0),
         Message::SyncDone { doc, .. } => format!("SyncDone #{}", doc.0),
+        Message::SyncRequest { doc, .. } => format!("SyncRequest #{}", doc.0),
+        Message::VersionReport { doc, .. } => format!("VersionReport #{}", doc.0),
         Message::Update { doc, seq, data } => format!("Update #{} s{seq} {}B", doc.0, data.len()),
         Message::UpdateBatch {
             doc,
@@ -362,7 +364,6 @@ pub fn drain_client(c: &mut ClientSession) -> (Vec<Vec<u8>>, Vec<ClientEvent>, O
             Some(Output::Event(e)) => ev.push(e),
             Some(Output::Timeout(t)) => return (tx, ev, Some(t)),
             None => return (tx, ev, None),
-            Some(_) => unreachable!(),
         }
     }
 }
@@ -416,7 +417,7 @@ pub fn fragment(id: u32, k: u64, len: usize, total: u64) -> Message {
 /// The `Hello` of a hand-driven ("raw") connection.
 pub fn hello(peer: &str, token: &[u8]) -> Message {
     Message::Hello {
-        versions: vec![1],
+        versions: crdt_socket_sync::wire::PROTOCOL_VERSIONS.to_vec(),
         peer: peer.into(),
         token: Bytes(token.to_vec()),
         compression: vec![],

@@ -10,7 +10,7 @@ pub(super) struct Settled {
     /// to a catch-up from it.
     pre_version: Option<Vec<u8>>,
     /// The version after the batch, when updates are held for missing
-    /// dependencies (sent in an `OutOfSync`).
+    /// dependencies (sent in a `SyncRequest`).
     server_version: Option<Vec<u8>>,
     /// The batch grew the held bytes past the limit.
     over_pending: bool,
@@ -280,7 +280,7 @@ impl<A: Authorizer> Hub<A> {
     }
 
     /// What follows applying `updates` (with `outcomes`, one each, drained
-    /// here): storage, fan-out, errors for the rejected ones, `OutOfSync`
+    /// here): storage, fan-out, errors for the rejected ones, `SyncRequest`
     /// for a gap, the ack and the event.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn settle_batch<R: Registry>(
@@ -371,7 +371,7 @@ impl<A: Authorizer> Hub<A> {
         if let Some(version) = out_of_sync {
             self.send(
                 conn,
-                &Message::OutOfSync {
+                &Message::SyncRequest {
                     doc,
                     version: Bytes(version),
                 },

@@ -150,7 +150,7 @@ pub struct Hub<A> {
     input: Option<ConnId>,
     input_errors: u32,
     input_errors_dropped: u32,
-    /// Syncs the current input asked for (`Open`, `StatusRequest`), one per
+    /// Syncs the current input asked for (`Open`, `SyncRequest`), one per
     /// document, the latest version winning: computed once the input is
     /// handled, so repeated requests cost one computation.
     syncs_requested: Vec<(DocId, Vec<u8>)>,
@@ -955,7 +955,19 @@ impl<A: Authorizer> Hub<A> {
                         .push_back(ServerEvent::DocumentSynced { conn, name });
                 }
             }
-            Message::StatusRequest { doc, version } => {
+            Message::VersionReport { doc, version } => {
+                let max = self.config.limits.max_stored_version_len;
+                let Some(sub) = self.sub_mut(conn, doc) else {
+                    return self.unknown_doc(conn, doc);
+                };
+                // Only a synced subscriber's report counts: before its
+                // `SyncDone` the client does not hold the document yet.
+                if sub.synced {
+                    sub.client_version =
+                        (version.0.len() <= max).then(|| version.0.into_boxed_slice());
+                }
+            }
+            Message::SyncRequest { doc, version } => {
                 if self.sub_mut(conn, doc).is_none() {
                     return self.unknown_doc(conn, doc);
                 }

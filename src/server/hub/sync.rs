@@ -166,7 +166,7 @@ impl<A: Authorizer> Hub<A> {
     }
 
     /// `conn` asks for what it lacks of `doc` since `version` (`Open`,
-    /// `StatusRequest`): the transfer in progress for `doc` is dropped, and
+    /// `SyncRequest`): the transfer in progress for `doc` is dropped, and
     /// the sync is computed once the current input is handled
     /// ([`Hub::run_requested_syncs`]). Requests for one document within
     /// one input replace each other: the last one is computed, once.

@@ -255,7 +255,7 @@ fn a_catch_up_held_back_by_the_sync_rate_is_served_at_the_retry() {
     let mut reg = registry();
     let conn = join(&mut hub, &mut reg, t0);
     drain(&mut hub);
-    let request = frame(&[Message::StatusRequest {
+    let request = frame(&[Message::SyncRequest {
         doc: DocId(0),
         version: Bytes::default(),
     }]);

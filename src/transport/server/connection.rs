@@ -18,9 +18,10 @@ use std::task::{Context, Poll, ready};
 use futures_util::{Sink, Stream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::client::BoxFuture;
-use super::{Admission, ConnShared, HubInput, Incoming, LOG, WsFrame};
+use super::hub_task::{ConnShared, HubInput};
+use super::{Admission, LOG};
 use crate::server::ConnId;
+use crate::transport::client::BoxFuture;
 
 /// Serves one upgraded WebSocket until it closes: reads messages into the
 /// hub task's channel (unless the hub paused the connection), writes the
@@ -334,6 +335,93 @@ where
                 #[cfg(feature = "tls")]
                 ConnTask::Boxed(task) => return task.as_mut().poll(cx),
             }
+        }
+    }
+}
+
+/// A WebSocket message type the connection task can carry (tungstenite's,
+/// axum's).
+pub(crate) trait WsFrame: Sized + Send + 'static {
+    /// The WebSocket frames after the first of a fragmented message.
+    type Rest: Iterator<Item = Self> + Send + 'static;
+    fn binary(data: Vec<u8>) -> Self;
+    /// `data` as one binary message: its first WebSocket frame and, where
+    /// the library can write fragmented messages and `data` is large, the
+    /// frames after it (boxed: only large messages have them). Default: one
+    /// frame.
+    fn binary_parts(data: Vec<u8>) -> (Self, Option<Box<Self::Rest>>) {
+        (Self::binary(data), None)
+    }
+    fn close(code: u16, reason: String) -> Self;
+    fn classify(self) -> Incoming;
+}
+
+pub(crate) enum Incoming {
+    Data(Vec<u8>),
+    Close,
+    Other,
+}
+
+impl WsFrame for tungstenite::Message {
+    type Rest = crate::transport::Fragments;
+    fn binary(data: Vec<u8>) -> Self {
+        tungstenite::Message::Binary(data.into())
+    }
+    fn binary_parts(data: Vec<u8>) -> (Self, Option<Box<Self::Rest>>) {
+        let (first, rest) = crate::transport::Fragments::split(data);
+        (first, rest.map(Box::new))
+    }
+    fn close(code: u16, reason: String) -> Self {
+        tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        }))
+    }
+    fn classify(self) -> Incoming {
+        match self {
+            tungstenite::Message::Binary(b) => Incoming::Data(b.into()),
+            // Not our protocol: the core reports it as bad input.
+            tungstenite::Message::Text(t) => Incoming::Data(t.as_bytes().to_vec()),
+            tungstenite::Message::Close(_) => Incoming::Close,
+            _ => Incoming::Other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reassemble(frames: impl Iterator<Item = tungstenite::Message>) -> (usize, Vec<u8>) {
+        let mut n = 0;
+        let mut out = Vec::new();
+        for m in frames {
+            n += 1;
+            match m {
+                tungstenite::Message::Binary(b) => {
+                    assert_eq!(n, 1, "a whole message comes alone");
+                    out.extend_from_slice(&b);
+                }
+                tungstenite::Message::Frame(f) => {
+                    assert!(f.len() <= crate::transport::WS_FRAGMENT + 14);
+                    out.extend_from_slice(f.payload());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (n, out)
+    }
+
+    #[test]
+    fn large_messages_are_written_in_fragments() {
+        use crate::transport::WS_FRAGMENT;
+        for len in [0, 1, WS_FRAGMENT, WS_FRAGMENT + 1, 3 * WS_FRAGMENT, 1 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (first, rest) = <tungstenite::Message as WsFrame>::binary_parts(data.clone());
+            assert_eq!(rest.is_some(), len > WS_FRAGMENT, "{len} bytes");
+            let (n, out) = reassemble(std::iter::once(first).chain(rest.into_iter().flatten()));
+            assert_eq!(out, data, "{len} bytes");
+            assert_eq!(n, len.div_ceil(WS_FRAGMENT).max(1), "{len} bytes");
         }
     }
 }

@@ -8,6 +8,18 @@
 //! cargo run --example server --features tokio,yrs,loro,automerge,sqlite -- --addr 0.0.0.0:9000 --crdt loro
 //! ```
 //!
+//! With `--web` (and the `axum` feature) the same port also serves a
+//! collaborative demo page at `http://ADDR/` (a shared text, remote cursors
+//! and names, the connection status and the number of unacknowledged edits),
+//! running the client core compiled to WebAssembly (`web/`, built by
+//! `bash web/build.sh`); WebSocket upgrades on any path reach the sync
+//! endpoint as before.
+//!
+//! ```text
+//! bash web/build.sh
+//! cargo run --example server --features tokio,yrs,loro,automerge,sqlite,axum -- --web
+//! ```
+//!
 //! Logs clients, documents and errors within the server's log limits
 //! (`ServerOptions::log_limits`: per connection and kind of line, and in
 //! total, with counts of the lines left out), so no client can fill the
@@ -25,7 +37,6 @@ use crdt_socket_sync::registry::{MemoryRegistry, Registry};
 use crdt_socket_sync::server::{AllowAll, ServerConfig, StaticTokens};
 use crdt_socket_sync::store::SqliteRegistry;
 use crdt_socket_sync::transport::ServerOptions;
-use crdt_socket_sync::transport::tokio::WebSocketServer;
 use crdt_socket_sync::wire::Access;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -85,6 +96,10 @@ struct Args {
     /// as an application on a multi-threaded runtime would.
     #[arg(long)]
     own_thread: bool,
+    /// Also serve the demo page at `/` (and its files under `/web/`) on the
+    /// same port; needs the `axum` feature and `bash web/build.sh`.
+    #[arg(long)]
+    web: bool,
 }
 
 type Doc = Box<dyn Document + Send>;
@@ -141,11 +156,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-async fn serve<R: Registry + Send + 'static>(
-    args: &Args,
-    reg: R,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let options = ServerOptions {
+fn server_options(args: &Args) -> ServerOptions {
+    ServerOptions {
         hub: ServerConfig {
             idle_timeout: Duration::from_secs(30),
             ..ServerConfig::default()
@@ -155,7 +167,79 @@ async fn serve<R: Registry + Send + 'static>(
         max_connections: args.max_connections,
         own_thread: args.own_thread,
         ..ServerOptions::default()
+    }
+}
+
+/// Serves the sync endpoint and the demo page (`page.rs`) on one axum
+/// router.
+#[cfg(feature = "axum")]
+async fn serve_web<R: Registry + Send + 'static>(
+    args: &Args,
+    reg: R,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crdt_socket_sync::transport::HubService;
+    if args.own_thread {
+        return Err("--own-thread and --web do not go together".into());
+    }
+    let options = server_options(args);
+    let (service, mut events) = match &args.token {
+        Some(token) => {
+            let mut auth = StaticTokens::default().with(token, "writer", Access::ReadWrite);
+            if let Some(r) = &args.read_token {
+                auth = auth.with(r, "reader", Access::ReadOnly);
+            }
+            HubService::spawn(reg, auth, options)
+        }
+        None => HubService::spawn(reg, AllowAll, options),
     };
+    let listener = tokio::net::TcpListener::bind(&args.addr).await?;
+    let addr = listener.local_addr()?;
+    let app = page::router(service.handle().clone(), args.path.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    println!(
+        "crdt-socket-sync server: ws://{addr}{} ({:?} documents, {:?} storage). Ctrl-C stops it.",
+        args.path.as_deref().unwrap_or(""),
+        args.crdt,
+        args.storage
+    );
+    println!("demo page: http://{addr}/");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            event = events.recv() => if event.is_none() { break },
+        }
+    }
+    println!("stopping...");
+    let _ = stop_tx.send(());
+    let reg = service.stop().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    println!("stopped; {} documents loaded", reg.list().len());
+    Ok(())
+}
+
+#[cfg(feature = "axum")]
+#[path = "server/page.rs"]
+mod page;
+
+async fn serve<R: Registry + Send + 'static>(
+    args: &Args,
+    reg: R,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if args.web {
+        #[cfg(feature = "axum")]
+        return serve_web(args, reg).await;
+        #[cfg(not(feature = "axum"))]
+        return Err("--web needs the axum feature".into());
+    }
+    use crdt_socket_sync::transport::tokio::WebSocketServer;
+    let options = server_options(args);
     let mut server = match &args.token {
         Some(token) => {
             let mut auth = StaticTokens::default().with(token, "writer", Access::ReadWrite);

@@ -8,7 +8,9 @@
 //! often a session may publish.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use thiserror::Error;
 

@@ -254,7 +254,7 @@ pub fn server_frames(messages: Vec<crate::wire::Message>) {
 
 /// A hub with one healthy client, for the server targets.
 struct Harness {
-    now: std::time::Instant,
+    now: crate::time::Instant,
     hub: crate::server::Hub<crate::server::AllowAll>,
     budget: crate::testing::Budget,
     server_docs: crate::registry::MemoryRegistry<crate::testing::OpLog>,
@@ -267,7 +267,7 @@ impl Harness {
     fn new(framing: crate::inbound::Framing) -> Self {
         use crate::registry::MemoryRegistry;
         use crate::testing::OpLog;
-        let now = std::time::Instant::now();
+        let now = crate::time::Instant::now();
         let mut hub = crate::server::Hub::new(
             crate::server::ServerConfig {
                 framing,

@@ -14,9 +14,9 @@
 //! - each incomplete input carries the time its first byte came, so its
 //!   owner can close a session that does not complete it in time.
 
+use crate::time::Instant;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
 
 use thiserror::Error;
 

@@ -407,7 +407,7 @@ impl Budget {
         &self,
         hub: &mut crate::server::Hub<A>,
         conn: crate::server::ConnId,
-        now: std::time::Instant,
+        now: crate::time::Instant,
         bytes: &[u8],
         registry: &mut R,
     ) -> Result<Vec<crate::server::ServerEvent>, BudgetExceeded>

@@ -3,7 +3,9 @@
 //! after a reconnect) and its view of everyone else's.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use crate::wire::{AwarenessEntry, Bytes, SessionId};
 

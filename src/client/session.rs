@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::time::Instant;
 
 use crate::close::CloseCause;
 use crate::document::{ApplyOutcome, Document};

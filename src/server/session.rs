@@ -5,9 +5,9 @@
 //! Over 800 lines with its unit tests, which check private state (sizes,
 //! subscriptions, transfers) that integration tests cannot see.
 
+use crate::time::Instant;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::Limits;
 use crate::awareness::RateLimit;

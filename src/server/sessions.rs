@@ -20,8 +20,8 @@
 //! ([`Sessions::schedule`]), which the hub does after every input and
 //! command that could move it.
 
+use crate::time::Instant;
 use std::collections::BTreeSet;
-use std::time::Instant;
 
 use super::{ConnId, ServerSession};
 

@@ -2,8 +2,8 @@
 //! sessions as document traffic, are bounded in size and rate per session,
 //! and never touch the registry.
 
+use crate::time::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::awareness::PresenceError;
 use crate::outbound::{Priority, encode_shared};

@@ -74,6 +74,10 @@ struct Args {
     /// URL path of the endpoint (any path when not given).
     #[arg(long)]
     path: Option<String>,
+    /// Also serve y-websocket clients under this URL path (`--crdt yrs`
+    /// only): `new WebsocketProvider("ws://<addr><yjs-path>", room, ydoc)`.
+    #[arg(long)]
+    yjs_path: Option<String>,
     /// Require this token (read-write); without it anyone may connect.
     #[arg(long)]
     token: Option<String>,
@@ -145,6 +149,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_target(false)
         .init();
 
+    if args.yjs_path.is_some() && !matches!(args.crdt, Crdt::Yrs) {
+        return Err("--yjs-path needs --crdt yrs (Yjs clients send yrs updates)".into());
+    }
     match args.storage {
         Storage::Memory => serve(&args, MemoryRegistry::new(factory(args.crdt))).await,
         Storage::Sqlite => {
@@ -167,6 +174,7 @@ fn server_options(args: &Args) -> ServerOptions {
             ..ServerConfig::default()
         },
         path: args.path.clone(),
+        yjs_path: args.yjs_path.clone(),
         max_connections: args.max_connections,
         own_thread: args.own_thread,
         ..ServerOptions::default()

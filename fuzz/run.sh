@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 
-ALL_TARGETS=(frame_decode inflate message_round_trip client_session server_session server_messages server_frames sim)
+ALL_TARGETS=(frame_decode inflate message_round_trip client_session server_session server_messages server_frames sim ywebsocket)
 
 mode=timed
 if [[ "${1:-}" == replay ]]; then

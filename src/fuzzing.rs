@@ -7,8 +7,12 @@
 //! which session and the numbers.
 
 use crate::Limits;
+#[cfg(feature = "yrs")]
+mod ywebsocket;
 use crate::wire::compress::Inflater;
 use crate::wire::{Encoder, MessageDecoder, StreamDecoder};
+#[cfg(feature = "yrs")]
+pub use ywebsocket::ywebsocket;
 
 /// Small limits so the fuzzer reaches the limit checks quickly: a few
 /// frames of input can fill a send queue.

@@ -136,6 +136,7 @@
 //! | `fuzzing` | `fuzzing`: the bodies of the cargo-fuzz targets (implies `testing`) |
 //! | `unstable-relay` | `store::RelayStore`, `store::MemoryRelayStore` and, with `sqlite`, `store::SqliteRelayStore`: relay-mode storage, not served yet, may change in a minor release |
 //! | `yrs` | `adapters::yrs::YrsDocument`, a [`document::Document`] over a yrs `Doc` |
+//! | `yrs` (also) | `ywebsocket`: y-websocket's protocol translated for the hub, so Yjs apps connect unchanged (served by the tokio server on `ServerOptions::yjs_path`) |
 //! | `loro` | `adapters::loro::LoroDocument`, over a `loro::LoroDoc` |
 //! | `automerge` | `adapters::automerge::AutomergeDocument`, over an `automerge::Automerge` (Rust ≥ 1.90) |
 //! | `conformance` | `conformance`, the suite every `Document` implementation must pass |
@@ -195,6 +196,9 @@ pub mod transport;
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
 pub mod wasm;
 pub mod wire;
+#[cfg(feature = "yrs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "yrs")))]
+pub mod ywebsocket;
 
 pub use close::CloseCause;
 pub use inbound::{Framing, InboundError};

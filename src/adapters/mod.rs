@@ -33,6 +33,8 @@ pub mod automerge;
 pub mod loro;
 #[cfg(feature = "yrs")]
 pub mod yrs;
+#[cfg(feature = "yrs")]
+mod yrs_check;
 
 /// A random `u64` from the operating system (`getrandom`), for replica ids.
 ///

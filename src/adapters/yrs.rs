@@ -29,6 +29,7 @@ use yrs::encoding::read::Read as _;
 use yrs::updates::decoder::{Decode, DecoderV1};
 use yrs::{ClientID, Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 
+use super::yrs_check::check_update_v1;
 use super::{read_uvar, write_uvar};
 use crate::document::{ApplyOutcome, Document, DocumentError};
 
@@ -233,7 +234,13 @@ impl std::fmt::Debug for YrsDocument {
 
 /// Decodes one v1 update, refusing trailing bytes and catching the panics
 /// yrs may raise on hostile input (debug assertions on client ids).
+///
+/// The update is checked first ([`check_update_v1`]): yrs reserves memory
+/// for the counts an update declares and decodes nested values
+/// recursively, so unchecked, a 9-byte update asked for 6 GiB and a deep
+/// one overflowed the stack.
 fn decode_update(bytes: &[u8]) -> Result<Update, DocumentError> {
+    check_update_v1(bytes).map_err(|e| DocumentError::Invalid(format!("yrs update: {e}")))?;
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut decoder = DecoderV1::from(bytes);
         let update = Update::decode(&mut decoder)?;

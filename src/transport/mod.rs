@@ -81,6 +81,8 @@ pub(crate) use client::{DialError, DialSettings};
 
 #[cfg(feature = "tokio")]
 mod server;
+#[cfg(all(feature = "tokio", feature = "yrs"))]
+mod yjs;
 #[cfg(feature = "tokio")]
 pub use server::{
     ConnStats, HubHandle, HubService, HubStats, LogLimits, RefuseReason, ServerError, ServerEvents,

@@ -71,6 +71,17 @@ pub struct ServerOptions {
     /// Only WebSocket upgrades on this URL path are accepted (others get
     /// HTTP 404); `None` accepts any path.
     pub path: Option<String>,
+    /// Serve y-websocket clients (feature `yrs`) under this URL path:
+    /// `new WebsocketProvider("ws://host/yjs", "notes", ydoc, { params: { token } })`
+    /// with `Some("/yjs")` opens document `notes` of the same registry,
+    /// shared with native clients. The room is the path after this prefix
+    /// (percent-decoded), the token the `token` query parameter. Each such
+    /// connection is a hub session like any other (limits, queues,
+    /// deadlines, presence), translated by a
+    /// [`YjsSession`](crate::ywebsocket::YjsSession). `None` (the default):
+    /// no y-websocket endpoint. The tokio server only (not the axum route).
+    #[cfg(feature = "yrs")]
+    pub yjs_path: Option<String>,
     /// When set, upgrades whose `Origin` header is present and not in this
     /// list get HTTP 403. Requests without `Origin` (non-browser clients)
     /// are accepted.
@@ -135,6 +146,8 @@ impl Default for ServerOptions {
         ServerOptions {
             hub: ServerConfig::default(),
             path: None,
+            #[cfg(feature = "yrs")]
+            yjs_path: None,
             allowed_origins: None,
             max_connections: 10_000,
             input_capacity: 1024,

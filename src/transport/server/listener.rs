@@ -68,8 +68,19 @@ fn serve_tcp(
         return ConnTask::Boxed(Box::pin(serve_tls(tcp, addr, handle, deadline, config)));
     }
     ConnTask::Opening(Box::pin(async move {
-        let (ws, admission) = upgrade(Watched::upgrading(tcp), addr, &handle, deadline).await?;
+        let (ws, admission, yjs) =
+            upgrade(Watched::upgrading(tcp), addr, &handle, deadline).await?;
         let ws = HibernatingWebSocket::new(ws, max_message(&handle));
+        #[cfg(feature = "yrs")]
+        if let Some(target) = yjs {
+            // A y-websocket client: its own task, translated.
+            let socket = crate::transport::yjs::YjsSocket::new(ws, target, handle.options());
+            let conn = handle.connection::<_, tungstenite::Message>(socket, Some(addr), admission);
+            tokio::spawn(conn);
+            return None;
+        }
+        #[cfg(not(feature = "yrs"))]
+        let NoYjs = yjs;
         Some(handle.connection(ws, Some(addr), admission))
     }))
 }
@@ -86,10 +97,19 @@ async fn serve_tls(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
-            let Some((ws, admission)) = Box::pin(upgrade(tls, addr, &handle, deadline)).await
+            let Some((ws, admission, yjs)) = Box::pin(upgrade(tls, addr, &handle, deadline)).await
             else {
                 return;
             };
+            #[cfg(feature = "yrs")]
+            if let Some(target) = yjs {
+                let socket = crate::transport::yjs::YjsSocket::new(ws, target, handle.options());
+                let conn =
+                    handle.connection::<_, tungstenite::Message>(socket, Some(addr), admission);
+                return conn.await;
+            }
+            #[cfg(not(feature = "yrs"))]
+            let NoYjs = yjs;
             handle.connection(ws, Some(addr), admission).await;
         }
         Ok(Err(e)) => {
@@ -115,15 +135,21 @@ async fn upgrade<S>(
     addr: SocketAddr,
     handle: &HubHandle,
     deadline: tokio::time::Instant,
-) -> Option<(WebSocketStream<S>, Admission)>
+) -> Option<(WebSocketStream<S>, Admission, Yjs)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let admission = handle.try_admit();
     let mut refused: Option<RefuseReason> = None;
+    #[cfg_attr(not(feature = "yrs"), allow(unused_mut))]
+    let mut yjs: Yjs = Default::default();
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let path = req.uri().path();
-        if !handle.path_ok(path) {
+        #[cfg(feature = "yrs")]
+        {
+            yjs = crate::transport::yjs::yjs_target(handle.options(), path, req.uri().query());
+        }
+        if !yjs_present(&yjs) && !handle.path_ok(path) {
             refused = Some(RefuseReason::Path(path.to_string()));
             return Err(error_response(
                 StatusCode::NOT_FOUND,
@@ -157,7 +183,7 @@ where
         }
     };
     match admission {
-        Some(admission) => Some((ws, admission)),
+        Some(admission) => Some((ws, admission, yjs)),
         None => {
             let limit = handle.options().max_connections;
             refuse_at_limit(ws, limit).await;
@@ -167,6 +193,25 @@ where
             None
         }
     }
+}
+
+/// The y-websocket room and token an upgrade asked for (feature `yrs`).
+#[cfg(feature = "yrs")]
+type Yjs = Option<crate::transport::yjs::YjsTarget>;
+#[cfg(not(feature = "yrs"))]
+type Yjs = NoYjs;
+/// Without `yrs` there is no y-websocket endpoint.
+#[cfg(not(feature = "yrs"))]
+#[derive(Default)]
+struct NoYjs;
+
+#[cfg(feature = "yrs")]
+fn yjs_present(yjs: &Yjs) -> bool {
+    yjs.is_some()
+}
+#[cfg(not(feature = "yrs"))]
+fn yjs_present(_: &Yjs) -> bool {
+    false
 }
 
 async fn refuse_at_limit<S>(mut ws: WebSocketStream<S>, limit: usize)

@@ -14,6 +14,8 @@
 //! Decoding borrows from the input and allocates nothing; every declared
 //! length is checked against the bytes that follow it.
 
+use crate::adapters::{read_uvar, write_uvar};
+
 /// Message types (the first varuint).
 const SYNC: u64 = 0;
 const AWARENESS: u64 = 1;
@@ -221,15 +223,6 @@ pub fn encode_awareness(entries: &[AwarenessEntry<'_>], out: &mut Vec<u8>) {
     }
 }
 
-/// Appends `value` as a lib0 varuint.
-pub(crate) fn write_uvar(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
 /// Appends a lib0 `varUint8Array` (or `varString`).
 pub(crate) fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     write_uvar(out, bytes.len() as u64);
@@ -241,20 +234,16 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     fn uvar(&mut self) -> Result<u64, YDecodeError> {
-        let mut value: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self.0.split_first().ok_or(YDecodeError::Truncated)?;
-            self.0 = rest;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(YDecodeError::BadVarint);
+        let before = self.0.len();
+        read_uvar(&mut self.0).ok_or_else(|| {
+            // `read_uvar` gives up either at the end of the input or after
+            // the tenth byte, where a varint exceeds 64 bits.
+            if before - self.0.len() >= 10 {
+                YDecodeError::BadVarint
+            } else {
+                YDecodeError::Truncated
             }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(YDecodeError::BadVarint)
+        })
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], YDecodeError> {

@@ -511,3 +511,36 @@ fn the_fuzz_body_holds_on_seeded_random_inputs() {
         crdt_socket_sync::fuzzing::ywebsocket(&input);
     }
 }
+
+/// A query-awareness costs one byte; its answer carries every known state.
+/// A client that keeps asking without reading must not grow the queue for
+/// it: unread answers coalesce into one, built when it is sent.
+#[test]
+fn repeated_awareness_queries_from_a_stalled_reader_coalesce() {
+    let mut rig = Rig::new();
+    rig.native
+        .set_presence("room", Some(br#"{"user":"native"}"#.to_vec()), rig.now)
+        .unwrap();
+    rig.run();
+    rig.stalled = true;
+    for _ in 0..1000 {
+        rig.client_sends(YMessage::QueryAwareness);
+    }
+    let mut answers = Vec::new();
+    while let Some(msg) = rig.yjs.poll_to_client() {
+        if let Ok(YMessage::Awareness(a)) = YMessage::decode(&msg) {
+            answers.push(a.to_vec());
+        }
+    }
+    assert_eq!(
+        answers.len(),
+        1,
+        "{} awareness answers queued",
+        answers.len()
+    );
+    let states: Vec<String> = AwarenessEntries::decode(&answers[0], 1000)
+        .unwrap()
+        .map(|e| e.state.to_string())
+        .collect();
+    assert_eq!(states, [r#"{"user":"native"}"#]);
+}

@@ -197,6 +197,10 @@ pub struct YjsSession {
     inflate: InflateScratch,
     to_server: VecDeque<Vec<u8>>,
     to_client: VecDeque<Vec<u8>>,
+    /// A query-awareness waits for its answer. The answer is built when it
+    /// is sent (after what is queued), so any number of unread queries
+    /// costs one answer of the current states, not one each.
+    awareness_query: bool,
     /// Transfer id, total and bytes of the sync transfer being received.
     transfer: Option<(u64, u64, Vec<u8>)>,
     /// Id, total and bytes of the fragmented message being received.
@@ -235,6 +239,7 @@ impl YjsSession {
             inflate: InflateScratch::default(),
             to_server: VecDeque::new(),
             to_client: VecDeque::new(),
+            awareness_query: false,
             transfer: None,
             fragment: None,
             next_fragment: 0,
@@ -279,12 +284,18 @@ impl YjsSession {
 
     /// Whether messages wait for the Yjs client.
     pub fn has_client_output(&self) -> bool {
-        !self.to_client.is_empty()
+        !self.to_client.is_empty() || self.awareness_query
     }
 
     /// The next y-protocols message for the Yjs client.
     pub fn poll_to_client(&mut self) -> Option<Vec<u8>> {
-        self.to_client.pop_front()
+        if let Some(msg) = self.to_client.pop_front() {
+            return Some(msg);
+        }
+        if std::mem::take(&mut self.awareness_query) {
+            return Some(self.known_awareness());
+        }
+        None
     }
 
     /// One WebSocket message from the Yjs client. On error the connection
@@ -347,7 +358,7 @@ impl YjsSession {
                 }
             }
             YMessage::Awareness(update) => self.client_awareness(doc, update)?,
-            YMessage::QueryAwareness => self.send_known_awareness(),
+            YMessage::QueryAwareness => self.awareness_query = true,
             YMessage::PermissionDenied(_) => return Err(YjsError::Unexpected),
         }
         Ok(())
@@ -623,8 +634,9 @@ impl YjsSession {
         self.tell_client(YMessage::Awareness(&update), now);
     }
 
-    /// Query-awareness: every state the client was told of.
-    fn send_known_awareness(&mut self) {
+    /// The awareness message answering a query: every state the client
+    /// was told of.
+    fn known_awareness(&self) -> Vec<u8> {
         let entries: Vec<AwarenessEntry<'_>> = self
             .peers
             .iter()
@@ -641,7 +653,7 @@ impl YjsSession {
         encode_awareness(&entries, &mut update);
         let mut msg = Vec::new();
         YMessage::Awareness(&update).encode(&mut msg);
-        self.to_client.push_back(msg);
+        msg
     }
 
     /// Sends the `Open` once the hub welcomed the connection and the

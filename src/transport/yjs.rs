@@ -51,25 +51,7 @@ pub(crate) fn yjs_target(
 }
 
 fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    percent_encoding::percent_decode_str(s).collect()
 }
 
 /// A WebSocket carrying y-protocols, seen by the connection task as one
@@ -238,5 +220,25 @@ where
         let this = self.get_mut();
         ready!(this.drain(cx))?;
         Pin::new(&mut this.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_and_token_are_percent_decoded_from_the_url() {
+        let options = ServerOptions {
+            yjs_path: Some("/yjs/".into()),
+            ..ServerOptions::default()
+        };
+        let t = yjs_target(&options, "/yjs/my%20room%2Fa", Some("x=1&token=a%2Bb%zz")).unwrap();
+        assert_eq!(t.room, "my room/a");
+        assert_eq!(t.token, b"a+b%zz");
+        assert!(yjs_target(&options, "/yjs/", None).is_none());
+        assert!(yjs_target(&options, "/other/room", None).is_none());
+        // A room that is not UTF-8 once decoded is refused.
+        assert!(yjs_target(&options, "/yjs/%ff", None).is_none());
     }
 }
